@@ -1,0 +1,24 @@
+"""ONNX -> Relax: recurrent ops become recurrent-loop kernels (TIR), the rest goes
+through TVM's Relax ONNX frontend."""
+
+from .importer import RECURRENT_OPS, ImportedModel, import_onnx
+from .kernels import MemoPlan, build_kernel
+from .loader import load_model
+from .recurrent import RecurrentLoop
+
+
+def from_onnx(model, shapes=None) -> ImportedModel:
+    """Load (path, bytes or ModelProto), check and import an ONNX model."""
+    return import_onnx(load_model(model), shapes)
+
+
+__all__ = [
+    "RECURRENT_OPS",
+    "ImportedModel",
+    "MemoPlan",
+    "RecurrentLoop",
+    "build_kernel",
+    "from_onnx",
+    "import_onnx",
+    "load_model",
+]

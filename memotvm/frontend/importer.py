@@ -1,0 +1,221 @@
+"""ONNX -> Relax, with LSTM/GRU/RNN nodes turned into recurrent-loop kernels.
+
+Every operator except the recurrent ones goes through TVM's own Relax ONNX frontend; we
+extend its importer class rather than copy it.  A recurrent node becomes one
+``call_tir`` of its kernel (:mod:`.kernels`), with layout 1 handled by transposes around
+it.  Each kernel's ``stats`` and ``status`` outputs are appended to ``main``'s outputs
+(after the ONNX outputs, in node order) so that the runtime can report reuse and reject
+out-of-range sequence lengths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
+
+from ..errors import MemoTVMError, UnsupportedModelError
+from .kernels import build_kernel
+from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+STATS_PREFIX = "memotvm::stats::"
+STATUS_PREFIX = "memotvm::status::"
+
+
+@dataclass
+class ImportedModel:
+    """A Relax module plus what the runtime needs to call it with ONNX names."""
+
+    mod: tvm.IRModule
+    input_names: list  # ONNX graph inputs (not initializers), in main's parameter order
+    input_types: dict  # name -> (shape with ints / None for dynamic dims, dtype)
+    output_names: list  # ONNX graph outputs, in order
+    loops: list  # RecurrentLoop per recurrent node, in graph order
+
+
+class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
+    """TVM's ONNX importer that also converts LSTM, GRU and RNN nodes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loops: list[RecurrentLoop] = []
+        self._node_names: dict[int, str] = {}
+
+    def _check_for_unsupported_ops(self, graph):
+        convert_map = onnx_frontend._get_convert_map()
+        for node in graph.node:
+            op = node.op_type
+            if node.domain not in ("", "ai.onnx"):
+                raise UnsupportedModelError(
+                    f"node '{node.name}': operator {node.domain}.{op} is not an ai.onnx "
+                    "operator and cannot be converted"
+                )
+            if op not in convert_map and op not in RECURRENT_OPS and op not in ("If", "Constant"):
+                raise UnsupportedModelError(
+                    f"node '{node.name}': operator '{op}' is not supported by memotvm "
+                    "(neither a recurrent op nor one TVM's ONNX frontend converts)"
+                )
+            if op == "If":
+                for attr in node.attribute:
+                    if attr.g and any(n.op_type in RECURRENT_OPS for n in attr.g.node):
+                        raise UnsupportedModelError(
+                            f"node '{node.name}': recurrent ops inside If branches are not supported"
+                        )
+
+    def _convert_operator(self, op_name, inputs, attrs, opset):
+        name = attrs["tvm_custom"]["name"]
+        try:
+            if op_name in RECURRENT_OPS:
+                return self._convert_recurrent(op_name, inputs, attrs)
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+        except MemoTVMError:
+            raise
+        except Exception as err:  # TVM's converters raise anything: name the node
+            first = str(err).strip().splitlines()
+            detail = first[-1] if first else type(err).__name__
+            raise UnsupportedModelError(
+                f"node '{name}' ({op_name}) could not be converted: {detail}"
+            ) from err
+
+    # -- the recurrent ops ---------------------------------------------------------
+
+    def _convert_recurrent(self, op, inputs, attrs):
+        bb = self.bb
+        index = len(self.loops)
+        name = attrs["tvm_custom"]["name"] or f"{op}_{index}"
+        if any(loop.name == name for loop in self.loops):
+            name = f"{name}_{index}"
+        x, w, r = (inputs[i] if i < len(inputs) else None for i in range(3))
+        if x is None or w is None or r is None:
+            raise UnsupportedModelError(f"{op} node '{name}': inputs X, W and R are required")
+        present = {
+            label: inputs[i]
+            for i, label in OPTIONAL_INPUTS.items()
+            if i < len(inputs) and inputs[i] is not None
+        }
+        dtype = str(x.ty.dtype)
+        loop = parse_recurrent_node(
+            op, name, dict(attrs), set(present), _static_shape(w), _static_shape(r), dtype
+        )
+        if x.ty.ndim != 3:
+            raise UnsupportedModelError(f"{op} node '{name}': X must be 3-d, got {x.ty}")
+        for label, expr in [("W", w), ("R", r)] + list(present.items()):
+            want = "int32" if label == "sequence_lens" else dtype
+            if label == "sequence_lens" and str(expr.ty.dtype) in ("int64", "int16", "int8"):
+                continue
+            if str(expr.ty.dtype) != want:
+                raise UnsupportedModelError(
+                    f"{op} node '{name}': input {label} has type {expr.ty.dtype}, expected {want}"
+                )
+
+        if loop.layout == 1:  # batch-major: make it time-major for the kernel
+            x = bb.normalize(relax.op.permute_dims(x, [1, 0, 2]))
+            for label in ("initial_h", "initial_c"):
+                if label in present:
+                    present[label] = bb.normalize(relax.op.permute_dims(present[label], [1, 0, 2]))
+        if "sequence_lens" in present and str(present["sequence_lens"].ty.dtype) != "int32":
+            present["sequence_lens"] = bb.normalize(relax.op.astype(present["sequence_lens"], "int32"))
+        seq, batch, _ = x.ty.shape.values
+        nd, hidden = loop.num_directions, loop.hidden_size
+        out_types = [
+            relax.TensorType([seq, nd, batch, hidden], dtype),
+            relax.TensorType([nd, batch, hidden], dtype),
+        ]
+        if op == "LSTM":
+            out_types.append(relax.TensorType([nd, batch, hidden], dtype))
+        out_types.append(relax.TensorType([nd, batch, loop.num_gates, 2], "int64"))
+        out_types.append(relax.TensorType([nd, batch], "int32"))
+
+        kernel = bb.add_func(build_kernel(loop), f"{op.lower()}_kernel")
+        args = [x, w, r] + [present[label] for label in OPTIONAL_INPUTS.values() if label in present]
+        call = bb.emit(relax.call_tir(kernel, args, out_ty=out_types))
+        outs = [bb.emit(relax.TupleGetItem(call, i)) for i in range(len(out_types))]
+        y, y_h = outs[0], outs[1]
+        y_c = outs[2] if op == "LSTM" else None
+        if loop.layout == 1:
+            y = bb.normalize(relax.op.permute_dims(y, [2, 0, 1, 3]))
+            y_h = bb.normalize(relax.op.permute_dims(y_h, [1, 0, 2]))
+            if y_c is not None:
+                y_c = bb.normalize(relax.op.permute_dims(y_c, [1, 0, 2]))
+        self.loops.append(loop)
+        self._nodes[STATS_PREFIX + name] = outs[-2]
+        self._nodes[STATUS_PREFIX + name] = outs[-1]
+        results = [y, y_h] + ([y_c] if y_c is not None else [])
+        return relax.Tuple(results)
+
+
+def _static_shape(expr):
+    shape = expr.ty.shape
+    if shape is None or not hasattr(shape, "values"):
+        return [None]
+    return [int(v) if isinstance(v, tvm.tirx.IntImm) else None for v in shape.values]
+
+
+def _dim(v):
+    """A static dimension as int, a symbolic one by its name, anything else None."""
+    if isinstance(v, tvm.tirx.IntImm):
+        return int(v)
+    if isinstance(v, tvm.tirx.Var):
+        return v.name
+    return None
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 1
+
+
+def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedModel:
+    """Convert a loaded, checked ONNX model into an :class:`ImportedModel`.
+
+    ``shapes`` optionally fixes input shapes (name -> list of ints), as TVM's importer
+    allows; by default dynamic dimensions stay symbolic.
+    """
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    rec_names = _recurrent_node_names(graph)
+    for name in rec_names:  # extra outputs: each kernel's stats and status
+        graph.output.add().name = STATS_PREFIX + name
+        graph.output.add().name = STATUS_PREFIX + name
+    importer = RecurrentGraphImporter(shapes or {}, "float32", keep_params_in_input=False)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        mod = importer.from_onnx(graph, _opset(model))
+    assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
+    initializers = {t.name for t in graph.initializer}
+    input_names = [i.name for i in model.graph.input if i.name not in initializers]
+    params = mod["main"].params
+    input_types = {}
+    for name, var in zip(input_names, params):
+        shape = var.ty.shape
+        dims = [_dim(v) for v in shape.values] if hasattr(shape, "values") else None
+        input_types[name] = (dims, str(var.ty.dtype))
+    return ImportedModel(
+        mod=mod,
+        input_names=input_names,
+        input_types=input_types,
+        output_names=[o.name for o in model.graph.output],
+        loops=importer.loops,
+    )
+
+
+def _recurrent_node_names(graph) -> list:
+    """The names the importer will give the recurrent nodes (unique, never empty)."""
+    names = []
+    for node in graph.node:
+        if node.op_type in RECURRENT_OPS:
+            index = len(names)
+            name = node.name or f"{node.op_type}_{index}"
+            if name in names:
+                name = f"{name}_{index}"
+            names.append(name)
+    return names

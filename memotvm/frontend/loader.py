@@ -1,0 +1,78 @@
+"""Reading an ONNX model from a path, bytes or a ModelProto, with errors a user can act on."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from ..errors import ModelLoadError
+
+
+def load_model(model) -> onnx.ModelProto:
+    """Return a checked ``onnx.ModelProto`` for ``model`` (path, bytes or ModelProto)."""
+    source = "model"
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    elif isinstance(model, (bytes, bytearray)):
+        proto = _parse(bytes(model), "the given bytes")
+    elif isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+        if not os.path.exists(source):
+            raise ModelLoadError(f"{source}: no such file")
+        if os.path.isdir(source):
+            raise ModelLoadError(f"{source}: is a directory, not an ONNX file")
+        with open(source, "rb") as f:
+            data = f.read()
+        proto = _parse(data, source)
+        # Weights stored beside the model (external data) load relative to its folder.
+        try:
+            onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(source)))
+        except Exception as err:  # missing external-data file
+            raise ModelLoadError(f"{source}: cannot load external data: {err}") from err
+    else:
+        raise ModelLoadError(
+            f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}"
+        )
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelLoadError(f"{source}: not an ONNX model (no graph or IR version)")
+    if proto.ir_version < 3:
+        raise ModelLoadError(f"{source}: ONNX IR version {proto.ir_version} is too old (need >= 3)")
+    _check_references(proto.graph, source)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:
+        # Like onnxruntime and TVM, accept models the strict checker dislikes (missing
+        # output types are common) but say so.
+        first = str(err).strip().splitlines()[0]
+        warnings.warn(f"{source}: onnx.checker: {first}", stacklevel=3)
+    return proto
+
+
+def _check_references(graph, source):
+    """Every node input must be a graph input, an initializer or an earlier output."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    for node in graph.node:
+        for name in node.input:
+            if name not in known:
+                raise ModelLoadError(
+                    f"{source}: node '{node.name}' ({node.op_type}) reads '{name}', "
+                    "which no input, initializer or earlier node provides"
+                )
+        known.update(node.output)
+    for out in graph.output:
+        if out.name not in known:
+            raise ModelLoadError(f"{source}: graph output '{out.name}' is never produced")
+    if not graph.output:
+        raise ModelLoadError(f"{source}: the graph has no outputs")
+
+
+def _parse(data: bytes, source: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as err:
+        raise ModelLoadError(f"{source}: not an ONNX file (cannot parse: {err})") from err
+    return proto

@@ -1,0 +1,118 @@
+"""`CompiledModel`: a built model that is called with ONNX input names."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .errors import InputError
+from .stats import ReuseStats
+
+
+class CompiledModel:
+    """A compiled ONNX model.
+
+    ``run`` may be called any number of times and from several threads: each thread gets
+    its own virtual machine over the shared executable, and every call starts from empty
+    memo tables (they live inside the kernels' frames).
+    """
+
+    def __init__(self, imported, make_session, target: str, memo=None):
+        self.input_names = list(imported.input_names)
+        self.input_types = dict(imported.input_types)
+        self.output_names = list(imported.output_names)
+        self.loops = list(imported.loops)
+        self.target = target
+        self.memo = memo
+        self._make_session = make_session
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.last_stats: ReuseStats | None = None
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._make_session()
+        return session
+
+    def run(self, inputs: dict, check_finite: bool = True) -> list:
+        """Run on ``inputs`` (ONNX input name -> array); return the ONNX outputs in order."""
+        arrays = self.check_inputs(inputs, check_finite)
+        raw = self._session()(arrays)
+        n = len(self.output_names)
+        outputs, extra = raw[:n], raw[n:]
+        stats_arrays, status_arrays = extra[0::2], extra[1::2]
+        for loop, status in zip(self.loops, status_arrays):
+            bad = np.argwhere(np.asarray(status) != 0)
+            if bad.size:
+                raise InputError(
+                    f"{loop.op} node '{loop.name}': sequence_lens of batch element "
+                    f"{int(bad[0][1])} is outside [0, seq_length]"
+                )
+        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays)
+        with self._lock:
+            self.last_stats = stats
+        self._local.last_stats = stats
+        return outputs
+
+    def __call__(self, inputs: dict) -> list:
+        return self.run(inputs)
+
+    @property
+    def thread_last_stats(self) -> ReuseStats | None:
+        """The statistics of this thread's last call."""
+        return getattr(self._local, "last_stats", None)
+
+    def check_inputs(self, inputs: dict, check_finite: bool = True) -> list:
+        """Validate names, dtypes, shapes and values; return arrays in parameter order."""
+        if not isinstance(inputs, dict):
+            raise InputError(f"inputs must be a dict of name -> array, got {type(inputs).__name__}")
+        missing = [n for n in self.input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_names]
+        if missing:
+            raise InputError(f"missing input(s): {', '.join(missing)} (expected {self.input_names})")
+        if extra:
+            raise InputError(f"unknown input(s): {', '.join(extra)} (expected {self.input_names})")
+        arrays = []
+        symbols: dict = {}
+        for name in self.input_names:
+            dims, dtype = self.input_types[name]
+            value = np.asarray(inputs[name])
+            if value.dtype != np.dtype(dtype):
+                if value.dtype.kind == np.dtype(dtype).kind == "f" or (
+                    value.dtype.kind in "iu" and np.dtype(dtype).kind in "iu"
+                    and np.can_cast(value.dtype, dtype)
+                ):
+                    pass  # safe, same-kind conversion below
+                else:
+                    raise InputError(f"input '{name}': dtype {value.dtype}, expected {dtype}")
+                if value.dtype.kind == "f" and np.dtype(dtype).itemsize < value.dtype.itemsize:
+                    raise InputError(f"input '{name}': dtype {value.dtype}, expected {dtype}")
+                value = value.astype(dtype)
+            if dims is not None:
+                if value.ndim != len(dims):
+                    raise InputError(
+                        f"input '{name}': {value.ndim}-d array of shape {value.shape}, "
+                        f"expected {len(dims)}-d {self._shape_text(name)}"
+                    )
+                for axis, (want, got) in enumerate(zip(dims, value.shape)):
+                    if isinstance(want, int) and want != got:
+                        raise InputError(
+                            f"input '{name}': shape {value.shape}, expected {self._shape_text(name)}"
+                        )
+                    if isinstance(want, str):
+                        if symbols.setdefault(want, (got, name))[0] != got:
+                            other = symbols[want][1]
+                            raise InputError(
+                                f"input '{name}': dimension '{want}' is {got} here but "
+                                f"{symbols[want][0]} in input '{other}'"
+                            )
+            if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise InputError(f"input '{name}' contains NaN or infinite values")
+            arrays.append(np.ascontiguousarray(value))
+        return arrays
+
+    def _shape_text(self, name):
+        dims, dtype = self.input_types[name]
+        return "[" + ", ".join("?" if d is None else str(d) for d in dims) + f"] {dtype}"

@@ -1,0 +1,96 @@
+"""Reuse statistics: counts of computed and reused neuron evaluations.
+
+A neuron evaluation is one (batch element, direction, neuron, valid step); the kernels
+count them per gate, and this module sums and labels those counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class GateCount:
+    computed: int = 0
+    reused: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.computed + self.reused
+
+    @property
+    def reuse(self) -> float:
+        return self.reused / self.total if self.total else 0.0
+
+    def add(self, other: "GateCount") -> None:
+        self.computed += other.computed
+        self.reused += other.reused
+
+
+@dataclass
+class ReuseStats:
+    """Counts of one call: ``per_gate[(node, direction, gate)]`` and their sums."""
+
+    per_gate: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_kernel_counts(cls, loops, arrays) -> "ReuseStats":
+        """``arrays[i]`` is loop i's int64 [directions, batch, gates, 2] stats output."""
+        stats = cls()
+        for loop, counts in zip(loops, arrays):
+            summed = np.asarray(counts).sum(axis=1)
+            for d in range(loop.num_directions):
+                for g, gate in enumerate(loop.gates):
+                    key = (loop.name, loop.direction_name(d), gate)
+                    stats.per_gate[key] = GateCount(int(summed[d, g, 0]), int(summed[d, g, 1]))
+        return stats
+
+    def _group(self, key_of) -> dict:
+        out: dict = {}
+        for key, count in self.per_gate.items():
+            out.setdefault(key_of(key), GateCount()).add(count)
+        return out
+
+    @property
+    def total(self) -> GateCount:
+        return self._group(lambda k: None).get(None, GateCount())
+
+    @property
+    def per_node(self) -> dict:
+        return self._group(lambda k: k[0])
+
+    @property
+    def per_direction(self) -> dict:
+        return self._group(lambda k: (k[0], k[1]))
+
+    @property
+    def reuse(self) -> float:
+        return self.total.reuse
+
+    def to_dict(self) -> dict:
+        def entry(c):
+            return {"computed": c.computed, "reused": c.reused, "reuse": c.reuse}
+
+        return {
+            "total": entry(self.total),
+            "nodes": {
+                node: {
+                    "total": entry(count),
+                    "directions": {
+                        direction: {
+                            "total": entry(dc),
+                            "gates": {
+                                g: entry(gc)
+                                for (n2, d2, g), gc in self.per_gate.items()
+                                if n2 == node and d2 == direction
+                            },
+                        }
+                        for (n1, direction), dc in self.per_direction.items()
+                        if n1 == node
+                    },
+                }
+                for node, count in self.per_node.items()
+            },
+        }
