@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from .frontend import from_onnx
+from .passes import MemoConfig, MemoizeRecurrentLoops
 from .targets import get_backend
 
 
 def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None):  # noqa: A001
     """Compile an ONNX model (path, bytes or ModelProto) for ``target``.
 
+    ``memo`` turns on neuron-level fuzzy memoization: a :class:`MemoConfig`, a number
+    (one BNN threshold for every layer), a dict or the path of a JSON configuration.
     Returns a :class:`memotvm.runtime.CompiledModel` whose ``run(inputs)`` returns the
-    ONNX outputs in graph order.
+    ONNX outputs in graph order and whose ``last_stats`` reports the last call's reuse.
     """
     backend = get_backend(target)
+    config = MemoConfig.coerce(memo) if memo is not None else None
     imported = from_onnx(model, shapes)
     mod = imported.mod
-    return backend.build(imported, mod, memo=memo)
+    if config is not None:
+        mod = MemoizeRecurrentLoops(config)(mod)
+    return backend.build(imported, mod, memo=config)

@@ -295,7 +295,7 @@ class KernelBuilder:
             with T.serial(0, H) as k:
                 r = cells.gru_reset(m, acts, self.a[H + k] + self.bpart[H + k], loop.clip)
                 T.buffer_store(self.rh, r * self.h[k], [k])
-            if self.memo:
+            if self.memo and self.memo.predictor == "bnn":
                 self._pack_signs(self.rh, (), H, self.rh_bits)
             self.emit_neurons(dd, d, 2 * H, 3 * H, x_ref, (self.rh, ()), s)
         else:

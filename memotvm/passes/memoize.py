@@ -1,0 +1,187 @@
+"""The memoization pass: neuron-level fuzzy memoization of every recurrent loop.
+
+``MemoizeRecurrentLoops(config)`` is a module pass.  It finds each ``call_tir`` of a
+recurrent-loop kernel (a PrimFunc carrying the ``memotvm.recurrent`` attribute), replaces
+the kernel with its memoized form for that node's thresholds and predictor, and, for the
+BNN predictor, feeds it the sign bits of W and R packed into 64-bit words by a small
+packing kernel.  Where the weights are constants, constant folding (run at the end of
+the pass) executes that packing once, at compile time, and the packed bits become
+constants of the module.  The kernels' signatures for the outputs do not change, so the
+rest of the graph is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+from ..errors import ConfigError
+from ..frontend.kernels import MemoPlan, build_kernel, build_sign_packer
+from ..frontend.recurrent import RecurrentLoop
+
+PREDICTORS = ("bnn", "oracle")
+
+
+def _check_threshold(value, where):
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threshold {where} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(t) or t < 0:
+        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {value!r}")
+    return t
+
+
+@dataclass
+class MemoConfig:
+    """Thresholds and predictor of the memoization pass.
+
+    ``threshold`` applies to every recurrent node and direction; ``per_node`` overrides
+    it by ONNX node name, with either one number or ``{"forward": t, "reverse": t}``.
+    """
+
+    threshold: float = 0.0
+    predictor: str = "bnn"
+    per_node: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.threshold = _check_threshold(self.threshold, "(global)")
+        if self.predictor not in PREDICTORS:
+            raise ConfigError(
+                f"unknown predictor '{self.predictor}' (known: {', '.join(PREDICTORS)})"
+            )
+        checked = {}
+        for node, value in dict(self.per_node).items():
+            if isinstance(value, dict):
+                bad = set(value) - {"forward", "reverse"}
+                if bad:
+                    raise ConfigError(
+                        f"node '{node}': directions must be 'forward' or 'reverse', got {sorted(bad)}"
+                    )
+                checked[node] = {
+                    k: _check_threshold(v, f"of node '{node}' ({k})") for k, v in value.items()
+                }
+            else:
+                checked[node] = _check_threshold(value, f"of node '{node}'")
+        self.per_node = checked
+
+    @classmethod
+    def coerce(cls, memo) -> "MemoConfig":
+        """Accept a MemoConfig, a number (global BNN threshold), a dict, or a JSON path."""
+        if isinstance(memo, MemoConfig):
+            return memo
+        if isinstance(memo, (int, float)) and not isinstance(memo, bool):
+            return cls(threshold=memo)
+        if isinstance(memo, dict):
+            return cls.from_dict(memo)
+        if isinstance(memo, str):
+            return cls.load(memo)
+        raise ConfigError(f"cannot use {type(memo).__name__} as a memoization configuration")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "MemoConfig":
+        known = {"threshold", "predictor", "per_node"}
+        extra = set(raw) - known
+        if extra:
+            raise ConfigError(f"unknown memo configuration key(s): {sorted(extra)}")
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: str) -> "MemoConfig":
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read memo configuration: {err.strerror}") from err
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not a JSON memo configuration: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a memo configuration is a JSON object")
+        return cls.from_dict(raw.get("memo", raw))
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "predictor": self.predictor, "per_node": self.per_node}
+
+    def check_nodes(self, loops) -> None:
+        names = {loop.name for loop in loops}
+        unknown = sorted(set(self.per_node) - names)
+        if unknown:
+            raise ConfigError(
+                f"memo configuration names node(s) not in the model: {', '.join(unknown)} "
+                f"(recurrent nodes: {', '.join(sorted(names)) or 'none'})"
+            )
+        for loop in loops:
+            value = self.per_node.get(loop.name)
+            if isinstance(value, dict) and "reverse" in value and loop.direction == "forward":
+                raise ConfigError(f"node '{loop.name}' runs forward only; it has no 'reverse' threshold")
+            if isinstance(value, dict) and "forward" in value and loop.direction == "reverse":
+                raise ConfigError(f"node '{loop.name}' runs in reverse only; it has no 'forward' threshold")
+
+    def plan_for(self, loop: RecurrentLoop) -> MemoPlan:
+        value = self.per_node.get(loop.name, self.threshold)
+        thresholds = []
+        for d in range(loop.num_directions):
+            if isinstance(value, dict):
+                thresholds.append(value.get(loop.direction_name(d), self.threshold))
+            else:
+                thresholds.append(value)
+        return MemoPlan(self.predictor, tuple(thresholds))
+
+
+@tvm.transform.module_pass(opt_level=0, name="MemoizeRecurrentLoops")
+class MemoizeRecurrentLoops:
+    """Rewrite every recurrent-loop kernel call of the module into its memoized form."""
+
+    def __init__(self, config: MemoConfig):
+        self.config = MemoConfig.coerce(config)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        loops = [
+            RecurrentLoop.from_json(str(func.attrs["memotvm.recurrent"]))
+            for _, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "memotvm.recurrent" in func.attrs
+        ]
+        self.config.check_nodes(loops)
+        rewritten = _KernelCallRewriter(mod, self.config).run()
+        return tvm.transform.Sequential(
+            [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+        )(rewritten)
+
+
+@relax.expr_functor.mutator
+class _KernelCallRewriter(relax.PyExprMutator):
+    def __init__(self, mod, config):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.config = config
+
+    def run(self):
+        for gv, func in self.mod_.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if call.op != tvm.ir.Op.get("relax.call_tir"):
+            return call
+        callee = self.mod_[call.args[0]]
+        if not (callee.attrs and "memotvm.recurrent" in callee.attrs):
+            return call
+        if "memotvm.memo" in callee.attrs:
+            return call  # already memoized
+        loop = RecurrentLoop.from_json(str(callee.attrs["memotvm.recurrent"]))
+        plan = self.config.plan_for(loop)
+        args = list(call.args[1].fields)
+        if plan.predictor == "bnn":
+            for which, weights in (("W", args[1]), ("R", args[2])):
+                packer = self.builder_.add_func(build_sign_packer(loop, which), f"pack_signs_{which}")
+                n_words = -(-(loop.input_size if which == "W" else loop.hidden_size) // 64)
+                bits_type = relax.TensorType([loop.num_directions, loop.rows, n_words], "uint64")
+                args.append(self.builder_.emit(relax.call_tir(packer, [weights], out_ty=bits_type)))
+        kernel = self.builder_.add_func(build_kernel(loop, plan), f"{loop.op.lower()}_memo_kernel")
+        return relax.call_tir(kernel, args, out_ty=list(call.ty_args[0].fields))

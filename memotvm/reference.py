@@ -1,0 +1,137 @@
+"""A numpy reference of recurrent layers and of memoization (../shared/MEMO_SPEC.md).
+
+It is meant to be read as a second statement of the spec: one direction of one batch
+element at a time, step by step, every neuron's decision made explicitly.  It shares the
+gate math with the kernels (:mod:`memotvm.cells`) and is the oracle the tests hold the
+compiled memoization pass to: same decisions, same counts, outputs within rounding.
+
+``reference_session`` runs a whole ONNX model with these layers standing in for the
+recurrent nodes (``onnx.reference`` evaluates everything else).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cells import NumpyMath, gru_cell, gru_reset, lstm_cell, rnn_cell
+from .frontend.kernels import MemoPlan
+from .frontend.recurrent import RecurrentLoop
+
+
+@dataclass
+class LayerResult:
+    Y: np.ndarray  # in the node's layout
+    Y_h: np.ndarray
+    Y_c: np.ndarray | None
+    stats: np.ndarray  # int64 [directions, batch, gates, 2]: computed, reused
+
+
+def signs(v):
+    """s(v) = +1 if v >= 0 else -1, as int64."""
+    return np.where(v >= 0, 1, -1).astype(np.int64)
+
+
+class MemoTable:
+    """One chain's memo table: the cached dot products and predictor values."""
+
+    def __init__(self, rows, dtype):
+        self.a = np.zeros(rows, dtype)
+        self.b = np.zeros(rows, dtype)
+        self.q = np.zeros(rows, np.float64)
+        self.filled = False
+
+
+def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_h=None,
+              initial_c=None, P=None, memo: MemoPlan | None = None) -> LayerResult:
+    """Evaluate one recurrent node; arrays as the ONNX node receives them."""
+    dtype = np.float64 if loop.dtype == "float64" else np.float32
+    if loop.layout == 1:
+        X = X.transpose(1, 0, 2)
+        initial_h = None if initial_h is None else initial_h.transpose(1, 0, 2)
+        initial_c = None if initial_c is None else initial_c.transpose(1, 0, 2)
+    X = X.astype(dtype)
+    seq, batch, _ = X.shape
+    nd, H, G = loop.num_directions, loop.hidden_size, loop.rows
+    Y = np.zeros((seq, nd, batch, H), dtype)
+    Y_h = np.zeros((nd, batch, H), dtype)
+    Y_c = np.zeros((nd, batch, H), dtype)
+    stats = np.zeros((nd, batch, loop.num_gates, 2), np.int64)
+    for d in range(nd):
+        Wd, Rd = W[d].astype(dtype), R[d].astype(dtype)
+        Wb = B[d, :G].astype(dtype) if B is not None else np.zeros(G, dtype)
+        Rb = B[d, G:].astype(dtype) if B is not None else np.zeros(G, dtype)
+        Pd = P[d].astype(dtype) if P is not None else None
+        thr = memo.thresholds[d] if memo else None
+        for b in range(batch):
+            length = seq if sequence_lens is None else int(sequence_lens[b])
+            if not 0 <= length <= seq:
+                raise ValueError(f"sequence_lens[{b}] = {length} is outside [0, {seq}]")
+            h = initial_h[d, b].astype(dtype) if initial_h is not None else np.zeros(H, dtype)
+            c = initial_c[d, b].astype(dtype) if initial_c is not None else np.zeros(H, dtype)
+            table = MemoTable(G, dtype)
+            steps = range(length - 1, -1, -1) if loop.is_reverse(d) else range(length)
+            for t in steps:
+                chain = _Chain(loop, d, Wd, Rd, Wb, Rb, memo, thr, table, stats[d, b])
+                h, c = chain.step(X[t, b], h, c, Pd)
+                Y[t, d, b] = h
+            Y_h[d, b], Y_c[d, b] = h, c
+    if loop.layout == 1:
+        Y, Y_h, Y_c = Y.transpose(2, 0, 1, 3), Y_h.transpose(1, 0, 2), Y_c.transpose(1, 0, 2)
+    return LayerResult(Y, Y_h, Y_c if loop.op == "LSTM" else None, stats)
+
+
+class _Chain:
+    """One step of one (direction, batch element) chain."""
+
+    def __init__(self, loop, d, W, R, Wb, Rb, memo, thr, table, counts):
+        self.loop, self.d, self.W, self.R, self.Wb, self.Rb = loop, d, W, R, Wb, Rb
+        self.memo, self.thr, self.table, self.counts = memo, thr, table, counts
+        self.m = NumpyMath(W.dtype)
+
+    def neurons(self, rows, x, u):
+        """Fill table.a/b for ``rows`` (a slice), computing or reusing each neuron."""
+        W, R = self.W[rows], self.R[rows]
+        a = W @ x + self.Wb[rows]
+        b = R @ u + self.Rb[rows]
+        n = a.shape[0]
+        reuse = np.zeros(n, bool)
+        if self.memo is not None:
+            if self.memo.predictor == "bnn":
+                q = (signs(W) @ signs(x) + signs(R) @ signs(u)).astype(np.float64)
+                floor = 1.0
+            else:  # oracle: the true pre-activation
+                q = (a + b).astype(np.float64)
+                floor = 1e-6
+            qm = self.table.q[rows]
+            if self.table.filled:
+                reuse = np.abs(q - qm) < self.thr * np.maximum(np.abs(qm), floor)
+            self.table.q[rows] = np.where(reuse, qm, q)
+        self.table.a[rows] = np.where(reuse, self.table.a[rows], a)
+        self.table.b[rows] = np.where(reuse, self.table.b[rows], b)
+        H = self.loop.hidden_size
+        gate_of = (np.arange(rows.start, rows.stop)) // H
+        np.add.at(self.counts, (gate_of, np.where(reuse, 1, 0)), 1)
+
+    def step(self, x, h, c, P):
+        loop, m, H, tab = self.loop, self.m, self.loop.hidden_size, self.table
+        acts = loop.activations[self.d]
+        if loop.op == "GRU" and not loop.linear_before_reset:
+            self.neurons(slice(0, 2 * H), x, h)
+            r = gru_reset(m, acts, tab.a[H:2 * H] + tab.b[H:2 * H], loop.clip)
+            self.neurons(slice(2 * H, 3 * H), x, r * h)
+        else:
+            self.neurons(slice(0, loop.rows), x, h)
+        tab.filled = True
+        pre = tab.a + tab.b
+        if loop.op == "LSTM":
+            gates = {g: pre[n * H:(n + 1) * H] for n, g in enumerate(loop.gates)}
+            peep = {g: P[n * H:(n + 1) * H] for n, g in enumerate("iof")} if P is not None else None
+            return lstm_cell(m, acts, gates, c, peep, loop.clip, loop.input_forget)
+        if loop.op == "GRU":
+            r = gru_reset(m, acts, pre[H:2 * H], loop.clip) if loop.linear_before_reset else None
+            h = gru_cell(m, acts, pre[:H], tab.a[2 * H:], tab.b[2 * H:], r, h, loop.clip,
+                         loop.linear_before_reset)
+            return h, c
+        return rnn_cell(m, acts, pre, loop.clip), c
