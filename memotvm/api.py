@@ -20,5 +20,6 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None): 
     imported = from_onnx(model, shapes)
     mod = imported.mod
     if config is not None:
+        config.check_nodes(imported.loops)  # here: errors raised inside a pass lose their type
         mod = MemoizeRecurrentLoops(config)(mod)
     return backend.build(imported, mod, memo=config)

@@ -135,3 +135,69 @@ class _Chain:
                          loop.linear_before_reset)
             return h, c
         return rnn_cell(m, acts, pre, loop.clip), c
+
+
+class ReferenceSession:
+    """Run a whole ONNX model with :func:`run_layer` standing in for each recurrent node
+    (``onnx.reference`` evaluates every other op); ``memo`` as for ``memotvm.compile``.
+
+    After ``run``, ``stats`` holds the reuse counts in the compiled model's format.
+    """
+
+    def __init__(self, model, memo=None):
+        from onnx.reference import ReferenceEvaluator
+
+        from .frontend.importer import RECURRENT_OPS, _recurrent_node_names
+        from .frontend.loader import load_model
+        from .passes import MemoConfig
+
+        proto = load_model(model)
+        self.config = MemoConfig.coerce(memo) if memo is not None else None
+        graph = proto.graph
+        recurrent = [n for n in graph.node if n.op_type in RECURRENT_OPS]
+        names = dict(zip((_node_key(n) for n in recurrent), _recurrent_node_names(graph)))
+        self.loops: dict[str, RecurrentLoop] = {}
+        self._counts: dict[str, np.ndarray] = {}
+        self._order = list(names.values())
+        session = self
+        custom = [_reference_op(op, session, names) for op in RECURRENT_OPS]
+        self._evaluator = ReferenceEvaluator(proto, new_ops=custom)
+        self.stats = None
+
+    def run(self, feeds: dict) -> list:
+        from .stats import ReuseStats
+
+        self._counts.clear()
+        outputs = self._evaluator.run(None, feeds)
+        loops = [self.loops[n] for n in self._order]
+        self.stats = ReuseStats.from_kernel_counts(loops, [self._counts[n] for n in self._order])
+        return outputs
+
+
+def _node_key(node):
+    return (node.op_type, tuple(node.input), tuple(node.output))
+
+
+def _reference_op(op_type, session, names):
+    from onnx import helper
+    from onnx.reference.op_run import OpRun
+
+    from .frontend.recurrent import OPTIONAL_INPUTS, parse_recurrent_node
+
+    def _run(self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, **_):
+        node = self.onnx_node
+        name = names[_node_key(node)]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        given = {"B": B, "sequence_lens": sequence_lens, "initial_h": initial_h,
+                 "initial_c": initial_c, "P": P}
+        present = {label for label in OPTIONAL_INPUTS.values() if given[label] is not None}
+        loop = parse_recurrent_node(op_type, name, attrs, present, list(W.shape), list(R.shape),
+                                    str(X.dtype))
+        plan = session.config.plan_for(loop) if session.config is not None else None
+        result = run_layer(loop, X, W, R, B, sequence_lens, initial_h, initial_c, P, memo=plan)
+        session.loops[name] = loop
+        session._counts[name] = result.stats
+        outs = (result.Y, result.Y_h, result.Y_c)
+        return tuple(outs[: len(node.output)])
+
+    return type(op_type, (OpRun,), {"op_domain": "", "_run": _run})

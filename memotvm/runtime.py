@@ -23,6 +23,7 @@ class CompiledModel:
         self.input_types = dict(imported.input_types)
         self.output_names = list(imported.output_names)
         self.loops = list(imported.loops)
+        self.index_ranges = dict(imported.index_ranges)
         self.target = target
         self.memo = memo
         self._make_session = make_session
@@ -110,6 +111,12 @@ class CompiledModel:
                             )
             if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise InputError(f"input '{name}' contains NaN or infinite values")
+            size = self.index_ranges.get(name)
+            if size is not None and value.size and (value.min() < -size or value.max() >= size):
+                raise InputError(
+                    f"input '{name}' indexes a table of {size} rows; values must lie in "
+                    f"[{-size}, {size - 1}], got [{value.min()}, {value.max()}]"
+                )
             arrays.append(np.ascontiguousarray(value))
         return arrays
 

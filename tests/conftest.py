@@ -23,3 +23,16 @@ def assert_outputs_close(got, expected, atol):
         assert g.shape == e.shape, f"output {i}: shape {g.shape} vs {e.shape}"
         diff = float(np.max(np.abs(g.astype(np.float64) - e))) if g.size else 0.0
         assert diff <= atol, f"output {i}: max abs difference {diff:.3g} > {atol}"
+
+
+@pytest.fixture(scope="session")
+def torch_fixture():
+    """The committed torch-exported model (embedding, 2-layer biLSTM, GRU, linear)."""
+    import os
+
+    import onnx
+
+    models = os.path.join(os.path.dirname(__file__), "..", "memotvm", "models")
+    model = onnx.load(os.path.join(models, "torch_lstm_gru.onnx"))
+    feeds = dict(np.load(os.path.join(models, "torch_lstm_gru_inputs.npz")))
+    return model, feeds

@@ -38,6 +38,7 @@ class ImportedModel:
     input_types: dict  # name -> (shape with ints / None for dynamic dims, dtype)
     output_names: list  # ONNX graph outputs, in order
     loops: list  # RecurrentLoop per recurrent node, in graph order
+    index_ranges: dict  # input name -> size of the table it indexes (Gather), checked at run time
 
 
 class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
@@ -205,7 +206,29 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         input_types=input_types,
         output_names=[o.name for o in model.graph.output],
         loops=importer.loops,
+        index_ranges=_gather_index_ranges(model.graph, set(input_names)),
     )
+
+
+def _gather_index_ranges(graph, inputs) -> dict:
+    """Inputs used directly as Gather indices into a constant table (embeddings).
+
+    TVM's gather reads without bounds checks, so the runtime checks these indices
+    against the table size before the call: an out-of-range token is an input error,
+    not an out-of-bounds read.
+    """
+    tables = {t.name: list(t.dims) for t in graph.initializer}
+    ranges = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2:
+            continue
+        data, indices = node.input[0], node.input[1]
+        if indices in inputs and data in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = tables[data]
+            size = dims[axis % len(dims)] if dims else 0
+            ranges[indices] = min(size, ranges.get(indices, size))
+    return ranges
 
 
 def _recurrent_node_names(graph) -> list:

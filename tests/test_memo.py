@@ -1,0 +1,153 @@
+"""The compiled memoization pass against the numpy reference of the spec."""
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import memotvm
+from memotvm.passes import MemoConfig
+from memotvm.reference import ReferenceSession
+from memotvm.testing import make_inputs, make_recurrent_model
+
+
+def counts(stats):
+    return {key: (c.computed, c.reused) for key, c in stats.per_gate.items()}
+
+
+def check_against_reference(model, feeds, config):
+    compiled = memotvm.compile(model, memo=config)
+    got = compiled.run(feeds)
+    ref = ReferenceSession(model, memo=config)
+    expected = ref.run(feeds)
+    # Same decisions, hence identical counts per node, direction and gate.
+    assert counts(compiled.last_stats) == counts(ref.stats)
+    # Outputs differ only by float32 summation order of the dot products.
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+    return compiled.last_stats
+
+
+@st.composite
+def memo_case(draw):
+    op = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
+    attrs = {"linear_before_reset": draw(st.sampled_from([0, 1]))} if op == "GRU" else {}
+    kwargs = dict(
+        direction=draw(st.sampled_from(["forward", "reverse", "bidirectional"])),
+        sequence_lens=draw(st.booleans()),
+        initial_h=draw(st.booleans()),
+        peepholes=op == "LSTM" and draw(st.booleans()),
+        attrs=attrs,
+        seed=draw(st.integers(0, 100)),
+    )
+    sizes = (draw(st.integers(1, 70)), draw(st.integers(1, 70)))
+    config = MemoConfig(
+        threshold=draw(st.sampled_from([0.05, 0.2, 0.5, 1.0])),
+        predictor=draw(st.sampled_from(["bnn", "oracle"])),
+    )
+    return op, sizes, kwargs, config, draw(st.integers(1, 12)), draw(st.integers(1, 3))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(memo_case())
+def test_memoized_layers_agree_with_reference(case):
+    op, (D, H), kwargs, config, seq_length, batch = case
+    model = make_recurrent_model(op, D, H, **kwargs)
+    feeds = make_inputs(model, seq_length, batch, seed=kwargs["seed"], smooth=True)
+    check_against_reference(model, feeds, config)
+
+
+@pytest.mark.parametrize("op,lbr", [("LSTM", 0), ("GRU", 0), ("GRU", 1), ("RNN", 0)])
+def test_reuse_grows_with_threshold_on_smooth_inputs(op, lbr):
+    attrs = {"linear_before_reset": lbr} if op == "GRU" else {}
+    model = make_recurrent_model(op, 32, 32, direction="bidirectional", attrs=attrs)
+    feeds = make_inputs(model, 40, 2, smooth=True)
+    reuse = [check_against_reference(model, feeds, MemoConfig(threshold=t)).reuse
+             for t in (0.1, 0.3, 0.6)]
+    assert reuse == sorted(reuse) and reuse[-1] > reuse[0] > 0
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_threshold_zero_is_exactly_the_unmodified_model(op):
+    model = make_recurrent_model(op, 19, 23, direction="bidirectional", sequence_lens=True,
+                                 initial_h=True, initial_c=op == "LSTM")
+    feeds = make_inputs(model, 15, 3, smooth=True)
+    plain = memotvm.compile(model).run(feeds)
+    for predictor in ("bnn", "oracle"):
+        memo = memotvm.compile(model, memo=MemoConfig(threshold=0.0, predictor=predictor))
+        for a, b in zip(plain, memo.run(feeds)):
+            np.testing.assert_array_equal(a, b)
+        assert memo.last_stats.total.reused == 0
+
+
+def test_per_node_and_direction_thresholds():
+    model = make_recurrent_model("LSTM", 16, 16, direction="bidirectional", name="enc")
+    feeds = make_inputs(model, 30, 2, smooth=True)
+    config = MemoConfig(threshold=0.0, per_node={"enc": {"forward": 0.0, "reverse": 0.5}})
+    stats = check_against_reference(model, feeds, config)
+    per_dir = stats.per_direction
+    assert per_dir[("enc", "forward")].reused == 0
+    assert per_dir[("enc", "reverse")].reused > 0
+
+
+def test_stacked_model_agrees_with_reference(torch_fixture):
+    model, feeds = torch_fixture
+    for predictor in ("bnn", "oracle"):
+        stats = check_against_reference(model, feeds, MemoConfig(threshold=0.3, predictor=predictor))
+        assert set(stats.per_node) == {"/lstm/LSTM", "/lstm/LSTM_1", "/gru/GRU"}
+        assert stats.reuse > 0
+
+
+def test_repeated_and_concurrent_calls_are_independent():
+    model = make_recurrent_model("GRU", 24, 20, direction="bidirectional", sequence_lens=True)
+    compiled = memotvm.compile(model, memo=0.4)
+    inputs = [make_inputs(model, 25, 2, seed=s, smooth=True) for s in range(4)]
+    expected = [compiled.run(f) for f in inputs]
+    expected_stats = []
+    for f in inputs:
+        compiled.run(f)
+        expected_stats.append(counts(compiled.last_stats))
+    # Again, in another order: nothing carried over from earlier calls.
+    for i in (3, 1, 0, 2):
+        for a, b in zip(compiled.run(inputs[i]), expected[i]):
+            np.testing.assert_array_equal(a, b)
+        assert counts(compiled.last_stats) == expected_stats[i]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(5):
+                out = compiled.run(inputs[i])
+                for a, b in zip(out, expected[i]):
+                    np.testing.assert_array_equal(a, b)
+                assert counts(compiled.thread_last_stats) == expected_stats[i]
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(i % 4,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "x", True])
+def test_bad_thresholds_are_rejected(bad):
+    with pytest.raises(memotvm.ConfigError, match="threshold"):
+        MemoConfig(threshold=bad)
+    with pytest.raises(memotvm.ConfigError, match="threshold"):
+        MemoConfig(per_node={"n": {"forward": bad}})
+
+
+def test_unknown_node_and_predictor_are_rejected():
+    model = make_recurrent_model("RNN", 4, 4, name="rnn0")
+    with pytest.raises(memotvm.ConfigError, match="not in the model: nope"):
+        memotvm.compile(model, memo=MemoConfig(per_node={"nope": 0.1}))
+    with pytest.raises(memotvm.ConfigError, match="predictor"):
+        MemoConfig(predictor="psychic")
+    with pytest.raises(memotvm.ConfigError, match="reverse"):
+        memotvm.compile(model, memo=MemoConfig(per_node={"rnn0": {"reverse": 0.1}}))
