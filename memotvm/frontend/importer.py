@@ -192,6 +192,9 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         warnings.simplefilter("ignore")
         mod = importer.from_onnx(graph, _opset(model))
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
+    from ..passes.safe_gather import BoundedGather
+
+    mod = BoundedGather()(mod)
     initializers = {t.name for t in graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in initializers]
     params = mod["main"].params

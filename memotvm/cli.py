@@ -1,0 +1,197 @@
+"""The ``memotvm`` command line.
+
+Every command prints one line ``memotvm: error: ...`` and exits with status 2 when the
+model, inputs or configuration are wrong; it never shows a traceback for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+
+from .errors import ConfigError, InputError, MemoTVMError
+
+
+def _load_npz(path: str, what: str) -> dict:
+    if not os.path.exists(path):
+        raise InputError(f"{what} file {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InputError(f"{what} file {path}: expected an .npz archive of named arrays")
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise InputError(f"{what} file {path}: not a readable .npz archive ({err})") from err
+
+
+def _load_labels(path: str):
+    arrays = _load_npz(path, "labels")
+    if "labels" in arrays:
+        return arrays["labels"]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    raise InputError(f"labels file {path}: expected one array or one named 'labels'")
+
+
+def _memo_from_args(args):
+    from .passes import MemoConfig
+
+    if getattr(args, "config", None):
+        config = MemoConfig.load(args.config)
+        if args.threshold is not None:
+            raise ConfigError("give either --config or --threshold, not both")
+        return config
+    if args.threshold is None:
+        return None
+    return MemoConfig(threshold=_float(args.threshold, "--threshold"), predictor=args.predictor)
+
+
+def _float(text, flag):
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number, got '{text}'") from None
+
+
+def cmd_run(args):
+    from . import compile as compile_model
+
+    inputs = _load_npz(args.inputs, "inputs")
+    model = compile_model(args.model, target=args.target, memo=_memo_from_args(args))
+    outputs = model.run(inputs)
+    np.savez(args.out, **dict(zip(model.output_names, outputs)))
+    summary = ", ".join(f"{n} {o.shape}" for n, o in zip(model.output_names, outputs))
+    print(f"wrote {args.out}: {summary}")
+    if model.memo is not None:
+        print(f"reuse: {model.last_stats.reuse:.1%}")
+
+
+def cmd_validate(args):
+    from .validate import validate
+
+    inputs = _load_npz(args.inputs, "inputs")
+    labels = _load_labels(args.labels) if args.labels else None
+    memo = _memo_from_args(args)
+    if memo is None:
+        raise ConfigError("validate needs --threshold T or --config FILE")
+    if labels is not None and not args.metric:
+        raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
+    report = validate(args.model, inputs, memo, labels=labels, metric=args.metric,
+                      output=args.output, target=args.target)
+    print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else report.format())
+
+
+def cmd_sweep(args):
+    from .sweep import format_table, plot, sweep
+
+    inputs = _load_npz(args.inputs, "inputs")
+    labels = _load_labels(args.labels) if args.labels else None
+    if labels is not None and not args.metric:
+        raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
+    thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
+    if not thresholds:
+        raise ConfigError("--thresholds needs at least one value")
+    predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
+    rows = sweep(args.model, inputs, thresholds, predictors, labels=labels, metric=args.metric,
+                 output=args.output, target=args.target, progress=not args.quiet)
+    print(format_table(rows))
+    if args.plot:
+        plot(rows, args.plot, title=os.path.basename(args.model))
+        print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+def cmd_inspect(args):
+    from .frontend import from_onnx
+    from .explain import describe
+
+    imported = from_onnx(args.model)
+    memo = _memo_from_args(args)
+    print(describe(imported, memo, node=args.node, asm=args.asm))
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    run_demo(threshold=_float(args.threshold, "--threshold"), plot_path=args.plot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memotvm",
+        description="Compile ONNX recurrent networks with TVM and neuron-level fuzzy memoization.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p, memo=True):
+        p.add_argument("model", help="ONNX model file")
+        p.add_argument("--target", default="cpu", help="backend (default: cpu)")
+        if memo:
+            p.add_argument("--threshold", help="memoize every recurrent layer with this threshold")
+            p.add_argument("--predictor", default="bnn", help="bnn (default) or oracle")
+            p.add_argument("--config", help="JSON memo configuration (per-node thresholds)")
+
+    p = sub.add_parser("run", help="run a model on inputs from an .npz file")
+    model_args(p)
+    p.add_argument("--inputs", required=True, help=".npz with one array per model input")
+    p.add_argument("--out", required=True, help=".npz to write, one array per output")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="compare the memoized model with the unmodified one")
+    model_args(p)
+    p.add_argument("--inputs", required=True)
+    p.add_argument("--labels", help=".npz with the labels (one array, or one named 'labels')")
+    p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
+    p.add_argument("--output", help="output the metric applies to (default: the first)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (docs/cli.md)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sweep", help="reuse and loss over a range of thresholds")
+    model_args(p, memo=False)
+    p.add_argument("--inputs", required=True)
+    p.add_argument("--labels")
+    p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
+    p.add_argument("--output")
+    p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.4,0.5")
+    p.add_argument("--predictors", default="bnn,oracle")
+    p.add_argument("--plot", default="sweep.png", help="PNG to write ('' for none)")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("inspect", help="show a recurrent kernel before and after the pass")
+    model_args(p)
+    p.add_argument("--node", help="recurrent node to show (default: the first)")
+    p.add_argument("--asm", action="store_true", help="also print the generated assembly")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("demo", help="compile, validate and benchmark a bundled model")
+    p.add_argument("--threshold", default="0.2")
+    p.add_argument("--plot", default="memotvm_demo.png", help="PNG to write ('' for none)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except MemoTVMError as err:
+        print(f"memotvm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memotvm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Threshold sweeps: reuse and accuracy loss against the threshold, per predictor."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from .api import compile as compile_model
+from .frontend import load_model
+from .passes import MemoConfig
+from .validate import validate
+
+
+def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, metric=None,
+          output=None, target="cpu", progress=True) -> list[dict]:
+    """One row per (predictor, threshold): reuse, output error and metric loss."""
+    proto = load_model(model)
+    baseline = compile_model(proto, target=target)
+    rows = []
+    jobs = [(p, t) for p in predictors for t in thresholds]
+    for predictor, threshold in tqdm(jobs, desc="sweep", disable=not progress, unit="config"):
+        config = MemoConfig(threshold=threshold, predictor=predictor)
+        report = validate(proto, inputs, config, labels=labels, metric=metric, output=output,
+                          target=target, baseline=baseline)
+        first = next(iter(report.outputs.values()))
+        rows.append({
+            "predictor": predictor,
+            "threshold": threshold,
+            "reuse": report.stats.reuse,
+            "computations_avoided": report.stats.reuse,
+            "max_abs_error": first["max_abs"],
+            "mean_rel_error": first["mean_rel"],
+            "metric": report.metric["name"] if report.metric else None,
+            "metric_value": report.metric["memoized"] if report.metric else None,
+            "metric_loss": report.metric["loss"] if report.metric else None,
+        })
+    return rows
+
+
+def format_table(rows) -> str:
+    has_metric = any(r["metric"] for r in rows)
+    head = f"{'predictor':<10} {'threshold':>9} {'reuse':>7} {'max abs err':>12} {'mean rel err':>12}"
+    if has_metric:
+        head += f" {'metric':>9} {'loss':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        line = (f"{r['predictor']:<10} {r['threshold']:>9.3g} {r['reuse']:>7.1%} "
+                f"{r['max_abs_error']:>12.3g} {r['mean_rel_error']:>12.3g}")
+        if has_metric:
+            line += f" {r['metric_value']:>9.4f} {r['metric_loss']:>8.2%}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(rows, path, title="") -> None:
+    """Reuse and metric loss (or output error) against the threshold, one line per
+    predictor: the shape of the paper's Figure 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_metric = any(r["metric"] for r in rows)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for predictor in dict.fromkeys(r["predictor"] for r in rows):
+        sel = [r for r in rows if r["predictor"] == predictor]
+        th = [r["threshold"] for r in sel]
+        ax1.plot(th, [100 * r["reuse"] for r in sel], marker="o", label=predictor)
+        if has_metric:
+            ax2.plot(th, [100 * r["metric_loss"] for r in sel], marker="o", label=predictor)
+        else:
+            ax2.plot(th, [r["mean_rel_error"] for r in sel], marker="o", label=predictor)
+    ax1.set_xlabel("threshold")
+    ax1.set_ylabel("computations avoided (%)")
+    ax2.set_xlabel("threshold")
+    ax2.set_ylabel(f"{rows[0]['metric']} loss (%)" if has_metric else "mean relative output error")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

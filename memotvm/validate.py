@@ -1,0 +1,110 @@
+"""Validation: the memoized model against the unmodified graph, on the same inputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import metrics
+from .api import compile as compile_model
+from .errors import InputError
+from .frontend import load_model
+from .passes import MemoConfig
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ValidationReport:
+    """What ``validate`` measured; ``to_dict`` is the stable JSON of ``--json``."""
+
+    config: MemoConfig
+    target: str
+    outputs: dict  # name -> error statistics
+    stats: object  # ReuseStats of the memoized run
+    metric: dict | None = None
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "target": self.target,
+            "memo": self.config.to_dict(),
+            "outputs": self.outputs,
+            "reuse": self.stats.to_dict(),
+            "computations_avoided": self.stats.reuse,
+            "metric": self.metric,
+            "timings_s": self.timings,
+        }
+
+    def format(self) -> str:
+        lines = [f"memo: predictor={self.config.predictor} threshold={self.config.threshold}"
+                 + (f" per_node={self.config.per_node}" if self.config.per_node else "")]
+        lines.append(f"reuse (computations avoided): {self.stats.reuse:.1%}")
+        for (node, direction), count in self.stats.per_direction.items():
+            lines.append(f"  {node} [{direction}]: {count.reuse:.1%} of {count.total} neuron evaluations")
+        lines.append("output errors (memoized vs unmodified):")
+        for name, err in self.outputs.items():
+            lines.append(
+                f"  {name}: max abs {err['max_abs']:.3g}, mean abs {err['mean_abs']:.3g}, "
+                f"max rel {err['max_rel']:.3g}, mean rel {err['mean_rel']:.3g}"
+            )
+        if self.metric:
+            m = self.metric
+            lines.append(
+                f"{m['name']} on '{m['output']}': unmodified {m['unmodified']:.4f}, "
+                f"memoized {m['memoized']:.4f}, loss {m['loss']:.2%}"
+            )
+        return "\n".join(lines)
+
+
+def output_errors(base: np.ndarray, memo: np.ndarray) -> dict:
+    base = base.astype(np.float64)
+    diff = np.abs(memo.astype(np.float64) - base)
+    rel = diff / np.maximum(np.abs(base), 1e-6)
+    if diff.size == 0:
+        return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0}
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "max_rel": float(rel.max()), "mean_rel": float(rel.mean())}
+
+
+def pick_output(names, output):
+    if output is None:
+        return 0
+    if output not in names:
+        raise InputError(f"no output named '{output}' (outputs: {', '.join(names)})")
+    return names.index(output)
+
+
+def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
+             target="cpu", baseline=None) -> ValidationReport:
+    """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
+
+    ``labels`` with ``metric`` (accuracy, bpc, mse) adds the task metric of both and
+    its loss, on ``output`` (default: the first).  ``baseline`` may pass an already
+    compiled unmodified model (sweeps reuse one).
+    """
+    config = MemoConfig.coerce(memo)
+    proto = load_model(model)
+    if (labels is None) != (metric is None):
+        raise InputError("labels and metric go together: give both or neither")
+    t0 = time.perf_counter()
+    plain = baseline or compile_model(proto, target=target)
+    t1 = time.perf_counter()
+    memoized = compile_model(proto, target=target, memo=config)
+    t2 = time.perf_counter()
+    base_out = plain.run(inputs)
+    memo_out = memoized.run(inputs)
+    names = plain.output_names
+    errors = {name: output_errors(b, m) for name, b, m in zip(names, base_out, memo_out)}
+    result = None
+    if metric is not None:
+        k = pick_output(names, output)
+        base_score = metrics.score(metric, base_out[k], labels)
+        memo_score = metrics.score(metric, memo_out[k], labels)
+        result = {"name": metric, "output": names[k], "unmodified": base_score,
+                  "memoized": memo_score, "loss": metrics.loss(metric, base_score, memo_score)}
+    timings = {"compile_unmodified": t1 - t0, "compile_memoized": t2 - t1}
+    return ValidationReport(config, target, errors, memoized.last_stats, result, timings)
