@@ -49,3 +49,69 @@ def memotvm_runner(compiled, feeds):
     arrays = compiled.check_inputs(feeds)
     session = compiled._session()
     return lambda: session(arrays)
+
+
+def compile_and_run_once(compiled, feeds):
+    """Run once (to get the reuse statistics) and return the runner."""
+    compiled.run(feeds)
+    return memotvm_runner(compiled, feeds)
+
+
+def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
+                ort_threads=None, target="cpu", progress=False) -> dict:
+    """Time onnxruntime, memotvm unmodified and memotvm memoized at each threshold,
+    interleaved in one process.  Returns rows of medians, reuse and speedups."""
+    from .api import compile as compile_model
+    from .frontend import load_model
+    from .passes import MemoConfig
+
+    proto = load_model(model)
+    t0 = time.perf_counter()
+    plain = compile_model(proto, target=target)
+    compile_s = {"unmodified": time.perf_counter() - t0}
+    runners = {"memotvm": compile_and_run_once(plain, feeds)}
+    reuse = {"memotvm": 0.0}
+    for thr in thresholds:
+        t0 = time.perf_counter()
+        memo = compile_model(proto, target=target, memo=MemoConfig(threshold=thr, predictor=predictor))
+        name = f"memo@{thr:g}"
+        compile_s[name] = time.perf_counter() - t0
+        runners[name] = compile_and_run_once(memo, feeds)
+        reuse[name] = memo.last_stats.reuse
+    ort = onnxruntime_runner(proto, feeds, ort_threads)
+    if ort is not None:
+        runners["onnxruntime"] = ort
+        reuse["onnxruntime"] = 0.0
+    times = interleaved(runners, rounds=rounds)
+    steps = _steps(feeds)
+    rows = []
+    for name, t in times.items():
+        r = reuse[name]
+        rows.append({
+            "name": name,
+            "ms": t * 1e3,
+            "us_per_step": t * 1e6 / steps if steps else None,
+            "reuse": r,
+            "speedup_vs_onnxruntime": times["onnxruntime"] / t if "onnxruntime" in times else None,
+            "speedup_vs_unmodified": times["memotvm"] / t,
+            "ideal": 1 / (1 - r) if r < 1 else float("inf"),
+            "compile_s": compile_s.get(name if name != "memotvm" else "unmodified"),
+        })
+    return {"rows": rows, "steps": steps}
+
+
+def _steps(feeds):
+    x = feeds.get("X")
+    return int(x.shape[0]) if x is not None and x.ndim == 3 else None
+
+
+def format_rows(rows) -> str:
+    head = (f"{'variant':<13} {'ms':>9} {'us/step':>9} {'reuse':>7} {'vs ort':>7} "
+            f"{'vs unmod':>8} {'ideal':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ups = f"{r['us_per_step']:9.2f}" if r["us_per_step"] is not None else f"{'-':>9}"
+        vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
+        lines.append(f"{r['name']:<13} {r['ms']:9.3f} {ups} {r['reuse']:7.1%} {vo} "
+                     f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f}")
+    return "\n".join(lines)
