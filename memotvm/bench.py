@@ -39,6 +39,9 @@ def onnxruntime_runner(model, feeds, threads: int | None = None):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    # onnxruntime's idle workers spin after each run; interleaved with memotvm in one
+    # process they would steal the cores TVM's workers need (and vice versa).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, feeds)

@@ -70,7 +70,7 @@ def recurrent_case(draw):
     return op, sizes, kwargs, outputs, seq_length, batch
 
 
-@settings(max_examples=120, deadline=None, derandomize=True,
+@settings(max_examples=80, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(recurrent_case())
 def test_random_layers_match_onnxruntime(case):

@@ -1,18 +1,25 @@
 """Recurrent-loop kernels: one TIR PrimFunc per ONNX recurrent node.
 
 A kernel holds the whole time loop of a layer.  Its structure is what the memoization
-pass relies on:
+pass relies on and what makes it fast on a CPU:
 
-* the outer loop runs over *chains*, one per (direction, batch element); chains are
-  independent, so it is a parallel loop;
-* each chain keeps its state (h, c) and two buffers of dot products per neuron,
-  ``input_part`` (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j);
-* at every valid step the *neuron evaluations* (:meth:`KernelBuilder.emit_neurons`) fill
-  those buffers, then the cell update of :mod:`memotvm.cells` turns them into h and c.
+* the time loop is serial; inside a step the work is split into *tasks*, one per
+  (direction, block of hidden units, batch element), which are independent within a
+  step and run in parallel (at batch 1 both directions and all unit blocks still give
+  the cores work);
+* a task evaluates the neurons (gate rows) of its units, then applies the cell update
+  of :mod:`memotvm.cells` to them; h is double-buffered (read step s-1, write step s);
+* each neuron's dot products live in two persistent buffers, ``input_part``
+  (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j).
 
-Memoization (``memo`` given) changes only the neuron evaluations: a predictor guards
-each neuron's dot products, and because the dot-product buffers persist from step to
-step they *are* the memo table: a reused neuron simply keeps its last values.
+Unmodified kernels compute the input parts of ``TIME_BLOCK`` steps at once (a matrix
+product that reads each weight row once per block) and the recurrent parts four rows at
+a time.  Memoization (``memo`` given) changes only the neuron evaluations: a predictor
+decides per neuron, the neurons to compute are compacted into a list and evaluated four
+at a time, and a reused neuron simply keeps its values, so the dot-product buffers *are*
+the memo table.  Every dot product, wherever it is computed, accumulates in the same
+lanes in the same order, so a memoized kernel at threshold 0 is bit-identical to the
+unmodified one.
 
 Kernel arguments, in order: X (layout 0), W, R, then the optional inputs the node has
 (B, sequence_lens, initial_h, initial_c, P; layout 0), then for the BNN predictor the
@@ -25,7 +32,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tvm
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
@@ -34,8 +40,14 @@ from .. import cells
 from .recurrent import RecurrentLoop
 
 WORD_BITS = 64
-# float32 lanes of one accumulator; 16 fills an AVX-512 register, two AVX2 registers.
+# float32 lanes of one accumulator: one AVX-512 register, two AVX2 registers.
 LANES = 16
+# Rows evaluated together (they share the loads of the vector they multiply).
+ROW_BLOCK = 4
+# Steps whose input projections the unmodified kernel computes together.
+TIME_BLOCK = 4
+# Hidden units per task.
+UNIT_BLOCK = 64
 
 
 def words(n: int) -> int:
@@ -81,6 +93,11 @@ def i64(v):
     return tirx.const(v, "int64")
 
 
+def _named(name, value):
+    IRBuilder.name(name, value)
+    return value
+
+
 class KernelBuilder:
     """Builds the PrimFunc of one :class:`RecurrentLoop`, plain or memoized."""
 
@@ -90,6 +107,8 @@ class KernelBuilder:
         # Accumulate and apply the gate math in float32 at least.
         self.acc = "float64" if loop.dtype == "float64" else "float32"
         self.m = TirMath(self.acc)
+        self.unit_block = min(UNIT_BLOCK, loop.hidden_size)
+        self.unit_blocks = -(-loop.hidden_size // self.unit_block)
 
     # -- entry point ---------------------------------------------------------------
 
@@ -103,29 +122,32 @@ class KernelBuilder:
                     attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
                 T.func_attr(attrs)
                 self._declare_params()
-                nchains = self.seq_batch[1] * loop.num_directions
-                with T.parallel(0, nchains) as chain:
-                    if loop.num_directions == 1:
-                        self._chain(i64(0), chain)
-                    else:
-                        b = self.seq_batch[1]
-                        self._chain(chain // b, chain % b)
+                self._allocate_state()
+                self._initialise()
+                seq = self.seq
+                with T.serial(0, seq) as s:
+                    _named("step", s)
+                    if self.memo is None:
+                        with T.If(s % TIME_BLOCK == 0):
+                            with T.Then():
+                                self._input_projection(s)
+                    if self._gru_reset_first:
+                        self._parallel_tasks(s, self._gru_reset_phase)
+                    self._parallel_tasks(s, self._main_phase)
+                self._finish()
         return ib.get()
 
-    # -- parameters ----------------------------------------------------------------
+    # -- parameters and state ------------------------------------------------------
 
     def _buffer(self, name, shape, dtype):
         handle = T.arg(name, T.handle())
-        buf = T.match_buffer(handle, shape, dtype)
-        IRBuilder.name(name, buf)
-        return buf
+        return _named(name, T.match_buffer(handle, shape, dtype))
 
     def _declare_params(self):
         loop = self.loop
         nd, H, D, G = loop.num_directions, loop.hidden_size, loop.input_size, loop.rows
-        seq = tirx.Var("seq_length", "int64")
-        batch = tirx.Var("batch_size", "int64")
-        self.seq_batch = (seq, batch)
+        self.seq = seq = tirx.Var("seq_length", "int64")
+        self.batch = batch = tirx.Var("batch_size", "int64")
         dt = loop.dtype
         self.X = self._buffer("X", (seq, batch, D), dt)
         self.W = self._buffer("W", (nd, G, D), dt)
@@ -144,6 +166,76 @@ class KernelBuilder:
         self.stats = self._buffer("stats", (nd, batch, loop.num_gates, 2), "int64")
         self.status = self._buffer("status", (nd, batch), "int32")
 
+    def _allocate_state(self):
+        loop, acc = self.loop, self.acc
+        nd, H, G, batch = loop.num_directions, loop.hidden_size, loop.rows, self.batch
+        self.h = _named("h", T.alloc_buffer((2, nd, batch, H), acc))  # [step parity, ...]
+        self.c = _named("c", T.alloc_buffer((nd, batch, H), acc)) if loop.op == "LSTM" else None
+        self.a = _named("input_part", T.alloc_buffer((nd, batch, G), acc))
+        self.bp = _named("recurrent_part", T.alloc_buffer((nd, batch, G), acc))
+        self.rh = _named("reset_h", T.alloc_buffer((nd, batch, H), acc)) if self._gru_reset_first else None
+        self.lengths = _named("lengths", T.alloc_buffer((batch,), "int64"))
+        self.counts = _named("counts", T.alloc_buffer(
+            (nd, batch, self.unit_blocks, loop.num_gates * 2), "int64"))
+        if self.memo is None:
+            self.xproj = _named("input_projection", T.alloc_buffer((TIME_BLOCK, nd, batch, G), acc))
+        else:
+            qtype = "int32" if self.memo.predictor == "bnn" else acc
+            self.memo_q = _named("memo_q", T.alloc_buffer((nd, batch, G), qtype))
+            if self.memo.predictor == "bnn":
+                # Input parts of TIME_BLOCK consecutive steps, computed together the
+                # first time a neuron must be evaluated in the block (one read of its
+                # W row serves up to four steps); input_tag is the block's first step.
+                self.input_cache = _named("input_cache", T.alloc_buffer((nd, batch, G, TIME_BLOCK), acc))
+                self.input_tag = _named("input_tag", T.alloc_buffer((nd, batch, G), "int64"))
+
+    @property
+    def _gru_reset_first(self):
+        return self.loop.op == "GRU" and not self.loop.linear_before_reset
+
+    def _initialise(self):
+        """Clamp the lengths (reporting bad ones), load the initial state, zero counts."""
+        loop, m = self.loop, self.m
+        nd, H, seq = loop.num_directions, loop.hidden_size, self.seq
+        with T.serial(0, self.batch) as b:
+            if self.L is not None:
+                raw = tirx.Cast("int64", self.L[b])
+                bad = tirx.Or(raw < i64(0), raw > seq)
+                flag = tirx.Select(bad, tirx.const(1, "int32"), tirx.const(0, "int32"))
+                T.buffer_store(self.lengths, tirx.max(tirx.min(raw, seq), i64(0)), [b])
+            else:
+                flag = tirx.const(0, "int32")
+                T.buffer_store(self.lengths, seq, [b])
+            with T.serial(0, nd) as d:
+                T.buffer_store(self.status, flag, [d, b])
+                with T.serial(0, H) as k:
+                    h0 = self.load(self.H0, (d, b, k)) if self.H0 is not None else m.const(0.0)
+                    T.buffer_store(self.h, h0, [0, d, b, k])
+                    if self.c is not None:
+                        c0 = self.load(self.C0, (d, b, k)) if self.C0 is not None else m.const(0.0)
+                        T.buffer_store(self.c, c0, [d, b, k])
+                with T.grid(self.unit_blocks, loop.num_gates * 2) as (ub, g):
+                    T.buffer_store(self.counts, i64(0), [d, b, ub, g])
+                if self.memo and self.memo.predictor == "bnn":
+                    with T.serial(0, loop.rows) as j:
+                        T.buffer_store(self.input_tag, i64(-TIME_BLOCK), [d, b, j])
+
+    def _finish(self):
+        loop = self.loop
+        nd, H = loop.num_directions, loop.hidden_size
+        last = self.seq % 2
+        with T.grid(nd, self.batch) as (d, b):
+            with T.serial(0, H) as k:
+                self.store(self.YH, self.h[last, d, b, k], (d, b, k))
+                if self.YC is not None:
+                    self.store(self.YC, self.c[d, b, k], (d, b, k))
+            with T.serial(0, loop.num_gates) as g:
+                for slot in (0, 1):
+                    total = i64(0)
+                    for ub in range(self.unit_blocks):
+                        total = total + self.counts[d, b, ub, g * 2 + slot]
+                    T.buffer_store(self.stats, total, [d, b, g, slot])
+
     # -- helpers -------------------------------------------------------------------
 
     def load(self, buf, idx):
@@ -155,110 +247,85 @@ class KernelBuilder:
             value = tirx.Cast(buf.dtype, value)
         T.buffer_store(buf, value, list(idx))
 
-    def dot(self, mat, prefix, vec, vec_prefix, n):
-        """sum_k mat[prefix + (k,)] * vec[vec_prefix + (k,)] with vector accumulators."""
-        acc = self.dot_acc
-        with T.vectorized(0, LANES) as lane:
-            T.buffer_store(acc, self.m.const(0.0), [lane])
+    def multi_dot(self, rows, vecs, n):
+        """Dot products of several rows with several vectors, sharing their loads.
+
+        ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
+        length n.  Returns ``[[row . vec for vec in vecs] for row in rows]``, each bound
+        to a variable.  Every product accumulates lane k % LANES in order of k, then
+        the lanes are summed pairwise and the tail (n % LANES) added in order: the
+        same arithmetic whatever rows or vectors it is grouped with.
+        """
+        nr, nv = len(rows), len(vecs)
+        # One small buffer per accumulator: each stays on the stack (TVM moves buffers
+        # of 1 KiB and more to the heap) and LLVM keeps it in a register.
+        accs = [T.alloc_buffer((LANES,), self.acc) for _ in range(nr * nv)]
+        for acc in accs:
+            with T.vectorized(0, LANES) as lane:
+                T.buffer_store(acc, self.m.const(0.0), [lane])
         full = n // LANES
         if full:
             with T.serial(0, full) as k0:
                 with T.vectorized(0, LANES) as lane:
                     k = k0 * LANES + lane
-                    prod = self.load(mat, prefix + (k,)) * self.load(vec, vec_prefix + (k,))
-                    T.buffer_store(acc, acc[lane] + prod, [lane])
-        # Pairwise sum of the lanes (shorter dependency chain than a serial sum).
-        terms = [acc[lane] for lane in range(LANES)]
-        while len(terms) > 1:
-            terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
-        total = terms[0]
-        for k in range(full * LANES, n):
-            total = total + self.load(mat, prefix + (k,)) * self.load(vec, vec_prefix + (k,))
-        # Bind now: the accumulator is reused by the next dot product.
-        return T.bind(total)
+                    xs = [self.load(buf, pre + (k,)) for buf, pre in vecs]
+                    for r, (rbuf, rpre) in enumerate(rows):
+                        w = self.load(rbuf, rpre + (k,))
+                        for v in range(nv):
+                            acc = accs[r * nv + v]
+                            T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
+        out = []
+        for r, (rbuf, rpre) in enumerate(rows):
+            row_out = []
+            for v, (vbuf, vpre) in enumerate(vecs):
+                acc = accs[r * nv + v]
+                terms = [acc[lane] for lane in range(LANES)]
+                while len(terms) > 1:
+                    terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
+                total = terms[0]
+                if n % LANES:
+                    # The tail, added in order (a loop: unrolled it bloats the code).
+                    tail = T.alloc_buffer((1,), self.acc)
+                    T.buffer_store(tail, total, [0])
+                    with T.serial(full * LANES, n) as k:
+                        prod = self.load(rbuf, rpre + (k,)) * self.load(vbuf, vpre + (k,))
+                        T.buffer_store(tail, tail[0] + prod, [0])
+                    total = tail[0]
+                row_out.append(T.bind(total))
+            out.append(row_out)
+        return out
 
-    # -- one chain: a (direction, batch element) pair --------------------------------
+    def _bias(self, d, j, which):
+        if self.B is None:
+            return None
+        return self.load(self.B, (d, j if which == "W" else self.loop.rows + j))
 
-    def _chain(self, d, b):
-        loop = self.loop
-        H, G = loop.hidden_size, loop.rows
-        seq, _ = self.seq_batch
-        acc = self.acc
-        self._d = d
-        self.h = T.alloc_buffer((H,), acc)
-        IRBuilder.name("h", self.h)
-        self.c = T.alloc_buffer((H,), acc) if loop.op == "LSTM" else None
-        if self.c is not None:
-            IRBuilder.name("c", self.c)
-        self.a = T.alloc_buffer((G,), acc)
-        IRBuilder.name("input_part", self.a)
-        self.bpart = T.alloc_buffer((G,), acc)
-        IRBuilder.name("recurrent_part", self.bpart)
-        self.rh = T.alloc_buffer((H,), acc) if self._gru_reset_first else None
-        self.dot_acc = T.alloc_buffer((LANES,), acc)
-        IRBuilder.name("lanes", self.dot_acc)
-        self.counts = T.alloc_buffer((loop.num_gates * 2,), "int64")
-        IRBuilder.name("counts", self.counts)
-        if self.memo:
-            self._alloc_memo()
-        with T.serial(0, loop.num_gates * 2) as g:
-            T.buffer_store(self.counts, i64(0), [g])
+    def _with_bias(self, value, d, j, which):
+        bias = self._bias(d, j, which)
+        return value if bias is None else value + bias
 
-        # The element's length, clamped so that no index can leave the buffers; a
-        # length outside [0, seq_length] is reported through `status`.
-        if self.L is not None:
-            raw = tirx.Cast("int64", self.L[b])
-            bad = tirx.Or(raw < i64(0), raw > seq)
-            T.buffer_store(self.status, tirx.Select(bad, tirx.const(1, "int32"), tirx.const(0, "int32")), [d, b])
-            length = T.bind(tirx.max(tirx.min(raw, seq), i64(0)))
-        else:
-            T.buffer_store(self.status, tirx.const(0, "int32"), [d, b])
-            length = seq
-        with T.serial(0, H) as k:
-            h0 = self.load(self.H0, (d, b, k)) if self.H0 is not None else self.m.const(0.0)
-            T.buffer_store(self.h, h0, [k])
-            if self.c is not None:
-                c0 = self.load(self.C0, (d, b, k)) if self.C0 is not None else self.m.const(0.0)
-                T.buffer_store(self.c, c0, [k])
-
-        with T.serial(0, seq) as s:
-            with T.If(s < length):
-                with T.Then():
-                    reverse = self._reverse(d)
-                    if reverse is True:
-                        t = T.bind(length - 1 - s)
-                    elif reverse is False:
-                        t = s
-                    else:
-                        t = T.bind(tirx.Select(reverse, length - 1 - s, s))
-                    self._directional(d, lambda dd: self._step(dd, b, t, s))
-                    with T.serial(0, H) as k:
-                        self.store(self.Y, self.h[k], (t, d, b, k))
-                with T.Else():
-                    # Past this element's length: Y is zero (same index range for
-                    # both directions).
-                    with T.serial(0, H) as k:
-                        T.buffer_store(self.Y, tirx.const(0.0, loop.dtype), [s, d, b, k])
-        with T.serial(0, H) as k:
-            self.store(self.YH, self.h[k], (d, b, k))
-            if self.YC is not None:
-                self.store(self.YC, self.c[k], (d, b, k))
-        with T.serial(0, loop.num_gates) as g:
-            T.buffer_store(self.stats, self.counts[g * 2], [d, b, g, 0])
-            T.buffer_store(self.stats, self.counts[g * 2 + 1], [d, b, g, 1])
-
-    def _reverse(self, d):
-        """Whether direction d runs backwards: a Python bool when static, else an expr."""
+    def _time_index(self, d, b, s):
+        """(valid, t): whether step s of chain (d, b) is in its sequence, and which
+        position of X it reads (reverse directions run backwards from their length)."""
+        length = self.lengths[b]
+        valid = s < length
         if self.loop.direction == "bidirectional":
-            return d == i64(1)
-        return self.loop.direction == "reverse"
+            # d is 0 (forward) or 1 (reverse): arithmetic, not a Select, keeps the
+            # index analysis of TVM's lowering cheap.
+            t = s + d * (length - 1 - 2 * s)
+        elif self.loop.direction == "reverse":
+            t = length - 1 - s
+        else:
+            t = s
+        return valid, t
 
     def _directional(self, d, emit):
-        """Emit per-direction code: once if both directions share their settings,
-        else once per direction behind a branch on d."""
+        """Emit per-direction code: once if both directions share their settings, else
+        once per direction behind a branch on d (emit receives the direction index
+        whose settings apply)."""
         loop = self.loop
         if loop.num_directions == 1 or self._same_settings():
-            emit(0 if loop.num_directions == 1 else None)
+            emit(0)
             return
         with T.If(d == i64(0)):
             with T.Then():
@@ -267,105 +334,205 @@ class KernelBuilder:
                 emit(1)
 
     def _same_settings(self):
+        if self.loop.num_directions == 1:
+            return True
         acts = self.loop.activations
         same_thr = not self.memo or len(set(self.memo.thresholds)) == 1
         return acts[0] == acts[1] and same_thr
 
-    @property
-    def _gru_reset_first(self):
-        return self.loop.op == "GRU" and not self.loop.linear_before_reset
+    # -- the input projection of the unmodified kernel -------------------------------
 
-    # -- one step of one chain -------------------------------------------------------
+    def _input_projection(self, s):
+        """input_projection[tb, d, b, j] = W_j . x_t + Wb_j for steps s .. s+TIME_BLOCK-1.
 
-    def _step(self, dd, b, t, s):
-        """One valid step.  ``dd`` is the static direction index whose settings apply
-        (None when both directions share them); ``self.d_expr`` is the runtime one."""
+        Four rows times four steps per block: each weight row is read once per block
+        of steps instead of once per step.  Steps past an element's length read a
+        clamped position and are never used.
+        """
         loop = self.loop
-        H = loop.hidden_size
-        m = self.m
-        d = self._d
-        acts = loop.activations[dd or 0]
-        x_ref = (self.X, (t, b))
-        h_ref = (self.h, ())
-        if self.memo:
-            self._pack_step_signs(x_ref, h_ref)
-        if loop.op == "GRU" and not loop.linear_before_reset:
-            # The candidate's recurrent input r (.) h needs r first.
-            self.emit_neurons(dd, d, 0, 2 * H, x_ref, h_ref, s)
-            with T.serial(0, H) as k:
-                r = cells.gru_reset(m, acts, self.a[H + k] + self.bpart[H + k], loop.clip)
-                T.buffer_store(self.rh, r * self.h[k], [k])
-            if self.memo and self.memo.predictor == "bnn":
-                self._pack_signs(self.rh, (), H, self.rh_bits)
-            self.emit_neurons(dd, d, 2 * H, 3 * H, x_ref, (self.rh, ()), s)
-        else:
-            self.emit_neurons(dd, d, 0, loop.rows, x_ref, h_ref, s)
-        with T.serial(0, H) as k:
-            self._cell_update(acts, d, k)
+        nd, G, D = loop.num_directions, loop.rows, loop.input_size
+        per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
+        ntasks = -(-G // per_task)
+        with T.parallel(0, nd * ntasks) as task:
+            d = T.bind(task // ntasks) if nd > 1 else i64(0)
+            first = T.bind((task % ntasks) * per_task)
+            last = T.bind(tirx.min(first + per_task, i64(G)))
+            nquads = T.bind((last - first) // ROW_BLOCK)
+            with T.serial(0, self.batch) as b:
+                vecs = []
+                for tb in range(TIME_BLOCK):
+                    _, t = self._time_index(d, b, s + tb)
+                    t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
+                    vecs.append((self.X, (t, b)))
 
-    def _cell_update(self, acts, d, k):
+                def project(j0, nrows):
+                    js = [T.bind(j0 + r) for r in range(nrows)]
+                    sums = self.multi_dot([(self.W, (d, j)) for j in js], vecs, D)
+                    for r, j in enumerate(js):
+                        for tb in range(TIME_BLOCK):
+                            T.buffer_store(self.xproj, self._with_bias(sums[r][tb], d, j, "W"), [tb, d, b, j])
+
+                with T.serial(0, nquads) as q:
+                    project(first + q * ROW_BLOCK, ROW_BLOCK)
+                with T.serial(first + nquads * ROW_BLOCK, last) as j:
+                    project(j, 1)
+
+    # -- the tasks of one step -------------------------------------------------------
+
+    def _parallel_tasks(self, s, phase):
+        """Run ``phase(d, ub, b, s)`` for every (direction, unit block, batch element)."""
+        nd, nub, batch = self.loop.num_directions, self.unit_blocks, self.batch
+        with T.parallel(0, nd * nub * batch) as task:
+            d = T.bind(task // (nub * batch)) if nd > 1 else i64(0)
+            ub = T.bind((task // batch) % nub) if nub > 1 else i64(0)
+            b = T.bind(task % batch)
+            phase(d, ub, b, s)
+
+    def _units(self, ub):
+        """(first unit, number of units) of unit block ub."""
+        U, H = self.unit_block, self.loop.hidden_size
+        first = ub * U
+        count = tirx.min(i64(U), i64(H) - first) if H % U else i64(U)
+        return first, count
+
+    def _gru_reset_phase(self, d, ub, b, s):
+        """GRU with linear_before_reset = 0: evaluate z and r of this block's units and
+        store r (.) h, which every candidate neuron of the next phase reads."""
+        H = self.loop.hidden_size
+        valid, t = self._time_index(d, b, s)
+        prev = s % 2
+        first, count = self._units(ub)
+        with T.If(valid):
+            with T.Then():
+                t = T.bind(t)
+                self._directional(d, lambda dd: self.emit_neurons(
+                    dd, d, ub, b, s, t, gates=(0, 1), u_ref=(self.h, (prev, d, b))))
+                with T.serial(0, count) as u:
+                    k = first + u
+                    acts = self.loop.activations[0]
+                    r = cells.gru_reset(self.m, acts, self.a[d, b, H + k] + self.bp[d, b, H + k], self.loop.clip)
+                    if not self._same_settings():
+                        r2 = cells.gru_reset(self.m, self.loop.activations[1],
+                                             self.a[d, b, H + k] + self.bp[d, b, H + k], self.loop.clip)
+                        r = tirx.Select(d == i64(0), r, r2)
+                    T.buffer_store(self.rh, r * self.h[prev, d, b, k], [d, b, k])
+
+    def _main_phase(self, d, ub, b, s):
+        """Evaluate this block's (remaining) neurons and update its units' state."""
+        loop = self.loop
+        valid, t = self._time_index(d, b, s)
+        prev, nxt = s % 2, (s + 1) % 2
+        first, count = self._units(ub)
+        with T.If(valid):
+            with T.Then():
+                t = T.bind(t)
+
+                def emit(dd):
+                    if self._gru_reset_first:
+                        self.emit_neurons(dd, d, ub, b, s, t, gates=(2,), u_ref=(self.rh, (d, b)))
+                    else:
+                        self.emit_neurons(dd, d, ub, b, s, t, gates=tuple(range(loop.num_gates)),
+                                          u_ref=(self.h, (prev, d, b)))
+                    with T.serial(0, count) as u:
+                        self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
+
+                self._directional(d, emit)
+                with T.serial(0, count) as u:
+                    k = first + u
+                    self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
+            with T.Else():
+                # Past this element's length: carry the state, Y is zero (the same
+                # positions for both directions).
+                with T.serial(0, count) as u:
+                    k = first + u
+                    T.buffer_store(self.h, self.h[prev, d, b, k], [nxt, d, b, k])
+                    T.buffer_store(self.Y, tirx.const(0.0, loop.dtype), [s, d, b, k])
+
+    def _cell_update(self, acts, d, b, k, prev, nxt):
         loop, m, H = self.loop, self.m, self.loop.hidden_size
-        a, bp = self.a, self.bpart
+        a, bp = self.a, self.bp
         if loop.op == "LSTM":
-            pre = {g: a[n * H + k] + bp[n * H + k] for n, g in enumerate(loop.gates)}
+            pre = {g: a[d, b, n * H + k] + bp[d, b, n * H + k] for n, g in enumerate(loop.gates)}
             peep = None
             if self.P is not None:
                 peep = {g: self.load(self.P, (d, n * H + k)) for n, g in enumerate("iof")}
             h_new, c_new = cells.lstm_cell(
-                m, acts, pre, self.c[k], peep, loop.clip, loop.input_forget
+                m, acts, pre, self.c[d, b, k], peep, loop.clip, loop.input_forget
             )
-            T.buffer_store(self.c, c_new, [k])
-            T.buffer_store(self.h, h_new, [k])
+            T.buffer_store(self.c, c_new, [d, b, k])
+            T.buffer_store(self.h, h_new, [nxt, d, b, k])
         elif loop.op == "GRU":
             r = None
             if loop.linear_before_reset:
-                r = cells.gru_reset(m, acts, a[H + k] + bp[H + k], loop.clip)
+                r = cells.gru_reset(m, acts, a[d, b, H + k] + bp[d, b, H + k], loop.clip)
             h_new = cells.gru_cell(
-                m, acts, a[k] + bp[k], a[2 * H + k], bp[2 * H + k], r, self.h[k],
-                loop.clip, loop.linear_before_reset,
+                m, acts, a[d, b, k] + bp[d, b, k], a[d, b, 2 * H + k], bp[d, b, 2 * H + k], r,
+                self.h[prev, d, b, k], loop.clip, loop.linear_before_reset,
             )
-            T.buffer_store(self.h, h_new, [k])
+            T.buffer_store(self.h, h_new, [nxt, d, b, k])
         else:
-            T.buffer_store(self.h, cells.rnn_cell(m, acts, a[k] + bp[k], loop.clip), [k])
+            h_new = cells.rnn_cell(m, acts, a[d, b, k] + bp[d, b, k], loop.clip)
+            T.buffer_store(self.h, h_new, [nxt, d, b, k])
 
     # -- neuron evaluations: what memoization guards ----------------------------------
 
-    def emit_neurons(self, dd, d, lo, hi, x_ref, u_ref, s):
-        """Evaluate neurons lo..hi-1: their input and recurrent dot products."""
-        with T.serial(lo, hi) as j:
-            if self.memo is None:
-                self._compute_neuron(d, j, x_ref, u_ref)
-                self._count(j, computed=True)
-            else:
-                self._memo_neuron(dd, d, j, x_ref, u_ref, s, lo)
+    def emit_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
+        """Evaluate the neurons of unit block ub in ``gates`` for chain (d, b) at step s:
+        fill input_part (from the projection, or W_j x_t + Wb_j) and recurrent_part
+        (R_j u + Rb_j, u given by ``u_ref``)."""
+        H = self.loop.hidden_size
+        first, count = self._units(ub)
+        if self.memo is None:
+            tb = s % TIME_BLOCK
+            for g in gates:
+                base = g * H + first
+                self._dense_rows(d, b, base, count, u_ref, input_from=(tb,))
+                self._count(d, b, ub, g, computed=count)
+            return
+        self._memo_neurons(dd, d, ub, b, s, t, gates, u_ref)
 
-    def _compute_neuron(self, d, j, x_ref, u_ref):
+    def _dense_rows(self, d, b, base, count, u_ref, input_from=None, x_ref=None, rows_buf=None,
+                    a_out=None, b_out=None, step=None):
+        """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given), four
+        at a time.  The input part comes from the projection (``input_from``) or is
+        computed from ``x_ref``.  Results go to input_part/recurrent_part or to the
+        ``a_out``/``b_out`` buffers."""
         loop = self.loop
-        wa = self.dot(self.W, (d, j), x_ref[0], x_ref[1], loop.input_size)
-        wb = self.dot(self.R, (d, j), u_ref[0], u_ref[1], loop.hidden_size)
-        if self.B is not None:
-            wa = wa + self.load(self.B, (d, j))
-            wb = wb + self.load(self.B, (d, loop.rows + j))
-        T.buffer_store(self.a, wa, [j])
-        T.buffer_store(self.bpart, wb, [j])
+        a_out = a_out or self.a
+        b_out = b_out or self.bp
+        nquads = count // ROW_BLOCK
 
-    def _count(self, j, computed):
-        slot = (j // self.loop.hidden_size) * 2 + (0 if computed else 1)
-        T.buffer_store(self.counts, self.counts[slot] + i64(1), [slot])
+        def rows_at(i0, n):
+            js = []
+            for r in range(n):
+                idx = base + i0 + r
+                js.append(T.bind(rows_buf[idx]) if rows_buf is not None else idx)
+            vecs = [(u_ref[0], u_ref[1])]
+            rec = self.multi_dot([(self.R, (d, j)) for j in js], vecs, loop.hidden_size)
+            if input_from is None:
+                inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
+            for r, j in enumerate(js):
+                if input_from is None:
+                    a_val = self._with_bias(inp[r][0], d, j, "W")
+                elif input_from == "cache":
+                    a_val = self.input_cache[d, b, j, step - self.input_tag[d, b, j]]
+                else:
+                    a_val = self.xproj[input_from[0], d, b, j]
+                T.buffer_store(a_out, a_val, [d, b, j])
+                T.buffer_store(b_out, self._with_bias(rec[r][0], d, j, "R"), [d, b, j])
+
+        with T.serial(0, nquads) as q:
+            rows_at(q * ROW_BLOCK, ROW_BLOCK)
+        with T.serial(nquads * ROW_BLOCK, count) as i:
+            rows_at(i, 1)
+
+    def _count(self, d, b, ub, g, computed=None, reused=None):
+        for slot, n in ((0, computed), (1, reused)):
+            if n is not None:
+                cur = self.counts[d, b, ub, g * 2 + slot]
+                T.buffer_store(self.counts, cur + n, [d, b, ub, g * 2 + slot])
 
     # -- memoization (see ../shared/MEMO_SPEC.md) ------------------------------------
-
-    def _alloc_memo(self):
-        loop = self.loop
-        G, H, D = loop.rows, loop.hidden_size, loop.input_size
-        if self.memo.predictor == "bnn":
-            self.memo_q = T.alloc_buffer((G,), "int32")
-            self.x_bits = T.alloc_buffer((words(D),), "uint64")
-            self.h_bits = T.alloc_buffer((words(H),), "uint64")
-            self.rh_bits = T.alloc_buffer((words(H),), "uint64") if self._gru_reset_first else None
-        else:
-            self.memo_q = T.alloc_buffer((G,), self.acc)
-        IRBuilder.name("memo_q", self.memo_q)
 
     def _pack_signs(self, buf, prefix, n, bits):
         """bits[w] bit l = 1 where buf[prefix + (64 w + l,)] < 0; padding bits stay 0."""
@@ -376,58 +543,136 @@ class KernelBuilder:
                 bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
                 T.buffer_store(bits, bits[w] | (bit << tirx.Cast("uint64", l)), [w])
 
-    def _pack_step_signs(self, x_ref, h_ref):
-        if self.memo.predictor != "bnn":
-            return
-        self._pack_signs(x_ref[0], x_ref[1], self.loop.input_size, self.x_bits)
-        self._pack_signs(h_ref[0], h_ref[1], self.loop.hidden_size, self.h_bits)
-
-    def _bnn_output(self, d, j, u_bits):
+    def _bnn_output(self, d, j, x_bits, u_bits):
         """yb_j = (D + H) - 2 * popcount(signs(W_j | R_j) XOR signs(x | u))."""
         loop = self.loop
         D, H = loop.input_size, loop.hidden_size
         diff = tirx.const(0, "uint64")
         for w in range(words(D)):
-            diff = diff + tirx.popcount(self.WS[d, j, w] ^ self.x_bits[w])
+            diff = diff + tirx.popcount(self.WS[d, j, w] ^ x_bits[w])
         for w in range(words(H)):
             diff = diff + tirx.popcount(self.RS[d, j, w] ^ u_bits[w])
         return T.bind(tirx.const(D + H, "int32") - 2 * tirx.Cast("int32", diff))
 
-    def _memo_neuron(self, dd, d, j, x_ref, u_ref, s, lo):
-        memo = self.memo
-        thr = memo.thresholds[dd or 0]
-        first = s == i64(0)
+    def _memo_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
+        """Decide per neuron, then compute the listed ones four at a time."""
+        loop, memo = self.loop, self.memo
+        H = loop.hidden_size
+        first, count = self._units(ub)
+        thr = memo.thresholds[dd]
+        # The first valid step of a sequence always computes (its table is empty).
+        may_reuse = s > i64(0)
+        todo = T.alloc_buffer((len(gates) * self.unit_block,), "int64")
+        ntodo = T.alloc_buffer((1,), "int64")
+        T.buffer_store(ntodo, i64(0), [0])
+        x_ref = (self.X, (t, b))
         if memo.predictor == "bnn":
-            u_bits = self.rh_bits if (self._gru_reset_first and lo == 2 * self.loop.hidden_size) else self.h_bits
-            q = self._bnn_output(d, j, u_bits)
-            qm = self.memo_q[j]
-            change = tirx.Cast("float64", tirx.abs(q - qm))
-            scale = tirx.Cast("float64", tirx.max(tirx.abs(qm), tirx.const(1, "int32")))
-            reuse = T.bind(tirx.And(tirx.Not(first), change < tirx.const(thr, "float64") * scale))
-            with T.If(reuse):
+            x_bits = T.alloc_buffer((words(loop.input_size),), "uint64")
+            u_bits = T.alloc_buffer((words(H),), "uint64")
+            self._pack_signs(self.X, (t, b), loop.input_size, x_bits)
+            self._pack_signs(u_ref[0], u_ref[1], H, u_bits)
+            for g in gates:
+                reused = T.alloc_buffer((1,), "int64")
+                T.buffer_store(reused, i64(0), [0])
+                with T.serial(0, count) as u:
+                    j = T.bind(g * H + first + u)
+                    q = self._bnn_output(d, j, x_bits, u_bits)
+                    qm = self.memo_q[d, b, j]
+                    change = tirx.Cast("float64", tirx.abs(q - qm))
+                    scale = tirx.Cast("float64", tirx.max(tirx.abs(qm), tirx.const(1, "int32")))
+                    reuse = tirx.And(may_reuse, change < tirx.const(thr, "float64") * scale)
+                    with T.If(reuse):
+                        with T.Then():
+                            T.buffer_store(reused, reused[0] + i64(1), [0])
+                        with T.Else():
+                            T.buffer_store(self.memo_q, q, [d, b, j])
+                            T.buffer_store(todo, j, [ntodo[0]])
+                            T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
+                self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
+            n = T.bind(ntodo[0])
+            self._cached_input_parts(d, b, s, todo, n)
+            self._dense_rows(d, b, i64(0), n, u_ref, input_from="cache", step=s, rows_buf=todo)
+        else:
+            # Oracle: compute every neuron, keep the cached values where the true
+            # pre-activation changed little.
+            new_a = T.alloc_buffer((1, 1, loop.rows), self.acc)
+            new_b = T.alloc_buffer((1, 1, loop.rows), self.acc)
+            for g in gates:
+                with T.serial(0, count) as u:
+                    T.buffer_store(todo, g * H + first + u, [ntodo[0]])
+                    T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
+            n = T.bind(ntodo[0])
+            self._dense_rows_to(new_a, new_b, d, b, n, u_ref, x_ref, todo)
+            for g in gates:
+                reused = T.alloc_buffer((1,), "int64")
+                T.buffer_store(reused, i64(0), [0])
+                with T.serial(0, count) as u:
+                    j = T.bind(g * H + first + u)
+                    p = T.bind(new_a[0, 0, j] + new_b[0, 0, j])
+                    qm = self.memo_q[d, b, j]
+                    change = tirx.abs(p - qm)
+                    scale = tirx.max(tirx.abs(qm), self.m.const(1e-6))
+                    reuse = tirx.And(may_reuse, change < self.m.const(thr) * scale)
+                    with T.If(reuse):
+                        with T.Then():
+                            T.buffer_store(reused, reused[0] + i64(1), [0])
+                        with T.Else():
+                            T.buffer_store(self.memo_q, p, [d, b, j])
+                            T.buffer_store(self.a, new_a[0, 0, j], [d, b, j])
+                            T.buffer_store(self.bp, new_b[0, 0, j], [d, b, j])
+                self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
+
+    def _cached_input_parts(self, d, b, s, todo, n):
+        """Make sure input_cache holds W_j x_t + Wb_j of step s for every listed neuron:
+        neurons whose cached block does not cover s get steps s .. s+TIME_BLOCK-1
+        computed together, four neurons at a time."""
+        D = self.loop.input_size
+        miss = T.alloc_buffer((self.unit_block * self.loop.num_gates,), "int64")
+        nmiss = T.alloc_buffer((1,), "int64")
+        T.buffer_store(nmiss, i64(0), [0])
+        with T.serial(0, n) as i:
+            j = T.bind(todo[i])
+            with T.If(s - self.input_tag[d, b, j] >= i64(TIME_BLOCK)):
                 with T.Then():
-                    self._count(j, computed=False)
-                with T.Else():
-                    self._compute_neuron(d, j, x_ref, u_ref)
-                    T.buffer_store(self.memo_q, q, [j])
-                    self._count(j, computed=True)
-        else:  # oracle: compute anyway, keep the cached values where the change is small
-            old_a = T.bind(self.a[j])
-            old_b = T.bind(self.bpart[j])
-            self._compute_neuron(d, j, x_ref, u_ref)
-            p = T.bind(self.a[j] + self.bpart[j])
-            qm = self.memo_q[j]
-            change = tirx.abs(p - qm)
-            scale = tirx.max(tirx.abs(qm), self.m.const(1e-6))
-            reuse = T.bind(tirx.And(tirx.Not(first), change < self.m.const(thr) * scale))
-            with T.If(reuse):
-                with T.Then():
-                    T.buffer_store(self.a, old_a, [j])
-                    T.buffer_store(self.bpart, old_b, [j])
-                    self._count(j, computed=False)
-                with T.Else():
-                    T.buffer_store(self.memo_q, p, [j])
-                    self._count(j, computed=True)
+                    T.buffer_store(miss, j, [nmiss[0]])
+                    T.buffer_store(nmiss, nmiss[0] + i64(1), [0])
+        vecs = []
+        for tb in range(TIME_BLOCK):
+            _, t = self._time_index(d, b, s + tb)
+            t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
+            vecs.append((self.X, (t, b)))
+
+        def rows_at(i0, nr):
+            js = [T.bind(miss[i0 + r]) for r in range(nr)]
+            sums = self.multi_dot([(self.W, (d, j)) for j in js], vecs, D)
+            for r, j in enumerate(js):
+                for tb in range(TIME_BLOCK):
+                    T.buffer_store(self.input_cache, self._with_bias(sums[r][tb], d, j, "W"), [d, b, j, tb])
+                T.buffer_store(self.input_tag, s, [d, b, j])
+
+        nm = T.bind(nmiss[0])
+        with T.serial(0, nm // ROW_BLOCK) as q:
+            rows_at(q * ROW_BLOCK, ROW_BLOCK)
+        with T.serial(nm // ROW_BLOCK * ROW_BLOCK, nm) as i:
+            rows_at(i, 1)
+
+    def _dense_rows_to(self, new_a, new_b, d, b, n, u_ref, x_ref, todo):
+        """Like _dense_rows, into scratch [1, 1, rows] buffers indexed by neuron."""
+        loop = self.loop
+        nquads = n // ROW_BLOCK
+
+        def rows_at(i0, nr):
+            js = [T.bind(todo[i0 + r]) for r in range(nr)]
+            rec = self.multi_dot([(self.R, (d, j)) for j in js], [u_ref], loop.hidden_size)
+            inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
+            for r, j in enumerate(js):
+                T.buffer_store(new_a, self._with_bias(inp[r][0], d, j, "W"), [0, 0, j])
+                T.buffer_store(new_b, self._with_bias(rec[r][0], d, j, "R"), [0, 0, j])
+
+        with T.serial(0, nquads) as q:
+            rows_at(q * ROW_BLOCK, ROW_BLOCK)
+        with T.serial(nquads * ROW_BLOCK, n) as i:
+            rows_at(i, 1)
 
 
 def kernel_name(loop: RecurrentLoop, memo: MemoPlan | None = None) -> str:
