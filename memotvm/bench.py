@@ -118,3 +118,34 @@ def format_rows(rows) -> str:
         lines.append(f"{r['name']:<13} {r['ms']:9.3f} {ups} {r['reuse']:7.1%} {vo} "
                      f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f}")
     return "\n".join(lines)
+
+
+def memo_memory(loops, batch: int = 1) -> dict:
+    """Bytes the memoized kernels add, per recurrent node: the packed sign bits of W and
+    R (once per model) and the memo table of each chain (per call, per batch element)."""
+    from .frontend.kernels import TIME_BLOCK, words
+
+    out = {}
+    for loop in loops:
+        nd, G = loop.num_directions, loop.rows
+        signs = nd * G * (words(loop.input_size) + words(loop.hidden_size)) * 8
+        # input_part + recurrent_part (f32), memo_q (i32), input_cache, input_tag (i64)
+        table = nd * batch * G * (4 + 4 + 4 + 4 * TIME_BLOCK + 8)
+        weights = nd * G * (loop.input_size + loop.hidden_size) * 4
+        out[loop.name] = {"packed_signs": signs, "memo_table": table, "weights": weights}
+    return out
+
+
+def parse_size(spec: str):
+    """'lstm:512' or 'gru:256:512' (op, [input size,] hidden size) -> (op, D, H)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0].upper() not in ("LSTM", "GRU", "RNN"):
+        return None
+    try:
+        sizes = [int(p) for p in parts[1:]]
+    except ValueError:
+        return None
+    if any(s <= 0 for s in sizes):
+        return None
+    D, H = (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
+    return parts[0].upper(), D, H

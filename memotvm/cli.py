@@ -118,6 +118,40 @@ def cmd_inspect(args):
     print(describe(imported, memo, node=args.node, asm=args.asm))
 
 
+def cmd_bench(args):
+    from .bench import bench_model, format_rows, memo_memory, parse_size
+    from .frontend import from_onnx
+    from .testing import make_inputs, make_recurrent_model
+
+    size = parse_size(args.model) if not os.path.exists(args.model) else None
+    if size is not None:
+        op, D, H = size
+        model = make_recurrent_model(op, D, H, weight_scale=1.0, direction=args.direction)
+        inputs = make_inputs(model, args.steps, args.batch, smooth=True)
+        label = f"{op} D={D} H={H} T={args.steps} batch={args.batch} {args.direction}"
+    else:
+        if not args.inputs:
+            raise InputError(f"{args.model}: give --inputs for a model file "
+                             "(or a size such as lstm:512 for a generated layer)")
+        model = args.model
+        inputs = _load_npz(args.inputs, "inputs")
+        label = args.model
+    thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
+    result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
+                         rounds=args.rounds, ort_threads=args.ort_threads, target=args.target)
+    loops = from_onnx(model).loops
+    memory = memo_memory(loops, batch=next(iter(inputs.values())).shape[1] if size else 1)
+    print(label)
+    print(format_rows(result["rows"]))
+    for node, mem in memory.items():
+        print(f"  {node}: packed signs {mem['packed_signs'] / 1024:.1f} KiB, memo table "
+              f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": label, **result, "memory_bytes": memory}, f, indent=2)
+        print(f"wrote {args.json}")
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -172,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="recurrent node to show (default: the first)")
     p.add_argument("--asm", action="store_true", help="also print the generated assembly")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("bench", help="time onnxruntime, memotvm and memotvm memoized")
+    p.add_argument("model", help="ONNX file, or a layer size: lstm:512, gru:256:512, rnn:128")
+    p.add_argument("--target", default="cpu")
+    p.add_argument("--inputs", help=".npz inputs (model files)")
+    p.add_argument("--steps", type=int, default=100, help="sequence length (sizes)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (sizes)")
+    p.add_argument("--direction", default="forward", choices=["forward", "reverse", "bidirectional"])
+    p.add_argument("--thresholds", default="0.1,0.3,0.5")
+    p.add_argument("--predictor", default="bnn")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--json", help="write the results here")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("demo", help="compile, validate and benchmark a bundled model")
     p.add_argument("--threshold", default="0.2")
     p.add_argument("--plot", default="memotvm_demo.png", help="PNG to write ('' for none)")

@@ -1,0 +1,45 @@
+"""The layer benchmark of issue 4: onnxruntime vs memotvm unmodified vs memotvm memoized.
+
+    python benchmarks/bench_layers.py [--quick] [--json results.json]
+
+LSTM and GRU with D = H in {256, 512, 1024}, T in {100, 200}, batch 1 and 8, inputs with
+realistic temporal smoothness; every variant runs interleaved in one process (medians).
+"""
+
+import argparse
+import json
+import sys
+
+from memotvm.bench import bench_model, format_rows, memo_memory
+from memotvm.frontend import from_onnx
+from memotvm.testing import make_inputs, make_recurrent_model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="one size, T=100, batch 1")
+    parser.add_argument("--json", default="bench_layers.json")
+    parser.add_argument("--thresholds", default="0.1,0.3,0.5")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args(argv)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in (256, 512, 1024)
+            for t in (100, 200) for b in (1, 8)]
+    if args.quick:
+        grid = [("LSTM", 256, 100, 1), ("GRU", 256, 100, 1)]
+    results = []
+    for op, H, T, B in grid:
+        model = make_recurrent_model(op, H, H, weight_scale=1.0)
+        feeds = make_inputs(model, T, B, smooth=True)
+        res = bench_model(model, feeds, thresholds=thresholds, rounds=args.rounds, ort_threads=2)
+        mem = memo_memory(from_onnx(model).loops, batch=B)
+        print(f"\n{op} D=H={H} T={T} batch={B}", flush=True)
+        print(format_rows(res["rows"]), flush=True)
+        results.append({"op": op, "hidden": H, "steps": T, "batch": B, **res, "memory_bytes": mem})
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
