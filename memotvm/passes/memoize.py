@@ -22,6 +22,7 @@ from tvm import relax
 from ..errors import ConfigError
 from ..frontend.kernels import MemoPlan, build_kernel, build_sign_packer
 from ..frontend.recurrent import RecurrentLoop
+from ._relax_util import rewrite_functions
 
 PREDICTORS = ("bnn", "oracle")
 
@@ -146,7 +147,7 @@ class MemoizeRecurrentLoops:
             if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "memotvm.recurrent" in func.attrs
         ]
         self.config.check_nodes(loops)
-        rewritten = _KernelCallRewriter(mod, self.config).run()
+        rewritten = rewrite_functions(_KernelCallRewriter(mod, self.config), mod)
         return tvm.transform.Sequential(
             [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
         )(rewritten)
@@ -158,12 +159,6 @@ class _KernelCallRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.config = config
-
-    def run(self):
-        for gv, func in self.mod_.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from ._relax_util import rewrite_functions
+
 
 @tvm.transform.module_pass(opt_level=0, name="BoundedGather")
 class BoundedGather:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _TakeRewriter(mod).run()
+        return rewrite_functions(_TakeRewriter(mod), mod)
 
 
 @relax.expr_functor.mutator
@@ -24,12 +26,6 @@ class _TakeRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.take = tvm.ir.Op.get("relax.take")
-
-    def run(self):
-        for gv, func in self.mod_.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
