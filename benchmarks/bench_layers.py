@@ -21,10 +21,11 @@ def main(argv=None):
     parser.add_argument("--json", default="bench_layers.json")
     parser.add_argument("--thresholds", default="0.1,0.3,0.5")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batches", default="1,8", help="batch sizes to run")
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in (256, 512, 1024)
-            for t in (100, 200) for b in (1, 8)]
+            for t in (100, 200) for b in (int(x) for x in args.batches.split(","))]
     if args.quick:
         grid = [("LSTM", 256, 100, 1), ("GRU", 256, 100, 1)]
     results = []
