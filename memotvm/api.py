@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from .frontend import from_onnx
+from tvm import relax
+
 from .passes import MemoConfig, MemoizeRecurrentLoops
+from .passes.memoize import check_supported
 from .targets import get_backend
 
 
@@ -20,6 +23,10 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None): 
     imported = from_onnx(model, shapes)
     mod = imported.mod
     if config is not None:
-        config.check_nodes(imported.loops)  # here: errors raised inside a pass lose their type
+        # Checked here: errors raised inside a TVM pass lose their type.  Folding first
+        # turns weights computed from initializers into constants.
+        config.check_nodes(imported.loops)
+        mod = relax.transform.FoldConstant()(mod)
+        check_supported(mod, config)
         mod = MemoizeRecurrentLoops(config)(mod)
     return backend.build(imported, mod, memo=config)

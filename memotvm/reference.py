@@ -18,6 +18,7 @@ import numpy as np
 from .cells import NumpyMath, gru_cell, gru_reset, lstm_cell, rnn_cell
 from .frontend.kernels import MemoPlan
 from .frontend.recurrent import RecurrentLoop
+from .predictors import get_predictor
 
 
 @dataclass
@@ -26,11 +27,6 @@ class LayerResult:
     Y_h: np.ndarray
     Y_c: np.ndarray | None
     stats: np.ndarray  # int64 [directions, batch, gates, 2]: computed, reused
-
-
-def signs(v):
-    """s(v) = +1 if v >= 0 else -1, as int64."""
-    return np.where(v >= 0, 1, -1).astype(np.int64)
 
 
 class MemoTable:
@@ -58,6 +54,10 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
     Y_h = np.zeros((nd, batch, H), dtype)
     Y_c = np.zeros((nd, batch, H), dtype)
     stats = np.zeros((nd, batch, loop.num_gates, 2), np.int64)
+    predictor = get_predictor(memo.predictor) if memo else None
+    pred_data = {}
+    if predictor is not None:  # what the predictor derives from the weights, once
+        pred_data = {**predictor.weight_data(loop, W, R), **predictor.reference_data(W, R)}
     for d in range(nd):
         Wd, Rd = W[d].astype(dtype), R[d].astype(dtype)
         Wb = B[d, :G].astype(dtype) if B is not None else np.zeros(G, dtype)
@@ -73,7 +73,8 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
             table = MemoTable(G, dtype)
             steps = range(length - 1, -1, -1) if loop.is_reverse(d) else range(length)
             for t in steps:
-                chain = _Chain(loop, d, Wd, Rd, Wb, Rb, memo, thr, table, stats[d, b])
+                chain = _Chain(loop, d, Wd, Rd, Wb, Rb, memo, thr, table, stats[d, b],
+                               predictor, pred_data)
                 h, c = chain.step(X[t, b], h, c, Pd)
                 Y[t, d, b] = h
             Y_h[d, b], Y_c[d, b] = h, c
@@ -85,9 +86,10 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
 class _Chain:
     """One step of one (direction, batch element) chain."""
 
-    def __init__(self, loop, d, W, R, Wb, Rb, memo, thr, table, counts):
+    def __init__(self, loop, d, W, R, Wb, Rb, memo, thr, table, counts, predictor, pred_data):
         self.loop, self.d, self.W, self.R, self.Wb, self.Rb = loop, d, W, R, Wb, Rb
         self.memo, self.thr, self.table, self.counts = memo, thr, table, counts
+        self.predictor, self.pred_data = predictor, pred_data
         self.m = NumpyMath(W.dtype)
 
     def neurons(self, rows, x, u):
@@ -98,9 +100,9 @@ class _Chain:
         n = a.shape[0]
         reuse = np.zeros(n, bool)
         if self.memo is not None:
-            if self.memo.predictor == "bnn":
-                q = (signs(W) @ signs(x) + signs(R) @ signs(u)).astype(np.float64)
-                floor = 1.0
+            if self.predictor is not None:
+                q = self.predictor.reference(self.pred_data, self.d, rows, x, u)
+                floor = self.predictor.floor
             else:  # oracle: the true pre-activation
                 q = (a + b).astype(np.float64)
                 floor = 1e-6

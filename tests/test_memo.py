@@ -45,7 +45,7 @@ def memo_case(draw):
     sizes = (draw(st.integers(1, 70)), draw(st.integers(1, 70)))
     config = MemoConfig(
         threshold=draw(st.sampled_from([0.05, 0.2, 0.5, 1.0])),
-        predictor=draw(st.sampled_from(["bnn", "oracle"])),
+        predictor=draw(st.sampled_from(["bnn", "oracle", "lowrank:1", "lowrank:8"])),
     )
     return op, sizes, kwargs, config, draw(st.integers(1, 12)), draw(st.integers(1, 3))
 
@@ -76,7 +76,7 @@ def test_threshold_zero_is_exactly_the_unmodified_model(op):
                                  initial_h=True, initial_c=op == "LSTM")
     feeds = make_inputs(model, 15, 3, smooth=True)
     plain = memotvm.compile(model).run(feeds)
-    for predictor in ("bnn", "oracle"):
+    for predictor in ("bnn", "oracle", "lowrank:4"):
         memo = memotvm.compile(model, memo=MemoConfig(threshold=0.0, predictor=predictor))
         for a, b in zip(plain, memo.run(feeds)):
             np.testing.assert_array_equal(a, b)
@@ -149,5 +149,53 @@ def test_unknown_node_and_predictor_are_rejected():
         memotvm.compile(model, memo=MemoConfig(per_node={"nope": 0.1}))
     with pytest.raises(memotvm.ConfigError, match="predictor"):
         MemoConfig(predictor="psychic")
+    with pytest.raises(memotvm.ConfigError, match="lowrank needs a rank"):
+        MemoConfig(predictor="lowrank")
+    with pytest.raises(memotvm.ConfigError, match="rank"):
+        MemoConfig(predictor="lowrank:0")
     with pytest.raises(memotvm.ConfigError, match="reverse"):
         memotvm.compile(model, memo=MemoConfig(per_node={"rnn0": {"reverse": 0.1}}))
+
+
+def _weights_as_inputs(op):
+    """A layer whose W and R are graph inputs (computed at run time, not constants)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = make_recurrent_model(op, 12, 10, direction="bidirectional")
+    graph = model.graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for name in ("W", "R"):
+        graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(weights[name].shape)))
+    keep = [t for t in graph.initializer if t.name not in ("W", "R")]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return model, weights
+
+
+def test_bnn_with_weights_computed_at_run_time():
+    """The sign bits are then packed by a kernel at run time; same decisions."""
+    model, weights = _weights_as_inputs("LSTM")
+    feeds = make_inputs(model, 20, 2, smooth=True)
+    feeds.update({"W": weights["W"], "R": weights["R"]})
+    check_against_reference(model, feeds, MemoConfig(threshold=0.3))
+    with pytest.raises(memotvm.ConfigError, match="computes W or R at run time"):
+        memotvm.compile(model, memo=MemoConfig(threshold=0.3, predictor="lowrank:4"))
+
+
+def test_numpy_and_kernel_sign_packing_agree():
+    import tvm
+
+    from memotvm.frontend.kernels import build_sign_packer
+    from memotvm.predictors import pack_signs
+    from memotvm.targets import host_target
+
+    model = make_recurrent_model("GRU", 70, 130, direction="bidirectional")
+    loop = memotvm.frontend.from_onnx(model).loops[0]
+    rng = np.random.default_rng(0)
+    for which, n in (("W", 70), ("R", 130)):
+        w = rng.standard_normal((2, loop.rows, n)).astype(np.float32)
+        w[0, 0, :5] = 0.0  # s(0) = +1: bit clear
+        lib = tvm.compile(tvm.IRModule({"main": build_sign_packer(loop, which)}), target=host_target())
+        out = tvm.runtime.empty((2, loop.rows, (n + 63) // 64), "uint64")
+        lib["main"](tvm.runtime.tensor(w), out)
+        np.testing.assert_array_equal(out.numpy(), pack_signs(w))

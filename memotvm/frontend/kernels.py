@@ -33,10 +33,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm import tirx
+from tvm.script import tirx as T_script
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
+from ..predictors import get_predictor, words
 from .recurrent import RecurrentLoop
 
 WORD_BITS = 64
@@ -50,16 +52,12 @@ TIME_BLOCK = 4
 UNIT_BLOCK = 64
 
 
-def words(n: int) -> int:
-    """Machine words needed for the sign bits of an n-vector."""
-    return (n + WORD_BITS - 1) // WORD_BITS
-
-
 @dataclass(frozen=True)
 class MemoPlan:
     """What the memoization pass asks of one kernel.
 
-    ``predictor`` is "bnn" or "oracle"; ``thresholds`` has one finite value >= 0 per
+    ``predictor`` names a predictor of :mod:`memotvm.predictors` ("bnn",
+    "lowrank:8", ...) or "oracle"; ``thresholds`` has one finite value >= 0 per
     direction.
     """
 
@@ -107,6 +105,8 @@ class KernelBuilder:
         # Accumulate and apply the gate math in float32 at least.
         self.acc = "float64" if loop.dtype == "float64" else "float32"
         self.m = TirMath(self.acc)
+        # The memo predictor (None for the oracle, which computes every neuron).
+        self.predictor = get_predictor(memo.predictor) if memo else None
         self.unit_block = min(UNIT_BLOCK, loop.hidden_size)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
 
@@ -139,9 +139,12 @@ class KernelBuilder:
 
     # -- parameters and state ------------------------------------------------------
 
-    def _buffer(self, name, shape, dtype):
+    def param(self, name, shape, dtype):
+        """Declare the next kernel parameter, a buffer."""
         handle = T.arg(name, T.handle())
         return _named(name, T.match_buffer(handle, shape, dtype))
+
+    _buffer = param
 
     def _declare_params(self):
         loop = self.loop
@@ -157,9 +160,8 @@ class KernelBuilder:
         self.H0 = self._buffer("initial_h", (nd, batch, H), dt) if loop.has("initial_h") else None
         self.C0 = self._buffer("initial_c", (nd, batch, H), dt) if loop.has("initial_c") else None
         self.P = self._buffer("P", (nd, 3 * H), dt) if loop.has("P") else None
-        if self.memo and self.memo.predictor == "bnn":
-            self.WS = self._buffer("W_signs", (nd, G, words(D)), "uint64")
-            self.RS = self._buffer("R_signs", (nd, G, words(H)), "uint64")
+        if self.predictor is not None:
+            self.predictor.declare(self)
         self.Y = self._buffer("Y", (seq, nd, batch, H), dt)
         self.YH = self._buffer("Y_h", (nd, batch, H), dt)
         self.YC = self._buffer("Y_c", (nd, batch, H), dt) if loop.op == "LSTM" else None
@@ -180,9 +182,9 @@ class KernelBuilder:
         if self.memo is None:
             self.xproj = _named("input_projection", T.alloc_buffer((TIME_BLOCK, nd, batch, G), acc))
         else:
-            qtype = "int32" if self.memo.predictor == "bnn" else acc
+            qtype = self.predictor.q_dtype if self.predictor is not None else acc
             self.memo_q = _named("memo_q", T.alloc_buffer((nd, batch, G), qtype))
-            if self.memo.predictor == "bnn":
+            if self.predictor is not None:
                 # Input parts of TIME_BLOCK consecutive steps, computed together the
                 # first time a neuron must be evaluated in the block (one read of its
                 # W row serves up to four steps); input_tag is the block's first step.
@@ -220,7 +222,7 @@ class KernelBuilder:
                         T.buffer_store(self.c, c0, [d, b, k])
                 with T.grid(self.unit_blocks, loop.num_gates * 2) as (ub, g):
                     T.buffer_store(self.counts, i64(0), [d, b, ub, g])
-                if self.memo and self.memo.predictor == "bnn":
+                if self.predictor is not None:
                     with T.serial(0, loop.rows) as j:
                         T.buffer_store(self.input_tag, i64(-TIME_BLOCK), [d, b, j])
 
@@ -555,7 +557,7 @@ class KernelBuilder:
 
     # -- memoization (see ../shared/MEMO_SPEC.md) ------------------------------------
 
-    def _pack_signs(self, buf, prefix, n, bits):
+    def pack_signs(self, buf, prefix, n, bits):
         """bits[w] bit l = 1 where buf[prefix + (64 w + l,)] < 0; padding bits stay 0."""
         with T.serial(0, words(n)) as w:
             T.buffer_store(bits, tirx.const(0, "uint64"), [w])
@@ -564,16 +566,12 @@ class KernelBuilder:
                 bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
                 T.buffer_store(bits, bits[w] | (bit << tirx.Cast("uint64", l)), [w])
 
-    def _bnn_output(self, d, j, x_bits, u_bits):
-        """yb_j = (D + H) - 2 * popcount(signs(W_j | R_j) XOR signs(x | u))."""
-        loop = self.loop
-        D, H = loop.input_size, loop.hidden_size
-        diff = tirx.const(0, "uint64")
-        for w in range(words(D)):
-            diff = diff + tirx.popcount(self.WS[d, j, w] ^ x_bits[w])
-        for w in range(words(H)):
-            diff = diff + tirx.popcount(self.RS[d, j, w] ^ u_bits[w])
-        return T.bind(tirx.const(D + H, "int32") - 2 * tirx.Cast("int32", diff))
+    @staticmethod
+    def _small_change(q, qm, thr, floor):
+        """|q - qm| / max(|qm|, floor) < thr, evaluated in float64 (as the reference does)."""
+        q64, qm64 = tirx.Cast("float64", q), tirx.Cast("float64", qm)
+        scale = tirx.max(tirx.abs(qm64), tirx.const(floor, "float64"))
+        return tirx.abs(q64 - qm64) < tirx.const(thr, "float64") * scale
 
     def _memo_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
         """Decide per neuron, then compute the listed ones four at a time."""
@@ -587,21 +585,16 @@ class KernelBuilder:
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])
         x_ref = (self.X, (t, b))
-        if memo.predictor == "bnn":
-            x_bits = T.alloc_buffer((words(loop.input_size),), "uint64")
-            u_bits = T.alloc_buffer((words(H),), "uint64")
-            self._pack_signs(self.X, (t, b), loop.input_size, x_bits)
-            self._pack_signs(u_ref[0], u_ref[1], H, u_bits)
+        if self.predictor is not None:
+            pred = self.predictor
+            state = pred.prepare(self, d, x_ref, u_ref)
             for g in gates:
                 reused = T.alloc_buffer((1,), "int64")
                 T.buffer_store(reused, i64(0), [0])
                 with T.serial(0, count) as u:
                     j = T.bind(g * H + first + u)
-                    q = self._bnn_output(d, j, x_bits, u_bits)
-                    qm = self.memo_q[d, b, j]
-                    change = tirx.Cast("float64", tirx.abs(q - qm))
-                    scale = tirx.Cast("float64", tirx.max(tirx.abs(qm), tirx.const(1, "int32")))
-                    reuse = tirx.And(may_reuse, change < tirx.const(thr, "float64") * scale)
+                    q = pred.value(self, d, j, state)
+                    reuse = tirx.And(may_reuse, self._small_change(q, self.memo_q[d, b, j], thr, pred.floor))
                     with T.If(reuse):
                         with T.Then():
                             T.buffer_store(reused, reused[0] + i64(1), [0])
@@ -630,10 +623,7 @@ class KernelBuilder:
                 with T.serial(0, count) as u:
                     j = T.bind(g * H + first + u)
                     p = T.bind(new_a[d, b, j] + new_b[d, b, j])
-                    qm = self.memo_q[d, b, j]
-                    change = tirx.abs(p - qm)
-                    scale = tirx.max(tirx.abs(qm), self.m.const(1e-6))
-                    reuse = tirx.And(may_reuse, change < self.m.const(thr) * scale)
+                    reuse = tirx.And(may_reuse, self._small_change(p, self.memo_q[d, b, j], thr, 1e-6))
                     with T.If(reuse):
                         with T.Then():
                             T.buffer_store(reused, reused[0] + i64(1), [0])
@@ -667,8 +657,9 @@ class KernelBuilder:
 
 
 def kernel_name(loop: RecurrentLoop, memo: MemoPlan | None = None) -> str:
-    safe = "".join(ch if ch.isalnum() else "_" for ch in loop.name)
-    return f"{loop.op.lower()}_{safe}" + (f"_memo_{memo.predictor}" if memo else "")
+    raw = loop.name + (f"_memo_{memo.predictor}" if memo else "")
+    safe = "".join(ch if ch.isalnum() else "_" for ch in raw)
+    return f"{loop.op.lower()}_{safe}"
 
 
 def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None) -> tirx.PrimFunc:
@@ -677,23 +668,31 @@ def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None) -> tirx.Prim
 
 
 def build_sign_packer(loop: RecurrentLoop, which: str) -> tirx.PrimFunc:
-    """A PrimFunc packing the sign bits of W ("W") or R ("R") into 64-bit words.
+    """A PrimFunc packing the sign bits of W ("W") or R ("R") into 64-bit words, in
+    the layout of :func:`memotvm.predictors.pack_signs`.
 
-    The memoization pass calls it on the weights; where they are constants, constant
-    folding runs it once at compile time.
+    The memoization pass uses it when the weights are computed at run time (constant
+    weights are packed in numpy at compile time).  It is written as a reduction block,
+    the form Relax's analyses of single-output functions expect.
     """
     nd, G = loop.num_directions, loop.rows
     n = loop.input_size if which == "W" else loop.hidden_size
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(f"pack_signs_{which}_{kernel_name(loop)}")
-            T.func_attr({"tir.noalias": True})
-            src = T.match_buffer(T.arg(which, T.handle()), (nd, G, n), loop.dtype)
-            dst = T.match_buffer(T.arg("bits", T.handle()), (nd, G, words(n)), "uint64")
-            with T.grid(nd, G, words(n)) as (d, j, w):
-                T.buffer_store(dst, tirx.const(0, "uint64"), [d, j, w])
-                with T.serial(0, tirx.min(i64(WORD_BITS), i64(n) - w * WORD_BITS)) as l:
-                    neg = src[d, j, w * WORD_BITS + l] < tirx.const(0, loop.dtype)
-                    bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
-                    T.buffer_store(dst, dst[d, j, w] | (bit << tirx.Cast("uint64", l)), [d, j, w])
-    return ib.get()
+    nw, dtype = words(n), loop.dtype
+    zero = tirx.const(0, dtype)
+
+    @T_script.prim_func(s_tir=True)
+    def pack_signs(src: T_script.Buffer((nd, G, n), dtype), dst: T_script.Buffer((nd, G, nw), "uint64")):
+        T_script.func_attr({"tir.noalias": True})
+        for d, j, w, lane in T_script.grid(nd, G, nw, 64):
+            with T_script.sblock("pack"):
+                vd, vj, vw, vl = T_script.axis.remap("SSSR", [d, j, w, lane])
+                with T_script.init():
+                    dst[vd, vj, vw] = T_script.uint64(0)
+                dst[vd, vj, vw] = dst[vd, vj, vw] | (
+                    T_script.if_then_else(
+                        vw * 64 + vl < n and src[vd, vj, T_script.min(vw * 64 + vl, n - 1)] < zero,
+                        T_script.uint64(1), T_script.uint64(0),
+                    ) << T_script.Cast("uint64", vl)
+                )
+
+    return pack_signs.with_attr("global_symbol", f"pack_signs_{which}_{kernel_name(loop)}")

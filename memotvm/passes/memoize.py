@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 
 import tvm
 from tvm import relax
+from tvm.ir import GenericConst
 
 from ..errors import ConfigError
 from ..frontend.kernels import MemoPlan, build_kernel, build_sign_packer
 from ..frontend.recurrent import RecurrentLoop
+from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions
 
-PREDICTORS = ("bnn", "oracle")
+PREDICTORS = ("bnn", "lowrank:R", "oracle")
 
 
 def _check_threshold(value, where):
@@ -51,10 +53,9 @@ class MemoConfig:
 
     def __post_init__(self):
         self.threshold = _check_threshold(self.threshold, "(global)")
-        if self.predictor not in PREDICTORS:
-            raise ConfigError(
-                f"unknown predictor '{self.predictor}' (known: {', '.join(PREDICTORS)})"
-            )
+        if not isinstance(self.predictor, str):
+            raise ConfigError(f"predictor must be a name, got {self.predictor!r}")
+        get_predictor(self.predictor)  # raises ConfigError for unknown names
         checked = {}
         for node, value in dict(self.per_node).items():
             if isinstance(value, dict):
@@ -153,6 +154,42 @@ class MemoizeRecurrentLoops:
         )(rewritten)
 
 
+def weights_are_constant(call) -> bool:
+    args = call.args[1].fields
+    return isinstance(args[1], GenericConst) and isinstance(args[2], GenericConst)
+
+
+def recurrent_calls(mod):
+    """(loop, call) for every call_tir of a recurrent-loop kernel in mod's functions."""
+    found = []
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op == call_tir:
+            callee = mod[expr.args[0]]
+            if callee.attrs and "memotvm.recurrent" in callee.attrs:
+                found.append((RecurrentLoop.from_json(str(callee.attrs["memotvm.recurrent"])), expr))
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+def check_supported(mod, config: MemoConfig) -> None:
+    """Raise ConfigError where a node's predictor needs constant weights it lacks
+    (called before the pass: errors raised inside a TVM pass lose their type)."""
+    for loop, call in recurrent_calls(mod):
+        spec = config.plan_for(loop).predictor
+        predictor = get_predictor(spec)
+        if predictor is not None and not isinstance(predictor, BnnPredictor) \
+                and not weights_are_constant(call):
+            raise ConfigError(
+                f"predictor '{spec}' derives its data from the weights at compile time, "
+                f"but node '{loop.name}' computes W or R at run time"
+            )
+
+
 @relax.expr_functor.mutator
 class _KernelCallRewriter(relax.PyExprMutator):
     def __init__(self, mod, config):
@@ -172,11 +209,22 @@ class _KernelCallRewriter(relax.PyExprMutator):
         loop = RecurrentLoop.from_json(str(callee.attrs["memotvm.recurrent"]))
         plan = self.config.plan_for(loop)
         args = list(call.args[1].fields)
-        if plan.predictor == "bnn":
-            for which, weights in (("W", args[1]), ("R", args[2])):
-                packer = self.builder_.add_func(build_sign_packer(loop, which), f"pack_signs_{which}")
-                n_words = -(-(loop.input_size if which == "W" else loop.hidden_size) // 64)
-                bits_type = relax.TensorType([loop.num_directions, loop.rows, n_words], "uint64")
-                args.append(self.builder_.emit(relax.call_tir(packer, [weights], out_ty=bits_type)))
+        predictor = get_predictor(plan.predictor)
+        if predictor is not None:
+            args += self._predictor_inputs(loop, predictor, args[1], args[2])
         kernel = self.builder_.add_func(build_kernel(loop, plan), f"{loop.op.lower()}_memo_kernel")
         return relax.call_tir(kernel, args, out_ty=list(call.ty_args[0].fields))
+
+    def _predictor_inputs(self, loop, predictor, weights_w, weights_r):
+        """The predictor's compile-time data as constants; for the BNN predictor with
+        weights computed at run time, packing kernels instead."""
+        if isinstance(weights_w, GenericConst) and isinstance(weights_r, GenericConst):
+            data = predictor.weight_data(loop, weights_w.value.numpy(), weights_r.value.numpy())
+            return [relax.const(value) for value in data.values()]
+        inputs = []
+        for which, weights in (("W", weights_w), ("R", weights_r)):
+            packer = self.builder_.add_func(build_sign_packer(loop, which), f"pack_signs_{which}")
+            n_words = -(-(loop.input_size if which == "W" else loop.hidden_size) // 64)
+            bits_type = relax.TensorType([loop.num_directions, loop.rows, n_words], "uint64")
+            inputs.append(self.builder_.emit(relax.call_tir(packer, [weights], out_ty=bits_type)))
+        return inputs

@@ -1,0 +1,221 @@
+"""Predictors: cheap guesses of how much a neuron's pre-activation changed.
+
+Every predictor plugs into the same memo table and decision (../shared/MEMO_SPEC.md):
+it maps a neuron's current inputs to q_j(t); the table keeps q_m from the neuron's last
+full evaluation; the neuron is reused when |q_j(t) - q_m| / max(|q_m|, floor) < threshold.
+
+A predictor is a small class with four parts, used by the pass, the kernel builder and
+the numpy reference alike:
+
+* ``weight_data(loop, W, R)`` -- what it derives from the weights at compile time, as
+  named numpy arrays (they become constant inputs of the kernel);
+* ``declare(kb)`` -- the kernel parameters for that data (called by the kernel builder);
+* ``prepare(kb, d, x_ref, u_ref)`` / ``value(kb, d, j, state)`` -- TIR emitted once per
+  task and step, then per neuron, returning q_j;
+* ``reference(data, d, rows, x, u)`` -- the same q in numpy, for the reference.
+
+``register_predictor`` makes a new one available by name (``"name"`` or
+``"name:argument"``, e.g. ``lowrank:8``).  The oracle is not a predictor in this sense
+(it computes every neuron and saves nothing) and is handled by the kernel directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import tirx as T
+
+from .errors import ConfigError
+
+
+def words(n: int) -> int:
+    """64-bit words needed for the sign bits of an n-vector."""
+    return (n + 63) // 64
+
+
+class Predictor:
+    """Base class; see the module docstring."""
+
+    name = ""
+    floor = 1e-6  # e of the spec: 1 for integer predictors
+    q_dtype = "float32"
+
+    def weight_data(self, loop, W, R) -> dict:
+        return {}
+
+    def declare(self, kb) -> None:
+        """Declare the kernel parameters holding weight_data, in its order."""
+
+    def prepare(self, kb, d, x_ref, u_ref):
+        raise NotImplementedError
+
+    def value(self, kb, d, j, state):
+        raise NotImplementedError
+
+    def reference(self, data, d, rows, x, u) -> np.ndarray:
+        raise NotImplementedError
+
+    def extra_cost(self, loop) -> int:
+        """Multiply-adds (or equivalent word operations) per step and direction."""
+        return 0
+
+
+def pack_signs(v: np.ndarray) -> np.ndarray:
+    """Sign bits (1 where v < 0) of the last axis, packed into uint64 words, bit l of
+    word w standing for element 64 w + l; padding bits are 0."""
+    n = v.shape[-1]
+    bits = np.zeros(v.shape[:-1] + (words(n) * 64,), np.uint8)
+    bits[..., :n] = v < 0
+    packed = np.packbits(bits.reshape(v.shape[:-1] + (words(n), 8, 8))[..., ::-1], axis=-1)
+    return packed.reshape(v.shape[:-1] + (words(n), 8)).view("<u8")[..., 0]
+
+
+class BnnPredictor(Predictor):
+    """The paper's binarized neuron: q = sum s(W) s(x) + sum s(R) s(u), by XOR and
+    popcount on 64-bit words; the weights' sign bits are packed at compile time."""
+
+    name = "bnn"
+    floor = 1.0
+    q_dtype = "int32"
+
+    def weight_data(self, loop, W, R):
+        return {"W_signs": pack_signs(np.asarray(W)), "R_signs": pack_signs(np.asarray(R))}
+
+    def declare(self, kb):
+        loop = kb.loop
+        nd, G = loop.num_directions, loop.rows
+        kb.WS = kb.param("W_signs", (nd, G, words(loop.input_size)), "uint64")
+        kb.RS = kb.param("R_signs", (nd, G, words(loop.hidden_size)), "uint64")
+
+    def prepare(self, kb, d, x_ref, u_ref):
+        loop = kb.loop
+        x_bits = T.alloc_buffer((words(loop.input_size),), "uint64")
+        u_bits = T.alloc_buffer((words(loop.hidden_size),), "uint64")
+        kb.pack_signs(x_ref[0], x_ref[1], loop.input_size, x_bits)
+        kb.pack_signs(u_ref[0], u_ref[1], loop.hidden_size, u_bits)
+        return x_bits, u_bits
+
+    def value(self, kb, d, j, state):
+        x_bits, u_bits = state
+        loop = kb.loop
+        D, H = loop.input_size, loop.hidden_size
+        diff = tirx.const(0, "uint64")
+        for w in range(words(D)):
+            diff = diff + tirx.popcount(kb.WS[d, j, w] ^ x_bits[w])
+        for w in range(words(H)):
+            diff = diff + tirx.popcount(kb.RS[d, j, w] ^ u_bits[w])
+        return T.bind(tirx.const(D + H, "int32") - 2 * tirx.Cast("int32", diff))
+
+    def reference(self, data, d, rows, x, u):
+        # Equal to the popcount form: agreements minus disagreements of the signs.
+        sx = np.where(x >= 0, 1, -1).astype(np.int64)
+        su = np.where(u >= 0, 1, -1).astype(np.int64)
+        sw = data["W_sign_matrix"][d][rows]
+        sr = data["R_sign_matrix"][d][rows]
+        return (sw @ sx + sr @ su).astype(np.float64)
+
+    def reference_data(self, W, R):
+        return {"W_sign_matrix": np.where(W >= 0, 1, -1).astype(np.int64),
+                "R_sign_matrix": np.where(R >= 0, 1, -1).astype(np.int64)}
+
+    def extra_cost(self, loop):
+        return loop.rows * (words(loop.input_size) + words(loop.hidden_size))
+
+
+class LowRankPredictor(Predictor):
+    """q = (U_r S_r V_r^T)_j . [x ; u]: the rank-r truncated SVD of the direction's
+    stacked weights [W | R] (biases left out), computed at compile time.  Per step it
+    costs r (D + H) multiply-adds for z = V_r^T [x ; u], then r per neuron."""
+
+    name = "lowrank"
+
+    def __init__(self, rank: int):
+        if rank < 1:
+            raise ConfigError(f"lowrank needs a rank >= 1, got {rank}")
+        self.rank = rank
+
+    def effective_rank(self, loop):
+        return min(self.rank, loop.rows, loop.input_size + loop.hidden_size)
+
+    def weight_data(self, loop, W, R):
+        r = self.effective_rank(loop)
+        D = loop.input_size
+        P, Vx, Vu = [], [], []
+        for d in range(loop.num_directions):
+            stacked = np.concatenate([W[d], R[d]], axis=1).astype(np.float64)
+            U, S, Vt = np.linalg.svd(stacked, full_matrices=False)
+            P.append(U[:, :r] * S[:r])
+            Vx.append(Vt[:r, :D])
+            Vu.append(Vt[:r, D:])
+        as32 = lambda a: np.ascontiguousarray(np.stack(a), dtype=np.float32)  # noqa: E731
+        return {"lowrank_P": as32(P), "lowrank_Vx": as32(Vx), "lowrank_Vu": as32(Vu)}
+
+    def declare(self, kb):
+        loop = kb.loop
+        nd, G, r = loop.num_directions, loop.rows, self.effective_rank(loop)
+        kb.LP = kb.param("lowrank_P", (nd, G, r), "float32")
+        kb.LVx = kb.param("lowrank_Vx", (nd, r, loop.input_size), "float32")
+        kb.LVu = kb.param("lowrank_Vu", (nd, r, loop.hidden_size), "float32")
+
+    def prepare(self, kb, d, x_ref, u_ref):
+        loop = kb.loop
+        r = self.effective_rank(loop)
+        z = T.alloc_buffer((r,), "float32")
+        for i0 in range(0, r, 4):
+            rows = list(range(i0, min(i0 + 4, r)))
+            zx = kb.multi_dot([(kb.LVx, (d, i)) for i in rows], [x_ref], loop.input_size)
+            zu = kb.multi_dot([(kb.LVu, (d, i)) for i in rows], [u_ref], loop.hidden_size)
+            for k, i in enumerate(rows):
+                T.buffer_store(z, tirx.Cast("float32", zx[k][0] + zu[k][0]), [i])
+        return z
+
+    def value(self, kb, d, j, z):
+        total = tirx.const(0.0, "float32")
+        for i in range(self.effective_rank(kb.loop)):
+            total = total + kb.LP[d, j, i] * z[i]
+        return T.bind(total)
+
+    def reference(self, data, d, rows, x, u):
+        z = data["lowrank_Vx"][d] @ x.astype(np.float32) + data["lowrank_Vu"][d] @ u.astype(np.float32)
+        return (data["lowrank_P"][d][rows] @ z).astype(np.float64)
+
+    def reference_data(self, W, R):
+        return {}
+
+    def extra_cost(self, loop):
+        r = self.effective_rank(loop)
+        return r * (loop.input_size + loop.hidden_size) + r * loop.rows
+
+
+_FACTORIES = {"bnn": lambda arg: BnnPredictor(), "lowrank": None}
+
+
+def _lowrank(arg):
+    if arg is None:
+        raise ConfigError("lowrank needs a rank: lowrank:R, e.g. lowrank:8")
+    try:
+        return LowRankPredictor(int(arg))
+    except ValueError:
+        raise ConfigError(f"lowrank rank must be an integer, got '{arg}'") from None
+
+
+_FACTORIES["lowrank"] = _lowrank
+
+
+def register_predictor(name: str, factory) -> None:
+    """Make ``factory(argument_or_None) -> Predictor`` available as ``name[:argument]``."""
+    if not name or ":" in name or name == "oracle":
+        raise ConfigError(f"invalid predictor name '{name}'")
+    _FACTORIES[name] = factory
+
+
+def get_predictor(spec: str) -> Predictor | None:
+    """The predictor for ``spec`` ("bnn", "lowrank:8", ...); None for "oracle"."""
+    if spec == "oracle":
+        return None
+    name, _, arg = spec.partition(":")
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        known = ", ".join(sorted(_FACTORIES) + ["oracle"])
+        raise ConfigError(f"unknown predictor '{spec}' (known: {known}; lowrank takes :rank)")
+    return factory(arg or None)
