@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
     p.add_argument("--output")
     p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.4,0.5")
-    p.add_argument("--predictors", default="bnn,oracle")
+    p.add_argument("--predictors", default="bnn,oracle", help="comma-separated: bnn, lowrank:R, oracle")
     p.add_argument("--plot", default="sweep.png", help="PNG to write ('' for none)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

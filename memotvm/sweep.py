@@ -52,32 +52,36 @@ def format_table(rows) -> str:
 
 
 def plot(rows, path, title="") -> None:
-    """Reuse and metric loss (or output error) against the threshold, one line per
-    predictor: the shape of the paper's Figure 1."""
+    """Three panels, one line per predictor: computations avoided against the threshold,
+    the loss (metric loss with labels, else mean relative output error) against the
+    threshold, and computations avoided against the loss: the paper's Figure 1 and the
+    trade-off curve on which predictors are compared."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     has_metric = any(r["metric"] for r in rows)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_key = "metric_loss" if has_metric else "mean_rel_error"
+    loss_scale = 100 if has_metric else 1
+    loss_label = f"{rows[0]['metric']} loss (%)" if has_metric else "mean relative output error"
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
     for predictor in dict.fromkeys(r["predictor"] for r in rows):
         sel = [r for r in rows if r["predictor"] == predictor]
         th = [r["threshold"] for r in sel]
-        ax1.plot(th, [100 * r["reuse"] for r in sel], marker="o", label=predictor)
-        if has_metric:
-            ax2.plot(th, [100 * r["metric_loss"] for r in sel], marker="o", label=predictor)
-        else:
-            ax2.plot(th, [r["mean_rel_error"] for r in sel], marker="o", label=predictor)
-    ax1.set_xlabel("threshold")
-    ax1.set_ylabel("computations avoided (%)")
-    ax2.set_xlabel("threshold")
-    ax2.set_ylabel(f"{rows[0]['metric']} loss (%)" if has_metric else "mean relative output error")
-    for ax in (ax1, ax2):
+        avoided = [100 * r["computations_avoided"] for r in sel]
+        loss = [loss_scale * r[loss_key] for r in sel]
+        ax1.plot(th, avoided, marker="o", label=predictor)
+        ax2.plot(th, loss, marker="o", label=predictor)
+        ax3.plot(loss, avoided, marker="o", label=predictor)
+    ax1.set(xlabel="threshold", ylabel="computations avoided (%)")
+    ax2.set(xlabel="threshold", ylabel=loss_label)
+    ax3.set(xlabel=loss_label, ylabel="computations avoided (%)")
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
