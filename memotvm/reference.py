@@ -77,7 +77,8 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
                                predictor, pred_data)
                 h, c = chain.step(X[t, b], h, c, Pd)
                 Y[t, d, b] = h
-            Y_h[d, b], Y_c[d, b] = h, c
+            if length > 0:  # an empty sequence has no last state: 0 (as in onnxruntime)
+                Y_h[d, b], Y_c[d, b] = h, c
     if loop.layout == 1:
         Y, Y_h, Y_c = Y.transpose(2, 0, 1, 3), Y_h.transpose(1, 0, 2), Y_c.transpose(1, 0, 2)
     return LayerResult(Y, Y_h, Y_c if loop.op == "LSTM" else None, stats)

@@ -109,6 +109,10 @@ class CompiledModel:
                                 f"input '{name}': dimension '{want}' is {got} here but "
                                 f"{symbols[want][0]} in input '{other}'"
                             )
+            if value.size == 0:
+                # TVM's generated code divides by dynamic sizes; an empty input would
+                # trap instead of raising.
+                raise InputError(f"input '{name}' is empty (shape {value.shape})")
             if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise InputError(f"input '{name}' contains NaN or infinite values")
             size = self.index_ranges.get(name)

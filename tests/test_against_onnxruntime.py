@@ -103,3 +103,12 @@ def test_dynamic_sequence_length_and_batch_one_compile():
     for seq_length, batch in [(1, 1), (13, 2), (40, 5)]:
         feeds = make_inputs(model, seq_length, batch, seed=seq_length)
         assert_outputs_close(compiled.run(feeds), run_onnxruntime(model, feeds), atol=1e-4)
+
+
+
+def test_zero_length_elements_match_onnxruntime():
+    for op in ("LSTM", "GRU", "RNN"):
+        model = make_recurrent_model(op, 5, 4, direction="bidirectional", sequence_lens=True,
+                                     initial_h=True, initial_c=op == "LSTM")
+        feeds = make_inputs(model, 6, 3, lengths=[0, 6, 2])
+        assert_outputs_close(memotvm.compile(model).run(feeds), run_onnxruntime(model, feeds), atol=1e-5)

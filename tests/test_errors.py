@@ -86,6 +86,16 @@ def test_wrong_shape_rank_and_dtype(lstm):
         compiled.run({**feeds, "initial_h": np.zeros((2, 3, 5), np.float32)})
 
 
+def test_empty_inputs_are_rejected(lstm):
+    _, compiled = lstm
+    feeds = make_inputs(lstm[0], 4, 2)
+    with pytest.raises(memotvm.InputError, match="input 'X' is empty"):
+        compiled.run({**feeds, "X": np.zeros((0, 2, 6), np.float32)})
+    with pytest.raises(memotvm.InputError, match="is empty"):
+        compiled.run({"X": np.zeros((3, 0, 6), np.float32), "sequence_lens": np.zeros(0, np.int32),
+                      "initial_h": np.zeros((2, 0, 5), np.float32)})
+
+
 def test_nan_and_bad_sequence_lengths(lstm):
     _, compiled = lstm
     feeds = make_inputs(lstm[0], 4, 2)

@@ -122,19 +122,21 @@ class KernelBuilder:
                     attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
                 T.func_attr(attrs)
                 self._declare_params()
-                self._allocate_state()
-                self._initialise()
-                seq = self.seq
-                with T.serial(0, seq) as s:
-                    _named("step", s)
-                    if self.memo is None:
-                        with T.If(s % TIME_BLOCK == 0):
-                            with T.Then():
-                                self._input_projection(s)
-                    if self._gru_reset_first:
-                        self._parallel_tasks(s, self._gru_reset_phase)
-                    self._parallel_tasks(s, self._main_phase)
-                self._finish()
+                # An empty batch has nothing to compute (and its tasks would divide by 0).
+                with T.If(self.batch > i64(0)):
+                    with T.Then():
+                        self._allocate_state()
+                        self._initialise()
+                        with T.serial(0, self.seq) as s:
+                            _named("step", s)
+                            if self.memo is None:
+                                with T.If(s % TIME_BLOCK == 0):
+                                    with T.Then():
+                                        self._input_projection(s)
+                            if self._gru_reset_first:
+                                self._parallel_tasks(s, self._gru_reset_phase)
+                            self._parallel_tasks(s, self._main_phase)
+                        self._finish()
         return ib.get()
 
     # -- parameters and state ------------------------------------------------------
@@ -230,11 +232,15 @@ class KernelBuilder:
         loop = self.loop
         nd, H = loop.num_directions, loop.hidden_size
         last = self.seq % 2
+        zero = self.m.const(0.0)
         with T.grid(nd, self.batch) as (d, b):
+            # An element of length 0 has no last state: Y_h and Y_c are 0 (as in
+            # onnxruntime), not the initial state.
+            empty = self.lengths[b] == i64(0)
             with T.serial(0, H) as k:
-                self.store(self.YH, self.h[last, d, b, k], (d, b, k))
+                self.store(self.YH, tirx.Select(empty, zero, self.h[last, d, b, k]), (d, b, k))
                 if self.YC is not None:
-                    self.store(self.YC, self.c[d, b, k], (d, b, k))
+                    self.store(self.YC, tirx.Select(empty, zero, self.c[d, b, k]), (d, b, k))
             with T.serial(0, loop.num_gates) as g:
                 for slot in (0, 1):
                     total = i64(0)
@@ -402,8 +408,11 @@ class KernelBuilder:
 
         (Blocking four batch elements per task, so that they share weight loads, was
         measured: 12 % faster at batch 8, but 8x the compile time.)"""
-        nd, nub, batch = self.loop.num_directions, self.unit_blocks, self.batch
-        with T.parallel(0, nd * nub * batch) as task:
+        nd, nub = self.loop.num_directions, self.unit_blocks
+        # Never 0, so that no division by it can trap, even hoisted out of the guard
+        # for empty batches (the loop has no iteration then).
+        batch = tirx.max(self.batch, i64(1))
+        with T.parallel(0, nd * nub * self.batch) as task:
             d = T.bind(task // (nub * batch)) if nd > 1 else i64(0)
             ub = T.bind((task // batch) % nub) if nub > 1 else i64(0)
             b = T.bind(task % batch)
