@@ -12,18 +12,21 @@ pass relies on and what makes it fast on a CPU:
 * each neuron's dot products live in two persistent buffers, ``input_part``
   (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j).
 
-Unmodified kernels compute the input parts of ``TIME_BLOCK`` steps at once (a matrix
-product that reads each weight row once per block) and the recurrent parts four rows at
-a time.  Memoization (``memo`` given) changes only the neuron evaluations: a predictor
-decides per neuron, the neurons to compute are compacted into a list and evaluated four
-at a time, and a reused neuron simply keeps its values, so the dot-product buffers *are*
-the memo table.  Every dot product, wherever it is computed, accumulates in the same
-lanes in the same order, so a memoized kernel at threshold 0 is bit-identical to the
-unmodified one.
+Kernels compute the input parts of ``PROJECTION_STEPS`` steps at once (a matrix product,
+blocked four rows by four steps, that reads each weight row from memory once per
+``PROJECTION_STEPS`` steps) and the recurrent parts four rows at a time.  Memoization
+(``memo`` given) changes only the neuron evaluations: a predictor decides per neuron, the
+neurons to compute are compacted into a list and evaluated four at a time, and a reused
+neuron simply keeps its values, so the dot-product buffers *are* the memo table.  (The
+memoized kernel still computes every input projection in the matrix product, which
+costs less than computing the needed ones row by row; a reused neuron keeps its cached
+input part as the spec says, so results and decisions are unaffected.)  Every dot
+product, wherever it is computed, accumulates in the same lanes in the same order, so a
+memoized kernel at threshold 0 is bit-identical to the unmodified one.
 
 Kernel arguments, in order: X (layout 0), W, R, then the optional inputs the node has
-(B, sequence_lens, initial_h, initial_c, P; layout 0), then for the BNN predictor the
-packed sign bits of W and R, then the outputs Y, Y_h, [Y_c], ``stats`` (int64
+(B, sequence_lens, initial_h, initial_c, P; layout 0), then the predictor's weight data
+(for BNN the packed sign bits of W and R), then the outputs Y, Y_h, [Y_c], ``stats`` (int64
 [directions, batch, gates, 2]: computed and reused evaluations) and ``status`` (int32
 [directions, batch]: 1 where the element's sequence length was out of range).
 """
@@ -48,6 +51,9 @@ LANES = 16
 ROW_BLOCK = 4
 # Steps whose input projections the unmodified kernel computes together.
 TIME_BLOCK = 4
+# Steps whose input projections the unmodified kernel computes in one parallel region:
+# each task keeps its weight rows in cache over all of them.
+PROJECTION_STEPS = 32
 # Hidden units per task.
 UNIT_BLOCK = 64
 
@@ -129,8 +135,8 @@ class KernelBuilder:
                         self._initialise()
                         with T.serial(0, self.seq) as s:
                             _named("step", s)
-                            if self.memo is None:
-                                with T.If(s % TIME_BLOCK == 0):
+                            if self.predictor is not None or self.memo is None:
+                                with T.If(s % PROJECTION_STEPS == 0):
                                     with T.Then():
                                         self._input_projection(s)
                             if self._gru_reset_first:
@@ -181,18 +187,12 @@ class KernelBuilder:
         self.lengths = _named("lengths", T.alloc_buffer((batch,), "int64"))
         self.counts = _named("counts", T.alloc_buffer(
             (nd, batch, self.unit_blocks, loop.num_gates * 2), "int64"))
-        if self.memo is None:
-            self.xproj = _named("input_projection", T.alloc_buffer((TIME_BLOCK, nd, batch, G), acc))
-        else:
+        if self.memo is None or self.predictor is not None:
+            self.xproj = _named("input_projection", T.alloc_buffer((PROJECTION_STEPS, nd, batch, G), acc))
+        if self.memo is not None:
             qtype = self.predictor.q_dtype if self.predictor is not None else acc
             self.memo_q = _named("memo_q", T.alloc_buffer((nd, batch, G), qtype))
-            if self.predictor is not None:
-                # Input parts of TIME_BLOCK consecutive steps, computed together the
-                # first time a neuron must be evaluated in the block (one read of its
-                # W row serves up to four steps); input_tag is the block's first step.
-                self.input_cache = _named("input_cache", T.alloc_buffer((nd, batch, G, TIME_BLOCK), acc))
-                self.input_tag = _named("input_tag", T.alloc_buffer((nd, batch, G), "int64"))
-            else:
+            if self.predictor is None:
                 # The oracle computes every neuron, then keeps old or new values.
                 self.oracle_a = _named("computed_input_part", T.alloc_buffer((nd, batch, G), acc))
                 self.oracle_b = _named("computed_recurrent_part", T.alloc_buffer((nd, batch, G), acc))
@@ -224,9 +224,6 @@ class KernelBuilder:
                         T.buffer_store(self.c, c0, [d, b, k])
                 with T.grid(self.unit_blocks, loop.num_gates * 2) as (ub, g):
                     T.buffer_store(self.counts, i64(0), [d, b, ub, g])
-                if self.predictor is not None:
-                    with T.serial(0, loop.rows) as j:
-                        T.buffer_store(self.input_tag, i64(-TIME_BLOCK), [d, b, j])
 
     def _finish(self):
         loop = self.loop
@@ -379,27 +376,30 @@ class KernelBuilder:
     # -- the input projection of the unmodified kernel -------------------------------
 
     def _input_projection(self, s):
-        """input_projection[tb, d, b, j] = W_j . x_t + Wb_j for steps s .. s+TIME_BLOCK-1.
+        """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i, i < PROJECTION_STEPS.
 
-        Four rows times four steps per block: each weight row is read once per block
-        of steps instead of once per step.  Steps past an element's length read a
-        clamped position and are never used.
+        A task owns 64 rows and computes them for all those steps, four rows times four
+        steps per block: its weight rows stay in cache, so W is read from memory once
+        per PROJECTION_STEPS steps.  Steps past an element's length (or the sequence)
+        read a clamped position and are never used.
         """
         loop = self.loop
-        nd, G, D = loop.num_directions, loop.rows, loop.input_size
+        nd, G = loop.num_directions, loop.rows
         per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
         ntasks = -(-G // per_task)
+        blocks = T.bind(tirx.min(i64(PROJECTION_STEPS // TIME_BLOCK),
+                                 (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
         with T.parallel(0, nd * ntasks) as task:
             d = T.bind(task // ntasks) if nd > 1 else i64(0)
             first = T.bind((task % ntasks) * per_task)
             last = T.bind(tirx.min(first + per_task, i64(G)))
-            with T.serial(0, self.batch) as b:
+            with T.grid(self.batch, blocks) as (b, sb):
 
                 def store(j, tb, value):
-                    T.buffer_store(self.xproj, value, [tb, d, b, j])
+                    T.buffer_store(self.xproj, value, [sb * TIME_BLOCK + tb, d, b, j])
 
                 self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
-                    d, b, s, [T.bind(j0 + r) for r in range(n)], store))
+                    d, b, s + sb * TIME_BLOCK, [T.bind(j0 + r) for r in range(n)], store))
 
     # -- the tasks of one step -------------------------------------------------------
 
@@ -531,8 +531,8 @@ class KernelBuilder:
     def _dense_rows(self, d, b, base, count, u_ref, input_from, x_ref=None, rows_buf=None,
                     a_out=None, b_out=None, step=None):
         """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
-        chain (d, b), four at a time.  The input part comes from the unmodified kernel's
-        projection, the memoized kernel's input cache, or is computed from ``x_ref``.
+        chain (d, b), four at a time.  The input part comes from the input projection
+        (unmodified and predictor kernels) or is computed from ``x_ref`` (oracle).
         Results go to input_part/recurrent_part or to the ``a_out``/``b_out`` buffers."""
         loop = self.loop
         a_out = self.a if a_out is None else a_out
@@ -549,10 +549,8 @@ class KernelBuilder:
             for r, j in enumerate(js):
                 if input_from == "x":
                     a_val = self._with_bias(inp[r][0], d, j, "W")
-                elif input_from == "cache":
-                    a_val = self.input_cache[d, b, j, step - self.input_tag[d, b, j]]
                 else:
-                    a_val = self.xproj[step % TIME_BLOCK, d, b, j]
+                    a_val = self.xproj[step % PROJECTION_STEPS, d, b, j]
                 T.buffer_store(a_out, a_val, [d, b, j])
                 T.buffer_store(b_out, self._with_bias(rec[r][0], d, j, "R"), [d, b, j])
 
@@ -613,8 +611,7 @@ class KernelBuilder:
                             T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
                 self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
             n = T.bind(ntodo[0])
-            self._cached_input_parts(d, b, s, todo, n)
-            self._dense_rows(d, b, i64(0), n, u_ref, "cache", step=s, rows_buf=todo)
+            self._dense_rows(d, b, i64(0), n, u_ref, "projection", step=s, rows_buf=todo)
         else:
             # Oracle: compute every neuron, keep the cached values where the true
             # pre-activation changed little.
@@ -641,28 +638,6 @@ class KernelBuilder:
                             T.buffer_store(self.a, new_a[d, b, j], [d, b, j])
                             T.buffer_store(self.bp, new_b[d, b, j], [d, b, j])
                 self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
-
-    def _cached_input_parts(self, d, b, s, todo, n):
-        """Make sure input_cache holds W_j x_t + Wb_j of step s for every listed neuron:
-        neurons whose cached block does not cover s get steps s .. s+TIME_BLOCK-1
-        computed together, four neurons at a time."""
-        miss = T.alloc_buffer((self.unit_block * self.loop.num_gates,), "int64")
-        nmiss = T.alloc_buffer((1,), "int64")
-        T.buffer_store(nmiss, i64(0), [0])
-        with T.serial(0, n) as i:
-            j = T.bind(todo[i])
-            with T.If(s - self.input_tag[d, b, j] >= i64(TIME_BLOCK)):
-                with T.Then():
-                    T.buffer_store(miss, j, [nmiss[0]])
-                    T.buffer_store(nmiss, nmiss[0] + i64(1), [0])
-
-        def store(j, tb, value):
-            T.buffer_store(self.input_cache, value, [d, b, j, tb])
-            if tb == 0:
-                T.buffer_store(self.input_tag, s, [d, b, j])
-
-        self._in_row_blocks(i64(0), T.bind(nmiss[0]), lambda i0, nr: self._project_rows(
-            d, b, s, [T.bind(miss[i0 + r]) for r in range(nr)], store))
 
 
 def kernel_name(loop: RecurrentLoop, memo: MemoPlan | None = None) -> str:
