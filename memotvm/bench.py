@@ -123,14 +123,14 @@ def format_rows(rows) -> str:
 def memo_memory(loops, batch: int = 1) -> dict:
     """Bytes the memoized kernels add, per recurrent node: the packed sign bits of W and
     R (once per model) and the memo table of each chain (per call, per batch element)."""
-    from .frontend.kernels import TIME_BLOCK, words
+    from .predictors import words
 
     out = {}
     for loop in loops:
         nd, G = loop.num_directions, loop.rows
         signs = nd * G * (words(loop.input_size) + words(loop.hidden_size)) * 8
-        # input_part + recurrent_part (f32), memo_q (i32), input_cache, input_tag (i64)
-        table = nd * batch * G * (4 + 4 + 4 + 4 * TIME_BLOCK + 8)
+        # cached input_part and recurrent_part (float32) and memo_q (int32) per neuron
+        table = nd * batch * G * (4 + 4 + 4)
         weights = nd * G * (loop.input_size + loop.hidden_size) * 4
         out[loop.name] = {"packed_signs": signs, "memo_table": table, "weights": weights}
     return out

@@ -49,7 +49,7 @@ WORD_BITS = 64
 LANES = 16
 # Rows evaluated together (they share the loads of the vector they multiply).
 ROW_BLOCK = 4
-# Steps whose input projections the unmodified kernel computes together.
+# Steps whose input projections one block of the matrix product computes together.
 TIME_BLOCK = 4
 # Steps whose input projections the unmodified kernel computes in one parallel region:
 # each task keeps its weight rows in cache over all of them.
@@ -152,29 +152,27 @@ class KernelBuilder:
         handle = T.arg(name, T.handle())
         return _named(name, T.match_buffer(handle, shape, dtype))
 
-    _buffer = param
-
     def _declare_params(self):
         loop = self.loop
         nd, H, D, G = loop.num_directions, loop.hidden_size, loop.input_size, loop.rows
         self.seq = seq = tirx.Var("seq_length", "int64")
         self.batch = batch = tirx.Var("batch_size", "int64")
         dt = loop.dtype
-        self.X = self._buffer("X", (seq, batch, D), dt)
-        self.W = self._buffer("W", (nd, G, D), dt)
-        self.R = self._buffer("R", (nd, G, H), dt)
-        self.B = self._buffer("B", (nd, 2 * G), dt) if loop.has("B") else None
-        self.L = self._buffer("sequence_lens", (batch,), "int32") if loop.has("sequence_lens") else None
-        self.H0 = self._buffer("initial_h", (nd, batch, H), dt) if loop.has("initial_h") else None
-        self.C0 = self._buffer("initial_c", (nd, batch, H), dt) if loop.has("initial_c") else None
-        self.P = self._buffer("P", (nd, 3 * H), dt) if loop.has("P") else None
+        self.X = self.param("X", (seq, batch, D), dt)
+        self.W = self.param("W", (nd, G, D), dt)
+        self.R = self.param("R", (nd, G, H), dt)
+        self.B = self.param("B", (nd, 2 * G), dt) if loop.has("B") else None
+        self.L = self.param("sequence_lens", (batch,), "int32") if loop.has("sequence_lens") else None
+        self.H0 = self.param("initial_h", (nd, batch, H), dt) if loop.has("initial_h") else None
+        self.C0 = self.param("initial_c", (nd, batch, H), dt) if loop.has("initial_c") else None
+        self.P = self.param("P", (nd, 3 * H), dt) if loop.has("P") else None
         if self.predictor is not None:
             self.predictor.declare(self)
-        self.Y = self._buffer("Y", (seq, nd, batch, H), dt)
-        self.YH = self._buffer("Y_h", (nd, batch, H), dt)
-        self.YC = self._buffer("Y_c", (nd, batch, H), dt) if loop.op == "LSTM" else None
-        self.stats = self._buffer("stats", (nd, batch, loop.num_gates, 2), "int64")
-        self.status = self._buffer("status", (nd, batch), "int32")
+        self.Y = self.param("Y", (seq, nd, batch, H), dt)
+        self.YH = self.param("Y_h", (nd, batch, H), dt)
+        self.YC = self.param("Y_c", (nd, batch, H), dt) if loop.op == "LSTM" else None
+        self.stats = self.param("stats", (nd, batch, loop.num_gates, 2), "int64")
+        self.status = self.param("status", (nd, batch), "int32")
 
     def _allocate_state(self):
         loop, acc = self.loop, self.acc
