@@ -50,8 +50,24 @@ def run_demo(model_name: str = DEFAULT_MODEL, threshold: float = 0.2, plot_path=
     if ort is None:
         out("  (onnxruntime not installed: pip install 'memotvm[bench]' to compare)")
 
+    large = _large_layer(out)
+
     rows = sweep(model, feeds, [0, 0.1, 0.2, 0.3, 0.5, 0.8], progress=False)
     if plot_path:
         plot(rows, plot_path, title=f"{model_name}: reuse and output error vs threshold")
         out(f"wrote {plot_path} (reuse and error against the threshold, BNN and oracle)")
-    return {"report": report.to_dict(), "times": times, "sweep": rows}
+    return {"report": report.to_dict(), "times": times, "sweep": rows, "large_layer": large}
+
+
+def _large_layer(out, hidden=1024, steps=100, threshold=0.5):
+    """Memoization pays where the weights do not fit in cache: one generated LSTM layer
+    (random weights, smooth inputs) timed the same way."""
+    from .bench import bench_model, format_rows
+    from .testing import make_inputs, make_recurrent_model
+
+    layer = make_recurrent_model("LSTM", hidden, hidden, weight_scale=1.0)
+    inputs = make_inputs(layer, steps, 1, smooth=True)
+    result = bench_model(layer, inputs, thresholds=(threshold,), rounds=10, ort_threads=2)
+    out(f"one LSTM layer D=H={hidden}, T={steps}, batch 1 (weights beyond the L2 caches):")
+    out("\n".join("  " + line for line in format_rows(result["rows"]).splitlines()))
+    return result["rows"]
