@@ -10,9 +10,14 @@ the numpy reference alike:
 * ``weight_data(loop, W, R)`` -- what it derives from the weights at compile time, as
   named numpy arrays (they become constant inputs of the kernel);
 * ``declare(kb)`` -- the kernel parameters for that data (called by the kernel builder);
-* ``prepare(kb, d, x_ref, u_ref)`` / ``value(kb, d, j, state)`` -- TIR emitted once per
-  task and step, then per neuron, returning q_j;
-* ``reference(data, d, rows, x, u)`` -- the same q in numpy, for the reference.
+* ``prepare(kb, d, b, s, x_ref, u_ref)`` / ``value(kb, d, j, state)`` -- TIR emitted once
+  per task and step, then per neuron, returning q_j;
+* ``reference(data, d, rows, x, u, a)`` -- the same q in numpy, for the reference (``a``
+  is the rows' exact input parts).
+
+A predictor with ``fresh_input = True`` reads the exact input part (the kernel computes
+the input projection of every step anyway) and memoizes only the recurrent part: a
+reused neuron takes its fresh input part and its cached recurrent part.
 
 ``register_predictor`` makes a new one available by name (``"name"`` or
 ``"name:argument"``, e.g. ``lowrank:8``).  The oracle is not a predictor in this sense
@@ -39,6 +44,7 @@ class Predictor:
     name = ""
     floor = 1e-6  # e of the spec: 1 for integer predictors
     q_dtype = "float32"
+    fresh_input = False  # True: only the recurrent part is memoized
 
     def weight_data(self, loop, W, R) -> dict:
         return {}
@@ -46,14 +52,23 @@ class Predictor:
     def declare(self, kb) -> None:
         """Declare the kernel parameters holding weight_data, in its order."""
 
-    def prepare(self, kb, d, x_ref, u_ref):
+    def prepare(self, kb, d, b, s, x_ref, u_ref):
         raise NotImplementedError
 
     def value(self, kb, d, j, state):
         raise NotImplementedError
 
-    def reference(self, data, d, rows, x, u) -> np.ndarray:
+    def reference(self, data, d, rows, x, u, a) -> np.ndarray:
         raise NotImplementedError
+
+    def reference_data(self, W, R) -> dict:
+        return {}
+
+    def skipped_share(self, loop) -> float:
+        """Share of a neuron's multiply-adds a reuse skips."""
+        if self.fresh_input:
+            return loop.hidden_size / (loop.input_size + loop.hidden_size)
+        return 1.0
 
     def extra_cost(self, loop) -> int:
         """Multiply-adds (or equivalent word operations) per step and direction."""
@@ -87,7 +102,7 @@ class BnnPredictor(Predictor):
         kb.WS = kb.param("W_signs", (nd, G, words(loop.input_size)), "uint64")
         kb.RS = kb.param("R_signs", (nd, G, words(loop.hidden_size)), "uint64")
 
-    def prepare(self, kb, d, x_ref, u_ref):
+    def prepare(self, kb, d, b, s, x_ref, u_ref):
         loop = kb.loop
         x_bits = T.alloc_buffer((words(loop.input_size),), "uint64")
         u_bits = T.alloc_buffer((words(loop.hidden_size),), "uint64")
@@ -106,7 +121,7 @@ class BnnPredictor(Predictor):
             diff = diff + tirx.popcount(kb.RS[d, j, w] ^ u_bits[w])
         return T.bind(tirx.const(D + H, "int32") - 2 * tirx.Cast("int32", diff))
 
-    def reference(self, data, d, rows, x, u):
+    def reference(self, data, d, rows, x, u, a):
         # Equal to the popcount form: agreements minus disagreements of the signs.
         sx = np.where(x >= 0, 1, -1).astype(np.int64)
         su = np.where(u >= 0, 1, -1).astype(np.int64)
@@ -157,7 +172,7 @@ class LowRankPredictor(Predictor):
         kb.LVx = kb.param("lowrank_Vx", (nd, r, loop.input_size), "float32")
         kb.LVu = kb.param("lowrank_Vu", (nd, r, loop.hidden_size), "float32")
 
-    def prepare(self, kb, d, x_ref, u_ref):
+    def prepare(self, kb, d, b, s, x_ref, u_ref):
         loop = kb.loop
         r = self.effective_rank(loop)
         z = T.alloc_buffer((r,), "float32")
@@ -175,16 +190,76 @@ class LowRankPredictor(Predictor):
             total = total + kb.LP[d, j, i] * z[i]
         return T.bind(total)
 
-    def reference(self, data, d, rows, x, u):
+    def reference(self, data, d, rows, x, u, a):
         z = data["lowrank_Vx"][d] @ x.astype(np.float32) + data["lowrank_Vu"][d] @ u.astype(np.float32)
         return (data["lowrank_P"][d][rows] @ z).astype(np.float64)
-
-    def reference_data(self, W, R):
-        return {}
 
     def extra_cost(self, loop):
         r = self.effective_rank(loop)
         return r * (loop.input_size + loop.hidden_size) + r * loop.rows
+
+
+class ExactInputPredictor(Predictor):
+    """q = a_j(t) + (U_r S_r V_r^T)_j . u: the exact input part (W_j x_t + Wb_j, which
+    the kernel's input projection computes for every step anyway) plus a rank-r
+    approximation of the recurrent part from the truncated SVD of R.  Only the
+    recurrent part is memoized: a reused neuron takes its fresh input part and its
+    cached recurrent part, so an input that moves is never missed.  Per step it costs
+    r H multiply-adds for z = V_r^T u, then r per neuron; a reuse skips H of the
+    neuron's D + H multiply-adds."""
+
+    name = "exactinput"
+    fresh_input = True
+
+    def __init__(self, rank: int):
+        if rank < 1:
+            raise ConfigError(f"exactinput needs a rank >= 1, got {rank}")
+        self.rank = rank
+
+    def effective_rank(self, loop):
+        return min(self.rank, loop.rows, loop.hidden_size)
+
+    def weight_data(self, loop, W, R):
+        r = self.effective_rank(loop)
+        P, V = [], []
+        for d in range(loop.num_directions):
+            U, S, Vt = np.linalg.svd(np.asarray(R[d], np.float64), full_matrices=False)
+            P.append(U[:, :r] * S[:r])
+            V.append(Vt[:r])
+        as32 = lambda a: np.ascontiguousarray(np.stack(a), dtype=np.float32)  # noqa: E731
+        return {"exactinput_P": as32(P), "exactinput_V": as32(V)}
+
+    def declare(self, kb):
+        loop = kb.loop
+        nd, G, r = loop.num_directions, loop.rows, self.effective_rank(loop)
+        kb.EP = kb.param("exactinput_P", (nd, G, r), "float32")
+        kb.EV = kb.param("exactinput_V", (nd, r, loop.hidden_size), "float32")
+
+    def prepare(self, kb, d, b, s, x_ref, u_ref):
+        loop = kb.loop
+        r = self.effective_rank(loop)
+        z = T.alloc_buffer((r,), "float32")
+        for i0 in range(0, r, 4):
+            rows = list(range(i0, min(i0 + 4, r)))
+            zu = kb.multi_dot([(kb.EV, (d, i)) for i in rows], [u_ref], loop.hidden_size)
+            for k, i in enumerate(rows):
+                T.buffer_store(z, tirx.Cast("float32", zu[k][0]), [i])
+        return z, b, s
+
+    def value(self, kb, d, j, state):
+        z, b, s = state
+        total = tirx.Cast("float32", kb.input_projection(d, b, s, j))
+        for i in range(self.effective_rank(kb.loop)):
+            total = total + kb.EP[d, j, i] * z[i]
+        return T.bind(total)
+
+    def reference(self, data, d, rows, x, u, a):
+        z = data["exactinput_V"][d] @ u.astype(np.float32)
+        return (a.astype(np.float32) + data["exactinput_P"][d][rows] @ z).astype(np.float64)
+
+    def extra_cost(self, loop):
+        r = self.effective_rank(loop)
+        return r * loop.hidden_size + r * loop.rows
 
 
 _FACTORIES = {"bnn": lambda arg: BnnPredictor(), "lowrank": None}
@@ -200,6 +275,18 @@ def _lowrank(arg):
 
 
 _FACTORIES["lowrank"] = _lowrank
+
+
+def _exactinput(arg):
+    if arg is None:
+        raise ConfigError("exactinput needs a rank: exactinput:R, e.g. exactinput:16")
+    try:
+        return ExactInputPredictor(int(arg))
+    except ValueError:
+        raise ConfigError(f"exactinput rank must be an integer, got '{arg}'") from None
+
+
+_FACTORIES["exactinput"] = _exactinput
 
 
 def register_predictor(name: str, factory) -> None:

@@ -102,7 +102,7 @@ class _Chain:
         reuse = np.zeros(n, bool)
         if self.memo is not None:
             if self.predictor is not None:
-                q = self.predictor.reference(self.pred_data, self.d, rows, x, u)
+                q = self.predictor.reference(self.pred_data, self.d, rows, x, u, a)
                 floor = self.predictor.floor
             else:  # oracle: the true pre-activation
                 q = (a + b).astype(np.float64)
@@ -111,7 +111,8 @@ class _Chain:
             if self.table.filled:
                 reuse = np.abs(q - qm) < self.thr * np.maximum(np.abs(qm), floor)
             self.table.q[rows] = np.where(reuse, qm, q)
-        self.table.a[rows] = np.where(reuse, self.table.a[rows], a)
+        fresh_input = self.predictor is not None and self.predictor.fresh_input
+        self.table.a[rows] = a if fresh_input else np.where(reuse, self.table.a[rows], a)
         self.table.b[rows] = np.where(reuse, self.table.b[rows], b)
         H = self.loop.hidden_size
         gate_of = (np.arange(rows.start, rows.stop)) // H
@@ -173,7 +174,8 @@ class ReferenceSession:
         self._counts.clear()
         outputs = self._evaluator.run(None, feeds)
         loops = [self.loops[n] for n in self._order]
-        self.stats = ReuseStats.from_kernel_counts(loops, [self._counts[n] for n in self._order])
+        self.stats = ReuseStats.from_kernel_counts(loops, [self._counts[n] for n in self._order],
+                                                   self.config)
         return outputs
 
 

@@ -51,7 +51,7 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays)
+        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, self.memo)
         with self._lock:
             self.last_stats = stats
         self._local.last_stats = stats

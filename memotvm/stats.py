@@ -34,12 +34,20 @@ class ReuseStats:
     """Counts of one call: ``per_gate[(node, direction, gate)]`` and their sums."""
 
     per_gate: dict = field(default_factory=dict)
+    # node -> (multiply-adds of one neuron evaluation, share of them a reuse skips)
+    costs: dict = field(default_factory=dict)
 
     @classmethod
-    def from_kernel_counts(cls, loops, arrays) -> "ReuseStats":
-        """``arrays[i]`` is loop i's int64 [directions, batch, gates, 2] stats output."""
+    def from_kernel_counts(cls, loops, arrays, config=None) -> "ReuseStats":
+        """``arrays[i]`` is loop i's int64 [directions, batch, gates, 2] stats output;
+        ``config`` (the MemoConfig) says which predictor, hence what a reuse skips."""
+        from .predictors import get_predictor
+
         stats = cls()
         for loop, counts in zip(loops, arrays):
+            predictor = get_predictor(config.plan_for(loop).predictor) if config else None
+            share = predictor.skipped_share(loop) if predictor is not None else 1.0
+            stats.costs[loop.name] = (loop.input_size + loop.hidden_size, share)
             summed = np.asarray(counts).sum(axis=1)
             for d in range(loop.num_directions):
                 for g, gate in enumerate(loop.gates):
@@ -69,15 +77,33 @@ class ReuseStats:
     def reuse(self) -> float:
         return self.total.reuse
 
+    def computations_avoided_of(self, nodes=None) -> float:
+        """Skipped multiply-adds / all multiply-adds of the recurrent layers (the spec's
+        measure; equal to the reuse ratio when a reuse skips the whole neuron)."""
+        skipped = total = 0.0
+        for node, count in self.per_node.items():
+            if nodes is not None and node not in nodes:
+                continue
+            macs, share = self.costs.get(node, (1, 1.0))
+            skipped += count.reused * macs * share
+            total += count.total * macs
+        return skipped / total if total else 0.0
+
+    @property
+    def computations_avoided(self) -> float:
+        return self.computations_avoided_of()
+
     def to_dict(self) -> dict:
         def entry(c):
             return {"computed": c.computed, "reused": c.reused, "reuse": c.reuse}
 
         return {
             "total": entry(self.total),
+            "computations_avoided": self.computations_avoided,
             "nodes": {
                 node: {
                     "total": entry(count),
+                    "computations_avoided": self.computations_avoided_of({node}),
                     "directions": {
                         direction: {
                             "total": entry(dc),

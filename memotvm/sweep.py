@@ -26,7 +26,7 @@ def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, 
             "predictor": predictor,
             "threshold": threshold,
             "reuse": report.stats.reuse,
-            "computations_avoided": report.stats.reuse,
+            "computations_avoided": report.stats.computations_avoided,
             "max_abs_error": first["max_abs"],
             "mean_rel_error": first["mean_rel"],
             "metric": report.metric["name"] if report.metric else None,
@@ -38,13 +38,15 @@ def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, 
 
 def format_table(rows) -> str:
     has_metric = any(r["metric"] for r in rows)
-    head = f"{'predictor':<10} {'threshold':>9} {'reuse':>7} {'max abs err':>12} {'mean rel err':>12}"
+    head = (f"{'predictor':<13} {'threshold':>9} {'reuse':>7} {'avoided':>8} {'max abs err':>12} "
+            f"{'mean rel err':>12}")
     if has_metric:
         head += f" {'metric':>9} {'loss':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        line = (f"{r['predictor']:<10} {r['threshold']:>9.3g} {r['reuse']:>7.1%} "
-                f"{r['max_abs_error']:>12.3g} {r['mean_rel_error']:>12.3g}")
+        line = (f"{r['predictor']:<13} {r['threshold']:>9.3g} {r['reuse']:>7.1%} "
+                f"{r['computations_avoided']:>8.1%} {r['max_abs_error']:>12.3g} "
+                f"{r['mean_rel_error']:>12.3g}")
         if has_metric:
             line += f" {r['metric_value']:>9.4f} {r['metric_loss']:>8.2%}"
         lines.append(line)

@@ -34,7 +34,7 @@ class ValidationReport:
             "memo": self.config.to_dict(),
             "outputs": self.outputs,
             "reuse": self.stats.to_dict(),
-            "computations_avoided": self.stats.reuse,
+            "computations_avoided": self.stats.computations_avoided,
             "metric": self.metric,
             "timings_s": self.timings,
         }
@@ -42,7 +42,8 @@ class ValidationReport:
     def format(self) -> str:
         lines = [f"memo: predictor={self.config.predictor} threshold={self.config.threshold}"
                  + (f" per_node={self.config.per_node}" if self.config.per_node else "")]
-        lines.append(f"reuse (computations avoided): {self.stats.reuse:.1%}")
+        lines.append(f"reuse: {self.stats.reuse:.1%} of neuron evaluations, computations "
+                     f"avoided: {self.stats.computations_avoided:.1%} of multiply-adds")
         for (node, direction), count in self.stats.per_direction.items():
             lines.append(f"  {node} [{direction}]: {count.reuse:.1%} of {count.total} neuron evaluations")
         lines.append("output errors (memoized vs unmodified):")

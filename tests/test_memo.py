@@ -45,7 +45,7 @@ def memo_case(draw):
     sizes = (draw(st.integers(1, 70)), draw(st.integers(1, 70)))
     config = MemoConfig(
         threshold=draw(st.sampled_from([0.05, 0.2, 0.5, 1.0])),
-        predictor=draw(st.sampled_from(["bnn", "oracle", "lowrank:1", "lowrank:8"])),
+        predictor=draw(st.sampled_from(["bnn", "oracle", "lowrank:1", "lowrank:8", "exactinput:3"])),
     )
     return op, sizes, kwargs, config, draw(st.integers(1, 12)), draw(st.integers(1, 3))
 
@@ -76,7 +76,7 @@ def test_threshold_zero_is_exactly_the_unmodified_model(op):
                                  initial_h=True, initial_c=op == "LSTM")
     feeds = make_inputs(model, 15, 3, smooth=True)
     plain = memotvm.compile(model).run(feeds)
-    for predictor in ("bnn", "oracle", "lowrank:4"):
+    for predictor in ("bnn", "oracle", "lowrank:4", "exactinput:4"):
         memo = memotvm.compile(model, memo=MemoConfig(threshold=0.0, predictor=predictor))
         for a, b in zip(plain, memo.run(feeds)):
             np.testing.assert_array_equal(a, b)
@@ -199,3 +199,14 @@ def test_numpy_and_kernel_sign_packing_agree():
         out = tvm.runtime.empty((2, loop.rows, (n + 63) // 64), "uint64")
         lib["main"](tvm.runtime.tensor(w), out)
         np.testing.assert_array_equal(out.numpy(), pack_signs(w))
+
+
+def test_exactinput_memoizes_only_the_recurrent_part():
+    model = make_recurrent_model("LSTM", 24, 8, direction="bidirectional")
+    feeds = make_inputs(model, 30, 2, smooth=True)
+    stats = check_against_reference(model, feeds, MemoConfig(threshold=0.5, predictor="exactinput:4"))
+    assert stats.reuse > 0.1
+    # A reuse skips the H = 8 recurrent multiply-adds of the neuron's D + H = 32.
+    assert abs(stats.computations_avoided - stats.reuse * 8 / 32) < 1e-12
+    bnn = check_against_reference(model, feeds, MemoConfig(threshold=0.5))
+    assert bnn.computations_avoided == bnn.reuse

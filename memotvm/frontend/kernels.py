@@ -307,6 +307,10 @@ class KernelBuilder:
             return None
         return self.load(self.B, (d, j if which == "W" else self.loop.rows + j))
 
+    def input_projection(self, d, b, s, j):
+        """W_j x_t + Wb_j of chain (d, b) at step s, from the projection buffer."""
+        return self.xproj[s % PROJECTION_STEPS, d, b, j]
+
     def _with_bias(self, value, d, j, which):
         bias = self._bias(d, j, which)
         return value if bias is None else value + bias
@@ -548,7 +552,7 @@ class KernelBuilder:
                 if input_from == "x":
                     a_val = self._with_bias(inp[r][0], d, j, "W")
                 else:
-                    a_val = self.xproj[step % PROJECTION_STEPS, d, b, j]
+                    a_val = self.input_projection(d, b, step, j)
                 T.buffer_store(a_out, a_val, [d, b, j])
                 T.buffer_store(b_out, self._with_bias(rec[r][0], d, j, "R"), [d, b, j])
 
@@ -592,7 +596,7 @@ class KernelBuilder:
         x_ref = (self.X, (t, b))
         if self.predictor is not None:
             pred = self.predictor
-            state = pred.prepare(self, d, x_ref, u_ref)
+            state = pred.prepare(self, d, b, s, x_ref, u_ref)
             for g in gates:
                 reused = T.alloc_buffer((1,), "int64")
                 T.buffer_store(reused, i64(0), [0])
@@ -603,6 +607,8 @@ class KernelBuilder:
                     with T.If(reuse):
                         with T.Then():
                             T.buffer_store(reused, reused[0] + i64(1), [0])
+                            if pred.fresh_input:
+                                T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
                         with T.Else():
                             T.buffer_store(self.memo_q, q, [d, b, j])
                             T.buffer_store(todo, j, [ntodo[0]])
