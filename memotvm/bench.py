@@ -74,6 +74,7 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
     compile_s = {"unmodified": time.perf_counter() - t0}
     runners = {"memotvm": compile_and_run_once(plain, feeds)}
     reuse = {"memotvm": 0.0}
+    avoided = {"memotvm": 0.0}
     for thr in thresholds:
         t0 = time.perf_counter()
         memo = compile_model(proto, target=target, memo=MemoConfig(threshold=thr, predictor=predictor))
@@ -81,20 +82,22 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
         compile_s[name] = time.perf_counter() - t0
         runners[name] = compile_and_run_once(memo, feeds)
         reuse[name] = memo.last_stats.reuse
+        avoided[name] = memo.last_stats.computations_avoided
     ort = onnxruntime_runner(proto, feeds, ort_threads)
     if ort is not None:
         runners["onnxruntime"] = ort
-        reuse["onnxruntime"] = 0.0
+        reuse["onnxruntime"] = avoided["onnxruntime"] = 0.0
     times = interleaved(runners, rounds=rounds)
     steps = _steps(feeds)
     rows = []
     for name, t in times.items():
-        r = reuse[name]
+        r = avoided[name]
         rows.append({
             "name": name,
             "ms": t * 1e3,
             "us_per_step": t * 1e6 / steps if steps else None,
-            "reuse": r,
+            "reuse": reuse[name],
+            "computations_avoided": r,
             "speedup_vs_onnxruntime": times["onnxruntime"] / t if "onnxruntime" in times else None,
             "speedup_vs_unmodified": times["memotvm"] / t,
             "ideal": 1 / (1 - r) if r < 1 else float("inf"),
@@ -109,30 +112,32 @@ def _steps(feeds):
 
 
 def format_rows(rows) -> str:
-    head = (f"{'variant':<13} {'ms':>9} {'us/step':>9} {'reuse':>7} {'vs ort':>7} "
+    head = (f"{'variant':<13} {'ms':>9} {'us/step':>9} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
             f"{'vs unmod':>8} {'ideal':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ups = f"{r['us_per_step']:9.2f}" if r["us_per_step"] is not None else f"{'-':>9}"
         vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
-        lines.append(f"{r['name']:<13} {r['ms']:9.3f} {ups} {r['reuse']:7.1%} {vo} "
+        lines.append(f"{r['name']:<13} {r['ms']:9.3f} {ups} {r['reuse']:7.1%} "
+                     f"{r['computations_avoided']:8.1%} {vo} "
                      f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f}")
     return "\n".join(lines)
 
 
-def memo_memory(loops, batch: int = 1) -> dict:
-    """Bytes the memoized kernels add, per recurrent node: the packed sign bits of W and
-    R (once per model) and the memo table of each chain (per call, per batch element)."""
-    from .predictors import words
+def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
+    """Bytes memoization adds, per recurrent node: the predictor's weight data (once per
+    model) and the memo table of each chain (per call and batch element)."""
+    from .predictors import get_predictor
 
+    pred = get_predictor(predictor)
     out = {}
     for loop in loops:
         nd, G = loop.num_directions, loop.rows
-        signs = nd * G * (words(loop.input_size) + words(loop.hidden_size)) * 8
-        # cached input_part and recurrent_part (float32) and memo_q (int32) per neuron
+        # cached input_part and recurrent_part (float32) and memo_q (4 bytes) per neuron
         table = nd * batch * G * (4 + 4 + 4)
         weights = nd * G * (loop.input_size + loop.hidden_size) * 4
-        out[loop.name] = {"packed_signs": signs, "memo_table": table, "weights": weights}
+        data = pred.data_bytes(loop) if pred is not None else 0
+        out[loop.name] = {"predictor_data": data, "memo_table": table, "weights": weights}
     return out
 
 

@@ -140,11 +140,11 @@ def cmd_bench(args):
     result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
                          rounds=args.rounds, ort_threads=args.ort_threads, target=args.target)
     loops = from_onnx(model).loops
-    memory = memo_memory(loops, batch=next(iter(inputs.values())).shape[1] if size else 1)
+    memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
     print(label)
     print(format_rows(result["rows"]))
     for node, mem in memory.items():
-        print(f"  {node}: packed signs {mem['packed_signs'] / 1024:.1f} KiB, memo table "
+        print(f"  {node}: predictor data {mem['predictor_data'] / 1024:.1f} KiB, memo table "
               f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB")
     if args.json:
         with open(args.json, "w") as f:

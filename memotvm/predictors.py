@@ -64,6 +64,10 @@ class Predictor:
     def reference_data(self, W, R) -> dict:
         return {}
 
+    def data_bytes(self, loop) -> int:
+        """Bytes of weight_data (kept with the compiled model)."""
+        return 0
+
     def skipped_share(self, loop) -> float:
         """Share of a neuron's multiply-adds a reuse skips."""
         if self.fresh_input:
@@ -136,6 +140,9 @@ class BnnPredictor(Predictor):
     def extra_cost(self, loop):
         return loop.rows * (words(loop.input_size) + words(loop.hidden_size))
 
+    def data_bytes(self, loop):
+        return 8 * loop.num_directions * loop.rows * (words(loop.input_size) + words(loop.hidden_size))
+
 
 class LowRankPredictor(Predictor):
     """q = (U_r S_r V_r^T)_j . [x ; u]: the rank-r truncated SVD of the direction's
@@ -197,6 +204,10 @@ class LowRankPredictor(Predictor):
     def extra_cost(self, loop):
         r = self.effective_rank(loop)
         return r * (loop.input_size + loop.hidden_size) + r * loop.rows
+
+    def data_bytes(self, loop):
+        r = self.effective_rank(loop)
+        return 4 * loop.num_directions * r * (loop.rows + loop.input_size + loop.hidden_size)
 
 
 class ExactInputPredictor(Predictor):
@@ -260,6 +271,10 @@ class ExactInputPredictor(Predictor):
     def extra_cost(self, loop):
         r = self.effective_rank(loop)
         return r * loop.hidden_size + r * loop.rows
+
+    def data_bytes(self, loop):
+        r = self.effective_rank(loop)
+        return 4 * loop.num_directions * r * (loop.rows + loop.hidden_size)
 
 
 _FACTORIES = {"bnn": lambda arg: BnnPredictor(), "lowrank": None}

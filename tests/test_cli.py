@@ -66,4 +66,4 @@ def test_bench_a_generated_layer(files, capsys):
     data = json.loads(out_json.read_text())
     names = [r["name"] for r in data["rows"]]
     assert names[:2] == ["memotvm", "memo@0.3"]
-    assert data["memory_bytes"]["rnn"]["packed_signs"] > 0
+    assert data["memory_bytes"]["rnn"]["predictor_data"] > 0
