@@ -137,7 +137,10 @@ def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
         table = nd * batch * G * (4 + 4 + 4)
         weights = nd * G * (loop.input_size + loop.hidden_size) * 4
         data = pred.data_bytes(loop) if pred is not None else 0
-        out[loop.name] = {"predictor_data": data, "memo_table": table, "weights": weights}
+        cost = pred.extra_cost(loop) if pred is not None else 0
+        out[loop.name] = {"predictor_data": data, "memo_table": table, "weights": weights,
+                          "predictor_ops_per_step": cost * nd,
+                          "layer_macs_per_step": nd * G * (loop.input_size + loop.hidden_size)}
     return out
 
 

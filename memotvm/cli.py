@@ -145,7 +145,10 @@ def cmd_bench(args):
     print(format_rows(result["rows"]))
     for node, mem in memory.items():
         print(f"  {node}: predictor data {mem['predictor_data'] / 1024:.1f} KiB, memo table "
-              f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB")
+              f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB; "
+              f"predictor {mem['predictor_ops_per_step']} ops per step per element "
+              f"({mem['predictor_ops_per_step'] / mem['layer_macs_per_step']:.1%} of the layer's "
+              "multiply-adds)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": label, **result, "memory_bytes": memory}, f, indent=2)

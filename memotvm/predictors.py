@@ -277,31 +277,25 @@ class ExactInputPredictor(Predictor):
         return 4 * loop.num_directions * r * (loop.rows + loop.hidden_size)
 
 
-_FACTORIES = {"bnn": lambda arg: BnnPredictor(), "lowrank": None}
+def _ranked(cls):
+    """Factory of a predictor taking a rank argument ("name:R")."""
+
+    def make(arg):
+        if arg is None:
+            raise ConfigError(f"{cls.name} needs a rank: {cls.name}:R, e.g. {cls.name}:8")
+        try:
+            return cls(int(arg))
+        except ValueError:
+            raise ConfigError(f"{cls.name} rank must be an integer, got '{arg}'") from None
+
+    return make
 
 
-def _lowrank(arg):
-    if arg is None:
-        raise ConfigError("lowrank needs a rank: lowrank:R, e.g. lowrank:8")
-    try:
-        return LowRankPredictor(int(arg))
-    except ValueError:
-        raise ConfigError(f"lowrank rank must be an integer, got '{arg}'") from None
-
-
-_FACTORIES["lowrank"] = _lowrank
-
-
-def _exactinput(arg):
-    if arg is None:
-        raise ConfigError("exactinput needs a rank: exactinput:R, e.g. exactinput:16")
-    try:
-        return ExactInputPredictor(int(arg))
-    except ValueError:
-        raise ConfigError(f"exactinput rank must be an integer, got '{arg}'") from None
-
-
-_FACTORIES["exactinput"] = _exactinput
+_FACTORIES = {
+    "bnn": lambda arg: BnnPredictor(),
+    "lowrank": _ranked(LowRankPredictor),
+    "exactinput": _ranked(ExactInputPredictor),
+}
 
 
 def register_predictor(name: str, factory) -> None:
