@@ -89,6 +89,33 @@ def pack_signs(v: np.ndarray) -> np.ndarray:
     return packed.reshape(v.shape[:-1] + (words(n), 8)).view("<u8")[..., 0]
 
 
+def _stack32(per_direction):
+    return np.ascontiguousarray(np.stack(per_direction), dtype=np.float32)
+
+
+def _low_rank_state(kb, d, r, parts):
+    """z[i] = sum over (V, vec_ref, n) in parts of V[d, i, :n] . vec, four rows at a time:
+    the per-step projection onto the r singular vectors."""
+    z = T.alloc_buffer((r,), "float32")
+    for i0 in range(0, r, 4):
+        rows = list(range(i0, min(i0 + 4, r)))
+        sums = [kb.multi_dot([(V, (d, i)) for i in rows], [ref], n) for V, ref, n in parts]
+        for k, i in enumerate(rows):
+            total = sums[0][k][0]
+            for part in sums[1:]:
+                total = total + part[k][0]
+            T.buffer_store(z, tirx.Cast("float32", total), [i])
+    return z
+
+
+def _low_rank_value(P, d, j, z, r, start):
+    """start + P[d, j, :] . z, in order of i."""
+    total = start
+    for i in range(r):
+        total = total + P[d, j, i] * z[i]
+    return T.bind(total)
+
+
 class BnnPredictor(Predictor):
     """The paper's binarized neuron: q = sum s(W) s(x) + sum s(R) s(u), by XOR and
     popcount on 64-bit words; the weights' sign bits are packed at compile time."""
@@ -169,8 +196,7 @@ class LowRankPredictor(Predictor):
             P.append(U[:, :r] * S[:r])
             Vx.append(Vt[:r, :D])
             Vu.append(Vt[:r, D:])
-        as32 = lambda a: np.ascontiguousarray(np.stack(a), dtype=np.float32)  # noqa: E731
-        return {"lowrank_P": as32(P), "lowrank_Vx": as32(Vx), "lowrank_Vu": as32(Vu)}
+        return {"lowrank_P": _stack32(P), "lowrank_Vx": _stack32(Vx), "lowrank_Vu": _stack32(Vu)}
 
     def declare(self, kb):
         loop = kb.loop
@@ -181,21 +207,11 @@ class LowRankPredictor(Predictor):
 
     def prepare(self, kb, d, b, s, x_ref, u_ref):
         loop = kb.loop
-        r = self.effective_rank(loop)
-        z = T.alloc_buffer((r,), "float32")
-        for i0 in range(0, r, 4):
-            rows = list(range(i0, min(i0 + 4, r)))
-            zx = kb.multi_dot([(kb.LVx, (d, i)) for i in rows], [x_ref], loop.input_size)
-            zu = kb.multi_dot([(kb.LVu, (d, i)) for i in rows], [u_ref], loop.hidden_size)
-            for k, i in enumerate(rows):
-                T.buffer_store(z, tirx.Cast("float32", zx[k][0] + zu[k][0]), [i])
-        return z
+        return _low_rank_state(kb, d, self.effective_rank(loop),
+                               [(kb.LVx, x_ref, loop.input_size), (kb.LVu, u_ref, loop.hidden_size)])
 
     def value(self, kb, d, j, z):
-        total = tirx.const(0.0, "float32")
-        for i in range(self.effective_rank(kb.loop)):
-            total = total + kb.LP[d, j, i] * z[i]
-        return T.bind(total)
+        return _low_rank_value(kb.LP, d, j, z, self.effective_rank(kb.loop), tirx.const(0.0, "float32"))
 
     def reference(self, data, d, rows, x, u, a):
         z = data["lowrank_Vx"][d] @ x.astype(np.float32) + data["lowrank_Vu"][d] @ u.astype(np.float32)
@@ -237,8 +253,7 @@ class ExactInputPredictor(Predictor):
             U, S, Vt = np.linalg.svd(np.asarray(R[d], np.float64), full_matrices=False)
             P.append(U[:, :r] * S[:r])
             V.append(Vt[:r])
-        as32 = lambda a: np.ascontiguousarray(np.stack(a), dtype=np.float32)  # noqa: E731
-        return {"exactinput_P": as32(P), "exactinput_V": as32(V)}
+        return {"exactinput_P": _stack32(P), "exactinput_V": _stack32(V)}
 
     def declare(self, kb):
         loop = kb.loop
@@ -248,21 +263,13 @@ class ExactInputPredictor(Predictor):
 
     def prepare(self, kb, d, b, s, x_ref, u_ref):
         loop = kb.loop
-        r = self.effective_rank(loop)
-        z = T.alloc_buffer((r,), "float32")
-        for i0 in range(0, r, 4):
-            rows = list(range(i0, min(i0 + 4, r)))
-            zu = kb.multi_dot([(kb.EV, (d, i)) for i in rows], [u_ref], loop.hidden_size)
-            for k, i in enumerate(rows):
-                T.buffer_store(z, tirx.Cast("float32", zu[k][0]), [i])
+        z = _low_rank_state(kb, d, self.effective_rank(loop), [(kb.EV, u_ref, loop.hidden_size)])
         return z, b, s
 
     def value(self, kb, d, j, state):
         z, b, s = state
-        total = tirx.Cast("float32", kb.input_projection(d, b, s, j))
-        for i in range(self.effective_rank(kb.loop)):
-            total = total + kb.EP[d, j, i] * z[i]
-        return T.bind(total)
+        exact = tirx.Cast("float32", kb.input_projection(d, b, s, j))
+        return _low_rank_value(kb.EP, d, j, z, self.effective_rank(kb.loop), exact)
 
     def reference(self, data, d, rows, x, u, a):
         z = data["exactinput_V"][d] @ u.astype(np.float32)

@@ -80,17 +80,14 @@ class CompiledModel:
         for name in self.input_names:
             dims, dtype = self.input_types[name]
             value = np.asarray(inputs[name])
-            if value.dtype != np.dtype(dtype):
-                if value.dtype.kind == np.dtype(dtype).kind == "f" or (
-                    value.dtype.kind in "iu" and np.dtype(dtype).kind in "iu"
-                    and np.can_cast(value.dtype, dtype)
-                ):
-                    pass  # safe, same-kind conversion below
-                else:
+            want = np.dtype(dtype)
+            if value.dtype != want:
+                # Only lossless conversions within floats or within integers.
+                kinds = {value.dtype.kind, want.kind}
+                same_family = kinds <= {"f"} or kinds <= {"i", "u"}
+                if not (same_family and np.can_cast(value.dtype, want)):
                     raise InputError(f"input '{name}': dtype {value.dtype}, expected {dtype}")
-                if value.dtype.kind == "f" and np.dtype(dtype).itemsize < value.dtype.itemsize:
-                    raise InputError(f"input '{name}': dtype {value.dtype}, expected {dtype}")
-                value = value.astype(dtype)
+                value = value.astype(want)
             if dims is not None:
                 if value.ndim != len(dims):
                     raise InputError(

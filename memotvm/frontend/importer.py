@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from ..errors import MemoTVMError, UnsupportedModelError
+from ..passes.safe_gather import BoundedGather
 from .kernels import build_kernel
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -192,8 +193,6 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         warnings.simplefilter("ignore")
         mod = importer.from_onnx(graph, _opset(model))
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
-    from ..passes.safe_gather import BoundedGather
-
     mod = BoundedGather()(mod)
     initializers = {t.name for t in graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in initializers]

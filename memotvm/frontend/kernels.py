@@ -302,18 +302,15 @@ class KernelBuilder:
             out.append(row_out)
         return out
 
-    def _bias(self, d, j, which):
-        if self.B is None:
-            return None
-        return self.load(self.B, (d, j if which == "W" else self.loop.rows + j))
-
     def input_projection(self, d, b, s, j):
         """W_j x_t + Wb_j of chain (d, b) at step s, from the projection buffer."""
         return self.xproj[s % PROJECTION_STEPS, d, b, j]
 
     def _with_bias(self, value, d, j, which):
-        bias = self._bias(d, j, which)
-        return value if bias is None else value + bias
+        """value + Wb_j (which = "W") or + Rb_j (which = "R"), when the node has B."""
+        if self.B is None:
+            return value
+        return value + self.load(self.B, (d, j if which == "W" else self.loop.rows + j))
 
     @staticmethod
     def _in_row_blocks(start, stop, emit):

@@ -1,5 +1,5 @@
 """IR transforms; above all the memoization pass."""
 
-from .memoize import PREDICTORS, MemoConfig, MemoizeRecurrentLoops
+from .memoize import MemoConfig, MemoizeRecurrentLoops
 
-__all__ = ["PREDICTORS", "MemoConfig", "MemoizeRecurrentLoops"]
+__all__ = ["MemoConfig", "MemoizeRecurrentLoops"]

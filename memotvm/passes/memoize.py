@@ -26,9 +26,6 @@ from ..frontend.recurrent import RecurrentLoop
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions
 
-PREDICTORS = ("bnn", "lowrank:R", "oracle")
-
-
 def _check_threshold(value, where):
     try:
         t = float(value)
