@@ -5,12 +5,14 @@ from __future__ import annotations
 from .frontend import from_onnx
 from tvm import relax
 
+from .errors import ConfigError
 from .passes import MemoConfig, MemoizeRecurrentLoops
 from .passes.memoize import check_supported
 from .targets import get_backend
 
 
-def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None):  # noqa: A001
+def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  # noqa: A001
+            tunable: bool = False, **options):
     """Compile an ONNX model (path, bytes or ModelProto) for ``target``.
 
     ``memo`` turns on neuron-level fuzzy memoization: a :class:`MemoConfig`, a number
@@ -28,5 +30,9 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None): 
         config.check_nodes(imported.loops)
         mod = relax.transform.FoldConstant()(mod)
         check_supported(mod, config)
-        mod = MemoizeRecurrentLoops(config)(mod)
-    return backend.build(imported, mod, memo=config)
+        mod = MemoizeRecurrentLoops(config, tunable=tunable)(mod)
+    elif tunable:
+        raise ConfigError("tunable=True needs a memo configuration")
+    model = backend.build(imported, mod, memo=config, **options)
+    model.tunable = tunable
+    return model

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .stats import ReuseStats
 
 
@@ -26,6 +26,9 @@ class CompiledModel:
         self.index_ranges = dict(imported.index_ranges)
         self.target = target
         self.memo = memo
+        # Compiled with tunable thresholds (``compile(..., tunable=True)``): each call
+        # passes its thresholds to the kernels, and ``run(memo=...)`` may change them.
+        self.tunable = False
         self._make_session = make_session
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -37,9 +40,16 @@ class CompiledModel:
             session = self._local.session = self._make_session()
         return session
 
-    def run(self, inputs: dict, check_finite: bool = True) -> list:
-        """Run on ``inputs`` (ONNX input name -> array); return the ONNX outputs in order."""
+    def run(self, inputs: dict, check_finite: bool = True, memo=None) -> list:
+        """Run on ``inputs`` (ONNX input name -> array); return the ONNX outputs in order.
+
+        ``memo`` (a model compiled with ``tunable=True`` only) sets this call's thresholds:
+        a MemoConfig, number or dict with the compiled predictor.
+        """
         arrays = self.check_inputs(inputs, check_finite)
+        config = self._call_config(memo)
+        if self.tunable:
+            arrays += [np.array(config.plan_for(loop).thresholds, np.float64) for loop in self.loops]
         raw = self._session()(arrays)
         n = len(self.output_names)
         outputs, extra = raw[:n], raw[n:]
@@ -51,11 +61,26 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, self.memo)
+        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
         with self._lock:
             self.last_stats = stats
         self._local.last_stats = stats
         return outputs
+
+    def _call_config(self, memo):
+        if memo is None:
+            return self.memo
+        from .passes import MemoConfig
+
+        if not self.tunable:
+            raise ConfigError("this model was compiled with fixed thresholds; compile it with "
+                              "tunable=True to choose thresholds per call")
+        config = MemoConfig.coerce(memo)
+        if config.predictor != self.memo.predictor:
+            raise ConfigError(f"this model was compiled for predictor '{self.memo.predictor}', "
+                              f"not '{config.predictor}'")
+        config.check_nodes(self.loops)
+        return config
 
     def __call__(self, inputs: dict) -> list:
         return self.run(inputs)

@@ -26,7 +26,8 @@ memoized kernel at threshold 0 is bit-identical to the unmodified one.
 
 Kernel arguments, in order: X (layout 0), W, R, then the optional inputs the node has
 (B, sequence_lens, initial_h, initial_c, P; layout 0), then the predictor's weight data
-(for BNN the packed sign bits of W and R), then the outputs Y, Y_h, [Y_c], ``stats`` (int64
+(for BNN the packed sign bits of W and R), for a memoized kernel its thresholds (float64,
+one per direction), then the outputs Y, Y_h, [Y_c], ``stats`` (int64
 [directions, batch, gates, 2]: computed and reused evaluations) and ``status`` (int32
 [directions, batch]: 1 where the element's sequence length was out of range).
 """
@@ -168,6 +169,10 @@ class KernelBuilder:
         self.P = self.param("P", (nd, 3 * H), dt) if loop.has("P") else None
         if self.predictor is not None:
             self.predictor.declare(self)
+        if self.memo is not None:
+            # Thresholds are data, not code: one compiled kernel serves every threshold
+            # (calibration and sweeps run it with new values, no recompilation).
+            self.thresholds = self.param("memo_thresholds", (nd,), "float64")
         self.Y = self.param("Y", (seq, nd, batch, H), dt)
         self.YH = self.param("Y_h", (nd, batch, H), dt)
         self.YC = self.param("Y_c", (nd, batch, H), dt) if loop.op == "LSTM" else None
@@ -369,8 +374,7 @@ class KernelBuilder:
         if self.loop.num_directions == 1:
             return True
         acts = self.loop.activations
-        same_thr = not self.memo or len(set(self.memo.thresholds)) == 1
-        return acts[0] == acts[1] and same_thr
+        return acts[0] == acts[1]
 
     # -- the input projection of the unmodified kernel -------------------------------
 
@@ -577,14 +581,14 @@ class KernelBuilder:
         """|q - qm| / max(|qm|, floor) < thr, evaluated in float64 (as the reference does)."""
         q64, qm64 = tirx.Cast("float64", q), tirx.Cast("float64", qm)
         scale = tirx.max(tirx.abs(qm64), tirx.const(floor, "float64"))
-        return tirx.abs(q64 - qm64) < tirx.const(thr, "float64") * scale
+        return tirx.abs(q64 - qm64) < thr * scale
 
     def _memo_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
         """Decide per neuron, then compute the listed ones four at a time."""
         loop, memo = self.loop, self.memo
         H = loop.hidden_size
         first, count = self._units(ub)
-        thr = memo.thresholds[dd]
+        thr = T.bind(self.thresholds[d])
         # The first valid step of a sequence always computes (its table is empty).
         may_reuse = s > i64(0)
         todo = T.alloc_buffer((len(gates) * self.unit_block,), "int64")

@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir import GenericConst
@@ -131,12 +132,22 @@ class MemoConfig:
         return MemoPlan(self.predictor, tuple(thresholds))
 
 
+THRESHOLD_INPUT = "memotvm::thresholds::"
+
+
 @tvm.transform.module_pass(opt_level=0, name="MemoizeRecurrentLoops")
 class MemoizeRecurrentLoops:
-    """Rewrite every recurrent-loop kernel call of the module into its memoized form."""
+    """Rewrite every recurrent-loop kernel call of the module into its memoized form.
 
-    def __init__(self, config: MemoConfig):
+    The kernels read their thresholds from a small float64 tensor.  By default it is a
+    constant of the module (the configuration's values); with ``tunable=True`` it becomes
+    a parameter of ``main`` named ``memotvm::thresholds::<node>``, appended after the
+    model's inputs, so that one compiled model runs with any thresholds (calibration).
+    """
+
+    def __init__(self, config: MemoConfig, tunable: bool = False):
         self.config = MemoConfig.coerce(config)
+        self.tunable = tunable
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         loops = [
@@ -145,10 +156,24 @@ class MemoizeRecurrentLoops:
             if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "memotvm.recurrent" in func.attrs
         ]
         self.config.check_nodes(loops)
-        rewritten = rewrite_functions(_KernelCallRewriter(mod, self.config), mod)
+        rewriter = _KernelCallRewriter(mod, self.config, self.tunable)
+        rewritten = rewrite_functions(rewriter, mod)
+        if rewriter.threshold_params:
+            rewritten = _append_params(rewritten, rewriter.threshold_params)
         return tvm.transform.Sequential(
             [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
         )(rewritten)
+
+
+def _append_params(mod, params):
+    """``main`` with ``params`` appended to its parameters (as model inputs)."""
+    main = mod["main"]
+    func = relax.Function(list(main.params) + params, main.body, main.ret_ty, main.is_pure,
+                          main.attrs)
+    if main.attrs and "num_input" in main.attrs:
+        func = func.with_attr("num_input", int(main.attrs["num_input"]) + len(params))
+    mod["main"] = func
+    return mod
 
 
 def weights_are_constant(call) -> bool:
@@ -189,10 +214,12 @@ def check_supported(mod, config: MemoConfig) -> None:
 
 @relax.expr_functor.mutator
 class _KernelCallRewriter(relax.PyExprMutator):
-    def __init__(self, mod, config):
+    def __init__(self, mod, config, tunable=False):
         super().__init__(mod)
         self.mod_ = mod
         self.config = config
+        self.tunable = tunable
+        self.threshold_params: list = []
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -209,6 +236,13 @@ class _KernelCallRewriter(relax.PyExprMutator):
         predictor = get_predictor(plan.predictor)
         if predictor is not None:
             args += self._predictor_inputs(loop, predictor, args[1], args[2])
+        if self.tunable:
+            param = relax.Var(THRESHOLD_INPUT + loop.name,
+                              relax.TensorType([loop.num_directions], "float64"))
+            self.threshold_params.append(param)
+            args.append(param)
+        else:
+            args.append(relax.const(np.array(plan.thresholds, np.float64), "float64"))
         kernel = self.builder_.add_func(build_kernel(loop, plan), f"{loop.op.lower()}_memo_kernel")
         return relax.call_tir(kernel, args, out_ty=list(call.ty_args[0].fields))
 
