@@ -61,16 +61,21 @@ def compile_and_run_once(compiled, feeds):
 
 
 def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
-                ort_threads=None, target="cpu", progress=False) -> dict:
+                ort_threads=None, target="cpu", progress=False, **options) -> dict:
     """Time onnxruntime, memotvm unmodified and memotvm memoized at each threshold,
-    interleaved in one process.  Returns rows of medians, reuse and speedups."""
+    interleaved in one process.  Returns rows of medians, reuse and speedups.
+
+    On a target whose models report a modelled cost (``epur``), the rows give the
+    modelled time and energy instead (see :func:`bench_modelled`)."""
     from .api import compile as compile_model
     from .frontend import load_model
     from .passes import MemoConfig
 
     proto = load_model(model)
     t0 = time.perf_counter()
-    plain = compile_model(proto, target=target)
+    plain = compile_model(proto, target=target, **options)
+    if hasattr(plain, "last_cost"):
+        return bench_modelled(proto, plain, feeds, thresholds, predictor, target, **options)
     compile_s = {"unmodified": time.perf_counter() - t0}
     runners = {"memotvm": compile_and_run_once(plain, feeds)}
     reuse = {"memotvm": 0.0}
@@ -104,6 +109,45 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
             "compile_s": compile_s.get(name if name != "memotvm" else "unmodified"),
         })
     return {"rows": rows, "steps": steps}
+
+
+def bench_modelled(proto, plain, feeds, thresholds, predictor, target, **options) -> dict:
+    """Rows of modelled cycles, time and energy: the unmodified model and each threshold."""
+    from .api import compile as compile_model
+    from .passes import MemoConfig
+
+    plain.run(feeds)
+    base = plain.last_cost
+    rows = [_cost_row("unmodified", base, base, None)]
+    for thr in thresholds:
+        memo = compile_model(proto, target=target,
+                             memo=MemoConfig(threshold=thr, predictor=predictor), **options)
+        memo.run(feeds)
+        rows.append(_cost_row(f"memo@{thr:g}", memo.last_cost, base, memo.last_stats))
+    return {"rows": rows, "steps": _steps(feeds), "modelled": True,
+            "hardware": plain.hardware.to_dict()}
+
+
+def _cost_row(name, cost, base, stats):
+    avoided = stats.computations_avoided if stats is not None else 0.0
+    return {"name": name, "cycles": cost.cycles, "ms": cost.seconds * 1e3,
+            "energy_uj": cost.energy_total_pj / 1e6, "energy_pj": cost.energy_pj,
+            "reuse": stats.reuse if stats is not None else 0.0,
+            "computations_avoided": avoided,
+            "speedup_vs_unmodified": base.cycles / cost.cycles,
+            "energy_saving": 1 - cost.energy_total_pj / base.energy_total_pj,
+            "ideal": 1 / (1 - avoided) if avoided < 1 else float("inf")}
+
+
+def format_modelled_rows(rows) -> str:
+    head = (f"{'variant':<13} {'cycles':>12} {'ms':>9} {'uJ':>10} {'reuse':>7} {'avoided':>8} "
+            f"{'speedup':>8} {'energy -':>8} {'ideal':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['name']:<13} {r['cycles']:12,.0f} {r['ms']:9.3f} {r['energy_uj']:10.3f} "
+                     f"{r['reuse']:7.1%} {r['computations_avoided']:8.1%} "
+                     f"{r['speedup_vs_unmodified']:7.3f}x {r['energy_saving']:8.1%} {r['ideal']:6.2f}")
+    return "\n".join(lines)
 
 
 def _steps(feeds):

@@ -58,17 +58,26 @@ def _float(text, flag):
         raise ConfigError(f"{flag} must be a number, got '{text}'") from None
 
 
+def _target_options(args) -> dict:
+    """Backend options from the command line (``--hw`` for the accelerator)."""
+    hw = getattr(args, "hw", None)
+    return {"hardware": hw} if hw else {}
+
+
 def cmd_run(args):
     from . import compile as compile_model
 
     inputs = _load_npz(args.inputs, "inputs")
-    model = compile_model(args.model, target=args.target, memo=_memo_from_args(args))
+    model = compile_model(args.model, target=args.target, memo=_memo_from_args(args),
+                          **_target_options(args))
     outputs = model.run(inputs)
     np.savez(args.out, **dict(zip(model.output_names, outputs)))
     summary = ", ".join(f"{n} {o.shape}" for n, o in zip(model.output_names, outputs))
     print(f"wrote {args.out}: {summary}")
     if model.memo is not None:
         print(f"reuse: {model.last_stats.reuse:.1%}")
+    if getattr(model, "last_cost", None) is not None:
+        print(model.last_cost.format())
 
 
 def cmd_validate(args):
@@ -82,7 +91,7 @@ def cmd_validate(args):
     if labels is not None and not args.metric:
         raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
     report = validate(args.model, inputs, memo, labels=labels, metric=args.metric,
-                      output=args.output, target=args.target)
+                      output=args.output, target=args.target, **_target_options(args))
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else report.format())
 
 
@@ -119,7 +128,7 @@ def cmd_inspect(args):
 
 
 def cmd_bench(args):
-    from .bench import bench_model, format_rows, memo_memory, parse_size
+    from .bench import bench_model, format_modelled_rows, format_rows, memo_memory, parse_size
     from .frontend import from_onnx
     from .testing import make_inputs, make_recurrent_model
 
@@ -138,11 +147,12 @@ def cmd_bench(args):
         label = args.model
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
     result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
-                         rounds=args.rounds, ort_threads=args.ort_threads, target=args.target)
+                         rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
+                         **_target_options(args))
     loops = from_onnx(model).loops
     memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
-    print(label)
-    print(format_rows(result["rows"]))
+    print(label + (f" on target {args.target} (modelled)" if result.get("modelled") else ""))
+    print(format_modelled_rows(result["rows"]) if result.get("modelled") else format_rows(result["rows"]))
     for node, mem in memory.items():
         print(f"  {node}: predictor data {mem['predictor_data'] / 1024:.1f} KiB, memo table "
               f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB; "
@@ -168,9 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def target_args(p):
+        p.add_argument("--target", default="cpu",
+                       help="backend: cpu (default), epur or accel (the modelled accelerator)")
+        p.add_argument("--hw", help="hardware configuration TOML for the accelerator "
+                       "(default: memotvm/targets/epur/epur.toml)")
+
     def model_args(p, memo=True):
         p.add_argument("model", help="ONNX model file")
-        p.add_argument("--target", default="cpu", help="backend (default: cpu)")
+        target_args(p)
         if memo:
             p.add_argument("--threshold", help="memoize every recurrent layer with this threshold")
             p.add_argument("--predictor", default="bnn", help="bnn (default) or oracle")
@@ -211,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("bench", help="time onnxruntime, memotvm and memotvm memoized")
     p.add_argument("model", help="ONNX file, or a layer size: lstm:512, gru:256:512, rnn:128")
-    p.add_argument("--target", default="cpu")
+    target_args(p)
     p.add_argument("--inputs", help=".npz inputs (model files)")
     p.add_argument("--steps", type=int, default=100, help="sequence length (sizes)")
     p.add_argument("--batch", type=int, default=1, help="batch size (sizes)")

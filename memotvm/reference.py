@@ -27,6 +27,9 @@ class LayerResult:
     Y_h: np.ndarray
     Y_c: np.ndarray | None
     stats: np.ndarray  # int64 [directions, batch, gates, 2]: computed, reused
+    # int32 [directions, batch, seq, gates]: neurons computed at each step (the trace a
+    # timing model needs; steps past a sequence's length stay 0)
+    computed: np.ndarray | None = None
 
 
 class MemoTable:
@@ -54,6 +57,7 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
     Y_h = np.zeros((nd, batch, H), dtype)
     Y_c = np.zeros((nd, batch, H), dtype)
     stats = np.zeros((nd, batch, loop.num_gates, 2), np.int64)
+    computed = np.zeros((nd, batch, seq, loop.num_gates), np.int32)
     predictor = get_predictor(memo.predictor) if memo else None
     pred_data = {}
     if predictor is not None:  # what the predictor derives from the weights, once
@@ -73,15 +77,17 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
             table = MemoTable(G, dtype)
             steps = range(length - 1, -1, -1) if loop.is_reverse(d) else range(length)
             for t in steps:
+                before = stats[d, b, :, 0].copy()
                 chain = _Chain(loop, d, Wd, Rd, Wb, Rb, memo, thr, table, stats[d, b],
                                predictor, pred_data)
                 h, c = chain.step(X[t, b], h, c, Pd)
+                computed[d, b, t] = stats[d, b, :, 0] - before
                 Y[t, d, b] = h
             if length > 0:  # an empty sequence has no last state: 0 (as in onnxruntime)
                 Y_h[d, b], Y_c[d, b] = h, c
     if loop.layout == 1:
         Y, Y_h, Y_c = Y.transpose(2, 0, 1, 3), Y_h.transpose(1, 0, 2), Y_c.transpose(1, 0, 2)
-    return LayerResult(Y, Y_h, Y_c if loop.op == "LSTM" else None, stats)
+    return LayerResult(Y, Y_h, Y_c if loop.op == "LSTM" else None, stats, computed)
 
 
 class _Chain:

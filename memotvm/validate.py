@@ -26,6 +26,8 @@ class ValidationReport:
     stats: object  # ReuseStats of the memoized run
     metric: dict | None = None
     timings: dict = field(default_factory=dict)
+    # Targets with a cost model: the modelled cost of both runs (CostReport objects).
+    costs: tuple | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -37,7 +39,16 @@ class ValidationReport:
             "computations_avoided": self.stats.computations_avoided,
             "metric": self.metric,
             "timings_s": self.timings,
+            "modelled_cost": self._cost_dict(),
         }
+
+    def _cost_dict(self):
+        if self.costs is None:
+            return None
+        base, memo = self.costs
+        return {"unmodified": base.to_dict(), "memoized": memo.to_dict(),
+                "speedup": base.cycles / memo.cycles,
+                "energy_saving": 1 - memo.energy_total_pj / base.energy_total_pj}
 
     def format(self) -> str:
         lines = [f"memo: predictor={self.config.predictor} threshold={self.config.threshold}"
@@ -58,6 +69,9 @@ class ValidationReport:
                 f"{m['name']} on '{m['output']}': unmodified {m['unmodified']:.4f}, "
                 f"memoized {m['memoized']:.4f}, loss {m['loss']:.2%}"
             )
+        if self.costs is not None:
+            lines.append("unmodified " + self.costs[0].format())
+            lines.append("memoized " + self.costs[1].format(baseline=self.costs[0]))
         return "\n".join(lines)
 
 
@@ -80,21 +94,22 @@ def pick_output(names, output):
 
 
 def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
-             target="cpu", baseline=None) -> ValidationReport:
+             target="cpu", baseline=None, **options) -> ValidationReport:
     """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
 
     ``labels`` with ``metric`` (accuracy, bpc, mse) adds the task metric of both and
     its loss, on ``output`` (default: the first).  ``baseline`` may pass an already
-    compiled unmodified model (sweeps reuse one).
+    compiled unmodified model (sweeps reuse one).  ``options`` go to the backend
+    (``hardware=`` for ``epur``); its modelled costs, if any, join the report.
     """
     config = MemoConfig.coerce(memo)
     proto = load_model(model)
     if (labels is None) != (metric is None):
         raise InputError("labels and metric go together: give both or neither")
     t0 = time.perf_counter()
-    plain = baseline or compile_model(proto, target=target)
+    plain = baseline or compile_model(proto, target=target, **options)
     t1 = time.perf_counter()
-    memoized = compile_model(proto, target=target, memo=config)
+    memoized = compile_model(proto, target=target, memo=config, **options)
     t2 = time.perf_counter()
     base_out = plain.run(inputs)
     memo_out = memoized.run(inputs)
@@ -108,4 +123,7 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
         result = {"name": metric, "output": names[k], "unmodified": base_score,
                   "memoized": memo_score, "loss": metrics.loss(metric, base_score, memo_score)}
     timings = {"compile_unmodified": t1 - t0, "compile_memoized": t2 - t1}
-    return ValidationReport(config, target, errors, memoized.last_stats, result, timings)
+    costs = None
+    if getattr(memoized, "last_cost", None) is not None:
+        costs = (plain.last_cost, memoized.last_cost)
+    return ValidationReport(config, target, errors, memoized.last_stats, result, timings, costs)

@@ -8,6 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..errors import ConfigError
 from ..runtime import CompiledModel
 from .base import Backend
 
@@ -29,7 +30,9 @@ class CpuBackend(Backend):
     name = "cpu"
     description = "LLVM code for the host CPU, run by the Relax VM"
 
-    def build(self, imported, mod, memo=None):
+    def build(self, imported, mod, memo=None, model_class=CompiledModel, **options):
+        if options:
+            raise ConfigError(f"target 'cpu' takes no option(s) {', '.join(sorted(options))}")
         target = host_target()
         with tvm.transform.PassContext(opt_level=3):
             executable = tvm.compile(mod, target=target)
@@ -45,7 +48,7 @@ class CpuBackend(Backend):
 
             return call
 
-        model = CompiledModel(imported, make_session, target=self.name, memo=memo)
+        model = model_class(imported, make_session, target=self.name, memo=memo)
         model.executable = executable
         return model
 

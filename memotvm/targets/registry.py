@@ -14,9 +14,11 @@ def register_backend(backend: Backend, *, override: bool = False) -> Backend:
         raise TypeError(f"expected a memotvm.targets.Backend, got {type(backend).__name__}")
     if not backend.name:
         raise ConfigError("a backend needs a non-empty name")
-    if backend.name in _BACKENDS and not override:
-        raise ConfigError(f"a backend named '{backend.name}' is already registered")
-    _BACKENDS[backend.name] = backend
+    for name in (backend.name, *backend.aliases):
+        if name in _BACKENDS and not override:
+            raise ConfigError(f"a backend named '{name}' is already registered")
+    for name in (backend.name, *backend.aliases):
+        _BACKENDS[name] = backend
     return backend
 
 

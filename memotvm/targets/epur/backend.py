@@ -1,0 +1,202 @@
+"""The ``epur`` backend: recurrent layers on the modelled accelerator, the rest on the host.
+
+Partitioning follows TVM's bring-your-own-codegen flow: every recurrent-loop kernel call
+(plain or memoized) is matched by a pattern registered as ``epur.<kernel>``, and
+``FuseOpsByPattern(annotate_codegen=True)`` wraps each in a function marked
+``Codegen="epur"``.  Our "codegen" (:class:`OffloadToEpur`) lowers each such function to
+an :class:`EpurProgram` and replaces its calls with a ``call_dps_packed`` of a function
+that runs the program in the simulator; everything else is compiled for the host CPU by
+the ``cpu`` backend.  (TVM's ``RunCodegen`` expects C++ runtime modules; a simulator
+written in Python is reached through a registered packed function instead.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.relax.dpl import is_call_tir
+from tvm.relax.transform import FusionPattern
+
+from ...passes.memoize import recurrent_calls
+from ...frontend.recurrent import RecurrentLoop
+from ...runtime import CompiledModel
+from ..base import Backend
+from ..cpu import CpuBackend
+from .hardware import HardwareConfig
+from .program import EpurProgram, LayerCost, lower
+from .simulator import simulate
+
+CODEGEN = "epur"
+_ids = itertools.count()
+_trace = threading.local()  # the layer costs of the call running on this thread
+
+
+def partition(mod: tvm.IRModule) -> tvm.IRModule:
+    """Wrap every recurrent-kernel call in a function annotated ``Codegen="epur"``."""
+    kernels = sorted({str(call.args[0].name_hint) for _, call in recurrent_calls(mod)})
+    patterns = [FusionPattern(f"{CODEGEN}.{k}", is_call_tir(k)) for k in kernels]
+    if not patterns:
+        return mod
+    return relax.transform.FuseOpsByPattern(patterns, bind_constants=False,
+                                            annotate_codegen=True)(mod)
+
+
+class OffloadToEpur:
+    """Lower the ``Codegen="epur"`` functions of a partitioned module to simulator calls.
+
+    ``programs`` lists the lowered layers, in the order of the module's functions.
+    """
+
+    def __init__(self, hw: HardwareConfig, memo=None):
+        self.hw, self.memo = hw, memo
+        self.programs: list[EpurProgram] = []
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        externs = {}
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN:
+                loop = self._loop_of(mod, func)
+                plan = self.memo.plan_for(loop) if self.memo is not None else None
+                prog = lower(loop, plan, self.hw)
+                self.programs.append(prog)
+                externs[gv] = _register(prog)
+        mutator = _CallReplacer(mod, externs)
+        main = mutator.visit_expr(mod["main"])
+        mod = tvm.IRModule({"main": main, **{gv: f for gv, f in mod.functions_items()
+                                             if gv not in externs and gv.name_hint != "main"}})
+        return relax.transform.DeadCodeElimination()(mod)
+
+    @staticmethod
+    def _loop_of(mod, func) -> RecurrentLoop:
+        found = []
+
+        def visit(expr):
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+                    and expr.op.name == "relax.call_tir":
+                found.append(mod[expr.args[0]])
+
+        relax.analysis.post_order_visit(func, visit)
+        return RecurrentLoop.from_json(str(found[0].attrs["memotvm.recurrent"]))
+
+
+@relax.expr_functor.mutator
+class _CallReplacer(relax.PyExprMutator):
+    def __init__(self, mod, externs):
+        super().__init__(mod)
+        self.externs = externs
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if isinstance(call.op, relax.GlobalVar) and call.op in self.externs:
+            return relax.call_dps_packed(self.externs[call.op], list(call.args),
+                                         out_ty=list(call.ty.fields))
+        return call
+
+
+def _register(prog: EpurProgram) -> str:
+    name = f"memotvm.epur.layer{next(_ids)}"
+
+    n_out = 5 if prog.loop.op == "LSTM" else 4  # Y, Y_h, [Y_c], stats, status
+
+    def run(*tensors):
+        ins, outs = tensors[:-n_out], tensors[-n_out:]
+        result = simulate(prog, [t.numpy() for t in ins])
+        for out, value in zip(outs, result.outputs):
+            out.copyfrom(np.ascontiguousarray(np.asarray(value).astype(out.dtype)))
+        getattr(_trace, "layers", []).append(result.cost)
+
+    tvm_ffi.register_global_func(name, run, override=True)
+    return name
+
+
+class AcceleratorModel(CompiledModel):
+    """A compiled model whose recurrent layers run on the simulated accelerator.
+
+    After each call ``last_cost`` holds a :class:`CostReport` of that call.
+    """
+
+    programs: list
+    hardware: HardwareConfig
+
+    def run(self, inputs: dict, check_finite: bool = True, memo=None) -> list:
+        _trace.layers = []
+        try:
+            outputs = super().run(inputs, check_finite, memo)
+        finally:
+            layers, _trace.layers = _trace.layers, []
+        report = CostReport(layers, self.hardware)
+        with self._lock:
+            self.last_cost = report
+        return outputs
+
+
+class CostReport:
+    """Cycles, time, energy and bytes of one call, per recurrent layer and in total."""
+
+    def __init__(self, layers: list[LayerCost], hw: HardwareConfig):
+        self.layers, self.hw = layers, hw
+
+    @property
+    def cycles(self) -> float:
+        return sum(layer.cycles for layer in self.layers)
+
+    @property
+    def seconds(self) -> float:
+        return sum(layer.seconds for layer in self.layers)
+
+    @property
+    def energy_pj(self) -> dict:
+        total: dict = {}
+        for layer in self.layers:
+            for k, v in layer.energy_pj.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
+    @property
+    def energy_total_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+    def to_dict(self) -> dict:
+        return {"cycles": self.cycles, "seconds": self.seconds, "energy_pj": self.energy_pj,
+                "energy_total_pj": self.energy_total_pj,
+                "dram_bytes": sum(l.dram_bytes for l in self.layers),
+                "onchip_bytes": sum(l.onchip_bytes for l in self.layers),
+                "layers": [l.to_dict() for l in self.layers]}
+
+    def format(self, baseline: "CostReport | None" = None) -> str:
+        mhz = self.hw["clock.frequency"]
+        lines = [f"accelerator cost ({mhz:g} MHz, hardware: {self.hw.origin}):"]
+        for layer in self.layers:
+            lines.append(f"  {layer.name}: {layer.cycles:,.0f} cycles, {layer.seconds * 1e6:,.1f} us, "
+                         f"{layer.energy_total_pj / 1e6:,.3f} uJ, DRAM {layer.dram_bytes / 1024:,.1f} KiB")
+        lines.append(f"  total: {self.cycles:,.0f} cycles, {self.seconds * 1e6:,.1f} us, "
+                     f"{self.energy_total_pj / 1e6:,.3f} uJ")
+        parts = ", ".join(f"{k} {v / max(self.energy_total_pj, 1e-30):.1%}" for k, v in self.energy_pj.items())
+        lines.append(f"  energy by component: {parts}")
+        if baseline is not None:
+            lines.append(f"  vs unmodified: speedup {baseline.cycles / self.cycles:.3f}x, energy saved "
+                         f"{1 - self.energy_total_pj / baseline.energy_total_pj:.1%}")
+        return "\n".join(lines)
+
+
+class EpurBackend(Backend):
+    name = "epur"
+    aliases = ("accel",)
+    description = ("E-PUR-like RNN accelerator (compute units, BNN unit, memo buffer): "
+                   "functional simulator and cost model; other layers on the host CPU")
+
+    def build(self, imported, mod, memo=None, hardware=None):
+        """``hardware``: a TOML file, a dict of ``{"section.name": value}`` or a
+        :class:`HardwareConfig` (default: the documented ``epur.toml``)."""
+        hw = HardwareConfig.load(hardware)
+        offload = OffloadToEpur(hw, memo)
+        mod = offload(partition(mod))
+        model = CpuBackend().build(imported, mod, memo=memo, model_class=AcceleratorModel)
+        model.programs, model.hardware, model.target = offload.programs, hw, self.name
+        model.last_cost = None
+        return model

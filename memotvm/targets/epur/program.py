@@ -1,0 +1,205 @@
+"""A recurrent layer as a program for the E-PUR-like machine, and what running it costs.
+
+``lower(loop, plan, hw)`` turns one recurrent kernel (plain or memoized) into an
+:class:`EpurProgram`: what runs once per call and what runs at every time step, each
+instruction naming the unit that executes it and how much work it does.  ``cost``
+walks that program over the trace of a run (which neurons each step computed, from the
+functional simulator) and returns cycles, energy by component and bytes moved.
+
+The timing model, in short (every number comes from :class:`HardwareConfig`):
+
+* chains (batch elements and directions) run one after another, steps in order;
+* a step's computed neurons are spread over the CUs; a neuron occupies a DPU for
+  ceil(length / dpu_width) cycles; a predictor's own multiply-adds use the DPUs too;
+* the BNN unit evaluates every neuron (one 64-bit word per cycle per CU) pipelined with
+  the DPUs, so a step takes max(DPU, BNN) cycles, then the MFU's cell update, then a
+  fixed step latency;
+* a layer whose weights fit the weight buffer loads them from DRAM once per call, else
+  it streams the rows it computes from DRAM at every step (at ``dram_bandwidth``, which
+  then bounds the step); a reused neuron's weights are not read at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...frontend.kernels import MemoPlan
+from ...frontend.recurrent import RecurrentLoop
+from ...predictors import BnnPredictor, get_predictor, words
+from .hardware import HardwareConfig
+
+# Element operations of the MFU per hidden unit and step (activations, cell update):
+# LSTM 3 sigmoids + 2 tanh + 5 products/sums, GRU 2 sigmoids + tanh + 5, RNN 1 + 1.
+MFU_OPS_PER_UNIT = {"LSTM": 10, "GRU": 8, "RNN": 2}
+ENERGY_COMPONENTS = ("dot_products", "bnn", "mfu", "onchip_memory", "memo_buffer", "dram", "static")
+
+
+@dataclass(frozen=True)
+class Instr:
+    unit: str  # dma, dpu, bnn, memo, mfu
+    op: str
+    rows: str  # which neurons: "all", "computed", "reused" or "-"
+    length: int  # elements (or 64-bit words) per row
+    note: str = ""
+
+    def format(self) -> str:
+        return f"{self.unit:>4}  {self.op:<14} rows={self.rows:<9} len={self.length:<6} {self.note}"
+
+
+@dataclass
+class EpurProgram:
+    """One recurrent layer lowered for the accelerator."""
+
+    loop: RecurrentLoop
+    plan: MemoPlan | None
+    hw: HardwareConfig
+    prologue: list = field(default_factory=list)
+    step: list = field(default_factory=list)
+    weights_fit: bool = True
+
+    def format(self) -> str:
+        lines = [f"; {self.loop.op} '{self.loop.name}' D={self.loop.input_size} "
+                 f"H={self.loop.hidden_size} {self.loop.direction}, "
+                 + (f"memo {self.plan.predictor} thresholds {self.plan.thresholds}" if self.plan
+                    else "unmodified")]
+        lines.append("per call:")
+        lines += ["  " + i.format() for i in self.prologue]
+        lines.append("per step of each chain (direction, batch element):")
+        lines += ["  " + i.format() for i in self.step]
+        return "\n".join(lines)
+
+
+def lower(loop: RecurrentLoop, plan: MemoPlan | None, hw: HardwareConfig) -> EpurProgram:
+    D, H, N = loop.input_size, loop.hidden_size, loop.rows
+    eb = int(hw["compute.element_bytes"])
+    prog = EpurProgram(loop, plan, hw)
+    weight_bytes = loop.num_directions * N * (D + H) * eb
+    prog.weights_fit = weight_bytes <= hw["memory.weight_buffer"]
+    predictor = get_predictor(plan.predictor) if plan else None
+    oracle = plan is not None and predictor is None
+    if prog.weights_fit:
+        prog.prologue.append(Instr("dma", "LOAD_WEIGHTS", "all", D + H,
+                                   f"{weight_bytes} bytes DRAM -> weight buffer"))
+    if isinstance(predictor, BnnPredictor):
+        prog.prologue.append(Instr("dma", "LOAD_SIGNS", "all", words(D) + words(H),
+                                   "packed sign bits of W|R (packed at compile time)"))
+    step = prog.step
+    step.append(Instr("dma", "LOAD_X", "-", D, "x_t DRAM -> activation buffer"))
+    if isinstance(predictor, BnnPredictor):
+        step.append(Instr("bnn", "SIGN_PACK", "-", D + H, "sign bits of x_t | u_t"))
+        step.append(Instr("bnn", "XNOR_POPCOUNT", "all", words(D) + words(H), "yb_j per neuron"))
+    elif predictor is not None:
+        step.append(Instr("dpu", "PREDICT", "all", predictor.extra_cost(loop),
+                          f"{plan.predictor}: multiply-adds per step"))
+    if plan is not None:
+        step.append(Instr("memo", "MEMO_CHECK", "all", 1, "read q_m, relative-difference test"))
+    dot_rows = "all" if plan is None or oracle else "computed"
+    if predictor is not None and predictor.fresh_input:
+        step.append(Instr("dpu", "DOT_INPUT", "all", D, "exact input part W_j . x_t"))
+        step.append(Instr("dpu", "DOT_RECURRENT", dot_rows, H, "R_j . u_j"))
+    else:
+        step.append(Instr("dpu", "DOT", dot_rows, D + H, "[W_j | R_j] . [x_t ; u_j]"))
+    if plan is not None:
+        step.append(Instr("memo", "MEMO_UPDATE", "computed", 1, "store dot products and q"))
+        step.append(Instr("memo", "MEMO_READ", "reused", 1, "cached dot products"))
+    step.append(Instr("mfu", "CELL", "-", MFU_OPS_PER_UNIT[loop.op] * H, "activations, c and h update"))
+    step.append(Instr("dma", "STORE_H", "-", H, "h_t -> DRAM (Y)"))
+    return prog
+
+
+@dataclass
+class LayerCost:
+    name: str
+    cycles: float
+    seconds: float
+    energy_pj: dict  # component -> pJ
+    dram_bytes: float
+    onchip_bytes: float
+    macs: float
+    macs_unmodified: float
+
+    @property
+    def energy_total_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+    def to_dict(self) -> dict:
+        return {"node": self.name, "cycles": self.cycles, "seconds": self.seconds,
+                "energy_pj": dict(self.energy_pj), "energy_total_pj": self.energy_total_pj,
+                "dram_bytes": self.dram_bytes, "onchip_bytes": self.onchip_bytes,
+                "macs": self.macs, "macs_unmodified": self.macs_unmodified}
+
+
+def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerCost:
+    """Cost of one run of ``prog``: ``computed`` is the simulator's trace (int [directions,
+    batch, seq, gates]: neurons computed per step), ``lengths`` the valid steps per batch
+    element."""
+    hw, loop = prog.hw, prog.loop
+    D, H, N = loop.input_size, loop.hidden_size, loop.rows
+    units, width = hw["compute.units"], hw["compute.dpu_width"]
+    eb = hw["compute.element_bytes"]
+    nd = loop.num_directions
+    steps_total = float(nd * np.sum(lengths))  # valid (chain, step) pairs
+    # Computed neurons of each valid step, flattened over chains.
+    valid = np.arange(computed.shape[2])[None, :] < np.asarray(lengths)[:, None]  # [batch, seq]
+    per_step = computed.sum(axis=3)[:, valid]  # [directions, valid steps]
+    per_step = per_step.reshape(-1).astype(np.float64)
+    if prog.plan is None or (prog.plan is not None and get_predictor(prog.plan.predictor) is None):
+        per_step = np.full_like(per_step, N)  # unmodified and oracle compute every neuron
+    ops = {i.op: i for i in prog.step}
+
+    dpu = np.zeros_like(per_step)
+    macs = 0.0
+    if "DOT" in ops:
+        dpu += np.ceil(per_step / units) * math.ceil((D + H) / width)
+        macs += per_step.sum() * (D + H)
+    else:
+        dpu += math.ceil(N / units) * math.ceil(D / width) + np.ceil(per_step / units) * math.ceil(H / width)
+        macs += steps_total * N * D + per_step.sum() * H
+    predict_macs = ops["PREDICT"].length if "PREDICT" in ops else 0
+    dpu += math.ceil(predict_macs / (units * width))
+    bnn_words = ops["XNOR_POPCOUNT"].length * N if "XNOR_POPCOUNT" in ops else 0
+    bnn = math.ceil(bnn_words / (units * hw["compute.bnn_words_per_cycle"])) if bnn_words else 0
+    mfu_ops = ops["CELL"].length + (N if "MEMO_CHECK" in ops else 0)
+    mfu = math.ceil(mfu_ops / (units * hw["compute.mfu_lanes"]))
+    compute_cycles = np.maximum(dpu, bnn) + mfu + hw["compute.step_latency"]
+
+    # Memory traffic.
+    io_bytes = steps_total * (D + H) * eb
+    weight_bytes_step = per_step * (D + H) * eb if "DOT" in ops else \
+        (N * D + per_step * H) * eb
+    if prog.weights_fit:
+        dram = nd * N * (D + H) * eb + io_bytes
+        sram_weight_reads = weight_bytes_step.sum()
+        step_cycles = compute_cycles
+    else:  # stream the computed rows' weights every step
+        dram = weight_bytes_step.sum() + io_bytes
+        sram_weight_reads = 0.0
+        step_cycles = np.maximum(compute_cycles, weight_bytes_step / hw["memory.dram_bandwidth"])
+    if "LOAD_SIGNS" in {i.op for i in prog.prologue}:
+        dram += nd * bnn_words * 8
+    sram_weight_reads += steps_total * (predict_macs * eb + bnn_words * 8)
+    activation_bytes = steps_total * ((D + H) * eb * units + H * eb)  # broadcast to CUs, write h
+    memo_accesses = 0.0
+    if "MEMO_CHECK" in ops:
+        memo_accesses = steps_total * N + per_step.sum() + (steps_total * N - per_step.sum())
+    cycles = float(step_cycles.sum() + (nd * N * (D + H) * eb / hw["memory.dram_bandwidth"]
+                                        if prog.weights_fit else 0.0))
+    seconds = cycles / (hw["clock.frequency"] * 1e6)
+    words64 = 8.0
+    energy = {
+        "dot_products": (macs + steps_total * predict_macs) * hw.energy_pj("energy.mac"),
+        "bnn": steps_total * bnn_words * hw.energy_pj("energy.bnn_word"),
+        "mfu": steps_total * mfu_ops * hw.energy_pj("energy.mfu_op"),
+        "onchip_memory": sram_weight_reads / words64 * hw.energy_pj("energy.weight_sram_read")
+        + activation_bytes / words64 * hw.energy_pj("energy.small_sram_access"),
+        "memo_buffer": memo_accesses * math.ceil(hw["memory.memo_buffer_entry"] / words64)
+        * hw.energy_pj("energy.small_sram_access"),
+        "dram": dram / words64 * hw.energy_pj("energy.dram"),
+        "static": hw["energy.static_power"] * seconds * 1e12,
+    }
+    return LayerCost(loop.name, cycles, seconds, energy, float(dram),
+                     float(sram_weight_reads + activation_bytes), float(macs),
+                     steps_total * N * (D + H))

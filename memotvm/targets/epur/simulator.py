@@ -1,0 +1,50 @@
+"""Functional simulation of an :class:`EpurProgram`.
+
+The accelerator's datapath computes exactly what ../shared/MEMO_SPEC.md says, neuron by
+neuron, chain by chain, in float32 -- which is what :func:`memotvm.reference.run_layer`
+states -- so the simulator executes the program through it and keeps the per-step trace
+of computed neurons that the timing model needs.  Its results therefore equal the CPU
+target's (same decisions, outputs within rounding), which the tests check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ...frontend.recurrent import OPTIONAL_INPUTS
+from ...reference import run_layer
+from .program import EpurProgram, LayerCost, cost
+
+
+@dataclasses.dataclass
+class LayerRun:
+    outputs: list  # the kernel's outputs: Y, Y_h, [Y_c], stats, status
+    cost: LayerCost
+
+
+def simulate(prog: EpurProgram, args: list) -> LayerRun:
+    """Run ``prog`` on the kernel's input arrays (X, W, R, then the optional inputs the
+    node has, in ONNX order, all in layout 0; then, memoized, the predictor's data, which
+    the simulator derives again, and last the thresholds)."""
+    loop = dataclasses.replace(prog.loop, layout=0)  # kernels see layout 0
+    plan = prog.plan
+    if plan is not None:  # the thresholds of this call
+        plan = dataclasses.replace(plan, thresholds=tuple(float(t) for t in args[-1]))
+    X, W, R = args[:3]
+    optional = [n for n in OPTIONAL_INPUTS.values() if loop.has(n)]
+    given = dict(zip(optional, args[3: 3 + len(optional)]))
+    seq, batch = X.shape[0], X.shape[1]
+    lens = given.get("sequence_lens")
+    status = np.zeros((loop.num_directions, batch), np.int32)
+    if lens is not None:
+        bad = (lens < 0) | (lens > seq)
+        status[:, bad] = 1
+        lens = np.clip(lens, 0, seq)
+    result = run_layer(loop, X, W, R, given.get("B"), lens, given.get("initial_h"),
+                       given.get("initial_c"), given.get("P"), memo=plan)
+    lengths = np.full(batch, seq) if lens is None else np.asarray(lens)
+    outputs = [result.Y, result.Y_h] + ([result.Y_c] if loop.op == "LSTM" else [])
+    outputs += [result.stats, status]
+    return LayerRun(outputs, cost(prog, result.computed, lengths))
