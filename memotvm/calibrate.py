@@ -1,0 +1,208 @@
+"""Threshold calibration: the most computation avoided within a bound on the metric loss.
+
+``calibrate`` searches a threshold per recurrent node and direction (a *unit*), for each
+candidate predictor, on a calibration split, then confirms the best configuration on a
+held-out split.  The search is greedy and deterministic:
+
+1. every unit starts at threshold 0 (the unmodified layer);
+2. each round tries raising each unit by one step of ``grid``; a candidate is feasible if
+   the calibration loss stays within ``search_bound``; the feasible candidate that avoids
+   the most multiply-adds (ties: smaller loss, then unit order) is taken; a unit whose
+   raise is infeasible is not raised again;
+3. it ends when no unit can be raised.
+
+``search_bound`` is ``max_loss * (1 - margin)``: searching a little inside the bound
+leaves room for the difference between the calibration and held-out splits.  Every
+candidate runs on the real target (one model per predictor, compiled with tunable
+thresholds), so the decisions are the ones the deployed model makes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from . import metrics
+from .api import compile as compile_model
+from .errors import ConfigError
+from .frontend import from_onnx, load_model
+from .passes import MemoConfig
+from .validate import pick_output
+
+DEFAULT_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+
+
+@dataclass
+class Trial:
+    predictor: str
+    thresholds: dict  # (node, direction) -> threshold
+    loss: float
+    avoided: float
+    reuse: float
+    metric: float
+
+
+@dataclass
+class CalibrationResult:
+    config: MemoConfig
+    max_loss: float
+    search_bound: float
+    baseline: dict  # split -> unmodified metric
+    chosen: dict  # split -> {"metric", "loss", "reuse", "computations_avoided"}
+    per_predictor: dict = field(default_factory=dict)  # predictor -> its best calibration trial
+    evaluations: int = 0
+
+    @property
+    def confirmed(self) -> bool:
+        return self.chosen["holdout"]["loss"] <= self.max_loss
+
+    def to_dict(self) -> dict:
+        return {"memo": self.config.to_dict(),
+                "calibration": {"max_loss": self.max_loss, "search_bound": self.search_bound,
+                                "baseline_metric": self.baseline, "chosen": self.chosen,
+                                "confirmed_on_holdout": self.confirmed,
+                                "per_predictor": self.per_predictor,
+                                "evaluations": self.evaluations}}
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    def format(self) -> str:
+        c = self.config
+        lines = [f"calibrated: predictor {c.predictor}, thresholds "
+                 + ", ".join(f"{n} {v}" for n, v in c.per_node.items())]
+        for p, best in self.per_predictor.items():
+            lines.append(f"  {p:<14} calibration: avoided {best['computations_avoided']:.1%}, "
+                         f"loss {best['loss']:.2%}")
+        for split in ("calibration", "holdout"):
+            r = self.chosen[split]
+            lines.append(f"{split:>11}: {r['metric_name']} {r['metric']:.4f} (unmodified "
+                         f"{self.baseline[split]:.4f}), loss {r['loss']:.2%}, reuse {r['reuse']:.1%}, "
+                         f"computations avoided {r['computations_avoided']:.1%}")
+        lines.append(f"held-out loss within {self.max_loss:.2%}: {'yes' if self.confirmed else 'NO'}")
+        return "\n".join(lines)
+
+
+def parse_loss(text) -> float:
+    """'1%' or '0.01' -> 0.01."""
+    s = str(text).strip()
+    try:
+        value = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+    except ValueError:
+        raise ConfigError(f"max loss must be a number or a percentage, got '{text}'") from None
+    if not 0 <= value < 1:
+        raise ConfigError(f"max loss must lie in [0, 100%), got '{text}'")
+    return value
+
+
+class _Evaluator:
+    """Score configurations on one split: one tunable model per predictor, each
+    configuration run once."""
+
+    def __init__(self, proto, inputs, labels, metric, output, target, options):
+        self.proto, self.inputs, self.labels = proto, inputs, labels
+        self.metric, self.target, self.options = metric, target, options
+        plain = compile_model(proto, target=target, **options)
+        self.k = pick_output(plain.output_names, output)
+        self.base = metrics.score(metric, plain.run(inputs)[self.k], labels)
+        self.count = 0
+        self._models: dict = {}
+        self._cache: dict = {}
+
+    def model(self, predictor):
+        if predictor not in self._models:
+            self._models[predictor] = compile_model(
+                self.proto, target=self.target, memo=MemoConfig(predictor=predictor),
+                tunable=True, **self.options)
+        return self._models[predictor]
+
+    def __call__(self, config: MemoConfig):
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key not in self._cache:
+            model = self.model(config.predictor)
+            value = metrics.score(self.metric, model.run(self.inputs, memo=config)[self.k],
+                                  self.labels)
+            stats = model.last_stats
+            self._cache[key] = (value, metrics.loss(self.metric, self.base, value),
+                                stats.computations_avoided, stats.reuse)
+            self.count += 1
+        return self._cache[key]
+
+
+def _config(predictor, thresholds: dict) -> MemoConfig:
+    per_node: dict = {}
+    for (node, direction), t in thresholds.items():
+        per_node.setdefault(node, {})[direction] = t
+    return MemoConfig(threshold=0.0, predictor=predictor, per_node=per_node)
+
+
+def calibrate(model, inputs, labels, metric, holdout_inputs, holdout_labels, max_loss=0.01,
+              predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None, target="cpu",
+              progress=True, **options) -> CalibrationResult:
+    """Search per-node, per-direction thresholds (and the predictor) that maximise the
+    computations avoided with the calibration loss within ``max_loss * (1 - margin)``;
+    confirm on the held-out split.  Returns a :class:`CalibrationResult`."""
+    if metric not in metrics.HIGHER_IS_BETTER:
+        raise ConfigError(f"unknown metric '{metric}' (known: {', '.join(metrics.HIGHER_IS_BETTER)})")
+    grid = sorted({float(g) for g in grid} | {0.0})
+    for g in grid:
+        MemoConfig(threshold=g)  # the usual threshold checks
+    if not 0 <= margin < 1:
+        raise ConfigError(f"margin must lie in [0, 1), got {margin}")
+    proto = load_model(model)
+    units = [(loop.name, loop.direction_name(d)) for loop in from_onnx(proto).loops
+             for d in range(loop.num_directions)]
+    if not units:
+        raise ConfigError("the model has no recurrent node to calibrate")
+    bound = max_loss * (1 - margin)
+    evaluate = _Evaluator(proto, inputs, labels, metric, output, target, options)
+    bar = tqdm(desc="calibrate", unit="config", disable=not progress)
+    best_by_predictor: dict[str, Trial] = {}
+    for predictor in predictors:
+        MemoConfig(predictor=predictor)  # unknown names fail here
+        level = {u: 0 for u in units}
+        stuck: set = set()
+        best = Trial(predictor, {u: 0.0 for u in units}, 0.0, 0.0, 0.0, evaluate.base)
+        while True:
+            trials = []
+            for u in units:
+                if u in stuck or level[u] + 1 >= len(grid):
+                    continue
+                thresholds = {v: grid[level[v] + (v == u)] for v in units}
+                value, loss, avoided, reuse = evaluate(_config(predictor, thresholds))
+                bar.update(1)
+                if loss <= bound:
+                    trials.append((avoided, -loss, -units.index(u), u,
+                                   Trial(predictor, thresholds, loss, avoided, reuse, value)))
+                else:
+                    stuck.add(u)
+            if not trials:
+                break
+            *_, u, trial = max(trials, key=lambda t: t[:3])
+            level[u] += 1
+            best = trial
+        best_by_predictor[predictor] = best
+    bar.close()
+    real = [p for p in predictors if p != "oracle"] or list(predictors)
+    chosen = max((best_by_predictor[p] for p in real), key=lambda t: (t.avoided, -t.loss))
+    config = _config(chosen.predictor, chosen.thresholds)
+    held = _Evaluator(proto, holdout_inputs, holdout_labels, metric, output, target, options)
+    h_value, h_loss, h_avoided, h_reuse = held(config)
+
+    def summary(value, loss, avoided, reuse):
+        return {"metric_name": metric, "metric": value, "loss": loss, "reuse": reuse,
+                "computations_avoided": avoided}
+
+    return CalibrationResult(
+        config=config, max_loss=max_loss, search_bound=bound,
+        baseline={"calibration": evaluate.base, "holdout": held.base},
+        chosen={"calibration": summary(chosen.metric, chosen.loss, chosen.avoided, chosen.reuse),
+                "holdout": summary(h_value, h_loss, h_avoided, h_reuse)},
+        per_predictor={p: {"thresholds": {f"{n}:{d}": t for (n, d), t in b.thresholds.items()},
+                           "loss": b.loss, "computations_avoided": b.avoided, "reuse": b.reuse}
+                       for p, b in best_by_predictor.items()},
+        evaluations=evaluate.count + held.count)
