@@ -60,30 +60,40 @@ def compile_and_run_once(compiled, feeds):
     return memotvm_runner(compiled, feeds)
 
 
+def memo_variants(thresholds=(), predictor="bnn", config=None) -> dict:
+    """name -> MemoConfig: one per threshold, plus a configuration file's as "config"."""
+    from .passes import MemoConfig
+
+    variants = {f"memo@{t:g}": MemoConfig(threshold=t, predictor=predictor) for t in thresholds}
+    if config is not None:
+        variants["config"] = MemoConfig.coerce(config)
+    return variants
+
+
 def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
-                ort_threads=None, target="cpu", progress=False, **options) -> dict:
-    """Time onnxruntime, memotvm unmodified and memotvm memoized at each threshold,
-    interleaved in one process.  Returns rows of medians, reuse and speedups.
+                ort_threads=None, target="cpu", progress=False, config=None, **options) -> dict:
+    """Time onnxruntime, memotvm unmodified and memotvm memoized at each threshold (and
+    with ``config``, a calibrated configuration), interleaved in one process.  Returns
+    rows of medians, reuse and speedups.
 
     On a target whose models report a modelled cost (``epur``), the rows give the
     modelled time and energy instead (see :func:`bench_modelled`)."""
     from .api import compile as compile_model
     from .frontend import load_model
-    from .passes import MemoConfig
 
     proto = load_model(model)
+    variants = memo_variants(thresholds, predictor, config)
     t0 = time.perf_counter()
     plain = compile_model(proto, target=target, **options)
     if hasattr(plain, "last_cost"):
-        return bench_modelled(proto, plain, feeds, thresholds, predictor, target, **options)
+        return bench_modelled(proto, plain, feeds, variants, target, **options)
     compile_s = {"unmodified": time.perf_counter() - t0}
     runners = {"memotvm": compile_and_run_once(plain, feeds)}
     reuse = {"memotvm": 0.0}
     avoided = {"memotvm": 0.0}
-    for thr in thresholds:
+    for name, memo_config in variants.items():
         t0 = time.perf_counter()
-        memo = compile_model(proto, target=target, memo=MemoConfig(threshold=thr, predictor=predictor))
-        name = f"memo@{thr:g}"
+        memo = compile_model(proto, target=target, memo=memo_config)
         compile_s[name] = time.perf_counter() - t0
         runners[name] = compile_and_run_once(memo, feeds)
         reuse[name] = memo.last_stats.reuse
@@ -111,19 +121,17 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
     return {"rows": rows, "steps": steps}
 
 
-def bench_modelled(proto, plain, feeds, thresholds, predictor, target, **options) -> dict:
-    """Rows of modelled cycles, time and energy: the unmodified model and each threshold."""
+def bench_modelled(proto, plain, feeds, variants, target, **options) -> dict:
+    """Rows of modelled cycles, time and energy: the unmodified model and each variant."""
     from .api import compile as compile_model
-    from .passes import MemoConfig
 
     plain.run(feeds)
     base = plain.last_cost
     rows = [_cost_row("unmodified", base, base, None)]
-    for thr in thresholds:
-        memo = compile_model(proto, target=target,
-                             memo=MemoConfig(threshold=thr, predictor=predictor), **options)
+    for name, config in variants.items():
+        memo = compile_model(proto, target=target, memo=config, **options)
         memo.run(feeds)
-        rows.append(_cost_row(f"memo@{thr:g}", memo.last_cost, base, memo.last_stats))
+        rows.append(_cost_row(name, memo.last_cost, base, memo.last_stats))
     return {"rows": rows, "steps": _steps(feeds), "modelled": True,
             "hardware": plain.hardware.to_dict()}
 

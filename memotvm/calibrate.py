@@ -133,6 +133,41 @@ class _Evaluator:
         return self._cache[key]
 
 
+def split_batch(input_types: dict, inputs: dict, labels):
+    """Split a batch into a calibration and a held-out split (even and odd elements).
+
+    The batch axis of each input is the one whose dimension symbol is shared by every
+    input and matches an axis of ``labels`` (a symbol named like "batch" wins a tie);
+    where that is ambiguous, pass the held-out split explicitly.
+    """
+    import numpy as np
+
+    def symbols(name):
+        dims = input_types[name][0] or []
+        return {d: i for i, d in enumerate(dims) if isinstance(d, str)}
+
+    shared = set.intersection(*(set(symbols(n)) for n in inputs)) if inputs else set()
+    first = next(iter(inputs))
+    sizes = {sym: inputs[first].shape[symbols(first)[sym]] for sym in shared}
+    label_axes = {sym: [i for i, n in enumerate(np.shape(labels)) if n == sizes[sym]] for sym in shared}
+    found = [sym for sym in shared if len(label_axes[sym]) == 1]
+    if len(found) > 1:
+        found = [sym for sym in found if "batch" in sym.lower()] or found
+    if len(found) != 1 or sizes[found[0]] < 2:
+        raise ConfigError("cannot tell the batch axis of the inputs and labels; give the "
+                          "held-out split explicitly (--holdout-inputs, --holdout-labels)")
+    sym = found[0]
+
+    def take(array, axis, parity):
+        return np.take(array, np.arange(parity, array.shape[axis], 2), axis=axis)
+
+    halves = []
+    for parity in (0, 1):
+        part = {n: take(a, symbols(n)[sym], parity) for n, a in inputs.items()}
+        halves.append((part, take(np.asarray(labels), label_axes[sym][0], parity)))
+    return halves
+
+
 def _config(predictor, thresholds: dict) -> MemoConfig:
     per_node: dict = {}
     for (node, direction), t in thresholds.items():
@@ -140,12 +175,13 @@ def _config(predictor, thresholds: dict) -> MemoConfig:
     return MemoConfig(threshold=0.0, predictor=predictor, per_node=per_node)
 
 
-def calibrate(model, inputs, labels, metric, holdout_inputs, holdout_labels, max_loss=0.01,
-              predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None, target="cpu",
-              progress=True, **options) -> CalibrationResult:
+def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels=None,
+              max_loss=0.01, predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None,
+              target="cpu", progress=True, **options) -> CalibrationResult:
     """Search per-node, per-direction thresholds (and the predictor) that maximise the
     computations avoided with the calibration loss within ``max_loss * (1 - margin)``;
-    confirm on the held-out split.  Returns a :class:`CalibrationResult`."""
+    confirm on the held-out split (without one, the batch is split in two by
+    :func:`split_batch`).  Returns a :class:`CalibrationResult`."""
     if metric not in metrics.HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric '{metric}' (known: {', '.join(metrics.HIGHER_IS_BETTER)})")
     grid = sorted({float(g) for g in grid} | {0.0})
@@ -154,7 +190,13 @@ def calibrate(model, inputs, labels, metric, holdout_inputs, holdout_labels, max
     if not 0 <= margin < 1:
         raise ConfigError(f"margin must lie in [0, 1), got {margin}")
     proto = load_model(model)
-    units = [(loop.name, loop.direction_name(d)) for loop in from_onnx(proto).loops
+    imported = from_onnx(proto)
+    if (holdout_inputs is None) != (holdout_labels is None):
+        raise ConfigError("give both held-out inputs and labels, or neither")
+    if holdout_inputs is None:
+        (inputs, labels), (holdout_inputs, holdout_labels) = split_batch(
+            imported.input_types, inputs, labels)
+    units = [(loop.name, loop.direction_name(d)) for loop in imported.loops
              for d in range(loop.num_directions)]
     if not units:
         raise ConfigError("the model has no recurrent node to calibrate")

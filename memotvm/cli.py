@@ -107,7 +107,8 @@ def cmd_sweep(args):
         raise ConfigError("--thresholds needs at least one value")
     predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
     rows = sweep(args.model, inputs, thresholds, predictors, labels=labels, metric=args.metric,
-                 output=args.output, target=args.target, progress=not args.quiet)
+                 output=args.output, target=args.target, progress=not args.quiet,
+                 **_target_options(args))
     print(format_table(rows))
     if args.plot:
         plot(rows, args.plot, title=os.path.basename(args.model))
@@ -116,6 +117,27 @@ def cmd_sweep(args):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
         print(f"wrote {args.json}")
+
+
+def cmd_calibrate(args):
+    from .calibrate import DEFAULT_GRID, calibrate, parse_loss
+
+    inputs = _load_npz(args.inputs, "inputs")
+    labels = _load_labels(args.labels)
+    holdout = (_load_npz(args.holdout_inputs, "held-out inputs") if args.holdout_inputs else None)
+    holdout_labels = _load_labels(args.holdout_labels) if args.holdout_labels else None
+    grid = ([_float(t, "--grid") for t in args.grid.split(",") if t.strip()] if args.grid
+            else DEFAULT_GRID)
+    predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
+    if not predictors:
+        raise ConfigError("--predictors needs at least one predictor")
+    result = calibrate(args.model, inputs, labels, args.metric, holdout, holdout_labels,
+                       max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
+                       margin=_float(args.margin, "--margin"), output=args.output,
+                       target=args.target, progress=not args.quiet, **_target_options(args))
+    print(result.format())
+    result.save(args.out)
+    print(f"wrote {args.out} (use it with --config)")
 
 
 def cmd_inspect(args):
@@ -146,9 +168,14 @@ def cmd_bench(args):
         inputs = _load_npz(args.inputs, "inputs")
         label = args.model
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
+    config = None
+    if args.config:
+        from .passes import MemoConfig
+
+        config = MemoConfig.load(args.config)
     result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
                          rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
-                         **_target_options(args))
+                         config=config, **_target_options(args))
     loops = from_onnx(model).loops
     memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
     print(label + (f" on target {args.target} (modelled)" if result.get("modelled") else ""))
@@ -220,6 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("calibrate", help="per-node thresholds for the most reuse within a loss bound")
+    p.add_argument("model", help="ONNX model file")
+    target_args(p)
+    p.add_argument("--inputs", required=True, help=".npz calibration inputs")
+    p.add_argument("--labels", required=True, help=".npz calibration labels")
+    p.add_argument("--metric", required=True, choices=["accuracy", "bpc", "mse"])
+    p.add_argument("--max-loss", default="1%", help="bound on the metric loss: 1%% or 0.01")
+    p.add_argument("--holdout-inputs", help=".npz held-out inputs (default: half of --inputs)")
+    p.add_argument("--holdout-labels", help=".npz held-out labels")
+    p.add_argument("--predictors", default="bnn", help="comma-separated predictors to search over")
+    p.add_argument("--grid", help="comma-separated thresholds to search (default: 0 to 1)")
+    p.add_argument("--margin", default="0.25",
+                   help="search within max-loss * (1 - margin) on the calibration split")
+    p.add_argument("--output", help="output the metric applies to (default: the first)")
+    p.add_argument("--out", default="memo_config.json", help="configuration file to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("inspect", help="show a recurrent kernel before and after the pass")
     model_args(p)
     p.add_argument("--node", help="recurrent node to show (default: the first)")
@@ -234,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", default="forward", choices=["forward", "reverse", "bidirectional"])
     p.add_argument("--thresholds", default="0.1,0.3,0.5")
     p.add_argument("--predictor", default="bnn")
+    p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--json", help="write the results here")

@@ -7,31 +7,42 @@ from tqdm import tqdm
 from .api import compile as compile_model
 from .frontend import load_model
 from .passes import MemoConfig
-from .validate import validate
+from .validate import compare
 
 
 def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, metric=None,
-          output=None, target="cpu", progress=True) -> list[dict]:
-    """One row per (predictor, threshold): reuse, output error and metric loss."""
+          output=None, target="cpu", progress=True, **options) -> list[dict]:
+    """One row per (predictor, threshold): reuse, computations avoided, output error and
+    metric loss.  Each predictor is compiled once, with tunable thresholds."""
     proto = load_model(model)
-    baseline = compile_model(proto, target=target)
+    for predictor in predictors:
+        MemoConfig(predictor=predictor)  # unknown names fail before any work
+    for threshold in thresholds:
+        MemoConfig(threshold=threshold)
+    baseline = compile_model(proto, target=target, **options)
+    base_out = baseline.run(inputs)
     rows = []
     jobs = [(p, t) for p in predictors for t in thresholds]
+    models = {}
     for predictor, threshold in tqdm(jobs, desc="sweep", disable=not progress, unit="config"):
+        if predictor not in models:
+            models[predictor] = compile_model(proto, target=target, memo=MemoConfig(predictor=predictor),
+                                              tunable=True, **options)
+        memoized = models[predictor]
         config = MemoConfig(threshold=threshold, predictor=predictor)
-        report = validate(proto, inputs, config, labels=labels, metric=metric, output=output,
-                          target=target, baseline=baseline)
-        first = next(iter(report.outputs.values()))
+        memo_out = memoized.run(inputs, memo=config)
+        errors, result = compare(baseline.output_names, base_out, memo_out, labels, metric, output)
+        first = next(iter(errors.values()))
         rows.append({
             "predictor": predictor,
             "threshold": threshold,
-            "reuse": report.stats.reuse,
-            "computations_avoided": report.stats.computations_avoided,
+            "reuse": memoized.last_stats.reuse,
+            "computations_avoided": memoized.last_stats.computations_avoided,
             "max_abs_error": first["max_abs"],
             "mean_rel_error": first["mean_rel"],
-            "metric": report.metric["name"] if report.metric else None,
-            "metric_value": report.metric["memoized"] if report.metric else None,
-            "metric_loss": report.metric["loss"] if report.metric else None,
+            "metric": result["name"] if result else None,
+            "metric_value": result["memoized"] if result else None,
+            "metric_loss": result["loss"] if result else None,
         })
     return rows
 

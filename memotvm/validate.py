@@ -93,6 +93,20 @@ def pick_output(names, output):
     return names.index(output)
 
 
+def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
+    """Per-output errors of ``memo_out`` against ``base_out`` and, with labels, the task
+    metric of both and its loss (``None`` without)."""
+    errors = {name: output_errors(b, m) for name, b, m in zip(names, base_out, memo_out)}
+    result = None
+    if metric is not None:
+        k = pick_output(names, output)
+        base_score = metrics.score(metric, base_out[k], labels)
+        memo_score = metrics.score(metric, memo_out[k], labels)
+        result = {"name": metric, "output": names[k], "unmodified": base_score,
+                  "memoized": memo_score, "loss": metrics.loss(metric, base_score, memo_score)}
+    return errors, result
+
+
 def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
              target="cpu", baseline=None, **options) -> ValidationReport:
     """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
@@ -113,15 +127,7 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     t2 = time.perf_counter()
     base_out = plain.run(inputs)
     memo_out = memoized.run(inputs)
-    names = plain.output_names
-    errors = {name: output_errors(b, m) for name, b, m in zip(names, base_out, memo_out)}
-    result = None
-    if metric is not None:
-        k = pick_output(names, output)
-        base_score = metrics.score(metric, base_out[k], labels)
-        memo_score = metrics.score(metric, memo_out[k], labels)
-        result = {"name": metric, "output": names[k], "unmodified": base_score,
-                  "memoized": memo_score, "loss": metrics.loss(metric, base_score, memo_score)}
+    errors, result = compare(plain.output_names, base_out, memo_out, labels, metric, output)
     timings = {"compile_unmodified": t1 - t0, "compile_memoized": t2 - t1}
     costs = None
     if getattr(memoized, "last_cost", None) is not None:

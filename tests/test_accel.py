@@ -138,3 +138,14 @@ def test_cli_bench_and_validate_on_accel():
                           "--threshold", "0.3", "--target", "accel"],
                          capture_output=True, text=True, check=True).stdout
     assert "vs unmodified: speedup" in out
+
+
+def test_partitioned_kernel_arguments_follow_the_node_when_inputs_repeat():
+    # torch.onnx.export feeds one zero tensor as both initial_h and initial_c; the
+    # partitioner merges repeated arguments, the offload must restore the kernel's order.
+    path = os.path.join(ROOT, "memotvm", "models", "co2_lstm.onnx")
+    x = dict(np.load(os.path.join(ROOT, "memotvm", "models", "co2_lstm_inputs.npz")))["x"][:, :5]
+    cpu = memotvm.compile(path, memo=0.1)
+    acc = memotvm.compile(path, target="accel", memo=0.1)
+    np.testing.assert_allclose(acc.run({"x": x})[0], cpu.run({"x": x})[0], rtol=0, atol=1e-5)
+    assert acc.last_stats.per_gate == cpu.last_stats.per_gate

@@ -60,28 +60,36 @@ class OffloadToEpur:
         externs = {}
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN:
-                loop = self._loop_of(mod, func)
+                kernel, positions = _kernel_call(mod, func)
+                loop = RecurrentLoop.from_json(str(kernel.attrs["memotvm.recurrent"]))
                 plan = self.memo.plan_for(loop) if self.memo is not None else None
                 prog = lower(loop, plan, self.hw)
                 self.programs.append(prog)
-                externs[gv] = _register(prog)
+                externs[gv] = (_register(prog), positions)
         mutator = _CallReplacer(mod, externs)
         main = mutator.visit_expr(mod["main"])
         mod = tvm.IRModule({"main": main, **{gv: f for gv, f in mod.functions_items()
                                              if gv not in externs and gv.name_hint != "main"}})
         return relax.transform.DeadCodeElimination()(mod)
 
-    @staticmethod
-    def _loop_of(mod, func) -> RecurrentLoop:
-        found = []
 
-        def visit(expr):
-            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
-                    and expr.op.name == "relax.call_tir":
-                found.append(mod[expr.args[0]])
-
-        relax.analysis.post_order_visit(func, visit)
-        return RecurrentLoop.from_json(str(found[0].attrs["memotvm.recurrent"]))
+def _kernel_call(mod, func):
+    """The kernel a ``Codegen`` function wraps, and for each of the kernel's arguments the
+    position of the function parameter it comes from (partitioning merges repeated
+    arguments, e.g. one tensor given as both initial_h and initial_c)."""
+    local = {b.var: b.value for block in func.body.blocks for b in block.bindings
+             if isinstance(b.value, relax.Function)}
+    calls = []
+    relax.analysis.post_order_visit(func, lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
+    position = {p: i for i, p in enumerate(func.params)}
+    for call in calls:  # follow the parameters into the composite function
+        callee = call.op if isinstance(call.op, relax.Function) else local.get(call.op)
+        if callee is not None:
+            for param, arg in zip(callee.params, call.args):
+                if arg in position:
+                    position[param] = position[arg]
+    kernel_call = next(c for c in calls if isinstance(c.op, tvm.ir.Op) and c.op.name == "relax.call_tir")
+    return mod[kernel_call.args[0]], [position[a] for a in kernel_call.args[1].fields]
 
 
 @relax.expr_functor.mutator
@@ -93,7 +101,8 @@ class _CallReplacer(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         if isinstance(call.op, relax.GlobalVar) and call.op in self.externs:
-            return relax.call_dps_packed(self.externs[call.op], list(call.args),
+            name, positions = self.externs[call.op]
+            return relax.call_dps_packed(name, [call.args[i] for i in positions],
                                          out_ty=list(call.ty.fields))
         return call
 
