@@ -45,6 +45,9 @@ class Predictor:
     floor = 1e-6  # e of the spec: 1 for integer predictors
     q_dtype = "float32"
     fresh_input = False  # True: only the recurrent part is memoized
+    # "memo" (neuron-level memoization) or "delta" (delta execution: counts are
+    # multiply-adds, not neuron evaluations)
+    scheme = "memo"
 
     def weight_data(self, loop, W, R) -> dict:
         return {}
@@ -284,6 +287,42 @@ class ExactInputPredictor(Predictor):
         return 4 * loop.num_directions * r * (loop.rows + loop.hidden_size)
 
 
+class DeltaExecution(Predictor):
+    """Delta execution (Neil et al., Delta Networks, ICML 2017), not a predictor but the
+    competing scheme, run by the same pass with its own threshold per node and direction.
+
+    Per chain every input vector of the layer (x_t, h_{t-1}, and r_t (.) h_{t-1} for
+    the GRU candidate with linear_before_reset = 0) keeps its last transmitted copy; a
+    component whose change since then reaches the threshold is transmitted, and the
+    pre-activations, which start from the biases, are updated by the transmitted
+    columns only: a_j += W[j, k] (x_k - x^_k).  The kernel reads W and R transposed
+    (built at compile time), so a transmitted column is a contiguous vector.  Counts are
+    multiply-adds: computed = rows x transmitted columns, reused = rows x the others.
+    """
+
+    name = "delta"
+    scheme = "delta"
+
+    def weight_data(self, loop, W, R):
+        return {"W_columns": _stack32([np.asarray(w).T for w in W]),
+                "R_columns": _stack32([np.asarray(r).T for r in R])}
+
+    def declare(self, kb):
+        loop = kb.loop
+        nd, G = loop.num_directions, loop.rows
+        kb.WT = kb.param("W_columns", (nd, loop.input_size, G), "float32")
+        kb.RT = kb.param("R_columns", (nd, loop.hidden_size, G), "float32")
+
+    def skipped_share(self, loop):
+        return 1.0
+
+    def extra_cost(self, loop):
+        return loop.input_size + loop.hidden_size  # one comparison per component
+
+    def data_bytes(self, loop):
+        return 4 * loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size)
+
+
 def _ranked(cls):
     """Factory of a predictor taking a rank argument ("name:R")."""
 
@@ -302,6 +341,7 @@ _FACTORIES = {
     "bnn": lambda arg: BnnPredictor(),
     "lowrank": _ranked(LowRankPredictor),
     "exactinput": _ranked(ExactInputPredictor),
+    "delta": lambda arg: DeltaExecution(),
 }
 
 

@@ -42,6 +42,26 @@ class MemoTable:
         self.filled = False
 
 
+class DeltaState:
+    """One chain's delta-execution state: the pre-activation parts, which start from the
+    biases, and the last transmitted copy of each input vector ("x", "h" and, for the
+    GRU candidate with linear_before_reset = 0, "rh")."""
+
+    def __init__(self, Wb, Rb, D, H, dtype):
+        self.a, self.b = Wb.copy(), Rb.copy()
+        self.sent = {"x": np.zeros(D, dtype), "h": np.zeros(H, dtype), "rh": np.zeros(H, dtype)}
+        self.filled = False
+
+    def transmit(self, which, vec, thr):
+        """Components of ``vec`` that changed by >= thr since last sent: (indices, deltas);
+        the copy is updated."""
+        sent = self.sent[which]
+        diff = vec - sent
+        idx = np.nonzero(np.abs(diff) >= thr)[0]
+        sent[idx] = vec[idx]
+        return idx, diff[idx]
+
+
 def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_h=None,
               initial_c=None, P=None, memo: MemoPlan | None = None) -> LayerResult:
     """Evaluate one recurrent node; arrays as the ONNX node receives them."""
@@ -74,12 +94,13 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
                 raise ValueError(f"sequence_lens[{b}] = {length} is outside [0, {seq}]")
             h = initial_h[d, b].astype(dtype) if initial_h is not None else np.zeros(H, dtype)
             c = initial_c[d, b].astype(dtype) if initial_c is not None else np.zeros(H, dtype)
-            table = MemoTable(G, dtype)
+            delta = predictor is not None and predictor.scheme == "delta"
+            table = DeltaState(Wb, Rb, loop.input_size, H, dtype) if delta else MemoTable(G, dtype)
             steps = range(length - 1, -1, -1) if loop.is_reverse(d) else range(length)
             for t in steps:
                 before = stats[d, b, :, 0].copy()
-                chain = _Chain(loop, d, Wd, Rd, Wb, Rb, memo, thr, table, stats[d, b],
-                               predictor, pred_data)
+                chain = (_DeltaChain if delta else _Chain)(loop, d, Wd, Rd, Wb, Rb, memo, thr,
+                                                           table, stats[d, b], predictor, pred_data)
                 h, c = chain.step(X[t, b], h, c, Pd)
                 computed[d, b, t] = stats[d, b, :, 0] - before
                 Y[t, d, b] = h
@@ -145,6 +166,33 @@ class _Chain:
                          loop.linear_before_reset)
             return h, c
         return rnn_cell(m, acts, pre, loop.clip), c
+
+
+class _DeltaChain(_Chain):
+    """One step of one chain under delta execution: the parts are updated by the
+    transmitted columns, in column order (as the kernel accumulates them)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._x = None  # this step's transmitted input columns, shared by both GRU phases
+
+    def neurons(self, rows, x, u):
+        tab, H = self.table, self.loop.hidden_size
+        if self._x is None:
+            self._x = tab.transmit("x", x, self.thr)
+        u_kind = "rh" if (self.loop.op == "GRU" and not self.loop.linear_before_reset
+                          and rows.start == 2 * H) else "h"
+        xs, dx = self._x
+        us, du = tab.transmit(u_kind, u, self.thr)
+        for k, v in zip(xs, dx):
+            tab.a[rows] += self.W[rows, k] * v
+        for k, v in zip(us, du):
+            tab.b[rows] += self.R[rows, k] * v
+        D = self.loop.input_size
+        sent = len(xs) + len(us)
+        for g in range(rows.start // H, rows.stop // H):
+            self.counts[g, 0] += H * sent
+            self.counts[g, 1] += H * (D + H - sent)
 
 
 class ReferenceSession:

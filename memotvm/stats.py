@@ -47,7 +47,10 @@ class ReuseStats:
         for loop, counts in zip(loops, arrays):
             predictor = get_predictor(config.plan_for(loop).predictor) if config else None
             share = predictor.skipped_share(loop) if predictor is not None else 1.0
-            stats.costs[loop.name] = (loop.input_size + loop.hidden_size, share)
+            macs = loop.input_size + loop.hidden_size
+            if predictor is not None and predictor.scheme == "delta":
+                macs = 1  # delta execution counts multiply-adds themselves
+            stats.costs[loop.name] = (macs, share)
             summed = np.asarray(counts).sum(axis=1)
             for d in range(loop.num_directions):
                 for g, gate in enumerate(loop.gates):

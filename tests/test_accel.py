@@ -24,7 +24,8 @@ def fixture_inputs():
 
 
 @pytest.mark.parametrize("memo", [None, {"threshold": 0.3}, {"threshold": 0.3, "predictor": "lowrank:4"},
-                                  {"threshold": 0.2, "predictor": "oracle"}])
+                                  {"threshold": 0.2, "predictor": "oracle"},
+                                  {"threshold": 0.1, "predictor": "delta"}])
 def test_accel_matches_cpu_on_fixture(memo):
     feeds = fixture_inputs()
     cpu = memotvm.compile(FIXTURE, memo=memo)

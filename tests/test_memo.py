@@ -45,7 +45,8 @@ def memo_case(draw):
     sizes = (draw(st.integers(1, 70)), draw(st.integers(1, 70)))
     config = MemoConfig(
         threshold=draw(st.sampled_from([0.05, 0.2, 0.5, 1.0])),
-        predictor=draw(st.sampled_from(["bnn", "oracle", "lowrank:1", "lowrank:8", "exactinput:3"])),
+        predictor=draw(st.sampled_from(["bnn", "oracle", "lowrank:1", "lowrank:8", "exactinput:3",
+                                         "delta"])),
     )
     return op, sizes, kwargs, config, draw(st.integers(1, 12)), draw(st.integers(1, 3))
 
@@ -210,3 +211,37 @@ def test_exactinput_memoizes_only_the_recurrent_part():
     assert abs(stats.computations_avoided - stats.reuse * 8 / 32) < 1e-12
     bnn = check_against_reference(model, feeds, MemoConfig(threshold=0.5))
     assert bnn.computations_avoided == bnn.reuse
+
+
+@pytest.mark.parametrize("op,lbr", [("LSTM", 0), ("GRU", 0), ("GRU", 1), ("RNN", 0)])
+def test_delta_execution_skips_columns(op, lbr):
+    model = make_recurrent_model(op, 12, 70, direction="bidirectional", sequence_lens=True,
+                                 attrs={"linear_before_reset": lbr} if op == "GRU" else None)
+    feeds = make_inputs(model, 25, 2, smooth=True)
+    plain = memotvm.compile(model).run(feeds)
+    # Threshold 0 sends every component: the unmodified layer up to summation order.
+    zero = check_against_reference(model, feeds, MemoConfig(threshold=0.0, predictor="delta"))
+    assert zero.computations_avoided == 0
+    got = memotvm.compile(model, memo={"threshold": 0.0, "predictor": "delta"}).run(feeds)
+    for g, e in zip(got, plain):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+    avoided = [check_against_reference(model, feeds, MemoConfig(threshold=t, predictor="delta"))
+               .computations_avoided for t in (0.02, 0.1, 0.4)]
+    assert 0 < avoided[0] < avoided[1] < avoided[2] < 1
+
+
+def test_tunable_thresholds_equal_fixed_ones():
+    model = make_recurrent_model("GRU", 10, 20, direction="bidirectional")
+    feeds = make_inputs(model, 15, 2, smooth=True)
+    tunable = memotvm.compile(model, memo=MemoConfig(predictor="lowrank:4"), tunable=True)
+    for config in (MemoConfig(threshold=0.0, predictor="lowrank:4"),
+                   MemoConfig(threshold=0.3, predictor="lowrank:4"),
+                   MemoConfig(predictor="lowrank:4", per_node={"rnn": {"forward": 0.5, "reverse": 0.1}})):
+        fixed = memotvm.compile(model, memo=config)
+        for g, e in zip(tunable.run(feeds, memo=config), fixed.run(feeds)):
+            np.testing.assert_array_equal(g, e)
+        assert counts(tunable.last_stats) == counts(fixed.last_stats)
+    with pytest.raises(memotvm.errors.ConfigError, match="compiled for predictor"):
+        tunable.run(feeds, memo=0.2)
+    with pytest.raises(memotvm.errors.ConfigError, match="fixed thresholds"):
+        fixed.run(feeds, memo=MemoConfig(predictor="lowrank:4"))

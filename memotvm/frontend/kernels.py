@@ -114,6 +114,8 @@ class KernelBuilder:
         self.m = TirMath(self.acc)
         # The memo predictor (None for the oracle, which computes every neuron).
         self.predictor = get_predictor(memo.predictor) if memo else None
+        # Delta execution replaces the neuron evaluations with column updates.
+        self.delta = self.predictor is not None and self.predictor.scheme == "delta"
         self.unit_block = min(UNIT_BLOCK, loop.hidden_size)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
 
@@ -136,7 +138,7 @@ class KernelBuilder:
                         self._initialise()
                         with T.serial(0, self.seq) as s:
                             _named("step", s)
-                            if self.predictor is not None or self.memo is None:
+                            if self._uses_projection:
                                 with T.If(s % PROJECTION_STEPS == 0):
                                     with T.Then():
                                         self._input_projection(s)
@@ -190,15 +192,31 @@ class KernelBuilder:
         self.lengths = _named("lengths", T.alloc_buffer((batch,), "int64"))
         self.counts = _named("counts", T.alloc_buffer(
             (nd, batch, self.unit_blocks, loop.num_gates * 2), "int64"))
-        if self.memo is None or self.predictor is not None:
+        if self._uses_projection:
             self.xproj = _named("input_projection", T.alloc_buffer((PROJECTION_STEPS, nd, batch, G), acc))
-        if self.memo is not None:
+        if self.delta:
+            D = loop.input_size
+            # Last transmitted copies, double-buffered by step parity like h.
+            self.sent_x = _named("sent_x", T.alloc_buffer((2, nd, batch, D), acc))
+            self.sent_h = _named("sent_h", T.alloc_buffer((2, nd, batch, H), acc))
+            if self._gru_reset_first:
+                self.sent_rh = _named("sent_rh", T.alloc_buffer((2, nd, batch, H), acc))
+            n = max(D, H)
+            self.delta_idx = _named("delta_columns", T.alloc_buffer((nd, batch, self.unit_blocks, n), "int64"))
+            self.delta_val = _named("delta_values", T.alloc_buffer((nd, batch, self.unit_blocks, n), acc))
+        elif self.memo is not None:
             qtype = self.predictor.q_dtype if self.predictor is not None else acc
             self.memo_q = _named("memo_q", T.alloc_buffer((nd, batch, G), qtype))
             if self.predictor is None:
                 # The oracle computes every neuron, then keeps old or new values.
                 self.oracle_a = _named("computed_input_part", T.alloc_buffer((nd, batch, G), acc))
                 self.oracle_b = _named("computed_recurrent_part", T.alloc_buffer((nd, batch, G), acc))
+
+    @property
+    def _uses_projection(self):
+        """The input parts come from the projection of all steps (not for the oracle,
+        which computes them per neuron, nor for delta execution, which updates them)."""
+        return self.memo is None or (self.predictor is not None and not self.delta)
 
     @property
     def _gru_reset_first(self):
@@ -227,6 +245,21 @@ class KernelBuilder:
                         T.buffer_store(self.c, c0, [d, b, k])
                 with T.grid(self.unit_blocks, loop.num_gates * 2) as (ub, g):
                     T.buffer_store(self.counts, i64(0), [d, b, ub, g])
+                if self.delta:
+                    self._initialise_delta(d, b)
+
+    def _initialise_delta(self, d, b):
+        """Parts start from the biases, transmitted copies from 0."""
+        loop, zero = self.loop, self.m.const(0.0)
+        with T.serial(0, loop.rows) as j:
+            T.buffer_store(self.a, self._with_bias(zero, d, j, "W"), [d, b, j])
+            T.buffer_store(self.bp, self._with_bias(zero, d, j, "R"), [d, b, j])
+        sent = [(self.sent_x, loop.input_size), (self.sent_h, loop.hidden_size)]
+        if self._gru_reset_first:
+            sent.append((self.sent_rh, loop.hidden_size))
+        for buf, n in sent:
+            with T.serial(0, n) as k:
+                T.buffer_store(buf, zero, [0, d, b, k])
 
     def _finish(self):
         loop = self.loop
@@ -529,7 +562,54 @@ class KernelBuilder:
                 self._dense_rows(d, b, first + g * H, count, u_ref, "projection", step=s)
                 self._count(d, b, ub, g, computed=count)
             return
+        if self.delta:
+            self._delta_neurons(d, ub, b, s, t, gates, u_ref)
+            return
         self._memo_neurons(dd, d, ub, b, s, t, gates, u_ref)
+
+    def _delta_neurons(self, d, ub, b, s, t, gates, u_ref):
+        """Delta execution (../shared/MEMO_SPEC.md): find the components of x_t and of u
+        that changed by at least the threshold since they were last sent, and add their
+        columns, times the change, to this block's parts.  Every task finds the same
+        components from the step's copies; the first block's task writes the next ones."""
+        loop, acc = self.loop, self.acc
+        H, D = loop.hidden_size, loop.input_size
+        first, count = self._units(ub)
+        par, nxt = s % 2, (s + 1) % 2
+        thr = T.bind(self.thresholds[d])
+        u_sent = self.sent_rh if u_ref[0] is getattr(self, "rh", None) else self.sent_h
+        sent_count = T.alloc_buffer((1,), "int64")
+        T.buffer_store(sent_count, i64(0), [0])
+        parts = ((self.X, (t, b), D, self.sent_x, self.WT, self.a),
+                 (u_ref[0], u_ref[1], H, u_sent, self.RT, self.bp))
+        for vec, prefix, n, sent, columns, part in parts:
+            nsel = T.alloc_buffer((1,), "int64")
+            T.buffer_store(nsel, i64(0), [0])
+            with T.serial(0, n) as k:
+                diff = T.bind(self.load(vec, prefix + (k,)) - sent[par, d, b, k])
+                with T.If(tirx.Cast("float64", tirx.abs(diff)) >= thr):
+                    with T.Then():
+                        T.buffer_store(self.delta_idx, k, [d, b, ub, nsel[0]])
+                        T.buffer_store(self.delta_val, diff, [d, b, ub, nsel[0]])
+                        T.buffer_store(nsel, nsel[0] + i64(1), [0])
+            with T.serial(0, nsel[0]) as i:
+                k = T.bind(self.delta_idx[d, b, ub, i])
+                v = T.bind(self.delta_val[d, b, ub, i])
+                for g in gates:
+                    with T.serial(0, count) as u:
+                        j = g * H + first + u
+                        T.buffer_store(part, part[d, b, j] + self.load(columns, (d, k, j)) * v, [d, b, j])
+            with T.If(ub == i64(0)):
+                with T.Then():
+                    with T.serial(0, n) as k:
+                        old = sent[par, d, b, k]
+                        new = self.load(vec, prefix + (k,))
+                        keep = tirx.Cast("float64", tirx.abs(new - old)) < thr
+                        T.buffer_store(sent, tirx.Select(keep, old, new), [nxt, d, b, k])
+            T.buffer_store(sent_count, sent_count[0] + nsel[0], [0])
+        for g in gates:
+            self._count(d, b, ub, g, computed=count * sent_count[0],
+                        reused=count * (i64(D + H) - sent_count[0]))
 
     def _dense_rows(self, d, b, base, count, u_ref, input_from, x_ref=None, rows_buf=None,
                     a_out=None, b_out=None, step=None):

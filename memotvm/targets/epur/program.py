@@ -88,6 +88,13 @@ def lower(loop: RecurrentLoop, plan: MemoPlan | None, hw: HardwareConfig) -> Epu
                                    "packed sign bits of W|R (packed at compile time)"))
     step = prog.step
     step.append(Instr("dma", "LOAD_X", "-", D, "x_t DRAM -> activation buffer"))
+    if predictor is not None and predictor.scheme == "delta":
+        step.append(Instr("mfu", "DELTA_CHECK", "-", D + H, "|v_k - sent_k| >= threshold, per component"))
+        step.append(Instr("dpu", "DOT_COLUMNS", "all", 0,
+                          "parts += column k (x) change, for sent components only"))
+        step.append(Instr("mfu", "CELL", "-", MFU_OPS_PER_UNIT[loop.op] * H, "activations, c and h update"))
+        step.append(Instr("dma", "STORE_H", "-", H, "h_t -> DRAM (Y)"))
+        return prog
     if isinstance(predictor, BnnPredictor):
         step.append(Instr("bnn", "SIGN_PACK", "-", D + H, "sign bits of x_t | u_t"))
         step.append(Instr("bnn", "XNOR_POPCOUNT", "all", words(D) + words(H), "yb_j per neuron"))
@@ -146,9 +153,11 @@ def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerC
     valid = np.arange(computed.shape[2])[None, :] < np.asarray(lengths)[:, None]  # [batch, seq]
     per_step = computed.sum(axis=3)[:, valid]  # [directions, valid steps]
     per_step = per_step.reshape(-1).astype(np.float64)
+    ops = {i.op: i for i in prog.step}
+    if "DOT_COLUMNS" in ops:
+        return _delta_cost(prog, per_step, steps_total)
     if prog.plan is None or (prog.plan is not None and get_predictor(prog.plan.predictor) is None):
         per_step = np.full_like(per_step, N)  # unmodified and oracle compute every neuron
-    ops = {i.op: i for i in prog.step}
 
     dpu = np.zeros_like(per_step)
     macs = 0.0
@@ -203,3 +212,44 @@ def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerC
     return LayerCost(loop.name, cycles, seconds, energy, float(dram),
                      float(sram_weight_reads + activation_bytes), float(macs),
                      steps_total * N * (D + H))
+
+
+def _delta_cost(prog: EpurProgram, macs_per_step: np.ndarray, steps_total: float) -> LayerCost:
+    """Delta execution: the trace counts multiply-adds; a sent column is an update of
+    all N parts, spread over the CUs' DPUs; every component is compared on the MFU."""
+    hw, loop = prog.hw, prog.loop
+    D, H, N = loop.input_size, loop.hidden_size, loop.rows
+    units, width, eb = hw["compute.units"], hw["compute.dpu_width"], hw["compute.element_bytes"]
+    nd = loop.num_directions
+    mfu_ops = MFU_OPS_PER_UNIT[loop.op] * H + (D + H)
+    dpu = np.ceil(macs_per_step / (units * width))
+    step_cycles = dpu + math.ceil(mfu_ops / (units * hw["compute.mfu_lanes"])) + hw["compute.step_latency"]
+    weight_bytes = macs_per_step * eb
+    io_bytes = steps_total * (D + H) * eb
+    if prog.weights_fit:
+        dram = nd * N * (D + H) * eb + io_bytes
+        sram_weights = weight_bytes.sum()
+        extra = nd * N * (D + H) * eb / hw["memory.dram_bandwidth"]
+    else:
+        dram = weight_bytes.sum() + io_bytes
+        sram_weights = 0.0
+        step_cycles = np.maximum(step_cycles, weight_bytes / hw["memory.dram_bandwidth"])
+        extra = 0.0
+    cycles = float(step_cycles.sum() + extra)
+    seconds = cycles / (hw["clock.frequency"] * 1e6)
+    # Sent copies (read and written per component) and the parts (read-modify-write per
+    # update) live in small buffers.
+    small_bytes = steps_total * ((D + H) * eb * 2 + H * eb) + macs_per_step.sum() * eb * 2
+    macs = float(macs_per_step.sum())
+    energy = {
+        "dot_products": macs * hw.energy_pj("energy.mac"),
+        "bnn": 0.0,
+        "mfu": steps_total * mfu_ops * hw.energy_pj("energy.mfu_op"),
+        "onchip_memory": sram_weights / 8 * hw.energy_pj("energy.weight_sram_read")
+        + small_bytes / 8 * hw.energy_pj("energy.small_sram_access"),
+        "memo_buffer": 0.0,
+        "dram": dram / 8 * hw.energy_pj("energy.dram"),
+        "static": hw["energy.static_power"] * seconds * 1e12,
+    }
+    return LayerCost(loop.name, cycles, seconds, energy, float(dram),
+                     float(sram_weights + small_bytes), macs, steps_total * N * (D + H))
