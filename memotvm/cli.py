@@ -195,7 +195,11 @@ def cmd_bench(args):
 def cmd_demo(args):
     from .demo import run_demo
 
-    run_demo(threshold=_float(args.threshold, "--threshold"), plot_path=args.plot)
+    from .demo import zoo
+
+    if args.model not in zoo():
+        raise ConfigError(f"no bundled model '{args.model}' (bundled: {', '.join(sorted(zoo()))})")
+    run_demo(args.model, plot_path=args.plot, recalibrate=args.recalibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,8 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="compile, validate and benchmark a bundled model")
-    p.add_argument("--threshold", default="0.2")
+    p = sub.add_parser("demo", help="calibrate, validate, time and cost a bundled zoo model")
+    p.add_argument("--model", default="digits_bigru",
+                   help="bundled model: digits_bigru (default), pydoc_charlstm, co2_lstm")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="calibrate again instead of loading the committed configuration")
     p.add_argument("--plot", default="memotvm_demo.png", help="PNG to write ('' for none)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,7 +1,14 @@
-"""``memotvm demo``: the whole story on a bundled model in well under two minutes."""
+"""``memotvm demo``: the whole story on a bundled zoo model in under two minutes.
+
+Compile the unmodified and the memoized model, load the calibrated configuration (or
+calibrate, if the model has none), validate on the held-out split with its labels, time
+both against onnxruntime on the CPU, cost both on the modelled accelerator, draw the
+reuse / loss curves, and print one short report.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -9,65 +16,102 @@ import numpy as np
 
 from .api import compile as compile_model
 from .bench import interleaved, memotvm_runner, onnxruntime_runner
-from .frontend import load_model
 from .passes import MemoConfig
 from .sweep import plot, sweep
 from .validate import validate
 
 MODELS = os.path.join(os.path.dirname(__file__), "models")
-DEFAULT_MODEL = "torch_lstm_gru"
+DEFAULT_MODEL = "digits_bigru"
 
 
-def run_demo(model_name: str = DEFAULT_MODEL, threshold: float = 0.2, plot_path="memotvm_demo.png",
-             out=print) -> dict:
+def zoo() -> dict:
+    with open(os.path.join(MODELS, "zoo.json")) as f:
+        return json.load(f)
+
+
+def _split(name, split=""):
+    inputs = dict(np.load(os.path.join(MODELS, f"{name}{split}_inputs.npz")))
+    labels = np.load(os.path.join(MODELS, f"{name}{split}_labels.npz"))["labels"]
+    return inputs, labels
+
+
+def calibrated_config(name, info, out=print, recalibrate=False) -> tuple[MemoConfig, str]:
+    """The model's committed calibrated configuration, or a fresh calibration."""
+    path = os.path.join(MODELS, f"{name}_memo.json")
+    if os.path.exists(path) and not recalibrate:
+        return MemoConfig.load(path), f"calibrated, loaded from {os.path.relpath(path)}"
+    from .calibrate import calibrate
+
+    out("calibrating (bnn, lowrank:8, delta) on the calibration split ...")
+    cal_in, cal_y = _split(name, "_calib")
+    test_in, test_y = _split(name)
+    result = calibrate(os.path.join(MODELS, name + ".onnx"), cal_in, cal_y, info["metric"],
+                       test_in, test_y, predictors=("bnn", "lowrank:8", "delta"),
+                       output=info["output"], progress=False)
+    return result.config, "calibrated now"
+
+
+def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=print,
+             recalibrate=False) -> dict:
+    info = zoo()[model_name]
     path = os.path.join(MODELS, model_name + ".onnx")
-    feeds = dict(np.load(os.path.join(MODELS, model_name + "_inputs.npz")))
-    model = load_model(path)
+    feeds, labels = _split(model_name)
+    metric, output = info["metric"], info["output"]
     t0 = time.perf_counter()
-    plain = compile_model(model)
-    t1 = time.perf_counter()
-    config = MemoConfig(threshold=threshold)
-    memo = compile_model(model, memo=config)
-    t2 = time.perf_counter()
-    out(f"model {model_name}: recurrent nodes "
-        + ", ".join(f"{l.op} '{l.name}' (D={l.input_size}, H={l.hidden_size}, {l.direction})" for l in plain.loops))
-    out(f"compile: unmodified {t1 - t0:.2f} s, memoized {t2 - t1:.2f} s")
+    plain = compile_model(path)
+    compile_s = time.perf_counter() - t0
+    out(f"== memotvm demo: {model_name}, {info['task']} ==")
+    out("recurrent nodes: " + ", ".join(
+        f"{l.op} '{l.name}' (D={l.input_size}, H={l.hidden_size}, {l.direction})" for l in plain.loops))
+    config, origin = calibrated_config(model_name, info, out, recalibrate)
+    report = validate(path, feeds, config, labels=labels, metric=metric, output=output,
+                      baseline=plain)
+    memo = compile_model(path, memo=config)
 
-    report = validate(model, feeds, config, baseline=plain)
-    out(report.format())
-
-    runners = {"memotvm": memotvm_runner(plain, feeds), "memotvm+memo": memotvm_runner(memo, feeds)}
-    ort = onnxruntime_runner(model, feeds)
+    runners = {"unmodified": memotvm_runner(plain, feeds), "memoized": memotvm_runner(memo, feeds)}
+    ort = onnxruntime_runner(path, feeds)
     if ort is not None:
         runners["onnxruntime"] = ort
-    times = interleaved(runners, rounds=30)
-    out("time per call (median of 30 interleaved rounds):")
-    for name, t in times.items():
-        line = f"  {name:<13} {t * 1e3:8.3f} ms"
-        if "onnxruntime" in times:
-            line += f"   {times['onnxruntime'] / t:5.2f}x onnxruntime"
-        out(line)
-    if ort is None:
-        out("  (onnxruntime not installed: pip install 'memotvm[bench]' to compare)")
+    times = interleaved(runners, rounds=20)
 
-    large = _large_layer(out)
+    accel_plain = compile_model(path, target="accel")
+    accel_memo = compile_model(path, target="accel", memo=config)
+    accel_plain.run(feeds)
+    accel_memo.run(feeds)
+    base_cost, memo_cost = accel_plain.last_cost, accel_memo.last_cost
 
-    rows = sweep(model, feeds, [0, 0.1, 0.2, 0.3, 0.5, 0.8], progress=False)
+    rows = sweep(path, feeds, [0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5], ("bnn", "delta", "oracle"),
+                 labels=labels, metric=metric, output=output, progress=False)
     if plot_path:
-        plot(rows, plot_path, title=f"{model_name}: reuse and output error vs threshold")
-        out(f"wrote {plot_path} (reuse and error against the threshold, BNN and oracle)")
-    return {"report": report.to_dict(), "times": times, "sweep": rows, "large_layer": large}
+        plot(rows, plot_path, title=f"{model_name}: computations avoided and {metric} loss")
 
-
-def _large_layer(out, hidden=1024, steps=100, threshold=0.5):
-    """Memoization pays where the weights do not fit in cache: one generated LSTM layer
-    (random weights, smooth inputs) timed the same way."""
-    from .bench import bench_model, format_rows
-    from .testing import make_inputs, make_recurrent_model
-
-    layer = make_recurrent_model("LSTM", hidden, hidden, weight_scale=1.0)
-    inputs = make_inputs(layer, steps, 1, smooth=True)
-    result = bench_model(layer, inputs, thresholds=(threshold,), rounds=10, ort_threads=2)
-    out(f"one LSTM layer D=H={hidden}, T={steps}, batch 1 (weights beyond the L2 caches):")
-    out("\n".join("  " + line for line in format_rows(result["rows"]).splitlines()))
-    return result["rows"]
+    m = report.metric
+    thresholds = "; ".join(f"{node} " + ", ".join(f"{d} {t:g}" for d, t in v.items())
+                           if isinstance(v, dict) else f"{node} {v:g}"
+                           for node, v in config.per_node.items()) or f"all {config.threshold:g}"
+    batch = next(iter(feeds.values())).shape
+    lines = [
+        f"configuration: {config.predictor} ({origin}): {thresholds}",
+        f"{metric} on the held-out split (inputs {batch}): unmodified {m['unmodified']:.4f}, "
+        f"memoized {m['memoized']:.4f}, loss {m['loss']:.2%} "
+        f"({'within' if m['loss'] <= 0.01 else 'OVER'} the 1 % bound)",
+        f"computations avoided: {report.stats.computations_avoided:.1%} of the recurrent "
+        f"layers' multiply-adds",
+        f"CPU (median of 20 interleaved calls): unmodified {times['unmodified'] * 1e3:.1f} ms, "
+        f"memoized {times['memoized'] * 1e3:.1f} ms ({times['unmodified'] / times['memoized']:.2f}x)"
+        + (f", onnxruntime {times['onnxruntime'] * 1e3:.1f} ms (memoized: "
+           f"{times['onnxruntime'] / times['memoized']:.2f}x onnxruntime's speed)" if ort else ""),
+        f"accelerator (epur, modelled): {base_cost.seconds * 1e3:.2f} ms -> "
+        f"{memo_cost.seconds * 1e3:.2f} ms ({base_cost.cycles / memo_cost.cycles:.2f}x), energy "
+        f"{base_cost.energy_total_pj / 1e6:.1f} -> {memo_cost.energy_total_pj / 1e6:.1f} uJ "
+        f"({1 - memo_cost.energy_total_pj / base_cost.energy_total_pj:.1%} saved)",
+        f"compile: {compile_s:.1f} s unmodified",
+    ]
+    if plot_path:
+        lines.append(f"plot: {plot_path} (computations avoided and {metric} loss against the "
+                     "threshold: bnn, delta, oracle)")
+    out("\n".join(lines))
+    if ort is None:
+        out("(onnxruntime not installed: pip install 'memotvm[bench]' to compare)")
+    return {"report": report.to_dict(), "times": times, "sweep": rows,
+            "accelerator": {"unmodified": base_cost.to_dict(), "memoized": memo_cost.to_dict()}}
