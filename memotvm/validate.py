@@ -13,7 +13,7 @@ from .errors import InputError
 from .frontend import load_model
 from .passes import MemoConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: modelled_cost added
 
 
 @dataclass

@@ -26,6 +26,23 @@ def host_target() -> tvm.target.Target:
     return tvm.target.Target(spec)
 
 
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with the host operators scheduled (:mod:`.host_schedule`)."""
+    from tvm.relax.backend.cpu_generic import pipeline as generic
+
+    from .host_schedule import ScheduleHostOps
+
+    @tvm.transform.module_pass(opt_level=0, name="MemotvmCpuPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                generic.library_dispatch_passes(target) + generic.legalize_passes(target)
+                + [ScheduleHostOps()] + generic.dataflow_lower_passes(target)
+                + generic.finalize_passes(target))(mod)
+
+    return _pipeline
+
+
 class CpuBackend(Backend):
     name = "cpu"
     description = "LLVM code for the host CPU, run by the Relax VM"
@@ -35,7 +52,7 @@ class CpuBackend(Backend):
             raise ConfigError(f"target 'cpu' takes no option(s) {', '.join(sorted(options))}")
         target = host_target()
         with tvm.transform.PassContext(opt_level=3):
-            executable = tvm.compile(mod, target=target)
+            executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
         device = tvm.cpu()
 
         def make_session():

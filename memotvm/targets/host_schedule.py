@@ -1,0 +1,99 @@
+"""A schedule for the host operators around the recurrent layers.
+
+TVM's default CPU pipeline legalizes Relax operators (MatMul, Gemm, Softmax, Gather...)
+into plain loop nests and compiles them as they are: one thread, no vectors.  For an RNN
+with a linear head over every step, that head then costs more than the recurrent layers.
+``ScheduleHostOps`` gives every such block parallel outer loops and a vectorized inner
+loop, the recurrent kernels (which schedule themselves) excepted:
+
+* an elementwise block: leading loops fused and parallel, the last one vectorized;
+* a reduction over one trailing axis (matmul, dense): leading spatial loops fused and
+  parallel, the reduction moved outside the last spatial loop, which is vectorized
+  (contiguous in the output and, for weights stored [K, N], in the weights); its
+  elementwise consumers (bias, activation) are computed in the same parallel loop.
+
+A block the rule does not recognise is left as TVM made it.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+VECTOR = 16
+
+
+def _kinds(sch, block):
+    return "".join("S" if iv.iter_type == tirx.IterVar.DataPar else
+                   "R" if iv.iter_type == tirx.IterVar.CommReduce else "O"
+                   for iv in sch.get(block).iter_vars)
+
+
+def _static(sch, loop):
+    extent = sch.get(loop).extent
+    return isinstance(extent, tirx.IntImm)
+
+
+def _vectorize_last(sch, loop):
+    if _static(sch, loop) and int(sch.get(loop).extent) > 1:
+        _, inner = sch.split(loop, [None, VECTOR])
+        sch.vectorize(inner)
+
+
+def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+    done = set()
+    for block in blocks:
+        name = sch.get(block).name_hint
+        if name in done:
+            continue
+        kinds = _kinds(sch, block)
+        loops = sch.get_loops(block)
+        if len(loops) != len(kinds) or len(loops) < 2:
+            continue
+        if set(kinds) == {"S"}:
+            outer = sch.fuse(*loops[:-1])
+            sch.parallel(outer)
+            _vectorize_last(sch, loops[-1])
+        elif kinds.endswith("SR") and set(kinds[:-1]) == {"S"} and len(kinds) >= 3:
+            outer = sch.fuse(*loops[:-2])
+            last_s, red = loops[-2], loops[-1]
+            consumers = [c for c in sch.get_consumers(block)
+                         if set(_kinds(sch, c)) == {"S"} and len(sch.get_loops(c)) == len(kinds) - 1]
+            for consumer in consumers:
+                sch.reverse_compute_at(consumer, outer)
+                done.add(sch.get(consumer).name_hint)
+            sch.parallel(outer)
+            init = sch.decompose_reduction(block, last_s)
+            # The reduction outside the last spatial loop: LLVM vectorizes that loop
+            # (TVM's vectorize refuses loops under a reduction loop).
+            sch.reorder(red, last_s)
+            _vectorize_last(sch, sch.get_loops(init)[-1])
+            for consumer in consumers:
+                _vectorize_last(sch, sch.get_loops(consumer)[-1])
+    return sch.mod["main"]
+
+
+def _has_root(sch):
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error types
+        return False
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleHostOps")
+class ScheduleHostOps:
+    """Schedule every PrimFunc of the module that is not a recurrent-loop kernel."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs and "memotvm.recurrent" in func.attrs):
+                continue
+            try:
+                out[gv] = schedule_func(func)
+            except Exception:  # noqa: BLE001 - an unrecognised shape keeps TVM's loops
+                continue
+        return out
