@@ -295,23 +295,40 @@ class DeltaExecution(Predictor):
     the GRU candidate with linear_before_reset = 0) keeps its last transmitted copy; a
     component whose change since then reaches the threshold is transmitted, and the
     pre-activations, which start from the biases, are updated by the transmitted
-    columns only: a_j += W[j, k] (x_k - x^_k).  The kernel reads W and R transposed
-    (built at compile time), so a transmitted column is a contiguous vector.  Counts are
-    multiply-adds: computed = rows x transmitted columns, reused = rows x the others.
+    columns only: a_j += W[j, k] (x_k - x^_k).  The kernel reads W and R by columns,
+    rearranged at compile time per block of units (``columns[d, block, k, g * U + u]`` is
+    row g H + block U + u of column k, 0 past H), so the part of a column one task needs
+    is one contiguous run.  Counts are multiply-adds: computed = rows x transmitted
+    columns, reused = rows x the others.
     """
 
     name = "delta"
     scheme = "delta"
 
+    @staticmethod
+    def _blocked_columns(loop, M):
+        from .frontend.kernels import unit_block
+
+        U = unit_block(loop)
+        H, gates = loop.hidden_size, loop.num_gates
+        blocks = -(-H // U)
+        out = np.zeros((len(M), blocks, M.shape[2], gates * U), np.float32)
+        for d, m in enumerate(np.asarray(M, np.float32)):
+            for g in range(gates):
+                for blk in range(blocks):
+                    rows = m[g * H + blk * U: min(g * H + (blk + 1) * U, (g + 1) * H)]
+                    out[d, blk, :, g * U: g * U + len(rows)] = rows.T
+        return out
+
     def weight_data(self, loop, W, R):
-        return {"W_columns": _stack32([np.asarray(w).T for w in W]),
-                "R_columns": _stack32([np.asarray(r).T for r in R])}
+        return {"W_columns": self._blocked_columns(loop, np.asarray(W)),
+                "R_columns": self._blocked_columns(loop, np.asarray(R))}
 
     def declare(self, kb):
         loop = kb.loop
-        nd, G = loop.num_directions, loop.rows
-        kb.WT = kb.param("W_columns", (nd, loop.input_size, G), "float32")
-        kb.RT = kb.param("R_columns", (nd, loop.hidden_size, G), "float32")
+        nd, U, nub = loop.num_directions, kb.unit_block, kb.unit_blocks
+        kb.WT = kb.param("W_columns", (nd, nub, loop.input_size, loop.num_gates * U), "float32")
+        kb.RT = kb.param("R_columns", (nd, nub, loop.hidden_size, loop.num_gates * U), "float32")
 
     def skipped_share(self, loop):
         return 1.0

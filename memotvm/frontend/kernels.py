@@ -116,7 +116,7 @@ class KernelBuilder:
         self.predictor = get_predictor(memo.predictor) if memo else None
         # Delta execution replaces the neuron evaluations with column updates.
         self.delta = self.predictor is not None and self.predictor.scheme == "delta"
-        self.unit_block = min(UNIT_BLOCK, loop.hidden_size)
+        self.unit_block = unit_block(loop)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
 
     # -- entry point ---------------------------------------------------------------
@@ -592,13 +592,24 @@ class KernelBuilder:
                         T.buffer_store(self.delta_idx, k, [d, b, ub, nsel[0]])
                         T.buffer_store(self.delta_val, diff, [d, b, ub, nsel[0]])
                         T.buffer_store(nsel, nsel[0] + i64(1), [0])
-            with T.serial(0, nsel[0]) as i:
-                k = T.bind(self.delta_idx[d, b, ub, i])
-                v = T.bind(self.delta_val[d, b, ub, i])
+            U = self.unit_block
+
+            def add_columns(i0, ncols):
+                # ncols columns per pass over the block: one load and store of each part
+                # per ncols multiply-adds.
+                ks = [T.bind(self.delta_idx[d, b, ub, i0 + c]) for c in range(ncols)]
+                vs = [T.bind(self.delta_val[d, b, ub, i0 + c]) for c in range(ncols)]
                 for g in gates:
-                    with T.serial(0, count) as u:
+                    # A whole block (zero-padded past H) when H divides: vector code.
+                    loop_kind = T.vectorized if H % U == 0 else T.serial
+                    with loop_kind(0, U if H % U == 0 else count) as u:
                         j = g * H + first + u
-                        T.buffer_store(part, part[d, b, j] + self.load(columns, (d, k, j)) * v, [d, b, j])
+                        total = part[d, b, j]
+                        for k, v in zip(ks, vs):
+                            total = total + self.load(columns, (d, ub, k, g * U + u)) * v
+                        T.buffer_store(part, total, [d, b, j])
+
+            self._in_row_blocks(i64(0), nsel[0], add_columns)
             with T.If(ub == i64(0)):
                 with T.Then():
                     with T.serial(0, n) as k:
@@ -723,6 +734,11 @@ class KernelBuilder:
                             T.buffer_store(self.a, new_a[d, b, j], [d, b, j])
                             T.buffer_store(self.bp, new_b[d, b, j], [d, b, j])
                 self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
+
+
+def unit_block(loop: RecurrentLoop) -> int:
+    """Hidden units per task."""
+    return min(UNIT_BLOCK, loop.hidden_size)
 
 
 def kernel_name(loop: RecurrentLoop, memo: MemoPlan | None = None) -> str:
