@@ -57,8 +57,8 @@ def main():
     parser.add_argument("--reuse", type=float, default=PAPER["reuse"])
     args = parser.parse_args()
     hw = HardwareConfig.load(args.hw)
-    print(f"| network | layers | weights (MB) | on chip | speedup | energy saved | "
-          f"paper speedup | paper energy saved |")
+    print("| network | layers | weights (MB) | on chip | speedup | energy saved | "
+          "paper speedup | paper energy saved |")
     print("|---|---|---|---|---|---|---|---|")
     speedups, savings = [], []
     for name, (op, layers, direction, d_in, hidden, steps) in NETWORKS.items():

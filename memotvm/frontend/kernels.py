@@ -572,7 +572,7 @@ class KernelBuilder:
         that changed by at least the threshold since they were last sent, and add their
         columns, times the change, to this block's parts.  Every task finds the same
         components from the step's copies; the first block's task writes the next ones."""
-        loop, acc = self.loop, self.acc
+        loop = self.loop
         H, D = loop.hidden_size, loop.input_size
         first, count = self._units(ub)
         par, nxt = s % 2, (s + 1) % 2
@@ -676,7 +676,7 @@ class KernelBuilder:
 
     def _memo_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
         """Decide per neuron, then compute the listed ones four at a time."""
-        loop, memo = self.loop, self.memo
+        loop = self.loop
         H = loop.hidden_size
         first, count = self._units(ub)
         thr = T.bind(self.thresholds[d])
