@@ -200,8 +200,9 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     if metric not in metrics.HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric '{metric}' (known: {', '.join(metrics.HIGHER_IS_BETTER)})")
     grid = sorted({float(g) for g in grid} | {0.0})
-    for g in grid:
-        MemoConfig(threshold=g)  # the usual threshold checks
+    bad = [g for g in grid if not (g >= 0 and g != float("inf"))]
+    if bad:
+        raise ConfigError(f"grid thresholds must be finite numbers >= 0, got {bad}")
     if not 0 <= margin < 1:
         raise ConfigError(f"margin must lie in [0, 1), got {margin}")
     proto = load_model(model)
