@@ -150,3 +150,23 @@ def test_partitioned_kernel_arguments_follow_the_node_when_inputs_repeat():
     acc = memotvm.compile(path, target="accel", memo=0.1)
     np.testing.assert_allclose(acc.run({"x": x})[0], cpu.run({"x": x})[0], rtol=0, atol=1e-5)
     assert acc.last_stats.per_gate == cpu.last_stats.per_gate
+
+
+@pytest.mark.parametrize("op,kwargs", [
+    ("LSTM", dict(layout=1, direction="bidirectional", sequence_lens=True, initial_h=True,
+                  initial_c=True, peepholes=True, attrs={"clip": 2.0, "input_forget": 1})),
+    ("GRU", dict(dtype="float64", direction="reverse", attrs={"linear_before_reset": 1})),
+    ("RNN", dict(direction="bidirectional", attrs={
+        "activations": ["HardSigmoid"], "activation_alpha": [0.3], "activation_beta": [0.4]})),
+    ("GRU", dict(dtype="float16", sequence_lens=True)),
+])
+def test_accel_matches_cpu_in_spec_corners(op, kwargs):
+    model = make_recurrent_model(op, 5, 9, **kwargs)
+    feeds = make_inputs(model, 7, 3, smooth=True,
+                        lengths=[7, 0, 3] if kwargs.get("sequence_lens") else None)
+    for memo in (0.3, {"threshold": 0.05, "predictor": "delta"}):
+        cpu = memotvm.compile(model, memo=memo)
+        acc = memotvm.compile(model, target="accel", memo=memo)
+        for a, b in zip(cpu.run(feeds), acc.run(feeds)):
+            np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=0, atol=1e-5)
+        assert acc.last_stats.per_gate == cpu.last_stats.per_gate
