@@ -62,9 +62,20 @@ class DeltaState:
         return idx, diff[idx]
 
 
+def predictor_data(predictor, loop: RecurrentLoop, W, R) -> dict:
+    """What ``predictor`` derives from the weights (once per set of weights); delta
+    execution reads the weights themselves."""
+    if predictor is None or predictor.scheme == "delta":
+        return {}
+    return {**predictor.weight_data(loop, W, R), **predictor.reference_data(W, R)}
+
+
 def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_h=None,
-              initial_c=None, P=None, memo: MemoPlan | None = None) -> LayerResult:
-    """Evaluate one recurrent node; arrays as the ONNX node receives them."""
+              initial_c=None, P=None, memo: MemoPlan | None = None,
+              pred_data: dict | None = None) -> LayerResult:
+    """Evaluate one recurrent node; arrays as the ONNX node receives them.
+
+    ``pred_data`` may pass :func:`predictor_data` of these weights, computed before."""
     dtype = np.float64 if loop.dtype == "float64" else np.float32
     if loop.layout == 1:
         X = X.transpose(1, 0, 2)
@@ -79,9 +90,8 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
     stats = np.zeros((nd, batch, loop.num_gates, 2), np.int64)
     computed = np.zeros((nd, batch, seq, loop.num_gates), np.int32)
     predictor = get_predictor(memo.predictor) if memo else None
-    pred_data = {}
-    if predictor is not None:  # what the predictor derives from the weights, once
-        pred_data = {**predictor.weight_data(loop, W, R), **predictor.reference_data(W, R)}
+    if pred_data is None:
+        pred_data = predictor_data(predictor, loop, W, R)
     for d in range(nd):
         Wd, Rd = W[d].astype(dtype), R[d].astype(dtype)
         Wb = B[d, :G].astype(dtype) if B is not None else np.zeros(G, dtype)

@@ -10,11 +10,13 @@ target's (same decisions, outputs within rounding), which the tests check.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
 from ...frontend.recurrent import OPTIONAL_INPUTS
-from ...reference import run_layer
+from ...predictors import get_predictor
+from ...reference import predictor_data, run_layer
 from .program import EpurProgram, LayerCost, cost
 
 
@@ -42,9 +44,23 @@ def simulate(prog: EpurProgram, args: list) -> LayerRun:
         bad = (lens < 0) | (lens > seq)
         status[:, bad] = 1
         lens = np.clip(lens, 0, seq)
+    data = _cached_predictor_data(prog, loop, plan, W, R)
     result = run_layer(loop, X, W, R, given.get("B"), lens, given.get("initial_h"),
-                       given.get("initial_c"), given.get("P"), memo=plan)
+                       given.get("initial_c"), given.get("P"), memo=plan, pred_data=data)
     lengths = np.full(batch, seq) if lens is None else np.asarray(lens)
     outputs = [result.Y, result.Y_h] + ([result.Y_c] if loop.op == "LSTM" else [])
     outputs += [result.stats, status]
     return LayerRun(outputs, cost(prog, result.computed, lengths))
+
+
+def _cached_predictor_data(prog, loop, plan, W, R):
+    """The predictor's data (an SVD, packed signs) for these weights, computed on the
+    first call and again only if the weights change (they may be computed at run time)."""
+    if plan is None:
+        return None
+    key = hashlib.blake2b(np.ascontiguousarray(W).tobytes() + np.ascontiguousarray(R).tobytes(),
+                          digest_size=16).digest()
+    cached = getattr(prog, "_predictor_data", None)
+    if cached is None or cached[0] != key:
+        cached = prog._predictor_data = (key, predictor_data(get_predictor(plan.predictor), loop, W, R))
+    return cached[1]
