@@ -29,7 +29,8 @@ def zoo() -> dict:
         return json.load(f)
 
 
-def _split(name, split=""):
+def load_split(name, split=""):
+    """(inputs, labels) of a zoo model's test split ("") or calibration split ("_calib")."""
     inputs = dict(np.load(os.path.join(MODELS, f"{name}{split}_inputs.npz")))
     labels = np.load(os.path.join(MODELS, f"{name}{split}_labels.npz"))["labels"]
     return inputs, labels
@@ -43,8 +44,8 @@ def calibrated_config(name, info, out=print, recalibrate=False) -> tuple[MemoCon
     from .calibrate import calibrate
 
     out("calibrating (bnn, lowrank:8, delta) on the calibration split ...")
-    cal_in, cal_y = _split(name, "_calib")
-    test_in, test_y = _split(name)
+    cal_in, cal_y = load_split(name, "_calib")
+    test_in, test_y = load_split(name)
     result = calibrate(os.path.join(MODELS, name + ".onnx"), cal_in, cal_y, info["metric"],
                        test_in, test_y, predictors=("bnn", "lowrank:8", "delta"),
                        output=info["output"], progress=False)
@@ -55,7 +56,7 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
              recalibrate=False) -> dict:
     info = zoo()[model_name]
     path = os.path.join(MODELS, model_name + ".onnx")
-    feeds, labels = _split(model_name)
+    feeds, labels = load_split(model_name)
     metric, output = info["metric"], info["output"]
     t0 = time.perf_counter()
     plain = compile_model(path)

@@ -18,12 +18,12 @@ import json
 import os
 import platform
 
-import numpy as np
 
 import memotvm
 from memotvm import metrics
 from memotvm.bench import interleaved, memotvm_runner, onnxruntime_runner
 from memotvm.calibrate import calibrate
+from memotvm.demo import load_split as load
 from memotvm.sweep import plot, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,12 +32,6 @@ DOCS = os.path.join(ROOT, "docs")
 PREDICTORS = ["bnn", "lowrank:8", "lowrank:16", "exactinput:32", "delta", "oracle"]
 THRESHOLDS = [0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 MAX_LOSS = 0.01
-
-
-def load(name, split=""):
-    inputs = dict(np.load(os.path.join(MODELS, f"{name}{split}_inputs.npz")))
-    labels = np.load(os.path.join(MODELS, f"{name}{split}_labels.npz"))["labels"]
-    return inputs, labels
 
 
 def model_section(name, info, log):

@@ -46,6 +46,19 @@ OUT = os.path.join(HERE, "..", "memotvm", "models")
 MANIFEST = os.path.join(OUT, "zoo.json")
 
 
+def fit(net, x, y, loss_fn, epochs, batch, lr=3e-3):
+    """Adam over shuffled minibatches of the batch axis (x: [steps, n, features])."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(x_t.shape[1], generator=gen).split(batch):
+            opt.zero_grad()
+            loss_fn(net(x_t[:, idx]), y_t[idx]).backward()
+            opt.step()
+    return net
+
+
 # --- digits: sequence classifier ------------------------------------------------------
 
 
@@ -77,16 +90,7 @@ def digits_data():
 
 def train_digits():
     (xtr, ytr), calib, test = digits_data()
-    net = DigitsGRU()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(0)
-    for epoch in range(60):
-        for idx in torch.randperm(xtr_t.shape[1], generator=gen).split(64):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(net(xtr_t[:, idx]), ytr_t[idx])
-            loss.backward()
-            opt.step()
+    net = fit(DigitsGRU(), xtr, ytr, nn.functional.cross_entropy, epochs=60, batch=64)
     sample = torch.from_numpy(test[0][:, :4])
     return net, sample, {"x": {1: "batch"}, "logits": {0: "batch"}}, ["x"], ["logits"], \
         {"x": calib[0]}, calib[1], {"x": test[0]}, test[1], {
@@ -192,16 +196,7 @@ def co2_data():
 
 def train_co2(epochs=40):
     (xtr, ytr), calib, test = co2_data()
-    net = Co2LSTM()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
-        for idx in torch.randperm(xtr_t.shape[1], generator=gen).split(32):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(net(xtr_t[:, idx]), ytr_t[idx])
-            loss.backward()
-            opt.step()
+    net = fit(Co2LSTM(), xtr, ytr, nn.functional.mse_loss, epochs=epochs, batch=32)
     sample = torch.from_numpy(test[0][:, :4])
     return net, sample, {"x": {1: "batch"}, "forecast": {0: "batch"}}, ["x"], ["forecast"], \
         {"x": calib[0]}, calib[1], {"x": test[0]}, test[1], {

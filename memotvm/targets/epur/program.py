@@ -179,14 +179,8 @@ def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerC
     io_bytes = steps_total * (D + H) * eb
     weight_bytes_step = per_step * (D + H) * eb if "DOT" in ops else \
         (N * D + per_step * H) * eb
-    if prog.weights_fit:
-        dram = nd * N * (D + H) * eb + io_bytes
-        sram_weight_reads = weight_bytes_step.sum()
-        step_cycles = compute_cycles
-    else:  # stream the computed rows' weights every step
-        dram = weight_bytes_step.sum() + io_bytes
-        sram_weight_reads = 0.0
-        step_cycles = np.maximum(compute_cycles, weight_bytes_step / hw["memory.dram_bandwidth"])
+    dram, sram_weight_reads, step_cycles, load_cycles = _weight_traffic(
+        prog, weight_bytes_step, io_bytes, compute_cycles)
     if "LOAD_SIGNS" in {i.op for i in prog.prologue}:
         dram += nd * bnn_words * 8
     sram_weight_reads += steps_total * (predict_macs * eb + bnn_words * 8)
@@ -194,8 +188,7 @@ def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerC
     memo_accesses = 0.0
     if "MEMO_CHECK" in ops:
         memo_accesses = steps_total * N + per_step.sum() + (steps_total * N - per_step.sum())
-    cycles = float(step_cycles.sum() + (nd * N * (D + H) * eb / hw["memory.dram_bandwidth"]
-                                        if prog.weights_fit else 0.0))
+    cycles = float(step_cycles.sum() + load_cycles)
     seconds = cycles / (hw["clock.frequency"] * 1e6)
     words64 = 8.0
     energy = {
@@ -214,28 +207,36 @@ def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerC
                      steps_total * N * (D + H))
 
 
+def _weight_traffic(prog: EpurProgram, weight_bytes_step, io_bytes, step_cycles):
+    """Where the weights a run reads come from: (DRAM bytes, weight-buffer bytes read,
+    cycles per step, cycles of the one-off load).  A layer that fits the weight buffer
+    loads it once per call; a larger one streams what each step reads from DRAM, which
+    then bounds the step."""
+    hw, loop = prog.hw, prog.loop
+    all_weights = loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size) \
+        * hw["compute.element_bytes"]
+    bandwidth = hw["memory.dram_bandwidth"]
+    if prog.weights_fit:
+        return (all_weights + io_bytes, float(weight_bytes_step.sum()), step_cycles,
+                all_weights / bandwidth)
+    return (float(weight_bytes_step.sum()) + io_bytes, 0.0,
+            np.maximum(step_cycles, weight_bytes_step / bandwidth), 0.0)
+
+
 def _delta_cost(prog: EpurProgram, macs_per_step: np.ndarray, steps_total: float) -> LayerCost:
     """Delta execution: the trace counts multiply-adds; a sent column is an update of
     all N parts, spread over the CUs' DPUs; every component is compared on the MFU."""
     hw, loop = prog.hw, prog.loop
     D, H, N = loop.input_size, loop.hidden_size, loop.rows
     units, width, eb = hw["compute.units"], hw["compute.dpu_width"], hw["compute.element_bytes"]
-    nd = loop.num_directions
     mfu_ops = MFU_OPS_PER_UNIT[loop.op] * H + (D + H)
     dpu = np.ceil(macs_per_step / (units * width))
     step_cycles = dpu + math.ceil(mfu_ops / (units * hw["compute.mfu_lanes"])) + hw["compute.step_latency"]
     weight_bytes = macs_per_step * eb
     io_bytes = steps_total * (D + H) * eb
-    if prog.weights_fit:
-        dram = nd * N * (D + H) * eb + io_bytes
-        sram_weights = weight_bytes.sum()
-        extra = nd * N * (D + H) * eb / hw["memory.dram_bandwidth"]
-    else:
-        dram = weight_bytes.sum() + io_bytes
-        sram_weights = 0.0
-        step_cycles = np.maximum(step_cycles, weight_bytes / hw["memory.dram_bandwidth"])
-        extra = 0.0
-    cycles = float(step_cycles.sum() + extra)
+    dram, sram_weights, step_cycles, load_cycles = _weight_traffic(
+        prog, weight_bytes, io_bytes, step_cycles)
+    cycles = float(step_cycles.sum() + load_cycles)
     seconds = cycles / (hw["clock.frequency"] * 1e6)
     # Sent copies (read and written per component) and the parts (read-modify-write per
     # update) live in small buffers.
