@@ -12,9 +12,10 @@ pass relies on and what makes it fast on a CPU:
 * each neuron's dot products live in two persistent buffers, ``input_part``
   (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j).
 
-Kernels compute the input parts of ``PROJECTION_STEPS`` steps at once (a matrix product,
-blocked four rows by four steps, that reads each weight row from memory once per
-``PROJECTION_STEPS`` steps) and the recurrent parts four rows at a time.  Memoization
+Kernels compute the input parts of many steps at once (a matrix product, blocked four
+rows by four steps, that reads each weight row from memory once per chunk of steps: the
+whole sequence when its projection fits in ``PROJECTION_BYTES``) and the recurrent
+parts four rows at a time.  Memoization
 (``memo`` given) changes only the neuron evaluations: a predictor decides per neuron, the
 neurons to compute are compacted into a list and evaluated four at a time, and a reused
 neuron simply keeps its values, so the dot-product buffers *are* the memo table.  (The
@@ -52,11 +53,19 @@ LANES = 16
 ROW_BLOCK = 4
 # Steps whose input projections one block of the matrix product computes together.
 TIME_BLOCK = 4
-# Steps whose input projections the unmodified kernel computes in one parallel region:
-# each task keeps its weight rows in cache over all of them.
-PROJECTION_STEPS = 32
+# The input projections of a chunk of steps are computed in one parallel region (each
+# task keeps its weight rows in cache over all of them).  A chunk is as many steps as fit
+# in PROJECTION_BYTES, at least MIN_PROJECTION_STEPS: with the whole sequence in one
+# chunk W is read from memory once per call; with W and R read in alternation every
+# few steps, the larger layers evict R from the last-level cache (LSTM H = 1024: 17 %
+# slower with 32-step chunks).
+PROJECTION_BYTES = 16 << 20
+MIN_PROJECTION_STEPS = 32
 # Hidden units per task.
 UNIT_BLOCK = 64
+# Batch elements whose recurrent products one task of the unmodified kernel computes
+# together (they share every weight load), from a batch of BATCH_BLOCK - 1 on.
+BATCH_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class KernelBuilder:
                         with T.serial(0, self.seq) as s:
                             _named("step", s)
                             if self._uses_projection:
-                                with T.If(s % PROJECTION_STEPS == 0):
+                                with T.If(s % self.chunk == 0):
                                     with T.Then():
                                         self._input_projection(s)
                             if self._gru_reset_first:
@@ -193,7 +202,8 @@ class KernelBuilder:
         self.counts = _named("counts", T.alloc_buffer(
             (nd, batch, self.unit_blocks, loop.num_gates * 2), "int64"))
         if self._uses_projection:
-            self.xproj = _named("input_projection", T.alloc_buffer((PROJECTION_STEPS, nd, batch, G), acc))
+            self.chunk = _named("projection_steps", T.bind(self._projection_steps()))
+            self.xproj = _named("input_projection", T.alloc_buffer((self.chunk, nd, batch, G), acc))
         if self.delta:
             D = loop.input_size
             # Last transmitted copies, double-buffered by step parity like h.
@@ -211,6 +221,16 @@ class KernelBuilder:
                 # The oracle computes every neuron, then keeps old or new values.
                 self.oracle_a = _named("computed_input_part", T.alloc_buffer((nd, batch, G), acc))
                 self.oracle_b = _named("computed_recurrent_part", T.alloc_buffer((nd, batch, G), acc))
+
+    def _projection_steps(self):
+        """Steps per projection chunk: all (rounded up to TIME_BLOCK) when they fit in
+        PROJECTION_BYTES, else as many as fit, at least MIN_PROJECTION_STEPS; a
+        multiple of TIME_BLOCK, never 0."""
+        loop = self.loop
+        per_step = loop.num_directions * loop.rows * (8 if self.acc == "float64" else 4)
+        fit = i64(PROJECTION_BYTES // per_step) // tirx.max(self.batch, i64(1))
+        steps = tirx.min(tirx.max(fit, i64(MIN_PROJECTION_STEPS)), tirx.max(self.seq, i64(1)))
+        return (steps + TIME_BLOCK - 1) // TIME_BLOCK * TIME_BLOCK
 
     @property
     def _uses_projection(self):
@@ -298,8 +318,9 @@ class KernelBuilder:
         ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
         length n.  Returns ``[[row . vec for vec in vecs] for row in rows]``, each bound
         to a variable.  Every product accumulates lane k % LANES in order of k, then
-        the lanes are summed pairwise and the tail (n % LANES) added in order: the
-        same arithmetic whatever rows or vectors it is grouped with.
+        the lanes are summed by halving (:meth:`_lane_totals`) and the tail
+        (n % LANES) added in order: the same arithmetic whatever rows or vectors it is
+        grouped with.
         """
         nr, nv = len(rows), len(vecs)
         # One small buffer per accumulator: each stays on the stack (TVM moves buffers
@@ -319,15 +340,12 @@ class KernelBuilder:
                         for v in range(nv):
                             acc = accs[r * nv + v]
                             T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
+        totals = self._lane_totals(accs)
         out = []
         for r, (rbuf, rpre) in enumerate(rows):
             row_out = []
             for v, (vbuf, vpre) in enumerate(vecs):
-                acc = accs[r * nv + v]
-                terms = [acc[lane] for lane in range(LANES)]
-                while len(terms) > 1:
-                    terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
-                total = terms[0]
+                total = totals[r * nv + v]
                 if n % LANES:
                     # The tail, added in order (a loop: unrolled it bloats the code).
                     tail = T.alloc_buffer((1,), self.acc)
@@ -340,9 +358,45 @@ class KernelBuilder:
             out.append(row_out)
         return out
 
+    def _lane_totals(self, accs):
+        """The sums of the lanes of each accumulator, all in one tree of vector shuffles.
+
+        Each accumulator is summed by halving: s[l] += s[l + w/2] for w = LANES, ...,
+        2, so a product's total is the same whether its accumulator is reduced alone or
+        with others.  Two vectors of g groups of width w become one vector of 2g groups
+        of width w/2 (two two-source shuffles and an add), so reducing 16 accumulators
+        costs 15 vector adds instead of 15 scalar adds each.
+        """
+        V, vt = LANES, f"{self.acc}x{LANES}"
+        # (vector, accumulator index per group or None for padding), groups of width w
+        level = [(acc.vload([0], vt), [i]) for i, acc in enumerate(accs)]
+        w = V
+        while w > 1:
+            half = w // 2
+            nxt = []
+            for i in range(0, len(level), 2):
+                p, p_ids = level[i]
+                q, q_ids = level[i + 1] if i + 1 < len(level) else (p, [None] * len(p_ids))
+                lo, hi = [], []
+                for offset, ids in ((0, p_ids), (V, q_ids)):
+                    for g in range(len(ids)):
+                        lo += [offset + g * w + k for k in range(half)]
+                        hi += [offset + g * w + half + k for k in range(half)]
+                pick = lambda idx: tirx.Shuffle([p, q], [tirx.IntImm("int32", x) for x in idx])
+                nxt.append((T.bind(pick(lo) + pick(hi)), p_ids + q_ids))
+            level, w = nxt, half
+        totals = [None] * len(accs)
+        for vec, ids in level:
+            buf = T.alloc_buffer((V,), self.acc)
+            T.buffer_store(buf, vec, [tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), V)])
+            for lane, i in enumerate(ids):
+                if i is not None:
+                    totals[i] = buf[lane]
+        return totals
+
     def input_projection(self, d, b, s, j):
         """W_j x_t + Wb_j of chain (d, b) at step s, from the projection buffer."""
-        return self.xproj[s % PROJECTION_STEPS, d, b, j]
+        return self.xproj[s % self.chunk, d, b, j]
 
     def _with_bias(self, value, d, j, which):
         """value + Wb_j (which = "W") or + Rb_j (which = "R"), when the node has B."""
@@ -412,18 +466,18 @@ class KernelBuilder:
     # -- the input projection of the unmodified kernel -------------------------------
 
     def _input_projection(self, s):
-        """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i, i < PROJECTION_STEPS.
+        """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i of a chunk.
 
         A task owns 64 rows and computes them for all those steps, four rows times four
         steps per block: its weight rows stay in cache, so W is read from memory once
-        per PROJECTION_STEPS steps.  Steps past an element's length (or the sequence)
+        per chunk.  Steps past an element's length (or the sequence)
         read a clamped position and are never used.
         """
         loop = self.loop
         nd, G = loop.num_directions, loop.rows
         per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
         ntasks = -(-G // per_task)
-        blocks = T.bind(tirx.min(i64(PROJECTION_STEPS // TIME_BLOCK),
+        blocks = T.bind(tirx.min(self.chunk // TIME_BLOCK,
                                  (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
         with T.parallel(0, nd * ntasks) as task:
             d = T.bind(task // ntasks) if nd > 1 else i64(0)
@@ -440,19 +494,48 @@ class KernelBuilder:
     # -- the tasks of one step -------------------------------------------------------
 
     def _parallel_tasks(self, s, phase):
-        """Run ``phase(d, ub, b, s)`` for every (direction, unit block, batch element).
+        """Run ``phase(d, ub, block, s)`` for every direction, unit block and block of
+        batch elements.
 
-        (Blocking four batch elements per task, so that they share weight loads, was
-        measured: 12 % faster at batch 8, but 8x the compile time.)"""
+        Memoized kernels decide per batch element, so their blocks are single elements.
+        The unmodified kernel gives a task BATCH_BLOCK elements once the batch has
+        BATCH_BLOCK - 1 (the last block's products repeat the last element, computed
+        but not stored), so that their products share the weight loads.  ``block`` is
+        (first element, elements per block, the elements whose products are computed)."""
+        if self.memo is not None:
+            self._task_loop(s, phase, 1)
+            return
+        with T.If(self.batch >= i64(BATCH_BLOCK - 1)):
+            with T.Then():
+                self._task_loop(s, phase, BATCH_BLOCK)
+            with T.Else():
+                self._task_loop(s, phase, 1)
+
+    def _task_loop(self, s, phase, nb):
         nd, nub = self.loop.num_directions, self.unit_blocks
         # Never 0, so that no division by it can trap, even hoisted out of the guard
         # for empty batches (the loop has no iteration then).
         batch = tirx.max(self.batch, i64(1))
-        with T.parallel(0, nd * nub * self.batch) as task:
-            d = T.bind(task // (nub * batch)) if nd > 1 else i64(0)
-            ub = T.bind((task // batch) % nub) if nub > 1 else i64(0)
-            b = T.bind(task % batch)
-            phase(d, ub, b, s)
+        blocks = T.bind((batch + nb - 1) // nb) if nb > 1 else batch
+        with T.parallel(0, nd * nub * blocks) as task:
+            d = T.bind(task // (nub * blocks)) if nd > 1 else i64(0)
+            ub = T.bind((task // blocks) % nub) if nub > 1 else i64(0)
+            b0 = T.bind((task % blocks) * nb)
+            if nb == 1:
+                elems = [b0]
+            else:
+                elems = [T.bind(tirx.min(b0 + i, batch - 1)) for i in range(nb)]
+            phase(d, ub, (b0, nb, elems), s)
+
+    def _each_element(self, block, body):
+        """body(b) for each element of a task's block that is in the batch (a loop, so
+        that the per-element code is emitted once)."""
+        b0, nb, _ = block
+        if nb == 1:
+            body(b0)
+            return
+        with T.serial(0, tirx.min(i64(nb), self.batch - b0)) as i:
+            body(T.bind(b0 + i))
 
     def _units(self, ub):
         """(first unit, number of units) of unit block ub."""
@@ -471,57 +554,94 @@ class KernelBuilder:
                 with T.Else():
                     invalid()
 
-    def _gru_reset_phase(self, d, ub, b, s):
+    def _gru_reset_phase(self, d, ub, block, s):
         """GRU with linear_before_reset = 0: evaluate z and r of this block's units and
         store r (.) h, which every candidate neuron of the next phase reads."""
         H = self.loop.hidden_size
         prev = s % 2
         first, count = self._units(ub)
+        self._dense_neurons(d, ub, block, s, (0, 1), self.h)
 
-        def reset(t):
-            self._directional(d, lambda dd: self.emit_neurons(
-                dd, d, ub, b, s, t, (0, 1), (self.h, (prev, d, b))))
-            with T.serial(0, count) as u:
-                k = first + u
-                pre = self.a[d, b, H + k] + self.bp[d, b, H + k]
-                r = cells.gru_reset(self.m, self.loop.activations[0], pre, self.loop.clip)
-                if not self._same_settings():
-                    r2 = cells.gru_reset(self.m, self.loop.activations[1], pre, self.loop.clip)
-                    r = tirx.Select(d == i64(0), r, r2)
-                T.buffer_store(self.rh, r * self.h[prev, d, b, k], [d, b, k])
+        def element(b):
+            def reset(t):
+                if self.memo is not None:
+                    self._directional(d, lambda dd: self.emit_neurons(
+                        dd, d, ub, b, s, t, (0, 1), (self.h, (prev, d, b))))
+                with T.serial(0, count) as u:
+                    k = first + u
+                    pre = self.a[d, b, H + k] + self.bp[d, b, H + k]
+                    r = cells.gru_reset(self.m, self.loop.activations[0], pre, self.loop.clip)
+                    if not self._same_settings():
+                        r2 = cells.gru_reset(self.m, self.loop.activations[1], pre, self.loop.clip)
+                        r = tirx.Select(d == i64(0), r, r2)
+                    T.buffer_store(self.rh, r * self.h[prev, d, b, k], [d, b, k])
 
-        self._if_valid(d, b, s, reset)
+            self._if_valid(d, b, s, reset)
 
-    def _main_phase(self, d, ub, b, s):
+        self._each_element(block, element)
+
+    def _main_phase(self, d, ub, block, s):
         """Evaluate this block's (remaining) neurons and update its units' state."""
         loop = self.loop
         prev, nxt = s % 2, (s + 1) % 2
         first, count = self._units(ub)
+        if self._gru_reset_first:
+            self._dense_neurons(d, ub, block, s, (2,), self.rh)
+        else:
+            self._dense_neurons(d, ub, block, s, tuple(range(loop.num_gates)), self.h)
 
-        def update(t):
-            def emit(dd):
-                if self._gru_reset_first:
-                    self.emit_neurons(dd, d, ub, b, s, t, (2,), (self.rh, (d, b)))
-                else:
-                    self.emit_neurons(dd, d, ub, b, s, t, tuple(range(loop.num_gates)),
-                                      (self.h, (prev, d, b)))
+        def element(b):
+            def update(t):
+                def emit(dd):
+                    if self.memo is not None:
+                        if self._gru_reset_first:
+                            self.emit_neurons(dd, d, ub, b, s, t, (2,), (self.rh, (d, b)))
+                        else:
+                            self.emit_neurons(dd, d, ub, b, s, t, tuple(range(loop.num_gates)),
+                                              (self.h, (prev, d, b)))
+                    with T.serial(0, count) as u:
+                        self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
+
+                self._directional(d, emit)
                 with T.serial(0, count) as u:
-                    self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
+                    k = first + u
+                    self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
 
-            self._directional(d, emit)
-            with T.serial(0, count) as u:
-                k = first + u
-                self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
+            def carry():
+                # Past this element's length: carry the state, Y is zero (the same
+                # positions for both directions).
+                with T.serial(0, count) as u:
+                    k = first + u
+                    T.buffer_store(self.h, self.h[prev, d, b, k], [nxt, d, b, k])
+                    T.buffer_store(self.Y, tirx.const(0.0, loop.dtype), [s, d, b, k])
 
-        def carry():
-            # Past this element's length: carry the state, Y is zero (the same positions
-            # for both directions).
-            with T.serial(0, count) as u:
-                k = first + u
-                T.buffer_store(self.h, self.h[prev, d, b, k], [nxt, d, b, k])
-                T.buffer_store(self.Y, tirx.const(0.0, loop.dtype), [s, d, b, k])
+            self._if_valid(d, b, s, update, carry)
 
-        self._if_valid(d, b, s, update, carry)
+        self._each_element(block, element)
+
+    def _dense_neurons(self, d, ub, block, s, gates, u_buf):
+        """Unmodified kernel: evaluate the neurons of unit block ub in ``gates`` for the
+        task's batch elements together, reading u from ``u_buf`` (h of the previous step
+        or r (.) h).  Elements past their length are computed too (their values are
+        never used), so that the block's products stay together."""
+        if self.memo is not None:
+            return
+        H = self.loop.hidden_size
+        first, count = self._units(ub)
+        chains = []
+        for b in block[2]:
+            prefix = (s % 2, d, b) if u_buf is self.h else (d, b)
+            chains.append((b, (u_buf, prefix)))
+        for g in gates:
+            self._dense_rows(d, None, first + g * H, count, None, "projection", step=s, chains=chains)
+
+        def count_element(b):
+            with T.If(s < self.lengths[b]):
+                with T.Then():
+                    for g in gates:
+                        self._count(d, b, ub, g, computed=count)
+
+        self._each_element(block, count_element)
 
     def _cell_update(self, acts, d, b, k, prev, nxt):
         loop, m, H = self.loop, self.m, self.loop.hidden_size
@@ -555,13 +675,6 @@ class KernelBuilder:
         """Evaluate the neurons of unit block ub in ``gates`` for chain (d, b) at step s:
         fill input_part (from the projection, or W_j x_t + Wb_j) and recurrent_part
         (R_j u + Rb_j, u given by ``u_ref``)."""
-        H = self.loop.hidden_size
-        first, count = self._units(ub)
-        if self.memo is None:
-            for g in gates:
-                self._dense_rows(d, b, first + g * H, count, u_ref, "projection", step=s)
-                self._count(d, b, ub, g, computed=count)
-            return
         if self.delta:
             self._delta_neurons(d, ub, b, s, t, gates, u_ref)
             return
@@ -623,30 +736,34 @@ class KernelBuilder:
                         reused=count * (i64(D + H) - sent_count[0]))
 
     def _dense_rows(self, d, b, base, count, u_ref, input_from, x_ref=None, rows_buf=None,
-                    a_out=None, b_out=None, step=None):
+                    a_out=None, b_out=None, step=None, chains=None):
         """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
-        chain (d, b), four at a time.  The input part comes from the input projection
-        (unmodified and predictor kernels) or is computed from ``x_ref`` (oracle).
-        Results go to input_part/recurrent_part or to the ``a_out``/``b_out`` buffers."""
+        chain (d, b), or of every (b, u_ref) of ``chains`` together, four at a time.
+        The input part comes from the input projection (unmodified and predictor
+        kernels) or is computed from ``x_ref`` (oracle).  Results go to
+        input_part/recurrent_part or to the ``a_out``/``b_out`` buffers."""
         loop = self.loop
         a_out = self.a if a_out is None else a_out
         b_out = self.bp if b_out is None else b_out
+        chains = [(b, u_ref)] if chains is None else chains
 
         def rows_at(i0, n):
             js = []
             for r in range(n):
                 idx = base + i0 + r
                 js.append(T.bind(rows_buf[idx]) if rows_buf is not None else idx)
-            rec = self.multi_dot([(self.R, (d, j)) for j in js], [u_ref], loop.hidden_size)
+            rec = self.multi_dot([(self.R, (d, j)) for j in js], [ref for _, ref in chains],
+                                 loop.hidden_size)
             if input_from == "x":
                 inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
             for r, j in enumerate(js):
-                if input_from == "x":
-                    a_val = self._with_bias(inp[r][0], d, j, "W")
-                else:
-                    a_val = self.input_projection(d, b, step, j)
-                T.buffer_store(a_out, a_val, [d, b, j])
-                T.buffer_store(b_out, self._with_bias(rec[r][0], d, j, "R"), [d, b, j])
+                for c, (cb, _) in enumerate(chains):
+                    if input_from == "x":
+                        a_val = self._with_bias(inp[r][0], d, j, "W")
+                    else:
+                        a_val = self.input_projection(d, cb, step, j)
+                    T.buffer_store(a_out, a_val, [d, cb, j])
+                    T.buffer_store(b_out, self._with_bias(rec[r][c], d, j, "R"), [d, cb, j])
 
         self._in_row_blocks(i64(0), count, rows_at)
 

@@ -42,6 +42,42 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
+# The recurrent kernels are plain loops whose buffers have their exact sizes; the
+# compaction pass only re-derives that, and on their many small vector accumulators it
+# takes over half of the compile time.
+_KERNEL_SKIPPED_PASSES = ["s_tir.CompactBufferAllocation"]
+
+
+def _tir_pipeline():
+    """TVM's S-TIR pipeline, with :data:`_KERNEL_SKIPPED_PASSES` left out for the
+    recurrent-loop kernels (functions with the ``memotvm.recurrent`` attribute).
+    Registered as the TIR pipeline "memotvm"."""
+    default, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
+
+    def is_kernel(func):
+        return isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None \
+            and "memotvm.recurrent" in func.attrs
+
+    @tvm.transform.module_pass(opt_level=0, name="MemotvmTirPipeline")
+    def _pipeline(mod, _ctx):
+        kernels = {gv: f for gv, f in mod.functions_items() if is_kernel(f)}
+        if not kernels:
+            return default(mod)
+        others = {gv: f for gv, f in mod.functions_items() if gv not in kernels}
+        outer = tvm.transform.PassContext.current()
+        with tvm.transform.PassContext(opt_level=outer.opt_level, config=outer.config,
+                                       disabled_pass=list(outer.disabled_pass) + _KERNEL_SKIPPED_PASSES):
+            lowered = default(tvm.IRModule(kernels, attrs=mod.attrs))
+        if others:
+            lowered.update(default(tvm.IRModule(others, attrs=mod.attrs)))
+        return lowered
+
+    return _pipeline, finalize_host, finalize_device
+
+
+tvm.tirx.register_tir_pipeline("memotvm", _tir_pipeline)
+
+
 class CpuBackend(Backend):
     name = "cpu"
     description = "LLVM code for the host CPU, run by the Relax VM"
@@ -51,7 +87,8 @@ class CpuBackend(Backend):
             raise ConfigError(f"target 'cpu' takes no option(s) {', '.join(sorted(options))}")
         target = host_target()
         with tvm.transform.PassContext(opt_level=3):
-            executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+            executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target),
+                                     tir_pipeline="memotvm")
         device = tvm.cpu()
 
         def make_session():
