@@ -48,6 +48,9 @@ class Predictor:
     # "memo" (neuron-level memoization) or "delta" (delta execution: counts are
     # multiply-adds, not neuron evaluations)
     scheme = "memo"
+    # True: the kernel keeps the packed sign bits of x, h (and r (.) h) for it
+    # (``kb.sign_bits(ref)``), each packed once instead of by every task.
+    reads_signs = False
 
     def weight_data(self, loop, W, R) -> dict:
         return {}
@@ -126,6 +129,7 @@ class BnnPredictor(Predictor):
     name = "bnn"
     floor = 1.0
     q_dtype = "int32"
+    reads_signs = True
 
     def weight_data(self, loop, W, R):
         return {"W_signs": pack_signs(np.asarray(W)), "R_signs": pack_signs(np.asarray(R))}
@@ -137,22 +141,17 @@ class BnnPredictor(Predictor):
         kb.RS = kb.param("R_signs", (nd, G, words(loop.hidden_size)), "uint64")
 
     def prepare(self, kb, d, b, s, x_ref, u_ref):
-        loop = kb.loop
-        x_bits = T.alloc_buffer((words(loop.input_size),), "uint64")
-        u_bits = T.alloc_buffer((words(loop.hidden_size),), "uint64")
-        kb.pack_signs(x_ref[0], x_ref[1], loop.input_size, x_bits)
-        kb.pack_signs(u_ref[0], u_ref[1], loop.hidden_size, u_bits)
-        return x_bits, u_bits
+        return kb.sign_bits(x_ref), kb.sign_bits(u_ref)
 
     def value(self, kb, d, j, state):
-        x_bits, u_bits = state
+        (x_bits, x_pre), (u_bits, u_pre) = state
         loop = kb.loop
         D, H = loop.input_size, loop.hidden_size
         diff = tirx.const(0, "uint64")
         for w in range(words(D)):
-            diff = diff + tirx.popcount(kb.WS[d, j, w] ^ x_bits[w])
+            diff = diff + tirx.popcount(kb.WS[d, j, w] ^ x_bits[x_pre + (w,)])
         for w in range(words(H)):
-            diff = diff + tirx.popcount(kb.RS[d, j, w] ^ u_bits[w])
+            diff = diff + tirx.popcount(kb.RS[d, j, w] ^ u_bits[u_pre + (w,)])
         return T.bind(tirx.const(D + H, "int32") - 2 * tirx.Cast("int32", diff))
 
     def reference(self, data, d, rows, x, u, a):

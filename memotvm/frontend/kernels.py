@@ -215,6 +215,15 @@ class KernelBuilder:
             self.delta_idx = _named("delta_columns", T.alloc_buffer((nd, batch, self.unit_blocks, n), "int64"))
             self.delta_val = _named("delta_values", T.alloc_buffer((nd, batch, self.unit_blocks, n), acc))
         elif self.memo is not None:
+            if self._signs:
+                # Sign bits of every input vector, packed once: x for all positions up
+                # front, h (by step parity) and r (.) h by the task that computes their
+                # units, one 64-bit word per unit block.
+                D = loop.input_size
+                self.x_signs = _named("x_signs", T.alloc_buffer((self.seq, batch, words(D)), "uint64"))
+                self.h_signs = _named("h_signs", T.alloc_buffer((2, nd, batch, words(H)), "uint64"))
+                if self._gru_reset_first:
+                    self.rh_signs = _named("reset_h_signs", T.alloc_buffer((nd, batch, words(H)), "uint64"))
             qtype = self.predictor.q_dtype if self.predictor is not None else acc
             self.memo_q = _named("memo_q", T.alloc_buffer((nd, batch, G), qtype))
             if self.predictor is None:
@@ -237,6 +246,45 @@ class KernelBuilder:
         """The input parts come from the projection of all steps (not for the oracle,
         which computes them per neuron, nor for delta execution, which updates them)."""
         return self.memo is None or (self.predictor is not None and not self.delta)
+
+    @property
+    def _signs(self):
+        """Whether the predictor reads the sign bits of the input vectors."""
+        return self.predictor is not None and self.predictor.reads_signs
+
+    def sign_bits(self, ref):
+        """The packed sign bits (buffer, index prefix) of the vector ``ref`` (x_t, h or
+        r (.) h, as a (buffer, prefix) pair)."""
+        buf, prefix = ref
+        if buf is self.X:
+            return self.x_signs, prefix
+        if buf is self.h:
+            return self.h_signs, prefix
+        return self.rh_signs, prefix
+
+    def _pack_unit_signs(self, src, src_prefix, dst, dst_prefix, ub):
+        """Word ub of dst = the sign bits of the units of block ub (a block is one
+        64-bit word: UNIT_BLOCK is 64, or H when smaller)."""
+        assert self.unit_block == WORD_BITS or self.unit_blocks == 1
+        first, count = self._units(ub)
+        word = T.alloc_buffer((1,), "uint64")
+        T.buffer_store(word, tirx.const(0, "uint64"), [0])
+        with T.serial(0, count) as u:
+            neg = src[src_prefix + (first + u,)] < self.m.const(0.0)
+            bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
+            T.buffer_store(word, word[0] | (bit << tirx.Cast("uint64", u)), [0])
+        T.buffer_store(dst, word[0], list(dst_prefix) + [ub])
+
+    def _pack_input_signs(self):
+        """x_signs[t, b] = the sign bits of X[t, b], for every position (in parallel)."""
+        D = self.loop.input_size
+        with T.parallel(0, self.seq * self.batch) as i:
+            t = T.bind(i // self.batch)
+            b = T.bind(i % self.batch)
+            bits = T.alloc_buffer((words(D),), "uint64")
+            self.pack_signs(self.X, (t, b), D, bits)
+            with T.serial(0, words(D)) as w:
+                T.buffer_store(self.x_signs, bits[w], [t, b, w])
 
     @property
     def _gru_reset_first(self):
@@ -267,6 +315,11 @@ class KernelBuilder:
                     T.buffer_store(self.counts, i64(0), [d, b, ub, g])
                 if self.delta:
                     self._initialise_delta(d, b)
+                if self._signs:
+                    with T.serial(0, self.unit_blocks) as ub:
+                        self._pack_unit_signs(self.h, (0, d, b), self.h_signs, (0, d, b), ub)
+        if self._signs:
+            self._pack_input_signs()
 
     def _initialise_delta(self, d, b):
         """Parts start from the biases, transmitted copies from 0."""
@@ -575,6 +628,8 @@ class KernelBuilder:
                         r2 = cells.gru_reset(self.m, self.loop.activations[1], pre, self.loop.clip)
                         r = tirx.Select(d == i64(0), r, r2)
                     T.buffer_store(self.rh, r * self.h[prev, d, b, k], [d, b, k])
+                if self._signs:
+                    self._pack_unit_signs(self.rh, (d, b), self.rh_signs, (d, b), ub)
 
             self._if_valid(d, b, s, reset)
 
@@ -606,6 +661,8 @@ class KernelBuilder:
                 with T.serial(0, count) as u:
                     k = first + u
                     self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
+                if self._signs:
+                    self._pack_unit_signs(self.h, (nxt, d, b), self.h_signs, (nxt, d, b), ub)
 
             def carry():
                 # Past this element's length: carry the state, Y is zero (the same
@@ -614,6 +671,8 @@ class KernelBuilder:
                     k = first + u
                     T.buffer_store(self.h, self.h[prev, d, b, k], [nxt, d, b, k])
                     T.buffer_store(self.Y, tirx.const(0.0, loop.dtype), [s, d, b, k])
+                if self._signs:
+                    T.buffer_store(self.h_signs, self.h_signs[prev, d, b, ub], [nxt, d, b, ub])
 
             self._if_valid(d, b, s, update, carry)
 
