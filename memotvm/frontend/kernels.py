@@ -6,7 +6,8 @@ pass relies on and what makes it fast on a CPU:
 * the time loop is serial; inside a step the work is split into *tasks*, one per
   (direction, block of hidden units, batch element), which are independent within a
   step and run in parallel (at batch 1 both directions and all unit blocks still give
-  the cores work);
+  the cores work); in the unmodified kernel a task takes a block of BATCH_BLOCK batch
+  elements, whose recurrent products share every weight load;
 * a task evaluates the neurons (gate rows) of its units, then applies the cell update
   of :mod:`memotvm.cells` to them; h is double-buffered (read step s-1, write step s);
 * each neuron's dot products live in two persistent buffers, ``input_part``
@@ -63,6 +64,8 @@ PROJECTION_BYTES = 16 << 20
 MIN_PROJECTION_STEPS = 32
 # Hidden units per task.
 UNIT_BLOCK = 64
+# Activations whose float32 form calls a math function (not vectorized).
+SCALAR_ACTIVATIONS = {"Softplus"}
 # Batch elements whose recurrent products one task of the unmodified kernel computes
 # together (they share every weight load), from a batch of BATCH_BLOCK - 1 on.
 BATCH_BLOCK = 4
@@ -82,7 +85,15 @@ class MemoPlan:
 
 
 class TirMath:
-    """The :mod:`memotvm.cells` math backend that emits TIR expressions."""
+    """The :mod:`memotvm.cells` math backend that emits TIR expressions.
+
+    In float32, exp, sigmoid and tanh are written out as arithmetic (Cephes' expf:
+    range reduction and a degree-6 polynomial, within 2 ulp) so that the cell-update
+    loops vectorize: LLVM's exp intrinsic becomes one libm call per element, which made
+    the cell update the largest cost of small layers at large batches.  sigmoid and tanh
+    keep the formulas TVM's own lowering uses (1 / (1 + e^-x); (1 - e) / (1 + e) with
+    e = e^(-2|x|), sign restored).  float64 keeps TVM's intrinsics.
+    """
 
     def __init__(self, dtype: str):
         self.dtype = dtype
@@ -96,11 +107,38 @@ class TirMath:
     maximum = staticmethod(tirx.max)
     minimum = staticmethod(tirx.min)
     where = staticmethod(tirx.Select)
-    tanh = staticmethod(tirx.tanh)
-    sigmoid = staticmethod(tirx.sigmoid)
-    exp = staticmethod(tirx.exp)
     abs = staticmethod(tirx.abs)
     log1p = staticmethod(tirx.log1p)
+
+    def exp(self, x):
+        if self.dtype != "float32":
+            return tirx.exp(x)
+        c = self.const
+        x = T.bind(tirx.min(tirx.max(x, c(-87.0)), c(88.0)))
+        n = T.bind(tirx.floor(x * c(1.44269504088896341) + c(0.5)))
+        r = T.bind(x - n * c(0.693359375) - n * c(-2.12194440e-4))
+        p = c(1.9875691500e-4)
+        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                     5.0000001201e-1):
+            p = p * r + c(coef)
+        p = p * r * r + r + c(1.0)
+        # 2^n from its exponent bits (n lies in [-126, 127] after the clamp).
+        bits = (tirx.Cast("int32", n) + tirx.const(127, "int32")) << tirx.const(23, "int32")
+        return p * tirx.reinterpret("float32", bits)
+
+    def sigmoid(self, x):
+        if self.dtype != "float32":
+            return tirx.sigmoid(x)
+        one = self.const(1.0)
+        return one / (one + self.exp(-x))
+
+    def tanh(self, x):
+        if self.dtype != "float32":
+            return tirx.tanh(x)
+        one = self.const(1.0)
+        e = T.bind(self.exp(self.const(-2.0) * tirx.abs(x)))
+        t = (one - e) / (one + e)
+        return tirx.Select(x >= self.const(0.0), t, -t)
 
 
 def i64(v):
@@ -590,6 +628,17 @@ class KernelBuilder:
         with T.serial(0, tirx.min(i64(nb), self.batch - b0)) as i:
             body(T.bind(b0 + i))
 
+    def _unit_loop(self, count):
+        """The loop over a block's units: vectorized when every block is whole and the
+        gate math is plain float32 arithmetic.  (Calls such as log1p, or float64's
+        exp, would be scalarized inside the vector loop, and TVM's vectorizer then
+        loses the bindings of the cell math.)"""
+        acts = {act.name for per_dir in self.loop.activations for act in per_dir}
+        if self.loop.hidden_size % self.unit_block == 0 and self.acc == "float32" \
+                and not acts & SCALAR_ACTIVATIONS:
+            return T.vectorized(0, self.unit_block)
+        return T.serial(0, count)
+
     def _units(self, ub):
         """(first unit, number of units) of unit block ub."""
         U, H = self.unit_block, self.loop.hidden_size
@@ -620,7 +669,7 @@ class KernelBuilder:
                 if self.memo is not None:
                     self._directional(d, lambda dd: self.emit_neurons(
                         dd, d, ub, b, s, t, (0, 1), (self.h, (prev, d, b))))
-                with T.serial(0, count) as u:
+                with self._unit_loop(count) as u:
                     k = first + u
                     pre = self.a[d, b, H + k] + self.bp[d, b, H + k]
                     r = cells.gru_reset(self.m, self.loop.activations[0], pre, self.loop.clip)
@@ -654,11 +703,11 @@ class KernelBuilder:
                         else:
                             self.emit_neurons(dd, d, ub, b, s, t, tuple(range(loop.num_gates)),
                                               (self.h, (prev, d, b)))
-                    with T.serial(0, count) as u:
+                    with self._unit_loop(count) as u:
                         self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
 
                 self._directional(d, emit)
-                with T.serial(0, count) as u:
+                with self._unit_loop(count) as u:
                     k = first + u
                     self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
                 if self._signs:
