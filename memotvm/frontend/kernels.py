@@ -300,18 +300,23 @@ class KernelBuilder:
             return self.h_signs, prefix
         return self.rh_signs, prefix
 
-    def _pack_unit_signs(self, src, src_prefix, dst, dst_prefix, ub):
-        """Word ub of dst = the sign bits of the units of block ub (a block is one
-        64-bit word: UNIT_BLOCK is 64, or H when smaller)."""
-        assert self.unit_block == WORD_BITS or self.unit_blocks == 1
-        first, count = self._units(ub)
+    def _pack_word(self, src, src_prefix, first, count, dst, dst_idx):
+        """dst[dst_idx] = the sign bits of src[src_prefix + (first + l,)], l < count
+        (bit l = 1 where negative; bits from count on are 0)."""
         word = T.alloc_buffer((1,), "uint64")
         T.buffer_store(word, tirx.const(0, "uint64"), [0])
-        with T.serial(0, count) as u:
-            neg = src[src_prefix + (first + u,)] < self.m.const(0.0)
+        with T.serial(0, count) as l:
+            neg = self.load(src, src_prefix + (first + l,)) < self.m.const(0.0)
             bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
-            T.buffer_store(word, word[0] | (bit << tirx.Cast("uint64", u)), [0])
-        T.buffer_store(dst, word[0], list(dst_prefix) + [ub])
+            T.buffer_store(word, word[0] | (bit << tirx.Cast("uint64", l)), [0])
+        T.buffer_store(dst, word[0], list(dst_idx))
+
+    def _pack_unit_signs(self, src, dst, prefix, ub):
+        """Word ub of dst[prefix] = the sign bits of the units of block ub of
+        src[prefix] (a block is one 64-bit word: UNIT_BLOCK is 64, or H when smaller)."""
+        assert self.unit_block == WORD_BITS or self.unit_blocks == 1
+        first, count = self._units(ub)
+        self._pack_word(src, prefix, first, count, dst, prefix + (ub,))
 
     def _pack_input_signs(self):
         """x_signs[t, b] = the sign bits of X[t, b], for every position (in parallel)."""
@@ -319,10 +324,9 @@ class KernelBuilder:
         with T.parallel(0, self.seq * self.batch) as i:
             t = T.bind(i // self.batch)
             b = T.bind(i % self.batch)
-            bits = T.alloc_buffer((words(D),), "uint64")
-            self.pack_signs(self.X, (t, b), D, bits)
             with T.serial(0, words(D)) as w:
-                T.buffer_store(self.x_signs, bits[w], [t, b, w])
+                count = tirx.min(i64(WORD_BITS), i64(D) - w * WORD_BITS)
+                self._pack_word(self.X, (t, b), w * WORD_BITS, count, self.x_signs, (t, b, w))
 
     @property
     def _gru_reset_first(self):
@@ -355,7 +359,7 @@ class KernelBuilder:
                     self._initialise_delta(d, b)
                 if self._signs:
                     with T.serial(0, self.unit_blocks) as ub:
-                        self._pack_unit_signs(self.h, (0, d, b), self.h_signs, (0, d, b), ub)
+                        self._pack_unit_signs(self.h, self.h_signs, (0, d, b), ub)
         if self._signs:
             self._pack_input_signs()
 
@@ -662,13 +666,14 @@ class KernelBuilder:
         H = self.loop.hidden_size
         prev = s % 2
         first, count = self._units(ub)
-        self._dense_neurons(d, ub, block, s, (0, 1), self.h)
+        if self.memo is None:
+            self._dense_neurons(d, ub, block, s, (0, 1), self.h)
 
         def element(b):
             def reset(t):
                 if self.memo is not None:
                     self._directional(d, lambda dd: self.emit_neurons(
-                        dd, d, ub, b, s, t, (0, 1), (self.h, (prev, d, b))))
+                        dd, d, ub, b, s, t, (0, 1), self._u_ref(self.h, d, b, s)))
                 with self._unit_loop(count) as u:
                     k = first + u
                     pre = self.a[d, b, H + k] + self.bp[d, b, H + k]
@@ -678,7 +683,7 @@ class KernelBuilder:
                         r = tirx.Select(d == i64(0), r, r2)
                     T.buffer_store(self.rh, r * self.h[prev, d, b, k], [d, b, k])
                 if self._signs:
-                    self._pack_unit_signs(self.rh, (d, b), self.rh_signs, (d, b), ub)
+                    self._pack_unit_signs(self.rh, self.rh_signs, (d, b), ub)
 
             self._if_valid(d, b, s, reset)
 
@@ -689,20 +694,16 @@ class KernelBuilder:
         loop = self.loop
         prev, nxt = s % 2, (s + 1) % 2
         first, count = self._units(ub)
-        if self._gru_reset_first:
-            self._dense_neurons(d, ub, block, s, (2,), self.rh)
-        else:
-            self._dense_neurons(d, ub, block, s, tuple(range(loop.num_gates)), self.h)
+        # GRU with linear_before_reset = 0: the candidate gate is left, and reads r (.) h.
+        gates, u_buf = ((2,), self.rh) if self._gru_reset_first else (tuple(range(loop.num_gates)), self.h)
+        if self.memo is None:
+            self._dense_neurons(d, ub, block, s, gates, u_buf)
 
         def element(b):
             def update(t):
                 def emit(dd):
                     if self.memo is not None:
-                        if self._gru_reset_first:
-                            self.emit_neurons(dd, d, ub, b, s, t, (2,), (self.rh, (d, b)))
-                        else:
-                            self.emit_neurons(dd, d, ub, b, s, t, tuple(range(loop.num_gates)),
-                                              (self.h, (prev, d, b)))
+                        self.emit_neurons(dd, d, ub, b, s, t, gates, self._u_ref(u_buf, d, b, s))
                     with self._unit_loop(count) as u:
                         self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
 
@@ -711,7 +712,7 @@ class KernelBuilder:
                     k = first + u
                     self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
                 if self._signs:
-                    self._pack_unit_signs(self.h, (nxt, d, b), self.h_signs, (nxt, d, b), ub)
+                    self._pack_unit_signs(self.h, self.h_signs, (nxt, d, b), ub)
 
             def carry():
                 # Past this element's length: carry the state, Y is zero (the same
@@ -732,16 +733,11 @@ class KernelBuilder:
         task's batch elements together, reading u from ``u_buf`` (h of the previous step
         or r (.) h).  Elements past their length are computed too (their values are
         never used), so that the block's products stay together."""
-        if self.memo is not None:
-            return
         H = self.loop.hidden_size
         first, count = self._units(ub)
-        chains = []
-        for b in block[2]:
-            prefix = (s % 2, d, b) if u_buf is self.h else (d, b)
-            chains.append((b, (u_buf, prefix)))
+        chains = [(b, self._u_ref(u_buf, d, b, s)) for b in block[2]]
         for g in gates:
-            self._dense_rows(d, None, first + g * H, count, None, "projection", step=s, chains=chains)
+            self._dense_rows(d, chains, first + g * H, count, "projection", step=s)
 
         def count_element(b):
             with T.If(s < self.lengths[b]):
@@ -750,6 +746,11 @@ class KernelBuilder:
                         self._count(d, b, ub, g, computed=count)
 
         self._each_element(block, count_element)
+
+    def _u_ref(self, u_buf, d, b, s):
+        """(buffer, prefix) of the vector the recurrent products of chain (d, b) read at
+        step s: h of the previous step, or r (.) h."""
+        return (u_buf, (s % 2, d, b) if u_buf is self.h else (d, b))
 
     def _cell_update(self, acts, d, b, k, prev, nxt):
         loop, m, H = self.loop, self.m, self.loop.hidden_size
@@ -843,17 +844,16 @@ class KernelBuilder:
             self._count(d, b, ub, g, computed=count * sent_count[0],
                         reused=count * (i64(D + H) - sent_count[0]))
 
-    def _dense_rows(self, d, b, base, count, u_ref, input_from, x_ref=None, rows_buf=None,
-                    a_out=None, b_out=None, step=None, chains=None):
+    def _dense_rows(self, d, chains, base, count, input_from, x_ref=None, rows_buf=None,
+                    a_out=None, b_out=None, step=None):
         """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
-        chain (d, b), or of every (b, u_ref) of ``chains`` together, four at a time.
+        the chains (d, b) of ``chains``, (b, u_ref) pairs, together, four at a time.
         The input part comes from the input projection (unmodified and predictor
         kernels) or is computed from ``x_ref`` (oracle).  Results go to
         input_part/recurrent_part or to the ``a_out``/``b_out`` buffers."""
         loop = self.loop
         a_out = self.a if a_out is None else a_out
         b_out = self.bp if b_out is None else b_out
-        chains = [(b, u_ref)] if chains is None else chains
 
         def rows_at(i0, n):
             js = []
@@ -882,15 +882,6 @@ class KernelBuilder:
                 T.buffer_store(self.counts, cur + n, [d, b, ub, g * 2 + slot])
 
     # -- memoization (see ../shared/MEMO_SPEC.md) ------------------------------------
-
-    def pack_signs(self, buf, prefix, n, bits):
-        """bits[w] bit l = 1 where buf[prefix + (64 w + l,)] < 0; padding bits stay 0."""
-        with T.serial(0, words(n)) as w:
-            T.buffer_store(bits, tirx.const(0, "uint64"), [w])
-            with T.serial(0, tirx.min(i64(WORD_BITS), i64(n) - w * WORD_BITS)) as l:
-                neg = self.load(buf, prefix + (w * WORD_BITS + l,)) < self.m.const(0.0)
-                bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
-                T.buffer_store(bits, bits[w] | (bit << tirx.Cast("uint64", l)), [w])
 
     @staticmethod
     def _small_change(q, qm, thr, floor):
@@ -932,7 +923,7 @@ class KernelBuilder:
                             T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
                 self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
             n = T.bind(ntodo[0])
-            self._dense_rows(d, b, i64(0), n, u_ref, "projection", step=s, rows_buf=todo)
+            self._dense_rows(d, [(b, u_ref)], i64(0), n, "projection", step=s, rows_buf=todo)
         else:
             # Oracle: compute every neuron, keep the cached values where the true
             # pre-activation changed little.
@@ -942,7 +933,7 @@ class KernelBuilder:
                     T.buffer_store(todo, g * H + first + u, [ntodo[0]])
                     T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
             n = T.bind(ntodo[0])
-            self._dense_rows(d, b, i64(0), n, u_ref, "x", x_ref=x_ref, rows_buf=todo,
+            self._dense_rows(d, [(b, u_ref)], i64(0), n, "x", x_ref=x_ref, rows_buf=todo,
                              a_out=new_a, b_out=new_b)
             for g in gates:
                 reused = T.alloc_buffer((1,), "int64")
