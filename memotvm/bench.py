@@ -184,9 +184,15 @@ def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
     pred = get_predictor(predictor)
     out = {}
     for loop in loops:
-        nd, G = loop.num_directions, loop.rows
-        # cached input_part and recurrent_part (float32) and memo_q (4 bytes) per neuron
-        table = nd * batch * G * (4 + 4 + 4)
+        nd, G, D, H = loop.num_directions, loop.rows, loop.input_size, loop.hidden_size
+        if pred is not None and pred.scheme == "delta":
+            # the parts (float32) per neuron, the last sent copies of x, h (and r (.) h)
+            # for two step parities, the step's lists of x and u (index, change)
+            vectors = D + H + (H if loop.op == "GRU" and not loop.linear_before_reset else 0)
+            table = nd * batch * (G * 8 + 2 * 4 * vectors + 2 * max(D, H) * (8 + 4))
+        else:
+            # cached input_part and recurrent_part (float32) and memo_q (4 bytes) per neuron
+            table = nd * batch * G * (4 + 4 + 4)
         weights = nd * G * (loop.input_size + loop.hidden_size) * 4
         data = pred.data_bytes(loop) if pred is not None else 0
         cost = pred.extra_cost(loop) if pred is not None else 0

@@ -197,8 +197,13 @@ class KernelBuilder:
                 with T.If(s % self.chunk == 0):
                     with T.Then():
                         self._input_projection(s)
+            if self.delta:
+                self._parallel_tasks(s, self._delta_selection(self.h), units=2)
             if self._gru_reset_first:
                 self._parallel_tasks(s, self._gru_reset_phase)
+                if self.delta:
+                    # The candidate reads r (.) h, complete only now.
+                    self._parallel_tasks(s, self._delta_selection(self.rh, first_part=1), units=1)
             self._parallel_tasks(s, self._main_phase)
 
     @staticmethod
@@ -269,9 +274,17 @@ class KernelBuilder:
             self.sent_h = _named("sent_h", T.alloc_buffer((2, nd, batch, H), acc))
             if self._gru_reset_first:
                 self.sent_rh = _named("sent_rh", T.alloc_buffer((2, nd, batch, H), acc))
+            # The step's transmissions of x (part 0) and u (part 1), found once per block
+            # of batch elements: the listed components (at the block's first element),
+            # their changes per element (0 where an element did not transmit; the
+            # rows of a block's repeated last elements are the padding) and how many
+            # each element transmitted.
             n = max(D, H)
-            self.delta_idx = _named("delta_columns", T.alloc_buffer((nd, batch, self.unit_blocks, n), "int64"))
-            self.delta_val = _named("delta_values", T.alloc_buffer((nd, batch, self.unit_blocks, n), acc))
+            self.delta_idx = _named("delta_columns", T.alloc_buffer((nd, batch, 2, n), "int64"))
+            self.delta_len = _named("delta_listed", T.alloc_buffer((nd, batch, 2), "int64"))
+            self.delta_val = _named("delta_values", T.alloc_buffer(
+                (nd, batch + BATCH_BLOCK - 1, 2, n), acc))
+            self.delta_sent = _named("delta_sent", T.alloc_buffer((nd, batch, 2), "int64"))
         elif self.memo is not None:
             if self._signs:
                 # Sign bits of every input vector, packed once: x for all positions up
@@ -608,34 +621,43 @@ class KernelBuilder:
 
     # -- the tasks of one step -------------------------------------------------------
 
-    def _parallel_tasks(self, s, phase):
-        """Run ``phase(d, ub, block, s)`` for every direction, unit block and block of
-        batch elements.
+    def _parallel_tasks(self, s, phase, units=None):
+        """Run ``phase(d, ub, block, s)`` for every direction, unit block (or ``ub`` <
+        ``units``) and block of batch elements.
 
         Memoized kernels decide per batch element, so their blocks are single elements.
-        The unmodified kernel gives a task BATCH_BLOCK elements once the batch has
-        BATCH_BLOCK - 1 (the last block's products repeat the last element, computed
-        but not stored), so that their products share the weight loads.  ``block`` is
+        The unmodified and delta kernels give a task BATCH_BLOCK elements once the
+        batch has BATCH_BLOCK - 1 (the last block repeats the last element, computed
+        but not stored), so that their products (column updates) share the weight
+        loads.  ``block`` is
         (first element, elements per block, the elements whose products are computed)."""
-        if self.memo is not None:
-            self._task_loop(s, phase, 1)
+        if self.memo is not None and not self.delta:
+            self._task_loop(s, phase, 1, units)
             return
         with T.If(self.batch >= i64(BATCH_BLOCK - 1)):
             with T.Then():
-                self._task_loop(s, phase, BATCH_BLOCK)
+                self._task_loop(s, phase, BATCH_BLOCK, units)
             with T.Else():
-                self._task_loop(s, phase, 1)
+                self._task_loop(s, phase, 1, units)
 
-    def _task_loop(self, s, phase, nb):
-        nd, nub = self.loop.num_directions, self.unit_blocks
+    def _task_loop(self, s, phase, nb, units):
+        nd = self.loop.num_directions
+        nub = self.unit_blocks if units is None else units
         # Never 0, so that no division by it can trap, even hoisted out of the guard
         # for empty batches (the loop has no iteration then).
         batch = tirx.max(self.batch, i64(1))
         blocks = T.bind((batch + nb - 1) // nb) if nb > 1 else batch
         with self._parallel(nd * nub * blocks) as task:
             d = T.bind(task // (nub * blocks)) if nd > 1 else i64(0)
-            ub = T.bind((task // blocks) % nub) if nub > 1 else i64(0)
-            b0 = T.bind((task % blocks) * nb)
+            if units is None:
+                # Unit blocks outer: each worker reads a share of the weights.
+                ub = T.bind((task // blocks) % nub) if nub > 1 else i64(0)
+                b0 = T.bind((task % blocks) * nb)
+            else:
+                # Parts inner: their work differs, so each worker takes all of some
+                # blocks of elements.
+                ub = T.bind(task % nub) if nub > 1 else i64(0)
+                b0 = T.bind((task // nub % blocks) * nb)
             if nb == 1:
                 elems = [b0]
             else:
@@ -686,12 +708,11 @@ class KernelBuilder:
         H = self.loop.hidden_size
         prev = s % 2
         first, count = self._units(ub)
-        if self.memo is None:
-            self._dense_neurons(d, ub, block, s, (0, 1), self.h)
+        blocked = self._evaluate_block(d, ub, block, s, (0, 1), self.h)
 
         def element(b):
             def reset(t):
-                if self.memo is not None:
+                if not blocked:
                     self._directional(d, lambda dd: self.emit_neurons(
                         dd, d, ub, b, s, t, (0, 1), self._u_ref(self.h, d, b, s)))
                 with self._unit_loop(count) as u:
@@ -716,13 +737,12 @@ class KernelBuilder:
         first, count = self._units(ub)
         # GRU with linear_before_reset = 0: the candidate gate is left, and reads r (.) h.
         gates, u_buf = ((2,), self.rh) if self._gru_reset_first else (tuple(range(loop.num_gates)), self.h)
-        if self.memo is None:
-            self._dense_neurons(d, ub, block, s, gates, u_buf)
+        blocked = self._evaluate_block(d, ub, block, s, gates, u_buf)
 
         def element(b):
             def update(t):
                 def emit(dd):
-                    if self.memo is not None:
+                    if not blocked:
                         self.emit_neurons(dd, d, ub, b, s, t, gates, self._u_ref(u_buf, d, b, s))
                     with self._unit_loop(count) as u:
                         self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
@@ -747,6 +767,18 @@ class KernelBuilder:
             self._if_valid(d, b, s, update, carry)
 
         self._each_element(block, element)
+
+    def _evaluate_block(self, d, ub, block, s, gates, u_buf):
+        """Evaluate the neurons of a task's whole block of batch elements where the
+        scheme allows it (unmodified kernel, delta execution).  Returns whether it did;
+        if not, each element evaluates its own."""
+        if self.memo is None:
+            self._dense_neurons(d, ub, block, s, gates, u_buf)
+            return True
+        if self.delta:
+            self._delta_block(d, ub, block, s, gates)
+            return True
+        return False
 
     def _dense_neurons(self, d, ub, block, s, gates, u_buf):
         """Unmodified kernel: evaluate the neurons of unit block ub in ``gates`` for the
@@ -803,67 +835,148 @@ class KernelBuilder:
     def emit_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
         """Evaluate the neurons of unit block ub in ``gates`` for chain (d, b) at step s:
         fill input_part (from the projection, or W_j x_t + Wb_j) and recurrent_part
-        (R_j u + Rb_j, u given by ``u_ref``)."""
-        if self.delta:
-            self._delta_neurons(d, ub, b, s, t, gates, u_ref)
-            return
+        (R_j u + Rb_j, u given by ``u_ref``), memoized."""
         self._memo_neurons(dd, d, ub, b, s, t, gates, u_ref)
 
-    def _delta_neurons(self, d, ub, b, s, t, gates, u_ref):
-        """Delta execution (../shared/MEMO_SPEC.md): find the components of x_t and of u
-        that changed by at least the threshold since they were last sent, and add their
-        columns, times the change, to this block's parts.  Every task finds the same
-        components from the step's copies; the first block's task writes the next ones."""
+    # -- delta execution (see ../shared/MEMO_SPEC.md) --------------------------------
+
+    def _live(self, d, block, s):
+        """Per element of a block: whether it is a real element (not a repeat of the
+        last one) whose step s is in its sequence, and the position of X it reads
+        (clamped, for the others)."""
+        b0, _, elems = block
+        live, pos = [], []
+        for e, b in enumerate(elems):
+            valid, t = self._time_index(d, b, s)
+            live.append(T.bind(tirx.And(b0 + e < self.batch, valid)))
+            pos.append(T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0))))
+        return live, pos
+
+    def _delta_selection(self, u_buf, first_part=0):
+        """The phase finding a step's transmissions (../shared/MEMO_SPEC.md), once per
+        block of batch elements and input vector (part 0: x_t, part 1: u, the vector
+        in ``u_buf``: h of the previous step, or r (.) h), before the unit blocks add
+        their columns.  A component whose change since it was last sent reaches the
+        threshold for any element of the block is listed, with each element's change
+        (0 for the elements that keep it); transmitted components become the new sent
+        copies."""
         loop = self.loop
-        H, D = loop.hidden_size, loop.input_size
-        first, count = self._units(ub)
+        u_sent = self.sent_rh if u_buf is getattr(self, "rh", None) else self.sent_h
+
+        def phase(d, part, block, s):
+            b0, _, elems = block
+            live, pos = self._live(d, block, s)
+            choices = ((self.X, [(pos[e], b) for e, b in enumerate(elems)], loop.input_size, self.sent_x),
+                       (u_buf, [self._u_ref(u_buf, d, b, s)[1] for b in elems], loop.hidden_size, u_sent))
+            if first_part == 1:
+                self._select(d, 1, block, s, live, *choices[1])
+                return
+            with T.If(part == i64(0)):
+                with T.Then():
+                    self._select(d, 0, block, s, live, *choices[0])
+                with T.Else():
+                    self._select(d, 1, block, s, live, *choices[1])
+
+        return phase
+
+    def _select(self, d, part, block, s, live, vec, prefixes, n, sent):
+        b0, _, elems = block
         par, nxt = s % 2, (s + 1) % 2
         thr = T.bind(self.thresholds[d])
-        u_sent = self.sent_rh if u_ref[0] is getattr(self, "rh", None) else self.sent_h
-        sent_count = T.alloc_buffer((1,), "int64")
-        T.buffer_store(sent_count, i64(0), [0])
-        parts = ((self.X, (t, b), D, self.sent_x, self.WT, self.a),
-                 (u_ref[0], u_ref[1], H, u_sent, self.RT, self.bp))
-        for vec, prefix, n, sent, columns, part in parts:
-            nsel = T.alloc_buffer((1,), "int64")
-            T.buffer_store(nsel, i64(0), [0])
-            with T.serial(0, n) as k:
-                # Branch-free, as the memo decisions: every component is written at the
-                # end of the list, only a changed one advances it.
-                diff = T.bind(self.load(vec, prefix + (k,)) - sent[par, d, b, k])
-                changed = tirx.Cast("float64", tirx.abs(diff)) >= thr
-                T.buffer_store(self.delta_idx, k, [d, b, ub, nsel[0]])
-                T.buffer_store(self.delta_val, diff, [d, b, ub, nsel[0]])
-                T.buffer_store(nsel, nsel[0] + tirx.Select(changed, i64(1), i64(0)), [0])
-            U = self.unit_block
-
-            def add_columns(i0, ncols):
-                # ncols columns per pass over the block: one load and store of each part
-                # per ncols multiply-adds.
-                ks = [T.bind(self.delta_idx[d, b, ub, i0 + c]) for c in range(ncols)]
-                vs = [T.bind(self.delta_val[d, b, ub, i0 + c]) for c in range(ncols)]
-                for g in gates:
-                    # A whole block (zero-padded past H) when H divides: vector code.
-                    loop_kind = T.vectorized if H % U == 0 else T.serial
-                    with loop_kind(0, U if H % U == 0 else count) as u:
-                        j = g * H + first + u
-                        total = part[d, b, j]
-                        for k, v in zip(ks, vs):
-                            total = total + self.load(columns, (d, ub, k, g * U + u)) * v
-                        T.buffer_store(part, total, [d, b, j])
-
-            self._in_row_blocks(i64(0), nsel[0], add_columns)
-            with T.If(ub == i64(0)):
+        zero = self.m.const(0.0)
+        listed = T.alloc_buffer((1,), "int64")
+        T.buffer_store(listed, i64(0), [0])
+        sent_count = [T.alloc_buffer((1,), "int64") for _ in elems]
+        for c in sent_count:
+            T.buffer_store(c, i64(0), [0])
+        with T.serial(0, n) as k:
+            # Branch-free (the outcome is close to random): every component is written
+            # at the end of the list, one that changed for any element advances it.
+            anyone = tirx.const(False)
+            for e, b in enumerate(elems):
+                old = T.bind(sent[par, d, b, k])
+                new = T.bind(self.load(vec, prefixes[e] + (k,)))
+                diff = T.bind(new - old)
+                changed = T.bind(tirx.And(live[e], tirx.Cast("float64", tirx.abs(diff)) >= thr))
+                T.buffer_store(self.delta_val, tirx.Select(changed, diff, zero), [d, b0 + e, part, listed[0]])
+                T.buffer_store(sent_count[e], sent_count[e][0] + tirx.Select(changed, i64(1), i64(0)), [0])
+                with T.If(live[e]):
+                    with T.Then():
+                        T.buffer_store(sent, tirx.Select(changed, new, old), [nxt, d, b, k])
+                anyone = tirx.Or(anyone, changed)
+            T.buffer_store(self.delta_idx, k, [d, b0, part, listed[0]])
+            T.buffer_store(listed, listed[0] + tirx.Select(anyone, i64(1), i64(0)), [0])
+        T.buffer_store(self.delta_len, listed[0], [d, b0, part])
+        for e, b in enumerate(elems):
+            with T.If(live[e]):
                 with T.Then():
-                    with T.serial(0, n) as k:
-                        old = sent[par, d, b, k]
-                        new = self.load(vec, prefix + (k,))
-                        keep = tirx.Cast("float64", tirx.abs(new - old)) < thr
-                        T.buffer_store(sent, tirx.Select(keep, old, new), [nxt, d, b, k])
-            T.buffer_store(sent_count, sent_count[0] + nsel[0], [0])
+                    T.buffer_store(self.delta_sent, sent_count[e][0], [d, b, part])
+
+    def _delta_block(self, d, ub, block, s, gates):
+        """Add the step's listed columns to this unit block's parts, for every element
+        of the block: each listed column is loaded once and added to every element's
+        parts, times that element's change (adding 0 * w leaves a part unchanged), so a
+        column load serves BATCH_BLOCK elements.  The accumulators stay in registers
+        over the list.  Counts are multiply-adds: rows x transmitted components."""
+        loop = self.loop
+        H, D = loop.hidden_size, loop.input_size
+        b0, _, elems = block
+        _, count = self._units(ub)
+        live, _ = self._live(d, block, s)
+        for part, columns, out in ((0, self.WT, self.a), (1, self.RT, self.bp)):
+            self._add_block_columns(d, ub, block, gates, self.delta_len[d, b0, part], columns, out, part)
+        for e, b in enumerate(elems):
+            with T.If(live[e]):
+                with T.Then():
+                    sent = T.bind(self.delta_sent[d, b, 0] + self.delta_sent[d, b, 1])
+                    for g in gates:
+                        self._count(d, b, ub, g, computed=count * sent, reused=count * (i64(D + H) - sent))
+
+    def _add_block_columns(self, d, ub, block, gates, nsel, columns, part, which):
+        """part[d, b, rows of the block's units] += the listed columns times each
+        element's change, in list order, for the elements b of the block."""
+        H, U = self.loop.hidden_size, self.unit_block
+        b0, nb, elems = block
+        first, count = self._units(ub)
+        if H % U == 0:
+            # Whole blocks: vectors of up to LANES units, at most four per element.
+            width = LANES if U % LANES == 0 else U
+            chunks = [(c * width, width) for c in range(U // width)]
+        else:
+            # The last block is partial: one unit at a time.
+            chunks = [(0, 1)]
+        def lanes(w):
+            return T.vectorized(0, w) if w > 1 else T.serial(0, 1)
+
         for g in gates:
-            self._count(d, b, ub, g, computed=count * sent_count[0],
-                        reused=count * (i64(D + H) - sent_count[0]))
+            def body(u0):
+                accs = [[T.alloc_buffer((w,), self.acc) for _, w in chunks] for _ in elems]
+                for e, b in enumerate(elems):
+                    for (c0, w), acc in zip(chunks, accs[e]):
+                        with lanes(w) as lane:
+                            T.buffer_store(acc, part[d, b, g * H + first + u0 + c0 + lane], [lane])
+                with T.serial(0, nsel) as i:
+                    k = T.bind(self.delta_idx[d, b0, which, i])
+                    vs = [T.bind(self.delta_val[d, b0 + e, which, i]) for e in range(nb)]
+                    for ci, (c0, w) in enumerate(chunks):
+                        with lanes(w) as lane:
+                            col = self.load(columns, (d, ub, k, g * U + u0 + c0 + lane))
+                            for e in range(nb):
+                                acc = accs[e][ci]
+                                T.buffer_store(acc, acc[lane] + col * vs[e], [lane])
+                for e, b in enumerate(elems):
+                    # Not for the repeated last element: it would store the old values.
+                    with T.If(b0 + e < self.batch):
+                        with T.Then():
+                            for (c0, w), acc in zip(chunks, accs[e]):
+                                with lanes(w) as lane:
+                                    T.buffer_store(part, acc[lane], [d, b, g * H + first + u0 + c0 + lane])
+
+            if H % U == 0:
+                body(i64(0))
+            else:
+                with T.serial(0, count) as u:
+                    body(u)
 
     def _dense_rows(self, d, chains, base, count, input_from, x_ref=None, rows_buf=None,
                     a_out=None, b_out=None, step=None):
