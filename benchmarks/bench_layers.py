@@ -22,6 +22,7 @@ def main(argv=None):
     parser.add_argument("--thresholds", default="0.1,0.3,0.5")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batches", default="1,8", help="batch sizes to run")
+    parser.add_argument("--predictor", default="bnn", help="memo predictor (bnn, delta, lowrank:8, ...)")
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in (256, 512, 1024)
@@ -32,11 +33,13 @@ def main(argv=None):
     for op, H, T, B in grid:
         model = make_recurrent_model(op, H, H, weight_scale=1.0)
         feeds = make_inputs(model, T, B, smooth=True)
-        res = bench_model(model, feeds, thresholds=thresholds, rounds=args.rounds, ort_threads=2)
-        mem = memo_memory(from_onnx(model).loops, batch=B)
+        res = bench_model(model, feeds, thresholds=thresholds, predictor=args.predictor,
+                          rounds=args.rounds, ort_threads=2)
+        mem = memo_memory(from_onnx(model).loops, batch=B, predictor=args.predictor)
         print(f"\n{op} D=H={H} T={T} batch={B}", flush=True)
         print(format_rows(res["rows"]), flush=True)
-        results.append({"op": op, "hidden": H, "steps": T, "batch": B, **res, "memory_bytes": mem})
+        results.append({"op": op, "hidden": H, "steps": T, "batch": B, "predictor": args.predictor,
+                        **res, "memory_bytes": mem})
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {args.json}")

@@ -19,7 +19,9 @@ whole sequence when its projection fits in ``PROJECTION_BYTES``) and the recurre
 parts four rows at a time.  Memoization
 (``memo`` given) changes only the neuron evaluations: a predictor decides per neuron, the
 neurons to compute are compacted into a list and evaluated four at a time, and a reused
-neuron simply keeps its values, so the dot-product buffers *are* the memo table.  (The
+neuron simply keeps its values, so the dot-product buffers *are* the memo table.  Delta
+execution adds a phase per step that lists the transmitted components of x and u once
+per block of batch elements; the unit blocks then add those columns.  (The
 memoized kernel still computes every input projection in the matrix product, which
 costs less than computing the needed ones row by row; a reused neuron keeps its cached
 input part as the spec says, so results and decisions are unaffected.)  Every dot
@@ -70,6 +72,9 @@ SCALAR_ACTIVATIONS = {"Softplus"}
 # Batch elements whose recurrent products one task of the unmodified kernel computes
 # together (they share every weight load), from a batch of BATCH_BLOCK - 1 on.
 BATCH_BLOCK = 4
+# The row index in an entry of a memoized block's list of rows (the bits above 32 say
+# which elements of the block compute the row).
+ROW_MASK = (1 << 32) - 1
 
 
 @dataclass(frozen=True)
@@ -625,13 +630,12 @@ class KernelBuilder:
         """Run ``phase(d, ub, block, s)`` for every direction, unit block (or ``ub`` <
         ``units``) and block of batch elements.
 
-        Memoized kernels decide per batch element, so their blocks are single elements.
-        The unmodified and delta kernels give a task BATCH_BLOCK elements once the
-        batch has BATCH_BLOCK - 1 (the last block repeats the last element, computed
-        but not stored), so that their products (column updates) share the weight
-        loads.  ``block`` is
+        A task takes BATCH_BLOCK elements once the batch has BATCH_BLOCK - 1 (the last
+        block repeats the last element, computed but not stored), so that their
+        products (delta's column updates) share the weight loads; the oracle's tasks
+        take one element.  ``block`` is
         (first element, elements per block, the elements whose products are computed)."""
-        if self.memo is not None and not self.delta:
+        if self.memo is not None and self.predictor is None:
             self._task_loop(s, phase, 1, units)
             return
         with T.If(self.batch >= i64(BATCH_BLOCK - 1)):
@@ -713,8 +717,7 @@ class KernelBuilder:
         def element(b):
             def reset(t):
                 if not blocked:
-                    self._directional(d, lambda dd: self.emit_neurons(
-                        dd, d, ub, b, s, t, (0, 1), self._u_ref(self.h, d, b, s)))
+                    self._oracle_neurons(d, ub, b, s, t, (0, 1), self._u_ref(self.h, d, b, s))
                 with self._unit_loop(count) as u:
                     k = first + u
                     pre = self.a[d, b, H + k] + self.bp[d, b, H + k]
@@ -741,9 +744,10 @@ class KernelBuilder:
 
         def element(b):
             def update(t):
+                if not blocked:
+                    self._oracle_neurons(d, ub, b, s, t, gates, self._u_ref(u_buf, d, b, s))
+
                 def emit(dd):
-                    if not blocked:
-                        self.emit_neurons(dd, d, ub, b, s, t, gates, self._u_ref(u_buf, d, b, s))
                     with self._unit_loop(count) as u:
                         self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
 
@@ -769,14 +773,17 @@ class KernelBuilder:
         self._each_element(block, element)
 
     def _evaluate_block(self, d, ub, block, s, gates, u_buf):
-        """Evaluate the neurons of a task's whole block of batch elements where the
-        scheme allows it (unmodified kernel, delta execution).  Returns whether it did;
-        if not, each element evaluates its own."""
+        """Evaluate the neurons of a task's whole block of batch elements (all schemes
+        but the oracle).  Returns whether it did; if not, each element evaluates its
+        own."""
         if self.memo is None:
             self._dense_neurons(d, ub, block, s, gates, u_buf)
             return True
         if self.delta:
             self._delta_block(d, ub, block, s, gates)
+            return True
+        if self.predictor is not None:
+            self._memo_block(d, ub, block, s, gates, u_buf)
             return True
         return False
 
@@ -832,12 +839,6 @@ class KernelBuilder:
 
     # -- neuron evaluations: what memoization guards ----------------------------------
 
-    def emit_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
-        """Evaluate the neurons of unit block ub in ``gates`` for chain (d, b) at step s:
-        fill input_part (from the projection, or W_j x_t + Wb_j) and recurrent_part
-        (R_j u + Rb_j, u given by ``u_ref``), memoized."""
-        self._memo_neurons(dd, d, ub, b, s, t, gates, u_ref)
-
     # -- delta execution (see ../shared/MEMO_SPEC.md) --------------------------------
 
     def _live(self, d, block, s):
@@ -880,6 +881,8 @@ class KernelBuilder:
         return phase
 
     def _select(self, d, part, block, s, live, vec, prefixes, n, sent):
+        """List the components of ``vec`` (n of them, at ``prefixes`` per element)
+        transmitted by some element of the block, and update the ``sent`` copies."""
         b0, _, elems = block
         par, nxt = s % 2, (s + 1) % 2
         thr = T.bind(self.thresholds[d])
@@ -924,7 +927,7 @@ class KernelBuilder:
         _, count = self._units(ub)
         live, _ = self._live(d, block, s)
         for part, columns, out in ((0, self.WT, self.a), (1, self.RT, self.bp)):
-            self._add_block_columns(d, ub, block, gates, self.delta_len[d, b0, part], columns, out, part)
+            self._add_block_columns(d, ub, block, gates, part, columns, out)
         for e, b in enumerate(elems):
             with T.If(live[e]):
                 with T.Then():
@@ -932,12 +935,13 @@ class KernelBuilder:
                     for g in gates:
                         self._count(d, b, ub, g, computed=count * sent, reused=count * (i64(D + H) - sent))
 
-    def _add_block_columns(self, d, ub, block, gates, nsel, columns, part, which):
-        """part[d, b, rows of the block's units] += the listed columns times each
-        element's change, in list order, for the elements b of the block."""
+    def _add_block_columns(self, d, ub, block, gates, part, columns, out):
+        """out[d, b, rows of the block's units] += the columns listed for ``part``
+        times each element's change, in list order, for the elements b of the block."""
         H, U = self.loop.hidden_size, self.unit_block
         b0, nb, elems = block
         first, count = self._units(ub)
+        listed = self.delta_len[d, b0, part]
         if H % U == 0:
             # Whole blocks: vectors of up to LANES units, at most four per element.
             width = LANES if U % LANES == 0 else U
@@ -945,6 +949,7 @@ class KernelBuilder:
         else:
             # The last block is partial: one unit at a time.
             chunks = [(0, 1)]
+
         def lanes(w):
             return T.vectorized(0, w) if w > 1 else T.serial(0, 1)
 
@@ -954,10 +959,10 @@ class KernelBuilder:
                 for e, b in enumerate(elems):
                     for (c0, w), acc in zip(chunks, accs[e]):
                         with lanes(w) as lane:
-                            T.buffer_store(acc, part[d, b, g * H + first + u0 + c0 + lane], [lane])
-                with T.serial(0, nsel) as i:
-                    k = T.bind(self.delta_idx[d, b0, which, i])
-                    vs = [T.bind(self.delta_val[d, b0 + e, which, i]) for e in range(nb)]
+                            T.buffer_store(acc, out[d, b, g * H + first + u0 + c0 + lane], [lane])
+                with T.serial(0, listed) as i:
+                    k = T.bind(self.delta_idx[d, b0, part, i])
+                    vs = [T.bind(self.delta_val[d, b0 + e, part, i]) for e in range(nb)]
                     for ci, (c0, w) in enumerate(chunks):
                         with lanes(w) as lane:
                             col = self.load(columns, (d, ub, k, g * U + u0 + c0 + lane))
@@ -970,7 +975,7 @@ class KernelBuilder:
                         with T.Then():
                             for (c0, w), acc in zip(chunks, accs[e]):
                                 with lanes(w) as lane:
-                                    T.buffer_store(part, acc[lane], [d, b, g * H + first + u0 + c0 + lane])
+                                    T.buffer_store(out, acc[lane], [d, b, g * H + first + u0 + c0 + lane])
 
             if H % U == 0:
                 body(i64(0))
@@ -979,21 +984,30 @@ class KernelBuilder:
                     body(u)
 
     def _dense_rows(self, d, chains, base, count, input_from, x_ref=None, rows_buf=None,
-                    a_out=None, b_out=None, step=None):
+                    a_out=None, b_out=None, step=None, masked=False):
         """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
         the chains (d, b) of ``chains``, (b, u_ref) pairs, together, four at a time.
         The input part comes from the input projection (unmodified and predictor
         kernels) or is computed from ``x_ref`` (oracle).  Results go to
-        input_part/recurrent_part or to the ``a_out``/``b_out`` buffers."""
+        input_part/recurrent_part or to the ``a_out``/``b_out`` buffers.  ``masked``:
+        rows_buf entries carry, above bit 32, the chains that store the row (bit c for
+        chains[c]); the others keep their values."""
         loop = self.loop
         a_out = self.a if a_out is None else a_out
         b_out = self.bp if b_out is None else b_out
 
         def rows_at(i0, n):
-            js = []
+            js, masks = [], []
             for r in range(n):
                 idx = base + i0 + r
-                js.append(T.bind(rows_buf[idx]) if rows_buf is not None else idx)
+                if rows_buf is None:
+                    js.append(idx)
+                elif masked:
+                    entry = T.bind(rows_buf[idx])
+                    js.append(T.bind(entry & i64(ROW_MASK)))
+                    masks.append(T.bind(entry >> i64(32)))
+                else:
+                    js.append(T.bind(rows_buf[idx]))
             rec = self.multi_dot([(self.R, (d, j)) for j in js], [ref for _, ref in chains],
                                  loop.hidden_size)
             if input_from == "x":
@@ -1004,8 +1018,15 @@ class KernelBuilder:
                         a_val = self._with_bias(inp[r][0], d, j, "W")
                     else:
                         a_val = self.input_projection(d, cb, step, j)
+                    b_val = self._with_bias(rec[r][c], d, j, "R")
+                    if masked:
+                        # Branch-free; the repeated last element never stores (its bit
+                        # is 0: it writes back the value just stored).
+                        store = (masks[r] >> i64(c)) & i64(1) == i64(1)
+                        a_val = tirx.Select(store, a_val, a_out[d, cb, j])
+                        b_val = tirx.Select(store, b_val, b_out[d, cb, j])
                     T.buffer_store(a_out, a_val, [d, cb, j])
-                    T.buffer_store(b_out, self._with_bias(rec[r][c], d, j, "R"), [d, cb, j])
+                    T.buffer_store(b_out, b_val, [d, cb, j])
 
         self._in_row_blocks(i64(0), count, rows_at)
 
@@ -1024,8 +1045,67 @@ class KernelBuilder:
         scale = tirx.max(tirx.abs(qm64), tirx.const(floor, "float64"))
         return tirx.abs(q64 - qm64) < thr * scale
 
-    def _memo_neurons(self, dd, d, ub, b, s, t, gates, u_ref):
-        """Decide per neuron, then compute the listed ones four at a time."""
+    def _memo_block(self, d, ub, block, s, gates, u_buf):
+        """Memoization for a block of batch elements: each element decides per neuron
+        with the predictor; a neuron is listed when any element must compute it, with
+        the mask of those that must, and the listed rows are computed for the whole
+        block, four at a time (sharing every weight load, as the unmodified kernel
+        does), and stored for the masked elements only.  Decisions, counts and values
+        are each element's own: a row's products do not depend on what they are
+        computed with."""
+        loop, pred = self.loop, self.predictor
+        H = loop.hidden_size
+        b0, nb, elems = block
+        first, count = self._units(ub)
+        thr = T.bind(self.thresholds[d])
+        # The first valid step of a sequence always computes (its table is empty).
+        may_reuse = s > i64(0)
+        live, pos = self._live(d, block, s)
+        u_refs = [self._u_ref(u_buf, d, b, s) for b in elems]
+        states = [pred.prepare(self, d, b, s, (self.X, (pos[e], b)), u_refs[e]) for e, b in enumerate(elems)]
+        todo = T.alloc_buffer((len(gates) * self.unit_block,), "int64")
+        ntodo = T.alloc_buffer((1,), "int64")
+        T.buffer_store(ntodo, i64(0), [0])
+        computed = [T.alloc_buffer((1,), "int64") for _ in elems]
+        for g in gates:
+            for c in computed:
+                T.buffer_store(c, i64(0), [0])
+            with T.serial(0, count) as u:
+                # Branch-free: a reuse pattern is close to random, and a mispredicted
+                # branch per neuron cost more than the rows it saved (GRU 256 at
+                # 39 % reuse was slower than at threshold 0).  Every neuron is
+                # written to the list; only the computed ones advance its end.
+                j = T.bind(g * H + first + u)
+                mask = i64(0)
+                for e, b in enumerate(elems):
+                    q = pred.value(self, d, j, states[e])
+                    old = T.bind(self.memo_q[d, b, j])
+                    small = tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor))
+                    # Elements past their length (or repeated) compute nothing.
+                    reuse = T.bind(tirx.Or(tirx.Not(live[e]), small))
+                    with T.If(live[e]):
+                        with T.Then():
+                            T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
+                            if pred.fresh_input:
+                                # The same value the computed rows store.
+                                T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
+                    bit = tirx.Select(reuse, i64(0), i64(1))
+                    T.buffer_store(computed[e], computed[e][0] + bit, [0])
+                    mask = mask | (bit << i64(e))
+                mask = T.bind(mask)
+                T.buffer_store(todo, j | (mask << i64(32)) if nb > 1 else j, [ntodo[0]])
+                T.buffer_store(ntodo, ntodo[0] + tirx.Select(mask != i64(0), i64(1), i64(0)), [0])
+            for e, b in enumerate(elems):
+                with T.If(live[e]):
+                    with T.Then():
+                        n = T.bind(computed[e][0])
+                        self._count(d, b, ub, g, computed=n, reused=count - n)
+        self._dense_rows(d, list(zip(elems, u_refs)), i64(0), T.bind(ntodo[0]), "projection",
+                         step=s, rows_buf=todo, masked=nb > 1)
+
+    def _oracle_neurons(self, d, ub, b, s, t, gates, u_ref):
+        """The oracle: compute every neuron (its input part from x_t), keep the cached
+        values where the true pre-activation changed little."""
         loop = self.loop
         H = loop.hidden_size
         first, count = self._units(ub)
@@ -1036,56 +1116,29 @@ class KernelBuilder:
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])
         x_ref = (self.X, (t, b))
-        if self.predictor is not None:
-            pred = self.predictor
-            state = pred.prepare(self, d, b, s, x_ref, u_ref)
-            for g in gates:
-                listed = T.bind(ntodo[0])
-                with T.serial(0, count) as u:
-                    # Branch-free: a reuse pattern is close to random, and a mispredicted
-                    # branch per neuron cost more than the rows it saved (GRU 256 at
-                    # 39 % reuse was slower than at threshold 0).  Every neuron is
-                    # written to the list; only the computed ones advance its end.
-                    j = T.bind(g * H + first + u)
-                    q = pred.value(self, d, j, state)
-                    old = T.bind(self.memo_q[d, b, j])
-                    reuse = T.bind(tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor)))
-                    T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
-                    T.buffer_store(todo, j, [ntodo[0]])
-                    T.buffer_store(ntodo, ntodo[0] + tirx.Select(reuse, i64(0), i64(1)), [0])
-                    if pred.fresh_input:
-                        # The same value the computed rows store.
-                        T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
-                computed = T.bind(ntodo[0] - listed)
-                self._count(d, b, ub, g, computed=computed, reused=count - computed)
-            n = T.bind(ntodo[0])
-            self._dense_rows(d, [(b, u_ref)], i64(0), n, "projection", step=s, rows_buf=todo)
-        else:
-            # Oracle: compute every neuron, keep the cached values where the true
-            # pre-activation changed little.
-            new_a, new_b = self.oracle_a, self.oracle_b
-            for g in gates:
-                with T.serial(0, count) as u:
-                    T.buffer_store(todo, g * H + first + u, [ntodo[0]])
-                    T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
-            n = T.bind(ntodo[0])
-            self._dense_rows(d, [(b, u_ref)], i64(0), n, "x", x_ref=x_ref, rows_buf=todo,
-                             a_out=new_a, b_out=new_b)
-            for g in gates:
-                reused = T.alloc_buffer((1,), "int64")
-                T.buffer_store(reused, i64(0), [0])
-                with T.serial(0, count) as u:
-                    j = T.bind(g * H + first + u)
-                    p = T.bind(new_a[d, b, j] + new_b[d, b, j])
-                    reuse = tirx.And(may_reuse, self._small_change(p, self.memo_q[d, b, j], thr, 1e-6))
-                    with T.If(reuse):
-                        with T.Then():
-                            T.buffer_store(reused, reused[0] + i64(1), [0])
-                        with T.Else():
-                            T.buffer_store(self.memo_q, p, [d, b, j])
-                            T.buffer_store(self.a, new_a[d, b, j], [d, b, j])
-                            T.buffer_store(self.bp, new_b[d, b, j], [d, b, j])
-                self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
+        new_a, new_b = self.oracle_a, self.oracle_b
+        for g in gates:
+            with T.serial(0, count) as u:
+                T.buffer_store(todo, g * H + first + u, [ntodo[0]])
+                T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
+        n = T.bind(ntodo[0])
+        self._dense_rows(d, [(b, u_ref)], i64(0), n, "x", x_ref=x_ref, rows_buf=todo,
+                         a_out=new_a, b_out=new_b)
+        for g in gates:
+            reused = T.alloc_buffer((1,), "int64")
+            T.buffer_store(reused, i64(0), [0])
+            with T.serial(0, count) as u:
+                j = T.bind(g * H + first + u)
+                p = T.bind(new_a[d, b, j] + new_b[d, b, j])
+                reuse = tirx.And(may_reuse, self._small_change(p, self.memo_q[d, b, j], thr, 1e-6))
+                with T.If(reuse):
+                    with T.Then():
+                        T.buffer_store(reused, reused[0] + i64(1), [0])
+                    with T.Else():
+                        T.buffer_store(self.memo_q, p, [d, b, j])
+                        T.buffer_store(self.a, new_a[d, b, j], [d, b, j])
+                        T.buffer_store(self.bp, new_b[d, b, j], [d, b, j])
+            self._count(d, b, ub, g, computed=count - reused[0], reused=reused[0])
 
 
 def unit_block(loop: RecurrentLoop) -> int:
