@@ -44,8 +44,10 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 # The recurrent kernels are plain loops whose buffers have their exact sizes; the
 # compaction pass only re-derives that, and on their many small vector accumulators it
-# takes over half of the compile time.
-_KERNEL_SKIPPED_PASSES = ["s_tir.CompactBufferAllocation"]
+# took over half of the compile time.  They bind their shared values themselves, and
+# LLVM eliminates what is left: TIR's common-subexpression pass took another 20-30 %
+# (memoized GRU 70, bidirectional: 2.7 -> 1.9 s) with no measured change in speed.
+_KERNEL_SKIPPED_PASSES = ["s_tir.CompactBufferAllocation", "tirx.CommonSubexprElim"]
 
 
 def _tir_pipeline():
