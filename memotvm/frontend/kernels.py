@@ -896,6 +896,7 @@ class KernelBuilder:
             # Branch-free (the outcome is close to random): every component is written
             # at the end of the list, one that changed for any element advances it.
             anyone = tirx.const(False)
+            sends = []
             for e, b in enumerate(elems):
                 old = T.bind(sent[par, d, b, k])
                 new = T.bind(self.load(vec, prefixes[e] + (k,)))
@@ -903,10 +904,12 @@ class KernelBuilder:
                 changed = T.bind(tirx.And(live[e], tirx.Cast("float64", tirx.abs(diff)) >= thr))
                 T.buffer_store(self.delta_val, tirx.Select(changed, diff, zero), [d, b0 + e, part, listed[0]])
                 T.buffer_store(sent_count[e], sent_count[e][0] + tirx.Select(changed, i64(1), i64(0)), [0])
-                with T.If(live[e]):
-                    with T.Then():
-                        T.buffer_store(sent, tirx.Select(changed, new, old), [nxt, d, b, k])
+                sends.append((b, tirx.Select(changed, new, old)))
                 anyone = tirx.Or(anyone, changed)
+            # Last element first, so that a repeated last element's store (its old
+            # copy) is overwritten by the real one's.
+            for b, value in reversed(sends):
+                T.buffer_store(sent, value, [nxt, d, b, k])
             T.buffer_store(self.delta_idx, k, [d, b0, part, listed[0]])
             T.buffer_store(listed, listed[0] + tirx.Select(anyone, i64(1), i64(0)), [0])
         T.buffer_store(self.delta_len, listed[0], [d, b0, part])
@@ -969,13 +972,12 @@ class KernelBuilder:
                             for e in range(nb):
                                 acc = accs[e][ci]
                                 T.buffer_store(acc, acc[lane] + col * vs[e], [lane])
-                for e, b in enumerate(elems):
-                    # Not for the repeated last element: it would store the old values.
-                    with T.If(b0 + e < self.batch):
-                        with T.Then():
-                            for (c0, w), acc in zip(chunks, accs[e]):
-                                with lanes(w) as lane:
-                                    T.buffer_store(out, acc[lane], [d, b, g * H + first + u0 + c0 + lane])
+                # Last element first: a repeated last element stores the old values,
+                # which the real one's store then replaces.
+                for e, b in reversed(list(enumerate(elems))):
+                    for (c0, w), acc in zip(chunks, accs[e]):
+                        with lanes(w) as lane:
+                            T.buffer_store(out, acc[lane], [d, b, g * H + first + u0 + c0 + lane])
 
             if H % U == 0:
                 body(i64(0))
@@ -984,14 +986,15 @@ class KernelBuilder:
                     body(u)
 
     def _dense_rows(self, d, chains, base, count, input_from, x_ref=None, rows_buf=None,
-                    a_out=None, b_out=None, step=None, masked=False):
+                    a_out=None, b_out=None, step=None, masked=False, whole_groups=False):
         """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
         the chains (d, b) of ``chains``, (b, u_ref) pairs, together, four at a time.
         The input part comes from the input projection (unmodified and predictor
         kernels) or is computed from ``x_ref`` (oracle).  Results go to
         input_part/recurrent_part or to the ``a_out``/``b_out`` buffers.  ``masked``:
         rows_buf entries carry, above bit 32, the chains that store the row (bit c for
-        chains[c]); the others keep their values."""
+        chains[c]); the others keep their values.  ``whole_groups``: count is a
+        multiple of ROW_BLOCK."""
         loop = self.loop
         a_out = self.a if a_out is None else a_out
         b_out = self.bp if b_out is None else b_out
@@ -1028,7 +1031,11 @@ class KernelBuilder:
                     T.buffer_store(a_out, a_val, [d, cb, j])
                     T.buffer_store(b_out, b_val, [d, cb, j])
 
-        self._in_row_blocks(i64(0), count, rows_at)
+        if whole_groups:
+            with T.serial(0, count // ROW_BLOCK) as q:
+                rows_at(q * ROW_BLOCK, ROW_BLOCK)
+        else:
+            self._in_row_blocks(i64(0), count, rows_at)
 
     def _count(self, d, b, ub, g, computed=None, reused=None):
         for slot, n in ((0, computed), (1, reused)):
@@ -1063,7 +1070,8 @@ class KernelBuilder:
         live, pos = self._live(d, block, s)
         u_refs = [self._u_ref(u_buf, d, b, s) for b in elems]
         states = [pred.prepare(self, d, b, s, (self.X, (pos[e], b)), u_refs[e]) for e, b in enumerate(elems)]
-        todo = T.alloc_buffer((len(gates) * self.unit_block,), "int64")
+        # Padded to whole groups of ROW_BLOCK rows (see below).
+        todo = T.alloc_buffer((len(gates) * self.unit_block + ROW_BLOCK - 1,), "int64")
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])
         computed = [T.alloc_buffer((1,), "int64") for _ in elems]
@@ -1081,14 +1089,16 @@ class KernelBuilder:
                     q = pred.value(self, d, j, states[e])
                     old = T.bind(self.memo_q[d, b, j])
                     small = tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor))
-                    # Elements past their length (or repeated) compute nothing.
+                    # Elements past their length (or repeated) compute nothing and keep
+                    # their values.  (No branch on it here: TVM would hoist it out of
+                    # the loop, one copy of the loop per combination of elements.)  A
+                    # repeated element writes back what the real one just stored.
                     reuse = T.bind(tirx.Or(tirx.Not(live[e]), small))
-                    with T.If(live[e]):
-                        with T.Then():
-                            T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
-                            if pred.fresh_input:
-                                # The same value the computed rows store.
-                                T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
+                    T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
+                    if pred.fresh_input:
+                        # The same value the computed rows store (never read past a
+                        # sequence's end).
+                        T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
                     bit = tirx.Select(reuse, i64(0), i64(1))
                     T.buffer_store(computed[e], computed[e][0] + bit, [0])
                     mask = mask | (bit << i64(e))
@@ -1100,8 +1110,17 @@ class KernelBuilder:
                     with T.Then():
                         n = T.bind(computed[e][0])
                         self._count(d, b, ub, g, computed=n, reused=count - n)
-        self._dense_rows(d, list(zip(elems, u_refs)), i64(0), T.bind(ntodo[0]), "projection",
-                         step=s, rows_buf=todo, masked=nb > 1)
+        # The list is completed to whole groups of four with its last row, stored by no
+        # element (or, in a block of one, stored again with the same value): the
+        # kernel then needs no code for single remaining rows (a quarter of its size).
+        n = T.bind(ntodo[0])
+        with T.If(n > i64(0)):
+            with T.Then():
+                pad = T.bind(todo[n - 1] & i64(ROW_MASK))
+                for r in range(ROW_BLOCK - 1):
+                    T.buffer_store(todo, pad, [n + r])
+        self._dense_rows(d, list(zip(elems, u_refs)), i64(0), (n + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK,
+                         "projection", step=s, rows_buf=todo, masked=nb > 1, whole_groups=True)
 
     def _oracle_neurons(self, d, ub, b, s, t, gates, u_ref):
         """The oracle: compute every neuron (its input part from x_t), keep the cached
