@@ -3,11 +3,13 @@
 A kernel holds the whole time loop of a layer.  Its structure is what the memoization
 pass relies on and what makes it fast on a CPU:
 
-* the time loop is serial; inside a step the work is split into *tasks*, one per
-  (direction, block of hidden units, batch element), which are independent within a
-  step and run in parallel (at batch 1 both directions and all unit blocks still give
-  the cores work); in the unmodified kernel a task takes a block of BATCH_BLOCK batch
-  elements, whose recurrent products share every weight load;
+* the time loop is serial and runs inside one parallel launch; inside a step the work
+  is split into *tasks*, one per (direction, block of hidden units, block of batch
+  elements), which are independent within a step and run in parallel (at batch 1 both
+  directions and all unit blocks still give the cores work), with a barrier between
+  phases; from a batch of BATCH_BLOCK - 1 on a block has BATCH_BLOCK elements, whose
+  recurrent products share every weight load (the oracle's blocks are single
+  elements);
 * a task evaluates the neurons (gate rows) of its units, then applies the cell update
   of :mod:`memotvm.cells` to them; h is double-buffered (read step s-1, write step s);
 * each neuron's dot products live in two persistent buffers, ``input_part``
@@ -18,8 +20,9 @@ rows by four steps, that reads each weight row from memory once per chunk of ste
 whole sequence when its projection fits in ``PROJECTION_BYTES``) and the recurrent
 parts four rows at a time.  Memoization
 (``memo`` given) changes only the neuron evaluations: a predictor decides per neuron, the
-neurons to compute are compacted into a list and evaluated four at a time, and a reused
-neuron simply keeps its values, so the dot-product buffers *are* the memo table.  Delta
+neurons to compute (for any element of a block) are compacted into a list and evaluated
+four at a time, and a reused neuron simply keeps its values, so the dot-product buffers
+*are* the memo table.  Delta
 execution adds a phase per step that lists the transmitted components of x and u once
 per block of batch elements; the unit blocks then add those columns.  (The
 memoized kernel still computes every input projection in the matrix product, which
