@@ -251,3 +251,22 @@ def test_tunable_thresholds_equal_fixed_ones():
         tunable.run(feeds, memo=0.2)
     with pytest.raises(memotvm.errors.ConfigError, match="fixed thresholds"):
         fixed.run(feeds, memo=MemoConfig(predictor="lowrank:4"))
+
+
+@pytest.mark.parametrize("op,kwargs,predictor", [
+    ("LSTM", {"direction": "bidirectional", "peepholes": True}, "bnn"),
+    ("GRU", {"direction": "reverse", "attrs": {"linear_before_reset": 0}}, "delta"),
+    ("GRU", {"direction": "bidirectional", "attrs": {"linear_before_reset": 1}}, "exactinput:3"),
+])
+def test_batch_blocks_with_ragged_lengths_agree_with_reference(op, kwargs, predictor):
+    # Batch 6: one block of four elements and one with two repeats of the last element;
+    # lengths from 0 to the whole sequence, so elements leave their blocks at different
+    # steps; H = 70 leaves a partial block of units.  Every element must make the
+    # reference's decisions and keep its own values.
+    model = make_recurrent_model(op, 9, 70, sequence_lens=True, initial_h=True, **kwargs)
+    feeds = make_inputs(model, 12, 6, smooth=True, lengths=[12, 3, 0, 7, 12, 5], seed=4)
+    compiled = memotvm.compile(model, memo=MemoConfig(predictor=predictor), tunable=True)
+    for threshold in ((0.0, 0.3) if predictor != "delta" else (0.0, 0.05)):
+        stats = check_against_reference(model, feeds, MemoConfig(threshold=threshold, predictor=predictor),
+                                        compiled=compiled)
+        assert (stats.computations_avoided > 0) == (threshold > 0)
