@@ -206,12 +206,12 @@ class KernelBuilder:
                     with T.Then():
                         self._input_projection(s)
             if self.delta:
-                self._parallel_tasks(s, self._delta_selection(self.h), units=2)
+                self._delta_selection(s, self.h, parts=(0, 1))
             if self._gru_reset_first:
                 self._parallel_tasks(s, self._gru_reset_phase)
                 if self.delta:
-                    # The candidate reads r (.) h, complete only now.
-                    self._parallel_tasks(s, self._delta_selection(self.rh, first_part=1), units=1)
+                    # The candidate reads r (.) h, complete only now (x's list stays).
+                    self._delta_selection(s, self.rh, parts=(1,))
             self._parallel_tasks(s, self._main_phase)
 
     @staticmethod
@@ -629,9 +629,10 @@ class KernelBuilder:
 
     # -- the tasks of one step -------------------------------------------------------
 
-    def _parallel_tasks(self, s, phase, units=None):
-        """Run ``phase(d, ub, block, s)`` for every direction, unit block (or ``ub`` <
-        ``units``) and block of batch elements.
+    def _parallel_tasks(self, s, phase, parts=None):
+        """Run ``phase(d, ub, block, s)`` for every direction, unit block and block of
+        batch elements; with ``parts``, ``phase(d, part, block, s)`` for part <
+        ``parts`` instead of the unit blocks.
 
         A task takes BATCH_BLOCK elements once the batch has BATCH_BLOCK - 1 (the last
         block repeats the last element, computed but not stored), so that their
@@ -639,24 +640,24 @@ class KernelBuilder:
         take one element.  ``block`` is
         (first element, elements per block, the elements whose products are computed)."""
         if self.memo is not None and self.predictor is None:
-            self._task_loop(s, phase, 1, units)
+            self._task_loop(s, phase, 1, parts)
             return
         with T.If(self.batch >= i64(BATCH_BLOCK - 1)):
             with T.Then():
-                self._task_loop(s, phase, BATCH_BLOCK, units)
+                self._task_loop(s, phase, BATCH_BLOCK, parts)
             with T.Else():
-                self._task_loop(s, phase, 1, units)
+                self._task_loop(s, phase, 1, parts)
 
-    def _task_loop(self, s, phase, nb, units):
+    def _task_loop(self, s, phase, nb, parts):
         nd = self.loop.num_directions
-        nub = self.unit_blocks if units is None else units
+        nub = self.unit_blocks if parts is None else parts
         # Never 0, so that no division by it can trap, even hoisted out of the guard
         # for empty batches (the loop has no iteration then).
         batch = tirx.max(self.batch, i64(1))
         blocks = T.bind((batch + nb - 1) // nb) if nb > 1 else batch
         with self._parallel(nd * nub * blocks) as task:
             d = T.bind(task // (nub * blocks)) if nd > 1 else i64(0)
-            if units is None:
+            if parts is None:
                 # Unit blocks outer: each worker reads a share of the weights.
                 ub = T.bind((task // blocks) % nub) if nub > 1 else i64(0)
                 b0 = T.bind((task % blocks) * nb)
@@ -856,32 +857,32 @@ class KernelBuilder:
             pos.append(T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0))))
         return live, pos
 
-    def _delta_selection(self, u_buf, first_part=0):
-        """The phase finding a step's transmissions (../shared/MEMO_SPEC.md), once per
-        block of batch elements and input vector (part 0: x_t, part 1: u, the vector
-        in ``u_buf``: h of the previous step, or r (.) h), before the unit blocks add
-        their columns.  A component whose change since it was last sent reaches the
+    def _delta_selection(self, s, u_buf, parts):
+        """The phase finding step s's transmissions (../shared/MEMO_SPEC.md), once per
+        block of batch elements and input vector in ``parts`` (part 0: x_t, part 1: u,
+        the vector in ``u_buf``: h of the previous step, or r (.) h), before the unit
+        blocks add their columns.  A component whose change since it was last sent reaches the
         threshold for any element of the block is listed, with each element's change
         (0 for the elements that keep it); transmitted components become the new sent
         copies."""
         loop = self.loop
         u_sent = self.sent_rh if u_buf is getattr(self, "rh", None) else self.sent_h
 
-        def phase(d, part, block, s):
-            b0, _, elems = block
+        def phase(d, task_part, block, s):
+            _, _, elems = block
             live, pos = self._live(d, block, s)
-            choices = ((self.X, [(pos[e], b) for e, b in enumerate(elems)], loop.input_size, self.sent_x),
+            vectors = ((self.X, [(pos[e], b) for e, b in enumerate(elems)], loop.input_size, self.sent_x),
                        (u_buf, [self._u_ref(u_buf, d, b, s)[1] for b in elems], loop.hidden_size, u_sent))
-            if first_part == 1:
-                self._select(d, 1, block, s, live, *choices[1])
+            if len(parts) == 1:
+                self._select(d, parts[0], block, s, live, *vectors[parts[0]])
                 return
-            with T.If(part == i64(0)):
+            with T.If(task_part == i64(0)):
                 with T.Then():
-                    self._select(d, 0, block, s, live, *choices[0])
+                    self._select(d, 0, block, s, live, *vectors[0])
                 with T.Else():
-                    self._select(d, 1, block, s, live, *choices[1])
+                    self._select(d, 1, block, s, live, *vectors[1])
 
-        return phase
+        self._parallel_tasks(s, phase, parts=len(parts))
 
     def _select(self, d, part, block, s, live, vec, prefixes, n, sent):
         """List the components of ``vec`` (n of them, at ``prefixes`` per element)
@@ -1093,9 +1094,8 @@ class KernelBuilder:
                     old = T.bind(self.memo_q[d, b, j])
                     small = tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor))
                     # Elements past their length (or repeated) compute nothing and keep
-                    # their values.  (No branch on it here: TVM would hoist it out of
-                    # the loop, one copy of the loop per combination of elements.)  A
-                    # repeated element writes back what the real one just stored.
+                    # their values (a select, like the decision itself).  A repeated
+                    # element writes back what the real one just stored.
                     reuse = T.bind(tirx.Or(tirx.Not(live[e]), small))
                     T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
                     if pred.fresh_input:
@@ -1115,7 +1115,7 @@ class KernelBuilder:
                         self._count(d, b, ub, g, computed=n, reused=count - n)
         # The list is completed to whole groups of four with its last row, stored by no
         # element (or, in a block of one, stored again with the same value): the
-        # kernel then needs no code for single remaining rows (a quarter of its size).
+        # kernel then needs no code for single remaining rows.
         n = T.bind(ntodo[0])
         with T.If(n > i64(0)):
             with T.Then():
