@@ -223,10 +223,22 @@ class KernelBuilder:
         pragma): every worker walks the steps, takes its share of each parallel loop
         and waits at the barrier for the others.  One launch per call instead of one
         per phase and step: waking the workers costs more than a barrier (GRU 256,
-        batch 1: 2.7 us of a 10.8 us step went to the second launch of each step)."""
+        batch 1: 2.7 us of a 10.8 us step went to the second launch of each step).
+
+        A loop of one iteration gets a second, empty one: TIR's simplifier replaces a
+        loop of extent 1 by its body, which every worker of the launch would then run,
+        sharing the body's local buffers (StorageRewrite allocates those outside the
+        launch when no parallel loop encloses them) -- a race that corrupted the input
+        projection of layers with up to 64 gate rows."""
+        single = isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
         with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
-            with T.parallel(0, extent) as i:
-                yield i
+            with T.parallel(0, 2 if single else extent) as i:
+                if not single:
+                    yield i
+                    return
+                with T.If(i == 0):
+                    with T.Then():
+                        yield i
 
     # -- parameters and state ------------------------------------------------------
 
