@@ -11,7 +11,9 @@ the numpy reference alike:
   named numpy arrays (they become constant inputs of the kernel);
 * ``declare(kb)`` -- the kernel parameters for that data (called by the kernel builder);
 * ``prepare(kb, d, b, s, x_ref, u_ref)`` / ``value(kb, d, j, state)`` -- TIR emitted once
-  per task and step, then per neuron, returning q_j;
+  per task and step, then per neuron, returning q_j; a predictor with a ``group`` size
+  may instead give the values of ``group`` consecutive neurons at once
+  (``group_values``), which the kernel uses where the hidden size is a multiple of it;
 * ``reference(data, d, rows, x, u, a)`` -- the same q in numpy, for the reference (``a``
   is the rows' exact input parts).
 
@@ -33,6 +35,10 @@ from tvm.script.ir_builder import tirx as T
 from .errors import ConfigError
 
 
+# Rows whose sign words the BNN predictor keeps side by side (8 words: one AVX-512 vector).
+SIGN_GROUP = 8
+
+
 def words(n: int) -> int:
     """64-bit words needed for the sign bits of an n-vector."""
     return (n + 63) // 64
@@ -51,6 +57,8 @@ class Predictor:
     # True: the kernel keeps the packed sign bits of x, h (and r (.) h) for it
     # (``kb.sign_bits(ref)``), each packed once instead of by every task.
     reads_signs = False
+    # Neurons whose values group_values computes together (None: value only).
+    group = None
 
     def weight_data(self, loop, W, R) -> dict:
         return {}
@@ -62,6 +70,11 @@ class Predictor:
         raise NotImplementedError
 
     def value(self, kb, d, j, state):
+        raise NotImplementedError
+
+    def group_values(self, kb, d, j0, state, out):
+        """Store the values of neurons j0 .. j0 + group - 1 (j0 a multiple of group)
+        into the buffer ``out``."""
         raise NotImplementedError
 
     def reference(self, data, d, rows, x, u, a) -> np.ndarray:
@@ -95,6 +108,17 @@ def pack_signs(v: np.ndarray) -> np.ndarray:
     return packed.reshape(v.shape[:-1] + (words(n), 8)).view("<u8")[..., 0]
 
 
+def group_rows(packed: np.ndarray, group: int) -> np.ndarray:
+    """[..., rows, words] -> [..., ceil(rows / group), words, group]: word w of ``group``
+    consecutive rows side by side, so that one vector load serves them all (padding
+    rows are 0)."""
+    *lead, rows, nw = packed.shape
+    padded = np.zeros((*lead, -(-rows // group) * group, nw), packed.dtype)
+    padded[..., :rows, :] = packed
+    grouped = padded.reshape(*lead, -1, group, nw)
+    return np.ascontiguousarray(np.swapaxes(grouped, -1, -2))
+
+
 def _stack32(per_direction):
     return np.ascontiguousarray(np.stack(per_direction), dtype=np.float32)
 
@@ -124,35 +148,57 @@ def _low_rank_value(P, d, j, z, r, start):
 
 class BnnPredictor(Predictor):
     """The paper's binarized neuron: q = sum s(W) s(x) + sum s(R) s(u), by XOR and
-    popcount on 64-bit words; the weights' sign bits are packed at compile time."""
+    popcount on 64-bit words; the weights' sign bits are packed at compile time, in
+    groups of SIGN_GROUP rows (:func:`group_rows`): the kernel computes a group's
+    values with one vector XOR and popcount per word, summed across words lane by
+    lane (no horizontal sum per neuron)."""
 
     name = "bnn"
     floor = 1.0
     q_dtype = "int32"
     reads_signs = True
+    group = SIGN_GROUP
 
     def weight_data(self, loop, W, R):
-        return {"W_signs": pack_signs(np.asarray(W)), "R_signs": pack_signs(np.asarray(R))}
+        return {"W_signs": group_rows(pack_signs(np.asarray(W)), self.group),
+                "R_signs": group_rows(pack_signs(np.asarray(R)), self.group)}
 
     def declare(self, kb):
         loop = kb.loop
-        nd, G = loop.num_directions, loop.rows
-        kb.WS = kb.param("W_signs", (nd, G, words(loop.input_size)), "uint64")
-        kb.RS = kb.param("R_signs", (nd, G, words(loop.hidden_size)), "uint64")
+        nd, groups = loop.num_directions, -(-loop.rows // self.group)
+        kb.WS = kb.param("W_signs", (nd, groups, words(loop.input_size), self.group), "uint64")
+        kb.RS = kb.param("R_signs", (nd, groups, words(loop.hidden_size), self.group), "uint64")
 
     def prepare(self, kb, d, b, s, x_ref, u_ref):
         return kb.sign_bits(x_ref), kb.sign_bits(u_ref)
 
-    def value(self, kb, d, j, state):
+    def _parts(self, kb, state):
+        """(sign bits, index prefix, weight signs, length) of x and of u."""
         (x_bits, x_pre), (u_bits, u_pre) = state
         loop = kb.loop
-        D, H = loop.input_size, loop.hidden_size
+        return ((x_bits, x_pre, kb.WS, loop.input_size), (u_bits, u_pre, kb.RS, loop.hidden_size))
+
+    def value(self, kb, d, j, state):
+        loop, n = kb.loop, self.group
         diff = tirx.const(0, "uint64")
-        for w in range(words(D)):
-            diff = diff + tirx.popcount(kb.WS[d, j, w] ^ x_bits[x_pre + (w,)])
-        for w in range(words(H)):
-            diff = diff + tirx.popcount(kb.RS[d, j, w] ^ u_bits[u_pre + (w,)])
-        return T.bind(tirx.const(D + H, "int32") - 2 * tirx.Cast("int32", diff))
+        for bits, pre, signs, size in self._parts(kb, state):
+            for w in range(words(size)):
+                diff = diff + tirx.popcount(signs[d, j // n, w, j % n] ^ bits[pre + (w,)])
+        return T.bind(tirx.const(loop.input_size + loop.hidden_size, "int32") - 2 * tirx.Cast("int32", diff))
+
+    def group_values(self, kb, d, j0, state, out):
+        loop, n = kb.loop, self.group
+        diff = T.alloc_buffer((n,), "uint64")
+        with T.vectorized(0, n) as lane:
+            T.buffer_store(diff, tirx.const(0, "uint64"), [lane])
+        for bits, pre, signs, size in self._parts(kb, state):
+            with T.serial(0, words(size)) as w:
+                word = T.bind(bits[pre + (w,)])
+                with T.vectorized(0, n) as lane:
+                    T.buffer_store(diff, diff[lane] + tirx.popcount(signs[d, j0 // n, w, lane] ^ word), [lane])
+        with T.vectorized(0, n) as lane:
+            total = tirx.const(loop.input_size + loop.hidden_size, "int32")
+            T.buffer_store(out, total - 2 * tirx.Cast("int32", diff[lane]), [lane])
 
     def reference(self, data, d, rows, x, u, a):
         # Equal to the popcount form: agreements minus disagreements of the signs.
@@ -170,7 +216,8 @@ class BnnPredictor(Predictor):
         return loop.rows * (words(loop.input_size) + words(loop.hidden_size))
 
     def data_bytes(self, loop):
-        return 8 * loop.num_directions * loop.rows * (words(loop.input_size) + words(loop.hidden_size))
+        rows = -(-loop.rows // self.group) * self.group
+        return 8 * loop.num_directions * rows * (words(loop.input_size) + words(loop.hidden_size))
 
 
 class LowRankPredictor(Predictor):

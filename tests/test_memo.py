@@ -192,7 +192,7 @@ def test_numpy_and_kernel_sign_packing_agree():
     import tvm
 
     from memotvm.frontend.kernels import build_sign_packer
-    from memotvm.predictors import pack_signs
+    from memotvm.predictors import SIGN_GROUP, group_rows, pack_signs
     from memotvm.targets import host_target
 
     model = make_recurrent_model("GRU", 70, 130, direction="bidirectional")
@@ -202,9 +202,9 @@ def test_numpy_and_kernel_sign_packing_agree():
         w = rng.standard_normal((2, loop.rows, n)).astype(np.float32)
         w[0, 0, :5] = 0.0  # s(0) = +1: bit clear
         lib = tvm.compile(tvm.IRModule({"main": build_sign_packer(loop, which)}), target=host_target())
-        out = tvm.runtime.empty((2, loop.rows, (n + 63) // 64), "uint64")
+        out = tvm.runtime.empty((2, -(-loop.rows // SIGN_GROUP), (n + 63) // 64, SIGN_GROUP), "uint64")
         lib["main"](tvm.runtime.tensor(w), out)
-        np.testing.assert_array_equal(out.numpy(), pack_signs(w))
+        np.testing.assert_array_equal(out.numpy(), group_rows(pack_signs(w), SIGN_GROUP))
 
 
 def test_exactinput_memoizes_only_the_recurrent_part():

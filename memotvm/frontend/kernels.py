@@ -50,7 +50,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
-from ..predictors import get_predictor, words
+from ..predictors import SIGN_GROUP, get_predictor, words
 from .recurrent import RecurrentLoop
 
 WORD_BITS = 64
@@ -1091,35 +1091,60 @@ class KernelBuilder:
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])
         computed = [T.alloc_buffer((1,), "int64") for _ in elems]
+        # Branch-free: a reuse pattern is close to random, and a mispredicted branch
+        # per neuron cost more than the rows it saved (GRU 256 at 39 % reuse was
+        # slower than at threshold 0).  Every neuron is written to the list; only the
+        # computed ones advance its end.
+        def compute_bit(e, b, j, q):
+            """Decide neuron j of element b (the e-th of the block) from its value q:
+            update its memo entry, return 1 if it must be computed, else 0."""
+            old = T.bind(self.memo_q[d, b, j])
+            small = tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor))
+            # Elements past their length (or repeated) compute nothing and keep their
+            # values (a select, like the decision itself).  A repeated element writes
+            # back what the real one just stored.
+            reuse = tirx.Or(tirx.Not(live[e]), small)
+            T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
+            if pred.fresh_input:
+                # The same value the computed rows store (never read past a
+                # sequence's end).
+                T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
+            return tirx.Select(reuse, i64(0), i64(1))
+
+        def list_row(j, bits):
+            """Count the elements' decisions on row j and list it (with the mask of the
+            elements that compute it) if any of them must."""
+            mask = i64(0)
+            for e, bit in enumerate(bits):
+                T.buffer_store(computed[e], computed[e][0] + bit, [0])
+                mask = mask | (bit << i64(e))
+            mask = T.bind(mask)
+            T.buffer_store(todo, j | (mask << i64(32)) if nb > 1 else j, [ntodo[0]])
+            T.buffer_store(ntodo, ntodo[0] + tirx.Select(mask != i64(0), i64(1), i64(0)), [0])
+
+        # Whole groups of neurons (every block's, when H is a multiple of the group)
+        # get their values and decisions together, in vectors; listing stays per row.
+        group = pred.group if pred.group and H % pred.group == 0 else None
         for g in gates:
             for c in computed:
                 T.buffer_store(c, i64(0), [0])
-            with T.serial(0, count) as u:
-                # Branch-free: a reuse pattern is close to random, and a mispredicted
-                # branch per neuron cost more than the rows it saved (GRU 256 at
-                # 39 % reuse was slower than at threshold 0).  Every neuron is
-                # written to the list; only the computed ones advance its end.
-                j = T.bind(g * H + first + u)
-                mask = i64(0)
-                for e, b in enumerate(elems):
-                    q = pred.value(self, d, j, states[e])
-                    old = T.bind(self.memo_q[d, b, j])
-                    small = tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor))
-                    # Elements past their length (or repeated) compute nothing and keep
-                    # their values (a select, like the decision itself).  A repeated
-                    # element writes back what the real one just stored.
-                    reuse = T.bind(tirx.Or(tirx.Not(live[e]), small))
-                    T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
-                    if pred.fresh_input:
-                        # The same value the computed rows store (never read past a
-                        # sequence's end).
-                        T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
-                    bit = tirx.Select(reuse, i64(0), i64(1))
-                    T.buffer_store(computed[e], computed[e][0] + bit, [0])
-                    mask = mask | (bit << i64(e))
-                mask = T.bind(mask)
-                T.buffer_store(todo, j | (mask << i64(32)) if nb > 1 else j, [ntodo[0]])
-                T.buffer_store(ntodo, ntodo[0] + tirx.Select(mask != i64(0), i64(1), i64(0)), [0])
+            if group:
+                with T.serial(0, count // group) as q0:
+                    j0 = T.bind(g * H + first + q0 * group)
+                    values = [T.alloc_buffer((group,), pred.q_dtype) for _ in elems]
+                    bits = [T.alloc_buffer((group,), "int64") for _ in elems]
+                    for e, out in enumerate(values):
+                        pred.group_values(self, d, j0, states[e], out)
+                    with T.vectorized(0, group) as lane:
+                        for e, b in enumerate(elems):
+                            T.buffer_store(bits[e], compute_bit(e, b, j0 + lane, values[e][lane]), [lane])
+                    with T.serial(0, group) as lane:
+                        list_row(T.bind(j0 + lane), [bit[lane] for bit in bits])
+            else:
+                with T.serial(0, count) as u:
+                    j = T.bind(g * H + first + u)
+                    list_row(j, [T.bind(compute_bit(e, b, j, pred.value(self, d, j, states[e])))
+                                 for e, b in enumerate(elems)])
             for e, b in enumerate(elems):
                 with T.If(live[e]):
                     with T.Then():
@@ -1193,7 +1218,8 @@ def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None) -> tirx.Prim
 
 def build_sign_packer(loop: RecurrentLoop, which: str) -> tirx.PrimFunc:
     """A PrimFunc packing the sign bits of W ("W") or R ("R") into 64-bit words, in
-    the layout of :func:`memotvm.predictors.pack_signs`.
+    the layout of the BNN predictor's weight data (:func:`memotvm.predictors.pack_signs`,
+    rows grouped by :func:`memotvm.predictors.group_rows`).
 
     The memoization pass uses it when the weights are computed at run time (constant
     weights are packed in numpy at compile time).  It is written as a reduction block,
@@ -1201,20 +1227,24 @@ def build_sign_packer(loop: RecurrentLoop, which: str) -> tirx.PrimFunc:
     """
     nd, G = loop.num_directions, loop.rows
     n = loop.input_size if which == "W" else loop.hidden_size
-    nw, dtype = words(n), loop.dtype
+    nw, dtype, group = words(n), loop.dtype, SIGN_GROUP
+    groups = -(-G // group)
     zero = tirx.const(0, dtype)
 
     @T_script.prim_func(s_tir=True)
-    def pack_signs(src: T_script.Buffer((nd, G, n), dtype), dst: T_script.Buffer((nd, G, nw), "uint64")):
+    def pack_signs(src: T_script.Buffer((nd, G, n), dtype),
+                   dst: T_script.Buffer((nd, groups, nw, group), "uint64")):
         T_script.func_attr({"tir.noalias": True})
-        for d, j, w, lane in T_script.grid(nd, G, nw, 64):
+        for d, jg, w, r, lane in T_script.grid(nd, groups, nw, group, 64):
             with T_script.sblock("pack"):
-                vd, vj, vw, vl = T_script.axis.remap("SSSR", [d, j, w, lane])
+                vd, vg, vw, vr, vl = T_script.axis.remap("SSSSR", [d, jg, w, r, lane])
                 with T_script.init():
-                    dst[vd, vj, vw] = T_script.uint64(0)
-                dst[vd, vj, vw] = dst[vd, vj, vw] | (
+                    dst[vd, vg, vw, vr] = T_script.uint64(0)
+                # Rows past G (the last group's padding) and bits past n stay 0.
+                dst[vd, vg, vw, vr] = dst[vd, vg, vw, vr] | (
                     T_script.if_then_else(
-                        vw * 64 + vl < n and src[vd, vj, T_script.min(vw * 64 + vl, n - 1)] < zero,
+                        vg * group + vr < G and vw * 64 + vl < n
+                        and src[vd, T_script.min(vg * group + vr, G - 1), T_script.min(vw * 64 + vl, n - 1)] < zero,
                         T_script.uint64(1), T_script.uint64(0),
                     ) << T_script.Cast("uint64", vl)
                 )
