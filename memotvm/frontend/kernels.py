@@ -1091,6 +1091,7 @@ class KernelBuilder:
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])
         computed = [T.alloc_buffer((1,), "int64") for _ in elems]
+
         # Branch-free: a reuse pattern is close to random, and a mispredicted branch
         # per neuron cost more than the rows it saved (GRU 256 at 39 % reuse was
         # slower than at threshold 0).  Every neuron is written to the list; only the
@@ -1102,7 +1103,8 @@ class KernelBuilder:
             small = tirx.And(may_reuse, self._small_change(q, old, thr, pred.floor))
             # Elements past their length (or repeated) compute nothing and keep their
             # values (a select, like the decision itself).  A repeated element writes
-            # back what the real one just stored.
+            # back what the real one just stored.  (Not bound to a variable: TVM's
+            # vectorizer cannot bind a vector of booleans.)
             reuse = tirx.Or(tirx.Not(live[e]), small)
             T.buffer_store(self.memo_q, tirx.Select(reuse, old, q), [d, b, j])
             if pred.fresh_input:
