@@ -344,8 +344,10 @@ class DeltaExecution(Predictor):
     columns only: a_j += W[j, k] (x_k - x^_k).  The kernel reads W and R by columns,
     rearranged at compile time per block of units (``columns[d, block, k, g * U + u]`` is
     row g H + block U + u of column k, 0 past H), so the part of a column one task needs
-    is one contiguous run.  Counts are multiply-adds: computed = rows x transmitted
-    columns, reused = rows x the others.
+    is one contiguous run.  For large layers (``kernels.delta_projects_input``) the
+    input parts are instead the projection of x's transmitted copies, W x^ + Wb, which
+    the column updates of W sum to; W's columns are then not needed.  Counts are
+    multiply-adds: computed = rows x transmitted columns, reused = rows x the others.
     """
 
     name = "delta"
@@ -367,13 +369,17 @@ class DeltaExecution(Predictor):
         return out
 
     def weight_data(self, loop, W, R):
-        return {"W_columns": self._blocked_columns(loop, np.asarray(W)),
-                "R_columns": self._blocked_columns(loop, np.asarray(R))}
+        from .frontend.kernels import delta_projects_input
+
+        data = {} if delta_projects_input(loop) else {"W_columns": self._blocked_columns(loop, np.asarray(W))}
+        data["R_columns"] = self._blocked_columns(loop, np.asarray(R))
+        return data
 
     def declare(self, kb):
         loop = kb.loop
         nd, U, nub = loop.num_directions, kb.unit_block, kb.unit_blocks
-        kb.WT = kb.param("W_columns", (nd, nub, loop.input_size, loop.num_gates * U), "float32")
+        if not kb.x_projected:
+            kb.WT = kb.param("W_columns", (nd, nub, loop.input_size, loop.num_gates * U), "float32")
         kb.RT = kb.param("R_columns", (nd, nub, loop.hidden_size, loop.num_gates * U), "float32")
 
     def skipped_share(self, loop):
@@ -383,7 +389,10 @@ class DeltaExecution(Predictor):
         return loop.input_size + loop.hidden_size  # one comparison per component
 
     def data_bytes(self, loop):
-        return 4 * loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size)
+        from .frontend.kernels import delta_projects_input
+
+        columns = loop.hidden_size + (0 if delta_projects_input(loop) else loop.input_size)
+        return 4 * loop.num_directions * loop.rows * columns
 
 
 def _ranked(cls):

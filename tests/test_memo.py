@@ -218,8 +218,18 @@ def test_exactinput_memoizes_only_the_recurrent_part():
     assert bnn.computations_avoided == bnn.reuse
 
 
-@pytest.mark.parametrize("op,lbr", [("LSTM", 0), ("GRU", 0), ("GRU", 1), ("RNN", 0)])
-def test_delta_execution_skips_columns(op, lbr):
+def project_inputs(monkeypatch, projected):
+    """Make delta execution take its input parts from the projection of x's transmitted
+    copies (what it does for large layers) or from W's columns, whatever the size."""
+    import memotvm.frontend.kernels as kernels
+
+    monkeypatch.setattr(kernels, "DELTA_COLUMN_BYTES", 0 if projected else 1 << 62)
+
+
+@pytest.mark.parametrize("op,lbr,projected", [("LSTM", 0, False), ("GRU", 0, False), ("GRU", 1, False),
+                                              ("RNN", 0, False), ("LSTM", 0, True), ("GRU", 0, True)])
+def test_delta_execution_skips_columns(op, lbr, projected, monkeypatch):
+    project_inputs(monkeypatch, projected)
     model = make_recurrent_model(op, 12, 70, direction="bidirectional", sequence_lens=True,
                                  attrs={"linear_before_reset": lbr} if op == "GRU" else None)
     feeds = make_inputs(model, 25, 2, smooth=True)
@@ -257,9 +267,12 @@ def test_tunable_thresholds_equal_fixed_ones():
     ("LSTM", {"direction": "bidirectional", "peepholes": True}, "bnn"),
     ("GRU", {"direction": "reverse", "attrs": {"linear_before_reset": 0}}, "delta"),
     ("GRU", {"direction": "bidirectional", "attrs": {"linear_before_reset": 1}}, "exactinput:3"),
+    ("LSTM", {"direction": "bidirectional"}, "delta-projected"),
 ])
-def test_batch_blocks_with_ragged_lengths_agree_with_reference(op, kwargs, predictor):
-    # Batch 6: one block of four elements and one with two repeats of the last element;
+def test_batch_blocks_with_ragged_lengths_agree_with_reference(op, kwargs, predictor, monkeypatch):
+    if predictor == "delta-projected":
+        project_inputs(monkeypatch, True)
+        predictor = "delta"
     # lengths from 0 to the whole sequence, so elements leave their blocks at different
     # steps; H = 70 leaves a partial block of units.  Every element must make the
     # reference's decisions and keep its own values.

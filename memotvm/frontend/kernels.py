@@ -70,6 +70,11 @@ PROJECTION_BYTES = 16 << 20
 MIN_PROJECTION_STEPS = 32
 # Hidden units per task.
 UNIT_BLOCK = 64
+# Delta execution updates the input parts by W's transmitted columns while W and R (as
+# float32 columns, per direction) fit in this many bytes; beyond, the columns of both
+# no longer stay in the last-level cache, and the input parts come from the projection
+# of x's transmitted copies instead (see delta_projects_input).
+DELTA_COLUMN_BYTES = 4 << 20
 # Activations whose float32 form calls a math function (not vectorized).
 SCALAR_ACTIVATIONS = {"Softplus"}
 # Batch elements whose recurrent products one task of the unmodified kernel computes
@@ -172,6 +177,8 @@ class KernelBuilder:
         self.predictor = get_predictor(memo.predictor) if memo else None
         # Delta execution replaces the neuron evaluations with column updates.
         self.delta = self.predictor is not None and self.predictor.scheme == "delta"
+        # Delta execution with the input parts from a projection (else W's columns).
+        self.x_projected = self.delta and delta_projects_input(loop)
         self.unit_block = unit_block(loop)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
 
@@ -204,9 +211,11 @@ class KernelBuilder:
             if self._uses_projection:
                 with T.If(s % self.chunk == 0):
                     with T.Then():
+                        if self.x_projected:
+                            self._transmitted_inputs(s)
                         self._input_projection(s)
             if self.delta:
-                self._delta_selection(s, self.h, parts=(0, 1))
+                self._delta_selection(s, self.h, parts=(1,) if self.x_projected else (0, 1))
             if self._gru_reset_first:
                 self._parallel_tasks(s, self._gru_reset_phase)
                 if self.delta:
@@ -289,8 +298,16 @@ class KernelBuilder:
             self.xproj = _named("input_projection", T.alloc_buffer((self.chunk, nd, batch, G), acc))
         if self.delta:
             D = loop.input_size
-            # Last transmitted copies, double-buffered by step parity like h.
-            self.sent_x = _named("sent_x", T.alloc_buffer((2, nd, batch, D), acc))
+            if self.x_projected:
+                # x's transmitted copy runs ahead, a chunk of steps at a time: its copies
+                # at the chunk's steps (whose projection gives the input parts) and how
+                # many components each step transmitted.
+                self.sent_x = _named("sent_x", T.alloc_buffer((nd, batch, D), acc))
+                self.x_copies = _named("sent_x_steps", T.alloc_buffer((self.chunk, nd, batch, D), acc))
+                self.x_sent = _named("sent_x_count", T.alloc_buffer((self.chunk, nd, batch), "int64"))
+            else:
+                # Last transmitted copies, double-buffered by step parity like h.
+                self.sent_x = _named("sent_x", T.alloc_buffer((2, nd, batch, D), acc))
             self.sent_h = _named("sent_h", T.alloc_buffer((2, nd, batch, H), acc))
             if self._gru_reset_first:
                 self.sent_rh = _named("sent_rh", T.alloc_buffer((2, nd, batch, H), acc))
@@ -327,16 +344,18 @@ class KernelBuilder:
         PROJECTION_BYTES, else as many as fit, at least MIN_PROJECTION_STEPS; a
         multiple of TIME_BLOCK, never 0."""
         loop = self.loop
-        per_step = loop.num_directions * loop.rows * (8 if self.acc == "float64" else 4)
+        per_row = loop.rows + (loop.input_size if self.x_projected else 0)
+        per_step = loop.num_directions * per_row * (8 if self.acc == "float64" else 4)
         fit = i64(PROJECTION_BYTES // per_step) // tirx.max(self.batch, i64(1))
         steps = tirx.min(tirx.max(fit, i64(MIN_PROJECTION_STEPS)), tirx.max(self.seq, i64(1)))
         return (steps + TIME_BLOCK - 1) // TIME_BLOCK * TIME_BLOCK
 
     @property
     def _uses_projection(self):
-        """The input parts come from the projection of all steps (not for the oracle,
-        which computes them per neuron, nor for delta execution, which updates them)."""
-        return self.memo is None or (self.predictor is not None and not self.delta)
+        """The input parts come from the projection of all steps (of x's transmitted
+        copies, for delta execution on large layers); not for the oracle, which
+        computes them per neuron, nor for delta execution updating them by columns."""
+        return self.memo is None or (self.predictor is not None and not self.delta) or self.x_projected
 
     @property
     def _signs(self):
@@ -422,9 +441,14 @@ class KernelBuilder:
         with T.serial(0, loop.rows) as j:
             T.buffer_store(self.a, self._with_bias(zero, d, j, "W"), [d, b, j])
             T.buffer_store(self.bp, self._with_bias(zero, d, j, "R"), [d, b, j])
-        sent = [(self.sent_x, loop.input_size), (self.sent_h, loop.hidden_size)]
+        sent = [(self.sent_h, loop.hidden_size)]
         if self._gru_reset_first:
             sent.append((self.sent_rh, loop.hidden_size))
+        if self.x_projected:
+            with T.serial(0, loop.input_size) as k:
+                T.buffer_store(self.sent_x, zero, [d, b, k])
+        else:
+            sent.append((self.sent_x, loop.input_size))
         for buf, n in sent:
             with T.serial(0, n) as k:
                 T.buffer_store(buf, zero, [0, d, b, k])
@@ -568,6 +592,10 @@ class KernelBuilder:
         value is never used)."""
         vecs = []
         for tb in range(TIME_BLOCK):
+            if self.x_projected:
+                # x's transmitted copy at that step (see _transmitted_inputs).
+                vecs.append((self.x_copies, ((s + tb) % self.chunk, d, b)))
+                continue
             _, t = self._time_index(d, b, s + tb)
             t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
             vecs.append((self.X, (t, b)))
@@ -869,6 +897,37 @@ class KernelBuilder:
             pos.append(T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0))))
         return live, pos
 
+    def _transmitted_inputs(self, s):
+        """x's transmissions (../shared/MEMO_SPEC.md) for the chunk of steps from s, per
+        chain, when the input parts come from a projection: x's transmitted copy
+        depends on x alone, so it runs ahead of the recurrence.  Its copy at each step
+        goes to sent_x_steps, whose projection (W x^ + Wb, what the spec's column
+        updates of W sum to) is the input part, and the number of transmitted
+        components to sent_x_count.  Steps past an element's length transmit nothing."""
+        loop = self.loop
+        nd, D = loop.num_directions, loop.input_size
+        steps = T.bind(tirx.min(self.chunk, (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK * TIME_BLOCK))
+        batch = tirx.max(self.batch, i64(1))
+        with self._parallel(nd * batch) as task:
+            d = T.bind(task // batch) if nd > 1 else i64(0)
+            b = T.bind(task % batch)
+            thr = T.bind(self.thresholds[d])
+            with T.serial(0, steps) as i:
+                valid, t = self._time_index(d, b, s + i)
+                valid = T.bind(valid)
+                t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
+                count = T.alloc_buffer((1,), "int64")
+                T.buffer_store(count, i64(0), [0])
+                with T.serial(0, D) as k:
+                    old = T.bind(self.sent_x[d, b, k])
+                    new = T.bind(self.load(self.X, (t, b, k)))
+                    changed = T.bind(tirx.And(valid, tirx.Cast("float64", tirx.abs(new - old)) >= thr))
+                    value = T.bind(tirx.Select(changed, new, old))
+                    T.buffer_store(self.sent_x, value, [d, b, k])
+                    T.buffer_store(self.x_copies, value, [i, d, b, k])
+                    T.buffer_store(count, count[0] + tirx.Select(changed, i64(1), i64(0)), [0])
+                T.buffer_store(self.x_sent, count[0], [i, d, b])
+
     def _delta_selection(self, s, u_buf, parts):
         """The phase finding step s's transmissions (../shared/MEMO_SPEC.md), once per
         block of batch elements and input vector in ``parts`` (part 0: x_t, part 1: u,
@@ -939,18 +998,30 @@ class KernelBuilder:
         of the block: each listed column is loaded once and added to every element's
         parts, times that element's change (adding 0 * w leaves a part unchanged), so a
         column load serves BATCH_BLOCK elements.  The accumulators stay in registers
-        over the list.  Counts are multiply-adds: rows x transmitted components."""
+        over the list.  With x_projected, the input parts are taken from the
+        projection instead, and only R's columns are added.  Counts are multiply-adds:
+        rows x transmitted components."""
         loop = self.loop
         H, D = loop.hidden_size, loop.input_size
         b0, _, elems = block
-        _, count = self._units(ub)
+        first, count = self._units(ub)
         live, _ = self._live(d, block, s)
-        for part, columns, out in ((0, self.WT, self.a), (1, self.RT, self.bp)):
-            self._add_block_columns(d, ub, block, gates, part, columns, out)
+        if not self.x_projected:
+            self._add_block_columns(d, ub, block, gates, 0, self.WT, self.a)
+        self._add_block_columns(d, ub, block, gates, 1, self.RT, self.bp)
         for e, b in enumerate(elems):
             with T.If(live[e]):
                 with T.Then():
-                    sent = T.bind(self.delta_sent[d, b, 0] + self.delta_sent[d, b, 1])
+                    if self.x_projected:
+                        # The input parts: the projection of x's transmitted copy.
+                        for g in gates:
+                            with self._unit_loop(count) as u:
+                                j = g * H + first + u
+                                T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
+                        x_sent = self.x_sent[s % self.chunk, d, b]
+                    else:
+                        x_sent = self.delta_sent[d, b, 0]
+                    sent = T.bind(x_sent + self.delta_sent[d, b, 1])
                     for g in gates:
                         self._count(d, b, ub, g, computed=count * sent, reused=count * (i64(D + H) - sent))
 
@@ -1205,6 +1276,14 @@ class KernelBuilder:
 def unit_block(loop: RecurrentLoop) -> int:
     """Hidden units per task."""
     return min(UNIT_BLOCK, loop.hidden_size)
+
+
+def delta_projects_input(loop: RecurrentLoop) -> bool:
+    """Whether delta execution computes the input parts as the projection of x's
+    transmitted copies (W and R as float32 columns exceed DELTA_COLUMN_BYTES per
+    direction) rather than updating them by W's transmitted columns.  Both give
+    W x^ + Wb up to rounding; the kernel and the reference make the same choice."""
+    return 4 * loop.rows * (loop.input_size + loop.hidden_size) > DELTA_COLUMN_BYTES
 
 
 def kernel_name(loop: RecurrentLoop, memo: MemoPlan | None = None) -> str:
