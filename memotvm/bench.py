@@ -187,7 +187,9 @@ def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
         nd, G, D, H = loop.num_directions, loop.rows, loop.input_size, loop.hidden_size
         if pred is not None and pred.scheme == "delta":
             # the parts (float32) per neuron, the last sent copies of x, h (and r (.) h)
-            # for two step parities, the step's lists of x and u (index, change)
+            # for two step parities, the step's lists of x and u (index, change).  (On
+            # large layers x's copies for a projection chunk take a share of the
+            # projection buffer's budget instead, see kernels.delta_projects_input.)
             vectors = D + H + (H if loop.op == "GRU" and not loop.linear_before_reset else 0)
             table = nd * batch * (G * 8 + 2 * 4 * vectors + 2 * max(D, H) * (8 + 4))
         else:
