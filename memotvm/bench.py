@@ -179,6 +179,7 @@ def format_rows(rows) -> str:
 def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
     """Bytes memoization adds, per recurrent node: the predictor's weight data (once per
     model) and the memo table of each chain (per call and batch element)."""
+    from .frontend.kernels import delta_projects_input
     from .predictors import get_predictor
 
     pred = get_predictor(predictor)
@@ -186,12 +187,16 @@ def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
     for loop in loops:
         nd, G, D, H = loop.num_directions, loop.rows, loop.input_size, loop.hidden_size
         if pred is not None and pred.scheme == "delta":
-            # the parts (float32) per neuron, the last sent copies of x, h (and r (.) h)
-            # for two step parities, the step's lists of x and u (index, change).  (On
-            # large layers x's copies for a projection chunk take a share of the
-            # projection buffer's budget instead, see kernels.delta_projects_input.)
-            vectors = D + H + (H if loop.op == "GRU" and not loop.linear_before_reset else 0)
-            table = nd * batch * (G * 8 + 2 * 4 * vectors + 2 * max(D, H) * (8 + 4))
+            # the parts (float32) per neuron, the last sent copies of h (and r (.) h)
+            # for two step parities, the step's lists (index, change) of x and u.  x's
+            # copy: two parities, or, when the input parts come from a projection
+            # (kernels.delta_projects_input), one copy, plus the copies of a chunk of
+            # steps, which share the projection buffer's budget (added to nothing).
+            recurrent = H + (H if loop.op == "GRU" and not loop.linear_before_reset else 0)
+            projected = delta_projects_input(loop)
+            listed = H if projected else max(D, H)
+            x_copies = 1 if projected else 2
+            table = nd * batch * (G * 8 + 4 * (2 * recurrent + x_copies * D) + 2 * listed * (8 + 4))
         else:
             # cached input_part and recurrent_part (float32) and memo_q (4 bytes) per neuron
             table = nd * batch * G * (4 + 4 + 4)

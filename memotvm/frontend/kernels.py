@@ -316,7 +316,8 @@ class KernelBuilder:
             # their changes per element (0 where an element did not transmit; the
             # rows of a block's repeated last elements are the padding) and how many
             # each element transmitted.
-            n = max(D, H)
+            # (With x_projected only u is listed: part 0 is left unused.)
+            n = H if self.x_projected else max(D, H)
             self.delta_idx = _named("delta_columns", T.alloc_buffer((nd, batch, 2, n), "int64"))
             self.delta_len = _named("delta_listed", T.alloc_buffer((nd, batch, 2), "int64"))
             self.delta_val = _named("delta_values", T.alloc_buffer(
@@ -439,7 +440,8 @@ class KernelBuilder:
         """Parts start from the biases, transmitted copies from 0."""
         loop, zero = self.loop, self.m.const(0.0)
         with T.serial(0, loop.rows) as j:
-            T.buffer_store(self.a, self._with_bias(zero, d, j, "W"), [d, b, j])
+            if not self.x_projected:  # else the projection sets them at every step
+                T.buffer_store(self.a, self._with_bias(zero, d, j, "W"), [d, b, j])
             T.buffer_store(self.bp, self._with_bias(zero, d, j, "R"), [d, b, j])
         sent = [(self.sent_h, loop.hidden_size)]
         if self._gru_reset_first:
@@ -897,6 +899,12 @@ class KernelBuilder:
             pos.append(T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0))))
         return live, pos
 
+    @staticmethod
+    def _transmits(valid, diff, thr):
+        """Whether a component whose value moved by ``diff`` since it was last sent is
+        transmitted at a valid step: |diff| >= threshold, compared in float64."""
+        return tirx.And(valid, tirx.Cast("float64", tirx.abs(diff)) >= thr)
+
     def _transmitted_inputs(self, s):
         """x's transmissions (../shared/MEMO_SPEC.md) for the chunk of steps from s, per
         chain, when the input parts come from a projection: x's transmitted copy
@@ -921,7 +929,7 @@ class KernelBuilder:
                 with T.serial(0, D) as k:
                     old = T.bind(self.sent_x[d, b, k])
                     new = T.bind(self.load(self.X, (t, b, k)))
-                    changed = T.bind(tirx.And(valid, tirx.Cast("float64", tirx.abs(new - old)) >= thr))
+                    changed = T.bind(self._transmits(valid, new - old, thr))
                     value = T.bind(tirx.Select(changed, new, old))
                     T.buffer_store(self.sent_x, value, [d, b, k])
                     T.buffer_store(self.x_copies, value, [i, d, b, k])
@@ -976,7 +984,7 @@ class KernelBuilder:
                 old = T.bind(sent[par, d, b, k])
                 new = T.bind(self.load(vec, prefixes[e] + (k,)))
                 diff = T.bind(new - old)
-                changed = T.bind(tirx.And(live[e], tirx.Cast("float64", tirx.abs(diff)) >= thr))
+                changed = T.bind(self._transmits(live[e], diff, thr))
                 T.buffer_store(self.delta_val, tirx.Select(changed, diff, zero), [d, b0 + e, part, listed[0]])
                 T.buffer_store(sent_count[e], sent_count[e][0] + tirx.Select(changed, i64(1), i64(0)), [0])
                 sends.append((b, tirx.Select(changed, new, old)))
