@@ -76,17 +76,30 @@ def test_reuse_grows_with_threshold_on_smooth_inputs(op, lbr):
     assert reuse == sorted(reuse) and reuse[-1] > reuse[0] > 0
 
 
-@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-def test_threshold_zero_is_exactly_the_unmodified_model(op):
-    model = make_recurrent_model(op, 19, 23, direction="bidirectional", sequence_lens=True,
+# (19, 23): every product has a tail; (32, 48): none, and the unmodified kernel stores
+# consecutive rows as vectors (dot_vector) while a memoized one stores its listed rows
+# one by one; (1 or 5, 32): x has no whole vector, and the projection sums rows as vectors
+# (the kernels share the projection, the oracle computes input parts itself).
+@pytest.mark.parametrize("op, sizes", [
+    *[pytest.param(op, (19, 23, 3), id=f"{op}-tails") for op in ("LSTM", "GRU", "RNN")],
+    *[pytest.param(op, (32, 48, 5), id=f"{op}-vector_rows") for op in ("LSTM", "GRU", "RNN")],
+    pytest.param("LSTM", (1, 32, 3), id="LSTM-one_input"),
+    pytest.param("GRU", (5, 32, 3), id="GRU-small_input"),
+])
+def test_threshold_zero_is_exactly_the_unmodified_model(op, sizes):
+    D, H, batch = sizes
+    model = make_recurrent_model(op, D, H, direction="bidirectional", sequence_lens=True,
                                  initial_h=True, initial_c=op == "LSTM")
-    feeds = make_inputs(model, 15, 3, smooth=True)
-    plain = memotvm.compile(model).run(feeds)
+    # A batch of one too: its tasks take single elements, not blocks of four.
+    batches = [make_inputs(model, 15, n, smooth=True, seed=n) for n in (batch, 1)]
+    plain = memotvm.compile(model)
+    expected = [plain.run(feeds) for feeds in batches]
     for predictor in ("bnn", "oracle", "lowrank:4", "exactinput:4"):
         memo = memotvm.compile(model, memo=MemoConfig(threshold=0.0, predictor=predictor))
-        for a, b in zip(plain, memo.run(feeds)):
-            np.testing.assert_array_equal(a, b)
-        assert memo.last_stats.total.reused == 0
+        for feeds, want in zip(batches, expected):
+            for a, b in zip(want, memo.run(feeds)):
+                np.testing.assert_array_equal(a, b)
+            assert memo.last_stats.total.reused == 0
 
 
 def test_per_node_and_direction_thresholds():

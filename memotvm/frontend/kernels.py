@@ -486,16 +486,10 @@ class KernelBuilder:
             value = tirx.Cast(buf.dtype, value)
         T.buffer_store(buf, value, list(idx))
 
-    def multi_dot(self, rows, vecs, n):
-        """Dot products of several rows with several vectors, sharing their loads.
-
-        ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
-        length n.  Returns ``[[row . vec for vec in vecs] for row in rows]``, each bound
-        to a variable.  Every product accumulates lane k % LANES in order of k, then
-        the lanes are summed by halving (:meth:`_lane_totals`) and the tail
-        (n % LANES) added in order: the same arithmetic whatever rows or vectors it is
-        grouped with.
-        """
+    def _lane_sums(self, rows, vecs, n):
+        """The accumulators of ``rows`` x ``vecs`` (see :meth:`multi_dot`) over the
+        whole vectors of the last axis, vector-major: row r . vec v is in
+        ``accs[v * len(rows) + r]``."""
         nr, nv = len(rows), len(vecs)
         # One small buffer per accumulator: each stays on the stack (TVM moves buffers
         # of 1 KiB and more to the heap) and LLVM keeps it in a register.
@@ -512,14 +506,28 @@ class KernelBuilder:
                     for r, (rbuf, rpre) in enumerate(rows):
                         w = self.load(rbuf, rpre + (k,))
                         for v in range(nv):
-                            acc = accs[r * nv + v]
+                            acc = accs[v * nr + r]
                             T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
-        totals = self._lane_totals(accs)
+        return accs
+
+    def multi_dot(self, rows, vecs, n):
+        """Dot products of several rows with several vectors, sharing their loads.
+
+        ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
+        length n.  Returns ``[[row . vec for vec in vecs] for row in rows]``, each bound
+        to a variable.  Every product accumulates lane k % LANES in order of k, then
+        the lanes are summed by halving (:meth:`_lane_totals`) and the tail
+        (n % LANES) added in order: the same arithmetic whatever rows or vectors it is
+        grouped with.
+        """
+        nr = len(rows)
+        totals, _ = self._lane_totals(self._lane_sums(rows, vecs, n))
+        full = n // LANES
         out = []
         for r, (rbuf, rpre) in enumerate(rows):
             row_out = []
             for v, (vbuf, vpre) in enumerate(vecs):
-                total = totals[r * nv + v]
+                total = totals[v * nr + r]
                 if n % LANES:
                     # The tail, added in order (a loop: unrolled it bloats the code).
                     tail = T.alloc_buffer((1,), self.acc)
@@ -532,6 +540,19 @@ class KernelBuilder:
             out.append(row_out)
         return out
 
+    def dot_vector(self, rows, vecs, n):
+        """:meth:`multi_dot`'s values as one buffer of LANES values, row r . vec v in
+        lane ``v * len(rows) + r``: consecutive rows of a vector are consecutive lanes,
+        which the caller stores (with their biases) as vectors instead of one by one.
+        For n a multiple of LANES (no tail) and at most LANES products."""
+        assert n % LANES == 0 and len(rows) * len(vecs) <= LANES
+        _, (buf,) = self._lane_totals(self._lane_sums(rows, vecs, n))
+        return buf
+
+    def vector_rows(self, n_rows, n_vecs, n):
+        """Whether rows . vecs can come from :meth:`dot_vector`."""
+        return n % LANES == 0 and n_rows > 1 and n_rows * n_vecs <= LANES
+
     def _lane_totals(self, accs):
         """The sums of the lanes of each accumulator, all in one tree of vector shuffles.
 
@@ -539,7 +560,9 @@ class KernelBuilder:
         2, so a product's total is the same whether its accumulator is reduced alone or
         with others.  Two vectors of g groups of width w become one vector of 2g groups
         of width w/2 (two two-source shuffles and an add), so reducing 16 accumulators
-        costs 15 vector adds instead of 15 scalar adds each.
+        costs 15 vector adds instead of 15 scalar adds each.  Returns the totals and
+        the buffers holding them (one, whose lane i is accs[i]'s total, for at most
+        LANES accumulators).
         """
         V, vt = LANES, f"{self.acc}x{LANES}"
         # (vector, accumulator index per group or None for padding), groups of width w
@@ -559,14 +582,15 @@ class KernelBuilder:
                 pick = lambda idx: tirx.Shuffle([p, q], [tirx.IntImm("int32", x) for x in idx])
                 nxt.append((T.bind(pick(lo) + pick(hi)), p_ids + q_ids))
             level, w = nxt, half
-        totals = [None] * len(accs)
+        totals, bufs = [None] * len(accs), []
         for vec, ids in level:
             buf = T.alloc_buffer((V,), self.acc)
             T.buffer_store(buf, vec, [tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), V)])
+            bufs.append(buf)
             for lane, i in enumerate(ids):
                 if i is not None:
                     totals[i] = buf[lane]
-        return totals
+        return totals, bufs
 
     def input_projection(self, d, b, s, j):
         """W_j x_t + Wb_j of chain (d, b) at step s, from the projection buffer."""
@@ -579,19 +603,20 @@ class KernelBuilder:
         return value + self.load(self.B, (d, j if which == "W" else self.loop.rows + j))
 
     @staticmethod
-    def _in_row_blocks(start, stop, emit):
-        """emit(i, n) for i = start, start+4, ... with n = ROW_BLOCK, then singly for
-        the remainder: the loop shape of every blocked dot-product computation."""
-        nquads = T.bind((stop - start) // ROW_BLOCK)
-        with T.serial(0, nquads) as q:
-            emit(start + q * ROW_BLOCK, ROW_BLOCK)
-        with T.serial(start + nquads * ROW_BLOCK, stop) as i:
+    def _in_row_blocks(start, stop, emit, block=ROW_BLOCK):
+        """emit(i, n) for i = start, start+block, ... with n = block (ROW_BLOCK), then
+        singly for the remainder: the loop shape of every blocked dot-product
+        computation."""
+        nblocks = T.bind((stop - start) // block)
+        with T.serial(0, nblocks) as q:
+            emit(start + q * block, block)
+        with T.serial(start + nblocks * block, stop) as i:
             emit(i, 1)
 
     def _project_rows(self, d, b, s, js, store):
-        """store(j, tb, W_j . x + Wb_j) for the rows js and steps s .. s+TIME_BLOCK-1 of
-        chain (d, b); a step past the element's length reads a clamped position (its
-        value is never used)."""
+        """store(j, tb, W_j . x + Wb_j) for the consecutive rows js and steps s ..
+        s+TIME_BLOCK-1 of chain (d, b) (j may be a vector of rows); a step past the
+        element's length reads a clamped position (its value is never used)."""
         vecs = []
         for tb in range(TIME_BLOCK):
             if self.x_projected:
@@ -601,7 +626,32 @@ class KernelBuilder:
             _, t = self._time_index(d, b, s + tb)
             t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
             vecs.append((self.X, (t, b)))
-        sums = self.multi_dot([(self.W, (d, j)) for j in js], vecs, self.loop.input_size)
+        D = self.loop.input_size
+        if len(js) > 1 and D < LANES:
+            # No whole vectors of x: the products of the consecutive rows as vectors,
+            # each summed in order of k from 0, as multi_dot sums a tail.  The sum
+            # starts from a zero in memory, as there: TVM drops "0.0 + w x", and LLVM
+            # would then fuse w x + Wb into one rounding (D = 1).
+            zero = T.alloc_buffer((1,), self.acc)
+            T.buffer_store(zero, self.m.const(0.0), [0])
+            with T.vectorized(0, len(js)) as r:
+                j = js[0] + r
+                for tb, (buf, pre) in enumerate(vecs):
+                    total = zero[0]
+                    for k in range(D):
+                        total = total + self.load(self.W, (d, j, k)) * self.load(buf, pre + (k,))
+                    store(j, tb, self._with_bias(total, d, j, "W"))
+            return
+        rows = [(self.W, (d, j)) for j in js]
+        if self.vector_rows(len(js), len(vecs), D):
+            # js are consecutive rows: each step's values are stored as one vector.
+            sums = self.dot_vector(rows, vecs, D)
+            with T.vectorized(0, len(js)) as r:
+                j = js[0] + r
+                for tb in range(TIME_BLOCK):
+                    store(j, tb, self._with_bias(sums[tb * len(js) + r], d, j, "W"))
+            return
+        sums = self.multi_dot(rows, vecs, D)
         for r, j in enumerate(js):
             for tb in range(TIME_BLOCK):
                 store(j, tb, self._with_bias(sums[r][tb], d, j, "W"))
@@ -666,8 +716,11 @@ class KernelBuilder:
                 def store(j, tb, value):
                     T.buffer_store(self.xproj, value, [sb * TIME_BLOCK + tb, d, b, j])
 
+                # Without whole vectors of x, rows are summed as vectors (see
+                # _project_rows): a block of them fills one.
+                block = LANES if loop.input_size < LANES else ROW_BLOCK
                 self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
-                    d, b, s + sb * TIME_BLOCK, [T.bind(j0 + r) for r in range(n)], store))
+                    d, b, s + sb * TIME_BLOCK, [T.bind(j0 + r) for r in range(n)], store), block)
 
     # -- the tasks of one step -------------------------------------------------------
 
@@ -1106,8 +1159,18 @@ class KernelBuilder:
                     masks.append(T.bind(entry >> i64(32)))
                 else:
                     js.append(T.bind(rows_buf[idx]))
-            rec = self.multi_dot([(self.R, (d, j)) for j in js], [ref for _, ref in chains],
-                                 loop.hidden_size)
+            rows = [(self.R, (d, j)) for j in js]
+            if rows_buf is None and input_from == "projection" \
+                    and self.vector_rows(n, len(chains), loop.hidden_size):
+                # Consecutive rows: each chain's values are stored as one vector.
+                rec = self.dot_vector(rows, [ref for _, ref in chains], loop.hidden_size)
+                with T.vectorized(0, n) as r:
+                    j = js[0] + r
+                    for c, (cb, _) in enumerate(chains):
+                        T.buffer_store(a_out, self.input_projection(d, cb, step, j), [d, cb, j])
+                        T.buffer_store(b_out, self._with_bias(rec[c * n + r], d, j, "R"), [d, cb, j])
+                return
+            rec = self.multi_dot(rows, [ref for _, ref in chains], loop.hidden_size)
             if input_from == "x":
                 inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
             for r, j in enumerate(js):
