@@ -276,20 +276,24 @@ def test_tunable_thresholds_equal_fixed_ones():
         fixed.run(feeds, memo=MemoConfig(predictor="lowrank:4"))
 
 
-@pytest.mark.parametrize("op,kwargs,predictor", [
-    ("LSTM", {"direction": "bidirectional", "peepholes": True}, "bnn"),
-    ("GRU", {"direction": "reverse", "attrs": {"linear_before_reset": 0}}, "delta"),
-    ("GRU", {"direction": "bidirectional", "attrs": {"linear_before_reset": 1}}, "exactinput:3"),
-    ("LSTM", {"direction": "bidirectional"}, "delta-projected"),
+@pytest.mark.parametrize("op,kwargs,predictor,hidden", [
+    ("LSTM", {"direction": "bidirectional", "peepholes": True}, "bnn", 70),
+    ("GRU", {"direction": "reverse", "attrs": {"linear_before_reset": 0}}, "delta", 70),
+    ("GRU", {"direction": "bidirectional", "attrs": {"linear_before_reset": 1}}, "exactinput:3", 70),
+    ("LSTM", {"direction": "bidirectional"}, "delta-projected", 70),
+    ("LSTM", {"direction": "forward"}, "bnn", 64),
+    ("RNN", {"direction": "reverse"}, "bnn", 128),
 ])
-def test_batch_blocks_with_ragged_lengths_agree_with_reference(op, kwargs, predictor, monkeypatch):
+def test_batch_blocks_with_ragged_lengths_agree_with_reference(op, kwargs, predictor, hidden,
+                                                               monkeypatch):
     if predictor == "delta-projected":
         project_inputs(monkeypatch, True)
         predictor = "delta"
     # lengths from 0 to the whole sequence, so elements leave their blocks at different
-    # steps; H = 70 leaves a partial block of units.  Every element must make the
-    # reference's decisions and keep its own values.
-    model = make_recurrent_model(op, 9, 70, sequence_lens=True, initial_h=True, **kwargs)
+    # steps; H = 70 leaves a partial block of units, H = 64 and 128 have whole vectors
+    # (a block's consecutive listed rows are stored as vectors, the others one by one).
+    # Every element must make the reference's decisions and keep its own values.
+    model = make_recurrent_model(op, 9, hidden, sequence_lens=True, initial_h=True, **kwargs)
     feeds = make_inputs(model, 12, 6, smooth=True, lengths=[12, 3, 0, 7, 12, 5], seed=4)
     compiled = memotvm.compile(model, memo=MemoConfig(predictor=predictor), tunable=True)
     for threshold in ((0.0, 0.3) if predictor != "delta" else (0.0, 0.05)):

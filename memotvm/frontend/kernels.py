@@ -1160,34 +1160,62 @@ class KernelBuilder:
                 else:
                     js.append(T.bind(rows_buf[idx]))
             rows = [(self.R, (d, j)) for j in js]
-            if rows_buf is None and input_from == "projection" \
-                    and self.vector_rows(n, len(chains), loop.hidden_size):
-                # Consecutive rows: each chain's values are stored as one vector.
-                rec = self.dot_vector(rows, [ref for _, ref in chains], loop.hidden_size)
-                with T.vectorized(0, n) as r:
-                    j = js[0] + r
-                    for c, (cb, _) in enumerate(chains):
-                        T.buffer_store(a_out, self.input_projection(d, cb, step, j), [d, cb, j])
-                        T.buffer_store(b_out, self._with_bias(rec[c * n + r], d, j, "R"), [d, cb, j])
-                return
-            rec = self.multi_dot(rows, [ref for _, ref in chains], loop.hidden_size)
-            if input_from == "x":
-                inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
-            for r, j in enumerate(js):
+            vecs = [ref for _, ref in chains]
+
+            def store_rows(r, j, b_value, store=None):
+                """Store the rows' parts for every chain (r: the rows' index in the
+                block, j: their row numbers; a vector of rows or one row) where
+                ``store(c)`` allows (always without it)."""
                 for c, (cb, _) in enumerate(chains):
                     if input_from == "x":
                         a_val = self._with_bias(inp[r][0], d, j, "W")
                     else:
                         a_val = self.input_projection(d, cb, step, j)
-                    b_val = self._with_bias(rec[r][c], d, j, "R")
-                    if masked:
+                    b_val = self._with_bias(b_value(c), d, j, "R")
+                    if store is not None:
                         # Branch-free; the repeated last element never stores (its bit
                         # is 0: it writes back the value just stored).
-                        store = (masks[r] >> i64(c)) & i64(1) == i64(1)
-                        a_val = tirx.Select(store, a_val, a_out[d, cb, j])
-                        b_val = tirx.Select(store, b_val, b_out[d, cb, j])
+                        a_val = tirx.Select(store(c), a_val, a_out[d, cb, j])
+                        b_val = tirx.Select(store(c), b_val, b_out[d, cb, j])
                     T.buffer_store(a_out, a_val, [d, cb, j])
                     T.buffer_store(b_out, b_val, [d, cb, j])
+
+            if input_from == "projection" and self.vector_rows(n, len(chains), loop.hidden_size):
+                rec = self.dot_vector(rows, vecs, loop.hidden_size)
+                if rows_buf is None:
+                    # Consecutive rows: each chain's values are stored as one vector.
+                    with T.vectorized(0, n) as r:
+                        store_rows(r, js[0] + r, lambda c: rec[c * n + r])
+                    return
+                if not masked:
+                    for r, j in enumerate(js):
+                        store_rows(r, j, lambda c: rec[c * n + r])
+                    return
+                # A block's listed rows: consecutive ones (most, when any of four
+                # elements computing a row lists it) are stored as vectors.  (The
+                # padding repeats the last row, so no span alone says they are.)
+                mask = T.alloc_buffer((n,), "int64")
+                for r in range(n):
+                    T.buffer_store(mask, masks[r], [r])
+                consecutive = js[1] - js[0] == i64(1)
+                for r in range(2, n):
+                    consecutive = tirx.And(consecutive, js[r] - js[r - 1] == i64(1))
+                with T.If(consecutive):
+                    with T.Then():
+                        with T.vectorized(0, n) as r:
+                            store_rows(r, js[0] + r, lambda c: rec[c * n + r],
+                                       lambda c: (mask[r] >> i64(c)) & i64(1) == i64(1))
+                    with T.Else():
+                        for r, j in enumerate(js):
+                            store_rows(r, j, lambda c: rec[c * n + r],
+                                       lambda c: (masks[r] >> i64(c)) & i64(1) == i64(1))
+                return
+            rec = self.multi_dot(rows, vecs, loop.hidden_size)
+            if input_from == "x":
+                inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
+            for r, j in enumerate(js):
+                store_rows(r, j, lambda c: rec[r][c],
+                           (lambda c: (masks[r] >> i64(c)) & i64(1) == i64(1)) if masked else None)
 
         if whole_groups:
             with T.serial(0, count // ROW_BLOCK) as q:
