@@ -76,10 +76,11 @@ def test_reuse_grows_with_threshold_on_smooth_inputs(op, lbr):
     assert reuse == sorted(reuse) and reuse[-1] > reuse[0] > 0
 
 
-# (19, 23): every product has a tail; (32, 48): none, and the unmodified kernel stores
-# consecutive rows as vectors (dot_vector) while a memoized one stores its listed rows
-# one by one; (1 or 5, 32): x has no whole vector, and the projection sums rows as vectors
-# (the kernels share the projection, the oracle computes input parts itself).
+# (19, 23): every product has a tail; (32, 48): none, and consecutive rows are stored as
+# vectors (dot_vector: always in the unmodified kernel, in a memoized one where a
+# block's listed rows are consecutive, the others one by one); (1 or 5, 32): x has no
+# whole vector, and the projection sums rows as vectors (the kernels share the
+# projection, the oracle computes input parts itself).
 @pytest.mark.parametrize("op, sizes", [
     *[pytest.param(op, (19, 23, 3), id=f"{op}-tails") for op in ("LSTM", "GRU", "RNN")],
     *[pytest.param(op, (32, 48, 5), id=f"{op}-vector_rows") for op in ("LSTM", "GRU", "RNN")],
