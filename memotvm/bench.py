@@ -179,7 +179,6 @@ def format_rows(rows) -> str:
 def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
     """Bytes memoization adds, per recurrent node: the predictor's weight data (once per
     model) and the memo table of each chain (per call and batch element)."""
-    from .frontend.kernels import delta_projects_input
     from .predictors import get_predictor
 
     pred = get_predictor(predictor)
@@ -190,10 +189,10 @@ def memo_memory(loops, batch: int = 1, predictor: str = "bnn") -> dict:
             # the parts (float32) per neuron, the last sent copies of h (and r (.) h)
             # for two step parities, the step's lists (index, change) of x and u.  x's
             # copy: two parities, or, when the input parts come from a projection
-            # (kernels.delta_projects_input), one copy, plus the copies of a chunk of
+            # (DeltaExecution.projects_input), one copy, plus the copies of a chunk of
             # steps, which share the projection buffer's budget (added to nothing).
             recurrent = H + (H if loop.op == "GRU" and not loop.linear_before_reset else 0)
-            projected = delta_projects_input(loop)
+            projected = pred.projects_input(loop)
             listed = H if projected else max(D, H)
             x_copies = 1 if projected else 2
             table = nd * batch * (G * 8 + 4 * (2 * recurrent + x_copies * D) + 2 * listed * (8 + 4))

@@ -37,6 +37,11 @@ from .errors import ConfigError
 
 # Rows whose sign words the BNN predictor keeps side by side (8 words: one AVX-512 vector).
 SIGN_GROUP = 8
+# Delta execution updates the input parts by W's transmitted columns while W and R (as
+# float32 columns, per direction) fit in this many bytes; beyond, the columns of both
+# no longer stay in the last-level cache, and the input parts come from the projection
+# of x's transmitted copies instead (DeltaExecution.projects_input).
+DELTA_COLUMN_BYTES = 4 << 20
 
 
 def words(n: int) -> int:
@@ -159,15 +164,20 @@ class BnnPredictor(Predictor):
     reads_signs = True
     group = SIGN_GROUP
 
+    @staticmethod
+    def signs_shape(loop, which) -> tuple:
+        """Shape of the packed sign bits of W (which = "W") or R: [directions, groups of
+        SIGN_GROUP rows, words, SIGN_GROUP] (:func:`group_rows`)."""
+        n = loop.input_size if which == "W" else loop.hidden_size
+        return (loop.num_directions, -(-loop.rows // SIGN_GROUP), words(n), SIGN_GROUP)
+
     def weight_data(self, loop, W, R):
         return {"W_signs": group_rows(pack_signs(np.asarray(W)), self.group),
                 "R_signs": group_rows(pack_signs(np.asarray(R)), self.group)}
 
     def declare(self, kb):
-        loop = kb.loop
-        nd, groups = loop.num_directions, -(-loop.rows // self.group)
-        kb.WS = kb.param("W_signs", (nd, groups, words(loop.input_size), self.group), "uint64")
-        kb.RS = kb.param("R_signs", (nd, groups, words(loop.hidden_size), self.group), "uint64")
+        kb.WS = kb.param("W_signs", self.signs_shape(kb.loop, "W"), "uint64")
+        kb.RS = kb.param("R_signs", self.signs_shape(kb.loop, "R"), "uint64")
 
     def prepare(self, kb, d, b, s, x_ref, u_ref):
         return kb.sign_bits(x_ref), kb.sign_bits(u_ref)
@@ -216,8 +226,7 @@ class BnnPredictor(Predictor):
         return loop.rows * (words(loop.input_size) + words(loop.hidden_size))
 
     def data_bytes(self, loop):
-        rows = -(-loop.rows // self.group) * self.group
-        return 8 * loop.num_directions * rows * (words(loop.input_size) + words(loop.hidden_size))
+        return 8 * sum(int(np.prod(self.signs_shape(loop, which))) for which in "WR")
 
 
 class LowRankPredictor(Predictor):
@@ -344,7 +353,7 @@ class DeltaExecution(Predictor):
     columns only: a_j += W[j, k] (x_k - x^_k).  The kernel reads W and R by columns,
     rearranged at compile time per block of units (``columns[d, block, k, g * U + u]`` is
     row g H + block U + u of column k, 0 past H), so the part of a column one task needs
-    is one contiguous run.  For large layers (``kernels.delta_projects_input``) the
+    is one contiguous run.  For large layers (:meth:`projects_input`) the
     input parts are instead the projection of x's transmitted copies, W x^ + Wb, which
     the column updates of W sum to; W's columns are then not needed.  Counts are
     multiply-adds: computed = rows x transmitted columns, reused = rows x the others.
@@ -368,10 +377,16 @@ class DeltaExecution(Predictor):
                     out[d, blk, :, g * U: g * U + len(rows)] = rows.T
         return out
 
-    def weight_data(self, loop, W, R):
-        from .frontend.kernels import delta_projects_input
+    @staticmethod
+    def projects_input(loop) -> bool:
+        """Whether the input parts are the projection of x's transmitted copies (W and R
+        as float32 columns exceed DELTA_COLUMN_BYTES per direction) rather than updated
+        by W's transmitted columns.  Both give W x^ + Wb up to rounding; the kernel and
+        the reference make the same choice."""
+        return 4 * loop.rows * (loop.input_size + loop.hidden_size) > DELTA_COLUMN_BYTES
 
-        data = {} if delta_projects_input(loop) else {"W_columns": self._blocked_columns(loop, np.asarray(W))}
+    def weight_data(self, loop, W, R):
+        data = {} if self.projects_input(loop) else {"W_columns": self._blocked_columns(loop, np.asarray(W))}
         data["R_columns"] = self._blocked_columns(loop, np.asarray(R))
         return data
 
@@ -389,9 +404,7 @@ class DeltaExecution(Predictor):
         return loop.input_size + loop.hidden_size  # one comparison per component
 
     def data_bytes(self, loop):
-        from .frontend.kernels import delta_projects_input
-
-        columns = loop.hidden_size + (0 if delta_projects_input(loop) else loop.input_size)
+        columns = loop.hidden_size + (0 if self.projects_input(loop) else loop.input_size)
         return 4 * loop.num_directions * loop.rows * columns
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import NumpyMath, gru_cell, gru_reset, lstm_cell, rnn_cell
-from .frontend.kernels import MemoPlan, delta_projects_input
+from .frontend.kernels import MemoPlan
 from .frontend.recurrent import RecurrentLoop
 from .predictors import get_predictor
 
@@ -182,7 +182,7 @@ class _DeltaChain(_Chain):
     """One step of one chain under delta execution: the parts are updated by the
     transmitted columns, in column order (as the kernel accumulates them); for the
     layers whose kernel projects x's transmitted copies instead
-    (``delta_projects_input``), the input parts are that product, W x^ + Wb."""
+    (``DeltaExecution.projects_input``), the input parts are that product, W x^ + Wb."""
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -196,7 +196,7 @@ class _DeltaChain(_Chain):
                           and rows.start == 2 * H) else "h"
         xs, dx = self._x
         us, du = tab.transmit(u_kind, u, self.thr)
-        if delta_projects_input(self.loop):
+        if self.predictor.projects_input(self.loop):
             tab.a[rows] = self.W[rows] @ tab.sent["x"] + self.Wb[rows]
         else:
             for k, v in zip(xs, dx):

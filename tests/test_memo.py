@@ -235,9 +235,9 @@ def test_exactinput_memoizes_only_the_recurrent_part():
 def project_inputs(monkeypatch, projected):
     """Make delta execution take its input parts from the projection of x's transmitted
     copies (what it does for large layers) or from W's columns, whatever the size."""
-    import memotvm.frontend.kernels as kernels
+    import memotvm.predictors as predictors
 
-    monkeypatch.setattr(kernels, "DELTA_COLUMN_BYTES", 0 if projected else 1 << 62)
+    monkeypatch.setattr(predictors, "DELTA_COLUMN_BYTES", 0 if projected else 1 << 62)
 
 
 @pytest.mark.parametrize("op,lbr,projected", [("LSTM", 0, False), ("GRU", 0, False), ("GRU", 1, False),

@@ -75,9 +75,9 @@ def test_no_store_inside_the_launch_is_outside_a_parallel_loop(op, hidden, direc
                                                                monkeypatch):
     if predictor == "delta-projected":
         # The input parts from the projection of x's transmitted copies (large layers).
-        import memotvm.frontend.kernels as kernels
+        import memotvm.predictors as predictors
 
-        monkeypatch.setattr(kernels, "DELTA_COLUMN_BYTES", 0)
+        monkeypatch.setattr(predictors, "DELTA_COLUMN_BYTES", 0)
         predictor = "delta"
     model = make_recurrent_model(op, 19, hidden, direction=direction,
                                  attrs={"linear_before_reset": 0} if op == "GRU" else None)

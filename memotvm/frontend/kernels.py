@@ -50,7 +50,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
-from ..predictors import SIGN_GROUP, get_predictor, words
+from ..predictors import BnnPredictor, get_predictor, words
 from .recurrent import RecurrentLoop
 
 WORD_BITS = 64
@@ -70,11 +70,6 @@ PROJECTION_BYTES = 16 << 20
 MIN_PROJECTION_STEPS = 32
 # Hidden units per task.
 UNIT_BLOCK = 64
-# Delta execution updates the input parts by W's transmitted columns while W and R (as
-# float32 columns, per direction) fit in this many bytes; beyond, the columns of both
-# no longer stay in the last-level cache, and the input parts come from the projection
-# of x's transmitted copies instead (see delta_projects_input).
-DELTA_COLUMN_BYTES = 4 << 20
 # Activations whose float32 form calls a math function (not vectorized).
 SCALAR_ACTIVATIONS = {"Softplus"}
 # Batch elements whose recurrent products one task of the unmodified kernel computes
@@ -178,7 +173,7 @@ class KernelBuilder:
         # Delta execution replaces the neuron evaluations with column updates.
         self.delta = self.predictor is not None and self.predictor.scheme == "delta"
         # Delta execution with the input parts from a projection (else W's columns).
-        self.x_projected = self.delta and delta_projects_input(loop)
+        self.x_projected = self.delta and self.predictor.projects_input(loop)
         self.unit_block = unit_block(loop)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
 
@@ -544,8 +539,8 @@ class KernelBuilder:
         """:meth:`multi_dot`'s values as one buffer of LANES values, row r . vec v in
         lane ``v * len(rows) + r``: consecutive rows of a vector are consecutive lanes,
         which the caller stores (with their biases) as vectors instead of one by one.
-        For n a multiple of LANES (no tail) and at most LANES products."""
-        assert n % LANES == 0 and len(rows) * len(vecs) <= LANES
+        Where :meth:`vector_rows` allows (no tail, at most LANES products)."""
+        assert self.vector_rows(len(rows), len(vecs), n)
         _, (buf,) = self._lane_totals(self._lane_sums(rows, vecs, n))
         return buf
 
@@ -613,8 +608,8 @@ class KernelBuilder:
         with T.serial(start + nblocks * block, stop) as i:
             emit(i, 1)
 
-    def _project_rows(self, d, b, s, js, store):
-        """store(j, tb, W_j . x + Wb_j) for the consecutive rows js and steps s ..
+    def _project_rows(self, d, b, s, j0, n, store):
+        """store(j, tb, W_j . x + Wb_j) for the rows j0 .. j0+n-1 and steps s ..
         s+TIME_BLOCK-1 of chain (d, b) (j may be a vector of rows); a step past the
         element's length reads a clamped position (its value is never used)."""
         vecs = []
@@ -627,29 +622,30 @@ class KernelBuilder:
             t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
             vecs.append((self.X, (t, b)))
         D = self.loop.input_size
-        if len(js) > 1 and D < LANES:
+        if n > 1 and D < LANES:
             # No whole vectors of x: the products of the consecutive rows as vectors,
             # each summed in order of k from 0, as multi_dot sums a tail.  The sum
             # starts from a zero in memory, as there: TVM drops "0.0 + w x", and LLVM
             # would then fuse w x + Wb into one rounding (D = 1).
             zero = T.alloc_buffer((1,), self.acc)
             T.buffer_store(zero, self.m.const(0.0), [0])
-            with T.vectorized(0, len(js)) as r:
-                j = js[0] + r
+            with T.vectorized(0, n) as r:
+                j = j0 + r
                 for tb, (buf, pre) in enumerate(vecs):
                     total = zero[0]
                     for k in range(D):
                         total = total + self.load(self.W, (d, j, k)) * self.load(buf, pre + (k,))
                     store(j, tb, self._with_bias(total, d, j, "W"))
             return
+        js = [T.bind(j0 + r) for r in range(n)]
         rows = [(self.W, (d, j)) for j in js]
-        if self.vector_rows(len(js), len(vecs), D):
-            # js are consecutive rows: each step's values are stored as one vector.
+        if self.vector_rows(n, len(vecs), D):
+            # Each step's values are stored as one vector.
             sums = self.dot_vector(rows, vecs, D)
-            with T.vectorized(0, len(js)) as r:
-                j = js[0] + r
+            with T.vectorized(0, n) as r:
+                j = j0 + r
                 for tb in range(TIME_BLOCK):
-                    store(j, tb, self._with_bias(sums[tb * len(js) + r], d, j, "W"))
+                    store(j, tb, self._with_bias(sums[tb * n + r], d, j, "W"))
             return
         sums = self.multi_dot(rows, vecs, D)
         for r, j in enumerate(js):
@@ -720,7 +716,7 @@ class KernelBuilder:
                 # _project_rows): a block of them fills one.
                 block = LANES if loop.input_size < LANES else ROW_BLOCK
                 self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
-                    d, b, s + sb * TIME_BLOCK, [T.bind(j0 + r) for r in range(n)], store), block)
+                    d, b, s + sb * TIME_BLOCK, j0, n, store), block)
 
     # -- the tasks of one step -------------------------------------------------------
 
@@ -1161,39 +1157,49 @@ class KernelBuilder:
                     js.append(T.bind(rows_buf[idx]))
             rows = [(self.R, (d, j)) for j in js]
             vecs = [ref for _, ref in chains]
+            # Consecutive rows are stored as vectors: always without a list, and where a
+            # block's listed rows happen to be consecutive (most of them, when any of
+            # four elements computing a row lists it).
+            vector = input_from == "projection" and (rows_buf is None or masked) \
+                and self.vector_rows(n, len(chains), loop.hidden_size)
+            if vector:
+                rec = self.dot_vector(rows, vecs, loop.hidden_size)
+            else:
+                rec = self.multi_dot(rows, vecs, loop.hidden_size)
+                if input_from == "x":
+                    inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
 
-            def store_rows(r, j, b_value, store=None):
-                """Store the rows' parts for every chain (r: the rows' index in the
-                block, j: their row numbers; a vector of rows or one row) where
-                ``store(c)`` allows (always without it)."""
+            def store_rows(r, j, mask=None):
+                """Store the parts of rows j (one row, or a vector of consecutive rows
+                when r is a lane index) for every chain c, where bit c of ``mask``
+                is set (for every chain without it)."""
                 for c, (cb, _) in enumerate(chains):
                     if input_from == "x":
                         a_val = self._with_bias(inp[r][0], d, j, "W")
                     else:
                         a_val = self.input_projection(d, cb, step, j)
-                    b_val = self._with_bias(b_value(c), d, j, "R")
-                    if store is not None:
+                    b_val = self._with_bias(rec[c * n + r] if vector else rec[r][c], d, j, "R")
+                    if mask is not None:
                         # Branch-free; the repeated last element never stores (its bit
                         # is 0: it writes back the value just stored).
-                        a_val = tirx.Select(store(c), a_val, a_out[d, cb, j])
-                        b_val = tirx.Select(store(c), b_val, b_out[d, cb, j])
+                        store = (mask >> i64(c)) & i64(1) == i64(1)
+                        a_val = tirx.Select(store, a_val, a_out[d, cb, j])
+                        b_val = tirx.Select(store, b_val, b_out[d, cb, j])
                     T.buffer_store(a_out, a_val, [d, cb, j])
                     T.buffer_store(b_out, b_val, [d, cb, j])
 
-            if input_from == "projection" and self.vector_rows(n, len(chains), loop.hidden_size):
-                rec = self.dot_vector(rows, vecs, loop.hidden_size)
-                if rows_buf is None:
-                    # Consecutive rows: each chain's values are stored as one vector.
-                    with T.vectorized(0, n) as r:
-                        store_rows(r, js[0] + r, lambda c: rec[c * n + r])
-                    return
-                if not masked:
-                    for r, j in enumerate(js):
-                        store_rows(r, j, lambda c: rec[c * n + r])
-                    return
-                # A block's listed rows: consecutive ones (most, when any of four
-                # elements computing a row lists it) are stored as vectors.  (The
-                # padding repeats the last row, so no span alone says they are.)
+            def one_by_one():
+                for r, j in enumerate(js):
+                    store_rows(r, j, masks[r] if masked else None)
+
+            if not vector:
+                one_by_one()
+            elif rows_buf is None:
+                with T.vectorized(0, n) as r:
+                    store_rows(r, js[0] + r)
+            else:
+                # (The list's padding repeats its last row, so no span alone says that
+                # the rows are consecutive.)
                 mask = T.alloc_buffer((n,), "int64")
                 for r in range(n):
                     T.buffer_store(mask, masks[r], [r])
@@ -1203,19 +1209,9 @@ class KernelBuilder:
                 with T.If(consecutive):
                     with T.Then():
                         with T.vectorized(0, n) as r:
-                            store_rows(r, js[0] + r, lambda c: rec[c * n + r],
-                                       lambda c: (mask[r] >> i64(c)) & i64(1) == i64(1))
+                            store_rows(r, js[0] + r, mask[r])
                     with T.Else():
-                        for r, j in enumerate(js):
-                            store_rows(r, j, lambda c: rec[c * n + r],
-                                       lambda c: (masks[r] >> i64(c)) & i64(1) == i64(1))
-                return
-            rec = self.multi_dot(rows, vecs, loop.hidden_size)
-            if input_from == "x":
-                inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
-            for r, j in enumerate(js):
-                store_rows(r, j, lambda c: rec[r][c],
-                           (lambda c: (masks[r] >> i64(c)) & i64(1) == i64(1)) if masked else None)
+                        one_by_one()
 
         if whole_groups:
             with T.serial(0, count // ROW_BLOCK) as q:
@@ -1377,14 +1373,6 @@ def unit_block(loop: RecurrentLoop) -> int:
     return min(UNIT_BLOCK, loop.hidden_size)
 
 
-def delta_projects_input(loop: RecurrentLoop) -> bool:
-    """Whether delta execution computes the input parts as the projection of x's
-    transmitted copies (W and R as float32 columns exceed DELTA_COLUMN_BYTES per
-    direction) rather than updating them by W's transmitted columns.  Both give
-    W x^ + Wb up to rounding; the kernel and the reference make the same choice."""
-    return 4 * loop.rows * (loop.input_size + loop.hidden_size) > DELTA_COLUMN_BYTES
-
-
 def kernel_name(loop: RecurrentLoop, memo: MemoPlan | None = None) -> str:
     raw = loop.name + (f"_memo_{memo.predictor}" if memo else "")
     safe = "".join(ch if ch.isalnum() else "_" for ch in raw)
@@ -1405,10 +1393,9 @@ def build_sign_packer(loop: RecurrentLoop, which: str) -> tirx.PrimFunc:
     weights are packed in numpy at compile time).  It is written as a reduction block,
     the form Relax's analyses of single-output functions expect.
     """
-    nd, G = loop.num_directions, loop.rows
+    G, dtype = loop.rows, loop.dtype
     n = loop.input_size if which == "W" else loop.hidden_size
-    nw, dtype, group = words(n), loop.dtype, SIGN_GROUP
-    groups = -(-G // group)
+    nd, groups, nw, group = BnnPredictor.signs_shape(loop, which)
     zero = tirx.const(0, dtype)
 
     @T_script.prim_func(s_tir=True)

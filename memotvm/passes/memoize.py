@@ -24,7 +24,7 @@ from tvm.ir import GenericConst
 from ..errors import ConfigError
 from ..frontend.kernels import MemoPlan, build_kernel, build_sign_packer
 from ..frontend.recurrent import RecurrentLoop
-from ..predictors import SIGN_GROUP, BnnPredictor, get_predictor, words
+from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions
 
 def _check_threshold(value, where):
@@ -255,8 +255,6 @@ class _KernelCallRewriter(relax.PyExprMutator):
         inputs = []
         for which, weights in (("W", weights_w), ("R", weights_r)):
             packer = self.builder_.add_func(build_sign_packer(loop, which), f"pack_signs_{which}")
-            n_words = words(loop.input_size if which == "W" else loop.hidden_size)
-            bits_type = relax.TensorType(
-                [loop.num_directions, -(-loop.rows // SIGN_GROUP), n_words, SIGN_GROUP], "uint64")
+            bits_type = relax.TensorType(list(BnnPredictor.signs_shape(loop, which)), "uint64")
             inputs.append(self.builder_.emit(relax.call_tir(packer, [weights], out_ty=bits_type)))
         return inputs
