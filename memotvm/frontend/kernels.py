@@ -13,7 +13,9 @@ pass relies on and what makes it fast on a CPU:
 * a task evaluates the neurons (gate rows) of its units, then applies the cell update
   of :mod:`memotvm.cells` to them; h is double-buffered (read step s-1, write step s);
 * each neuron's dot products live in two persistent buffers, ``input_part``
-  (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j).
+  (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j); where no neuron
+  keeps an earlier step's input part (the unmodified kernel, delta execution with
+  projected inputs) the cell update reads a_j from the projection instead.
 
 Kernels compute the input parts of many steps at once (a matrix product, blocked four
 rows by four steps, that reads each weight row from memory once per chunk of steps: the
@@ -282,7 +284,8 @@ class KernelBuilder:
         nd, H, G, batch = loop.num_directions, loop.hidden_size, loop.rows, self.batch
         self.h = _named("h", T.alloc_buffer((2, nd, batch, H), acc))  # [step parity, ...]
         self.c = _named("c", T.alloc_buffer((nd, batch, H), acc)) if loop.op == "LSTM" else None
-        self.a = _named("input_part", T.alloc_buffer((nd, batch, G), acc))
+        # Input parts are kept only where a neuron may reuse them (else see input_part).
+        self.a = _named("input_part", T.alloc_buffer((nd, batch, G), acc)) if self._input_parts_kept else None
         self.bp = _named("recurrent_part", T.alloc_buffer((nd, batch, G), acc))
         self.rh = _named("reset_h", T.alloc_buffer((nd, batch, H), acc)) if self._gru_reset_first else None
         self.lengths = _named("lengths", T.alloc_buffer((batch,), "int64"))
@@ -591,6 +594,17 @@ class KernelBuilder:
         """W_j x_t + Wb_j of chain (d, b) at step s, from the projection buffer."""
         return self.xproj[s % self.chunk, d, b, j]
 
+    @property
+    def _input_parts_kept(self):
+        """Whether neurons keep input parts of earlier steps (memoized kernels); the
+        unmodified kernel and delta execution with projected inputs read this step's
+        from the projection."""
+        return self.memo is not None and not self.x_projected
+
+    def input_part(self, d, b, s, j):
+        """Neuron j's input part at step s, as the cell update reads it."""
+        return self.a[d, b, j] if self._input_parts_kept else self.input_projection(d, b, s, j)
+
     def _with_bias(self, value, d, j, which):
         """value + Wb_j (which = "W") or + Rb_j (which = "R"), when the node has B."""
         if self.B is None:
@@ -815,7 +829,7 @@ class KernelBuilder:
                     self._oracle_neurons(d, ub, b, s, t, (0, 1), self._u_ref(self.h, d, b, s))
                 with self._unit_loop(count) as u:
                     k = first + u
-                    pre = self.a[d, b, H + k] + self.bp[d, b, H + k]
+                    pre = self.input_part(d, b, s, H + k) + self.bp[d, b, H + k]
                     r = cells.gru_reset(self.m, self.loop.activations[0], pre, self.loop.clip)
                     if not self._same_settings():
                         r2 = cells.gru_reset(self.m, self.loop.activations[1], pre, self.loop.clip)
@@ -844,7 +858,7 @@ class KernelBuilder:
 
                 def emit(dd):
                     with self._unit_loop(count) as u:
-                        self._cell_update(loop.activations[dd], d, b, first + u, prev, nxt)
+                        self._cell_update(loop.activations[dd], d, b, s, first + u, prev, nxt)
 
                 self._directional(d, emit)
                 with self._unit_loop(count) as u:
@@ -906,11 +920,15 @@ class KernelBuilder:
         step s: h of the previous step, or r (.) h."""
         return (u_buf, (s % 2, d, b) if u_buf is self.h else (d, b))
 
-    def _cell_update(self, acts, d, b, k, prev, nxt):
+    def _cell_update(self, acts, d, b, s, k, prev, nxt):
         loop, m, H = self.loop, self.m, self.loop.hidden_size
-        a, bp = self.a, self.bp
+        bp = self.bp
+
+        def a(j):
+            return self.input_part(d, b, s, j)
+
         if loop.op == "LSTM":
-            pre = {g: a[d, b, n * H + k] + bp[d, b, n * H + k] for n, g in enumerate(loop.gates)}
+            pre = {g: a(n * H + k) + bp[d, b, n * H + k] for n, g in enumerate(loop.gates)}
             peep = None
             if self.P is not None:
                 peep = {g: self.load(self.P, (d, n * H + k)) for n, g in enumerate("iof")}
@@ -922,14 +940,14 @@ class KernelBuilder:
         elif loop.op == "GRU":
             r = None
             if loop.linear_before_reset:
-                r = cells.gru_reset(m, acts, a[d, b, H + k] + bp[d, b, H + k], loop.clip)
+                r = cells.gru_reset(m, acts, a(H + k) + bp[d, b, H + k], loop.clip)
             h_new = cells.gru_cell(
-                m, acts, a[d, b, k] + bp[d, b, k], a[d, b, 2 * H + k], bp[d, b, 2 * H + k], r,
+                m, acts, a(k) + bp[d, b, k], a(2 * H + k), bp[d, b, 2 * H + k], r,
                 self.h[prev, d, b, k], loop.clip, loop.linear_before_reset,
             )
             T.buffer_store(self.h, h_new, [nxt, d, b, k])
         else:
-            h_new = cells.rnn_cell(m, acts, a[d, b, k] + bp[d, b, k], loop.clip)
+            h_new = cells.rnn_cell(m, acts, a(k) + bp[d, b, k], loop.clip)
             T.buffer_store(self.h, h_new, [nxt, d, b, k])
 
     # -- neuron evaluations: what memoization guards ----------------------------------
@@ -1061,7 +1079,7 @@ class KernelBuilder:
         loop = self.loop
         H, D = loop.hidden_size, loop.input_size
         b0, _, elems = block
-        first, count = self._units(ub)
+        _, count = self._units(ub)
         live, _ = self._live(d, block, s)
         if not self.x_projected:
             self._add_block_columns(d, ub, block, gates, 0, self.WT, self.a)
@@ -1070,11 +1088,8 @@ class KernelBuilder:
             with T.If(live[e]):
                 with T.Then():
                     if self.x_projected:
-                        # The input parts: the projection of x's transmitted copy.
-                        for g in gates:
-                            with self._unit_loop(count) as u:
-                                j = g * H + first + u
-                                T.buffer_store(self.a, self.input_projection(d, b, s, j), [d, b, j])
+                        # (The input parts are the projection of x's transmitted copy,
+                        # which the cell update reads: see input_part.)
                         x_sent = self.x_sent[s % self.chunk, d, b]
                     else:
                         x_sent = self.delta_sent[d, b, 0]
@@ -1176,6 +1191,8 @@ class KernelBuilder:
                 for c, (cb, _) in enumerate(chains):
                     if input_from == "x":
                         a_val = self._with_bias(inp[r][0], d, j, "W")
+                    elif a_out is None:
+                        a_val = None  # read from the projection (input_part)
                     else:
                         a_val = self.input_projection(d, cb, step, j)
                     b_val = self._with_bias(rec[c * n + r] if vector else rec[r][c], d, j, "R")
@@ -1183,9 +1200,11 @@ class KernelBuilder:
                         # Branch-free; the repeated last element never stores (its bit
                         # is 0: it writes back the value just stored).
                         store = (mask >> i64(c)) & i64(1) == i64(1)
-                        a_val = tirx.Select(store, a_val, a_out[d, cb, j])
+                        if a_val is not None:
+                            a_val = tirx.Select(store, a_val, a_out[d, cb, j])
                         b_val = tirx.Select(store, b_val, b_out[d, cb, j])
-                    T.buffer_store(a_out, a_val, [d, cb, j])
+                    if a_val is not None:
+                        T.buffer_store(a_out, a_val, [d, cb, j])
                     T.buffer_store(b_out, b_val, [d, cb, j])
 
             def one_by_one():
