@@ -90,7 +90,8 @@ class ScheduleHostOps:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
         for gv, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or (func.attrs and "memotvm.recurrent" in func.attrs):
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs and (
+                    "memotvm.recurrent" in func.attrs or "memotvm.host_kernel" in func.attrs)):
                 continue
             try:
                 out[gv] = schedule_func(func)

@@ -1,0 +1,95 @@
+"""The layers around the recurrent ones: matrix products by constant weights, which
+:mod:`memotvm.targets.host_gemm` replaces by a register-blocked kernel.
+
+Each output is a float32 sum of K products; against a float64 reference its error is
+bounded by K * 2^-24 * (|x| @ |W|) (the standard bound for a dot product summed in
+float32), which is the tolerance used, per element.
+"""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import memotvm
+from memotvm.frontend import from_onnx
+from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_widths
+
+from conftest import run_onnxruntime
+
+
+def _model(nodes, inputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "head", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, name) for name, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _assert_within_dot_bound(got, x, w, bias=None):
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = x64 @ w64 + (0 if bias is None else bias)
+    bound = w.shape[0] * 2.0 ** -24 * (np.abs(x64) @ np.abs(w64)) + 1e-30
+    if bias is not None:
+        bound = bound + 2.0 ** -24 * np.abs(ref)  # the bias add's rounding
+    assert got.shape == ref.shape
+    excess = np.abs(got - ref) - bound
+    assert got.size == 0 or excess.max() <= 0, f"max error over the bound: {excess.max():.3g}"
+
+
+def test_panels_cover_every_column_once():
+    for n in [1, 15, 16, 17, 96, 97, 200]:
+        widths = panel_widths(n)
+        assert all(0 < w <= 6 for w in widths) and sum(widths) * 16 >= n > (sum(widths) - 1) * 16
+    w = np.arange(3 * 97, dtype=np.float32).reshape(3, 97)
+    packed = pack_weight(w)
+    first = packed[:3 * 96].reshape(3, 96)   # panel 0: columns 0-95, row-major
+    last = packed[3 * 96:].reshape(3, 16)    # panel 1: column 96, zero-padded
+    assert np.array_equal(first, w[:, :96]) and np.array_equal(last[:, 0], w[:, 96])
+    assert not last[:, 1:].any()
+
+
+# K and N cover: one column, a whole vector, a tail, a whole panel, full panels and a
+# narrower last one; the row counts: a single row, rows that end inside a block of 4,
+# and two chunks of 64 with a tail.
+@pytest.mark.parametrize("k, n", [(1, 1), (7, 16), (33, 17), (64, 96), (256, 97), (40, 200)])
+def test_matmul_by_constant_weight(k, n):
+    rng = np.random.default_rng(k * 1000 + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", k])], {"w": w})
+    mod = PackConstantMatmuls()(from_onnx(model, None).mod)
+    assert any(gv.name_hint.startswith("packed_matmul") for gv in mod.get_global_vars())
+    compiled = memotvm.compile(model)
+    for seq, batch in [(1, 1), (5, 3), (70, 2)]:
+        x = rng.standard_normal((seq, batch, k)).astype(np.float32)
+        _assert_within_dot_bound(compiled.run({"x": x})[0], x, w)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_constant_weight_and_bias(trans_b):
+    rng = np.random.default_rng(trans_b)
+    w = rng.standard_normal((48, 23)).astype(np.float32)
+    b = rng.standard_normal(23).astype(np.float32)
+    model = _model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=trans_b)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 48])],
+                   {"w": w.T.copy() if trans_b else w, "b": b})
+    mod = PackConstantMatmuls()(from_onnx(model, None).mod)
+    text = mod["main"].script()
+    assert "packed_matmul" in text and "permute_dims" not in text  # no transpose per call
+    compiled = memotvm.compile(model)
+    for rows in [1, 6, 130]:
+        x = rng.standard_normal((rows, 48)).astype(np.float32)
+        got = compiled.run({"x": x})[0]
+        _assert_within_dot_bound(got, x, w, bias=b)
+        np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=0, atol=1e-5)
+
+
+def test_products_of_computed_operands_keep_tvms_lowering():
+    rng = np.random.default_rng(3)
+    model = _model([helper.make_node("MatMul", ["x", "z"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                    helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 5])], {})
+    mod = PackConstantMatmuls()(from_onnx(model, None).mod)
+    assert not any(gv.name_hint.startswith("packed_matmul") for gv in mod.get_global_vars())
+    x, z = rng.standard_normal((9, 8)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
+    _assert_within_dot_bound(memotvm.compile(model).run({"x": x, "z": z})[0], x, z)
