@@ -17,8 +17,8 @@ from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_wi
 from conftest import run_onnxruntime
 
 
-def _model(nodes, inputs, inits, opset=17):
-    graph = helper.make_graph(nodes, "head", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+def _model(nodes, inputs, inits, out_shape, opset=17):
+    graph = helper.make_graph(nodes, "head", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
                               [numpy_helper.from_array(a, name) for name, a in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -56,7 +56,7 @@ def test_matmul_by_constant_weight(k, n):
     rng = np.random.default_rng(k * 1000 + n)
     w = rng.standard_normal((k, n)).astype(np.float32)
     model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", k])], {"w": w})
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", k])], {"w": w}, ["T", "N", n])
     mod = PackConstantMatmuls()(from_onnx(model, None).mod)
     assert any(gv.name_hint.startswith("packed_matmul") for gv in mod.get_global_vars())
     compiled = memotvm.compile(model)
@@ -72,7 +72,7 @@ def test_gemm_with_constant_weight_and_bias(trans_b):
     b = rng.standard_normal(23).astype(np.float32)
     model = _model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=trans_b)],
                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 48])],
-                   {"w": w.T.copy() if trans_b else w, "b": b})
+                   {"w": w.T.copy() if trans_b else w, "b": b}, ["N", 23])
     mod = PackConstantMatmuls()(from_onnx(model, None).mod)
     text = mod["main"].script()
     assert "packed_matmul" in text and "permute_dims" not in text  # no transpose per call
@@ -88,8 +88,61 @@ def test_products_of_computed_operands_keep_tvms_lowering():
     rng = np.random.default_rng(3)
     model = _model([helper.make_node("MatMul", ["x", "z"], ["y"])],
                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
-                    helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 5])], {})
+                    helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 5])], {}, ["N", 5])
     mod = PackConstantMatmuls()(from_onnx(model, None).mod)
     assert not any(gv.name_hint.startswith("packed_matmul") for gv in mod.get_global_vars())
     x, z = rng.standard_normal((9, 8)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
     _assert_within_dot_bound(memotvm.compile(model).run({"x": x, "z": z})[0], x, z)
+
+
+# Edge values: NaN, infinities, beyond float32 exp's range, around 0, and ordinary ones.
+EDGES = np.array([np.nan, np.inf, -np.inf, 100.0, 88.8, 88.7, -87.4, -87.3, -104.0, -200.0,
+                  0.0, -0.0, 1e-30, -1e-7, 0.5, -3.25, 20.0, -20.0], np.float32)
+
+
+@pytest.mark.parametrize("op", ["Exp", "Sigmoid", "Tanh"])
+def test_exp_based_activations(op):
+    x = np.concatenate([EDGES, np.random.default_rng(4).standard_normal(190).astype(np.float32) * 6])
+    x = x.reshape(4, 2, 26)
+    model = _model([helper.make_node(op, ["x"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 26])], {}, ["T", "N", 26])
+    got = memotvm.compile(model).run({"x": x}, check_finite=False)[0]
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = {"Exp": np.exp, "Sigmoid": lambda v: 1 / (1 + np.exp(-v)), "Tanh": np.tanh}[op](x64)
+        ref = ref.astype(np.float32).astype(np.float64)  # inf beyond float32's range
+    assert np.array_equal(np.isnan(got), np.isnan(x))
+    ok = ~np.isnan(x)
+    # 2 ulp for exp (Cephes expf) and the few roundings on top (one of them into the
+    # denormals below 2^-126, exact to 2^-149); tanh's (1 - e) / (1 + e) near 0 is
+    # exact only to an absolute 1e-7 (TVM's own formula).
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=4e-7, atol=2.0 ** -148 if op == "Exp" else 1e-7)
+
+
+# Rows of 37 (two vectors and a tail) along the last axis (the row kernel) and along
+# axis 1 (TVM's loop nests); 5 (only a tail) and 4096 (vectors only, a long sum).
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis, n", [(-1, 37), (1, 37), (-1, 5), (-1, 4096)])
+def test_softmax(op, axis, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((3, 5, n)) * 4).astype(np.float32)
+    x[0, 0, :3] = [60.0, -60.0, 0.0]
+    model = _model([helper.make_node(op, ["x"], ["y"], axis=axis)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 5, n])], {}, ["T", 5, n])
+    got = memotvm.compile(model).run({"x": x})[0]
+    x64 = np.moveaxis(x.astype(np.float64), axis, -1)
+    shifted = x64 - x64.max(-1, keepdims=True)
+    total = np.exp(shifted).sum(-1, keepdims=True)
+    ref = np.moveaxis(shifted - np.log(total) if op == "LogSoftmax" else np.exp(shifted) / total, -1, axis)
+    # A few ulp of exp and of the sum (relative to the largest term), as onnxruntime.
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-6 if op == "LogSoftmax" else 2e-7)
+    np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=4e-6, atol=4e-6)
+
+
+def test_softmax_of_a_row_with_nan_is_nan_in_that_row_only():
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 20])], {}, ["N", 20])
+    x = np.random.default_rng(6).standard_normal((3, 20)).astype(np.float32)
+    x[1, 17] = np.nan
+    got = memotvm.compile(model).run({"x": x}, check_finite=False)[0]
+    assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()

@@ -125,17 +125,28 @@ class TirMath:
         if self.dtype != "float32":
             return tirx.exp(x)
         c = self.const
-        x = T.bind(tirx.min(tirx.max(x, c(-87.0)), c(88.0)))
-        n = T.bind(tirx.floor(x * c(1.44269504088896341) + c(0.5)))
-        r = T.bind(x - n * c(0.693359375) - n * c(-2.12194440e-4))
+        p, n = self.exp_parts(tirx.min(tirx.max(x, c(-87.0)), c(88.0)))
+        # n lies in [-126, 127] after the clamp: 2^n is a normal float.
+        return p * self.power_of_two(n)
+
+    def exp_parts(self, x):
+        """exp(x) = p * 2^n (float32, Cephes' expf: n = round(x / ln 2), p the
+        polynomial of the rest); x must lie within [-150 ln 2, 128 ln 2]."""
+        c = self.const
+        x = self.bind(x)
+        n = self.bind(tirx.floor(x * c(1.44269504088896341) + c(0.5)))
+        r = self.bind(x - n * c(0.693359375) - n * c(-2.12194440e-4))
         p = c(1.9875691500e-4)
         for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
                      5.0000001201e-1):
             p = p * r + c(coef)
-        p = p * r * r + r + c(1.0)
-        # 2^n from its exponent bits (n lies in [-126, 127] after the clamp).
+        return p * r * r + r + c(1.0), n
+
+    @staticmethod
+    def power_of_two(n):
+        """2^n from its exponent bits, for an integral float n in [-126, 127]."""
         bits = (tirx.Cast("int32", n) + tirx.const(127, "int32")) << tirx.const(23, "int32")
-        return p * tirx.reinterpret("float32", bits)
+        return tirx.reinterpret("float32", bits)
 
     def sigmoid(self, x):
         if self.dtype != "float32":
@@ -147,7 +158,7 @@ class TirMath:
         if self.dtype != "float32":
             return tirx.tanh(x)
         one = self.const(1.0)
-        e = T.bind(self.exp(self.const(-2.0) * tirx.abs(x)))
+        e = self.bind(self.exp(self.const(-2.0) * tirx.abs(x)))
         t = (one - e) / (one + e)
         return tirx.Select(x >= self.const(0.0), t, -t)
 

@@ -27,10 +27,12 @@ def host_target() -> tvm.target.Target:
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CPU pipeline with matrix products by constant weights packed
-    (:mod:`.host_gemm`) and the other host operators scheduled (:mod:`.host_schedule`)."""
+    (:mod:`.host_gemm`), exp-based operators in vectorizable form (:mod:`.host_math`)
+    and the other host operators scheduled (:mod:`.host_schedule`)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
     from .host_gemm import PackConstantMatmuls
+    from .host_math import VectorizableMath
     from .host_schedule import ScheduleHostOps
 
     @tvm.transform.module_pass(opt_level=0, name="MemotvmCpuPipeline")
@@ -38,7 +40,8 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         with target:
             return tvm.transform.Sequential(
                 [PackConstantMatmuls()]
-                + generic.library_dispatch_passes(target) + generic.legalize_passes(target)
+                + generic.library_dispatch_passes(target) + [VectorizableMath()]
+                + generic.legalize_passes(target)
                 + [ScheduleHostOps()] + generic.dataflow_lower_passes(target)
                 + generic.finalize_passes(target))(mod)
 
