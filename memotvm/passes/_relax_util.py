@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tvm import relax
+from tvm import relax, tirx
 
 
 def rewrite_functions(mutator: relax.PyExprMutator, mod):
@@ -12,3 +12,18 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod):
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return mutator.builder_.get()
+
+
+def call_on_rows(builder: relax.BlockBuilder, kernel, x, args, columns: int):
+    """Call a row kernel, ``kernel(rows_of_x, *args) -> float32 [rows, columns]``, on x
+    [..., n] viewed as [rows, n] (rows the product of the leading dimensions); return
+    the result as [..., columns].  The views are reshapes, which TVM makes free."""
+    shape = list(x.ty.shape.values)
+    lead = shape[:-1]
+    rows = tirx.const(1, "int64")
+    for dim in lead:
+        rows = rows * dim
+    flat = len(shape) == 2
+    x2 = x if flat else builder.emit(relax.op.reshape(x, relax.ShapeExpr([rows, shape[-1]])))
+    out = relax.call_tir(kernel, [x2, *args], out_ty=relax.TensorType([rows, columns], "float32"))
+    return out if flat else relax.op.reshape(builder.emit(out), relax.ShapeExpr(lead + [columns]))

@@ -29,7 +29,7 @@ from tvm.ir import GenericConst
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..passes._relax_util import rewrite_functions
+from ..passes._relax_util import call_on_rows, rewrite_functions
 
 LANES = 16
 PANEL_VECTORS = 6
@@ -179,15 +179,8 @@ class _MatmulRewriter(relax.PyExprMutator):
         shape = list(info.shape.values)
         if not isinstance(shape[-1], tirx.IntImm) or int(shape[-1]) != k:
             return call
-        lead = shape[:-1]
-        rows = lead[0]
-        for dim in lead[1:]:
-            rows = rows * dim
         key = (k, n)
         if key not in self.kernels:
             self.kernels[key] = self.builder_.add_func(build_gemm(k, n), f"packed_matmul_{k}x{n}")
-        flat = len(lead) == 1
-        x2 = x if flat else self.builder_.emit(relax.op.reshape(x, relax.ShapeExpr([rows, k])))
         packed = relax.const(pack_weight(w), "float32")
-        y2 = relax.call_tir(self.kernels[key], [x2, packed], out_ty=relax.TensorType([rows, n], "float32"))
-        return y2 if flat else relax.op.reshape(self.builder_.emit(y2), relax.ShapeExpr(lead + [n]))
+        return call_on_rows(self.builder_, self.kernels[key], x, [packed], n)

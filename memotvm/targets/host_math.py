@@ -25,7 +25,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..frontend.kernels import LANES, TirMath
-from ..passes._relax_util import rewrite_functions
+from ..passes._relax_util import call_on_rows, rewrite_functions
 
 
 class _LetMath(TirMath):
@@ -105,17 +105,11 @@ class _RowSoftmaxRewriter(relax.PyExprMutator):
         if int(call.attrs.axis) % len(shape) != len(shape) - 1 or not isinstance(shape[-1], tirx.IntImm):
             return call
         n = int(shape[-1])
-        rows = tirx.const(1, "int64")
-        for dim in shape[:-1]:
-            rows = rows * dim
         key = (n, log)
         if key not in self.kernels:
             name = f"{'log_softmax' if log else 'softmax'}_rows_{n}"
             self.kernels[key] = self.builder_.add_func(build_row_softmax(n, log), name)
-        flat = self.builder_.emit(relax.op.reshape(call.args[0], relax.ShapeExpr([rows, n])))
-        out = self.builder_.emit(relax.call_tir(self.kernels[key], [flat],
-                                                out_ty=relax.TensorType([rows, n], "float32")))
-        return relax.op.reshape(out, relax.ShapeExpr(shape))
+        return call_on_rows(self.builder_, self.kernels[key], call.args[0], [], n)
 
 
 def build_row_softmax(n: int, log: bool) -> tirx.PrimFunc:
