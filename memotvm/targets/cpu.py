@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -104,8 +105,7 @@ class CpuBackend(Backend):
             main = vm["main"]
 
             def call(arrays):
-                result = main(*[tvm.runtime.tensor(a, device) for a in arrays])
-                return _flatten(result)
+                return _flatten(main(*[_host_tensor(a) for a in arrays]))
 
             return call
 
@@ -114,9 +114,33 @@ class CpuBackend(Backend):
         return model
 
 
-def _flatten(result):
+# TVM borrows host memory (DLPack) only at this alignment.
+_ALIGNMENT = 64
+
+
+def _host_tensor(array: np.ndarray) -> tvm.runtime.Tensor:
+    """A TVM tensor over ``array`` (C-contiguous; the kernels only read their inputs),
+    or over an aligned copy where it is not 64-byte aligned.  Borrowing instead of
+    ``tvm.runtime.tensor``'s allocation and copy: 15 -> 5 us per small input, and no
+    copy of a large aligned one."""
+    if array.dtype.kind not in "fiu":
+        return tvm.runtime.tensor(array, tvm.cpu())
+    if array.ctypes.data % _ALIGNMENT:
+        raw = np.empty(array.nbytes + _ALIGNMENT, np.uint8)
+        start = -raw.ctypes.data % _ALIGNMENT
+        aligned = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+        np.copyto(aligned, array)
+        array = aligned
+    return tvm.runtime.from_dlpack(array)
+
+
+def _flatten(result) -> list:
+    """The VM's (nested) outputs as numpy arrays of their own (a copy through DLPack:
+    ``Tensor.numpy()`` took 6 us per output; the VM may reuse its buffers)."""
     if isinstance(result, tvm.runtime.Tensor):
-        return [result.numpy()]
+        return [np.from_dlpack(result).copy()]
+    if isinstance(result, tvm.runtime.ShapeTuple):  # an output computed from shapes alone
+        return [np.array(list(result), dtype=np.int64)]
     out = []
     for item in result:
         out.extend(_flatten(item))
