@@ -150,7 +150,8 @@ def test_softmax_of_a_row_with_nan_is_nan_in_that_row_only():
 
 def test_outputs_of_every_kind_and_borrowed_inputs():
     """bool, float16, int64 computed from shapes alone, 0-d; inputs at any alignment
-    (TVM borrows 64-byte aligned ones), left unchanged; outputs that stay valid."""
+    (TVM borrows 64-byte aligned ones), writeable or not, left unchanged; outputs that
+    stay valid."""
     g = helper.make_graph(
         [helper.make_node("Less", ["x", "z"], ["b"]), helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
          helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ReduceSum", ["x"], ["r"], keepdims=0)], "kinds",
@@ -164,15 +165,17 @@ def test_outputs_of_every_kind_and_borrowed_inputs():
     storage = np.zeros(64, np.float32)
     first = None
     for offset in range(16):  # 4-byte steps over 64 bytes: exactly one is aligned
-        x = storage[offset:offset + 6].reshape(2, 3)
-        x[:] = np.arange(6, dtype=np.float32).reshape(2, 3) * (offset + 1)
-        before = x.copy()
-        got = compiled.run({"x": x, "z": z})
-        expected = run_onnxruntime(model, {"x": x, "z": z})
-        for g_, e in zip(got, expected):
-            assert g_.dtype == e.dtype and g_.shape == e.shape and np.array_equal(g_, e)
-        assert np.array_equal(x, before)
-        if first is None:
-            first, first_expected = got, expected
+        for writeable in (True, False):  # read-only arrays cannot be borrowed
+            x = storage[offset:offset + 6].reshape(2, 3)
+            x[:] = np.arange(6, dtype=np.float32).reshape(2, 3) * (offset + 1)
+            before = x.copy()
+            x.flags.writeable = writeable
+            got = compiled.run({"x": x, "z": z})
+            expected = run_onnxruntime(model, {"x": x, "z": z})
+            for g_, e in zip(got, expected):
+                assert g_.dtype == e.dtype and g_.shape == e.shape and np.array_equal(g_, e)
+            assert np.array_equal(x, before)
+            if first is None:
+                first, first_expected = got, expected
     for g_, e in zip(first, first_expected):  # not overwritten by later calls
         assert np.array_equal(g_, e)

@@ -120,12 +120,14 @@ _ALIGNMENT = 64
 
 def _host_tensor(array: np.ndarray) -> tvm.runtime.Tensor:
     """A TVM tensor over ``array`` (C-contiguous; the kernels only read their inputs),
-    or over an aligned copy where it is not 64-byte aligned.  Borrowing instead of
-    ``tvm.runtime.tensor``'s allocation and copy: 15 -> 5 us per small input, and no
-    copy of a large aligned one."""
+    or over an aligned copy where it is not 64-byte aligned or not writeable.
+    Borrowing instead of ``tvm.runtime.tensor``'s allocation and copy: 15 -> 5 us per
+    small input, and no copy of a large aligned one."""
     if array.dtype.kind not in "fiu":
         return tvm.runtime.tensor(array, tvm.cpu())
-    if array.ctypes.data % _ALIGNMENT:
+    # Read-only arrays (a view of a model's initializer, a broadcast) cannot be
+    # exported: DLPack's version here cannot say read-only.
+    if array.ctypes.data % _ALIGNMENT or not array.flags.writeable:
         raw = np.empty(array.nbytes + _ALIGNMENT, np.uint8)
         start = -raw.ctypes.data % _ALIGNMENT
         aligned = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
