@@ -179,3 +179,34 @@ def test_outputs_of_every_kind_and_borrowed_inputs():
                 first, first_expected = got, expected
     for g_, e in zip(first, first_expected):  # not overwritten by later calls
         assert np.array_equal(g_, e)
+
+
+def _conv_case(kind):
+    rng = np.random.default_rng(len(kind))
+    if kind.startswith("conv1d"):
+        groups = {"conv1d": 1, "conv1d_groups": 2, "conv1d_depthwise": 12}[kind]
+        w = (rng.standard_normal((12, 12 // groups, 3)) / 5).astype(np.float32)
+        attrs = dict(pads=[2, 1], strides=[2], dilations=[2], group=groups)
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
+        inits = {"w": w, "b": rng.standard_normal(12).astype(np.float32)}
+        dims, x = ["N", 12, "L"], rng.standard_normal((3, 12, 37)).astype(np.float32)
+    elif kind == "conv2d":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 2])]
+        inits = {"w": (rng.standard_normal((5, 4, 3, 3)) / 6).astype(np.float32)}
+        dims, x = ["N", 4, "H", 19], rng.standard_normal((2, 4, 9, 19)).astype(np.float32)
+    elif kind == "avgpool":
+        nodes = [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 1])]
+        inits, dims, x = {}, ["N", 6, "L"], rng.standard_normal((3, 6, 25)).astype(np.float32)
+    else:  # reduce_mean over the last two axes
+        nodes = [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2], keepdims=0)]
+        inits, dims, x = {}, ["N", 6, 25], rng.standard_normal((3, 6, 25)).astype(np.float32)
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], inits, None, opset=17), x
+
+
+# Convolutions (groups, strides, dilations, asymmetric padding) and poolings: TVM's
+# loop nests with several reduction axes, scheduled by the host schedule.
+@pytest.mark.parametrize("kind", ["conv1d", "conv1d_groups", "conv1d_depthwise", "conv2d", "avgpool", "reduce_mean"])
+def test_convolutions_and_poolings(kind):
+    model, x = _conv_case(kind)
+    np.testing.assert_allclose(memotvm.compile(model).run({"x": x})[0], run_onnxruntime(model, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)

@@ -7,15 +7,18 @@ with a linear head over every step, that head then costs more than the recurrent
 loop, the recurrent kernels (which schedule themselves) excepted:
 
 * an elementwise block: leading loops fused and parallel, the last one vectorized;
-* a reduction over one trailing axis (matmul, dense): leading spatial loops fused and
-  parallel, the reduction moved outside the last spatial loop, which is vectorized
-  (contiguous in the output and, for weights stored [K, N], in the weights); its
-  elementwise consumers (bias, activation) are computed in the same parallel loop.
+* a reduction over trailing axes (a matmul of computed operands, a convolution, a
+  pooling): leading spatial loops fused and parallel, the reductions moved outside the
+  last spatial loop, which is vectorized (contiguous in the output and, for weights
+  stored [K, N] or a convolution's input rows, in what it reads); its elementwise
+  consumers (bias, activation) are computed in the same parallel loop.
 
 A block the rule does not recognise is left as TVM made it.
 """
 
 from __future__ import annotations
+
+import re
 
 import tvm
 from tvm import s_tir, tirx
@@ -56,19 +59,20 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
             outer = sch.fuse(*loops[:-1])
             sch.parallel(outer)
             _vectorize_last(sch, loops[-1])
-        elif kinds.endswith("SR") and set(kinds[:-1]) == {"S"} and len(kinds) >= 3:
-            outer = sch.fuse(*loops[:-2])
-            last_s, red = loops[-2], loops[-1]
+        elif re.fullmatch(r"S{2,}R+", kinds):
+            spatial = kinds.count("S")
+            outer = sch.fuse(*loops[:spatial - 1])
+            last_s, reductions = loops[spatial - 1], loops[spatial:]
             consumers = [c for c in sch.get_consumers(block)
-                         if set(_kinds(sch, c)) == {"S"} and len(sch.get_loops(c)) == len(kinds) - 1]
+                         if set(_kinds(sch, c)) == {"S"} and len(sch.get_loops(c)) == spatial]
             for consumer in consumers:
                 sch.reverse_compute_at(consumer, outer)
                 done.add(sch.get(consumer).name_hint)
             sch.parallel(outer)
             init = sch.decompose_reduction(block, last_s)
-            # The reduction outside the last spatial loop: LLVM vectorizes that loop
+            # The reductions outside the last spatial loop: LLVM vectorizes that loop
             # (TVM's vectorize refuses loops under a reduction loop).
-            sch.reorder(red, last_s)
+            sch.reorder(*reductions, last_s)
             _vectorize_last(sch, sch.get_loops(init)[-1])
             for consumer in consumers:
                 _vectorize_last(sch, sch.get_loops(consumer)[-1])
