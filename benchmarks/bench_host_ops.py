@@ -6,7 +6,8 @@ Linear heads over every step (MatMul by a constant weight, as torch exports a Li
 [T, N, K] inputs; Gemm as it exports one on [N, K]) and the output activations after
 them (sigmoid, tanh, softmax, log_softmax), on (steps x batch) rows.  Both sides run
 interleaved in one process (medians); memotvm's times include what every call pays:
-the input checks and copies in and out.
+the input checks and copies in and out.  Conv stands for the convolutions and poolings
+that TVM lowers to loop nests with several reduction axes.
 """
 
 import argparse
@@ -18,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 import memotvm
 from memotvm.bench import interleaved, memotvm_runner, onnxruntime_runner
 
-# (operator, steps, batch, K, N): K only for the products.
+# (operator, steps, batch, K, N): K only for the products and Conv (its input channels;
+# N its output channels; input [batch, K, steps]).
 CASES = [
     ("MatMul", 150, 16, 256, 97),     # the char LM's head
     ("MatMul", 100, 8, 512, 4096),    # a word-level vocabulary
@@ -28,13 +30,18 @@ CASES = [
     ("Softmax", 150, 16, None, 97),
     ("Softmax", 100, 8, None, 4096),
     ("LogSoftmax", 100, 8, None, 4096),
+    ("Conv", 400, 8, 40, 64),         # a 1-D convolutional front end (kernel width 5)
 ]
 
 
 def _model(op, k, n):
     rng = np.random.default_rng(0)
     inits = []
-    if op == "Gemm":
+    if op == "Conv":
+        inits = [numpy_helper.from_array((rng.standard_normal((n, k, 5)) / 14).astype(np.float32), "w")]
+        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[2, 2])
+        dims, out = ["N", k, "L"], ["N", n, "L"]
+    elif op == "Gemm":
         inits = [numpy_helper.from_array((rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32), "w"),
                  numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")]
         node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
@@ -64,7 +71,7 @@ def main(argv=None):
     for op, steps, batch, k, n in CASES:
         model = _model(op, k, n)
         width = k if k is not None else n
-        shape = (batch, width) if op == "Gemm" else (steps, batch, width)
+        shape = {"Gemm": (batch, width), "Conv": (batch, width, steps)}.get(op, (steps, batch, width))
         feeds = {"x": (np.random.default_rng(1).standard_normal(shape) * 3).astype(np.float32)}
         compiled = memotvm.compile(model)
         times = interleaved({"memotvm": memotvm_runner(compiled, feeds),
