@@ -14,6 +14,17 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod):
     return mutator.builder_.get()
 
 
+def float32_rows(x):
+    """x's shape as a list where x is a float32 tensor of known rank whose last
+    dimension is static (what :func:`call_on_rows` needs), else None."""
+    info = x.ty
+    if not isinstance(info, relax.TensorType) or info.dtype != "float32" \
+            or not isinstance(info.shape, relax.ShapeExpr):
+        return None
+    shape = list(info.shape.values)
+    return shape if shape and isinstance(shape[-1], tirx.IntImm) else None
+
+
 def call_on_rows(builder: relax.BlockBuilder, kernel, x, args, columns: int):
     """Call a row kernel, ``kernel(rows_of_x, *args) -> float32 [rows, columns]``, on x
     [..., n] viewed as [rows, n] (rows the product of the leading dimensions); return

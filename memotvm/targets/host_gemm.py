@@ -29,9 +29,9 @@ from tvm.ir import GenericConst
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..passes._relax_util import call_on_rows, rewrite_functions
+from ..frontend.kernels import LANES, i64
+from ..passes._relax_util import call_on_rows, float32_rows, rewrite_functions
 
-LANES = 16
 PANEL_VECTORS = 6
 ROW_BLOCK = 4
 ROW_CHUNK = 64
@@ -61,7 +61,6 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 def build_gemm(k: int, n: int) -> tirx.PrimFunc:
     """y[M, n] = x[M, k] @ W, W given packed by :func:`pack_weight`; M is dynamic."""
     widths = panel_widths(n)
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("packed_matmul")
@@ -85,7 +84,6 @@ def build_gemm(k: int, n: int) -> tirx.PrimFunc:
 
 def _panel(x, wp, y, rows, k, n, chunk, col, width):
     """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * LANES."""
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
     stride = width * LANES
     base = col * k  # the panel's offset in the packed weights
     with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
@@ -118,10 +116,10 @@ def _panel(x, wp, y, rows, k, n, chunk, col, width):
 def _store(y, acc, row, col, n):
     if col + LANES <= n:
         with T.vectorized(0, LANES) as lane:
-            T.buffer_store(y, acc[lane], [row, tirx.const(col, "int64") + lane])
+            T.buffer_store(y, acc[lane], [row, i64(col) + lane])
     else:
         with T.serial(0, n - col) as lane:
-            T.buffer_store(y, acc[lane], [row, tirx.const(col, "int64") + lane])
+            T.buffer_store(y, acc[lane], [row, i64(col) + lane])
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackConstantMatmuls")
@@ -168,17 +166,11 @@ class _MatmulRewriter(relax.PyExprMutator):
         if call.attrs.out_dtype is not None and str(call.attrs.out_dtype) != "float32":
             return call
         w = self._constant_weight(w_expr)
-        info = x.ty
-        if w is None or w.ndim != 2 or w.dtype != np.float32 \
-                or not isinstance(info, relax.TensorType) or info.dtype != "float32" \
-                or not isinstance(info.shape, relax.ShapeExpr) or len(info.shape.values) < 2:
+        shape = float32_rows(x)
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or 0 in w.shape \
+                or shape is None or len(shape) < 2 or int(shape[-1]) != w.shape[0]:
             return call
         k, n = w.shape
-        if k == 0 or n == 0:
-            return call
-        shape = list(info.shape.values)
-        if not isinstance(shape[-1], tirx.IntImm) or int(shape[-1]) != k:
-            return call
         key = (k, n)
         if key not in self.kernels:
             self.kernels[key] = self.builder_.add_func(build_gemm(k, n), f"packed_matmul_{k}x{n}")

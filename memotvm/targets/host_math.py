@@ -24,8 +24,8 @@ from tvm import relax, te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..frontend.kernels import LANES, TirMath
-from ..passes._relax_util import call_on_rows, rewrite_functions
+from ..frontend.kernels import LANES, TirMath, i64
+from ..passes._relax_util import call_on_rows, float32_rows, rewrite_functions
 
 
 class _LetMath(TirMath):
@@ -53,8 +53,8 @@ class _LetMath(TirMath):
         return p * self.power_of_two(half) * self.power_of_two(n - half)
 
     def formula(self, name, x):
-        """``name`` (exp, sigmoid or tanh) of x as one expression; NaN stays NaN."""
-        self.lets.clear()
+        """``name`` (exp, sigmoid or tanh) of x as one expression; NaN stays NaN.
+        (One instance per expression: its bindings are this expression's.)"""
         arg = self.bind(x)
         value = tirx.Select(tirx.isnan(arg), arg, getattr(self, name)(arg))
         for var, bound in reversed(self.lets):
@@ -97,12 +97,8 @@ class _RowSoftmaxRewriter(relax.PyExprMutator):
         if call.op not in self.ops:
             return call
         log = self.ops[call.op]
-        info = call.args[0].ty
-        if not isinstance(info, relax.TensorType) or info.dtype != "float32" \
-                or not isinstance(info.shape, relax.ShapeExpr):
-            return call
-        shape = list(info.shape.values)
-        if int(call.attrs.axis) % len(shape) != len(shape) - 1 or not isinstance(shape[-1], tirx.IntImm):
+        shape = float32_rows(call.args[0])
+        if shape is None or int(call.attrs.axis) % len(shape) != len(shape) - 1:
             return call
         n = int(shape[-1])
         key = (n, log)
@@ -118,7 +114,6 @@ def build_row_softmax(n: int, log: bool) -> tirx.PrimFunc:
     lanes' partial max and sum combined at the end of their pass."""
     full, lanes = n // LANES, LANES
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("log_softmax_rows" if log else "softmax_rows")
