@@ -108,6 +108,89 @@ def test_nan_and_bad_sequence_lengths(lstm):
             compiled.run({**feeds, "sequence_lens": np.array(bad, np.int32)})
 
 
+def _graph_model(node, inputs, initializers=()):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                            for n, s in inputs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ones(*shape):
+    return np.random.default_rng(len(shape)).random(shape, dtype=np.float32)
+
+
+# Models whose operators need a relation between symbolic dimensions that TVM cannot
+# prove; before the checks the first three failed to compile inside TVM, the others
+# computed a wrong result (MatMul and Gemm reading past their operands) where
+# onnxruntime raises an error.  (model, good inputs, bad inputs, message)
+SHAPE_RELATIONS = {
+    "add": (_graph_model(helper.make_node("Add", ["a", "b"], ["y"]), [("a", ["n", 4]), ("b", ["m", 4])]),
+            {"a": _ones(5, 4), "b": _ones(5, 4)}, {"a": _ones(5, 4), "b": _ones(3, 4)},
+            r"add: input 0 has shape \(5, 4\) and input 1 has shape \(3, 4\)"),
+    "mul by constant": (_graph_model(helper.make_node("Mul", ["a", "c"], ["y"]), [("a", ["n", "p"])],
+                                     [helper.make_tensor("c", TensorProto.FLOAT, [4], [1, 2, 3, 4])]),
+                        {"a": _ones(5, 4)}, {"a": _ones(5, 3)}, r"multiply: .* must be equal"),
+    "concat": (_graph_model(helper.make_node("Concat", ["a", "b"], ["y"], axis=0),
+                            [("a", ["n", "p"]), ("b", ["m", "q"])]),
+               {"a": _ones(5, 4), "b": _ones(3, 4)}, {"a": _ones(5, 4), "b": _ones(3, 2)},
+               r"concat: .*dimension 1 of the first \(4\) and 1 of the second \(2\)"),
+    "matmul": (_graph_model(helper.make_node("MatMul", ["a", "b"], ["y"]), [("a", [2, "k"]), ("b", ["j", 3])]),
+               {"a": _ones(2, 5), "b": _ones(5, 3)}, {"a": _ones(2, 5), "b": _ones(4, 3)},
+               r"matmul: .*\(2, 5\).*\(4, 3\)"),
+    "gemm by constant": (_graph_model(helper.make_node("Gemm", ["a", "w"], ["y"]), [("a", ["n", "p"])],
+                                      [helper.make_tensor("w", TensorProto.FLOAT, [4, 2], list(range(8)))]),
+                         {"a": _ones(5, 4)}, {"a": _ones(5, 3)}, r"matmul: .*must be equal"),
+    "reshape -1": (_graph_model(helper.make_node("Reshape", ["a", "s"], ["y"]), [("a", ["n", 4])],
+                                [helper.make_tensor("s", TensorProto.INT64, [2], [3, -1])]),
+                   {"a": _ones(3, 4)}, {"a": _ones(5, 4)},
+                   r"reshape: cannot reshape input 0 of shape \(5, 4\) \(20 elements\) to \(3, 6\)"),
+    "reshape fixed": (_graph_model(helper.make_node("Reshape", ["a", "s"], ["y"]), [("a", ["n", 4])],
+                                   [helper.make_tensor("s", TensorProto.INT64, [2], [2, 6])]),
+                      {"a": _ones(3, 4)}, {"a": _ones(4, 4)}, r"\(16 elements\) to \(2, 6\) \(12 elements\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHAPE_RELATIONS))
+def test_shape_relations_tvm_cannot_prove_are_checked(case):
+    from conftest import run_onnxruntime
+
+    model, good, bad, message = SHAPE_RELATIONS[case]
+    compiled = memotvm.compile(model)
+    for got, want in zip(compiled.run(good), run_onnxruntime(model, good)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(memotvm.InputError, match=message):
+        compiled.run(bad)
+
+
+def test_broadcast_of_a_run_time_one_is_refused_with_the_reason():
+    model, good, _, _ = SHAPE_RELATIONS["add"]
+    with pytest.raises(memotvm.InputError, match="size 1 is known only at run time"):
+        memotvm.compile(model).run({"a": _ones(5, 4), "b": _ones(1, 4)})
+
+
+def test_recurrent_inputs_must_fit_the_weights_and_each_other():
+    model = make_recurrent_model("GRU", 6, 5, initial_h=True, sequence_lens=True,
+                                 direction="bidirectional")
+    feeds = make_inputs(model, 4, 3)
+    # Every input its own symbols, so that only the node relates them.
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param += "_" + value.name
+            elif value.name == "X" and dim.dim_value == 6:
+                dim.dim_param = "features"
+    compiled = memotvm.compile(model)
+    assert [y.shape for y in compiled.run(feeds)] == [(4, 2, 3, 5), (2, 3, 5)]
+    with pytest.raises(memotvm.InputError, match=r"GRU node .*W has shape \(2, 15, 6\) and X has shape "
+                                                  r"\(4, 3, 7\)"):
+        compiled.run({**feeds, "X": _ones(4, 3, 7)})
+    with pytest.raises(memotvm.InputError, match=r"X has shape \(4, 3, 6\) and sequence_lens has shape \(4,\)"):
+        compiled.run({**feeds, "sequence_lens": np.array([4, 2, 1, 3], np.int32)})
+    with pytest.raises(memotvm.InputError, match=r"and initial_h has shape \(2, 2, 5\)"):
+        compiled.run({**feeds, "initial_h": _ones(2, 2, 5)})
+
+
 def test_out_of_range_embedding_index_is_an_input_error(torch_fixture):
     model, feeds = torch_fixture
     compiled = memotvm.compile(model)

@@ -22,6 +22,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 
 from ..errors import MemoTVMError, UnsupportedModelError
 from ..passes.safe_gather import BoundedGather
+from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
 from .kernels import build_kernel
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -122,6 +123,7 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
             for label in ("initial_h", "initial_c"):
                 if label in present:
                     present[label] = bb.normalize(relax.op.permute_dims(present[label], [1, 0, 2]))
+        x, w, r, present = self._checked_shapes(op, name, loop, x, w, r, present)
         if "sequence_lens" in present and str(present["sequence_lens"].ty.dtype) != "int32":
             present["sequence_lens"] = bb.normalize(relax.op.astype(present["sequence_lens"], "int32"))
         seq, batch, _ = x.ty.shape.values
@@ -151,6 +153,35 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
         self._nodes[STATUS_PREFIX + name] = outs[-1]
         results = [y, y_h] + ([y_c] if y_c is not None else [])
         return relax.Tuple(results)
+
+
+    def _checked_shapes(self, op, name, loop, x, w, r, present):
+        """x, w, r and the optional inputs, checked at run time where their shapes are
+        not known to fit together (the kernel's buffers assume they do): x's size
+        against W's D, the initial states' and lengths' batch against x's, the initial
+        states' directions and hidden size against W and R."""
+        labels = ["X", "W", "R"] + [label for label in ("initial_h", "initial_c", "sequence_lens")
+                                     if label in present]
+        operands = [x, w, r] + [present[label] for label in labels[3:]]
+        shapes = [list(e.ty.shape.values) if isinstance(e.ty.shape, relax.ShapeExpr) else None
+                  for e in operands]
+        if any(s is None for s in shapes):
+            return x, w, r, present
+        want = []
+        for k, label in enumerate(labels[3:], start=3):
+            if len(shapes[k]) != (1 if label == "sequence_lens" else 3):
+                raise UnsupportedModelError(
+                    f"{op} node '{name}': input {label} has rank {len(shapes[k])}")
+            if label == "sequence_lens":
+                want.append(((0, 1), (k, 0)))
+            else:
+                want += [((1, 0), (k, 0)), ((0, 1), (k, 1)), ((2, 2), (k, 2))]
+        want.append(((1, 2), (0, 2)))
+        equal = [pair for first, second in want if (pair := unproven(shapes, first, second))]
+        if not equal:
+            return x, w, r, present
+        out = require_equal(self.bb, operands, shapes, equal, f"{op} node '{name}'", labels)
+        return out[0], out[1], out[2], {**present, **dict(zip(labels[3:], out[3:]))}
 
 
 def _static_shape(expr):
@@ -193,7 +224,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         warnings.simplefilter("ignore")
         mod = importer.from_onnx(graph, _opset(model))
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
-    mod = BoundedGather()(mod)
+    mod = CheckShapeRelations()(BoundedGather()(mod))
     initializers = {t.name for t in graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in initializers]
     params = mod["main"].params

@@ -1,0 +1,254 @@
+"""CheckShapeRelations: check at run time the shape relations TVM cannot prove.
+
+With dynamic axes, an operator's needs of its operands' shapes are relations between
+symbolic dimensions: a MatMul's inner sizes agree, element-wise operands broadcast, a
+Concat's inputs agree off its axis, a Reshape keeps the number of elements.  Where
+Relax's shape inference cannot decide such a relation it either gives up (the operator
+is never lowered and compilation fails inside TVM) or assumes it (a MatMul reduces over
+its first operand's inner size, a Reshape's -1 is a floor division): inputs that break
+it then give wrong results or reads out of bounds, where onnxruntime raises an error.
+
+This pass states each undecided relation: the operator's first operand goes through
+``memotvm.require_shapes``, a check the virtual machine runs before the operator, which
+raises :class:`memotvm.errors.InputError` naming the operator and the shapes; the other
+operands are then cast (``match_cast``) to the shapes the check guarantees, so that
+inference and lowering see them.  A symbolic dimension that must broadcast against
+another is required to be equal to it (a size 1 known only at run time is refused with
+that explanation, not broadcast).  Relations TVM can prove cost nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import tvm
+import tvm.sym
+import tvm_ffi
+from tvm import relax, tirx
+
+from ..errors import InputError
+from ._relax_util import rewrite_functions
+
+CHECK = "memotvm.require_shapes"
+
+# Relax operators whose operands broadcast (ONNX's multidirectional broadcasting).
+_BROADCAST = {
+    "add", "subtract", "multiply", "divide", "floor_divide", "power", "maximum", "minimum",
+    "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "logical_and",
+    "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "mod",
+    "floor_mod", "left_shift", "right_shift", "where",
+}
+
+tvm_ffi.register_error("InputError", InputError)
+
+
+def require(builder: relax.BlockBuilder, x, shapes: list, spec: dict):
+    """Emit the run-time check of ``spec`` over ``shapes`` (lists of dimensions) before
+    what uses the returned value (x itself)."""
+    values = [dim for shape in shapes for dim in shape]
+    spec = dict(spec, ranks=[len(shape) for shape in shapes])
+    return builder.emit(relax.call_pure_packed(
+        CHECK, x, relax.ShapeExpr(values), tvm.ir.StringImm(json.dumps(spec)), ty_args=x.ty))
+
+
+def require_equal(builder, operands, shapes, equal, where, names=None) -> list:
+    """``operands`` (their ``shapes``) checked at run time for ``equal``, pairs of
+    (operand, axis) positions whose second member takes the first's size, and cast to
+    the shapes the check guarantees (operand 0 passes through the check)."""
+    spec = {"op": where, "equal": equal}
+    if names:
+        spec["names"] = names
+    out = [require(builder, operands[0], shapes, spec)] + list(operands[1:])
+    new_shapes = [list(shape) for shape in shapes]
+    for (i, a), (j, b) in equal:
+        new_shapes[j][b] = new_shapes[i][a]
+    for k in sorted({j for _, (j, _) in equal}):
+        out[k] = builder.match_cast(out[k], relax.TensorType(new_shapes[k], out[k].ty.dtype))
+    return out
+
+
+def unproven(shapes, first, second):
+    """The pair (first, second) of (operand, axis) positions, ordered so that a
+    symbolic size takes a static one, if their sizes are not provably equal; else
+    None."""
+    (i, a), (j, b) = first, second
+    da, db = shapes[i][a], shapes[j][b]
+    if _same(da, db):
+        return None
+    if isinstance(db, tirx.IntImm) and not isinstance(da, tirx.IntImm):
+        return second, first
+    return first, second
+
+
+@tvm_ffi.register_global_func(CHECK)
+def _require_shapes(x, values, spec):
+    _check(_parsed(str(spec)), [int(v) for v in values])
+    return x
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(spec: str) -> dict:
+    return json.loads(spec)
+
+
+def _check(spec: dict, values: list) -> None:
+    """Raise InputError unless the shapes in ``values`` meet ``spec``: "equal" lists
+    pairs of (shape, axis) positions that must be equal, "count" says that shape 0 and
+    shape 1 hold as many elements."""
+    shapes, at = [], 0
+    for rank in spec["ranks"]:
+        shapes.append(tuple(values[at:at + rank]))
+        at += rank
+    names = spec.get("names") or [f"input {i}" for i in range(len(shapes))]
+    where = spec["op"]
+    if spec.get("count"):
+        have, want = _product(shapes[0]), _product(shapes[1])
+        if have != want:
+            raise InputError(
+                f"{where}: cannot reshape {names[0]} of shape {shapes[0]} ({have} elements) "
+                f"to {shapes[1]} ({want} elements); the model's shapes do not fit these inputs")
+        return
+    for (i, a), (j, b) in spec.get("equal", []):
+        if shapes[i][a] != shapes[j][b]:
+            note = ""
+            if 1 in (shapes[i][a], shapes[j][b]):
+                note = (" (broadcasting a dimension whose size 1 is known only at run time is "
+                        "not supported: memotvm needs it equal)")
+            raise InputError(
+                f"{where}: {names[i]} has shape {shapes[i]} and {names[j]} has shape "
+                f"{shapes[j]}: dimension {a} of the first ({shapes[i][a]}) and {b} of the "
+                f"second ({shapes[j][b]}) must be equal{note}")
+
+
+def _product(shape):
+    out = 1
+    for dim in shape:
+        out *= dim
+    return out
+
+
+@tvm.transform.module_pass(opt_level=0, name="CheckShapeRelations")
+class CheckShapeRelations:
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return rewrite_functions(_ShapeRelationRewriter(mod), mod)
+
+
+def _shape(expr):
+    """expr's dimensions, or None where its shape is not known as a list."""
+    info = expr.ty
+    if isinstance(info, relax.TensorType) and isinstance(info.shape, relax.ShapeExpr):
+        return list(info.shape.values)
+    return None
+
+
+@functools.cache
+def _analyzer():
+    return tvm.sym.Analyzer()
+
+
+def _same(a, b) -> bool:
+    return _analyzer().can_prove(a == b)
+
+
+def _is_one(dim) -> bool:
+    return isinstance(dim, tirx.IntImm) and int(dim) == 1
+
+
+@relax.expr_functor.mutator
+class _ShapeRelationRewriter(relax.PyExprMutator):
+    """Rebuilds each operator whose shape relations are not proven on checked
+    operands (one rule per kind of operator)."""
+
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_ = mod
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not isinstance(call.op, tvm.ir.Op) or not call.op.name.startswith("relax."):
+            return call
+        name = call.op.name[len("relax."):]
+        rule = {"matmul": self._matmul, "concat": self._concat, "reshape": self._reshape}.get(name)
+        if rule is None and name in _BROADCAST:
+            rule = self._broadcast
+        return rule(call, name) if rule is not None else call
+
+    def _rebuilt(self, call, operands, shapes, equal, name):
+        if not equal:
+            return call
+        checked = require_equal(self.builder_, operands, shapes, equal, name)
+        if call.op.name == "relax.concat":
+            checked = [relax.Tuple(checked)]
+        return relax.Call(call.op, checked, call.attrs, call.ty_args)
+
+    def _broadcast(self, call, name):
+        operands = list(call.args)
+        shapes = [_shape(x) for x in operands]
+        if len(operands) < 2 or any(s is None for s in shapes):
+            return call
+        equal = []
+        for axis in range(1, max(len(s) for s in shapes) + 1):
+            # (operand, position) of this axis, counted from the right.
+            at = [(k, len(s) - axis) for k, s in enumerate(shapes) if len(s) >= axis]
+            equal += _agree(shapes, at)
+        return self._rebuilt(call, operands, shapes, equal, name)
+
+    def _matmul(self, call, name):
+        operands = list(call.args)
+        shapes = [_shape(x) for x in operands]
+        if any(s is None for s in shapes):
+            return call
+        sa, sb = shapes
+        inner = unproven(shapes, (0, len(sa) - 1), (1, max(len(sb) - 2, 0)))
+        equal = [inner] if inner else []
+        for axis in range(3, min(len(sa), len(sb)) + 1):  # batch dimensions broadcast
+            equal += _agree(shapes, [(0, len(sa) - axis), (1, len(sb) - axis)])
+        return self._rebuilt(call, operands, shapes, equal, name)
+
+    def _concat(self, call, name):
+        if not isinstance(call.args[0], relax.Tuple) or len(call.args[0].fields) < 2:
+            return call
+        operands = list(call.args[0].fields)
+        shapes = [_shape(x) for x in operands]
+        if any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
+            return call
+        rank = len(shapes[0])
+        axis = int(call.attrs.axis) % rank if call.attrs.axis is not None else 0
+        equal = []
+        for a in range(rank):
+            if a != axis:
+                equal += _agree(shapes, [(k, a) for k in range(len(shapes))])
+        return self._rebuilt(call, operands, shapes, equal, name)
+
+    def _reshape(self, call, name):
+        x, target = call.args
+        shape = _shape(x)
+        if shape is None or not isinstance(target, relax.ShapeExpr):
+            return call
+        new = list(target.values)
+        if _same(_product_expr(shape), _product_expr(new)):
+            return call
+        checked = require(self.builder_, x, [shape, new], {"op": name, "count": True})
+        return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
+
+
+def _agree(shapes, at):
+    """Pairs making the sizes at positions ``at`` ((operand, axis) of one broadcast
+    axis) agree where they are not proven to: each symbolic size takes a static one
+    other than 1 if there is one, else the first symbolic size.  Static 1s broadcast
+    and need nothing."""
+    dims = [(pos, shapes[pos[0]][pos[1]]) for pos in at]
+    static = [pos for pos, d in dims if isinstance(d, tirx.IntImm) and not _is_one(d)]
+    symbolic = [pos for pos, d in dims if not isinstance(d, tirx.IntImm)]
+    if not symbolic:
+        return []
+    ref = static[0] if static else symbolic[0]
+    return [pair for pos in symbolic if pos != ref and (pair := unproven(shapes, ref, pos))]
+
+
+def _product_expr(dims):
+    out = tirx.const(1, "int64")
+    for dim in dims:
+        out = out * dim
+    return out
