@@ -1,10 +1,14 @@
-"""Make the torch-exported fixture: embedding, 2-layer bidirectional LSTM, GRU, linear head.
+"""Make the torch-exported fixtures.
 
     python scripts/make_torch_fixture.py   # needs the `torch` extra
 
-Writes memotvm/models/torch_lstm_gru.onnx and torch_lstm_gru_inputs.npz (a batch of
-token sequences with their lengths).  Weights are random but fixed by the seed; the
-model is what `torch.onnx.export` writes for nn.LSTM / nn.GRU, Gather, Gemm and friends.
+Writes memotvm/models/torch_lstm_gru.onnx and torch_lstm_gru_inputs.npz (embedding,
+2-layer bidirectional LSTM, GRU, linear head; a batch of token sequences), and
+torch_packed_gru.onnx (a 2-layer bidirectional GRU over packed sequences of unsorted
+lengths: pack_padded_sequence(enforce_sorted=False), whose export sorts the lengths with
+a TopK of computed k and restores the order with ReduceProd of a Shape, Range and
+ScatterElements).  Weights are random but fixed by the seed; the models are what
+`torch.onnx.export` writes.
 """
 
 import os
@@ -33,6 +37,32 @@ class TaggerNet(nn.Module):
         return self.head(x), h
 
 
+class PackedGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(6, 10, num_layers=2, bidirectional=True)
+
+    def forward(self, x, lengths):  # x: [seq, batch, 6], lengths: [batch] int64
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        y, h = self.gru(packed)
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, total_length=x.shape[0])
+        return y, h
+
+
+def export_packed_gru():
+    torch.manual_seed(1)
+    net = PackedGRU().eval()
+    x, lengths = torch.randn(7, 3, 6), torch.tensor([7, 3, 5])
+    path = os.path.join(OUT, "torch_packed_gru.onnx")
+    torch.onnx.export(
+        net, (x, lengths), path, dynamo=False, opset_version=17,
+        input_names=["x", "lengths"], output_names=["y", "h_n"],
+        dynamic_axes={"x": {0: "seq", 1: "batch"}, "lengths": {0: "batch"},
+                      "y": {0: "seq", 1: "batch"}, "h_n": {1: "batch"}},
+    )
+    print("wrote", path)
+
+
 def main():
     torch.manual_seed(0)
     net = TaggerNet().eval()
@@ -50,6 +80,7 @@ def main():
     )
     np.savez(os.path.join(OUT, "torch_lstm_gru_inputs.npz"), tokens=tokens)
     print("wrote", path)
+    export_packed_gru()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,63 @@ def test_torch_fixture_matches_onnxruntime(torch_fixture):
         assert_outputs_close(compiled.run(tokens), run_onnxruntime(model, tokens), atol=1e-5)
 
 
+def test_torch_packed_sequences_of_unsorted_lengths():
+    """pack_padded_sequence(enforce_sorted=False) exports a TopK whose k is the batch
+    size and a ReduceProd of a Shape: TVM's frontend refused both."""
+    import os
+
+    import onnx
+
+    from memotvm.passes import MemoConfig
+    from memotvm.reference import ReferenceSession
+
+    model = onnx.load(os.path.join(os.path.dirname(__file__), "..", "memotvm", "models",
+                                   "torch_packed_gru.onnx"))
+    compiled = memotvm.compile(model)
+    rng = np.random.default_rng(0)
+    # Unsorted, tied, full and single-step lengths; other batch sizes and lengths.
+    for lengths, seq in [([7, 3, 5], 7), ([3, 3, 3, 3], 7), ([1, 9, 9, 4, 2], 9), ([2], 2)]:
+        feeds = {"x": rng.standard_normal((seq, len(lengths), 6)).astype(np.float32),
+                 "lengths": np.array(lengths, np.int64)}
+        assert_outputs_close(compiled.run(feeds), run_onnxruntime(model, feeds), atol=1e-5)
+    config = MemoConfig(threshold=0.3, predictor="bnn")
+    memo = memotvm.compile(model, memo=config)
+    reference = ReferenceSession(model, memo=config)
+    assert_outputs_close(memo.run(feeds), reference.run(feeds), atol=1e-5)
+    assert memo.last_stats.reuse == reference.stats.reuse
+
+
+def _top_k_of_axis_model(axis, largest, k_offset=0):
+    """TopK with k computed from the input's shape: Shape -> Gather -> (Sub) -> TopK."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "axis"], ["size"]),
+             helper.make_node("Sub", ["size", "offset"], ["k0"]),
+             helper.make_node("Unsqueeze", ["k0", "zero"], ["k"]),
+             helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=axis, largest=largest)]
+    graph = helper.make_graph(
+        nodes, "top_k", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"])],
+        [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["a", "b"]),
+         helper.make_tensor_value_info("indices", TensorProto.INT64, ["a", "b"])],
+        [helper.make_tensor("axis", TensorProto.INT64, [], [axis]),
+         helper.make_tensor("offset", TensorProto.INT64, [], [k_offset]),
+         helper.make_tensor("zero", TensorProto.INT64, [1], [0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("largest", [1, 0])
+def test_top_k_of_a_whole_axis_orders_ties_by_index(axis, largest):
+    x = np.array([[3, 1, 3, 2, 1], [0, 0, 5, 5, 0], [2, 2, 2, 2, 2]], np.float32)
+    model = _top_k_of_axis_model(axis, largest)
+    for got, want in zip(memotvm.compile(model).run({"x": x}), run_onnxruntime(model, {"x": x})):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_top_k_of_a_computed_k_that_is_not_the_axis_is_refused():
+    with pytest.raises(memotvm.UnsupportedModelError, match="TopK.*not the size of axis"):
+        memotvm.compile(_top_k_of_axis_model(-1, 1, k_offset=1))
+
+
 @pytest.mark.parametrize("opset", [7, 9, 13, 14, 18, 22])
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_opsets(op, opset):

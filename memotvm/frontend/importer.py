@@ -22,13 +22,22 @@ from tvm.relax.frontend.onnx import onnx_frontend
 
 from ..errors import MemoTVMError, UnsupportedModelError
 from ..passes.safe_gather import BoundedGather
-from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
+from ..passes.shape_checks import (CheckShapeRelations, provably_equal, require_equal, simplified,
+                                   unproven)
 from .kernels import build_kernel
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 STATS_PREFIX = "memotvm::stats::"
 STATUS_PREFIX = "memotvm::status::"
+# The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
+# operators applied to its result, give), as listed in its _construct_nodes.  It refuses a
+# shape anywhere else ("cannot handle ShapeExpr inputs"): torch exports of packed
+# sequences take ReduceProd of a Shape.  Such inputs are renamed with AS_TENSOR, and the
+# importer hands those operators the shape as a tensor.
+SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand",
+                   "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze", "If"}
+AS_TENSOR = "::memotvm_as_tensor"
 
 
 @dataclass
@@ -43,13 +52,47 @@ class ImportedModel:
     index_ranges: dict  # input name -> size of the table it indexes (Gather), checked at run time
 
 
+class _Values(dict):
+    """The importer's table of converted values, which also answers ``name + AS_TENSOR``:
+    the value of ``name``, as a tensor where it is a shape."""
+
+    def __init__(self, values, importer):
+        super().__init__(values)
+        self.importer = importer
+
+    def __getitem__(self, name):
+        if not name.endswith(AS_TENSOR):
+            return super().__getitem__(name)
+        value = super().__getitem__(name[:-len(AS_TENSOR)])
+        if isinstance(value, relax.Expr) and isinstance(value.ty, relax.ShapeType):
+            return self.importer.bb.normalize(relax.op.shape_to_tensor(value))
+        return value
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def __contains__(self, name):
+        return super().__contains__(name[:-len(AS_TENSOR)] if name.endswith(AS_TENSOR) else name)
+
+
 class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
-    """TVM's ONNX importer that also converts LSTM, GRU and RNN nodes."""
+    """TVM's ONNX importer that also converts LSTM, GRU and RNN nodes, TopK of a whole
+    axis whose k is computed from shapes, and shapes passed to any operator."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loops: list[RecurrentLoop] = []
         self._node_names: dict[int, str] = {}
+
+    # TVM's importer assigns its table of values (again after each If branch): keep it a
+    # _Values.
+    @property
+    def _nodes(self):
+        return self._values
+
+    @_nodes.setter
+    def _nodes(self, values):
+        self._values = _Values(values, self)
 
     def _check_for_unsupported_ops(self, graph):
         convert_map = onnx_frontend._get_convert_map()
@@ -77,6 +120,9 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
         try:
             if op_name in RECURRENT_OPS:
                 return self._convert_recurrent(op_name, inputs, attrs)
+            if op_name == "TopK" and opset >= 10 and not isinstance(
+                    onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
+                return self._convert_full_topk(name, inputs, attrs)
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except MemoTVMError:
             raise
@@ -86,6 +132,26 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
             raise UnsupportedModelError(
                 f"node '{name}' ({op_name}) could not be converted: {detail}"
             ) from err
+
+    def _convert_full_topk(self, name, inputs, attrs):
+        """TopK whose k is computed from shapes: when k is the size of its axis (torch's
+        export of pack_padded_sequence sorts the lengths this way), a stable sort, which
+        puts equal values in order of index as ONNX asks; any other computed k is
+        refused (TVM's topk takes k as a constant)."""
+        data, k = inputs[0], inputs[1]
+        shape = data.ty.shape.values if isinstance(data.ty.shape, relax.ShapeExpr) else None
+        axis = attrs.get("axis", -1)
+        values = _shape_values(self.bb, k)
+        if shape is None or values is None or len(values) != 1 \
+                or not provably_equal(values[0], shape[axis % len(shape)]):
+            raise UnsupportedModelError(
+                f"node '{name}' (TopK): k is computed at run time and not the size of axis "
+                f"{axis}; only constant k, or k equal to that size (a sort), is supported")
+        if not attrs.get("sorted", 1):
+            raise UnsupportedModelError(f"node '{name}' (TopK): sorted = 0 is not supported")
+        order = self.bb.normalize(relax.op.argsort(data, axis=axis, descending=bool(attrs.get("largest", 1)),
+                                                   dtype="int64"))
+        return relax.Tuple([self.bb.normalize(relax.op.gather_elements(data, order, axis)), order])
 
     # -- the recurrent ops ---------------------------------------------------------
 
@@ -184,6 +250,72 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
         return out[0], out[1], out[2], {**present, **dict(zip(labels[3:], out[3:]))}
 
 
+# Element-wise operators _shape_values evaluates (TVM's Gather wraps its indices in
+# where(i < 0, i + n, i)).
+_SHAPE_ARITHMETIC = {
+    "relax.add": lambda a, b: a + b, "relax.subtract": lambda a, b: a - b,
+    "relax.multiply": lambda a, b: a * b, "relax.less": lambda a, b: a < b,
+    "relax.less_equal": lambda a, b: a <= b, "relax.greater": lambda a, b: a > b,
+    "relax.greater_equal": lambda a, b: a >= b,
+}
+
+
+def _shape_values(bb, expr):
+    """The values of an integer tensor computed from shapes alone (shape_of,
+    shape_to_tensor, take, reshapes, casts, integer arithmetic, where), as a list of
+    simplified PrimExprs; else None."""
+    if isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        return None if bound is None else _shape_values(bb, bound)
+    if isinstance(expr, relax.ShapeExpr):
+        return list(expr.values)
+    if isinstance(expr, tvm.ir.GenericConst):
+        array = expr.value.numpy()
+        if array.dtype.kind not in "iub":
+            return None
+        return [tvm.tirx.const(bool(v), "bool") if array.dtype.kind == "b" else tvm.tirx.const(int(v), "int64")
+                for v in array.reshape(-1)]
+    if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm.ir.Op):
+        return None
+    name = expr.op.name
+    if name == "relax.shape_of":
+        shape = expr.args[0].ty.shape
+        return list(shape.values) if isinstance(shape, relax.ShapeExpr) else None
+    args = [_shape_values(bb, a) if isinstance(a, relax.Expr) else None for a in expr.args]
+    if name in ("relax.shape_to_tensor", "relax.reshape", "relax.squeeze", "relax.expand_dims",
+                "relax.astype"):
+        return args[0]
+    if name in _SHAPE_ARITHMETIC or name == "relax.where":
+        if any(a is None for a in args) or len({len(a) for a in args} - {1}) > 1:
+            return None
+        n = max(len(a) for a in args)
+        rows = [[a[i] if len(a) > 1 else a[0] for a in args] for i in range(n)]
+        if name == "relax.where":
+            return [simplified(tvm.tirx.Select(c, x, y)) for c, x, y in rows]
+        return [simplified(_SHAPE_ARITHMETIC[name](x, y)) for x, y in rows]
+    if name == "relax.take":
+        source, index = args[0], args[1]
+        if source is None or index is None or not all(isinstance(i, tvm.tirx.IntImm) for i in index):
+            return None
+        picked = [int(i) for i in index]
+        if not all(-len(source) <= i < len(source) for i in picked):
+            return None
+        return [source[i] for i in picked]
+    return None
+
+
+def _shapes_as_tensors(graph) -> None:
+    """Rename the inputs of operators that cannot take a shape value (not in
+    SHAPE_INPUT_OPS) to ``name + AS_TENSOR`` where another node produces them."""
+    produced = {out for node in graph.node for out in node.output if out}
+    for node in graph.node:
+        if node.op_type in SHAPE_INPUT_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in produced:
+                node.input[i] = name + AS_TENSOR
+
+
 def _static_shape(expr):
     shape = expr.ty.shape
     if shape is None or not hasattr(shape, "values"):
@@ -215,6 +347,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
     """
     graph = onnx.GraphProto()
     graph.CopyFrom(model.graph)
+    _shapes_as_tensors(graph)
     rec_names = _recurrent_node_names(graph)
     for name in rec_names:  # extra outputs: each kernel's stats and status
         graph.output.add().name = STATS_PREFIX + name

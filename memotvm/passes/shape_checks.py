@@ -74,7 +74,7 @@ def unproven(shapes, first, second):
     None."""
     (i, a), (j, b) = first, second
     da, db = shapes[i][a], shapes[j][b]
-    if _same(da, db):
+    if provably_equal(da, db):
         return None
     if isinstance(db, tirx.IntImm) and not isinstance(da, tirx.IntImm):
         return second, first
@@ -142,13 +142,13 @@ def _shape(expr):
     return None
 
 
-@functools.cache
-def _analyzer():
-    return tvm.sym.Analyzer()
+def provably_equal(a, b) -> bool:
+    """Whether TVM's arithmetic analysis proves two dimensions (PrimExprs) equal."""
+    return bool(tvm.sym.Analyzer().can_prove(a == b))
 
 
-def _same(a, b) -> bool:
-    return _analyzer().can_prove(a == b)
+def simplified(value):
+    return tvm.sym.Analyzer().simplify(value)
 
 
 def _is_one(dim) -> bool:
@@ -227,7 +227,7 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
         if shape is None or not isinstance(target, relax.ShapeExpr):
             return call
         new = list(target.values)
-        if _same(_product_expr(shape), _product_expr(new)):
+        if provably_equal(_product_expr(shape), _product_expr(new)):
             return call
         checked = require(self.builder_, x, [shape, new], {"op": name, "count": True})
         return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
