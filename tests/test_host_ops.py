@@ -139,6 +139,21 @@ def test_softmax(op, axis, n):
     np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=4e-6, atol=4e-6)
 
 
+def test_several_packed_products_and_row_softmaxes_in_one_model():
+    """Each kernel its own symbol (two products by constants of different shapes, as in
+    a model with attention, failed to compile: duplicate global symbol)."""
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal((24, 7)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "w2"], ["b"]), helper.make_node("LogSoftmax", ["b"], ["c"], axis=-1),
+             helper.make_node("Softmax", ["b"], ["d"], axis=-1), helper.make_node("Add", ["c", "d"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 16])],
+                   {"w1": w1, "w2": w2}, ["T", 7])
+    x = rng.standard_normal((9, 16)).astype(np.float32)
+    np.testing.assert_allclose(memotvm.compile(model).run({"x": x})[0],
+                               run_onnxruntime(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
 def test_softmax_of_a_row_with_nan_is_nan_in_that_row_only():
     model = _model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 20])], {}, ["N", 20])

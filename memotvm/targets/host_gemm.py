@@ -63,7 +63,7 @@ def build_gemm(k: int, n: int) -> tirx.PrimFunc:
     widths = panel_widths(n)
     with IRBuilder() as ib:
         with T.prim_func():
-            T.func_name("packed_matmul")
+            T.func_name(f"packed_matmul_{k}x{n}")
             T.func_attr({"tir.noalias": True, "memotvm.host_kernel": True})
             rows = tirx.Var("rows", "int64")
             x = T.match_buffer(T.arg("x", T.handle()), (rows, k), "float32")

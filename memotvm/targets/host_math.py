@@ -116,7 +116,7 @@ def build_row_softmax(n: int, log: bool) -> tirx.PrimFunc:
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func():
-            T.func_name("log_softmax_rows" if log else "softmax_rows")
+            T.func_name(f"{'log_softmax' if log else 'softmax'}_rows_{n}")
             T.func_attr({"tir.noalias": True, "memotvm.host_kernel": True})
             rows = tirx.Var("rows", "int64")
             x = T.match_buffer(T.arg("x", T.handle()), (rows, n), "float32")
