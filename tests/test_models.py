@@ -79,6 +79,55 @@ def test_top_k_of_a_computed_k_that_is_not_the_axis_is_refused():
         memotvm.compile(_top_k_of_axis_model(-1, 1, k_offset=1))
 
 
+INT64 = np.iinfo(np.int64)
+
+
+# torch.flip(x, [0]) exports Slice(-1, -INT64_MAX, step -1); TVM derived the extent
+# min(INT64_MAX - 1, t), which its memory planner took as a bound to allocate (failing to
+# compile: "exceeds range of int64").  Also x[::-2], x[1:], a whole reversal from INT64_MAX.
+@pytest.mark.parametrize("start, end, step", [(-1, -INT64.max, -1), (-2, -INT64.max, -2), (1, INT64.max, 1),
+                                              (INT64.max, INT64.min, -1), (2, -100, -1)])
+def test_slices_to_the_end_of_a_dynamic_axis_feed_a_recurrent_layer(start, end, step):
+    rnn = make_recurrent_model("RNN", 2, 3)
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["x_sliced"])]
+    nodes += list(rnn.graph.node)
+    nodes[1].input[0] = "x_sliced"
+    bounds = {"starts": start, "ends": end, "axes": 0, "steps": step}
+    graph = helper.make_graph(
+        nodes, "sliced", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", "batch", 2])],
+        list(rnn.graph.output),
+        list(rnn.graph.initializer) + [helper.make_tensor(k, TensorProto.INT64, [1], [v]) for k, v in bounds.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = memotvm.compile(model)
+    for seq in (6, 1, 11):
+        x = {"x": np.random.default_rng(seq).random((seq, 3, 2), dtype=np.float32)}
+        assert_outputs_close(compiled.run(x), run_onnxruntime(model, x), atol=1e-6)
+
+
+# Slice bounds as ONNX clamps them (onnxruntime agrees): a start before the axis with a
+# negative step takes element 0 (numpy's, and TVM's, slice is empty); empty slices of
+# static axes (TVM failed to compile them); out-of-range and extreme bounds.
+SLICE_CORNERS = [(-7, -9, -1), (-7, -4, -3), (-2, INT64.min, -2), (9, -INT64.max, 2), (4, 1, 1),
+                 (INT64.max, -9, 1), (INT64.min, 3, -1), (-3, INT64.max, 2), (2, 2, 1), (9, -9, -3)]
+
+
+@pytest.mark.parametrize("static", [True, False])
+@pytest.mark.parametrize("start, end, step", SLICE_CORNERS)
+def test_slice_corners_follow_the_onnx_spec(start, end, step, static):
+    bounds = {"starts": [start, 0], "ends": [end, 2], "axes": [0, -1], "steps": [step, 1]}
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])], "slice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3] if static else ["n", "m"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor(k, TensorProto.INT64, [2], v) for k, v in bounds.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = memotvm.compile(model)
+    for rows in [5] if static else [5, 1, 2]:
+        x = {"x": np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)}
+        (got,), (want,) = compiled.run(x), run_onnxruntime(model, x)
+        assert got.shape == want.shape and np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("opset", [7, 9, 13, 14, 18, 22])
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_opsets(op, opset):

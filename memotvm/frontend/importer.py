@@ -15,6 +15,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import tvm
 from tvm import relax
@@ -120,6 +121,10 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
         try:
             if op_name in RECURRENT_OPS:
                 return self._convert_recurrent(op_name, inputs, attrs)
+            if op_name == "Slice" and opset >= 10:
+                sliced = self._onnx_slice(inputs)
+                if sliced is not None:
+                    return sliced
             if op_name == "TopK" and opset >= 10 and not isinstance(
                     onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
                 return self._convert_full_topk(name, inputs, attrs)
@@ -132,6 +137,65 @@ class RecurrentGraphImporter(onnx_frontend.ONNXGraphImporter):
             raise UnsupportedModelError(
                 f"node '{name}' ({op_name}) could not be converted: {detail}"
             ) from err
+
+    def _onnx_slice(self, inputs):
+        """A Slice with constant starts, ends, axes and steps, as ONNX defines it: each
+        bound made non-negative by adding the axis size, then clamped (into [0, dim]
+        for positive steps; [0, dim - 1] for the start and [-1, dim - 1] for the end of
+        negative ones), and the elements start + i * step for i < max(0, ceil((end -
+        start) / step)) taken.  TVM's slice follows numpy instead (a start before the
+        axis empties a reversed slice) and fails to compile, or computes a wrong extent,
+        for empty and some out-of-range slices; it is kept for the slices it gets right:
+        positive steps whose every sliced extent is proven positive.  None where the
+        bounds are not constants (TVM's converter then applies)."""
+        data = inputs[0]
+        if not isinstance(data.ty, relax.TensorType) or not isinstance(data.ty.shape, relax.ShapeExpr):
+            return None
+        shape = list(data.ty.shape.values)
+        params = [None if i >= len(inputs) or inputs[i] is None
+                  else onnx_frontend.get_constant(inputs[i], [self._nodes, self._params]) for i in range(1, 5)]
+        if params[0] is None or params[1] is None \
+                or any(p is not None and not isinstance(p, tvm.ir.GenericConst) for p in params):
+            return None
+        starts, ends = (p.value.numpy().astype(np.int64).tolist() for p in params[:2])
+        axes = params[2].value.numpy().astype(np.int64).tolist() if params[2] is not None \
+            else list(range(len(starts)))
+        steps = params[3].value.numpy().astype(np.int64).tolist() if params[3] is not None else [1] * len(starts)
+        if not (len(starts) == len(ends) == len(axes) == len(steps)) or 0 in steps:
+            return None  # TVM's converter reports it
+        zero, one = tvm.tirx.const(0, "int64"), tvm.tirx.const(1, "int64")
+
+        def clamped(v, dim, low, high):
+            """Bound v made non-negative and clamped into [low, high]; a bound beyond
+            _SLICE_BOUND is an end of the axis (no huge constant: TVM's simplifier
+            overflows on them)."""
+            if v >= _SLICE_BOUND:
+                return high
+            if v <= -_SLICE_BOUND:
+                return low
+            value = tvm.tirx.const(v, "int64") + (dim if v < 0 else zero)
+            return tvm.tirx.min(tvm.tirx.max(value, low), high)
+
+        sliced = []
+        for axis, start, end, step in zip(axes, starts, ends, steps):
+            dim = shape[axis % len(shape)]
+            if step > 0:
+                first, stop = clamped(start, dim, zero, dim), clamped(end, dim, zero, dim)
+                count = (stop - first + step - 1) // step
+            else:
+                first, stop = clamped(start, dim, zero, dim - one), clamped(end, dim, -one, dim - one)
+                count = (first - stop - step - 1) // -step
+            count = simplified(tvm.tirx.max(count, zero))
+            sliced.append((axis % len(shape), simplified(first), count, step))
+        if all(step > 0 and _provably_positive(count) for _, _, count, step in sliced):
+            return None
+        out = data
+        for axis, first, count, step in sliced:
+            index = relax.op.arange(zero, count, tvm.tirx.const(1, "int64"), dtype="int64")
+            index = relax.op.add(relax.op.multiply(index, relax.const(step, "int64")),
+                                 relax.op.shape_to_tensor(relax.ShapeExpr([first])))
+            out = self.bb.normalize(relax.op.take(out, self.bb.normalize(index), axis=axis, mode="clip"))
+        return out
 
     def _convert_full_topk(self, name, inputs, attrs):
         """TopK whose k is computed from shapes: when k is the size of its axis (torch's
@@ -304,6 +368,12 @@ def _shape_values(bb, expr):
     return None
 
 
+def _provably_positive(value) -> bool:
+    import tvm.sym
+
+    return bool(tvm.sym.Analyzer().can_prove(value > 0))
+
+
 def _shapes_as_tensors(graph) -> None:
     """Rename the inputs of operators that cannot take a shape value (not in
     SHAPE_INPUT_OPS) to ``name + AS_TENSOR`` where another node produces them."""
@@ -314,6 +384,11 @@ def _shapes_as_tensors(graph) -> None:
         for i, name in enumerate(node.input):
             if name in produced:
                 node.input[i] = name + AS_TENSOR
+
+
+# Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
+# INT64_MAX, torch.flip -INT64_MAX).
+_SLICE_BOUND = 1 << 62
 
 
 def _static_shape(expr):
