@@ -142,9 +142,13 @@ def _shape(expr):
     return None
 
 
+def proven(condition) -> bool:
+    """Whether TVM's arithmetic analysis proves a condition on dimensions (PrimExprs)."""
+    return bool(tvm.sym.Analyzer().can_prove(condition))
+
+
 def provably_equal(a, b) -> bool:
-    """Whether TVM's arithmetic analysis proves two dimensions (PrimExprs) equal."""
-    return bool(tvm.sym.Analyzer().can_prove(a == b))
+    return proven(a == b)
 
 
 def simplified(value):

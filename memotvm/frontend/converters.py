@@ -1,0 +1,228 @@
+"""Converters for ONNX operators where TVM's frontend refuses valid models or departs
+from the ONNX spec, which memotvm's importer uses before TVM's own.
+
+* Shapes into any operator: TVM's frontend keeps the results of Shape (and of some
+  operators on them) as shape values and lets only SHAPE_INPUT_OPS take them; it refuses
+  one anywhere else ("cannot handle ShapeExpr inputs").  :func:`shapes_as_tensors`
+  renames the other operators' inputs to ``name + AS_TENSOR``, which the importer's
+  table of values answers with the shape as a tensor.
+* TopK whose k is computed from shapes and equals its axis size (torch's export of
+  ``pack_padded_sequence(..., enforce_sorted=False)`` sorts the lengths so): a stable
+  sort.  TVM takes only a constant k.
+* Slice with constant bounds, clamped as the spec says (TVM follows numpy, fails to
+  compile empty slices of static axes, and overflows on extreme bounds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
+
+from ..errors import UnsupportedModelError
+from ..passes.shape_checks import proven, provably_equal, simplified
+
+# The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
+# operators applied to its result, give), as listed in its _construct_nodes.  It refuses a
+# shape anywhere else ("cannot handle ShapeExpr inputs"): torch exports of packed
+# sequences take ReduceProd of a Shape.  Such inputs are renamed with AS_TENSOR, and the
+# importer hands those operators the shape as a tensor.
+SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand",
+                   "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze", "If"}
+AS_TENSOR = "::memotvm_as_tensor"
+# Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
+# INT64_MAX, torch.flip -INT64_MAX).
+_SLICE_BOUND = 1 << 62
+
+
+class _Values(dict):
+    """The importer's table of converted values, which also answers ``name + AS_TENSOR``:
+    the value of ``name``, as a tensor where it is a shape."""
+
+    def __init__(self, values, importer):
+        super().__init__(values)
+        self.importer = importer
+
+    def __getitem__(self, name):
+        if not name.endswith(AS_TENSOR):
+            return super().__getitem__(name)
+        value = super().__getitem__(name[:-len(AS_TENSOR)])
+        if isinstance(value, relax.Expr) and isinstance(value.ty, relax.ShapeType):
+            return self.importer.bb.normalize(relax.op.shape_to_tensor(value))
+        return value
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def __contains__(self, name):
+        return super().__contains__(name[:-len(AS_TENSOR)] if name.endswith(AS_TENSOR) else name)
+
+
+class SpecConverters:
+    """Mixin for a subclass of TVM's ONNXGraphImporter: the converters above, tried
+    by :meth:`convert_by_spec` before TVM's."""
+
+    # TVM's importer assigns its table of values (again after each If branch): keep it a
+    # _Values.
+    @property
+    def _nodes(self):
+        return self._values
+
+    @_nodes.setter
+    def _nodes(self, values):
+        self._values = _Values(values, self)
+
+    def convert_by_spec(self, op_name, inputs, attrs, opset):
+        """This module's conversion of the node, or None where TVM's applies."""
+        if op_name == "Slice" and opset >= 10:
+            return self._onnx_slice(inputs)
+        if op_name == "TopK" and opset >= 10 and not isinstance(
+                onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
+            return self._convert_full_topk(attrs["tvm_custom"]["name"], inputs, attrs)
+        return None
+
+    def _onnx_slice(self, inputs):
+        """A Slice with constant starts, ends, axes and steps, as ONNX defines it: each
+        bound made non-negative by adding the axis size, then clamped (into [0, dim]
+        for positive steps; [0, dim - 1] for the start and [-1, dim - 1] for the end of
+        negative ones), and the elements start + i * step for i < max(0, ceil((end -
+        start) / step)) taken.  TVM's slice follows numpy instead (a start before the
+        axis empties a reversed slice) and fails to compile, or computes a wrong extent,
+        for empty and some out-of-range slices; it is kept for the slices it gets right:
+        positive steps whose every sliced extent is proven positive.  None where the
+        bounds are not constants (TVM's converter then applies)."""
+        data = inputs[0]
+        if not isinstance(data.ty, relax.TensorType) or not isinstance(data.ty.shape, relax.ShapeExpr):
+            return None
+        shape = list(data.ty.shape.values)
+        params = [None if i >= len(inputs) or inputs[i] is None
+                  else onnx_frontend.get_constant(inputs[i], [self._nodes, self._params]) for i in range(1, 5)]
+        if params[0] is None or params[1] is None \
+                or any(p is not None and not isinstance(p, tvm.ir.GenericConst) for p in params):
+            return None
+        starts, ends = (p.value.numpy().astype(np.int64).tolist() for p in params[:2])
+        axes = params[2].value.numpy().astype(np.int64).tolist() if params[2] is not None \
+            else list(range(len(starts)))
+        steps = params[3].value.numpy().astype(np.int64).tolist() if params[3] is not None else [1] * len(starts)
+        if not (len(starts) == len(ends) == len(axes) == len(steps)) or 0 in steps:
+            return None  # TVM's converter reports it
+        zero, one = tvm.tirx.const(0, "int64"), tvm.tirx.const(1, "int64")
+
+        def clamped(v, dim, low, high):
+            """Bound v made non-negative and clamped into [low, high]; a bound beyond
+            _SLICE_BOUND is an end of the axis (no huge constant: TVM's simplifier
+            overflows on them)."""
+            if v >= _SLICE_BOUND:
+                return high
+            if v <= -_SLICE_BOUND:
+                return low
+            value = tvm.tirx.const(v, "int64") + (dim if v < 0 else zero)
+            return tvm.tirx.min(tvm.tirx.max(value, low), high)
+
+        sliced = []
+        for axis, start, end, step in zip(axes, starts, ends, steps):
+            dim = shape[axis % len(shape)]
+            if step > 0:
+                first, stop = clamped(start, dim, zero, dim), clamped(end, dim, zero, dim)
+                count = (stop - first + step - 1) // step
+            else:
+                first, stop = clamped(start, dim, zero, dim - one), clamped(end, dim, -one, dim - one)
+                count = (first - stop - step - 1) // -step
+            count = simplified(tvm.tirx.max(count, zero))
+            sliced.append((axis % len(shape), simplified(first), count, step))
+        if all(step > 0 and proven(count > 0) for _, _, count, step in sliced):
+            return None
+        out = data
+        for axis, first, count, step in sliced:
+            index = relax.op.arange(zero, count, tvm.tirx.const(1, "int64"), dtype="int64")
+            index = relax.op.add(relax.op.multiply(index, relax.const(step, "int64")),
+                                 relax.op.shape_to_tensor(relax.ShapeExpr([first])))
+            out = self.bb.normalize(relax.op.take(out, self.bb.normalize(index), axis=axis, mode="clip"))
+        return out
+
+    def _convert_full_topk(self, name, inputs, attrs):
+        """TopK whose k is computed from shapes: when k is the size of its axis (torch's
+        export of pack_padded_sequence sorts the lengths this way), a stable sort, which
+        puts equal values in order of index as ONNX asks; any other computed k is
+        refused (TVM's topk takes k as a constant)."""
+        data, k = inputs[0], inputs[1]
+        shape = data.ty.shape.values if isinstance(data.ty.shape, relax.ShapeExpr) else None
+        axis = attrs.get("axis", -1)
+        values = _shape_values(self.bb, k)
+        if shape is None or values is None or len(values) != 1 \
+                or not provably_equal(values[0], shape[axis % len(shape)]):
+            raise UnsupportedModelError(
+                f"node '{name}' (TopK): k is computed at run time and not the size of axis "
+                f"{axis}; only constant k, or k equal to that size (a sort), is supported")
+        if not attrs.get("sorted", 1):
+            raise UnsupportedModelError(f"node '{name}' (TopK): sorted = 0 is not supported")
+        order = self.bb.normalize(relax.op.argsort(data, axis=axis, descending=bool(attrs.get("largest", 1)),
+                                                   dtype="int64"))
+        return relax.Tuple([self.bb.normalize(relax.op.gather_elements(data, order, axis)), order])
+
+
+# Element-wise operators _shape_values evaluates (TVM's Gather wraps its indices in
+# where(i < 0, i + n, i)).
+_SHAPE_ARITHMETIC = {
+    "relax.add": lambda a, b: a + b, "relax.subtract": lambda a, b: a - b,
+    "relax.multiply": lambda a, b: a * b, "relax.less": lambda a, b: a < b,
+    "relax.less_equal": lambda a, b: a <= b, "relax.greater": lambda a, b: a > b,
+    "relax.greater_equal": lambda a, b: a >= b,
+}
+
+
+def _shape_values(bb, expr):
+    """The values of an integer tensor computed from shapes alone (shape_of,
+    shape_to_tensor, take, reshapes, casts, integer arithmetic, where), as a list of
+    simplified PrimExprs; else None."""
+    if isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        return None if bound is None else _shape_values(bb, bound)
+    if isinstance(expr, relax.ShapeExpr):
+        return list(expr.values)
+    if isinstance(expr, tvm.ir.GenericConst):
+        array = expr.value.numpy()
+        if array.dtype.kind not in "iub":
+            return None
+        return [tvm.tirx.const(bool(v), "bool") if array.dtype.kind == "b" else tvm.tirx.const(int(v), "int64")
+                for v in array.reshape(-1)]
+    if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm.ir.Op):
+        return None
+    name = expr.op.name
+    if name == "relax.shape_of":
+        shape = expr.args[0].ty.shape
+        return list(shape.values) if isinstance(shape, relax.ShapeExpr) else None
+    args = [_shape_values(bb, a) if isinstance(a, relax.Expr) else None for a in expr.args]
+    if name in ("relax.shape_to_tensor", "relax.reshape", "relax.squeeze", "relax.expand_dims",
+                "relax.astype"):
+        return args[0]
+    if name in _SHAPE_ARITHMETIC or name == "relax.where":
+        if any(a is None for a in args) or len({len(a) for a in args} - {1}) > 1:
+            return None
+        n = max(len(a) for a in args)
+        rows = [[a[i] if len(a) > 1 else a[0] for a in args] for i in range(n)]
+        if name == "relax.where":
+            return [simplified(tvm.tirx.Select(c, x, y)) for c, x, y in rows]
+        return [simplified(_SHAPE_ARITHMETIC[name](x, y)) for x, y in rows]
+    if name == "relax.take":
+        source, index = args[0], args[1]
+        if source is None or index is None or not all(isinstance(i, tvm.tirx.IntImm) for i in index):
+            return None
+        picked = [int(i) for i in index]
+        if not all(-len(source) <= i < len(source) for i in picked):
+            return None
+        return [source[i] for i in picked]
+    return None
+
+
+def shapes_as_tensors(graph) -> None:
+    """Rename the inputs of operators that cannot take a shape value (not in
+    SHAPE_INPUT_OPS) to ``name + AS_TENSOR`` where another node produces them."""
+    produced = {out for node in graph.node for out in node.output if out}
+    for node in graph.node:
+        if node.op_type in SHAPE_INPUT_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in produced:
+                node.input[i] = name + AS_TENSOR
