@@ -1,4 +1,5 @@
-"""The onnx package's own backend node tests for LSTM, GRU and RNN, run through memotvm."""
+"""The onnx package's own backend node tests for LSTM, GRU and RNN, and for the operators
+memotvm converts or lowers itself, run through memotvm."""
 
 import onnx.backend.base
 import onnx.backend.test
@@ -31,4 +32,7 @@ class MemoTVMBackend(onnx.backend.base.Backend):
 
 backend_test = onnx.backend.test.BackendTest(MemoTVMBackend, __name__)
 backend_test.include(r"^test_(lstm|gru|simple_rnn|rnn)_.*_cpu$")
+# Operators memotvm converts or lowers itself around the recurrent layers: Slice and
+# Expand (frontend/converters.py), products by constants and softmax (targets/host_*).
+backend_test.include(r"^test_(slice|expand|matmul|gemm|softmax|logsoftmax)_.*_cpu$")
 globals().update(backend_test.test_cases)

@@ -11,6 +11,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   sort.  TVM takes only a constant k.
 * Slice with constant bounds, clamped as the spec says (TVM follows numpy, fails to
   compile empty slices of static axes, and overflows on extreme bounds).
+* Expand to a shape held in a tensor, broadcast both ways as ONNX says (TVM broadcasts
+  x to the shape as given, a 1 in it included).
 """
 
 from __future__ import annotations
@@ -77,10 +79,33 @@ class SpecConverters:
         """This module's conversion of the node, or None where TVM's applies."""
         if op_name == "Slice" and opset >= 10:
             return self._onnx_slice(inputs)
+        if op_name == "Expand" and isinstance(inputs[1].ty, relax.TensorType) and not isinstance(
+                onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
+            return self._expand_to_tensor_shape(inputs, attrs, opset)
         if op_name == "TopK" and opset >= 10 and not isinstance(
                 onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
             return self._convert_full_topk(attrs["tvm_custom"]["name"], inputs, attrs)
         return None
+
+    def _expand_to_tensor_shape(self, inputs, attrs, opset):
+        """Expand to a shape held in a tensor: TVM broadcasts x to the shape as given,
+        where ONNX broadcasts both ways (a 1 in the shape keeps x's size there); the
+        shape's 1s are replaced by x's sizes (right-aligned) first."""
+        data, shape = inputs[0], inputs[1]
+        dims = data.ty.shape.values if isinstance(data.ty.shape, relax.ShapeExpr) else None
+        rank = shape.ty.shape.values[0] if isinstance(shape.ty.shape, relax.ShapeExpr) else None
+        if dims is None or not isinstance(rank, tvm.tirx.IntImm):
+            return None
+        one = tvm.tirx.const(1, "int64")
+        shape = self.bb.normalize(relax.op.astype(shape, "int64"))
+        if int(rank) < len(dims):  # the shape is right-aligned too
+            ones = relax.const(np.ones(len(dims) - int(rank), np.int64), "int64")
+            shape = self.bb.normalize(relax.op.concat([ones, shape], axis=0))
+        aligned = relax.op.shape_to_tensor(relax.ShapeExpr([one] * (max(int(rank), len(dims)) - len(dims))
+                                                           + list(dims)))
+        fixed = relax.op.where(relax.op.equal(shape, relax.const(1, "int64")), aligned, shape)
+        return onnx_frontend._get_convert_map()["Expand"].get_converter(opset)(
+            self.bb, [data, self.bb.normalize(fixed)], attrs, [self._nodes, self._params])
 
     def _onnx_slice(self, inputs):
         """A Slice with constant starts, ends, axes and steps, as ONNX defines it: each

@@ -94,8 +94,9 @@ def _parsed(spec: str) -> dict:
 
 def _check(spec: dict, values: list) -> None:
     """Raise InputError unless the shapes in ``values`` meet ``spec``: "equal" lists
-    pairs of (shape, axis) positions that must be equal, "count" says that shape 0 and
-    shape 1 hold as many elements."""
+    pairs of (shape, axis) positions that must be equal, "broadcast" pairs whose first
+    must be 1 or equal to the second, "count" says that shape 0 and shape 1 hold as many
+    elements."""
     shapes, at = [], 0
     for rank in spec["ranks"]:
         shapes.append(tuple(values[at:at + rank]))
@@ -109,6 +110,11 @@ def _check(spec: dict, values: list) -> None:
                 f"{where}: cannot reshape {names[0]} of shape {shapes[0]} ({have} elements) "
                 f"to {shapes[1]} ({want} elements); the model's shapes do not fit these inputs")
         return
+    for (i, a), (j, b) in spec.get("broadcast", []):
+        if shapes[i][a] not in (1, shapes[j][b]):
+            raise InputError(
+                f"{where}: {names[i]} of shape {shapes[i]} cannot be broadcast to {shapes[j]}: "
+                f"dimension {a} is {shapes[i][a]}, neither 1 nor {shapes[j][b]}")
     for (i, a), (j, b) in spec.get("equal", []):
         if shapes[i][a] != shapes[j][b]:
             note = ""
@@ -173,7 +179,8 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
         if not isinstance(call.op, tvm.ir.Op) or not call.op.name.startswith("relax."):
             return call
         name = call.op.name[len("relax."):]
-        rule = {"matmul": self._matmul, "concat": self._concat, "reshape": self._reshape}.get(name)
+        rule = {"matmul": self._matmul, "concat": self._concat, "reshape": self._reshape,
+                "broadcast_to": self._broadcast_to}.get(name)
         if rule is None and name in _BROADCAST:
             rule = self._broadcast
         return rule(call, name) if rule is not None else call
@@ -224,6 +231,20 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
             if a != axis:
                 equal += _agree(shapes, [(k, a) for k in range(len(shapes))])
         return self._rebuilt(call, operands, shapes, equal, name)
+
+    def _broadcast_to(self, call, name):
+        x, target = call.args
+        shape = _shape(x)
+        if shape is None or not isinstance(target, relax.ShapeExpr) or len(target.values) < len(shape):
+            return call
+        new = list(target.values)
+        offset = len(new) - len(shape)
+        pairs = [((0, a), (1, a + offset)) for a, dim in enumerate(shape)
+                 if not _is_one(dim) and not provably_equal(dim, new[a + offset])]
+        if not pairs:
+            return call
+        checked = require(self.builder_, x, [shape, new], {"op": name, "broadcast": pairs})
+        return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
 
     def _reshape(self, call, name):
         x, target = call.args
