@@ -143,7 +143,8 @@ class CompiledModel:
                     f"input '{name}' indexes a table of {size} rows; values must lie in "
                     f"[{-size}, {size - 1}], got [{value.min()}, {value.max()}]"
                 )
-            arrays.append(np.ascontiguousarray(value))
+            # (np.ascontiguousarray would make a 0-d input 1-d.)
+            arrays.append(np.require(value, requirements="C"))
         return arrays
 
     def _shape_text(self, name):

@@ -128,6 +128,19 @@ def test_slice_corners_follow_the_onnx_spec(start, end, step, static):
         assert got.shape == want.shape and np.array_equal(got, want)
 
 
+def test_scalar_inputs():
+    """A 0-d input (a scale, a temperature) stays 0-d: it was made 1-d on its way to
+    the virtual machine, which refused it."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])], "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "scale": np.array(0.5, np.float32)}
+    np.testing.assert_array_equal(memotvm.compile(model).run(feeds)[0], feeds["x"] * 0.5)
+
+
 @pytest.mark.parametrize("opset", [7, 9, 13, 14, 18, 22])
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_opsets(op, opset):
