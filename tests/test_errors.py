@@ -169,6 +169,26 @@ def test_broadcast_of_a_run_time_one_is_refused_with_the_reason():
         memotvm.compile(model).run({"a": _ones(5, 4), "b": _ones(1, 4)})
 
 
+def test_gather_index_computed_out_of_range_is_an_input_error():
+    """Indices computed inside the model were clamped into the table (memory-safe, but a
+    wrong answer where onnxruntime raises)."""
+    from conftest import run_onnxruntime
+
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    nodes = [helper.make_node("Sub", ["i", "three"], ["j"]), helper.make_node("Gather", ["t", "j"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("i", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor("t", TensorProto.FLOAT, [4, 3], table.ravel()),
+                               helper.make_tensor("three", TensorProto.INT64, [], [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = memotvm.compile(model)
+    ok = {"i": np.array([0, 3, 5, 6], np.int64)}  # -3, 0, 2, 3: negative ones count from the end
+    np.testing.assert_array_equal(compiled.run(ok)[0], run_onnxruntime(model, ok)[0])
+    for bad, shown in (([3, 7], 4), ([-2], -1)):
+        with pytest.raises(memotvm.InputError, match=f"Gather: index {shown} .* outside an axis of 4"):
+            compiled.run({"i": np.array(bad, np.int64)})
+
+
 def test_recurrent_inputs_must_fit_the_weights_and_each_other():
     model = make_recurrent_model("GRU", 6, 5, initial_h=True, sequence_lens=True,
                                  direction="bidirectional")
