@@ -14,6 +14,11 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod):
     return mutator.builder_.get()
 
 
+def add_kernel(builder: relax.BlockBuilder, kernel):
+    """Add a PrimFunc to the builder's module under its own symbol; return its GlobalVar."""
+    return builder.add_func(kernel, str(kernel.attrs["global_symbol"]))
+
+
 def float32_rows(x):
     """x's shape as a list where x is a float32 tensor of known rank whose last
     dimension is static (what :func:`call_on_rows` needs), else None."""

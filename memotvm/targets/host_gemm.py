@@ -26,11 +26,11 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 from tvm.ir import GenericConst
-from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..frontend.kernels import LANES, i64
-from ..passes._relax_util import call_on_rows, float32_rows, rewrite_functions
+from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
+from .host_schedule import host_kernel
 
 PANEL_VECTORS = 6
 ROW_BLOCK = 4
@@ -61,24 +61,20 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 def build_gemm(k: int, n: int) -> tirx.PrimFunc:
     """y[M, n] = x[M, k] @ W, W given packed by :func:`pack_weight`; M is dynamic."""
     widths = panel_widths(n)
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(f"packed_matmul_{k}x{n}")
-            T.func_attr({"tir.noalias": True, "memotvm.host_kernel": True})
-            rows = tirx.Var("rows", "int64")
-            x = T.match_buffer(T.arg("x", T.handle()), (rows, k), "float32")
-            wp = T.match_buffer(T.arg("w_packed", T.handle()), (k * sum(widths) * LANES,), "float32")
-            y = T.match_buffer(T.arg("y", T.handle()), (rows, n), "float32")
-            chunks = (rows + i64(ROW_CHUNK - 1)) // i64(ROW_CHUNK)
-            with T.parallel(0, chunks * i64(len(widths))) as task:
-                chunk, panel = task // i64(len(widths)), task % i64(len(widths))
-                # One code path per panel width (the last panel may be narrower).
-                col = 0
-                for index, width in enumerate(widths):
-                    with T.If(panel == i64(index)):
-                        with T.Then():
-                            _panel(x, wp, y, rows, k, n, chunk, col, width)
-                    col += width * LANES
+    with host_kernel(f"packed_matmul_{k}x{n}") as (ib, rows):
+        x = T.match_buffer(T.arg("x", T.handle()), (rows, k), "float32")
+        wp = T.match_buffer(T.arg("w_packed", T.handle()), (k * sum(widths) * LANES,), "float32")
+        y = T.match_buffer(T.arg("y", T.handle()), (rows, n), "float32")
+        chunks = (rows + i64(ROW_CHUNK - 1)) // i64(ROW_CHUNK)
+        with T.parallel(0, chunks * i64(len(widths))) as task:
+            chunk, panel = task // i64(len(widths)), task % i64(len(widths))
+            # One code path per panel width (the last panel may be narrower).
+            col = 0
+            for index, width in enumerate(widths):
+                with T.If(panel == i64(index)):
+                    with T.Then():
+                        _panel(x, wp, y, rows, k, n, chunk, col, width)
+                col += width * LANES
     return ib.get()
 
 
@@ -173,6 +169,6 @@ class _MatmulRewriter(relax.PyExprMutator):
         k, n = w.shape
         key = (k, n)
         if key not in self.kernels:
-            self.kernels[key] = self.builder_.add_func(build_gemm(k, n), f"packed_matmul_{k}x{n}")
+            self.kernels[key] = add_kernel(self.builder_, build_gemm(k, n))
         packed = relax.const(pack_weight(w), "float32")
         return call_on_rows(self.builder_, self.kernels[key], x, [packed], n)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax, te, tirx
-from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..frontend.kernels import LANES, TirMath, i64
-from ..passes._relax_util import call_on_rows, float32_rows, rewrite_functions
+from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
+from .host_schedule import host_kernel
 
 
 class _LetMath(TirMath):
@@ -103,8 +103,7 @@ class _RowSoftmaxRewriter(relax.PyExprMutator):
         n = int(shape[-1])
         key = (n, log)
         if key not in self.kernels:
-            name = f"{'log_softmax' if log else 'softmax'}_rows_{n}"
-            self.kernels[key] = self.builder_.add_func(build_row_softmax(n, log), name)
+            self.kernels[key] = add_kernel(self.builder_, build_row_softmax(n, log))
         return call_on_rows(self.builder_, self.kernels[key], call.args[0], [], n)
 
 
@@ -114,54 +113,50 @@ def build_row_softmax(n: int, log: bool) -> tirx.PrimFunc:
     lanes' partial max and sum combined at the end of their pass."""
     full, lanes = n // LANES, LANES
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(f"{'log_softmax' if log else 'softmax'}_rows_{n}")
-            T.func_attr({"tir.noalias": True, "memotvm.host_kernel": True})
-            rows = tirx.Var("rows", "int64")
-            x = T.match_buffer(T.arg("x", T.handle()), (rows, n), "float32")
-            y = T.match_buffer(T.arg("y", T.handle()), (rows, n), "float32")
-            # In a root block: TVM's reshape detection (which one input and one output
-            # of its size trigger) reads a function's body as a block.
-            with T.sblock("root"), T.parallel(0, rows) as r:
-                def each(body, vector_init, combine, scalar):
-                    """body(k) over the row: vectorized, then the tail; returns the
-                    lanes' values combined."""
-                    acc = T.alloc_buffer((lanes,), "float32")
-                    with T.vectorized(0, lanes) as lane:
-                        T.buffer_store(acc, vector_init, [lane])
-                    with T.serial(0, full) as k0:
-                        with T.vectorized(0, lanes) as lane:
-                            T.buffer_store(acc, combine(acc[lane], body(k0 * i64(lanes) + lane)), [lane])
-                    total = T.alloc_buffer((1,), "float32")
-                    T.buffer_store(total, scalar, [0])
-                    with T.serial(0, lanes) as lane:
-                        T.buffer_store(total, combine(total[0], acc[lane]), [0])
-                    with T.serial(i64(full * lanes), i64(n)) as k:
-                        T.buffer_store(total, combine(total[0], body(k)), [0])
-                    return T.bind(total[0])
-
-                top = each(lambda k: x[r, k], f32(float("-inf")), tirx.max, f32(float("-inf")))
-
-                def exp_shifted(k):
-                    return _LetMath().formula("exp", x[r, k] - top)
-
-                if log:
-                    total = each(exp_shifted, f32(0.0), lambda a, b: a + b, f32(0.0))
-                    shift = T.bind(top + tirx.log(total))
-                    value = lambda k: x[r, k] - shift  # noqa: E731
-                else:
-                    def stored(k):
-                        e = exp_shifted(k)
-                        T.buffer_store(y, e, [r, k])
-                        return y[r, k]
-                    total = each(stored, f32(0.0), lambda a, b: a + b, f32(0.0))
-                    value = lambda k: y[r, k] / total  # noqa: E731
+    with host_kernel(f"{'log_softmax' if log else 'softmax'}_rows_{n}") as (ib, rows):
+        x = T.match_buffer(T.arg("x", T.handle()), (rows, n), "float32")
+        y = T.match_buffer(T.arg("y", T.handle()), (rows, n), "float32")
+        # In a root block: TVM's reshape detection (which one input and one output
+        # of its size trigger) reads a function's body as a block.
+        with T.sblock("root"), T.parallel(0, rows) as r:
+            def each(body, vector_init, combine, scalar):
+                """body(k) over the row: vectorized, then the tail; returns the
+                lanes' values combined."""
+                acc = T.alloc_buffer((lanes,), "float32")
+                with T.vectorized(0, lanes) as lane:
+                    T.buffer_store(acc, vector_init, [lane])
                 with T.serial(0, full) as k0:
                     with T.vectorized(0, lanes) as lane:
-                        T.buffer_store(y, value(k0 * i64(lanes) + lane), [r, k0 * i64(lanes) + lane])
+                        T.buffer_store(acc, combine(acc[lane], body(k0 * i64(lanes) + lane)), [lane])
+                total = T.alloc_buffer((1,), "float32")
+                T.buffer_store(total, scalar, [0])
+                with T.serial(0, lanes) as lane:
+                    T.buffer_store(total, combine(total[0], acc[lane]), [0])
                 with T.serial(i64(full * lanes), i64(n)) as k:
-                    T.buffer_store(y, value(k), [r, k])
+                    T.buffer_store(total, combine(total[0], body(k)), [0])
+                return T.bind(total[0])
+
+            top = each(lambda k: x[r, k], f32(float("-inf")), tirx.max, f32(float("-inf")))
+
+            def exp_shifted(k):
+                return _LetMath().formula("exp", x[r, k] - top)
+
+            if log:
+                total = each(exp_shifted, f32(0.0), lambda a, b: a + b, f32(0.0))
+                shift = T.bind(top + tirx.log(total))
+                value = lambda k: x[r, k] - shift  # noqa: E731
+            else:
+                def stored(k):
+                    e = exp_shifted(k)
+                    T.buffer_store(y, e, [r, k])
+                    return y[r, k]
+                total = each(stored, f32(0.0), lambda a, b: a + b, f32(0.0))
+                value = lambda k: y[r, k] / total  # noqa: E731
+            with T.serial(0, full) as k0:
+                with T.vectorized(0, lanes) as lane:
+                    T.buffer_store(y, value(k0 * i64(lanes) + lane), [r, k0 * i64(lanes) + lane])
+            with T.serial(i64(full * lanes), i64(n)) as k:
+                T.buffer_store(y, value(k), [r, k])
     return ib.get()
 
 

@@ -19,9 +19,12 @@ A block the rule does not recognise is left as TVM made it.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
 
 VECTOR = 16
 
@@ -87,6 +90,22 @@ def _has_root(sch):
         return False
 
 
+# The attribute of host kernels memotvm writes itself (scheduled already: left alone).
+HOST_KERNEL = "memotvm.host_kernel"
+
+
+@contextmanager
+def host_kernel(name: str):
+    """Build a host kernel with IRBuilder: a PrimFunc named ``name``, marked
+    HOST_KERNEL, over a dynamic number of rows.  Yields (builder, rows); the function is
+    ``builder.get()`` after the block."""
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tir.noalias": True, HOST_KERNEL: True})
+            yield ib, tirx.Var("rows", "int64")
+
+
 @tvm.transform.module_pass(opt_level=0, name="ScheduleHostOps")
 class ScheduleHostOps:
     """Schedule every PrimFunc of the module that is not a recurrent-loop kernel."""
@@ -95,7 +114,7 @@ class ScheduleHostOps:
         out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and (
-                    "memotvm.recurrent" in func.attrs or "memotvm.host_kernel" in func.attrs)):
+                    "memotvm.recurrent" in func.attrs or HOST_KERNEL in func.attrs)):
                 continue
             try:
                 out[gv] = schedule_func(func)
