@@ -14,6 +14,14 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod):
     return mutator.builder_.get()
 
 
+def elements(dims):
+    """The product of dimensions (PrimExprs or ints) as an int64 PrimExpr."""
+    out = tirx.const(1, "int64")
+    for dim in dims:
+        out = out * dim
+    return out
+
+
 def add_kernel(builder: relax.BlockBuilder, kernel):
     """Add a PrimFunc to the builder's module under its own symbol; return its GlobalVar."""
     return builder.add_func(kernel, str(kernel.attrs["global_symbol"]))
@@ -36,9 +44,7 @@ def call_on_rows(builder: relax.BlockBuilder, kernel, x, args, columns: int):
     the result as [..., columns].  The views are reshapes, which TVM makes free."""
     shape = list(x.ty.shape.values)
     lead = shape[:-1]
-    rows = tirx.const(1, "int64")
-    for dim in lead:
-        rows = rows * dim
+    rows = elements(lead)
     flat = len(shape) == 2
     x2 = x if flat else builder.emit(relax.op.reshape(x, relax.ShapeExpr([rows, shape[-1]])))
     out = relax.call_tir(kernel, [x2, *args], out_ty=relax.TensorType([rows, columns], "float32"))

@@ -16,7 +16,7 @@ import tvm_ffi
 from tvm import relax
 
 from ..errors import InputError
-from ._relax_util import rewrite_functions
+from ._relax_util import elements, rewrite_functions
 
 CHECK = "memotvm.require_indices"
 
@@ -55,10 +55,7 @@ class _TakeRewriter(relax.PyExprMutator):
             return None
         dims = list(shape.values)
         if axis is None:
-            size = tvm.tirx.const(1, "int64")
-            for dim in dims:
-                size = size * dim
-            return size
+            return elements(dims)
         return dims[axis % len(dims)] if dims else None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 
 import tvm
 import tvm.sym
@@ -28,7 +29,7 @@ import tvm_ffi
 from tvm import relax, tirx
 
 from ..errors import InputError
-from ._relax_util import rewrite_functions
+from ._relax_util import elements, rewrite_functions
 
 CHECK = "memotvm.require_shapes"
 
@@ -104,7 +105,7 @@ def _check(spec: dict, values: list) -> None:
     names = spec.get("names") or [f"input {i}" for i in range(len(shapes))]
     where = spec["op"]
     if spec.get("count"):
-        have, want = _product(shapes[0]), _product(shapes[1])
+        have, want = math.prod(shapes[0]), math.prod(shapes[1])
         if have != want:
             raise InputError(
                 f"{where}: cannot reshape {names[0]} of shape {shapes[0]} ({have} elements) "
@@ -125,13 +126,6 @@ def _check(spec: dict, values: list) -> None:
                 f"{where}: {names[i]} has shape {shapes[i]} and {names[j]} has shape "
                 f"{shapes[j]}: dimension {a} of the first ({shapes[i][a]}) and {b} of the "
                 f"second ({shapes[j][b]}) must be equal{note}")
-
-
-def _product(shape):
-    out = 1
-    for dim in shape:
-        out *= dim
-    return out
 
 
 @tvm.transform.module_pass(opt_level=0, name="CheckShapeRelations")
@@ -252,7 +246,7 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
         if shape is None or not isinstance(target, relax.ShapeExpr):
             return call
         new = list(target.values)
-        if provably_equal(_product_expr(shape), _product_expr(new)):
+        if provably_equal(elements(shape), elements(new)):
             return call
         checked = require(self.builder_, x, [shape, new], {"op": name, "count": True})
         return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
@@ -270,10 +264,3 @@ def _agree(shapes, at):
         return []
     ref = static[0] if static else symbolic[0]
     return [pair for pos in symbolic if pos != ref and (pair := unproven(shapes, ref, pos))]
-
-
-def _product_expr(dims):
-    out = tirx.const(1, "int64")
-    for dim in dims:
-        out = out * dim
-    return out
