@@ -202,6 +202,25 @@ def test_bnn_with_weights_computed_at_run_time():
         memotvm.compile(model, memo=MemoConfig(threshold=0.3, predictor="lowrank:4"))
 
 
+@pytest.mark.parametrize("weights_in_graph", [True, False])
+def test_memoized_module_keeps_only_the_kernels_it_calls(weights_in_graph):
+    """The unmodified kernels the pass replaces are gone (they were compiled too, half
+    of a memoized model's code); the sign packers of run-time weights are kept."""
+    import tvm
+
+    from memotvm.passes import MemoizeRecurrentLoops
+
+    if weights_in_graph:
+        model = make_recurrent_model("LSTM", 8, 8, direction="bidirectional")
+    else:
+        model, _ = _weights_as_inputs("LSTM")
+    mod = MemoizeRecurrentLoops(MemoConfig(threshold=0.3))(memotvm.frontend.from_onnx(model).mod)
+    names = sorted(gv.name_hint for gv, func in mod.functions_items()
+                   if isinstance(func, tvm.tirx.PrimFunc))
+    assert names == (["lstm_memo_kernel"] if weights_in_graph
+                     else ["lstm_memo_kernel", "pack_signs_R", "pack_signs_W"])
+
+
 def test_numpy_and_kernel_sign_packing_agree():
     import tvm
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax, tirx
 
 
@@ -12,6 +13,26 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod):
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return mutator.builder_.get()
+
+
+def without_uncalled_kernels(mod):
+    """``mod`` without the PrimFuncs no Relax function refers to any more (a kernel a
+    pass replaced).  TVM's dead-code elimination keeps every function with a global
+    symbol, so a replaced kernel would still be lowered and compiled."""
+    called = set()
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.GlobalVar):
+            called.add(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    kept = {gv: func for gv, func in mod.functions_items()
+            if not isinstance(func, tirx.PrimFunc) or gv in called}
+    if len(kept) == len(mod.functions_items()):
+        return mod
+    return tvm.IRModule(kept, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 def elements(dims):

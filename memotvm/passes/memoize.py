@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..frontend.kernels import MemoPlan, build_kernel, build_sign_packer
 from ..frontend.recurrent import RecurrentLoop
 from ..predictors import BnnPredictor, get_predictor
-from ._relax_util import rewrite_functions
+from ._relax_util import rewrite_functions, without_uncalled_kernels
 
 def _check_threshold(value, where):
     try:
@@ -160,9 +160,12 @@ class MemoizeRecurrentLoops:
         rewritten = rewrite_functions(rewriter, mod)
         if rewriter.threshold_params:
             rewritten = _append_params(rewritten, rewriter.threshold_params)
-        return tvm.transform.Sequential(
+        folded = tvm.transform.Sequential(
             [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
         )(rewritten)
+        # The unmodified kernels the memoized ones replace (and sign packers that
+        # folding ran) would otherwise be compiled too: half of a memoized model's code.
+        return without_uncalled_kernels(folded)
 
 
 def _append_params(mod, params):
