@@ -34,6 +34,13 @@ class CompiledModel:
         self._lock = threading.Lock()
         self.last_stats: ReuseStats | None = None
 
+    def prepare(self) -> None:
+        """Create the calling thread's session now.  TVM generates the kernels' machine
+        code when the first virtual machine loads them (a third of a compile); a
+        backend calls this so that compiling includes it and the first call is not
+        slower than the others."""
+        self._session()
+
     def _session(self):
         session = getattr(self._local, "session", None)
         if session is None:

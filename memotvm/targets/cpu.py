@@ -120,6 +120,7 @@ class CpuBackend(Backend):
 
         model = model_class(imported, make_session, target=self.name, memo=memo)
         model.executable = executable
+        model.prepare()
         return model
 
 
