@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, ValueInfoProto, helper, numpy_helper
 
 import memotvm
 from memotvm.testing import make_inputs, make_recurrent_model
@@ -139,6 +139,98 @@ def test_scalar_inputs():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "scale": np.array(0.5, np.float32)}
     np.testing.assert_array_equal(memotvm.compile(model).run(feeds)[0], feeds["x"] * 0.5)
+
+
+def _one_node_model(op, inputs, attrs=None, initializers=(), opset=17, n_outputs=1):
+    """A model of one node; ``inputs``: (name, ONNX type, shape) of the graph inputs,
+    then the node reads the initializers (numpy arrays by name) in order."""
+    node_inputs = [name for name, _, _ in inputs] + [name for name, _ in initializers]
+    outputs = [f"y{i}" for i in range(n_outputs)]
+    graph = helper.make_graph(
+        [helper.make_node(op, node_inputs, outputs, **(attrs or {}))], op.lower(),
+        [helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs],
+        [ValueInfoProto(name=name) for name in outputs],  # types left to inference
+        [numpy_helper.from_array(np.asarray(value), name) for name, value in initializers])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _same_as_onnxruntime(model, feeds_list):
+    compiled = memotvm.compile(model)
+    for feeds in feeds_list:
+        for got, want in zip(compiled.run(feeds), run_onnxruntime(model, feeds)):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+@pytest.mark.parametrize("opset, training", [(13, None), (13, False), (13, "ratio 0")])
+def test_dropout_at_inference_passes_data_and_a_mask_of_ones(opset, training):
+    """The mask is boolean (it had the data's type: float32 ones)."""
+    extra = []
+    if training is not None:
+        extra = [("ratio", np.array(0.0 if training == "ratio 0" else 0.3, np.float32)),
+                 ("training_mode", np.array(training == "ratio 0"))]
+    model = _one_node_model("Dropout", [("x", F, ["n", 3])], initializers=extra, opset=opset, n_outputs=2)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    _same_as_onnxruntime(model, [{"x": x}, {"x": x[:1]}])
+
+
+@pytest.mark.parametrize("opset, mask_type", [(7, np.float32), (10, np.bool_)])
+def test_dropout_of_early_opsets_keeps_every_element(opset, mask_type):
+    """Before opset 12 onnxruntime returns a mask of zeros at inference; the mask marks
+    the elements kept, all of them, as onnx.reference says (in the data's type at
+    opset 7, as its spec says, boolean from opset 10)."""
+    model = _one_node_model("Dropout", [("x", F, ["n", 3])], opset=opset, n_outputs=2)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    y, mask = memotvm.compile(model).run({"x": x})
+    np.testing.assert_array_equal(y, x)
+    assert mask.dtype == mask_type and mask.shape == x.shape and mask.all()
+
+
+def test_dropout_in_training_mode_is_refused():
+    model = _one_node_model("Dropout", [("x", F, ["n", 3])], opset=13, n_outputs=2, initializers=[
+        ("ratio", np.array(0.5, np.float32)), ("training_mode", np.array(True))])
+    with pytest.raises(memotvm.UnsupportedModelError, match="training mode with ratio 0.5"):
+        memotvm.compile(model)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+@pytest.mark.parametrize("values", [np.array([0.0, 1.0], np.float32), np.array([-3, 7], np.int64)])
+def test_one_hot_in_the_values_type_with_out_of_range_indices(axis, values):
+    """Negative indices count from depth; indices outside [-depth, depth) give a row of
+    off values (TVM's output was float64 whatever the values)."""
+    # (onnxruntime has kernels for a float depth with float values, an int64 one with int64.)
+    depth = np.array(5, values.dtype)
+    model = _one_node_model("OneHot", [("i", I64, ["n"])], {"axis": axis},
+                            [("depth", depth), ("values", values)])
+    feeds = [{"i": np.array([0, 4, -1, -5, 5, -6, 2], np.int64)}, {"i": np.array([3], np.int64)}]
+    _same_as_onnxruntime(model, feeds)
+
+
+@pytest.mark.parametrize("time_axis, shape", [(0, ["t", "b", 3]), (1, ["b", "t"]), (0, ["t", "b", 2, 2])])
+def test_reverse_sequence(time_axis, shape):
+    model = _one_node_model("ReverseSequence", [("x", F, shape), ("lens", I64, ["b"])],
+                            {"time_axis": time_axis, "batch_axis": 1 - time_axis})
+    rng = np.random.default_rng(1)
+    feeds = []
+    for t, b, lens in [(5, 4, [5, 1, 0, 3]), (1, 2, [1, 0]), (6, 1, [4])]:
+        dims = [t if d == "t" else b if d == "b" else d for d in shape]
+        feeds.append({"x": rng.standard_normal(dims).astype(np.float32), "lens": np.array(lens, np.int64)})
+    _same_as_onnxruntime(model, feeds)
+    with pytest.raises(memotvm.InputError, match=r"sequence_lens\[1\] = 6 is outside \[0, 5\]"):
+        bad = dict(feeds[0], lens=np.array([5, 6, 0, 3], np.int64))
+        memotvm.compile(model).run(bad)
+
+
+@pytest.mark.parametrize("op, attrs", [("Celu", {"alpha": 0.7}), ("Celu", {}),
+                                       ("LpNormalization", {"p": 1, "axis": 0}),
+                                       ("LpNormalization", {"p": 2, "axis": -1})])
+def test_operators_tvm_does_not_convert(op, attrs):
+    model = _one_node_model(op, [("x", F, ["n", 4])], attrs)
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32) * 3
+    _same_as_onnxruntime(model, [{"x": x}, {"x": x[:1]}])
 
 
 @pytest.mark.parametrize("opset", [7, 9, 13, 14, 18, 22])

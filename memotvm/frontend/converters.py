@@ -13,6 +13,10 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   compile empty slices of static axes, and overflows on extreme bounds).
 * Expand to a shape held in a tensor, broadcast both ways as ONNX says (TVM broadcasts
   x to the shape as given, a 1 in it included).
+* Dropout at inference: its mask is boolean (TVM's has the data's type).
+* OneHot in the values' type (TVM's is float64), with values and indices from anywhere.
+* Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
+  sequence models use around recurrent layers), Celu, LpNormalization.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from ..errors import UnsupportedModelError
+import tvm_ffi
+
+from ..errors import InputError, UnsupportedModelError
 from ..passes.shape_checks import proven, provably_equal, simplified
 
 # The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
@@ -33,6 +39,10 @@ from ..passes.shape_checks import proven, provably_equal, simplified
 SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand",
                    "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze", "If"}
 AS_TENSOR = "::memotvm_as_tensor"
+# Operators only this module converts (TVM's frontend has no converter for them).
+SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization"}
+# The run-time check of ReverseSequence's lengths.
+REQUIRE_LENGTHS = "memotvm.require_sequence_lens"
 # Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
 # INT64_MAX, torch.flip -INT64_MAX).
 _SLICE_BOUND = 1 << 62
@@ -82,10 +92,125 @@ class SpecConverters:
         if op_name == "Expand" and isinstance(inputs[1].ty, relax.TensorType) and not isinstance(
                 onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
             return self._expand_to_tensor_shape(inputs, attrs, opset)
+        name = attrs["tvm_custom"]["name"]
+        if op_name == "Dropout":
+            return self._inference_dropout(name, inputs, attrs, opset)
+        if op_name == "OneHot":
+            return self._one_hot(name, inputs, attrs)
+        if op_name == "ReverseSequence":
+            return self._reverse_sequence(name, inputs, attrs)
+        if op_name == "Celu":
+            alpha = float(attrs.get("alpha", 1.0))
+            x = inputs[0]
+            scaled = relax.op.multiply(relax.op.subtract(relax.op.exp(relax.op.divide(
+                x, _scalar(alpha, x))), _scalar(1.0, x)), _scalar(alpha, x))
+            return self.bb.normalize(relax.op.add(relax.op.maximum(x, _scalar(0.0, x)),
+                                                  relax.op.minimum(scaled, _scalar(0.0, x))))
+        if op_name == "LpNormalization":
+            return self._lp_normalization(name, inputs, attrs)
         if op_name == "TopK" and opset >= 10 and not isinstance(
                 onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
             return self._convert_full_topk(attrs["tvm_custom"]["name"], inputs, attrs)
         return None
+
+    def _constant(self, expr):
+        """The numpy value of a constant input, else None."""
+        value = onnx_frontend.get_constant(expr, [self._nodes, self._params])
+        return value.value.numpy() if isinstance(value, tvm.ir.GenericConst) else None
+
+    def _inference_dropout(self, name, inputs, attrs, opset):
+        """Dropout outside training: the data unchanged and a mask of ones (boolean from
+        opset 10, the data's type before).  Training mode (random) is refused unless its
+        ratio is 0."""
+        data = inputs[0]
+        ratio = float(attrs.get("ratio", 0.5))
+        training = False
+        if opset >= 12:
+            if len(inputs) > 1 and inputs[1] is not None:
+                value = self._constant(inputs[1])
+                if value is None:
+                    raise UnsupportedModelError(f"node '{name}' (Dropout): the ratio must be a constant")
+                ratio = float(value)
+            if len(inputs) > 2 and inputs[2] is not None:
+                value = self._constant(inputs[2])
+                if value is None:
+                    raise UnsupportedModelError(
+                        f"node '{name}' (Dropout): training_mode must be a constant")
+                training = bool(value)
+        if training and ratio != 0.0:
+            raise UnsupportedModelError(
+                f"node '{name}' (Dropout): training mode with ratio {ratio} drops at random; "
+                "export the model for inference (model.eval())")
+        mask = relax.op.ones_like(data, dtype="bool" if opset >= 10 else data.ty.dtype)
+        return relax.Tuple([data, self.bb.normalize(mask)])
+
+    def _one_hot(self, name, inputs, attrs):
+        """out[..., i at axis, ...] = on where i == index (negative indices count from
+        depth), else off: any index outside [-depth, depth) gives a row of off values,
+        as ONNX says; in the type of ``values`` (off, on)."""
+        indices, depth, values = inputs
+        depth_value = self._constant(depth)
+        if depth_value is None or depth_value.size != 1:
+            raise UnsupportedModelError(
+                f"node '{name}' (OneHot): depth must be a constant (it sets the output's shape)")
+        depth_value = int(depth_value.reshape(()))
+        if depth_value < 1:
+            raise UnsupportedModelError(f"node '{name}' (OneHot): depth {depth_value} is not positive")
+        rank = len(indices.ty.shape.values) if isinstance(indices.ty.shape, relax.ShapeExpr) else None
+        if rank is None:
+            return None
+        axis = attrs.get("axis", -1)
+        if not -rank - 1 <= axis <= rank:
+            raise UnsupportedModelError(f"node '{name}' (OneHot): axis {axis} is out of range")
+        axis %= rank + 1
+        index = relax.op.astype(indices, "int64")
+        n = relax.const(depth_value, "int64")
+        index = relax.op.where(relax.op.less(index, relax.const(0, "int64")), relax.op.add(index, n), index)
+        index = relax.op.expand_dims(index, axis)
+        positions = relax.op.reshape(relax.op.arange(0, depth_value, 1, "int64"),
+                                     [depth_value if i == axis else 1 for i in range(rank + 1)])
+        off = relax.op.take(values, relax.const(0, "int64"), axis=0)
+        on = relax.op.take(values, relax.const(1, "int64"), axis=0)
+        return self.bb.normalize(relax.op.where(relax.op.equal(index, positions), on, off))
+
+    def _reverse_sequence(self, name, inputs, attrs):
+        """out[t, b] = x[lens[b] - 1 - t, b] for t < lens[b], else x[t, b] (time and
+        batch axes 0 and 1 either way round); the lengths are checked at run time to
+        lie in [0, T] (an InputError, as onnxruntime raises one)."""
+        data, lens = inputs
+        if not isinstance(data.ty.shape, relax.ShapeExpr) or len(data.ty.shape.values) < 2:
+            raise UnsupportedModelError(f"node '{name}' (ReverseSequence): the input needs a known rank >= 2")
+        shape = list(data.ty.shape.values)
+        time_axis, batch_axis = attrs.get("time_axis", 0), attrs.get("batch_axis", 1)
+        if {time_axis, batch_axis} != {0, 1}:
+            raise UnsupportedModelError(
+                f"node '{name}' (ReverseSequence): time_axis and batch_axis must be 0 and 1")
+        steps = shape[time_axis]
+        lens = self.bb.emit(relax.call_pure_packed(
+            REQUIRE_LENGTHS, relax.op.astype(lens, "int64"), relax.ShapeExpr([steps, shape[batch_axis]]),
+            ty_args=relax.TensorType([shape[batch_axis]], "int64")))
+        grid = [1] * len(shape)
+        grid[time_axis] = steps
+        t = relax.op.reshape(relax.op.arange(tvm.tirx.const(0, "int64"), steps, tvm.tirx.const(1, "int64"),
+                                             "int64"), relax.ShapeExpr(grid[:2]))
+        length = relax.op.reshape(lens, relax.ShapeExpr([1, shape[1]] if batch_axis == 1 else [shape[0], 1]))
+        source = relax.op.where(relax.op.less(t, length),
+                                relax.op.subtract(relax.op.subtract(length, relax.const(1, "int64")), t), t)
+        source = relax.op.reshape(source, relax.ShapeExpr(shape[:2] + [1] * (len(shape) - 2)))
+        source = relax.op.broadcast_to(source, relax.ShapeExpr(shape))
+        return self.bb.normalize(relax.op.gather_elements(data, self.bb.normalize(source), time_axis))
+
+    def _lp_normalization(self, name, inputs, attrs):
+        """x / ||x||_p along the axis (p = 1 or 2), as onnx.reference computes it."""
+        p, axis = attrs.get("p", 2), attrs.get("axis", -1)
+        if p not in (1, 2):
+            raise UnsupportedModelError(f"node '{name}' (LpNormalization): p must be 1 or 2, got {p}")
+        x = inputs[0]
+        if p == 1:
+            norm = relax.op.sum(relax.op.abs(x), axis=[axis], keepdims=True)
+        else:
+            norm = relax.op.sqrt(relax.op.sum(relax.op.multiply(x, x), axis=[axis], keepdims=True))
+        return self.bb.normalize(relax.op.divide(x, norm))
 
     def _expand_to_tensor_shape(self, inputs, attrs, opset):
         """Expand to a shape held in a tensor: TVM broadcasts x to the shape as given,
@@ -185,6 +310,23 @@ class SpecConverters:
         order = self.bb.normalize(relax.op.argsort(data, axis=axis, descending=bool(attrs.get("largest", 1)),
                                                    dtype="int64"))
         return relax.Tuple([self.bb.normalize(relax.op.gather_elements(data, order, axis)), order])
+
+
+def _scalar(value, like):
+    """A scalar constant of ``like``'s element type."""
+    return relax.const(value, like.ty.dtype)
+
+
+@tvm_ffi.register_global_func(REQUIRE_LENGTHS)
+def _require_sequence_lens(lens, dims):
+    values = np.from_dlpack(lens)
+    steps = int(dims[0])
+    bad = np.flatnonzero((values < 0) | (values > steps))
+    if bad.size:
+        b = int(bad[0])
+        raise InputError(f"ReverseSequence: sequence_lens[{b}] = {int(values[b])} is outside "
+                         f"[0, {steps}] (the time axis has {steps} steps)")
+    return lens
 
 
 # Element-wise operators _shape_values evaluates (TVM's Gather wraps its indices in

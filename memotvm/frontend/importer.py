@@ -23,7 +23,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from ..errors import MemoTVMError, UnsupportedModelError
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
-from .converters import SpecConverters, shapes_as_tensors
+from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
 from .kernels import build_kernel
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -63,7 +63,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     f"node '{node.name}': operator {node.domain}.{op} is not an ai.onnx "
                     "operator and cannot be converted"
                 )
-            if op not in convert_map and op not in RECURRENT_OPS and op not in ("If", "Constant"):
+            if op not in convert_map and op not in RECURRENT_OPS and op not in SPEC_ONLY_OPS \
+                    and op not in ("If", "Constant"):
                 raise UnsupportedModelError(
                     f"node '{node.name}': operator '{op}' is not supported by memotvm "
                     "(neither a recurrent op nor one TVM's ONNX frontend converts)"
