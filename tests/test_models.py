@@ -233,6 +233,37 @@ def test_operators_tvm_does_not_convert(op, attrs):
     _same_as_onnxruntime(model, [{"x": x}, {"x": x[:1]}])
 
 
+def test_squeeze_without_axes_of_dynamic_dimensions():
+    """The dimensions known to be 1 go (TVM failed to compile it); a dynamic one that is
+    1 at run time, which ONNX would remove too, is refused."""
+    model = _one_node_model("Squeeze", [("x", F, ["n", 1, "m"])])
+    _same_as_onnxruntime(model, [{"x": np.ones((3, 1, 2), np.float32)}])
+    with pytest.raises(memotvm.InputError, match="dimension 0 of its input .* is 1 at run time"):
+        memotvm.compile(model).run({"x": np.ones((1, 1, 2), np.float32)})
+
+
+def test_split_with_empty_parts():
+    model = _one_node_model("Split", [("x", F, ["n", 2])], {"axis": 0},
+                            [("split", np.array([2, 0, 3], np.int64))], n_outputs=3)
+    _same_as_onnxruntime(model, [{"x": np.arange(10, dtype=np.float32).reshape(5, 2)}])
+    with pytest.raises(memotvm.InputError, match="the parts' total"):
+        memotvm.compile(model).run({"x": np.ones((4, 2), np.float32)})
+
+
+@pytest.mark.parametrize("shape", [[3, 1, 4], [3, 4]])
+def test_expand_of_dynamic_dimensions_to_a_constant_shape(shape):
+    """A dynamic dimension against a 1 keeps its size, against another size must equal
+    it (TVM's converter failed on dynamic dimensions).  One that is 1 at run time is
+    refused: TVM's broadcast_to would read it past its end."""
+    model = _one_node_model("Expand", [("x", F, ["n", 1])], initializers=[("shape", np.array(shape, np.int64))])
+    rows = [5, 1] if len(shape) == 3 else [3]
+    _same_as_onnxruntime(model, [{"x": np.arange(n, dtype=np.float32).reshape(n, 1)} for n in rows])
+    if len(shape) == 2:
+        for n in (2, 1):
+            with pytest.raises(memotvm.InputError, match="must be equal"):
+                memotvm.compile(model).run({"x": np.ones((n, 1), np.float32)})
+
+
 @pytest.mark.parametrize("opset", [7, 9, 13, 14, 18, 22])
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_opsets(op, opset):

@@ -13,6 +13,11 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   compile empty slices of static axes, and overflows on extreme bounds).
 * Expand to a shape held in a tensor, broadcast both ways as ONNX says (TVM broadcasts
   x to the shape as given, a 1 in it included).
+* Expand to a constant shape, Squeeze without axes, and Split into parts of size 0, on
+  tensors with dynamic dimensions (TVM fails on them): Expand broadcasts the dynamic
+  dimensions (checked at run time); Squeeze removes the dimensions known to be 1 and
+  checks at run time that no dynamic one is 1 (ONNX would remove it too); the parts of
+  a Split are taken by index.
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
 * OneHot in the values' type (TVM's is float64), with values and indices from anywhere.
 * Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
@@ -29,7 +34,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 import tvm_ffi
 
 from ..errors import InputError, UnsupportedModelError
-from ..passes.shape_checks import proven, provably_equal, simplified
+from ..passes.shape_checks import proven, provably_equal, require, simplified
 
 # The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
 # operators applied to its result, give), as listed in its _construct_nodes.  It refuses a
@@ -93,6 +98,14 @@ class SpecConverters:
                 onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
             return self._expand_to_tensor_shape(inputs, attrs, opset)
         name = attrs["tvm_custom"]["name"]
+        dynamic = _dynamic_dims(inputs[0]) if inputs and inputs[0] is not None else False
+        if op_name == "Expand" and dynamic and self._constant(inputs[1]) is not None:
+            return self._expand_to_constant_shape(name, inputs[0], self._constant(inputs[1]))
+        if op_name == "Squeeze" and dynamic and not attrs.get("axes") \
+                and (len(inputs) < 2 or inputs[1] is None):
+            return self._squeeze_known_ones(name, inputs[0])
+        if op_name == "Split":
+            return self._split_with_empty_parts(inputs, attrs, opset)
         if op_name == "Dropout":
             return self._inference_dropout(name, inputs, attrs, opset)
         if op_name == "OneHot":
@@ -117,6 +130,68 @@ class SpecConverters:
         """The numpy value of a constant input, else None."""
         value = onnx_frontend.get_constant(expr, [self._nodes, self._params])
         return value.value.numpy() if isinstance(value, tvm.ir.GenericConst) else None
+
+    def _expand_to_constant_shape(self, name, data, target):
+        """Expand to a constant shape where x has dynamic dimensions: right-aligned, a 1
+        in the shape keeps x's size, x's static 1s take the shape's; a dynamic size
+        meeting another is broadcast (the shape checks test it at run time)."""
+        dims = list(data.ty.shape.values)
+        target = [int(v) for v in np.asarray(target).reshape(-1)]
+        if any(v < 0 for v in target):
+            raise UnsupportedModelError(f"node '{name}' (Expand): negative size in shape {target}")
+        rank = max(len(dims), len(target))
+        dims = [tvm.tirx.const(1, "int64")] * (rank - len(dims)) + dims
+        target = [1] * (rank - len(target)) + target
+        out = []
+        for dim, want in zip(dims, target):
+            if want == 1:
+                out.append(dim)
+            elif isinstance(dim, tvm.tirx.IntImm) and int(dim) not in (1, want):
+                raise UnsupportedModelError(
+                    f"node '{name}' (Expand): cannot broadcast {list(data.ty.shape.values)} to {target}")
+            else:
+                out.append(tvm.tirx.const(want, "int64"))
+        return self.bb.normalize(relax.op.broadcast_to(data, relax.ShapeExpr(out)))
+
+    def _squeeze_known_ones(self, name, data):
+        """Squeeze without axes of a tensor with dynamic dimensions: the dimensions known
+        to be 1 go; a check at run time refuses a dynamic one that is 1 (ONNX would
+        remove it, and the output's rank would differ)."""
+        dims = list(data.ty.shape.values)
+        dynamic = [i for i, dim in enumerate(dims) if not isinstance(dim, tvm.tirx.IntImm)]
+        data = require(self.bb, data, [dims], {"op": f"node '{name}' (Squeeze)", "names": ["its input"],
+                                               "not_one": [[0, i] for i in dynamic]})
+        ones = [i for i, dim in enumerate(dims) if isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1]
+        return self.bb.normalize(relax.op.squeeze(data, ones)) if ones else data
+
+    def _split_with_empty_parts(self, inputs, attrs, opset):
+        """Split into constant parts some of which are empty (TVM requires increasing
+        split points): each part taken by index along the axis.  None for other splits."""
+        data = inputs[0]
+        sizes = attrs.get("split")
+        if opset >= 13 and len(inputs) > 1 and inputs[1] is not None:
+            sizes = self._constant(inputs[1])
+        if sizes is None or not isinstance(data.ty.shape, relax.ShapeExpr):
+            return None
+        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        if 0 not in sizes or any(v < 0 for v in sizes):
+            return None
+        dims = list(data.ty.shape.values)
+        axis = attrs.get("axis", 0) % len(dims)
+        if isinstance(dims[axis], tvm.tirx.IntImm):
+            if int(dims[axis]) != sum(sizes):
+                raise UnsupportedModelError(
+                    f"Split: parts {sizes} do not add up to the axis size {int(dims[axis])}")
+        else:
+            data = require(self.bb, data, [dims, [tvm.tirx.const(sum(sizes), "int64")]],
+                           {"op": "Split", "names": ["its input", "the parts' total"],
+                            "equal": [[[0, axis], [1, 0]]]})
+        parts, start = [], 0
+        for size in sizes:
+            index = relax.const(np.arange(start, start + size, dtype=np.int64), "int64")
+            parts.append(self.bb.normalize(relax.op.take(data, index, axis=axis, mode="clip")))
+            start += size
+        return relax.Tuple(parts)
 
     def _inference_dropout(self, name, inputs, attrs, opset):
         """Dropout outside training: the data unchanged and a mask of ones (boolean from
@@ -310,6 +385,13 @@ class SpecConverters:
         order = self.bb.normalize(relax.op.argsort(data, axis=axis, descending=bool(attrs.get("largest", 1)),
                                                    dtype="int64"))
         return relax.Tuple([self.bb.normalize(relax.op.gather_elements(data, order, axis)), order])
+
+
+def _dynamic_dims(x) -> bool:
+    """Whether x is a tensor of known rank with a dimension not known when compiling."""
+    shape = x.ty.shape if isinstance(x.ty, relax.TensorType) else None
+    return isinstance(shape, relax.ShapeExpr) and any(
+        not isinstance(dim, tvm.tirx.IntImm) for dim in shape.values)
 
 
 def _scalar(value, like):

@@ -96,8 +96,8 @@ def _parsed(spec: str) -> dict:
 def _check(spec: dict, values: list) -> None:
     """Raise InputError unless the shapes in ``values`` meet ``spec``: "equal" lists
     pairs of (shape, axis) positions that must be equal, "broadcast" pairs whose first
-    must be 1 or equal to the second, "count" says that shape 0 and shape 1 hold as many
-    elements."""
+    must be 1 or equal to the second, "not_one" (shape, axis) positions that must not be
+    1, "count" says that shape 0 and shape 1 hold as many elements."""
     shapes, at = [], 0
     for rank in spec["ranks"]:
         shapes.append(tuple(values[at:at + rank]))
@@ -111,6 +111,13 @@ def _check(spec: dict, values: list) -> None:
                 f"{where}: cannot reshape {names[0]} of shape {shapes[0]} ({have} elements) "
                 f"to {shapes[1]} ({want} elements); the model's shapes do not fit these inputs")
         return
+    for i, a in spec.get("not_one", []):
+        if shapes[i][a] == 1:
+            raise InputError(
+                f"{where}: dimension {a} of {names[i]} (shape {shapes[i]}) is 1 at run time; "
+                "a Squeeze without axes would remove it, which changes the output's rank: "
+                "memotvm removes only the dimensions of size 1 known when compiling (give "
+                "the Squeeze its axes)")
     for (i, a), (j, b) in spec.get("broadcast", []):
         if shapes[i][a] not in (1, shapes[j][b]):
             raise InputError(
@@ -237,7 +244,10 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
                  if not _is_one(dim) and not provably_equal(dim, new[a + offset])]
         if not pairs:
             return call
-        checked = require(self.builder_, x, [shape, new], {"op": name, "broadcast": pairs})
+        # Equal, not "1 or equal": TVM's broadcast_to reads a dimension that is not a
+        # static 1 as it is, so a dynamic one that is 1 at run time would be read past
+        # its end (as for the element-wise operators, see _broadcast).
+        checked = require(self.builder_, x, [shape, new], {"op": name, "equal": pairs})
         return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
 
     def _reshape(self, call, name):
