@@ -233,6 +233,18 @@ def test_operators_tvm_does_not_convert(op, attrs):
     _same_as_onnxruntime(model, [{"x": x}, {"x": x[:1]}])
 
 
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_and_min_propagate_nan(op):
+    """A NaN made inside a model (a log of a negative) stays NaN, as in onnx.reference and
+    onnxruntime; TVM's compare-and-select dropped it when it came first."""
+    model = _one_node_model(op, [("a", F, ["n", 3]), ("b", F, [3]), ("c", F, [1])])
+    a = np.array([[np.nan, 1, 2], [0, 5, np.nan]], np.float32)
+    feeds = {"a": a, "b": np.array([0, np.nan, 1], np.float32), "c": np.array([0.5], np.float32)}
+    compiled = memotvm.compile(model)
+    want = run_onnxruntime(model, feeds)[0]
+    np.testing.assert_array_equal(compiled.run(feeds, check_finite=False)[0], want)
+
+
 def test_squeeze_without_axes_of_dynamic_dimensions():
     """The dimensions known to be 1 go (TVM failed to compile it); a dynamic one that is
     1 at run time, which ONNX would remove too, is refused."""

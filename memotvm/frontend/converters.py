@@ -18,6 +18,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   dimensions (checked at run time); Squeeze removes the dimensions known to be 1 and
   checks at run time that no dynamic one is 1 (ONNX would remove it too); the parts of
   a Split are taken by index.
+* Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
+  compare-and-select drops a NaN first operand).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
 * OneHot in the values' type (TVM's is float64), with values and indices from anywhere.
 * Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
@@ -106,6 +108,9 @@ class SpecConverters:
             return self._squeeze_known_ones(name, inputs[0])
         if op_name == "Split":
             return self._split_with_empty_parts(inputs, attrs, opset)
+        if op_name in ("Max", "Min") and all(
+                isinstance(x.ty, relax.TensorType) and str(x.ty.dtype).startswith("float") for x in inputs):
+            return self._nan_propagating_extremum(op_name, inputs)
         if op_name == "Dropout":
             return self._inference_dropout(name, inputs, attrs, opset)
         if op_name == "OneHot":
@@ -192,6 +197,18 @@ class SpecConverters:
             parts.append(self.bb.normalize(relax.op.take(data, index, axis=axis, mode="clip")))
             start += size
         return relax.Tuple(parts)
+
+    def _nan_propagating_extremum(self, op_name, inputs):
+        """Max / Min of float tensors, NaN where any operand is NaN (onnx.reference's
+        np.maximum, and onnxruntime); TVM's maximum is a compare-and-select, which
+        returns the other operand when the first is NaN."""
+        pick = relax.op.maximum if op_name == "Max" else relax.op.minimum
+        out = inputs[0]
+        for x in inputs[1:]:
+            both = pick(out, x)
+            out = self.bb.normalize(relax.op.where(
+                relax.op.isnan(out), out, relax.op.where(relax.op.isnan(x), x, both)))
+        return out
 
     def _inference_dropout(self, name, inputs, attrs, opset):
         """Dropout outside training: the data unchanged and a mask of ones (boolean from
