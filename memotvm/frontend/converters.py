@@ -14,8 +14,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * Expand to a shape held in a tensor, broadcast both ways as ONNX says (TVM broadcasts
   x to the shape as given, a 1 in it included).
 * Expand to a constant shape, Squeeze without axes, and Split into parts of size 0, on
-  tensors with dynamic dimensions (TVM fails on them): Expand broadcasts the dynamic
-  dimensions (checked at run time); Squeeze removes the dimensions known to be 1 and
+  tensors with dynamic dimensions (TVM fails on them): Expand keeps a dynamic dimension
+  against a 1 and requires it equal to any other size (checked at run time); Squeeze removes the dimensions known to be 1 and
   checks at run time that no dynamic one is 1 (ONNX would remove it too); the parts of
   a Split are taken by index.
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
@@ -118,12 +118,7 @@ class SpecConverters:
         if op_name == "ReverseSequence":
             return self._reverse_sequence(name, inputs, attrs)
         if op_name == "Celu":
-            alpha = float(attrs.get("alpha", 1.0))
-            x = inputs[0]
-            scaled = relax.op.multiply(relax.op.subtract(relax.op.exp(relax.op.divide(
-                x, _scalar(alpha, x))), _scalar(1.0, x)), _scalar(alpha, x))
-            return self.bb.normalize(relax.op.add(relax.op.maximum(x, _scalar(0.0, x)),
-                                                  relax.op.minimum(scaled, _scalar(0.0, x))))
+            return self._celu(inputs[0], float(attrs.get("alpha", 1.0)))
         if op_name == "LpNormalization":
             return self._lp_normalization(name, inputs, attrs)
         if op_name == "TopK" and opset >= 10 and not isinstance(
@@ -138,8 +133,8 @@ class SpecConverters:
 
     def _expand_to_constant_shape(self, name, data, target):
         """Expand to a constant shape where x has dynamic dimensions: right-aligned, a 1
-        in the shape keeps x's size, x's static 1s take the shape's; a dynamic size
-        meeting another is broadcast (the shape checks test it at run time)."""
+        in the shape keeps x's size, x's static 1s take the shape's, and a dynamic size
+        meeting another must equal it (CheckShapeRelations tests it at run time)."""
         dims = list(data.ty.shape.values)
         target = [int(v) for v in np.asarray(target).reshape(-1)]
         if any(v < 0 for v in target):
@@ -291,6 +286,13 @@ class SpecConverters:
         source = relax.op.reshape(source, relax.ShapeExpr(shape[:2] + [1] * (len(shape) - 2)))
         source = relax.op.broadcast_to(source, relax.ShapeExpr(shape))
         return self.bb.normalize(relax.op.gather_elements(data, self.bb.normalize(source), time_axis))
+
+    def _celu(self, x, alpha):
+        """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
+        scaled = relax.op.multiply(relax.op.subtract(relax.op.exp(relax.op.divide(
+            x, _scalar(alpha, x))), _scalar(1.0, x)), _scalar(alpha, x))
+        return self.bb.normalize(relax.op.add(relax.op.maximum(x, _scalar(0.0, x)),
+                                              relax.op.minimum(scaled, _scalar(0.0, x))))
 
     def _lp_normalization(self, name, inputs, attrs):
         """x / ||x||_p along the axis (p = 1 or 2), as onnx.reference computes it."""
