@@ -245,6 +245,39 @@ def test_max_and_min_propagate_nan(op):
     np.testing.assert_array_equal(compiled.run(feeds, check_finite=False)[0], want)
 
 
+def test_states_and_lengths_computed_from_shapes_and_a_mask():
+    """A graph as tf2onnx and hand-written exports build it: the initial state's shape
+    gathered from x's by a 1-D index (TVM made that a tensor and asserted inside its
+    lowering of ConstantOfShape; Reshape refused it), the lengths summed from a mask."""
+    D, H = 4, 6
+    rng = np.random.default_rng(3)
+    model = make_recurrent_model("LSTM", D, H, direction="bidirectional")
+    graph = model.graph
+    lstm = next(node for node in graph.node if node.op_type == "LSTM")
+    del lstm.input[4:]
+    lstm.input.extend(["lens", "h0", "h0"])
+    graph.input.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, ["T", "B"]))
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+                              {"axis0": [0], "batch_at": [1], "dirs": [2], "hidden": [H], "rest": [-1]}.items()])
+    graph.node.insert(0, helper.make_node("ConstantOfShape", ["h_shape"], ["h0"],
+                                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])))
+    for node in reversed([
+            helper.make_node("Cast", ["mask"], ["mask_int"], to=TensorProto.INT32),
+            helper.make_node("ReduceSum", ["mask_int", "axis0"], ["lens"], keepdims=0),
+            helper.make_node("Shape", ["X"], ["x_shape"]),
+            helper.make_node("Gather", ["x_shape", "batch_at"], ["batch"]),
+            helper.make_node("Concat", ["dirs", "batch", "hidden"], ["h_shape"], axis=0)]):
+        graph.node.insert(0, node)
+    graph.node.append(helper.make_node("Concat", ["batch", "rest"], ["flat_shape"], axis=0))
+    graph.node.append(helper.make_node("Reshape", ["Y_h", "flat_shape"], ["flat"]))
+    graph.output.append(ValueInfoProto(name="flat"))
+    compiled = memotvm.compile(model)
+    for T, B in [(7, 3), (5, 1)]:
+        mask = np.arange(T)[:, None] < (np.arange(B) * 3 % (T + 1))[None, :]
+        feeds = {"X": rng.standard_normal((T, B, D)).astype(np.float32), "mask": mask}
+        assert_outputs_close(compiled.run(feeds), run_onnxruntime(model, feeds), atol=1e-6)
+
+
 def test_squeeze_without_axes_of_dynamic_dimensions():
     """The dimensions known to be 1 go (TVM failed to compile it); a dynamic one that is
     1 at run time, which ONNX would remove too, is refused."""

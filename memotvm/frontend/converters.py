@@ -18,6 +18,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   against a 1 and requires it equal to any other size (checked at run time); Squeeze removes the dimensions known to be 1 and
   checks at run time that no dynamic one is 1 (ONNX would remove it too); the parts of
   a Split are taken by index.
+* A shape value gathered by a 1-D index stays a shape value, and ConstantOfShape takes
+  a tensor computed from shapes (TVM asserted inside its lowering on both).
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
   compare-and-select drops a NaN first operand).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
@@ -106,6 +108,13 @@ class SpecConverters:
         if op_name == "Squeeze" and dynamic and not attrs.get("axes") \
                 and (len(inputs) < 2 or inputs[1] is None):
             return self._squeeze_known_ones(name, inputs[0])
+        if op_name == "Gather" and isinstance(inputs[0], relax.ShapeExpr) and attrs.get("axis", 0) in (0, -1):
+            return self._gather_dimensions(inputs[0], inputs[1])
+        if op_name == "ConstantOfShape" and isinstance(inputs[0].ty, relax.TensorType):
+            values = _shape_values(self.bb, inputs[0])
+            if values is not None:
+                return onnx_frontend._get_convert_map()["ConstantOfShape"].get_converter(opset)(
+                    self.bb, [relax.ShapeExpr(values)], attrs, [self._nodes, self._params])
         if op_name == "Split":
             return self._split_with_empty_parts(inputs, attrs, opset)
         if op_name in ("Max", "Min") and all(
@@ -130,6 +139,17 @@ class SpecConverters:
         """The numpy value of a constant input, else None."""
         value = onnx_frontend.get_constant(expr, [self._nodes, self._params])
         return value.value.numpy() if isinstance(value, tvm.ir.GenericConst) else None
+
+    def _gather_dimensions(self, shape, indices):
+        """Gather of a shape value by a constant 1-D index: the picked dimensions, still
+        a shape value (TVM makes it a tensor, which ConstantOfShape and Reshape then
+        cannot take: tf2onnx and hand-written graphs gather a shape so).  None for
+        other indices (TVM's converter)."""
+        picked = self._constant(indices)
+        dims = list(shape.values)
+        if picked is None or picked.ndim != 1 or not all(-len(dims) <= int(i) < len(dims) for i in picked):
+            return None
+        return relax.ShapeExpr([dims[int(i)] for i in picked])
 
     def _expand_to_constant_shape(self, name, data, target):
         """Expand to a constant shape where x has dynamic dimensions: right-aligned, a 1
