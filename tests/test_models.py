@@ -278,6 +278,27 @@ def test_states_and_lengths_computed_from_shapes_and_a_mask():
         assert_outputs_close(compiled.run(feeds), run_onnxruntime(model, feeds), atol=1e-6)
 
 
+@pytest.mark.parametrize("shape_nodes", ["divided", "size"])
+def test_reshape_to_a_shape_computed_in_tensors(shape_nodes):
+    """Sizes divided, sliced and concatenated as integer tensors, or an element count
+    (TVM's Reshape takes only shape values or constants: it refused these)."""
+    ints = {"halves": [1, 1, 2], "at": [2], "end": [3], "rest": [-1], "axis0": [0]}
+    nodes = {"divided": [helper.make_node("Shape", ["x"], ["shape"]),
+                         helper.make_node("Div", ["shape", "halves"], ["half"]),
+                         helper.make_node("Slice", ["half", "at", "end"], ["last"]),
+                         helper.make_node("Concat", ["rest", "last"], ["target"], axis=0)],
+             "size": [helper.make_node("Size", ["x"], ["count"]),
+                      helper.make_node("Unsqueeze", ["count", "axis0"], ["target"])]}[shape_nodes]
+    graph = helper.make_graph(
+        nodes + [helper.make_node("Reshape", ["x", "target"], ["y"])], "reshaped",
+        [helper.make_tensor_value_info("x", F, ["T", "B", 4])], [ValueInfoProto(name="y")],
+        [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(4)
+    _same_as_onnxruntime(model, [{"x": rng.standard_normal((t, b, 4)).astype(np.float32)}
+                                 for t, b in [(3, 2), (5, 1)]])
+
+
 def test_squeeze_without_axes_of_dynamic_dimensions():
     """The dimensions known to be 1 go (TVM failed to compile it); a dynamic one that is
     1 at run time, which ONNX would remove too, is refused."""

@@ -18,8 +18,9 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   against a 1 and requires it equal to any other size (checked at run time); Squeeze removes the dimensions known to be 1 and
   checks at run time that no dynamic one is 1 (ONNX would remove it too); the parts of
   a Split are taken by index.
-* A shape value gathered by a 1-D index stays a shape value, and ConstantOfShape takes
-  a tensor computed from shapes (TVM asserted inside its lowering on both).
+* A shape value gathered by a 1-D index stays a shape value, and ConstantOfShape and
+  Reshape take a tensor computed from shapes (integer arithmetic, slices,
+  concatenations, element counts): TVM asserted inside its lowering, or refused them.
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
   compare-and-select drops a NaN first operand).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
@@ -38,6 +39,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 import tvm_ffi
 
 from ..errors import InputError, UnsupportedModelError
+from ..passes._relax_util import elements
 from ..passes.shape_checks import proven, provably_equal, require, simplified
 
 # The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
@@ -115,6 +117,15 @@ class SpecConverters:
             if values is not None:
                 return onnx_frontend._get_convert_map()["ConstantOfShape"].get_converter(opset)(
                     self.bb, [relax.ShapeExpr(values)], attrs, [self._nodes, self._params])
+        if op_name == "Reshape" and isinstance(inputs[1].ty, relax.TensorType) and not attrs.get("allowzero", 0):
+            values = _shape_values(self.bb, inputs[1])
+            if values is not None:
+                data = inputs[0]
+                if isinstance(data, relax.ShapeExpr):
+                    data = self.bb.normalize(relax.op.shape_to_tensor(data))
+                # 0 (copy) and -1 (inferred) as reshape takes them from a constant.
+                dims = [int(v) if isinstance(v, tvm.tirx.IntImm) else v for v in values]
+                return self.bb.normalize(relax.op.reshape(data, dims))
         if op_name == "Split":
             return self._split_with_empty_parts(inputs, attrs, opset)
         if op_name in ("Max", "Min") and all(
@@ -482,17 +493,35 @@ def _shape_values(bb, expr):
         shape = expr.args[0].ty.shape
         return list(shape.values) if isinstance(shape, relax.ShapeExpr) else None
     args = [_shape_values(bb, a) if isinstance(a, relax.Expr) else None for a in expr.args]
+    if name == "relax.concat":
+        fields = _bound(bb, expr.args[0])
+        if not isinstance(fields, relax.Tuple):
+            return None
+        parts = [_shape_values(bb, field) for field in fields.fields]
+        return None if any(p is None for p in parts) else [v for p in parts for v in p]
+    if name == "relax.strided_slice":
+        source = args[0]
+        bounds = [[_int_field(f) for f in b.fields] if isinstance(b, relax.Tuple) else None
+                  for b in expr.args[1:]]
+        if source is None or len(bounds) < 3 or any(b is None or None in b for b in bounds):
+            return None
+        axes, begin, end = bounds[:3]
+        step = bounds[3] if len(bounds) > 3 else [1]
+        if axes != [0] or step[0] < 1:
+            return None
+        return source[begin[0]:end[0]:step[0]]
+    if name == "relax.size":
+        shape = expr.args[0].ty.shape
+        return [simplified(elements(shape.values))] if isinstance(shape, relax.ShapeExpr) else None
     if name in ("relax.shape_to_tensor", "relax.reshape", "relax.squeeze", "relax.expand_dims",
                 "relax.astype"):
         return args[0]
-    if name in _SHAPE_ARITHMETIC or name == "relax.where":
-        if any(a is None for a in args) or len({len(a) for a in args} - {1}) > 1:
-            return None
-        n = max(len(a) for a in args)
-        rows = [[a[i] if len(a) > 1 else a[0] for a in args] for i in range(n)]
-        if name == "relax.where":
-            return [simplified(tvm.tirx.Select(c, x, y)) for c, x, y in rows]
-        return [simplified(_SHAPE_ARITHMETIC[name](x, y)) for x, y in rows]
+    if name == "relax.divide" and "int" in str(expr.ty.dtype):
+        return _elementwise(args, tvm.tirx.truncdiv)
+    if name == "relax.where":
+        return _elementwise(args, tvm.tirx.Select)
+    if name in _SHAPE_ARITHMETIC:
+        return _elementwise(args, _SHAPE_ARITHMETIC[name])
     if name == "relax.take":
         source, index = args[0], args[1]
         if source is None or index is None or not all(isinstance(i, tvm.tirx.IntImm) for i in index):
@@ -502,6 +531,29 @@ def _shape_values(bb, expr):
             return None
         return [source[i] for i in picked]
     return None
+
+
+def _int_field(field):
+    """The integer a constant bound of a strided_slice holds, else None."""
+    value = getattr(field, "value", field)
+    return int(value) if isinstance(value, (int, tvm.tirx.IntImm)) else None
+
+
+def _bound(bb, expr):
+    """The expression a variable is bound to (expr itself if not a bound variable)."""
+    if isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        return expr if bound is None else _bound(bb, bound)
+    return expr
+
+
+def _elementwise(args, op):
+    """op over the values of args (lists, a single value broadcasting), simplified; None
+    where a value is unknown."""
+    if any(a is None for a in args) or len({len(a) for a in args} - {1}) > 1:
+        return None
+    n = max(len(a) for a in args)
+    return [simplified(op(*[a[i] if len(a) > 1 else a[0] for a in args])) for i in range(n)]
 
 
 def shapes_as_tensors(graph) -> None:
