@@ -472,12 +472,12 @@ _SHAPE_ARITHMETIC = {
 
 
 def _shape_values(bb, expr):
-    """The values of an integer tensor computed from shapes alone (shape_of,
-    shape_to_tensor, take, reshapes, casts, integer arithmetic, where), as a list of
-    simplified PrimExprs; else None."""
+    """The values of an integer tensor computed from shapes alone (shape_of, size,
+    shape_to_tensor, take, strided slices, concatenations, reshapes, casts, integer
+    arithmetic and division, where), as a list of simplified PrimExprs; else None."""
     if isinstance(expr, relax.Var):
-        bound = bb.lookup_binding(expr)
-        return None if bound is None else _shape_values(bb, bound)
+        bound = _bound(bb, expr)
+        return None if bound is expr else _shape_values(bb, bound)
     if isinstance(expr, relax.ShapeExpr):
         return list(expr.values)
     if isinstance(expr, tvm.ir.GenericConst):
