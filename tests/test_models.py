@@ -299,6 +299,21 @@ def test_reshape_to_a_shape_computed_in_tensors(shape_nodes):
                                  for t, b in [(3, 2), (5, 1)]])
 
 
+@pytest.mark.parametrize("op, attrs", [("Conv", {"auto_pad": "SAME_UPPER"}), ("Conv", {"auto_pad": "SAME_LOWER"}),
+                                       ("MaxPool", {"auto_pad": "SAME_LOWER", "kernel_shape": [2]}),
+                                       ("AveragePool", {"auto_pad": "SAME_UPPER", "kernel_shape": [3]})])
+def test_same_padding_over_a_dynamic_time_axis(op, attrs):
+    """A speech front end's "same" convolution over a time axis of any length: at stride
+    1 the padding does not depend on the length (TVM needed the length to compute it)."""
+    weights = [("K", np.random.default_rng(5).standard_normal((3, 2, 4)).astype(np.float32))] if op == "Conv" else []
+    model = _one_node_model(op, [("x", F, [1, 2, "T"])], attrs, weights)
+    rng = np.random.default_rng(6)
+    _same_as_onnxruntime(model, [{"x": rng.standard_normal((1, 2, t)).astype(np.float32)} for t in (7, 4)])
+    strided = _one_node_model(op, [("x", F, [1, 2, "T"])], dict(attrs, strides=[2]), weights)
+    with pytest.raises(memotvm.UnsupportedModelError, match="stride 2 over a dynamic axis"):
+        memotvm.compile(strided)
+
+
 def test_squeeze_without_axes_of_dynamic_dimensions():
     """The dimensions known to be 1 go (TVM failed to compile it); a dynamic one that is
     1 at run time, which ONNX would remove too, is refused."""

@@ -23,6 +23,7 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   concatenations, element counts): TVM asserted inside its lowering, or refused them.
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
   compare-and-select drops a NaN first operand).
+* Conv and pools with auto_pad SAME over dynamic axes at stride 1 (explicit pads).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
 * OneHot in the values' type (TVM's is float64), with values and indices from anywhere.
 * Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
@@ -131,6 +132,9 @@ class SpecConverters:
         if op_name in ("Max", "Min") and all(
                 isinstance(x.ty, relax.TensorType) and str(x.ty.dtype).startswith("float") for x in inputs):
             return self._nan_propagating_extremum(op_name, inputs)
+        if op_name in ("Conv", "MaxPool", "AveragePool") and dynamic \
+                and attrs.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER", "SAME_UPPER", "SAME_LOWER"):
+            return self._same_padding(name, op_name, inputs, attrs, opset)
         if op_name == "Dropout":
             return self._inference_dropout(name, inputs, attrs, opset)
         if op_name == "OneHot":
@@ -235,6 +239,38 @@ class SpecConverters:
             out = self.bb.normalize(relax.op.where(
                 relax.op.isnan(out), out, relax.op.where(relax.op.isnan(x), x, both)))
         return out
+
+    def _same_padding(self, name, op_name, inputs, attrs, opset):
+        """auto_pad SAME_UPPER / SAME_LOWER over dynamic spatial dimensions (TVM needs
+        their sizes): with stride 1 the total padding of an axis is (k - 1) d whatever
+        its size, so the node gets those pads explicitly (the odd one at the end for
+        SAME_UPPER, at the start for SAME_LOWER) and TVM converts it.  A stride > 1 on a
+        dynamic axis makes the padding depend on its size: refused."""
+        dims = list(inputs[0].ty.shape.values)[2:]
+        kernel = attrs.get("kernel_shape")
+        if kernel is None and op_name == "Conv":
+            kernel = [int(k) for k in inputs[1].ty.shape.values[2:]]
+        kernel = list(kernel)
+        strides = list(attrs.get("strides", [1] * len(kernel)))
+        dilations = list(attrs.get("dilations", [1] * len(kernel)))
+        upper = attrs["auto_pad"] in (b"SAME_UPPER", "SAME_UPPER")
+        begin, end = [], []
+        for dim, k, stride, dilation in zip(dims, kernel, strides, dilations):
+            if stride != 1 and not isinstance(dim, tvm.tirx.IntImm):
+                raise UnsupportedModelError(
+                    f"node '{name}' ({op_name}): auto_pad SAME with stride {stride} over a dynamic "
+                    "axis pads by an amount that depends on the axis's size; give the model "
+                    "explicit pads or a static size")
+            size = int(dim) if isinstance(dim, tvm.tirx.IntImm) else None
+            out = -(-size // stride) if size is not None else None
+            total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0) if size is not None \
+                else (k - 1) * dilation
+            small = total // 2
+            begin.append(small if upper else total - small)
+            end.append(total - small if upper else small)
+        attrs = dict(attrs, auto_pad=b"NOTSET", pads=begin + end)
+        return onnx_frontend._get_convert_map()[op_name].get_converter(opset)(
+            self.bb, inputs, attrs, [self._nodes, self._params])
 
     def _inference_dropout(self, name, inputs, attrs, opset):
         """Dropout outside training: the data unchanged and a mask of ones (boolean from
