@@ -99,56 +99,85 @@ class SpecConverters:
 
     def convert_by_spec(self, op_name, inputs, attrs, opset):
         """This module's conversion of the node, or None where TVM's applies."""
-        if op_name == "Slice" and opset >= 10:
-            return self._onnx_slice(inputs)
-        if op_name == "Expand" and isinstance(inputs[1].ty, relax.TensorType) and not isinstance(
-                onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
+        method = _CONVERTERS.get(op_name)
+        if method is None:
+            return None
+        return getattr(self, method)(op_name, attrs["tvm_custom"]["name"], inputs, attrs, opset)
+
+    def _tvm_convert(self, op_name, inputs, attrs, opset):
+        """TVM's own converter of op_name (on inputs or attributes this module fixed)."""
+        return onnx_frontend._get_convert_map()[op_name].get_converter(opset)(
+            self.bb, inputs, attrs, [self._nodes, self._params])
+
+    def _expand(self, op_name, name, inputs, attrs, opset):
+        """Expand to a shape held in a tensor, or to a constant shape where x has
+        dynamic dimensions; TVM's converter for the rest."""
+        target = self._constant(inputs[1])
+        if target is None and isinstance(inputs[1].ty, relax.TensorType):
             return self._expand_to_tensor_shape(inputs, attrs, opset)
-        name = attrs["tvm_custom"]["name"]
-        dynamic = _dynamic_dims(inputs[0]) if inputs and inputs[0] is not None else False
-        if op_name == "Expand" and dynamic and self._constant(inputs[1]) is not None:
-            return self._expand_to_constant_shape(name, inputs[0], self._constant(inputs[1]))
-        if op_name == "Squeeze" and dynamic and not attrs.get("axes") \
-                and (len(inputs) < 2 or inputs[1] is None):
-            return self._squeeze_known_ones(name, inputs[0])
-        if op_name == "Gather" and isinstance(inputs[0], relax.ShapeExpr) and attrs.get("axis", 0) in (0, -1):
-            return self._gather_dimensions(inputs[0], inputs[1])
-        if op_name == "ConstantOfShape" and isinstance(inputs[0].ty, relax.TensorType):
-            values = _shape_values(self.bb, inputs[0])
-            if values is not None:
-                return onnx_frontend._get_convert_map()["ConstantOfShape"].get_converter(opset)(
-                    self.bb, [relax.ShapeExpr(values)], attrs, [self._nodes, self._params])
-        if op_name == "Reshape" and isinstance(inputs[1].ty, relax.TensorType) and not attrs.get("allowzero", 0):
-            values = _shape_values(self.bb, inputs[1])
-            if values is not None:
-                data = inputs[0]
-                if isinstance(data, relax.ShapeExpr):
-                    data = self.bb.normalize(relax.op.shape_to_tensor(data))
-                # 0 (copy) and -1 (inferred) as reshape takes them from a constant.
-                dims = [int(v) if isinstance(v, tvm.tirx.IntImm) else v for v in values]
-                return self.bb.normalize(relax.op.reshape(data, dims))
-        if op_name == "Split":
-            return self._split_with_empty_parts(inputs, attrs, opset)
-        if op_name in ("Max", "Min") and all(
-                isinstance(x.ty, relax.TensorType) and str(x.ty.dtype).startswith("float") for x in inputs):
-            return self._nan_propagating_extremum(op_name, inputs)
-        if op_name in ("Conv", "MaxPool", "AveragePool") and dynamic \
-                and attrs.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER", "SAME_UPPER", "SAME_LOWER"):
-            return self._same_padding(name, op_name, inputs, attrs, opset)
-        if op_name == "Dropout":
-            return self._inference_dropout(name, inputs, attrs, opset)
-        if op_name == "OneHot":
-            return self._one_hot(name, inputs, attrs)
-        if op_name == "ReverseSequence":
-            return self._reverse_sequence(name, inputs, attrs)
-        if op_name == "Celu":
-            return self._celu(inputs[0], float(attrs.get("alpha", 1.0)))
-        if op_name == "LpNormalization":
-            return self._lp_normalization(name, inputs, attrs)
-        if op_name == "TopK" and opset >= 10 and not isinstance(
-                onnx_frontend.get_constant(inputs[1], [self._nodes, self._params]), tvm.ir.GenericConst):
-            return self._convert_full_topk(attrs["tvm_custom"]["name"], inputs, attrs)
+        if target is not None and _dynamic_dims(inputs[0]):
+            return self._expand_to_constant_shape(name, inputs[0], target)
         return None
+
+    def _squeeze(self, op_name, name, inputs, attrs, opset):
+        if _dynamic_dims(inputs[0]) and not attrs.get("axes") and (len(inputs) < 2 or inputs[1] is None):
+            return self._squeeze_known_ones(name, inputs[0])
+        return None
+
+    def _gather(self, op_name, name, inputs, attrs, opset):
+        if isinstance(inputs[0], relax.ShapeExpr) and attrs.get("axis", 0) in (0, -1):
+            return self._gather_dimensions(inputs[0], inputs[1])
+        return None
+
+    def _constant_of_shape(self, op_name, name, inputs, attrs, opset):
+        """ConstantOfShape of a tensor whose values derive from shapes (TVM takes only
+        a shape value there)."""
+        values = _shape_values(self.bb, inputs[0]) if isinstance(inputs[0].ty, relax.TensorType) else None
+        return None if values is None else self._tvm_convert(
+            "ConstantOfShape", [relax.ShapeExpr(values)], attrs, opset)
+
+    def _reshape(self, op_name, name, inputs, attrs, opset):
+        """Reshape to a tensor whose values derive from shapes (TVM takes only a shape
+        value or a constant there)."""
+        if not isinstance(inputs[1].ty, relax.TensorType) or attrs.get("allowzero", 0):
+            return None
+        values = _shape_values(self.bb, inputs[1])
+        if values is None:
+            return None
+        data = inputs[0]
+        if isinstance(data, relax.ShapeExpr):
+            data = self.bb.normalize(relax.op.shape_to_tensor(data))
+        # 0 (copy) and -1 (inferred) as reshape takes them from a constant.
+        dims = [int(v) if isinstance(v, tvm.tirx.IntImm) else v for v in values]
+        return self.bb.normalize(relax.op.reshape(data, dims))
+
+    def _extremum(self, op_name, name, inputs, attrs, opset):
+        if all(isinstance(x.ty, relax.TensorType) and str(x.ty.dtype).startswith("float") for x in inputs):
+            return self._nan_propagating_extremum(op_name, inputs)
+        return None
+
+    def _pooling(self, op_name, name, inputs, attrs, opset):
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER") and _dynamic_dims(inputs[0]):
+            return self._same_padding(op_name, name, inputs, attrs, opset, upper=auto_pad == "SAME_UPPER")
+        return None
+
+    def _slice(self, op_name, name, inputs, attrs, opset):
+        return self._onnx_slice(inputs) if opset >= 10 else None
+
+    def _top_k(self, op_name, name, inputs, attrs, opset):
+        if opset >= 10 and self._constant(inputs[1]) is None:
+            return self._convert_full_topk(name, inputs, attrs)
+        return None
+
+    def _celu(self, op_name, name, inputs, attrs, opset):
+        """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
+        x, alpha = inputs[0], float(attrs.get("alpha", 1.0))
+        scaled = relax.op.multiply(relax.op.subtract(relax.op.exp(relax.op.divide(
+            x, _scalar(alpha, x))), _scalar(1.0, x)), _scalar(alpha, x))
+        return self.bb.normalize(relax.op.add(relax.op.maximum(x, _scalar(0.0, x)),
+                                              relax.op.minimum(scaled, _scalar(0.0, x))))
 
     def _constant(self, expr):
         """The numpy value of a constant input, else None."""
@@ -194,12 +223,15 @@ class SpecConverters:
         remove it, and the output's rank would differ)."""
         dims = list(data.ty.shape.values)
         dynamic = [i for i, dim in enumerate(dims) if not isinstance(dim, tvm.tirx.IntImm)]
-        data = require(self.bb, data, [dims], {"op": f"node '{name}' (Squeeze)", "names": ["its input"],
-                                               "not_one": [[0, i] for i in dynamic]})
+        data = require(self.bb, data, [dims], {
+            "op": f"node '{name}' (Squeeze)", "names": ["its input"], "not_one": [[0, i] for i in dynamic],
+            "why": "; a Squeeze without axes would remove it, which changes the output's rank: "
+                   "memotvm removes only the dimensions of size 1 known when compiling (give the "
+                   "Squeeze its axes)"})
         ones = [i for i, dim in enumerate(dims) if isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1]
         return self.bb.normalize(relax.op.squeeze(data, ones)) if ones else data
 
-    def _split_with_empty_parts(self, inputs, attrs, opset):
+    def _split_with_empty_parts(self, op_name, name, inputs, attrs, opset):
         """Split into constant parts some of which are empty (TVM requires increasing
         split points): each part taken by index along the axis.  None for other splits."""
         data = inputs[0]
@@ -240,7 +272,7 @@ class SpecConverters:
                 relax.op.isnan(out), out, relax.op.where(relax.op.isnan(x), x, both)))
         return out
 
-    def _same_padding(self, name, op_name, inputs, attrs, opset):
+    def _same_padding(self, op_name, name, inputs, attrs, opset, upper):
         """auto_pad SAME_UPPER / SAME_LOWER over dynamic spatial dimensions (TVM needs
         their sizes): with stride 1 the total padding of an axis is (k - 1) d whatever
         its size, so the node gets those pads explicitly (the odd one at the end for
@@ -253,7 +285,6 @@ class SpecConverters:
         kernel = list(kernel)
         strides = list(attrs.get("strides", [1] * len(kernel)))
         dilations = list(attrs.get("dilations", [1] * len(kernel)))
-        upper = attrs["auto_pad"] in (b"SAME_UPPER", "SAME_UPPER")
         begin, end = [], []
         for dim, k, stride, dilation in zip(dims, kernel, strides, dilations):
             if stride != 1 and not isinstance(dim, tvm.tirx.IntImm):
@@ -268,11 +299,9 @@ class SpecConverters:
             small = total // 2
             begin.append(small if upper else total - small)
             end.append(total - small if upper else small)
-        attrs = dict(attrs, auto_pad=b"NOTSET", pads=begin + end)
-        return onnx_frontend._get_convert_map()[op_name].get_converter(opset)(
-            self.bb, inputs, attrs, [self._nodes, self._params])
+        return self._tvm_convert(op_name, inputs, dict(attrs, auto_pad=b"NOTSET", pads=begin + end), opset)
 
-    def _inference_dropout(self, name, inputs, attrs, opset):
+    def _inference_dropout(self, op_name, name, inputs, attrs, opset):
         """Dropout outside training: the data unchanged and a mask of ones (boolean from
         opset 10, the data's type before).  Training mode (random) is refused unless its
         ratio is 0."""
@@ -298,7 +327,7 @@ class SpecConverters:
         mask = relax.op.ones_like(data, dtype="bool" if opset >= 10 else data.ty.dtype)
         return relax.Tuple([data, self.bb.normalize(mask)])
 
-    def _one_hot(self, name, inputs, attrs):
+    def _one_hot(self, op_name, name, inputs, attrs, opset):
         """out[..., i at axis, ...] = on where i == index (negative indices count from
         depth), else off: any index outside [-depth, depth) gives a row of off values,
         as ONNX says; in the type of ``values`` (off, on)."""
@@ -327,7 +356,7 @@ class SpecConverters:
         on = relax.op.take(values, relax.const(1, "int64"), axis=0)
         return self.bb.normalize(relax.op.where(relax.op.equal(index, positions), on, off))
 
-    def _reverse_sequence(self, name, inputs, attrs):
+    def _reverse_sequence(self, op_name, name, inputs, attrs, opset):
         """out[t, b] = x[lens[b] - 1 - t, b] for t < lens[b], else x[t, b] (time and
         batch axes 0 and 1 either way round); the lengths are checked at run time to
         lie in [0, T] (an InputError, as onnxruntime raises one)."""
@@ -354,14 +383,7 @@ class SpecConverters:
         source = relax.op.broadcast_to(source, relax.ShapeExpr(shape))
         return self.bb.normalize(relax.op.gather_elements(data, self.bb.normalize(source), time_axis))
 
-    def _celu(self, x, alpha):
-        """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
-        scaled = relax.op.multiply(relax.op.subtract(relax.op.exp(relax.op.divide(
-            x, _scalar(alpha, x))), _scalar(1.0, x)), _scalar(alpha, x))
-        return self.bb.normalize(relax.op.add(relax.op.maximum(x, _scalar(0.0, x)),
-                                              relax.op.minimum(scaled, _scalar(0.0, x))))
-
-    def _lp_normalization(self, name, inputs, attrs):
+    def _lp_normalization(self, op_name, name, inputs, attrs, opset):
         """x / ||x||_p along the axis (p = 1 or 2), as onnx.reference computes it."""
         p, axis = attrs.get("p", 2), attrs.get("axis", -1)
         if p not in (1, 2):
@@ -390,8 +412,7 @@ class SpecConverters:
         aligned = relax.op.shape_to_tensor(relax.ShapeExpr([one] * (max(int(rank), len(dims)) - len(dims))
                                                            + list(dims)))
         fixed = relax.op.where(relax.op.equal(shape, relax.const(1, "int64")), aligned, shape)
-        return onnx_frontend._get_convert_map()["Expand"].get_converter(opset)(
-            self.bb, [data, self.bb.normalize(fixed)], attrs, [self._nodes, self._params])
+        return self._tvm_convert("Expand", [data, self.bb.normalize(fixed)], attrs, opset)
 
     def _onnx_slice(self, inputs):
         """A Slice with constant starts, ends, axes and steps, as ONNX defines it: each
@@ -471,6 +492,18 @@ class SpecConverters:
         order = self.bb.normalize(relax.op.argsort(data, axis=axis, descending=bool(attrs.get("largest", 1)),
                                                    dtype="int64"))
         return relax.Tuple([self.bb.normalize(relax.op.gather_elements(data, order, axis)), order])
+
+
+# ONNX operator -> the SpecConverters method that converts it (op_name, node name,
+# inputs, attrs, opset), or returns None where TVM's converter applies.
+_CONVERTERS = {
+    "Slice": "_slice", "Expand": "_expand", "TopK": "_top_k", "Squeeze": "_squeeze",
+    "Gather": "_gather", "ConstantOfShape": "_constant_of_shape", "Reshape": "_reshape",
+    "Split": "_split_with_empty_parts", "Max": "_extremum", "Min": "_extremum",
+    "Conv": "_pooling", "MaxPool": "_pooling", "AveragePool": "_pooling",
+    "Dropout": "_inference_dropout", "OneHot": "_one_hot", "ReverseSequence": "_reverse_sequence",
+    "Celu": "_celu", "LpNormalization": "_lp_normalization",
+}
 
 
 def _dynamic_dims(x) -> bool:

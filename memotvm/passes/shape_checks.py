@@ -95,9 +95,9 @@ def _parsed(spec: str) -> dict:
 
 def _check(spec: dict, values: list) -> None:
     """Raise InputError unless the shapes in ``values`` meet ``spec``: "equal" lists
-    pairs of (shape, axis) positions that must be equal, "broadcast" pairs whose first
-    must be 1 or equal to the second, "not_one" (shape, axis) positions that must not be
-    1, "count" says that shape 0 and shape 1 hold as many elements."""
+    pairs of (shape, axis) positions that must be equal, "not_one" (shape, axis)
+    positions that must not be 1 ("why" completes that message), "count" says that
+    shape 0 and shape 1 hold as many elements."""
     shapes, at = [], 0
     for rank in spec["ranks"]:
         shapes.append(tuple(values[at:at + rank]))
@@ -113,16 +113,8 @@ def _check(spec: dict, values: list) -> None:
         return
     for i, a in spec.get("not_one", []):
         if shapes[i][a] == 1:
-            raise InputError(
-                f"{where}: dimension {a} of {names[i]} (shape {shapes[i]}) is 1 at run time; "
-                "a Squeeze without axes would remove it, which changes the output's rank: "
-                "memotvm removes only the dimensions of size 1 known when compiling (give "
-                "the Squeeze its axes)")
-    for (i, a), (j, b) in spec.get("broadcast", []):
-        if shapes[i][a] not in (1, shapes[j][b]):
-            raise InputError(
-                f"{where}: {names[i]} of shape {shapes[i]} cannot be broadcast to {shapes[j]}: "
-                f"dimension {a} is {shapes[i][a]}, neither 1 nor {shapes[j][b]}")
+            raise InputError(f"{where}: dimension {a} of {names[i]} (shape {shapes[i]}) is 1 at "
+                             f"run time{spec.get('why', '')}")
     for (i, a), (j, b) in spec.get("equal", []):
         if shapes[i][a] != shapes[j][b]:
             note = ""
