@@ -43,6 +43,24 @@ def test_missing_file_and_wrong_object(tmp_path):
         memotvm.compile(42)
 
 
+
+def test_weights_in_an_external_file(tmp_path):
+    """Large exports keep their weights beside the model: a path finds them; a proto or
+    bytes cannot, and the error says which tensor and file are missing."""
+    model = make_recurrent_model("GRU", 7, 9)
+    path = tmp_path / "gru.onnx"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)  # saving moves the weights of the proto it is given out
+    onnx.save_model(saved, str(path), save_as_external_data=True, location="gru.weights",
+                    size_threshold=0)
+    feeds = make_inputs(model, 4, 2)
+    np.testing.assert_array_equal(memotvm.compile(str(path)).run(feeds)[0],
+                                  memotvm.compile(model).run(feeds)[0])
+    without_data = onnx.load(str(path), load_external_data=False)
+    for given in (without_data, without_data.SerializeToString()):
+        with pytest.raises(memotvm.ModelLoadError, match="'W' is stored in the external file 'gru.weights'"):
+            memotvm.compile(given)
+
 def _one_node_model(op_type, domain=""):
     node = helper.make_node(op_type, ["x"], ["y"], name="strange_node", domain=domain)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],

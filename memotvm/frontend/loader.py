@@ -6,6 +6,7 @@ import os
 import warnings
 
 import onnx
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from google.protobuf.message import DecodeError
 
 from ..errors import ModelLoadError
@@ -40,6 +41,7 @@ def load_model(model) -> onnx.ModelProto:
         raise ModelLoadError(f"{source}: not an ONNX model (no graph or IR version)")
     if proto.ir_version < 3:
         raise ModelLoadError(f"{source}: ONNX IR version {proto.ir_version} is too old (need >= 3)")
+    _check_external_data_loaded(proto, source)
     _check_references(proto.graph, source)
     try:
         onnx.checker.check_model(proto)
@@ -49,6 +51,20 @@ def load_model(model) -> onnx.ModelProto:
         first = str(err).strip().splitlines()[0]
         warnings.warn(f"{source}: onnx.checker: {first}", stacklevel=3)
     return proto
+
+
+def _check_external_data_loaded(proto, source):
+    """A ModelProto or bytes whose weights live in another file cannot find that file:
+    only a path tells where the model was saved."""
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise ModelLoadError(
+                f"{source}: tensor '{tensor.name}' is stored in the external file "
+                f"'{location}', which was not loaded; pass the model's path (its external "
+                "data is read from the same folder) or load it with "
+                "onnx.load(path, load_external_data=True)"
+            )
 
 
 def _check_references(graph, source):
