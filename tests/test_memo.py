@@ -155,12 +155,21 @@ def test_repeated_and_concurrent_calls_are_independent():
     assert not errors, errors[0]
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "x", True])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "x", True, np.bool_(True),
+                                 np.float32(-1)])
 def test_bad_thresholds_are_rejected(bad):
     with pytest.raises(memotvm.ConfigError, match="threshold"):
         MemoConfig(threshold=bad)
     with pytest.raises(memotvm.ConfigError, match="threshold"):
         MemoConfig(per_node={"n": {"forward": bad}})
+
+
+@pytest.mark.parametrize("value", [np.float32(0.25), np.float64(0.25), np.int64(0), 0.25, 0])
+def test_a_number_of_any_numeric_type_is_a_threshold(value):
+    """Sweeps take thresholds from numpy (np.linspace, arrays of float32)."""
+    config = MemoConfig.coerce(value)
+    assert config.threshold == float(value) and config.predictor == "bnn"
+    assert type(config.threshold) is float
 
 
 def test_unknown_node_and_predictor_are_rejected():

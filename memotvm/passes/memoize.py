@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ def _check_threshold(value, where):
         t = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"threshold {where} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(t) or t < 0:
+    if isinstance(value, (bool, np.bool_)) or not math.isfinite(t) or t < 0:
         raise ConfigError(f"threshold {where} must be a finite number >= 0, got {value!r}")
     return t
 
@@ -74,7 +75,8 @@ class MemoConfig:
         """Accept a MemoConfig, a number (global BNN threshold), a dict, or a JSON path."""
         if isinstance(memo, MemoConfig):
             return memo
-        if isinstance(memo, (int, float)) and not isinstance(memo, bool):
+        # numbers.Real: thresholds often come from numpy (np.float32, np.int64).
+        if isinstance(memo, numbers.Real) and not isinstance(memo, (bool, np.bool_)):
             return cls(threshold=memo)
         if isinstance(memo, dict):
             return cls.from_dict(memo)
