@@ -1,5 +1,6 @@
-"""The layers around the recurrent ones: matrix products by constant weights, which
-:mod:`memotvm.targets.host_gemm` replaces by a register-blocked kernel.
+"""The CPU target's own operator forms: matrix products by constant weights, which
+:mod:`memotvm.targets.host_gemm` replaces by a register-blocked kernel, and the
+recurrent matrices of unmodified kernels in row blocks (:mod:`memotvm.targets.recurrent_layout`).
 
 Each output is a float32 sum of K products; against a float64 reference its error is
 bounded by K * 2^-24 * (|x| @ |W|) (the standard bound for a dot product summed in
@@ -12,6 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import memotvm
 from memotvm.frontend import from_onnx
+from memotvm.frontend.kernels import LANES, BlockRow, pack_row_blocks
+from memotvm.targets.recurrent_layout import PackRecurrentRows
+from memotvm.testing import make_inputs, make_recurrent_model
 from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_widths
 
 from conftest import run_onnxruntime
@@ -225,3 +229,58 @@ def test_convolutions_and_poolings(kind):
     model, x = _conv_case(kind)
     np.testing.assert_allclose(memotvm.compile(model).run({"x": x})[0], run_onnxruntime(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [4, 16, 20, 37])
+def test_row_blocks_hold_each_weight_once_where_the_kernel_reads_it(n):
+    """Every R[d, j, k] is at the position the kernel's BlockRow reads, once."""
+    R = np.random.default_rng(n).standard_normal((2, 12, n)).astype(np.float32)
+    packed = pack_row_blocks(R)
+    assert packed.shape == (2, 3, 4 * n)
+    seen = np.zeros(packed.shape, int)
+    full = n // LANES * LANES
+    for d in range(2):
+        for j in range(12):
+            row = BlockRow(None, d, j // 4, j % 4, n)
+            for k in range(n):
+                at = row.index((k // LANES, k % LANES)) if k < full else row.index(k)
+                assert packed[at] == R[d, j, k]
+                seen[at] += 1
+    assert (seen == 1).all()
+
+
+def _with_run_time_r(model):
+    """The same model with R a graph input (kept as it is by the CPU target)."""
+    from onnx import helper as oh
+    out = type(model)()
+    out.CopyFrom(model)
+    r = next(t for t in out.graph.initializer if t.name == "R")
+    out.graph.input.append(oh.make_tensor_value_info("R", TensorProto.FLOAT, list(r.dims)))
+    kept = [t for t in out.graph.initializer if t.name != "R"]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    return out, numpy_helper.to_array(r)
+
+
+@pytest.mark.parametrize("op,hidden,batch,kwargs", [
+    ("LSTM", 8, 1, {}),
+    ("GRU", 36, 5, {"direction": "bidirectional", "attrs": {"linear_before_reset": 0}}),
+    ("GRU", 20, 2, {"attrs": {"linear_before_reset": 1}, "sequence_lens": True}),
+    ("RNN", 68, 3, {"direction": "reverse"}),
+    ("LSTM", 6, 2, {}),  # not a multiple of the block: R stays as it is
+])
+def test_unmodified_kernels_read_r_in_row_blocks_with_the_same_arithmetic(op, hidden, batch, kwargs):
+    def packed(m):
+        return any(str(f.attrs["global_symbol"]).endswith("_row_blocks")
+                   for _, f in PackRecurrentRows()(from_onnx(m).mod).functions_items() if f.attrs)
+
+    model = make_recurrent_model(op, 11, hidden, **kwargs)
+    as_input, r = _with_run_time_r(model)
+    assert packed(model) == (hidden % 4 == 0) and not packed(as_input)
+    feeds = make_inputs(model, 9, batch, seed=hidden)
+    got = memotvm.compile(model).run(feeds)
+    plain = memotvm.compile(as_input).run(dict(feeds, R=r))
+    for a, b in zip(got, plain):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got, run_onnxruntime(model, feeds)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

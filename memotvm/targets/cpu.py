@@ -27,7 +27,8 @@ def host_target() -> tvm.target.Target:
 
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with matrix products by constant weights packed
+    """TVM's CPU pipeline with the unmodified recurrent kernels' R in the layout they
+    read it in (:mod:`.recurrent_layout`), matrix products by constant weights packed
     (:mod:`.host_gemm`), exp-based operators in vectorizable form (:mod:`.host_math`)
     and the other host operators scheduled (:mod:`.host_schedule`)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
@@ -35,12 +36,13 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     from .host_gemm import PackConstantMatmuls
     from .host_math import VectorizableMath
     from .host_schedule import ScheduleHostOps
+    from .recurrent_layout import PackRecurrentRows
 
     @tvm.transform.module_pass(opt_level=0, name="MemotvmCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                [PackConstantMatmuls()]
+                [PackRecurrentRows(), PackConstantMatmuls()]
                 + generic.library_dispatch_passes(target) + [VectorizableMath()]
                 + generic.legalize_passes(target)
                 + [ScheduleHostOps()] + generic.dataflow_lower_passes(target)
