@@ -299,6 +299,52 @@ def test_reshape_to_a_shape_computed_in_tensors(shape_nodes):
                                  for t, b in [(3, 2), (5, 1)]])
 
 
+def test_stacked_layers_flattened_by_a_concat_of_shapes_and_a_product():
+    """torch's dynamo export of a multi-layer or bidirectional LSTM: between layers,
+    Y [T, directions, B, H] is transposed and reshaped to [T, B, directions * H] by a
+    shape concatenated from two sliced Shapes and the product of two others (TVM's
+    Concat took shapes or tensors, not both: such models did not compile)."""
+    D, H = 5, 6
+    model = make_recurrent_model("LSTM", D, H, direction="bidirectional", outputs=("Y",))
+    second = make_recurrent_model("GRU", 2 * H, H, outputs=("Y",), seed=1)
+    graph = model.graph
+    ints = {"zero": [0], "one": [1], "two": [2], "three": [3], "four": [4], "rest": [-1]}
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()])
+    graph.initializer.extend([numpy_helper.from_array(numpy_helper.to_array(t), t.name + "_2")
+                              for t in second.graph.initializer])
+    graph.node.extend([
+        helper.make_node("Transpose", ["Y"], ["y_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Shape", ["y_t"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "one"], ["steps"]),
+        helper.make_node("Slice", ["s", "one", "two"], ["batch"]),
+        helper.make_node("Slice", ["s", "two", "three"], ["dirs"]),
+        helper.make_node("Slice", ["s", "three", "four"], ["hidden"]),
+        helper.make_node("Mul", ["dirs", "hidden"], ["width2"]),
+        helper.make_node("Reshape", ["width2", "rest"], ["width"]),
+        helper.make_node("Concat", ["steps", "batch", "width"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["y_t", "flat_shape"], ["x2"]),
+        helper.make_node("GRU", ["x2", "W_2", "R_2", "B_2"], ["y2"], hidden_size=H),
+    ])
+    del graph.output[:]
+    graph.output.append(ValueInfoProto(name="y2"))
+    rng = np.random.default_rng(5)
+    _same_as_onnxruntime(model, [{"X": rng.standard_normal((t, b, D)).astype(np.float32)}
+                                 for t, b in [(7, 3), (2, 1)]])
+
+
+def test_concat_of_a_shape_and_a_tensor_of_data():
+    """Where the tensor's values do not derive from shapes, the shape becomes a tensor."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Concat", ["s", "k"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "concat", [helper.make_tensor_value_info("x", F, ["T", 3]),
+                                                helper.make_tensor_value_info("k", I64, ["n"])],
+                              [ValueInfoProto(name="y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.zeros((4, 3), np.float32)
+    _same_as_onnxruntime(model, [{"x": x, "k": np.array([7, -2], np.int64)},
+                                 {"x": x[:1], "k": np.array([5], np.int64)}])
+
+
 @pytest.mark.parametrize("op, attrs", [("Conv", {"auto_pad": "SAME_UPPER"}), ("Conv", {"auto_pad": "SAME_LOWER"}),
                                        ("MaxPool", {"auto_pad": "SAME_LOWER", "kernel_shape": [2]}),
                                        ("AveragePool", {"auto_pad": "SAME_UPPER", "kernel_shape": [3]})])

@@ -21,6 +21,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * A shape value gathered by a 1-D index stays a shape value, and ConstantOfShape and
   Reshape take a tensor computed from shapes (integer arithmetic, slices,
   concatenations, element counts): TVM asserted inside its lowering, or refused them.
+* Concat of shape values with tensors (a shape value where the tensors derive from
+  shapes too): TVM takes one kind or the other.
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
   compare-and-select drops a NaN first operand).
 * Conv and pools with auto_pad SAME over dynamic axes at stride 1 (explicit pads).
@@ -150,6 +152,27 @@ class SpecConverters:
         # 0 (copy) and -1 (inferred) as reshape takes them from a constant.
         dims = [int(v) if isinstance(v, tvm.tirx.IntImm) else v for v in values]
         return self.bb.normalize(relax.op.reshape(data, dims))
+
+    def _concat(self, op_name, name, inputs, attrs, opset):
+        """Concat of shape values and tensors (torch's dynamo export builds the shape
+        [T, B, directions * H] of a recurrent output from sliced Shapes and a product
+        of two of them): TVM takes shapes or tensors, not both.  Where the tensors'
+        values derive from shapes too, the result is a shape value; otherwise the
+        shapes become tensors."""
+        is_shape = [isinstance(x.ty, relax.ShapeType) for x in inputs]
+        if all(is_shape) or not any(is_shape):
+            return None
+        values = [_shape_values(self.bb, x) for x in inputs]
+        if all(v is not None for v in values) and all(
+                is_shape[i] or (x.ty.ndim == 1 and x.ty.dtype == "int64") for i, x in enumerate(inputs)):
+            flat = [v for part in values for v in part]
+            # (-1 and 0 mean "inferred" and "copied" to Reshape: left to the tensor form,
+            # which _reshape reads.)
+            if not any(isinstance(v, tvm.tirx.IntImm) and int(v) <= 0 for v in flat):
+                return relax.ShapeExpr(flat)
+        parts = [self.bb.normalize(relax.op.shape_to_tensor(x)) if is_shape[i] else x
+                 for i, x in enumerate(inputs)]
+        return self.bb.normalize(relax.op.concat(parts, axis=int(attrs.get("axis", 0))))
 
     def _extremum(self, op_name, name, inputs, attrs, opset):
         if all(isinstance(x.ty, relax.TensorType) and str(x.ty.dtype).startswith("float") for x in inputs):
@@ -502,7 +525,7 @@ _CONVERTERS = {
     "Split": "_split_with_empty_parts", "Max": "_extremum", "Min": "_extremum",
     "Conv": "_pooling", "MaxPool": "_pooling", "AveragePool": "_pooling",
     "Dropout": "_inference_dropout", "OneHot": "_one_hot", "ReverseSequence": "_reverse_sequence",
-    "Celu": "_celu", "LpNormalization": "_lp_normalization",
+    "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
 }
 
 
