@@ -229,6 +229,22 @@ def test_recurrent_inputs_must_fit_the_weights_and_each_other():
         compiled.run({**feeds, "initial_h": _ones(2, 2, 5)})
 
 
+@pytest.mark.parametrize("label, shape, message", [
+    ("initial_c", [1, "B", 7], "input initial_c has hidden size 7, but R has 5"),
+    ("initial_h", [2, "B", 5], "input initial_h has directions 2, but W has 1"),
+    ("X", ["T", "B", 4], "input X has input size 4, but W has 6"),
+])
+def test_recurrent_inputs_that_cannot_fit_the_weights_are_the_models_error(label, shape, message):
+    """Sizes fixed in the model that contradict W or R (torch's dynamo export of an LSTM
+    with projections gives initial_c the projection's size): an error that names them
+    when compiling, not TVM's failed cast."""
+    model = make_recurrent_model("LSTM", 6, 5, initial_h=True, initial_c=True)
+    value = next(v for v in model.graph.input if v.name == label)
+    value.CopyFrom(helper.make_tensor_value_info(label, TensorProto.FLOAT, shape))
+    with pytest.raises(memotvm.UnsupportedModelError, match=f"LSTM node .*: {message}"):
+        memotvm.compile(model)
+
+
 def test_out_of_range_embedding_index_is_an_input_error(torch_fixture):
     model, feeds = torch_fixture
     compiled = memotvm.compile(model)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnx
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from ..errors import MemoTVMError, UnsupportedModelError
@@ -184,6 +184,16 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             else:
                 want += [((1, 0), (k, 0)), ((0, 1), (k, 1)), ((2, 2), (k, 2))]
         want.append(((1, 2), (0, 2)))
+        # Sizes that cannot match whatever the inputs (a model exported wrong) are the
+        # model's error, said before the run-time checks' casts fail inside TVM.
+        for (i, a), (j, b) in want:
+            da, db = shapes[i][a], shapes[j][b]
+            if isinstance(da, tirx.IntImm) and isinstance(db, tirx.IntImm) and int(da) != int(db):
+                what = ("batch",) if labels[j] == "sequence_lens" else \
+                    ("steps", "batch", "input size") if labels[j] == "X" else ("directions", "batch", "hidden size")
+                raise UnsupportedModelError(
+                    f"{op} node '{name}': input {labels[j]} has {what[b]} {int(db)}, but "
+                    f"{labels[i]} has {int(da)}")
         equal = [pair for first, second in want if (pair := unproven(shapes, first, second))]
         if not equal:
             return x, w, r, present
