@@ -256,7 +256,7 @@ class _KernelCallRewriter(relax.PyExprMutator):
         weights computed at run time, packing kernels instead."""
         if isinstance(weights_w, GenericConst) and isinstance(weights_r, GenericConst):
             data = predictor.weight_data(loop, weights_w.value.numpy(), weights_r.value.numpy())
-            return [relax.const(value) for value in data.values()]
+            return [relax.const(value, str(value.dtype)) for value in data.values()]
         inputs = []
         for which, weights in (("W", weights_w), ("R", weights_r)):
             packer = self.builder_.add_func(build_sign_packer(loop, which), f"pack_signs_{which}")

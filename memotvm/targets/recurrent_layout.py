@@ -51,6 +51,8 @@ class _RowBlockRewriter(relax.PyExprMutator):
         args = list(call.args[1].fields)
         if not isinstance(args[2], GenericConst) or not has_row_blocks(loop):
             return call
-        args[2] = relax.const(pack_row_blocks(args[2].value.numpy()))
+        packed = pack_row_blocks(args[2].value.numpy())
+        # (relax.const makes float64 arrays float32 unless told)
+        args[2] = relax.const(packed, str(packed.dtype))
         kernel = add_kernel(self.builder_, build_kernel(loop, row_blocks=True))
         return relax.call_tir(kernel, args, out_ty=list(call.ty_args[0].fields))
