@@ -34,10 +34,10 @@ product, wherever it is computed, accumulates in the same lanes in the same orde
 memoized kernel at threshold 0 is bit-identical to the unmodified one.
 
 Kernel arguments, in order: X (layout 0), W, R (or, in a kernel built with
-``row_blocks``, R in the layout of :func:`pack_row_blocks`), then the optional inputs the node has
-(B, sequence_lens, initial_h, initial_c, P; layout 0), then the predictor's weight data
-(for BNN the packed sign bits of W and R), for a memoized kernel its thresholds (float64,
-one per direction), then the outputs Y, Y_h, [Y_c], ``stats`` (int64
+``row_blocks``, R in the layout of :func:`pack_row_blocks`), then the optional inputs
+the node has (B, sequence_lens, initial_h, initial_c, P; layout 0), then the
+predictor's weight data (for BNN the packed sign bits of W and R), for a memoized
+kernel its thresholds (float64, one per direction), then the outputs Y, Y_h, [Y_c], ``stats`` (int64
 [directions, batch, gates, 2]: computed and reused evaluations) and ``status`` (int32
 [directions, batch]: 1 where the element's sequence length was out of range).
 """
@@ -114,8 +114,8 @@ def pack_row_blocks(R: np.ndarray) -> np.ndarray:
     after another, then the rows' tails (n % LANES columns) one after another.
 
     The unmodified kernel computes four consecutive rows at a time; from R as it is
-    that is four streams through memory, from this layout one (per step at H = 512 and
-    1024, where R comes from the last-level cache: 5-8 % less time).  The values and
+    that is four streams through memory, from this layout one (at batch 1 and H = 512
+    or 1024, where R comes from the last-level cache every step: 4-14 % less time).  The values and
     the order in which they are summed are unchanged.  See :meth:`BlockRow.index`.
     """
     nd, rows, n = R.shape
@@ -130,7 +130,7 @@ def pack_row_blocks(R: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class BlockRow:
     """Row ``r`` of block ``block`` (direction ``d``) of :func:`pack_row_blocks`'s
-    layout, as a row operand of :meth:`KernelBuilder.multi_dot`."""
+    layout (rows of length ``n``), as a row operand of :meth:`KernelBuilder.multi_dot`."""
 
     buf: object
     d: object
@@ -590,8 +590,8 @@ class KernelBuilder:
         """Dot products of several rows with several vectors, sharing their loads.
 
         ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
-        length n (a row may also be a :class:`BlockRow`).  Returns ``[[row . vec for vec in vecs] for row in rows]``, each bound
-        to a variable.  Every product accumulates lane k % LANES in order of k, then
+        length n (a row may also be a :class:`BlockRow`).  Returns
+        ``[[row . vec for vec in vecs] for row in rows]``, each bound to a variable.  Every product accumulates lane k % LANES in order of k, then
         the lanes are summed by halving (:meth:`_lane_totals`) and the tail
         (n % LANES) added in order: the same arithmetic whatever rows or vectors it is
         grouped with.
