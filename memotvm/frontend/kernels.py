@@ -37,9 +37,9 @@ Kernel arguments, in order: X (layout 0), W, R (or, in a kernel built with
 ``row_blocks``, R in the layout of :func:`pack_row_blocks`), then the optional inputs
 the node has (B, sequence_lens, initial_h, initial_c, P; layout 0), then the
 predictor's weight data (for BNN the packed sign bits of W and R), for a memoized
-kernel its thresholds (float64, one per direction), then the outputs Y, Y_h, [Y_c], ``stats`` (int64
-[directions, batch, gates, 2]: computed and reused evaluations) and ``status`` (int32
-[directions, batch]: 1 where the element's sequence length was out of range).
+kernel its thresholds (float64, one per direction), then the outputs Y, Y_h, [Y_c],
+``stats`` (int64 [directions, batch, gates, 2]: computed and reused evaluations) and
+``status`` (int32 [directions, batch]: 1 where the element's sequence length was out of range).
 """
 
 from __future__ import annotations
