@@ -15,9 +15,9 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   x to the shape as given, a 1 in it included).
 * Expand to a constant shape, Squeeze without axes, and Split into parts of size 0, on
   tensors with dynamic dimensions (TVM fails on them): Expand keeps a dynamic dimension
-  against a 1 and requires it equal to any other size (checked at run time); Squeeze removes the dimensions known to be 1 and
-  checks at run time that no dynamic one is 1 (ONNX would remove it too); the parts of
-  a Split are taken by index.
+  against a 1 and requires it equal to any other size (checked at run time); Squeeze
+  removes the dimensions known to be 1 and checks at run time that no dynamic one is 1
+  (ONNX would remove it too); the parts of a Split are taken by index.
 * A shape value gathered by a 1-D index stays a shape value, and ConstantOfShape and
   Reshape take a tensor computed from shapes (integer arithmetic, slices,
   concatenations, element counts): TVM asserted inside its lowering, or refused them.

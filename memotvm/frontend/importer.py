@@ -189,16 +189,20 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         for (i, a), (j, b) in want:
             da, db = shapes[i][a], shapes[j][b]
             if isinstance(da, tirx.IntImm) and isinstance(db, tirx.IntImm) and int(da) != int(db):
-                what = ("batch",) if labels[j] == "sequence_lens" else \
-                    ("steps", "batch", "input size") if labels[j] == "X" else ("directions", "batch", "hidden size")
+                axis = _AXIS_NAMES.get(labels[j], _STATE_AXES)[b]
                 raise UnsupportedModelError(
-                    f"{op} node '{name}': input {labels[j]} has {what[b]} {int(db)}, but "
+                    f"{op} node '{name}': input {labels[j]} has {axis} {int(db)}, but "
                     f"{labels[i]} has {int(da)}")
         equal = [pair for first, second in want if (pair := unproven(shapes, first, second))]
         if not equal:
             return x, w, r, present
         out = require_equal(self.bb, operands, shapes, equal, f"{op} node '{name}'", labels)
         return out[0], out[1], out[2], {**present, **dict(zip(labels[3:], out[3:]))}
+
+
+# What the axes of a recurrent node's inputs are (the initial states: _STATE_AXES).
+_AXIS_NAMES = {"X": ("steps", "batch", "input size"), "sequence_lens": ("batch",)}
+_STATE_AXES = ("directions", "batch", "hidden size")
 
 
 def _static_shape(expr):

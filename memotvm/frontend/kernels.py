@@ -119,11 +119,11 @@ def pack_row_blocks(R: np.ndarray) -> np.ndarray:
     the order in which they are summed are unchanged.  See :meth:`BlockRow.index`.
     """
     nd, rows, n = R.shape
-    full = n // LANES
-    blocks = R.reshape(nd, rows // ROW_BLOCK, ROW_BLOCK, n)
-    head = blocks[..., :full * LANES].reshape(nd, rows // ROW_BLOCK, ROW_BLOCK, full, LANES)
-    head = head.transpose(0, 1, 3, 2, 4).reshape(nd, rows // ROW_BLOCK, -1)
-    tails = blocks[..., full * LANES:].reshape(nd, rows // ROW_BLOCK, -1)
+    nb, full = rows // ROW_BLOCK, n // LANES
+    blocks = R.reshape(nd, nb, ROW_BLOCK, n)
+    head = blocks[..., :full * LANES].reshape(nd, nb, ROW_BLOCK, full, LANES)
+    head = head.transpose(0, 1, 3, 2, 4).reshape(nd, nb, -1)
+    tails = blocks[..., full * LANES:].reshape(nd, nb, -1)
     return np.ascontiguousarray(np.concatenate([head, tails], axis=-1))
 
 

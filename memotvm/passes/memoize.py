@@ -152,11 +152,7 @@ class MemoizeRecurrentLoops:
         self.tunable = tunable
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        loops = [
-            RecurrentLoop.from_json(str(func.attrs["memotvm.recurrent"]))
-            for _, func in mod.functions_items()
-            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "memotvm.recurrent" in func.attrs
-        ]
+        loops = [loop for _, func in mod.functions_items() if (loop := kernel_loop(func))]
         self.config.check_nodes(loops)
         rewriter = _KernelCallRewriter(mod, self.config, self.tunable)
         rewritten = rewrite_functions(rewriter, mod)
@@ -186,16 +182,30 @@ def weights_are_constant(call) -> bool:
     return isinstance(args[1], GenericConst) and isinstance(args[2], GenericConst)
 
 
+def kernel_loop(func):
+    """The RecurrentLoop a recurrent-loop kernel computes; None for other functions."""
+    if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "memotvm.recurrent" in func.attrs:
+        return RecurrentLoop.from_json(str(func.attrs["memotvm.recurrent"]))
+    return None
+
+
+def recurrent_kernel(mod, call):
+    """(loop, kernel) where ``call`` is a call_tir of one of mod's recurrent-loop
+    kernels, else None."""
+    if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.call_tir"):
+        return None
+    kernel = mod[call.args[0]]
+    loop = kernel_loop(kernel)
+    return None if loop is None else (loop, kernel)
+
+
 def recurrent_calls(mod):
     """(loop, call) for every call_tir of a recurrent-loop kernel in mod's functions."""
     found = []
-    call_tir = tvm.ir.Op.get("relax.call_tir")
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op == call_tir:
-            callee = mod[expr.args[0]]
-            if callee.attrs and "memotvm.recurrent" in callee.attrs:
-                found.append((RecurrentLoop.from_json(str(callee.attrs["memotvm.recurrent"])), expr))
+        if (hit := recurrent_kernel(mod, expr)) is not None:
+            found.append((hit[0], expr))
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
@@ -228,14 +238,10 @@ class _KernelCallRewriter(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if call.op != tvm.ir.Op.get("relax.call_tir"):
+        hit = recurrent_kernel(self.mod_, call)
+        if hit is None or "memotvm.memo" in hit[1].attrs:  # (already memoized)
             return call
-        callee = self.mod_[call.args[0]]
-        if not (callee.attrs and "memotvm.recurrent" in callee.attrs):
-            return call
-        if "memotvm.memo" in callee.attrs:
-            return call  # already memoized
-        loop = RecurrentLoop.from_json(str(callee.attrs["memotvm.recurrent"]))
+        loop = hit[0]
         plan = self.config.plan_for(loop)
         args = list(call.args[1].fields)
         predictor = get_predictor(plan.predictor)

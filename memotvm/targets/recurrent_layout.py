@@ -20,8 +20,8 @@ from tvm import relax
 from tvm.ir import GenericConst
 
 from ..frontend.kernels import build_kernel, has_row_blocks, pack_row_blocks
-from ..frontend.recurrent import RecurrentLoop
 from ..passes._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
+from ..passes.memoize import recurrent_kernel
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackRecurrentRows")
@@ -37,17 +37,13 @@ class _RowBlockRewriter(relax.PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.mod_ = mod
-        self.call_tir = tvm.ir.Op.get("relax.call_tir")
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if call.op != self.call_tir:
+        hit = recurrent_kernel(self.mod_, call)
+        if hit is None or "memotvm.memo" in hit[1].attrs:  # memoized kernels keep R
             return call
-        callee = self.mod_[call.args[0]]
-        if not isinstance(callee, tvm.tirx.PrimFunc) or not callee.attrs \
-                or "memotvm.recurrent" not in callee.attrs or "memotvm.memo" in callee.attrs:
-            return call
-        loop = RecurrentLoop.from_json(str(callee.attrs["memotvm.recurrent"]))
+        loop = hit[0]
         args = list(call.args[1].fields)
         if not isinstance(args[2], GenericConst) or not has_row_blocks(loop):
             return call

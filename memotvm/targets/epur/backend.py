@@ -22,8 +22,7 @@ from tvm import relax
 from tvm.relax.dpl import is_call_tir
 from tvm.relax.transform import FusionPattern
 
-from ...passes.memoize import recurrent_calls
-from ...frontend.recurrent import RecurrentLoop
+from ...passes.memoize import kernel_loop, recurrent_calls
 from ...runtime import CompiledModel
 from ..base import Backend
 from ..cpu import CpuBackend
@@ -61,7 +60,7 @@ class OffloadToEpur:
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN:
                 kernel, positions = _kernel_call(mod, func)
-                loop = RecurrentLoop.from_json(str(kernel.attrs["memotvm.recurrent"]))
+                loop = kernel_loop(kernel)
                 plan = self.memo.plan_for(loop) if self.memo is not None else None
                 prog = lower(loop, plan, self.hw)
                 self.programs.append(prog)
