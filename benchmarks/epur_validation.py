@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from memotvm.frontend.kernels import MemoPlan
+from memotvm.kernels import MemoPlan
 from memotvm.frontend.recurrent import parse_recurrent_node
 from memotvm.targets.epur import HardwareConfig, lower
 from memotvm.targets.epur.program import cost

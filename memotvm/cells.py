@@ -2,7 +2,7 @@
 
 Every function here takes a *math backend* ``m`` as its first argument and works on
 whatever values that backend understands: numpy arrays (:data:`NUMPY`, used by the
-reference and the tests) or TIR expressions (``memotvm.frontend.kernels.TirMath``, used
+reference and the tests) or TIR expressions (``memotvm.kernels.TirMath``, used
 by the generated kernels).  The kernels, the numpy reference and the tests therefore
 evaluate literally the same formulas; only the dot products differ, and those are what
 memoization is about.

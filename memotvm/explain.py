@@ -5,7 +5,7 @@ from __future__ import annotations
 import tvm
 
 from .errors import ConfigError
-from .frontend.kernels import build_kernel
+from .kernels import build_kernel
 from .passes import MemoConfig
 from .targets import host_target
 

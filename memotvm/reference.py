@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import NumpyMath, gru_cell, gru_reset, lstm_cell, rnn_cell
-from .frontend.kernels import MemoPlan
+from .kernels import MemoPlan
 from .frontend.recurrent import RecurrentLoop
 from .predictors import get_predictor
 

@@ -100,7 +100,7 @@ def test_every_default_names_its_source():
 
 
 def test_program_lists_the_memoized_steps():
-    from memotvm.frontend.kernels import MemoPlan
+    from memotvm.kernels import MemoPlan
     from memotvm.frontend.recurrent import parse_recurrent_node
 
     loop = parse_recurrent_node("LSTM", "l", {"hidden_size": 64}, set(), [1, 256, 32], [1, 256, 64], "float32")

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import memotvm
 from memotvm.frontend import from_onnx
-from memotvm.frontend.kernels import LANES, BlockRow, pack_row_blocks
+from memotvm.kernels import LANES, BlockRow, pack_row_blocks
 from memotvm.targets.recurrent_layout import PackRecurrentRows
 from memotvm.testing import make_inputs, make_recurrent_model
 from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_widths

@@ -233,7 +233,7 @@ def test_memoized_module_keeps_only_the_kernels_it_calls(weights_in_graph):
 def test_numpy_and_kernel_sign_packing_agree():
     import tvm
 
-    from memotvm.frontend.kernels import build_sign_packer
+    from memotvm.kernels import build_sign_packer
     from memotvm.predictors import SIGN_GROUP, group_rows, pack_signs
     from memotvm.targets import host_target
 
@@ -263,7 +263,7 @@ def test_exactinput_memoizes_only_the_recurrent_part():
 def project_inputs(monkeypatch, projected):
     """Make delta execution take its input parts from the projection of x's transmitted
     copies (what it does for large layers) or from W's columns, whatever the size."""
-    import memotvm.predictors as predictors
+    import memotvm.predictors.delta as predictors
 
     monkeypatch.setattr(predictors, "DELTA_COLUMN_BYTES", 0 if projected else 1 << 62)
 

@@ -10,7 +10,7 @@ from tvm.ir.instrument import pass_instrument
 
 import memotvm
 from memotvm.frontend import from_onnx
-from memotvm.frontend.kernels import MemoPlan, build_kernel
+from memotvm.kernels import MemoPlan, build_kernel
 from memotvm.targets.cpu import _KERNEL_SKIPPED_PASSES, host_target
 from memotvm.testing import make_inputs, make_recurrent_model
 
@@ -75,7 +75,7 @@ def test_no_store_inside_the_launch_is_outside_a_parallel_loop(op, hidden, direc
                                                                monkeypatch):
     if predictor == "delta-projected":
         # The input parts from the projection of x's transmitted copies (large layers).
-        import memotvm.predictors as predictors
+        import memotvm.predictors.delta as predictors
 
         monkeypatch.setattr(predictors, "DELTA_COLUMN_BYTES", 0)
         predictor = "delta"

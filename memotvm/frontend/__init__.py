@@ -2,7 +2,6 @@
 through TVM's Relax ONNX frontend."""
 
 from .importer import RECURRENT_OPS, ImportedModel, import_onnx
-from .kernels import MemoPlan, build_kernel
 from .loader import load_model
 from .recurrent import RecurrentLoop
 
@@ -15,9 +14,7 @@ def from_onnx(model, shapes=None) -> ImportedModel:
 __all__ = [
     "RECURRENT_OPS",
     "ImportedModel",
-    "MemoPlan",
     "RecurrentLoop",
-    "build_kernel",
     "from_onnx",
     "import_onnx",
     "load_model",

@@ -2,7 +2,7 @@
 
 Every operator except the recurrent ones goes through TVM's own Relax ONNX frontend; we
 extend its importer class rather than copy it.  A recurrent node becomes one
-``call_tir`` of its kernel (:mod:`.kernels`), with layout 1 handled by transposes around
+``call_tir`` of its kernel (:mod:`memotvm.kernels`), with layout 1 handled by transposes around
 it.  Each kernel's ``stats`` and ``status`` outputs are appended to ``main``'s outputs
 (after the ONNX outputs, in node order) so that the runtime can report reuse and reject
 out-of-range sequence lengths.
@@ -24,7 +24,7 @@ from ..errors import MemoTVMError, UnsupportedModelError
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
-from .kernels import build_kernel
+from ..kernels import build_kernel
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")

@@ -23,7 +23,7 @@ from tvm import relax
 from tvm.ir import GenericConst
 
 from ..errors import ConfigError
-from ..frontend.kernels import MemoPlan, build_kernel, build_sign_packer
+from ..kernels import MemoPlan, build_kernel, build_sign_packer, weight_data
 from ..frontend.recurrent import RecurrentLoop
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions, without_uncalled_kernels
@@ -261,7 +261,7 @@ class _KernelCallRewriter(relax.PyExprMutator):
         """The predictor's compile-time data as constants; for the BNN predictor with
         weights computed at run time, packing kernels instead."""
         if isinstance(weights_w, GenericConst) and isinstance(weights_r, GenericConst):
-            data = predictor.weight_data(loop, weights_w.value.numpy(), weights_r.value.numpy())
+            data = weight_data(loop, predictor, weights_w.value.numpy(), weights_r.value.numpy())
             return [relax.const(value, str(value.dtype)) for value in data.values()]
         inputs = []
         for which, weights in (("W", weights_w), ("R", weights_r)):

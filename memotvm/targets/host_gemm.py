@@ -28,7 +28,7 @@ from tvm import relax, tirx
 from tvm.ir import GenericConst
 from tvm.script.ir_builder import tirx as T
 
-from ..frontend.kernels import LANES, i64
+from ..kernels import LANES, i64
 from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
 from .host_schedule import host_kernel
 

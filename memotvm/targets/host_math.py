@@ -8,7 +8,7 @@ input, summing sequentially (10-20x onnxruntime's error over 4096 classes).
 ``VectorizableMath`` (float32 only; other dtypes keep TVM's legalization):
 
 * exp, sigmoid and tanh use the formulas of the recurrent kernels
-  (:class:`memotvm.frontend.kernels.TirMath`: Cephes' expf, within 2 ulp) as one
+  (:class:`memotvm.kernels.TirMath`: Cephes' expf, within 2 ulp) as one
   expression each; unlike the kernels' gate activations, whose arguments saturate,
   ``exp`` here is a user-visible operator: it covers float32's whole range (inf above
   it, denormals and 0 below), and NaN stays NaN;
@@ -23,7 +23,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.script.ir_builder import tirx as T
 
-from ..frontend.kernels import LANES, TirMath, i64
+from ..kernels import LANES, TirMath, i64
 from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
 from .host_schedule import host_kernel
 

@@ -4,7 +4,7 @@ The unmodified kernel computes the recurrent parts of four consecutive rows at a
 With R as ONNX stores it those are four streams through memory; at batch 1 and
 H >= 512, where R comes from the last-level cache every step, that costs 5-8 % of a
 step against one stream.  ``PackRecurrentRows`` gives each unmodified kernel whose R is
-a constant R in :func:`memotvm.frontend.kernels.pack_row_blocks`'s layout, packed at
+a constant R in :func:`memotvm.kernels.pack_row_blocks`'s layout, packed at
 compile time, and the kernel built to read it.  Nothing else changes: the same products
 summed in the same order (bit-identical results).
 
@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
-from ..frontend.kernels import build_kernel, has_row_blocks, pack_row_blocks
+from ..kernels import build_kernel, has_row_blocks, pack_row_blocks
 from ..passes._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
 from ..passes.memoize import recurrent_kernel
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...frontend.kernels import MemoPlan
+from ...kernels import MemoPlan
 from ...frontend.recurrent import RecurrentLoop
 from ...predictors import BnnPredictor, get_predictor, words
 from .hardware import HardwareConfig

@@ -1,0 +1,44 @@
+"""The recurrent-loop code generator: one TIR PrimFunc per ONNX recurrent node.
+
+Where things are:
+
+* :mod:`.builder` -- the step skeleton: parameters, state, the time loop inside one
+  parallel launch, the tasks of a step, the cell update (gate math from
+  :mod:`memotvm.cells`) and the counts;
+* :mod:`.products` -- the dense products (the input projection of many steps, the
+  recurrent products four rows at a time), summed in one fixed order everywhere;
+* :mod:`.schemes` -- how a step evaluates its neurons, one module per scheme: the
+  unmodified kernel, memoization with a predictor of :mod:`memotvm.predictors`, delta
+  execution and the oracle;
+* :mod:`.tiling` -- vector lanes and block sizes; :mod:`.row_blocks` -- R packed for the
+  unmodified kernel; :mod:`.tir_math` -- vectorizable exp, sigmoid and tanh;
+  :mod:`.sign_packer` -- the BNN predictor's sign bits of run-time weights.
+
+Every dot product, wherever it is computed, accumulates in the same lanes in the same
+order, so a memoized kernel at threshold 0 is bit-identical to the unmodified one.
+"""
+
+from .builder import KernelBuilder, build_kernel
+from .plan import MemoPlan, kernel_name
+from .row_blocks import BlockRow, has_row_blocks, pack_row_blocks, row_blocks_shape
+from .schemes import weight_data
+from .sign_packer import build_sign_packer
+from .tiling import LANES, i64, unit_block
+from .tir_math import TirMath
+
+__all__ = [
+    "LANES",
+    "BlockRow",
+    "KernelBuilder",
+    "MemoPlan",
+    "TirMath",
+    "build_kernel",
+    "build_sign_packer",
+    "has_row_blocks",
+    "i64",
+    "kernel_name",
+    "pack_row_blocks",
+    "row_blocks_shape",
+    "unit_block",
+    "weight_data",
+]

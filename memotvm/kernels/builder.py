@@ -1,0 +1,505 @@
+"""The step skeleton of a recurrent-loop kernel: one TIR PrimFunc per ONNX recurrent
+node, holding the whole time loop.
+
+Its structure is what the memoization pass relies on and what makes it fast on a CPU:
+
+* the time loop is serial and runs inside one parallel launch; inside a step the work
+  is split into *tasks*, one per (direction, block of hidden units, block of batch
+  elements), which are independent within a step and run in parallel (at batch 1 both
+  directions and all unit blocks still give the cores work), with a barrier between
+  phases; from a batch of BATCH_BLOCK - 1 on a block has BATCH_BLOCK elements, whose
+  recurrent products share every weight load (the oracle's blocks are single
+  elements);
+* a task evaluates the neurons (gate rows) of its units, as its *scheme* says
+  (:mod:`memotvm.kernels.schemes`), then applies the cell update of
+  :mod:`memotvm.cells` to them; h is double-buffered (read step s-1, write step s);
+* each neuron's dot products live in two persistent buffers, ``input_part``
+  (a_j = W_j x_t + Wb_j) and ``recurrent_part`` (b_j = R_j u_j + Rb_j); where no neuron
+  keeps an earlier step's input part (the unmodified kernel, delta execution with
+  projected inputs) the cell update reads a_j from the projection instead.
+
+Kernels compute the input parts of many steps at once (a matrix product, blocked four
+rows by four steps, that reads each weight row from memory once per chunk of steps: the
+whole sequence when its projection fits in ``PROJECTION_BYTES``) and the recurrent
+parts four rows at a time (:mod:`memotvm.kernels.products`).
+
+Kernel arguments, in order: X (layout 0), W, R (or, in a kernel built with
+``row_blocks``, R in the layout of :func:`~memotvm.kernels.row_blocks.pack_row_blocks`),
+then the optional inputs the node has (B, sequence_lens, initial_h, initial_c, P;
+layout 0), then the scheme's (the predictor's weight data, for BNN the packed sign bits
+of W and R; delta execution's weight columns; for every memoized kernel its
+thresholds, float64, one per direction), then the outputs Y, Y_h, [Y_c], ``stats``
+(int64 [directions, batch, gates, 2]: computed and reused evaluations) and ``status``
+(int32 [directions, batch]: 1 where the element's sequence length was out of range).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from .. import cells
+from .plan import MemoPlan, kernel_name
+from .products import DenseProducts
+from .row_blocks import has_row_blocks, row_blocks_shape
+from .schemes import scheme_for
+from .tiling import (BATCH_BLOCK, MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
+                     SCALAR_ACTIVATIONS, TIME_BLOCK, i64, unit_block)
+from .tir_math import TirMath
+
+if TYPE_CHECKING:
+    from ..frontend.recurrent import RecurrentLoop
+
+
+class KernelBuilder(DenseProducts):
+    """Builds the PrimFunc of one :class:`RecurrentLoop`, plain or memoized."""
+
+    def __init__(self, loop: RecurrentLoop, memo: MemoPlan | None = None,
+                 row_blocks: bool = False):
+        if row_blocks and (memo is not None or not has_row_blocks(loop)):
+            raise ValueError("row_blocks: for the unmodified kernel of a hidden size "
+                             f"divisible by {ROW_BLOCK}")
+        self.loop = loop
+        self.memo = memo
+        # R comes as pack_row_blocks(R) (memoized kernels list arbitrary rows).
+        self.row_blocks = row_blocks
+        # Accumulate and apply the gate math in float32 at least.
+        self.acc = "float64" if loop.dtype == "float64" else "float32"
+        self.m = TirMath(self.acc)
+        self.unit_block = unit_block(loop)
+        self.unit_blocks = -(-loop.hidden_size // self.unit_block)
+        # How the neurons are evaluated: unmodified, memoized, delta, oracle.
+        self.scheme = scheme_for(self, memo)
+
+    # -- entry point ---------------------------------------------------------------
+
+    def build(self) -> tirx.PrimFunc:
+        loop = self.loop
+        with IRBuilder() as ib:
+            with T.prim_func():
+                T.func_name(kernel_name(loop, self.memo) + ("_row_blocks" if self.row_blocks else ""))
+                attrs = {"tir.noalias": True, "memotvm.recurrent": loop.to_json()}
+                if self.memo:
+                    attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
+                T.func_attr(attrs)
+                self._declare_params()
+                # An empty batch has nothing to compute (and its tasks would divide by 0).
+                with T.If(self.batch > i64(0)):
+                    with T.Then():
+                        self._allocate_state()
+                        self._initialise()
+                        with T.attr(0, "pragma_parallel_launch_point", 1):
+                            self._time_loop()
+                        self._finish()
+        return ib.get()
+
+    def _time_loop(self):
+        """The steps, run by every worker of one parallel launch (see parallel)."""
+        scheme = self.scheme
+        with T.serial(0, self.seq) as s:
+            self.named("step", s)
+            if scheme.uses_projection:
+                with T.If(s % self.chunk == 0):
+                    with T.Then():
+                        scheme.before_projection(s)
+                        self._input_projection(s)
+            scheme.begin_step(s)
+            if self.gru_reset_first:
+                self.parallel_tasks(s, self._gru_reset_phase)
+                scheme.after_reset_phase(s)
+            self.parallel_tasks(s, self._main_phase)
+
+    @staticmethod
+    @contextmanager
+    def parallel(extent):
+        """A parallel loop of the time loop, followed by a barrier.
+
+        The time loop runs inside one parallel launch (the "parallel_launch_point"
+        pragma): every worker walks the steps, takes its share of each parallel loop
+        and waits at the barrier for the others.  One launch per call instead of one
+        per phase and step: waking the workers costs more than a barrier (GRU 256,
+        batch 1: 2.7 us of a 10.8 us step went to the second launch of each step).
+
+        A loop of one iteration gets a second, empty one: TIR's simplifier replaces a
+        loop of extent 1 by its body, which every worker of the launch would then run,
+        sharing the body's local buffers (StorageRewrite allocates those outside the
+        launch when no parallel loop encloses them) -- a race that corrupted the input
+        projection of layers with up to 64 gate rows."""
+        single = isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
+        with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
+            with T.parallel(0, 2 if single else extent) as i:
+                if not single:
+                    yield i
+                    return
+                with T.If(i == 0):
+                    with T.Then():
+                        yield i
+
+
+    # -- parameters and state ------------------------------------------------------
+
+    @staticmethod
+    def named(name, value):
+        """Name a variable or buffer in the generated code."""
+        IRBuilder.name(name, value)
+        return value
+
+    def param(self, name, shape, dtype):
+        """Declare the next kernel parameter, a buffer."""
+        handle = T.arg(name, T.handle())
+        return self.named(name, T.match_buffer(handle, shape, dtype))
+
+    def _declare_params(self):
+        loop = self.loop
+        nd, H, D, G = loop.num_directions, loop.hidden_size, loop.input_size, loop.rows
+        self.seq = seq = tirx.Var("seq_length", "int64")
+        self.batch = batch = tirx.Var("batch_size", "int64")
+        dt = loop.dtype
+        self.X = self.param("X", (seq, batch, D), dt)
+        self.W = self.param("W", (nd, G, D), dt)
+        self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), dt)
+        self.B = self.param("B", (nd, 2 * G), dt) if loop.has("B") else None
+        self.L = self.param("sequence_lens", (batch,), "int32") if loop.has("sequence_lens") else None
+        self.H0 = self.param("initial_h", (nd, batch, H), dt) if loop.has("initial_h") else None
+        self.C0 = self.param("initial_c", (nd, batch, H), dt) if loop.has("initial_c") else None
+        self.P = self.param("P", (nd, 3 * H), dt) if loop.has("P") else None
+        self.scheme.declare()
+        self.Y = self.param("Y", (seq, nd, batch, H), dt)
+        self.YH = self.param("Y_h", (nd, batch, H), dt)
+        self.YC = self.param("Y_c", (nd, batch, H), dt) if loop.op == "LSTM" else None
+        self.stats = self.param("stats", (nd, batch, loop.num_gates, 2), "int64")
+        self.status = self.param("status", (nd, batch), "int32")
+
+    def _allocate_state(self):
+        loop, acc, named = self.loop, self.acc, self.named
+        nd, H, G, batch = loop.num_directions, loop.hidden_size, loop.rows, self.batch
+        self.h = named("h", T.alloc_buffer((2, nd, batch, H), acc))  # [step parity, ...]
+        self.c = named("c", T.alloc_buffer((nd, batch, H), acc)) if loop.op == "LSTM" else None
+        # Input parts are kept only where a neuron may reuse them (else see input_part).
+        self.a = named("input_part", T.alloc_buffer((nd, batch, G), acc)) if self.scheme.keeps_input_parts else None
+        self.bp = named("recurrent_part", T.alloc_buffer((nd, batch, G), acc))
+        self.rh = named("reset_h", T.alloc_buffer((nd, batch, H), acc)) if self.gru_reset_first else None
+        self.lengths = named("lengths", T.alloc_buffer((batch,), "int64"))
+        self.counts = named("counts", T.alloc_buffer(
+            (nd, batch, self.unit_blocks, loop.num_gates * 2), "int64"))
+        if self.scheme.uses_projection:
+            self.chunk = named("projection_steps", T.bind(self._projection_steps()))
+            self.xproj = named("input_projection", T.alloc_buffer((self.chunk, nd, batch, G), acc))
+        self.scheme.allocate()
+
+    def _projection_steps(self):
+        """Steps per projection chunk: all (rounded up to TIME_BLOCK) when they fit in
+        PROJECTION_BYTES, else as many as fit, at least MIN_PROJECTION_STEPS; a
+        multiple of TIME_BLOCK, never 0."""
+        loop = self.loop
+        per_row = loop.rows + self.scheme.chunk_values_per_row()
+        per_step = loop.num_directions * per_row * (8 if self.acc == "float64" else 4)
+        fit = i64(PROJECTION_BYTES // per_step) // tirx.max(self.batch, i64(1))
+        steps = tirx.min(tirx.max(fit, i64(MIN_PROJECTION_STEPS)), tirx.max(self.seq, i64(1)))
+        return (steps + TIME_BLOCK - 1) // TIME_BLOCK * TIME_BLOCK
+
+    def sign_bits(self, ref):
+        """The packed sign bits (buffer, index prefix) of the vector ``ref``, for
+        predictors that read them (see Memoization.sign_bits)."""
+        return self.scheme.sign_bits(ref)
+
+    @property
+    def gru_reset_first(self):
+        """GRU with linear_before_reset = 0: r (.) h is computed in a phase of its own
+        before the candidate gate reads it."""
+        return self.loop.op == "GRU" and not self.loop.linear_before_reset
+
+    def _initialise(self):
+        """Clamp the lengths (reporting bad ones), load the initial state, zero counts."""
+        loop, m = self.loop, self.m
+        nd, H, seq = loop.num_directions, loop.hidden_size, self.seq
+        with T.serial(0, self.batch) as b:
+            if self.L is not None:
+                raw = tirx.Cast("int64", self.L[b])
+                bad = tirx.Or(raw < i64(0), raw > seq)
+                flag = tirx.Select(bad, tirx.const(1, "int32"), tirx.const(0, "int32"))
+                T.buffer_store(self.lengths, tirx.max(tirx.min(raw, seq), i64(0)), [b])
+            else:
+                flag = tirx.const(0, "int32")
+                T.buffer_store(self.lengths, seq, [b])
+            with T.serial(0, nd) as d:
+                T.buffer_store(self.status, flag, [d, b])
+                with T.serial(0, H) as k:
+                    h0 = self.load(self.H0, (d, b, k)) if self.H0 is not None else m.const(0.0)
+                    T.buffer_store(self.h, h0, [0, d, b, k])
+                    if self.c is not None:
+                        c0 = self.load(self.C0, (d, b, k)) if self.C0 is not None else m.const(0.0)
+                        T.buffer_store(self.c, c0, [d, b, k])
+                with T.grid(self.unit_blocks, loop.num_gates * 2) as (ub, g):
+                    T.buffer_store(self.counts, i64(0), [d, b, ub, g])
+                self.scheme.initialise_chain(d, b)
+        self.scheme.initialise()
+
+    def _finish(self):
+        loop = self.loop
+        nd, H = loop.num_directions, loop.hidden_size
+        last = self.seq % 2
+        zero = self.m.const(0.0)
+        with T.grid(nd, self.batch) as (d, b):
+            # An element of length 0 has no last state: Y_h and Y_c are 0 (as in
+            # onnxruntime), not the initial state.
+            empty = self.lengths[b] == i64(0)
+            with T.serial(0, H) as k:
+                self.store(self.YH, tirx.Select(empty, zero, self.h[last, d, b, k]), (d, b, k))
+                if self.YC is not None:
+                    self.store(self.YC, tirx.Select(empty, zero, self.c[d, b, k]), (d, b, k))
+            with T.serial(0, loop.num_gates) as g:
+                for slot in (0, 1):
+                    total = i64(0)
+                    for ub in range(self.unit_blocks):
+                        total = total + self.counts[d, b, ub, g * 2 + slot]
+                    T.buffer_store(self.stats, total, [d, b, g, slot])
+
+    # -- positions -----------------------------------------------------------------
+
+    def time_index(self, d, b, s):
+        """(valid, t): whether step s of chain (d, b) is in its sequence, and which
+        position of X it reads (reverse directions run backwards from their length)."""
+        length = self.lengths[b]
+        valid = s < length
+        if self.loop.direction == "bidirectional":
+            # d is 0 (forward) or 1 (reverse): arithmetic, not a Select, keeps the
+            # index analysis of TVM's lowering cheap.
+            t = s + d * (length - 1 - 2 * s)
+        elif self.loop.direction == "reverse":
+            t = length - 1 - s
+        else:
+            t = s
+        return valid, t
+
+    def _directional(self, d, emit):
+        """Emit per-direction code: once if both directions share their settings, else
+        once per direction behind a branch on d (emit receives the direction index
+        whose settings apply)."""
+        loop = self.loop
+        if loop.num_directions == 1 or self._same_settings():
+            emit(0)
+            return
+        with T.If(d == i64(0)):
+            with T.Then():
+                emit(0)
+            with T.Else():
+                emit(1)
+
+    def _same_settings(self):
+        if self.loop.num_directions == 1:
+            return True
+        acts = self.loop.activations
+        return acts[0] == acts[1]
+
+    def live(self, d, block, s):
+        """Per element of a block: whether it is a real element (not a repeat of the
+        last one) whose step s is in its sequence, and the position of X it reads
+        (clamped, for the others)."""
+        b0, _, elems = block
+        live, pos = [], []
+        for e, b in enumerate(elems):
+            valid, t = self.time_index(d, b, s)
+            live.append(T.bind(tirx.And(b0 + e < self.batch, valid)))
+            pos.append(T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0))))
+        return live, pos
+
+    # -- the tasks of one step -------------------------------------------------------
+
+    def parallel_tasks(self, s, phase, parts=None):
+        """Run ``phase(d, ub, block, s)`` for every direction, unit block and block of
+        batch elements; with ``parts``, ``phase(d, part, block, s)`` for part <
+        ``parts`` instead of the unit blocks.
+
+        A task takes BATCH_BLOCK elements once the batch has BATCH_BLOCK - 1 (the last
+        block repeats the last element, computed but not stored), so that their
+        products (delta's column updates) share the weight loads; the oracle's tasks
+        take one element.  ``block`` is
+        (first element, elements per block, the elements whose products are computed)."""
+        if not self.scheme.blocks_batch:
+            self._task_loop(s, phase, 1, parts)
+            return
+        with T.If(self.batch >= i64(BATCH_BLOCK - 1)):
+            with T.Then():
+                self._task_loop(s, phase, BATCH_BLOCK, parts)
+            with T.Else():
+                self._task_loop(s, phase, 1, parts)
+
+    def _task_loop(self, s, phase, nb, parts):
+        nd = self.loop.num_directions
+        nub = self.unit_blocks if parts is None else parts
+        # Never 0, so that no division by it can trap, even hoisted out of the guard
+        # for empty batches (the loop has no iteration then).
+        batch = tirx.max(self.batch, i64(1))
+        blocks = T.bind((batch + nb - 1) // nb) if nb > 1 else batch
+        with self.parallel(nd * nub * blocks) as task:
+            d = T.bind(task // (nub * blocks)) if nd > 1 else i64(0)
+            if parts is None:
+                # Unit blocks outer: each worker reads a share of the weights.
+                ub = T.bind((task // blocks) % nub) if nub > 1 else i64(0)
+                b0 = T.bind((task % blocks) * nb)
+            else:
+                # Parts inner: their work differs, so each worker takes all of some
+                # blocks of elements.
+                ub = T.bind(task % nub) if nub > 1 else i64(0)
+                b0 = T.bind((task // nub % blocks) * nb)
+            if nb == 1:
+                elems = [b0]
+            else:
+                elems = [T.bind(tirx.min(b0 + i, batch - 1)) for i in range(nb)]
+            phase(d, ub, (b0, nb, elems), s)
+
+    def each_element(self, block, body):
+        """body(b) for each element of a task's block that is in the batch (a loop, so
+        that the per-element code is emitted once)."""
+        b0, nb, _ = block
+        if nb == 1:
+            body(b0)
+            return
+        with T.serial(0, tirx.min(i64(nb), self.batch - b0)) as i:
+            body(T.bind(b0 + i))
+
+    def _unit_loop(self, count):
+        """The loop over a block's units: vectorized when every block is whole and the
+        gate math is plain float32 arithmetic.  (Calls such as log1p, or float64's
+        exp, would be scalarized inside the vector loop, and TVM's vectorizer then
+        loses the bindings of the cell math.)"""
+        acts = {act.name for per_dir in self.loop.activations for act in per_dir}
+        if self.loop.hidden_size % self.unit_block == 0 and self.acc == "float32" \
+                and not acts & SCALAR_ACTIVATIONS:
+            return T.vectorized(0, self.unit_block)
+        return T.serial(0, count)
+
+    def units(self, ub):
+        """(first unit, number of units) of unit block ub."""
+        U, H = self.unit_block, self.loop.hidden_size
+        first = ub * U
+        count = tirx.min(i64(U), i64(H) - first) if H % U else i64(U)
+        return first, count
+
+    def _if_valid(self, d, b, s, body, invalid=None):
+        """body(t) if step s of chain (d, b) is in its sequence, else invalid()."""
+        valid, t = self.time_index(d, b, s)
+        with T.If(valid):
+            with T.Then():
+                body(T.bind(t))
+            if invalid is not None:
+                with T.Else():
+                    invalid()
+
+    def _gru_reset_phase(self, d, ub, block, s):
+        """GRU with linear_before_reset = 0: evaluate z and r of this block's units and
+        store r (.) h, which every candidate neuron of the next phase reads."""
+        H = self.loop.hidden_size
+        prev = s % 2
+        first, count = self.units(ub)
+        blocked = self.scheme.evaluate_block(d, ub, block, s, (0, 1), self.h)
+
+        def element(b):
+            def reset(t):
+                if not blocked:
+                    self.scheme.evaluate_element(d, ub, b, s, t, (0, 1), self.u_ref(self.h, d, b, s))
+                with self._unit_loop(count) as u:
+                    k = first + u
+                    pre = self.input_part(d, b, s, H + k) + self.bp[d, b, H + k]
+                    r = cells.gru_reset(self.m, self.loop.activations[0], pre, self.loop.clip)
+                    if not self._same_settings():
+                        r2 = cells.gru_reset(self.m, self.loop.activations[1], pre, self.loop.clip)
+                        r = tirx.Select(d == i64(0), r, r2)
+                    T.buffer_store(self.rh, r * self.h[prev, d, b, k], [d, b, k])
+                self.scheme.stored_units(self.rh, (d, b), ub)
+
+            self._if_valid(d, b, s, reset)
+
+        self.each_element(block, element)
+
+    def _main_phase(self, d, ub, block, s):
+        """Evaluate this block's (remaining) neurons and update its units' state."""
+        loop = self.loop
+        prev, nxt = s % 2, (s + 1) % 2
+        first, count = self.units(ub)
+        # GRU with linear_before_reset = 0: the candidate gate is left, and reads r (.) h.
+        gates, u_buf = ((2,), self.rh) if self.gru_reset_first else (tuple(range(loop.num_gates)), self.h)
+        blocked = self.scheme.evaluate_block(d, ub, block, s, gates, u_buf)
+
+        def element(b):
+            def update(t):
+                if not blocked:
+                    self.scheme.evaluate_element(d, ub, b, s, t, gates, self.u_ref(u_buf, d, b, s))
+
+                def emit(dd):
+                    with self._unit_loop(count) as u:
+                        self._cell_update(loop.activations[dd], d, b, s, first + u, prev, nxt)
+
+                self._directional(d, emit)
+                with self._unit_loop(count) as u:
+                    k = first + u
+                    self.store(self.Y, self.h[nxt, d, b, k], (t, d, b, k))
+                self.scheme.stored_units(self.h, (nxt, d, b), ub)
+
+            def carry():
+                # Past this element's length: carry the state, Y is zero (the same
+                # positions for both directions).
+                with T.serial(0, count) as u:
+                    k = first + u
+                    T.buffer_store(self.h, self.h[prev, d, b, k], [nxt, d, b, k])
+                    T.buffer_store(self.Y, tirx.const(0.0, loop.dtype), [s, d, b, k])
+                self.scheme.carried_units(d, b, ub, prev, nxt)
+
+            self._if_valid(d, b, s, update, carry)
+
+        self.each_element(block, element)
+
+    def u_ref(self, u_buf, d, b, s):
+        """(buffer, prefix) of the vector the recurrent products of chain (d, b) read at
+        step s: h of the previous step, or r (.) h."""
+        return (u_buf, (s % 2, d, b) if u_buf is self.h else (d, b))
+
+    def _cell_update(self, acts, d, b, s, k, prev, nxt):
+        loop, m, H = self.loop, self.m, self.loop.hidden_size
+        bp = self.bp
+
+        def a(j):
+            return self.input_part(d, b, s, j)
+
+        if loop.op == "LSTM":
+            pre = {g: a(n * H + k) + bp[d, b, n * H + k] for n, g in enumerate(loop.gates)}
+            peep = None
+            if self.P is not None:
+                peep = {g: self.load(self.P, (d, n * H + k)) for n, g in enumerate("iof")}
+            h_new, c_new = cells.lstm_cell(
+                m, acts, pre, self.c[d, b, k], peep, loop.clip, loop.input_forget
+            )
+            T.buffer_store(self.c, c_new, [d, b, k])
+            T.buffer_store(self.h, h_new, [nxt, d, b, k])
+        elif loop.op == "GRU":
+            r = None
+            if loop.linear_before_reset:
+                r = cells.gru_reset(m, acts, a(H + k) + bp[d, b, H + k], loop.clip)
+            h_new = cells.gru_cell(
+                m, acts, a(k) + bp[d, b, k], a(2 * H + k), bp[d, b, 2 * H + k], r,
+                self.h[prev, d, b, k], loop.clip, loop.linear_before_reset,
+            )
+            T.buffer_store(self.h, h_new, [nxt, d, b, k])
+        else:
+            h_new = cells.rnn_cell(m, acts, a(k) + bp[d, b, k], loop.clip)
+            T.buffer_store(self.h, h_new, [nxt, d, b, k])
+
+    def count(self, d, b, ub, g, computed=None, reused=None):
+        """Add computed and reused evaluations of gate g to the task's counts."""
+        for slot, n in ((0, computed), (1, reused)):
+            if n is not None:
+                cur = self.counts[d, b, ub, g * 2 + slot]
+                T.buffer_store(self.counts, cur + n, [d, b, ub, g * 2 + slot])
+
+
+def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None,
+                 row_blocks: bool = False) -> tirx.PrimFunc:
+    """The PrimFunc of ``loop``, memoized when ``memo`` is given; ``row_blocks``: the
+    unmodified kernel reading R as :func:`~memotvm.kernels.row_blocks.pack_row_blocks`
+    (see there)."""
+    return KernelBuilder(loop, memo, row_blocks).build()

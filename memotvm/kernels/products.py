@@ -1,0 +1,343 @@
+"""The dense products of a kernel: dot products of weight rows with input vectors.
+
+Every product, wherever it is computed (the input projection, the recurrent products
+of the unmodified kernel, the rows a memoized kernel lists, the oracle's rows),
+accumulates lane k % LANES in order of k, then sums the lanes by halving and adds the
+tail in order: a row's value does not depend on what it is computed with, which is
+what makes a memoized kernel at threshold 0 bit-identical to the unmodified one.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import tirx as T
+
+from .row_blocks import BlockRow
+from .tiling import LANES, ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64
+
+
+class DenseProducts:
+    """The product code of :class:`memotvm.kernels.builder.KernelBuilder` (a mixin: it
+    reads the builder's parameters and buffers: X, W, R, B, the projection and the
+    input and recurrent parts)."""
+
+    def load(self, buf, idx):
+        v = buf[tuple(idx)]
+        return v if buf.dtype == self.acc else tirx.Cast(self.acc, v)
+
+    def store(self, buf, value, idx):
+        if buf.dtype != self.acc and buf.dtype in ("float16", "float32", "float64"):
+            value = tirx.Cast(buf.dtype, value)
+        T.buffer_store(buf, value, list(idx))
+
+    def _lane_sums(self, rows, vecs, n):
+        """The accumulators of ``rows`` x ``vecs`` (see :meth:`multi_dot`) over the
+        whole vectors of the last axis, vector-major: row r . vec v is in
+        ``accs[v * len(rows) + r]``."""
+        nr, nv = len(rows), len(vecs)
+        # One small buffer per accumulator: each stays on the stack (TVM moves buffers
+        # of 1 KiB and more to the heap) and LLVM keeps it in a register.
+        accs = [T.alloc_buffer((LANES,), self.acc) for _ in range(nr * nv)]
+        for acc in accs:
+            with T.vectorized(0, LANES) as lane:
+                T.buffer_store(acc, self.m.const(0.0), [lane])
+        full = n // LANES
+        if full:
+            with T.serial(0, full) as k0:
+                with T.vectorized(0, LANES) as lane:
+                    k = k0 * LANES + lane
+                    xs = [self.load(buf, pre + (k,)) for buf, pre in vecs]
+                    for r, row in enumerate(rows):
+                        w = self._row_value(row, k, (k0, lane))
+                        for v in range(nv):
+                            acc = accs[v * nr + r]
+                            T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
+        return accs
+
+    def _row_value(self, row, k, vector_k=None):
+        """Column k of a row operand: a (buffer, index prefix) pair, or a
+        :class:`BlockRow` (``vector_k``: k as (whole vector, lane))."""
+        if isinstance(row, BlockRow):
+            return self.load(row.buf, row.index(vector_k if vector_k is not None else k))
+        buf, prefix = row
+        return self.load(buf, prefix + (k,))
+
+    def multi_dot(self, rows, vecs, n):
+        """Dot products of several rows with several vectors, sharing their loads.
+
+        ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
+        length n (a row may also be a :class:`BlockRow`).  Returns
+        ``[[row . vec for vec in vecs] for row in rows]``, each bound to a variable.  Every product accumulates lane k % LANES in order of k, then
+        the lanes are summed by halving (:meth:`_lane_totals`) and the tail
+        (n % LANES) added in order: the same arithmetic whatever rows or vectors it is
+        grouped with.
+        """
+        nr = len(rows)
+        totals, _ = self._lane_totals(self._lane_sums(rows, vecs, n))
+        full = n // LANES
+        out = []
+        for r, row in enumerate(rows):
+            row_out = []
+            for v, (vbuf, vpre) in enumerate(vecs):
+                total = totals[v * nr + r]
+                if n % LANES:
+                    # The tail, added in order (a loop: unrolled it bloats the code).
+                    tail = T.alloc_buffer((1,), self.acc)
+                    T.buffer_store(tail, total, [0])
+                    with T.serial(full * LANES, n) as k:
+                        prod = self._row_value(row, k) * self.load(vbuf, vpre + (k,))
+                        T.buffer_store(tail, tail[0] + prod, [0])
+                    total = tail[0]
+                row_out.append(T.bind(total))
+            out.append(row_out)
+        return out
+
+    def dot_vector(self, rows, vecs, n):
+        """:meth:`multi_dot`'s values as one buffer of LANES values, row r . vec v in
+        lane ``v * len(rows) + r``: consecutive rows of a vector are consecutive lanes,
+        which the caller stores (with their biases) as vectors instead of one by one.
+        Where :meth:`vector_rows` allows (no tail, at most LANES products)."""
+        assert self.vector_rows(len(rows), len(vecs), n)
+        _, (buf,) = self._lane_totals(self._lane_sums(rows, vecs, n))
+        return buf
+
+    def vector_rows(self, n_rows, n_vecs, n):
+        """Whether rows . vecs can come from :meth:`dot_vector`."""
+        return n % LANES == 0 and n_rows > 1 and n_rows * n_vecs <= LANES
+
+    def _lane_totals(self, accs):
+        """The sums of the lanes of each accumulator, all in one tree of vector shuffles.
+
+        Each accumulator is summed by halving: s[l] += s[l + w/2] for w = LANES, ...,
+        2, so a product's total is the same whether its accumulator is reduced alone or
+        with others.  Two vectors of g groups of width w become one vector of 2g groups
+        of width w/2 (two two-source shuffles and an add), so reducing 16 accumulators
+        costs 15 vector adds instead of 15 scalar adds each.  Returns the totals and
+        the buffers holding them (one, whose lane i is accs[i]'s total, for at most
+        LANES accumulators).
+        """
+        V, vt = LANES, f"{self.acc}x{LANES}"
+        # (vector, accumulator index per group or None for padding), groups of width w
+        level = [(acc.vload([0], vt), [i]) for i, acc in enumerate(accs)]
+        w = V
+        while w > 1:
+            half = w // 2
+            nxt = []
+            for i in range(0, len(level), 2):
+                p, p_ids = level[i]
+                q, q_ids = level[i + 1] if i + 1 < len(level) else (p, [None] * len(p_ids))
+                lo, hi = [], []
+                for offset, ids in ((0, p_ids), (V, q_ids)):
+                    for g in range(len(ids)):
+                        lo += [offset + g * w + k for k in range(half)]
+                        hi += [offset + g * w + half + k for k in range(half)]
+                pick = lambda idx: tirx.Shuffle([p, q], [tirx.IntImm("int32", x) for x in idx])
+                nxt.append((T.bind(pick(lo) + pick(hi)), p_ids + q_ids))
+            level, w = nxt, half
+        totals, bufs = [None] * len(accs), []
+        for vec, ids in level:
+            buf = T.alloc_buffer((V,), self.acc)
+            T.buffer_store(buf, vec, [tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), V)])
+            bufs.append(buf)
+            for lane, i in enumerate(ids):
+                if i is not None:
+                    totals[i] = buf[lane]
+        return totals, bufs
+
+    def input_projection(self, d, b, s, j):
+        """W_j x_t + Wb_j of chain (d, b) at step s, from the projection buffer."""
+        return self.xproj[s % self.chunk, d, b, j]
+
+    def input_part(self, d, b, s, j):
+        """Neuron j's input part at step s, as the cell update reads it: kept in
+        input_part where the scheme keeps earlier steps' parts, else this step's
+        projection."""
+        return self.a[d, b, j] if self.scheme.keeps_input_parts else self.input_projection(d, b, s, j)
+
+    def with_bias(self, value, d, j, which):
+        """value + Wb_j (which = "W") or + Rb_j (which = "R"), when the node has B."""
+        if self.B is None:
+            return value
+        return value + self.load(self.B, (d, j if which == "W" else self.loop.rows + j))
+
+    @staticmethod
+    def _in_row_blocks(start, stop, emit, block=ROW_BLOCK):
+        """emit(i, n) for i = start, start+block, ... with n = block (ROW_BLOCK), then
+        singly for the remainder: the loop shape of every blocked dot-product
+        computation."""
+        nblocks = T.bind((stop - start) // block)
+        with T.serial(0, nblocks) as q:
+            emit(start + q * block, block)
+        with T.serial(start + nblocks * block, stop) as i:
+            emit(i, 1)
+
+    def _project_rows(self, d, b, s, j0, n, store):
+        """store(j, tb, W_j . x + Wb_j) for the rows j0 .. j0+n-1 and steps s ..
+        s+TIME_BLOCK-1 of chain (d, b) (j may be a vector of rows); a step past the
+        element's length reads a clamped position (its value is never used)."""
+        vecs = []
+        for tb in range(TIME_BLOCK):
+            projected = self.scheme.projected_vector(d, b, s + tb)
+            if projected is not None:
+                vecs.append(projected)
+                continue
+            _, t = self.time_index(d, b, s + tb)
+            t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
+            vecs.append((self.X, (t, b)))
+        D = self.loop.input_size
+        if n > 1 and D < LANES:
+            # No whole vectors of x: the products of the consecutive rows as vectors,
+            # each summed in order of k from 0, as multi_dot sums a tail.  The sum
+            # starts from a zero in memory, as there: TVM drops "0.0 + w x", and LLVM
+            # would then fuse w x + Wb into one rounding (D = 1).
+            zero = T.alloc_buffer((1,), self.acc)
+            T.buffer_store(zero, self.m.const(0.0), [0])
+            with T.vectorized(0, n) as r:
+                j = j0 + r
+                for tb, (buf, pre) in enumerate(vecs):
+                    total = zero[0]
+                    for k in range(D):
+                        total = total + self.load(self.W, (d, j, k)) * self.load(buf, pre + (k,))
+                    store(j, tb, self.with_bias(total, d, j, "W"))
+            return
+        js = [T.bind(j0 + r) for r in range(n)]
+        rows = [(self.W, (d, j)) for j in js]
+        if self.vector_rows(n, len(vecs), D):
+            # Each step's values are stored as one vector.
+            sums = self.dot_vector(rows, vecs, D)
+            with T.vectorized(0, n) as r:
+                j = j0 + r
+                for tb in range(TIME_BLOCK):
+                    store(j, tb, self.with_bias(sums[tb * n + r], d, j, "W"))
+            return
+        sums = self.multi_dot(rows, vecs, D)
+        for r, j in enumerate(js):
+            for tb in range(TIME_BLOCK):
+                store(j, tb, self.with_bias(sums[r][tb], d, j, "W"))
+
+    def _input_projection(self, s):
+        """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i of a chunk.
+
+        A task owns 64 rows and computes them for all those steps, four rows times four
+        steps per block: its weight rows stay in cache, so W is read from memory once
+        per chunk.  Steps past an element's length (or the sequence)
+        read a clamped position and are never used.
+        """
+        loop = self.loop
+        nd, G = loop.num_directions, loop.rows
+        per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
+        ntasks = -(-G // per_task)
+        blocks = T.bind(tirx.min(self.chunk // TIME_BLOCK,
+                                 (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
+        with self.parallel(nd * ntasks) as task:
+            d = T.bind(task // ntasks) if nd > 1 else i64(0)
+            first = T.bind((task % ntasks) * per_task)
+            last = T.bind(tirx.min(first + per_task, i64(G)))
+            with T.grid(self.batch, blocks) as (b, sb):
+
+                def store(j, tb, value):
+                    T.buffer_store(self.xproj, value, [sb * TIME_BLOCK + tb, d, b, j])
+
+                # Without whole vectors of x, rows are summed as vectors (see
+                # _project_rows): a block of them fills one.
+                block = LANES if loop.input_size < LANES else ROW_BLOCK
+                self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
+                    d, b, s + sb * TIME_BLOCK, j0, n, store), block)
+
+    def dense_rows(self, d, chains, base, count, input_from, x_ref=None, rows_buf=None,
+                    a_out=None, b_out=None, step=None, masked=False, whole_groups=False):
+        """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
+        the chains (d, b) of ``chains``, (b, u_ref) pairs, together, four at a time.
+        The input part comes from the input projection (unmodified and predictor
+        kernels) or is computed from ``x_ref`` (oracle).  Results go to
+        input_part/recurrent_part or to the ``a_out``/``b_out`` buffers.  ``masked``:
+        rows_buf entries carry, above bit 32, the chains that store the row (bit c for
+        chains[c]); the others keep their values.  ``whole_groups``: count is a
+        multiple of ROW_BLOCK."""
+        loop = self.loop
+        a_out = self.a if a_out is None else a_out
+        b_out = self.bp if b_out is None else b_out
+
+        def rows_at(i0, n):
+            js, masks = [], []
+            for r in range(n):
+                idx = base + i0 + r
+                if rows_buf is None:
+                    js.append(idx)
+                elif masked:
+                    entry = T.bind(rows_buf[idx])
+                    js.append(T.bind(entry & i64(ROW_MASK)))
+                    masks.append(T.bind(entry >> i64(32)))
+                else:
+                    js.append(T.bind(rows_buf[idx]))
+            if self.row_blocks:  # consecutive rows, from a row of whole blocks
+                rows = [BlockRow(self.R, d, T.bind((base + i0) // i64(ROW_BLOCK)), r, loop.hidden_size)
+                        for r in range(n)]
+            else:
+                rows = [(self.R, (d, j)) for j in js]
+            vecs = [ref for _, ref in chains]
+            # Consecutive rows are stored as vectors: always without a list, and where a
+            # block's listed rows happen to be consecutive (most of them, when any of
+            # four elements computing a row lists it).
+            vector = input_from == "projection" and (rows_buf is None or masked) \
+                and self.vector_rows(n, len(chains), loop.hidden_size)
+            if vector:
+                rec = self.dot_vector(rows, vecs, loop.hidden_size)
+            else:
+                rec = self.multi_dot(rows, vecs, loop.hidden_size)
+                if input_from == "x":
+                    inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
+
+            def store_rows(r, j, mask=None):
+                """Store the parts of rows j (one row, or a vector of consecutive rows
+                when r is a lane index) for every chain c, where bit c of ``mask``
+                is set (for every chain without it)."""
+                for c, (cb, _) in enumerate(chains):
+                    if input_from == "x":
+                        a_val = self.with_bias(inp[r][0], d, j, "W")
+                    elif a_out is None:
+                        a_val = None  # read from the projection (input_part)
+                    else:
+                        a_val = self.input_projection(d, cb, step, j)
+                    b_val = self.with_bias(rec[c * n + r] if vector else rec[r][c], d, j, "R")
+                    if mask is not None:
+                        # Branch-free; the repeated last element never stores (its bit
+                        # is 0: it writes back the value just stored).
+                        store = (mask >> i64(c)) & i64(1) == i64(1)
+                        if a_val is not None:
+                            a_val = tirx.Select(store, a_val, a_out[d, cb, j])
+                        b_val = tirx.Select(store, b_val, b_out[d, cb, j])
+                    if a_val is not None:
+                        T.buffer_store(a_out, a_val, [d, cb, j])
+                    T.buffer_store(b_out, b_val, [d, cb, j])
+
+            def one_by_one():
+                for r, j in enumerate(js):
+                    store_rows(r, j, masks[r] if masked else None)
+
+            if not vector:
+                one_by_one()
+            elif rows_buf is None:
+                with T.vectorized(0, n) as r:
+                    store_rows(r, js[0] + r)
+            else:
+                # (The list's padding repeats its last row, so no span alone says that
+                # the rows are consecutive.)
+                mask = T.alloc_buffer((n,), "int64")
+                for r in range(n):
+                    T.buffer_store(mask, masks[r], [r])
+                consecutive = js[1] - js[0] == i64(1)
+                for r in range(2, n):
+                    consecutive = tirx.And(consecutive, js[r] - js[r - 1] == i64(1))
+                with T.If(consecutive):
+                    with T.Then():
+                        with T.vectorized(0, n) as r:
+                            store_rows(r, js[0] + r, mask[r])
+                    with T.Else():
+                        one_by_one()
+
+        if whole_groups:
+            with T.serial(0, count // ROW_BLOCK) as q:
+                rows_at(q * ROW_BLOCK, ROW_BLOCK)
+        else:
+            self._in_row_blocks(i64(0), count, rows_at)

@@ -1,0 +1,90 @@
+"""The interface between the kernel's step skeleton and an execution scheme.
+
+The builder (:class:`memotvm.kernels.builder.KernelBuilder`) owns what every kernel
+has: the time loop, the parallel tasks of a step, the input projection, the cell update
+and the counts.  A scheme decides how a step evaluates its neurons (their dot products)
+and what state it keeps for that between steps: the unmodified kernel computes every
+neuron, memoization lets a predictor skip some, delta execution adds transmitted
+columns, the oracle computes everything and keeps old values where the true change
+was small.  The builder calls the hooks below at fixed points; a hook that a scheme
+does not need emits nothing.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+
+
+class Scheme:
+    """How a kernel evaluates its neurons; see the module docstring."""
+
+    # Neurons keep input parts of earlier steps (in the builder's ``a``, the memo table's
+    # a_j); else the cell update reads this step's input projection.
+    keeps_input_parts = False
+    # The input parts come from the projection of a chunk of steps (computed by the
+    # builder before the step's tasks, every chunk of steps).
+    uses_projection = True
+    # A task takes a block of BATCH_BLOCK batch elements whose products share their
+    # weight loads (else one element).
+    blocks_batch = True
+
+    def __init__(self, kb):
+        self.kb = kb
+
+    # -- parameters and state -------------------------------------------------------
+
+    def declare(self) -> None:
+        """Declare the kernel parameters that follow the node's inputs."""
+
+    def allocate(self) -> None:
+        """Allocate the scheme's buffers (after the builder's own)."""
+
+    def chunk_values_per_row(self) -> int:
+        """Values the scheme keeps per step of a projection chunk and chain, beside the
+        projection's rows (they count towards the chunk's size)."""
+        return 0
+
+    def initialise_chain(self, d, b) -> None:
+        """Start chain (d, b) (after its initial state is loaded)."""
+
+    def initialise(self) -> None:
+        """Start the call, after every chain's initialise_chain."""
+
+    # -- one step ---------------------------------------------------------------------
+
+    def before_projection(self, s) -> None:
+        """Emitted before the input projection of the chunk of steps from s."""
+
+    def projected_vector(self, d, b, s):
+        """The (buffer, index prefix) the projection of chain (d, b) reads at step s,
+        or None for x_t."""
+        return None
+
+    def begin_step(self, s) -> None:
+        """Emitted before the tasks of step s."""
+
+    def after_reset_phase(self, s) -> None:
+        """Emitted after the GRU reset phase of step s (linear_before_reset = 0)."""
+
+    def evaluate_block(self, d, ub, block, s, gates, u_buf) -> bool:
+        """Evaluate the neurons ``gates`` of unit block ub for a task's block of batch
+        elements; return False to evaluate each element with evaluate_element."""
+        raise NotImplementedError
+
+    def evaluate_element(self, d, ub, b, s, t, gates, u_ref) -> None:
+        """Evaluate the neurons of one element at a valid step (position t)."""
+        raise NotImplementedError
+
+    def stored_units(self, src, prefix, ub) -> None:
+        """A task stored its units (block ub) of h or r (.) h at src[prefix]."""
+
+    def carried_units(self, d, b, ub, prev, nxt) -> None:
+        """A task carried its units of h past the end of element b's sequence."""
+
+
+def small_change(q, qm, thr, floor):
+    """|q - qm| / max(|qm|, floor) < thr, evaluated in float64 (as the reference does):
+    the decision of every memoizing scheme."""
+    q64, qm64 = tirx.Cast("float64", q), tirx.Cast("float64", qm)
+    scale = tirx.max(tirx.abs(qm64), tirx.const(floor, "float64"))
+    return tirx.abs(q64 - qm64) < thr * scale
