@@ -1,6 +1,7 @@
 """memotvm: ONNX recurrent networks compiled with TVM, with neuron-level fuzzy memoization."""
 
 import os as _os
+from importlib import metadata as _metadata
 
 # TVM's thread pool assumes two hardware threads per core and so uses one thread on a
 # two-CPU machine; the recurrent kernels split every step across all the CPUs we may
@@ -11,7 +12,10 @@ from .api import compile
 from .validate import validate
 from .errors import ConfigError, InputError, MemoTVMError, ModelLoadError, UnsupportedModelError
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("memotvm")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigError",
@@ -21,4 +25,5 @@ __all__ = [
     "UnsupportedModelError",
     "compile",
     "validate",
+    "__version__",
 ]

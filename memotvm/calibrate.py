@@ -87,7 +87,7 @@ class CalibrationResult:
     def format(self) -> str:
         c = self.config
         lines = [f"calibrated: predictor {c.predictor}, thresholds "
-                 + ", ".join(f"{n} {v}" for n, v in c.per_node.items())]
+                 + (thresholds_text(c.per_node) or f"all {c.threshold:g}")]
         for p, best in self.per_predictor.items():
             lines.append(f"  {p:<14} calibration: avoided {best['computations_avoided']:.1%}, "
                          f"loss {best['loss']:.2%}")
@@ -100,6 +100,16 @@ class CalibrationResult:
                      + (f" (after rejecting {self.held_out_rejections} configuration(s) that "
                         "failed on the held-out split)" if self.held_out_rejections else ""))
         return "\n".join(lines)
+
+
+def thresholds_text(per_node: dict) -> str:
+    """Per-node thresholds as text: "node_a 0.1; node_b forward 0.1, reverse 0.05"."""
+    def one(value):
+        if isinstance(value, dict):
+            return ", ".join(f"{d} {t:g}" for d, t in value.items())
+        return f"{value:g}"
+
+    return "; ".join(f"{node} {one(v)}" for node, v in per_node.items())
 
 
 def parse_loss(text) -> float:
@@ -220,7 +230,12 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     real = [p for p in predictors if p != "oracle"] or list(predictors)
     real_default = real[0]
     evaluate = _Evaluator(proto, inputs, labels, metric, output, target, options)
-    bar = tqdm(desc="calibrate", unit="config", disable=not progress)
+    # Progress in threshold levels: every unit of every predictor has len(grid) - 1
+    # levels to climb; a level is done when the unit is raised past it or stops below
+    # it, so the total is known up front.  The held-out confirmation is one more.
+    levels = len(grid) - 1
+    bar = tqdm(desc="calibrate", unit="level", total=len(predictors) * len(units) * levels + 1,
+               disable=not progress)
     best_by_predictor: dict[str, Trial] = {}
     path: list[Trial] = []  # every configuration the searches accepted
     for predictor in predictors:
@@ -237,16 +252,17 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
                     continue
                 thresholds = {v: grid[level[v] + (v == u)] for v in units}
                 value, loss, avoided, reuse = evaluate(_config(predictor, thresholds))
-                bar.update(1)
                 if loss <= bound:
                     trials.append((avoided, -loss, -units.index(u), u,
                                    Trial(predictor, thresholds, loss, avoided, reuse, value)))
                 else:
                     stuck.add(u)
+                    bar.update(levels - level[u])
             if not trials:
                 break
             *_, u, trial = max(trials, key=lambda t: t[:3])
             level[u] += 1
+            bar.update(1)
             best = trial
             if predictor in real:
                 path.append(trial)
@@ -256,10 +272,10 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     for chosen in sorted(path, key=lambda t: (-t.avoided, t.loss, real.index(t.predictor))):
         config = _config(chosen.predictor, chosen.thresholds)
         h_value, h_loss, h_avoided, h_reuse = held(config)
-        bar.update(1)
         if h_loss <= max_loss:
             break
         rejections += 1
+    bar.update(bar.total - bar.n)
     bar.close()
 
     def summary(value, loss, avoided, reuse):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import zipfile
+from collections import Counter
 
 import numpy as np
 
@@ -36,6 +38,26 @@ def _load_labels(path: str):
     if len(arrays) == 1:
         return next(iter(arrays.values()))
     raise InputError(f"labels file {path}: expected one array or one named 'labels'")
+
+
+def _write_json(data, dest: str) -> None:
+    """The commands' one JSON convention: ``--json FILE`` writes FILE (and says so),
+    ``--json -`` or a bare ``--json`` prints the JSON alone on standard output."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if dest == "-":
+        print(text)
+        return
+    try:
+        with open(dest, "w") as f:
+            f.write(text + "\n")
+    except OSError as err:
+        raise InputError(f"cannot write {dest}: {err.strerror}") from err
+    print(f"wrote {dest}")
+
+
+def _human(args) -> bool:
+    """Whether to print the human-readable report (not when JSON goes to stdout)."""
+    return getattr(args, "json", None) != "-"
 
 
 def _memo_from_args(args):
@@ -92,7 +114,10 @@ def cmd_validate(args):
         raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
     report = validate(args.model, inputs, memo, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, **_target_options(args))
-    print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else report.format())
+    if _human(args):
+        print(report.format())
+    if args.json:
+        _write_json(report.to_dict(), args.json)
 
 
 def cmd_sweep(args):
@@ -109,14 +134,35 @@ def cmd_sweep(args):
     rows = sweep(args.model, inputs, thresholds, predictors, labels=labels, metric=args.metric,
                  output=args.output, target=args.target, progress=not args.quiet,
                  **_target_options(args))
-    print(format_table(rows))
+    if _human(args):
+        print(format_table(rows))
+    calibrated = None
+    if args.calibrated:
+        calibrated = _calibrated_point(args, inputs, labels)
     if args.plot:
-        plot(rows, args.plot, title=os.path.basename(args.model))
-        print(f"wrote {args.plot}")
+        plot(rows, args.plot, title=args.title or _model_title(args.model), calibrated=calibrated)
+        if _human(args):
+            print(f"wrote {args.plot}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-        print(f"wrote {args.json}")
+        _write_json(rows, args.json)
+
+
+def _calibrated_point(args, inputs, labels) -> dict:
+    """The configuration of ``--calibrated FILE`` run on the sweep's inputs: its loss
+    (metric loss with labels, else mean relative error of the first output) and
+    computations avoided, for the plot."""
+    from .passes import MemoConfig
+    from .validate import validate
+
+    config = MemoConfig.load(args.calibrated)
+    report = validate(args.model, inputs, config, labels=labels, metric=args.metric,
+                      output=args.output, target=args.target, **_target_options(args))
+    if report.metric:
+        loss = report.metric["loss"]
+    else:
+        loss = next(iter(report.outputs.values()))["mean_rel"]
+    return {"loss": loss, "computations_avoided": report.stats.computations_avoided,
+            "predictor": config.predictor}
 
 
 def cmd_calibrate(args):
@@ -135,9 +181,12 @@ def cmd_calibrate(args):
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
                        margin=_float(args.margin, "--margin"), output=args.output,
                        target=args.target, progress=not args.quiet, **_target_options(args))
-    print(result.format())
     result.save(args.out)
-    print(f"wrote {args.out} (use it with --config)")
+    if _human(args):
+        print(result.format())
+        print(f"wrote {args.out} (use it with --config)")
+    if args.json:
+        _write_json(result.to_dict(), args.json)
 
 
 def cmd_inspect(args):
@@ -178,18 +227,17 @@ def cmd_bench(args):
                          config=config, **_target_options(args))
     loops = from_onnx(model).loops
     memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
-    print(label + (f" on target {args.target} (modelled)" if result.get("modelled") else ""))
-    print(format_modelled_rows(result["rows"]) if result.get("modelled") else format_rows(result["rows"]))
-    for node, mem in memory.items():
-        print(f"  {node}: predictor data {mem['predictor_data'] / 1024:.1f} KiB, memo table "
-              f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB; "
-              f"predictor {mem['predictor_ops_per_step']} ops per step per element "
-              f"({mem['predictor_ops_per_step'] / mem['layer_macs_per_step']:.1%} of the layer's "
-              "multiply-adds)")
+    if _human(args):
+        print(label + (f" on target {args.target} (modelled)" if result.get("modelled") else ""))
+        print(format_modelled_rows(result["rows"]) if result.get("modelled") else format_rows(result["rows"]))
+        for node, mem in memory.items():
+            print(f"  {node}: predictor data {mem['predictor_data'] / 1024:.1f} KiB, memo table "
+                  f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB; "
+                  f"predictor {mem['predictor_ops_per_step']} ops per step per element "
+                  f"({mem['predictor_ops_per_step'] / mem['layer_macs_per_step']:.1%} of the layer's "
+                  "multiply-adds)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": label, **result, "memory_bytes": memory}, f, indent=2)
-        print(f"wrote {args.json}")
+        _write_json({"model": label, **result, "memory_bytes": memory}, args.json)
 
 
 def cmd_demo(args):
@@ -207,7 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memotvm",
         description="Compile ONNX recurrent networks with TVM and neuron-level fuzzy memoization.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what memotvm and TVM do (TVM's own warnings included)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def json_arg(p, what):
+        p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                       help=f"write {what} as JSON to FILE; '-' or no FILE: print only the "
+                       "JSON on standard output (docs/cli.md)")
 
     def target_args(p):
         p.add_argument("--target", default="cpu",
@@ -235,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help=".npz with the labels (one array, or one named 'labels')")
     p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
     p.add_argument("--output", help="output the metric applies to (default: the first)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON (docs/cli.md)")
+    json_arg(p, "the report")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("sweep", help="reuse and loss over a range of thresholds")
@@ -247,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--predictors", default="bnn,oracle", help="comma-separated: bnn, lowrank:R, oracle")
     p.add_argument("--plot", default="sweep.png", help="PNG to write ('' for none)")
-    p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--title", help="the plot's title (default: the model's file name and "
+                   "its recurrent layers)")
+    p.add_argument("--calibrated", metavar="CFG",
+                   help="a configuration (from calibrate) to mark on the trade-off plot, "
+                   "run on the same inputs")
+    json_arg(p, "the rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 
@@ -266,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search within max-loss * (1 - margin) on the calibration split")
     p.add_argument("--output", help="output the metric applies to (default: the first)")
     p.add_argument("--out", default="memo_config.json", help="configuration file to write")
+    json_arg(p, "the calibration result (the --out file's content)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
 
@@ -286,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--json", help="write the results here")
+    json_arg(p, "the results")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="calibrate, validate, time and cost a bundled zoo model")
@@ -299,9 +361,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _model_title(path: str) -> str:
+    """A plot title that says what the model is: its file name and recurrent layers."""
+    try:
+        from .frontend import from_onnx
+
+        loops = from_onnx(path).loops
+    except MemoTVMError:
+        return os.path.basename(path)
+    kinds = Counter(f"{loop.op} {loop.hidden_size}{' bidirectional' if loop.num_directions == 2 else ''}"
+                    for loop in loops)
+    layers = ", ".join(f"{n} x {kind}" if n > 1 else kind for kind, n in kinds.items())
+    return f"{os.path.basename(path)} ({layers})" if layers else os.path.basename(path)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format="memotvm: %(name)s: %(message)s",
+                        level=logging.DEBUG if args.verbose else logging.WARNING)
+    if not args.verbose:
+        logging.getLogger("memotvm.tvm").setLevel(logging.WARNING)
     try:
         args.func(args)
     except MemoTVMError as err:

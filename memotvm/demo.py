@@ -16,6 +16,7 @@ import numpy as np
 
 from .api import compile as compile_model
 from .bench import interleaved, memotvm_runner, onnxruntime_runner
+from .calibrate import calibrate, thresholds_text
 from .passes import MemoConfig
 from .sweep import plot, sweep
 from .validate import validate
@@ -41,7 +42,6 @@ def calibrated_config(name, info, out=print, recalibrate=False) -> tuple[MemoCon
     path = os.path.join(MODELS, f"{name}_memo.json")
     if os.path.exists(path) and not recalibrate:
         return MemoConfig.load(path), f"calibrated, loaded from {os.path.relpath(path)}"
-    from .calibrate import calibrate
 
     out("calibrating (bnn, lowrank:8, delta) on the calibration split ...")
     cal_in, cal_y = load_split(name, "_calib")
@@ -83,13 +83,16 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
 
     rows = sweep(path, feeds, [0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5], ("bnn", "delta", "oracle"),
                  labels=labels, metric=metric, output=output, progress=False)
-    if plot_path:
-        plot(rows, plot_path, title=f"{model_name}: computations avoided and {metric} loss")
-
     m = report.metric
-    thresholds = "; ".join(f"{node} " + ", ".join(f"{d} {t:g}" for d, t in v.items())
-                           if isinstance(v, dict) else f"{node} {v:g}"
-                           for node, v in config.per_node.items()) or f"all {config.threshold:g}"
+    if plot_path:
+        layers = ", ".join(f"{l.op} {l.hidden_size}{' bidirectional' if l.num_directions == 2 else ''}"
+                           for l in plain.loops)
+        plot(rows, plot_path, title=f"{model_name} ({layers}; {info['task']}): computations "
+             f"avoided and {metric} loss, held-out split",
+             calibrated={"loss": m["loss"], "computations_avoided": report.stats.computations_avoided,
+                         "predictor": config.predictor})
+
+    thresholds = thresholds_text(config.per_node) or f"all {config.threshold:g}"
     batch = next(iter(feeds.values())).shape
     lines = [
         f"configuration: {config.predictor} ({origin}): {thresholds}",

@@ -6,6 +6,7 @@ import tvm
 
 from .errors import ConfigError
 from .kernels import build_kernel
+from .log import captured_tvm_output
 from .passes import MemoConfig
 from .targets import host_target
 
@@ -31,7 +32,8 @@ def describe(imported, memo=None, node=None, asm=False) -> str:
         after.script(),
     ]
     if asm:
-        lib = tvm.compile(tvm.IRModule({"main": after}), target=host_target())
+        with captured_tvm_output("compile"):
+            lib = tvm.compile(tvm.IRModule({"main": after}), target=host_target())
         parts += ["# ---- generated assembly of the memoized kernel ----", lib.mod.inspect_source("asm")
                   if hasattr(lib, "mod") else lib.inspect_source("asm")]
     return "\n".join(parts)

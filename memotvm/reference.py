@@ -1,4 +1,4 @@
-"""A numpy reference of recurrent layers and of memoization (../shared/MEMO_SPEC.md).
+"""A numpy reference of recurrent layers and of memoization (docs/spec.md).
 
 It is meant to be read as a second statement of the spec: one direction of one batch
 element at a time, step by step, every neuron's decision made explicitly.  It shares the

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConfigError, InputError
 from .stats import ReuseStats
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output of a compiled model, as onnxruntime's ``NodeArg`` describes it:
+    its ONNX name, its element type (a numpy dtype name such as ``"float32"``) and its
+    shape, each dimension an int, the name of a symbolic dimension (``"batch"``) or None
+    where it is unknown (the shape is None where even the rank is)."""
+
+    name: str
+    type: str
+    shape: list | None
 
 
 class CompiledModel:
@@ -22,6 +35,7 @@ class CompiledModel:
         self.input_names = list(imported.input_names)
         self.input_types = dict(imported.input_types)
         self.output_names = list(imported.output_names)
+        self.output_types = dict(getattr(imported, "output_types", {}))
         self.loops = list(imported.loops)
         self.index_ranges = dict(imported.index_ranges)
         self.target = target
@@ -33,6 +47,15 @@ class CompiledModel:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.last_stats: ReuseStats | None = None
+
+    def get_inputs(self) -> list:
+        """The model's inputs (not its initializers), in the order ``run`` checks them."""
+        return [NodeArg(n, self.input_types[n][1], _dims(self.input_types[n][0]))
+                for n in self.input_names]
+
+    def get_outputs(self) -> list:
+        """The model's outputs, in the order ``run`` returns them."""
+        return [NodeArg(n, *_typed(self.output_types.get(n))) for n in self.output_names]
 
     def prepare(self) -> None:
         """Create the calling thread's session now.  TVM generates the kernels' machine
@@ -157,3 +180,15 @@ class CompiledModel:
     def _shape_text(self, name):
         dims, dtype = self.input_types[name]
         return "[" + ", ".join("?" if d is None else str(d) for d in dims) + f"] {dtype}"
+
+
+def _dims(dims):
+    return None if dims is None else list(dims)
+
+
+def _typed(entry):
+    """(dtype, dims) of an output type entry; unknown where the importer had none."""
+    if entry is None:
+        return "unknown", None
+    dims, dtype = entry
+    return dtype, _dims(dims)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tqdm import tqdm
 
 from .api import compile as compile_model
@@ -43,6 +45,8 @@ def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, 
             "metric": result["name"] if result else None,
             "metric_value": result["memoized"] if result else None,
             "metric_loss": result["loss"] if result else None,
+            "per_node_avoided": {node: memoized.last_stats.computations_avoided_of([node])
+                                 for node in memoized.last_stats.per_node},
         })
     return rows
 
@@ -64,11 +68,35 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def plot(rows, path, title="") -> None:
-    """Three panels, one line per predictor: computations avoided against the threshold,
-    the loss (metric loss with labels, else mean relative output error) against the
-    threshold, and computations avoided against the loss: the paper's Figure 1 and the
-    trade-off curve on which predictors are compared."""
+# Delta execution's threshold is an absolute change of an input component; every
+# predictor's is a relative change of its prediction: they get separate axes.
+ABSOLUTE_THRESHOLD = {"delta"}
+
+
+def pareto_front(points):
+    """The points (loss, avoided, ...) that no other point beats on both: no more loss and
+    more avoided, sorted by loss."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def plot(rows, path, title="", calibrated=None) -> None:
+    """The sweep as a figure for a paper, three panels, one colour per predictor:
+
+    1. computations avoided against the threshold, 2. the loss (metric loss with labels,
+       else mean relative output error) against the threshold -- relative thresholds on
+       the bottom axis, delta execution's absolute ones on a top axis of their own;
+    3. the trade-off: every configuration as a point, each predictor's Pareto front (no
+       other of its thresholds avoids more for less loss) as a line, its points labelled
+       with their thresholds, and ``calibrated`` -- a dict with ``loss``,
+       ``computations_avoided`` and ``predictor`` -- marked with a star.
+
+    Rows with ``per_node_avoided`` also give a second figure, ``<path stem>_nodes.png``:
+    computations avoided per recurrent node against the threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,28 +106,94 @@ def plot(rows, path, title="") -> None:
     loss_key = "metric_loss" if has_metric else "mean_rel_error"
     loss_scale = 100 if has_metric else 1
     loss_label = f"{rows[0]['metric']} loss (%)" if has_metric else "mean relative output error"
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
-    for predictor in dict.fromkeys(r["predictor"] for r in rows):
+    predictors = list(dict.fromkeys(r["predictor"] for r in rows))
+    colours = {p: f"C{i}" for i, p in enumerate(predictors)}
+    relative = [p for p in predictors if p not in ABSOLUTE_THRESHOLD]
+    absolute = [p for p in predictors if p in ABSOLUTE_THRESHOLD]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.6))
+    axes_for = {}
+    for ax in (ax1, ax2):
+        bottom = ax if relative else None
+        top = (ax.twiny() if relative else ax) if absolute else None
+        axes_for[ax] = {p: (top if p in ABSOLUTE_THRESHOLD else bottom) for p in predictors}
+        if relative:
+            ax.set_xlabel("threshold: relative change of the prediction (" + ", ".join(relative) + ")")
+        if absolute:
+            top.set_xlabel("threshold: absolute change of an input component (" + ", ".join(absolute) + ")",
+                           color=colours[absolute[0]] if relative else "black")
+    for predictor in predictors:
         sel = [r for r in rows if r["predictor"] == predictor]
         th = [r["threshold"] for r in sel]
         avoided = [100 * r["computations_avoided"] for r in sel]
         loss = [loss_scale * r[loss_key] for r in sel]
-        ax1.plot(th, avoided, marker="o", label=predictor)
-        ax2.plot(th, loss, marker="o", label=predictor)
-        ax3.plot(loss, avoided, marker="o", label=predictor)
-    ax1.set(xlabel="threshold", ylabel="computations avoided (%)")
-    ax2.set(xlabel="threshold", ylabel=loss_label)
-    ax3.set(xlabel=loss_label, ylabel="computations avoided (%)")
+        c = colours[predictor]
+        style = "--" if predictor in ABSOLUTE_THRESHOLD else "-"
+        axes_for[ax1][predictor].plot(th, avoided, style, marker="o", color=c, label=predictor)
+        axes_for[ax2][predictor].plot(th, loss, style, marker="o", color=c, label=predictor)
+        ax3.scatter(loss, avoided, color=c, alpha=0.35, s=18)
+        front = pareto_front(list(zip(loss, avoided, th)))
+        ax3.plot([p[0] for p in front], [p[1] for p in front], style, marker="o", color=c, label=predictor)
+        for x, y, t in front:
+            ax3.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                         color=c)
+    ax1.set_ylabel("computations avoided (%)")
+    ax2.set_ylabel(loss_label)
+    ax3.set(xlabel=loss_label, ylabel="computations avoided (%)",
+            title="trade-off: Pareto front per predictor (labels: thresholds)")
+    if calibrated is not None:
+        x = loss_scale * calibrated["loss"]
+        y = 100 * calibrated["computations_avoided"]
+        ax3.scatter([x], [y], marker="*", s=220, color="black", zorder=5,
+                    label=f"calibrated ({calibrated.get('predictor', 'config')})")
     if has_metric:
         # Losses span from a fraction of a percent to hundreds: a log scale above 1 %
         # keeps the region that matters (the 1 % bound, dotted) readable.
         ax3.set_xscale("symlog", linthresh=1.0)
         ax3.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    handles, labels = [], []
+    for ax in fig.axes:
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab):
+            if ll not in labels and ax is not ax3:
+                handles.append(hh)
+                labels.append(ll)
     for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
-        ax.legend()
+    ax1.legend(handles, labels, fontsize=8)
+    ax3.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    if any(r.get("per_node_avoided") for r in rows):
+        _plot_per_node(rows, _nodes_path(path), title, colours)
+
+
+def _nodes_path(path) -> str:
+    stem, ext = os.path.splitext(path)
+    return f"{stem}_nodes{ext or '.png'}"
+
+
+def _plot_per_node(rows, path, title, colours) -> None:
+    """Computations avoided per recurrent node against the threshold, one panel per
+    predictor (one line per node)."""
+    import matplotlib.pyplot as plt
+
+    predictors = list(dict.fromkeys(r["predictor"] for r in rows))
+    fig, axes = plt.subplots(1, len(predictors), figsize=(5 * len(predictors), 4), squeeze=False)
+    for ax, predictor in zip(axes[0], predictors):
+        sel = [r for r in rows if r["predictor"] == predictor]
+        nodes = list(dict.fromkeys(n for r in sel for n in r.get("per_node_avoided", {})))
+        for node in nodes:
+            ax.plot([r["threshold"] for r in sel],
+                    [100 * r["per_node_avoided"].get(node, 0.0) for r in sel], marker="o", label=node)
+        kind = "absolute" if predictor in ABSOLUTE_THRESHOLD else "relative"
+        ax.set(title=predictor, xlabel=f"threshold ({kind})", ylabel="computations avoided (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title + ": per recurrent node")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -68,3 +68,47 @@ def test_bench_a_generated_layer(files, capsys):
     names = [r["name"] for r in data["rows"]]
     assert names[:2] == ["memotvm", "memo@0.3"]
     assert data["memory_bytes"]["rnn"]["predictor_data"] > 0
+
+
+def test_version(capsys):
+    import memotvm
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"memotvm {memotvm.__version__}"
+    assert memotvm.__version__[0].isdigit()
+
+
+def test_json_to_stdout_is_json_alone_and_to_a_file_beside_the_report(files, capsys):
+    """One convention for every reporting command: --json FILE writes, --json - prints
+    only the JSON."""
+    common = [str(files / "m.onnx"), "--inputs", str(files / "in.npz")]
+    assert main(["sweep", *common, "--thresholds", "0.2", "--predictors", "bnn", "--plot", "",
+                 "--quiet", "--json", "-"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["threshold"] for r in rows] == [0.2] and "per_node_avoided" in rows[0]
+    out_file = files / "report.json"
+    assert main(["validate", *common, "--threshold", "0.3", "--json", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "reuse" in out and f"wrote {out_file}" in out
+    assert json.loads(out_file.read_text())["memo"]["threshold"] == 0.3
+
+
+def test_sweep_marks_a_calibrated_configuration_and_plots_per_node(files, capsys, tmp_path):
+    from memotvm.passes import MemoConfig
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"memo": MemoConfig(threshold=0.3).to_dict()}))
+    plot = tmp_path / "trade.png"
+    assert main(["sweep", str(files / "m.onnx"), "--inputs", str(files / "in.npz"),
+                 "--thresholds", "0,0.3", "--predictors", "bnn,delta", "--plot", str(plot),
+                 "--calibrated", str(cfg), "--quiet"]) == 0
+    assert plot.stat().st_size > 1000 and (tmp_path / "trade_nodes.png").stat().st_size > 1000
+
+
+def test_pareto_front():
+    from memotvm.sweep import pareto_front
+
+    points = [(0.0, 0.0, "a"), (0.5, 10.0, "b"), (0.4, 5.0, "c"), (0.6, 8.0, "d"), (1.0, 20.0, "e")]
+    assert [p[2] for p in pareto_front(points)] == ["a", "c", "b", "e"]

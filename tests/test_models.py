@@ -444,3 +444,16 @@ def test_stacked_model_with_surrounding_layers():
     memoized = memotvm.compile(model, memo=0.2)
     memoized.run(feeds)
     assert set(memoized.last_stats.per_node) == {"enc", "dec"}
+
+
+def test_get_inputs_and_outputs_name_types_and_symbolic_shapes():
+    """As onnxruntime's session.get_inputs() / get_outputs(): names, element types and
+    shapes with symbolic dimensions by name."""
+    import os
+
+    from memotvm.runtime import NodeArg
+
+    models = os.path.join(os.path.dirname(memotvm.__file__), "models")
+    model = memotvm.compile(os.path.join(models, "pydoc_charlstm.onnx"))
+    assert model.get_inputs() == [NodeArg("tokens", "int64", ["seq", "batch"])]
+    assert model.get_outputs() == [NodeArg("logits", "float32", ["seq", "batch", 97])]

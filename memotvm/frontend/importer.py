@@ -10,10 +10,7 @@ out-of-range sequence lengths.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 import tvm
@@ -21,10 +18,11 @@ from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from ..errors import MemoTVMError, UnsupportedModelError
+from ..kernels import build_kernel
+from ..log import captured_tvm_output
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
-from ..kernels import build_kernel
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -42,6 +40,7 @@ class ImportedModel:
     output_names: list  # ONNX graph outputs, in order
     loops: list  # RecurrentLoop per recurrent node, in graph order
     index_ranges: dict  # input name -> size of the table it indexes (Gather), checked at run time
+    output_types: dict = field(default_factory=dict)  # name -> (dims, dtype), as input_types
 
 
 class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
@@ -242,8 +241,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         graph.output.add().name = STATS_PREFIX + name
         graph.output.add().name = STATUS_PREFIX + name
     importer = RecurrentGraphImporter(shapes or {}, "float32", keep_params_in_input=False)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with captured_tvm_output("import"):
         mod = importer.from_onnx(graph, _opset(model))
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
     mod = CheckShapeRelations()(BoundedGather()(mod))
@@ -255,14 +253,27 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         shape = var.ty.shape
         dims = [_dim(v) for v in shape.values] if hasattr(shape, "values") else None
         input_types[name] = (dims, str(var.ty.dtype))
+    output_names = [o.name for o in model.graph.output]
+    returned = mod["main"].ret_ty
+    returned = list(returned.fields) if hasattr(returned, "fields") else [returned]
+    output_types = {name: _tensor_type(ty) for name, ty in zip(output_names, returned)}
     return ImportedModel(
         mod=mod,
         input_names=input_names,
         input_types=input_types,
-        output_names=[o.name for o in model.graph.output],
+        output_names=output_names,
+        output_types=output_types,
         loops=importer.loops,
         index_ranges=_gather_index_ranges(model.graph, set(input_names)),
     )
+
+
+def _tensor_type(ty):
+    """(dims, dtype) of a Relax tensor type, as input_types holds them (dims None where
+    the rank is unknown)."""
+    shape = getattr(ty, "shape", None)
+    dims = [_dim(v) for v in shape.values] if hasattr(shape, "values") else None
+    return dims, str(getattr(ty, "dtype", "unknown"))
 
 
 def _gather_index_ranges(graph, inputs) -> dict:

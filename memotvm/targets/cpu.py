@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 
 from ..errors import ConfigError
+from ..log import captured_tvm_output
 from ..runtime import CompiledModel
 from .base import Backend
 
@@ -106,7 +107,7 @@ class CpuBackend(Backend):
         if options:
             raise ConfigError(f"target 'cpu' takes no option(s) {', '.join(sorted(options))}")
         target = host_target()
-        with tvm.transform.PassContext(opt_level=3):
+        with captured_tvm_output("compile"), tvm.transform.PassContext(opt_level=3):
             executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target),
                                      tir_pipeline="memotvm")
         device = tvm.cpu()
@@ -122,7 +123,8 @@ class CpuBackend(Backend):
 
         model = model_class(imported, make_session, target=self.name, memo=memo)
         model.executable = executable
-        model.prepare()
+        with captured_tvm_output("machine code"):
+            model.prepare()
         return model
 
 

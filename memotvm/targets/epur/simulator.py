@@ -1,6 +1,6 @@
 """Functional simulation of an :class:`EpurProgram`.
 
-The accelerator's datapath computes exactly what ../shared/MEMO_SPEC.md says, neuron by
+The accelerator's datapath computes exactly what docs/spec.md says, neuron by
 neuron, chain by chain, in float32 -- which is what :func:`memotvm.reference.run_layer`
 states -- so the simulator executes the program through it and keeps the per-step trace
 of computed neurons that the timing model needs.  Its results therefore equal the CPU
