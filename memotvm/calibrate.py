@@ -87,7 +87,7 @@ class CalibrationResult:
     def format(self) -> str:
         c = self.config
         lines = [f"calibrated: predictor {c.predictor}, thresholds "
-                 + (thresholds_text(c.per_node) or f"all {c.threshold:g}")]
+                 + c.thresholds_text()]
         for p, best in self.per_predictor.items():
             lines.append(f"  {p:<14} calibration: avoided {best['computations_avoided']:.1%}, "
                          f"loss {best['loss']:.2%}")
@@ -100,16 +100,6 @@ class CalibrationResult:
                      + (f" (after rejecting {self.held_out_rejections} configuration(s) that "
                         "failed on the held-out split)" if self.held_out_rejections else ""))
         return "\n".join(lines)
-
-
-def thresholds_text(per_node: dict) -> str:
-    """Per-node thresholds as text: "node_a 0.1; node_b forward 0.1, reverse 0.05"."""
-    def one(value):
-        if isinstance(value, dict):
-            return ", ".join(f"{d} {t:g}" for d, t in value.items())
-        return f"{value:g}"
-
-    return "; ".join(f"{node} {one(v)}" for node, v in per_node.items())
 
 
 def parse_loss(text) -> float:

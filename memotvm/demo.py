@@ -16,7 +16,7 @@ import numpy as np
 
 from .api import compile as compile_model
 from .bench import interleaved, memotvm_runner, onnxruntime_runner
-from .calibrate import calibrate, thresholds_text
+from .calibrate import calibrate
 from .passes import MemoConfig
 from .sweep import plot, sweep
 from .validate import validate
@@ -92,7 +92,7 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
              calibrated={"loss": m["loss"], "computations_avoided": report.stats.computations_avoided,
                          "predictor": config.predictor})
 
-    thresholds = thresholds_text(config.per_node) or f"all {config.threshold:g}"
+    thresholds = config.thresholds_text()
     batch = next(iter(feeds.values())).shape
     lines = [
         f"configuration: {config.predictor} ({origin}): {thresholds}",

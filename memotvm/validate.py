@@ -51,8 +51,7 @@ class ValidationReport:
                 "energy_saving": 1 - memo.energy_total_pj / base.energy_total_pj}
 
     def format(self) -> str:
-        lines = [f"memo: predictor={self.config.predictor} threshold={self.config.threshold}"
-                 + (f" per_node={self.config.per_node}" if self.config.per_node else "")]
+        lines = [f"memo: predictor {self.config.predictor}, thresholds {self.config.thresholds_text()}"]
         lines.append(f"reuse: {self.stats.reuse:.1%} of neuron evaluations, computations "
                      f"avoided: {self.stats.computations_avoided:.1%} of multiply-adds")
         for (node, direction), count in self.stats.per_direction.items():

@@ -70,6 +70,19 @@ class MemoConfig:
                 checked[node] = _check_threshold(value, f"of node '{node}'")
         self.per_node = checked
 
+    def thresholds_text(self) -> str:
+        """The thresholds as text: "0.3 everywhere", or per node (nodes not listed take
+        the global one): "/gru/GRU forward 0.05, reverse 1; others 0"."""
+        def one(value):
+            if isinstance(value, dict):
+                return ", ".join(f"{d} {t:g}" for d, t in value.items())
+            return f"{value:g}"
+
+        if not self.per_node:
+            return f"{self.threshold:g} everywhere"
+        listed = "; ".join(f"{node} {one(v)}" for node, v in self.per_node.items())
+        return listed + (f"; others {self.threshold:g}" if self.threshold else "")
+
     @classmethod
     def coerce(cls, memo) -> "MemoConfig":
         """Accept a MemoConfig, a number (global BNN threshold), a dict, or a JSON path."""
