@@ -79,10 +79,12 @@ class CalibrationResult:
                                 "evaluations": self.evaluations,
                                 "held_out_rejections": self.held_out_rejections}}
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def save(self, path: str) -> None:
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(self.to_json())
 
     def format(self) -> str:
         c = self.config

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import zipfile
 from collections import Counter
 
@@ -20,15 +21,72 @@ from .errors import ConfigError, InputError, MemoTVMError
 
 
 def _load_npz(path: str, what: str) -> dict:
+    """The named arrays of an .npz archive (np.savez), with one-line errors for what is
+    not one: a missing file, a directory, an empty or corrupt file, a single .npy array,
+    an array whose header claims more memory than there is."""
     if not os.path.exists(path):
         raise InputError(f"{what} file {path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{what} file {path}: is a directory, not an .npz archive")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise InputError(f"{what} file {path}: expected an .npz archive of named arrays")
-            return {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise InputError(f"{what} file {path}: not a readable .npz archive ({err})") from err
+        data = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise InputError(f"{what} file {path}: not a readable .npz archive ({err or 'empty'})") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputError(f"{what} file {path}: a single array (.npy); expected an .npz archive "
+                         "of named arrays (np.savez(path, name=array, ...))")
+    arrays = {}
+    with data:
+        for name in data.files:
+            try:
+                arrays[name] = data[name]
+            except MemoryError:
+                raise InputError(f"{what} file {path}: array '{name}' claims more memory than "
+                                 "this machine has (a corrupt or hostile header)") from None
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+                raise InputError(f"{what} file {path}: array '{name}' cannot be read ({err})") from err
+    return arrays
+
+
+def _check_output_path(path) -> None:
+    """Fail before the work, not after it, where an output cannot be written."""
+    if not path or path == "-":
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {path}: it is a directory")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(path: str, write) -> None:
+    """Write exactly ``path``: ``write(file)`` fills a temporary file in the same folder,
+    which then replaces ``path`` (a symbolic link there is replaced, not written
+    through; a reader never sees half a file)."""
+    _check_output_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".memotvm-", suffix=".tmp")
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp: 0600)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _load_labels(path: str):
@@ -47,11 +105,7 @@ def _write_json(data, dest: str) -> None:
     if dest == "-":
         print(text)
         return
-    try:
-        with open(dest, "w") as f:
-            f.write(text + "\n")
-    except OSError as err:
-        raise InputError(f"cannot write {dest}: {err.strerror}") from err
+    _write_atomically(dest, lambda f: f.write((text + "\n").encode()))
     print(f"wrote {dest}")
 
 
@@ -93,7 +147,7 @@ def cmd_run(args):
     model = compile_model(args.model, target=args.target, memo=_memo_from_args(args),
                           **_target_options(args))
     outputs = model.run(inputs)
-    np.savez(args.out, **dict(zip(model.output_names, outputs)))
+    _write_atomically(args.out, lambda f: np.savez(f, **dict(zip(model.output_names, outputs))))
     summary = ", ".join(f"{n} {o.shape}" for n, o in zip(model.output_names, outputs))
     print(f"wrote {args.out}: {summary}")
     if model.memo is not None:
@@ -181,7 +235,7 @@ def cmd_calibrate(args):
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
                        margin=_float(args.margin, "--margin"), output=args.output,
                        target=args.target, progress=not args.quiet, **_target_options(args))
-    result.save(args.out)
+    _write_atomically(args.out, lambda f: f.write(result.to_json().encode()))
     if _human(args):
         print(result.format())
         print(f"wrote {args.out} (use it with --config)")
@@ -384,11 +438,14 @@ def _model_title(path: str) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    outputs = [getattr(args, name, None) for name in ("out", "json", "plot")]
     logging.basicConfig(format="memotvm: %(name)s: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING)
     if not args.verbose:
         logging.getLogger("memotvm.tvm").setLevel(logging.WARNING)
     try:
+        for path in outputs:
+            _check_output_path(path)
         args.func(args)
     except MemoTVMError as err:
         print(f"memotvm: error: {err}", file=sys.stderr)

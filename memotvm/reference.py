@@ -57,7 +57,7 @@ class DeltaState:
         the copy is updated."""
         sent = self.sent[which]
         diff = vec - sent
-        idx = np.nonzero(np.abs(diff) >= thr)[0]
+        idx = np.nonzero(~(np.abs(diff) < thr))[0]  # a NaN change is transmitted
         sent[idx] = vec[idx]
         return idx, diff[idx]
 
@@ -144,8 +144,13 @@ class _Chain:
             else:  # oracle: the true pre-activation
                 q = (a + b).astype(np.float64)
                 floor = 1e-6
+            # A NaN has no sign: a predictor of signs cannot judge an input holding one,
+            # and the neuron is computed (its prediction is kept as computed, a NaN
+            # counting as positive).  Other predictors' values become NaN themselves.
+            signs_undefined = (self.predictor is not None and self.predictor.reads_signs
+                               and (np.isnan(x).any() or np.isnan(u).any()))
             qm = self.table.q[rows]
-            if self.table.filled:
+            if self.table.filled and not signs_undefined:
                 reuse = np.abs(q - qm) < self.thr * np.maximum(np.abs(qm), floor)
             self.table.q[rows] = np.where(reuse, qm, q)
         fresh_input = self.predictor is not None and self.predictor.fresh_input

@@ -28,7 +28,9 @@ class CompiledModel:
 
     ``run`` may be called any number of times and from several threads: each thread gets
     its own virtual machine over the shared executable, and every call starts from empty
-    memo tables (they live inside the kernels' frames).
+    memo tables (they live inside the kernels' frames).  ``last_stats`` (and on the
+    accelerator ``last_cost``) are the calling thread's own; ``run_with_stats`` returns a
+    call's statistics with its outputs.
     """
 
     def __init__(self, imported, make_session, target: str, memo=None):
@@ -45,8 +47,6 @@ class CompiledModel:
         self.tunable = False
         self._make_session = make_session
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self.last_stats: ReuseStats | None = None
 
     def get_inputs(self) -> list:
         """The model's inputs (not its initializers), in the order ``run`` checks them."""
@@ -91,11 +91,20 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
-        with self._lock:
-            self.last_stats = stats
-        self._local.last_stats = stats
+        self._local.last_stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
         return outputs
+
+    def run_with_stats(self, inputs: dict, check_finite: bool = True, memo=None) -> tuple:
+        """``run``, returning ``(outputs, stats)`` together: the statistics of exactly
+        this call, whatever other threads do meanwhile."""
+        outputs = self.run(inputs, check_finite, memo)
+        return outputs, self._local.last_stats
+
+    @property
+    def last_stats(self) -> ReuseStats | None:
+        """The reuse statistics of the calling thread's last call (None before its first):
+        per thread, so that a thread never reads another's call."""
+        return getattr(self._local, "last_stats", None)
 
     def _call_config(self, memo):
         if memo is None:
@@ -117,8 +126,8 @@ class CompiledModel:
 
     @property
     def thread_last_stats(self) -> ReuseStats | None:
-        """The statistics of this thread's last call."""
-        return getattr(self._local, "last_stats", None)
+        """The statistics of this thread's last call (the same as ``last_stats``)."""
+        return self.last_stats
 
     def check_inputs(self, inputs: dict, check_finite: bool = True) -> list:
         """Validate names, dtypes, shapes and values; return arrays in parameter order."""

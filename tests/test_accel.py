@@ -157,7 +157,8 @@ def test_partitioned_kernel_arguments_follow_the_node_when_inputs_repeat():
                   initial_c=True, peepholes=True, attrs={"clip": 2.0, "input_forget": 1})),
     ("GRU", dict(dtype="float64", direction="reverse", attrs={"linear_before_reset": 1})),
     ("RNN", dict(direction="bidirectional", attrs={
-        "activations": ["HardSigmoid"], "activation_alpha": [0.3], "activation_beta": [0.4]})),
+        "activations": ["HardSigmoid", "HardSigmoid"], "activation_alpha": [0.3, 0.3],
+        "activation_beta": [0.4, 0.4]})),
     ("GRU", dict(dtype="float16", sequence_lens=True)),
 ])
 def test_accel_matches_cpu_in_spec_corners(op, kwargs):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import tvm
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from ..errors import MemoTVMError, UnsupportedModelError
+from ..errors import ConfigError, MemoTVMError, UnsupportedModelError
 from ..kernels import build_kernel
 from ..log import captured_tvm_output
 from ..passes.safe_gather import BoundedGather
@@ -115,6 +116,14 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         )
         if x.ty.ndim != 3:
             raise UnsupportedModelError(f"{op} node '{name}': X must be 3-d, got {x.ty}")
+        fixed = {"B": [loop.num_directions, 2 * loop.rows], "P": [loop.num_directions, 3 * loop.hidden_size]}
+        for label, want in fixed.items():
+            if label in present and _static_shape(present[label]) != want:
+                got = _static_shape(present[label])
+                raise UnsupportedModelError(
+                    f"{op} node '{name}': input {label} has shape "
+                    f"{['?' if v is None else v for v in got]}, expected {want} "
+                    f"({loop.num_directions} direction(s), hidden size {loop.hidden_size})")
         for label, expr in [("W", w), ("R", r)] + list(present.items()):
             want = "int32" if label == "sequence_lens" else dtype
             if label == "sequence_lens" and str(expr.ty.dtype) in ("int64", "int16", "int8"):
@@ -233,6 +242,8 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
     ``shapes`` optionally fixes input shapes (name -> list of ints), as TVM's importer
     allows; by default dynamic dimensions stay symbolic.
     """
+    _check_input_types(model.graph)
+    shapes = _checked_shape_overrides(model.graph, shapes)
     graph = onnx.GraphProto()
     graph.CopyFrom(model.graph)
     shapes_as_tensors(graph)
@@ -240,7 +251,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
     for name in rec_names:  # extra outputs: each kernel's stats and status
         graph.output.add().name = STATS_PREFIX + name
         graph.output.add().name = STATUS_PREFIX + name
-    importer = RecurrentGraphImporter(shapes or {}, "float32", keep_params_in_input=False)
+    importer = RecurrentGraphImporter(shapes, "float32", keep_params_in_input=False)
     with captured_tvm_output("import"):
         mod = importer.from_onnx(graph, _opset(model))
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
@@ -266,6 +277,55 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         loops=importer.loops,
         index_ranges=_gather_index_ranges(model.graph, set(input_names)),
     )
+
+
+# Element types the compiled code can take as inputs (TVM has no string or complex type).
+_INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+                onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
+
+
+def _graph_inputs(graph) -> list:
+    initializers = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in initializers]
+
+
+def _check_input_types(graph) -> None:
+    for value in _graph_inputs(graph):
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise UnsupportedModelError(f"input '{value.name}' is a {kind or 'value without a type'}, "
+                                        "not a tensor; memotvm compiles tensor inputs only")
+        elem = value.type.tensor_type.elem_type
+        if elem not in _INPUT_TYPES:
+            raise UnsupportedModelError(
+                f"input '{value.name}' has element type "
+                f"{onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem}, "
+                "which memotvm does not support (floats, integers and bool are)")
+
+
+def _checked_shape_overrides(graph, shapes) -> dict:
+    """``shapes`` of compile(): input name -> a list of positive ints, one per axis of an
+    input of the graph (inputs not named keep the shapes the model declares)."""
+    if shapes is None:
+        return {}
+    if not isinstance(shapes, dict):
+        raise ConfigError(f"shapes must map input names to shapes, got {type(shapes).__name__}")
+    inputs = {v.name: v for v in _graph_inputs(graph)}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise ConfigError(f"shapes names '{name}', which is not an input of the model "
+                              f"(inputs: {', '.join(inputs) or 'none'})")
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0
+                for d in shape):
+            raise ConfigError(f"shapes['{name}'] must be a list of positive ints, got {shape!r}")
+        declared = inputs[name].type.tensor_type.shape
+        if inputs[name].type.tensor_type.HasField("shape") and len(declared.dim) != len(shape):
+            raise ConfigError(f"shapes['{name}'] has {len(shape)} axes; input '{name}' has "
+                              f"{len(declared.dim)}")
+    return {name: [int(d) for d in shape] for name, shape in shapes.items()}
 
 
 def _tensor_type(ty):

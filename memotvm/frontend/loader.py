@@ -41,8 +41,10 @@ def load_model(model) -> onnx.ModelProto:
         raise ModelLoadError(f"{source}: not an ONNX model (no graph or IR version)")
     if proto.ir_version < 3:
         raise ModelLoadError(f"{source}: ONNX IR version {proto.ir_version} is too old (need >= 3)")
+    _check_versions(proto, source)
     _check_external_data_loaded(proto, source)
     _check_references(proto.graph, source)
+    _check_nodes(proto.graph, _default_opset(proto), source)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as err:
@@ -51,6 +53,56 @@ def load_model(model) -> onnx.ModelProto:
         first = str(err).strip().splitlines()[0]
         warnings.warn(f"{source}: onnx.checker: {first}", stacklevel=3)
     return proto
+
+
+def _default_opset(proto) -> int:
+    return next((e.version for e in proto.opset_import if e.domain in ("", "ai.onnx")), 1)
+
+
+def _check_versions(proto, source):
+    """An IR version or opset newer than the installed onnx knows is a file written by
+    a newer exporter (or a corrupt one): its meaning is unknown, so it is refused."""
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(f"{source}: ONNX IR version {proto.ir_version} is newer than the "
+                             f"installed onnx package reads (up to {onnx.IR_VERSION})")
+    newest = onnx.defs.onnx_opset_version()
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ModelLoadError(f"{source}: opset {entry.version} of the default domain is "
+                                 f"newer than the installed onnx package knows (up to {newest})")
+
+
+def _check_nodes(graph, opset, source):
+    """Structural errors the lenient checker lets through: a node attribute its operator
+    does not define, more outputs than the operator has, a name produced twice, a graph
+    output listed twice.  (Unknown operators are reported by the importer, which says
+    whether memotvm could convert them.)"""
+    produced = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        where = f"{source}: node '{node.name}' ({node.op_type})"
+        if node.domain in ("", "ai.onnx"):
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset, "")
+            except onnx.defs.SchemaError:
+                schema = None
+            if schema is not None:
+                unknown = sorted({a.name for a in node.attribute} - set(schema.attributes))
+                if unknown:
+                    raise ModelLoadError(f"{where}: attribute(s) {', '.join(unknown)} are not "
+                                         f"defined for {node.op_type} (opset {opset})")
+                if not schema.outputs or schema.outputs[-1].option != schema.FormalParameterOption.Variadic:
+                    if len(node.output) > len(schema.outputs):
+                        raise ModelLoadError(f"{where}: has {len(node.output)} outputs; "
+                                             f"{node.op_type} has at most {len(schema.outputs)}")
+        for name in node.output:
+            if name and name in produced:
+                raise ModelLoadError(f"{where}: output '{name}' is already produced by an "
+                                     "input, an initializer or an earlier node")
+            produced.add(name)
+    names = [o.name for o in graph.output]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelLoadError(f"{source}: graph output(s) {', '.join(twice)} listed more than once")
 
 
 def _check_external_data_loaded(proto, source):

@@ -149,10 +149,10 @@ def _parse_activations(op, attrs, nd, fail):
     names = [_text(a) for a in attrs.get("activations", ())]
     if not names:
         names = list(DEFAULT_ACTIVATIONS[op]) * nd
-    elif len(names) == per_dir and nd == 2:
-        names = names * 2  # one list given for both directions
     if len(names) != per_dir * nd:
-        fail(f"expected {per_dir * nd} activations, got {len(names)}: {names}")
+        # (As onnxruntime: a bidirectional node lists each direction's, even if equal.)
+        fail(f"expected {per_dir * nd} activations ({per_dir} per direction), got "
+             f"{len(names)}: {names}")
     alphas = list(attrs.get("activation_alpha", ()))
     betas = list(attrs.get("activation_beta", ()))
     acts = []

@@ -26,8 +26,17 @@ class TirMath:
     def bind(self, x):
         return T.bind(x)
 
-    maximum = staticmethod(tirx.max)
-    minimum = staticmethod(tirx.min)
+    # max(x, c) and min(x, c) as one compare and select that keep a NaN x (LLVM's
+    # maxnum/minnum return the other operand): NaN in, NaN out, as onnxruntime and the
+    # numpy reference give.  Equal to max/min for every other x.
+    @staticmethod
+    def maximum(x, c):
+        return tirx.Select(x < c, c, x)
+
+    @staticmethod
+    def minimum(x, c):
+        return tirx.Select(x > c, c, x)
+
     where = staticmethod(tirx.Select)
     abs = staticmethod(tirx.abs)
     log1p = staticmethod(tirx.log1p)
@@ -36,9 +45,20 @@ class TirMath:
         if self.dtype != "float32":
             return tirx.exp(x)
         c = self.const
+        x = self.bind(x)
         p, n = self.exp_parts(tirx.min(tirx.max(x, c(-87.0)), c(88.0)))
-        # n lies in [-126, 127] after the clamp: 2^n is a normal float.
-        return p * self.power_of_two(n)
+        # n lies in [-126, 127] after the clamp: 2^n is a normal float.  The clamp
+        # would make a NaN finite: it is given back as it came.
+        return tirx.Select(self.isnan(x), x, p * self.power_of_two(n))
+
+    def isnan(self, x):
+        """Whether x (of this backend's type) is a NaN, from its bits: TVM's simplifier
+        folds x != x to false, and its vectorizer scalarizes tirx.isnan (a call) and
+        loses the bindings around it; integer operations vectorize."""
+        bits, ints = (64, "int64") if self.dtype == "float64" else (32, "int32")
+        magnitude = tirx.reinterpret(ints, x) & tirx.const((1 << (bits - 1)) - 1, ints)
+        infinity = 0x7FF0000000000000 if bits == 64 else 0x7F800000
+        return magnitude > tirx.const(infinity, ints)
 
     def exp_parts(self, x):
         """exp(x) = p * 2^n (float32, Cephes' expf: n = round(x / ln 2), p the

@@ -22,20 +22,33 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import MemoPlan, build_kernel, build_sign_packer, weight_data
-from ..frontend.recurrent import RecurrentLoop
+from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions, without_uncalled_kernels
 
 def _check_threshold(value, where):
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"threshold {where} must be a number, got {_short(value)}")
     try:
         t = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"threshold {where} must be a number, got {value!r}") from None
+        raise ConfigError(f"threshold {where} must be a number, got {_short(value)}") from None
+    except OverflowError:  # an int beyond float's range: 10**400
+        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {_short(value)}") from None
     if isinstance(value, (bool, np.bool_)) or not math.isfinite(t) or t < 0:
-        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {value!r}")
+        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {_short(value)}")
     return t
+
+
+def _short(value, limit=60) -> str:
+    """repr of a user's value, cut to a readable length (a 5000-digit number)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for repr: Python's digit limit
+        text = f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -55,8 +68,13 @@ class MemoConfig:
         if not isinstance(self.predictor, str):
             raise ConfigError(f"predictor must be a name, got {self.predictor!r}")
         get_predictor(self.predictor)  # raises ConfigError for unknown names
+        if not isinstance(self.per_node, dict):
+            raise ConfigError("per_node must map node names to thresholds, got "
+                              f"{type(self.per_node).__name__}")
         checked = {}
-        for node, value in dict(self.per_node).items():
+        for node, value in self.per_node.items():
+            if not isinstance(node, str):
+                raise ConfigError(f"per_node keys are node names, got {_short(node)}")
             if isinstance(value, dict):
                 bad = set(value) - {"forward", "reverse"}
                 if bad:
@@ -99,6 +117,9 @@ class MemoConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "MemoConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError("a memo configuration is an object with threshold, predictor "
+                              f"and per_node, got {type(raw).__name__}")
         known = {"threshold", "predictor", "per_node"}
         extra = set(raw) - known
         if extra:
@@ -108,15 +129,23 @@ class MemoConfig:
     @classmethod
     def load(cls, path: str) -> "MemoConfig":
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
         except OSError as err:
             raise ConfigError(f"{path}: cannot read memo configuration: {err.strerror}") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not a JSON memo configuration: {err}") from err
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a JSON memo configuration (not UTF-8 text)") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a usable memo configuration (nested too deeply)") from None
+        except ValueError as err:  # JSONDecodeError, and numbers beyond Python's digit limit
+            raise ConfigError(f"{path}: not a JSON memo configuration: {_short(str(err), 120)}") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a memo configuration is a JSON object")
-        return cls.from_dict(raw.get("memo", raw))
+        section = raw.get("memo", raw)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: 'memo' must be an object with threshold, predictor and "
+                              f"per_node, got {type(section).__name__}")
+        return cls.from_dict(section)
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "predictor": self.predictor, "per_node": self.per_node}
@@ -238,6 +267,18 @@ def check_supported(mod, config: MemoConfig) -> None:
                 f"predictor '{spec}' derives its data from the weights at compile time, "
                 f"but node '{loop.name}' computes W or R at run time"
             )
+        # A memoized neuron that is not computed cannot pass on a NaN or infinite
+        # weight (a skipped column of delta execution, a reused row): the unmodified
+        # layer would, so such weights are refused rather than silently hidden.
+        labels = ["X", "W", "R"] + [label for label in OPTIONAL_INPUTS.values() if loop.has(label)]
+        for label, arg in zip(labels, call.args[1].fields):
+            if label in ("W", "R", "B", "P") and isinstance(arg, GenericConst):
+                value = arg.value.numpy()
+                if not np.isfinite(value).all():
+                    raise UnsupportedModelError(
+                        f"{loop.op} node '{loop.name}': its {label} holds "
+                        f"{int((~np.isfinite(value)).sum())} NaN or infinite value(s); "
+                        "memoization needs finite weights (the unmodified model propagates them)")
 
 
 @relax.expr_functor.mutator

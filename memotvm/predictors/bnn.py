@@ -93,16 +93,17 @@ class BnnPredictor(Predictor):
             T.buffer_store(out, total - 2 * tirx.Cast("int32", diff[lane]), [lane])
 
     def reference(self, data, d, rows, x, u, a):
-        # Equal to the popcount form: agreements minus disagreements of the signs.
-        sx = np.where(x >= 0, 1, -1).astype(np.int64)
-        su = np.where(u >= 0, 1, -1).astype(np.int64)
+        # Equal to the popcount form: agreements minus disagreements of the signs (the
+        # kernels' sign bit is v < 0, so a NaN counts as positive, as 0 does).
+        sx = np.where(x < 0, -1, 1).astype(np.int64)
+        su = np.where(u < 0, -1, 1).astype(np.int64)
         sw = data["W_sign_matrix"][d][rows]
         sr = data["R_sign_matrix"][d][rows]
         return (sw @ sx + sr @ su).astype(np.float64)
 
     def reference_data(self, W, R):
-        return {"W_sign_matrix": np.where(W >= 0, 1, -1).astype(np.int64),
-                "R_sign_matrix": np.where(R >= 0, 1, -1).astype(np.int64)}
+        return {"W_sign_matrix": np.where(W < 0, -1, 1).astype(np.int64),
+                "R_sign_matrix": np.where(R < 0, -1, 1).astype(np.int64)}
 
     def extra_cost(self, loop):
         return loop.rows * (words(loop.input_size) + words(loop.hidden_size))

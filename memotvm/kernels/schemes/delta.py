@@ -125,11 +125,12 @@ class Delta(Scheme):
         # x's transmitted copy at that step (see _transmitted_inputs).
         return (self.x_copies, (s % self.kb.chunk, d, b)) if self.x_projected else None
 
-    @staticmethod
-    def _transmits(valid, diff, thr):
+    def _transmits(self, valid, diff, thr):
         """Whether a component whose value moved by ``diff`` since it was last sent is
-        transmitted at a valid step: |diff| >= threshold, compared in float64."""
-        return tirx.And(valid, tirx.Cast("float64", tirx.abs(diff)) >= thr)
+        transmitted at a valid step: |diff| >= threshold, compared in float64, or a NaN
+        change (which then reaches the parts, as in the unmodified layer)."""
+        large = tirx.Cast("float64", tirx.abs(diff)) >= thr
+        return tirx.And(valid, tirx.Or(large, self.kb.m.isnan(diff)))
 
     def _transmitted_inputs(self, s):
         """x's transmissions for the chunk of steps from s, per chain, when the input

@@ -47,8 +47,13 @@ class Memoization(Scheme):
             D = loop.input_size
             self.x_signs = kb.named("x_signs", T.alloc_buffer((kb.seq, batch, words(D)), "uint64"))
             self.h_signs = kb.named("h_signs", T.alloc_buffer((2, nd, batch, words(H)), "uint64"))
+            # Beside each vector's (or unit block's) sign bits, whether it holds a NaN:
+            # a NaN has no sign, so a neuron reading one is computed (docs/spec.md).
+            self.x_nan = kb.named("x_nan", T.alloc_buffer((kb.seq, batch), "uint64"))
+            self.h_nan = kb.named("h_nan", T.alloc_buffer((2, nd, batch, words(H)), "uint64"))
             if kb.gru_reset_first:
                 self.rh_signs = kb.named("reset_h_signs", T.alloc_buffer((nd, batch, words(H)), "uint64"))
+                self.rh_nan = kb.named("reset_h_nan", T.alloc_buffer((nd, batch, words(H)), "uint64"))
         self.memo_q = kb.named("memo_q", T.alloc_buffer((nd, batch, G), self.predictor.q_dtype))
 
     # -- sign bits ------------------------------------------------------------------
@@ -63,17 +68,26 @@ class Memoization(Scheme):
             return self.h_signs, prefix
         return self.rh_signs, prefix
 
-    def _pack_word(self, src, src_prefix, first, count, dst, dst_idx):
+    def _pack_word(self, src, src_prefix, first, count, dst, dst_idx, nan, nan_idx):
         """dst[dst_idx] = the sign bits of src[src_prefix + (first + l,)], l < count
-        (bit l = 1 where negative; bits from count on are 0)."""
+        (bit l = 1 where negative; bits from count on are 0); nan[nan_idx] |= 1 where
+        one of them is a NaN."""
         kb = self.kb
+        one, zero = tirx.const(1, "uint64"), tirx.const(0, "uint64")
         word = T.alloc_buffer((1,), "uint64")
-        T.buffer_store(word, tirx.const(0, "uint64"), [0])
+        flag = T.alloc_buffer((1,), "uint64")
+        T.buffer_store(word, zero, [0])
+        T.buffer_store(flag, zero, [0])
         with T.serial(0, count) as l:
-            neg = kb.load(src, src_prefix + (first + l,)) < kb.m.const(0.0)
-            bit = tirx.Select(neg, tirx.const(1, "uint64"), tirx.const(0, "uint64"))
+            v = T.bind(kb.load(src, src_prefix + (first + l,)))
+            bit = tirx.Select(v < kb.m.const(0.0), one, zero)
             T.buffer_store(word, word[0] | (bit << tirx.Cast("uint64", l)), [0])
+            T.buffer_store(flag, flag[0] | tirx.Select(kb.m.isnan(v), one, zero), [0])
         T.buffer_store(dst, word[0], list(dst_idx))
+        T.buffer_store(nan, nan[tuple(nan_idx)] | flag[0], list(nan_idx))
+
+    def _nan_flags(self, src):
+        return self.h_nan if src is self.kb.h else self.rh_nan
 
     def _pack_unit_signs(self, src, dst, prefix, ub):
         """Word ub of dst[prefix] = the sign bits of the units of block ub of
@@ -81,7 +95,9 @@ class Memoization(Scheme):
         kb = self.kb
         assert kb.unit_block == WORD_BITS or kb.unit_blocks == 1
         first, count = kb.units(ub)
-        self._pack_word(src, prefix, first, count, dst, prefix + (ub,))
+        nan = self._nan_flags(src)
+        T.buffer_store(nan, tirx.const(0, "uint64"), list(prefix + (ub,)))
+        self._pack_word(src, prefix, first, count, dst, prefix + (ub,), nan, prefix + (ub,))
 
     def initialise_chain(self, d, b):
         if self.signs:
@@ -97,9 +113,11 @@ class Memoization(Scheme):
         with T.parallel(0, kb.seq * kb.batch) as i:
             t = T.bind(i // kb.batch)
             b = T.bind(i % kb.batch)
+            T.buffer_store(self.x_nan, tirx.const(0, "uint64"), [t, b])
             with T.serial(0, words(D)) as w:
                 count = tirx.min(i64(WORD_BITS), i64(D) - w * WORD_BITS)
-                self._pack_word(kb.X, (t, b), w * WORD_BITS, count, self.x_signs, (t, b, w))
+                self._pack_word(kb.X, (t, b), w * WORD_BITS, count, self.x_signs, (t, b, w),
+                                self.x_nan, (t, b))
 
     def stored_units(self, src, prefix, ub):
         if self.signs:
@@ -109,6 +127,16 @@ class Memoization(Scheme):
     def carried_units(self, d, b, ub, prev, nxt):
         if self.signs:
             T.buffer_store(self.h_signs, self.h_signs[prev, d, b, ub], [nxt, d, b, ub])
+            T.buffer_store(self.h_nan, self.h_nan[prev, d, b, ub], [nxt, d, b, ub])
+
+    def _signs_defined(self, x_ref, u_ref):
+        """Whether neither x_t nor u (as (buffer, prefix) pairs) holds a NaN."""
+        (_, x_pre), (u_buf, u_pre) = x_ref, u_ref
+        nan = self.x_nan[x_pre]
+        flags = self._nan_flags(u_buf)
+        for ub in range(self.kb.unit_blocks):
+            nan = nan | flags[u_pre + (ub,)]
+        return T.bind(nan == tirx.const(0, "uint64"))
 
     # -- the decisions --------------------------------------------------------------
 
@@ -130,6 +158,9 @@ class Memoization(Scheme):
         live, pos = kb.live(d, block, s)
         u_refs = [kb.u_ref(u_buf, d, b, s) for b in elems]
         states = [pred.prepare(kb, d, b, s, (kb.X, (pos[e], b)), u_refs[e]) for e, b in enumerate(elems)]
+        # A neuron may reuse only where its predictor can judge its inputs.
+        judged = [tirx.And(may_reuse, self._signs_defined((kb.X, (pos[e], b)), u_refs[e]))
+                  if self.signs else may_reuse for e, b in enumerate(elems)]
         # Padded to whole groups of ROW_BLOCK rows (see below).
         todo = T.alloc_buffer((len(gates) * kb.unit_block + ROW_BLOCK - 1,), "int64")
         ntodo = T.alloc_buffer((1,), "int64")
@@ -144,7 +175,7 @@ class Memoization(Scheme):
             """Decide neuron j of element b (the e-th of the block) from its value q:
             update its memo entry, return 1 if it must be computed, else 0."""
             old = T.bind(self.memo_q[d, b, j])
-            small = tirx.And(may_reuse, small_change(q, old, thr, pred.floor))
+            small = tirx.And(judged[e], small_change(q, old, thr, pred.floor))
             # Elements past their length (or repeated) compute nothing and keep their
             # values (a select, like the decision itself).  A repeated element writes
             # back what the real one just stored.  (Not bound to a variable: TVM's

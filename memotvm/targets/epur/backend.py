@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 
 import numpy as np
 import tvm
@@ -100,32 +101,43 @@ class _CallReplacer(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         if isinstance(call.op, relax.GlobalVar) and call.op in self.externs:
-            name, positions = self.externs[call.op]
-            return relax.call_dps_packed(name, [call.args[i] for i in positions],
-                                         out_ty=list(call.ty.fields))
+            layer, positions = self.externs[call.op]
+            return relax.call_dps_packed(
+                RUN_LAYER, [relax.prim_value(tvm.tirx.IntImm("int64", layer))]
+                + [call.args[i] for i in positions], out_ty=list(call.ty.fields))
         return call
 
 
-def _register(prog: EpurProgram) -> str:
-    name = f"memotvm.epur.layer{next(_ids)}"
+# The programs of the live models, by id.  One global function runs them all, so that
+# compiling a model adds nothing to TVM's function registry, and a dropped model's
+# programs go with it.
+_programs: "weakref.WeakValueDictionary[int, EpurProgram]" = weakref.WeakValueDictionary()
+RUN_LAYER = "memotvm.epur.run_layer"
 
+
+@tvm_ffi.register_global_func(RUN_LAYER)
+def _run_layer(layer, *tensors):
+    """Simulate program ``layer`` on its input tensors, writing its output tensors."""
+    prog = _programs[int(layer)]
     n_out = 5 if prog.loop.op == "LSTM" else 4  # Y, Y_h, [Y_c], stats, status
+    ins, outs = tensors[:-n_out], tensors[-n_out:]
+    result = simulate(prog, [t.numpy() for t in ins])
+    for out, value in zip(outs, result.outputs):
+        out.copyfrom(np.ascontiguousarray(np.asarray(value).astype(out.dtype)))
+    getattr(_trace, "layers", []).append(result.cost)
 
-    def run(*tensors):
-        ins, outs = tensors[:-n_out], tensors[-n_out:]
-        result = simulate(prog, [t.numpy() for t in ins])
-        for out, value in zip(outs, result.outputs):
-            out.copyfrom(np.ascontiguousarray(np.asarray(value).astype(out.dtype)))
-        getattr(_trace, "layers", []).append(result.cost)
 
-    tvm_ffi.register_global_func(name, run, override=True)
-    return name
+def _register(prog: EpurProgram) -> int:
+    layer = next(_ids)
+    _programs[layer] = prog
+    return layer
 
 
 class AcceleratorModel(CompiledModel):
     """A compiled model whose recurrent layers run on the simulated accelerator.
 
-    After each call ``last_cost`` holds a :class:`CostReport` of that call.
+    After each call ``last_cost`` holds a :class:`CostReport` of the calling thread's
+    last call.
     """
 
     programs: list
@@ -137,10 +149,13 @@ class AcceleratorModel(CompiledModel):
             outputs = super().run(inputs, check_finite, memo)
         finally:
             layers, _trace.layers = _trace.layers, []
-        report = CostReport(layers, self.hardware)
-        with self._lock:
-            self.last_cost = report
+        self._local.last_cost = CostReport(layers, self.hardware)
         return outputs
+
+    @property
+    def last_cost(self):
+        """The CostReport of the calling thread's last call (None before its first)."""
+        return getattr(self._local, "last_cost", None)
 
 
 class CostReport:
@@ -206,5 +221,4 @@ class EpurBackend(Backend):
         mod = offload(partition(mod))
         model = CpuBackend().build(imported, mod, memo=memo, model_class=AcceleratorModel)
         model.programs, model.hardware, model.target = offload.programs, hw, self.name
-        model.last_cost = None
         return model
