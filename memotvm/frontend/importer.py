@@ -10,6 +10,7 @@ out-of-range sequence lengths.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -252,8 +253,20 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         graph.output.add().name = STATS_PREFIX + name
         graph.output.add().name = STATUS_PREFIX + name
     importer = RecurrentGraphImporter(shapes, "float32", keep_params_in_input=False)
+    error = None
     with captured_tvm_output("import"):
-        mod = importer.from_onnx(graph, _opset(model))
+        try:
+            mod = importer.from_onnx(graph, _opset(model))
+        except MemoTVMError as err:
+            # Raised again without the frames that hold the importer: its block builder,
+            # destroyed mid-build, prints a warning from C++, which is to be captured
+            # here rather than land on the user's terminal later.
+            error = type(err)(str(err))
+        if error is not None:
+            del importer
+            gc.collect()
+    if error is not None:
+        raise error
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
     mod = CheckShapeRelations()(BoundedGather()(mod))
     initializers = {t.name for t in graph.initializer}
