@@ -26,16 +26,8 @@ class TirMath:
     def bind(self, x):
         return T.bind(x)
 
-    # max(x, c) and min(x, c) as one compare and select that keep a NaN x (LLVM's
-    # maxnum/minnum return the other operand): NaN in, NaN out, as onnxruntime and the
-    # numpy reference give.  Equal to max/min for every other x.
-    @staticmethod
-    def maximum(x, c):
-        return tirx.Select(x < c, c, x)
-
-    @staticmethod
-    def minimum(x, c):
-        return tirx.Select(x > c, c, x)
+    maximum = staticmethod(tirx.max)
+    minimum = staticmethod(tirx.min)
 
     where = staticmethod(tirx.Select)
     abs = staticmethod(tirx.abs)
