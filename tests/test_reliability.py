@@ -110,11 +110,12 @@ def test_invalid_models_are_refused(mutate, match):
 
 # -- NaN and infinity: propagated as onnxruntime does, or refused -----------------------
 
-# (Not with clip: the kernels' clip still maps a NaN to a bound; docs/reliability.md.)
+# (Not with clip, Relu, HardSigmoid or Softplus: the kernels' min and max still map a NaN
+# to a bound; docs/reliability.md.)
 @pytest.mark.parametrize("op,acts,clip", [
-    ("RNN", ["Tanh"], None), ("RNN", ["Relu"], None), ("RNN", ["HardSigmoid"], None),
-    ("RNN", ["Softplus"], None), ("RNN", ["Elu"], None), ("GRU", ["Sigmoid", "Tanh"], None),
-    ("GRU", ["HardSigmoid", "Relu"], None), ("LSTM", ["Sigmoid", "Tanh", "Tanh"], None),
+    ("RNN", ["Tanh"], None), ("RNN", ["Sigmoid"], None), ("RNN", ["Elu"], None),
+    ("RNN", ["LeakyRelu"], None), ("RNN", ["Softsign"], None), ("RNN", ["ScaledTanh"], None),
+    ("GRU", ["Sigmoid", "Tanh"], None), ("LSTM", ["Sigmoid", "Tanh", "Tanh"], None),
 ])
 @pytest.mark.parametrize("memo", [None, 0.3, {"predictor": "lowrank:2", "threshold": 0.3},
                                   {"predictor": "delta", "threshold": 0.05}])
