@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 import zipfile
-from collections import Counter
 
 import numpy as np
 
@@ -425,13 +424,12 @@ def _model_title(path: str) -> str:
     """A plot title that says what the model is: its file name and recurrent layers."""
     try:
         from .frontend import from_onnx
+        from .sweep import layers_text
 
         loops = from_onnx(path).loops
     except MemoTVMError:
         return os.path.basename(path)
-    kinds = Counter(f"{loop.op} {loop.hidden_size}{' bidirectional' if loop.num_directions == 2 else ''}"
-                    for loop in loops)
-    layers = ", ".join(f"{n} x {kind}" if n > 1 else kind for kind, n in kinds.items())
+    layers = layers_text(loops)
     return f"{os.path.basename(path)} ({layers})" if layers else os.path.basename(path)
 
 

@@ -18,7 +18,7 @@ from .api import compile as compile_model
 from .bench import interleaved, memotvm_runner, onnxruntime_runner
 from .calibrate import calibrate
 from .passes import MemoConfig
-from .sweep import plot, sweep
+from .sweep import layers_text, plot, sweep
 from .validate import validate
 
 MODELS = os.path.join(os.path.dirname(__file__), "models")
@@ -85,9 +85,7 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
                  labels=labels, metric=metric, output=output, progress=False)
     m = report.metric
     if plot_path:
-        layers = ", ".join(f"{l.op} {l.hidden_size}{' bidirectional' if l.num_directions == 2 else ''}"
-                           for l in plain.loops)
-        plot(rows, plot_path, title=f"{model_name} ({layers}; {info['task']}): computations "
+        plot(rows, plot_path, title=f"{model_name} ({layers_text(plain.loops)}; {info['task']}): computations "
              f"avoided and {metric} loss, held-out split",
              calibrated={"loss": m["loss"], "computations_avoided": report.stats.computations_avoided,
                          "predictor": config.predictor})

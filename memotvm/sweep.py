@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from tqdm import tqdm
 
@@ -66,6 +67,13 @@ def format_table(rows) -> str:
             line += f" {r['metric_value']:>9.4f} {r['metric_loss']:>8.2%}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def layers_text(loops) -> str:
+    """The recurrent layers of a model, for titles: "2 x GRU 128 bidirectional, LSTM 64"."""
+    kinds = Counter(f"{loop.op} {loop.hidden_size}{' bidirectional' if loop.num_directions == 2 else ''}"
+                    for loop in loops)
+    return ", ".join(f"{n} x {kind}" if n > 1 else kind for kind, n in kinds.items())
 
 
 # Delta execution's threshold is an absolute change of an input component; every

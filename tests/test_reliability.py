@@ -2,7 +2,6 @@
 (docs/reliability.md).  Each test here failed on the code before its fix."""
 
 import gc
-import json
 import os
 import threading
 
@@ -13,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import memotvm
 from memotvm.cli import main
-from memotvm.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError
+from memotvm.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from memotvm.passes import MemoConfig
 from memotvm.testing import make_inputs, make_recurrent_model
 

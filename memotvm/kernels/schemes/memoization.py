@@ -58,15 +58,19 @@ class Memoization(Scheme):
 
     # -- sign bits ------------------------------------------------------------------
 
+    def _packed(self, buf):
+        """(sign bits, NaN flags) kept for the vector buffer ``buf``: X, h or r (.) h."""
+        if buf is self.kb.X:
+            return self.x_signs, self.x_nan
+        if buf is self.kb.h:
+            return self.h_signs, self.h_nan
+        return self.rh_signs, self.rh_nan
+
     def sign_bits(self, ref):
         """The packed sign bits (buffer, index prefix) of the vector ``ref`` (x_t, h or
         r (.) h, as a (buffer, prefix) pair)."""
         buf, prefix = ref
-        if buf is self.kb.X:
-            return self.x_signs, prefix
-        if buf is self.kb.h:
-            return self.h_signs, prefix
-        return self.rh_signs, prefix
+        return self._packed(buf)[0], prefix
 
     def _pack_word(self, src, src_prefix, first, count, dst, dst_idx, nan, nan_idx):
         """dst[dst_idx] = the sign bits of src[src_prefix + (first + l,)], l < count
@@ -86,16 +90,13 @@ class Memoization(Scheme):
         T.buffer_store(dst, word[0], list(dst_idx))
         T.buffer_store(nan, nan[tuple(nan_idx)] | flag[0], list(nan_idx))
 
-    def _nan_flags(self, src):
-        return self.h_nan if src is self.kb.h else self.rh_nan
-
     def _pack_unit_signs(self, src, dst, prefix, ub):
         """Word ub of dst[prefix] = the sign bits of the units of block ub of
         src[prefix] (a block is one 64-bit word: UNIT_BLOCK is 64, or H when smaller)."""
         kb = self.kb
         assert kb.unit_block == WORD_BITS or kb.unit_blocks == 1
         first, count = kb.units(ub)
-        nan = self._nan_flags(src)
+        nan = self._packed(src)[1]
         T.buffer_store(nan, tirx.const(0, "uint64"), list(prefix + (ub,)))
         self._pack_word(src, prefix, first, count, dst, prefix + (ub,), nan, prefix + (ub,))
 
@@ -121,8 +122,7 @@ class Memoization(Scheme):
 
     def stored_units(self, src, prefix, ub):
         if self.signs:
-            buf, _ = self.sign_bits((src, prefix))
-            self._pack_unit_signs(src, buf, prefix, ub)
+            self._pack_unit_signs(src, self._packed(src)[0], prefix, ub)
 
     def carried_units(self, d, b, ub, prev, nxt):
         if self.signs:
@@ -133,7 +133,7 @@ class Memoization(Scheme):
         """Whether neither x_t nor u (as (buffer, prefix) pairs) holds a NaN."""
         (_, x_pre), (u_buf, u_pre) = x_ref, u_ref
         nan = self.x_nan[x_pre]
-        flags = self._nan_flags(u_buf)
+        flags = self._packed(u_buf)[1]
         for ub in range(self.kb.unit_blocks):
             nan = nan | flags[u_pre + (ub,)]
         return T.bind(nan == tirx.const(0, "uint64"))
