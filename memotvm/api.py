@@ -4,29 +4,37 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import warnings
 
 from .frontend import from_onnx
 from tvm import relax
 
-from .errors import ConfigError
+from .errors import ConfigError, NothingToMemoizeWarning
 from .passes import MemoConfig, MemoizeRecurrentLoops
 from .passes.memoize import check_supported
 from .targets import get_backend
 
 
 def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  # noqa: A001
-            tunable: bool = False, **options):
+            tunable: bool = False, fixed_inputs: dict | None = None, **options):
     """Compile an ONNX model (path, bytes or ModelProto) for ``target``.
 
     ``memo`` turns on neuron-level fuzzy memoization: a :class:`MemoConfig`, a number
     (one BNN threshold for every layer), a dict or the path of a JSON configuration.
     Returns a :class:`memotvm.runtime.CompiledModel` whose ``run(inputs)`` returns the
     ONNX outputs in graph order and whose ``last_stats`` reports the last call's reuse.
+
+    ``shapes`` fixes input shapes (name -> list of ints).  ``fixed_inputs`` binds inputs
+    to values (name -> number or array, for example ``{"sr": 16000}``): they are no longer
+    inputs of the compiled model, and what follows from them is computed at compile time
+    (an ``If`` on them keeps only the branch they select).
     """
     backend = get_backend(target)
     config = MemoConfig.coerce(memo) if memo is not None else None
-    imported = from_onnx(model, shapes)
+    imported = from_onnx(model, shapes, fixed_inputs)
     mod = imported.mod
+    if config is not None and not imported.loops:
+        _warn_nothing_to_memoize(imported.operators)
     if config is not None:
         # Checked here: errors raised inside a TVM pass lose their type.  Folding first
         # turns weights computed from initializers into constants.
@@ -40,6 +48,22 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     model.tunable = tunable
     _release_freed_memory()
     return model
+
+
+def _warn_nothing_to_memoize(operators: dict) -> None:
+    """Memoization applies to LSTM, GRU and RNN nodes; a model without one (a cell
+    unrolled into matrix products, a recurrence in a Loop or Scan body) compiles
+    unmodified, which the user is told rather than shown a reuse of 0."""
+    found = ", ".join(f"{op} x{n}" for op, n in sorted(operators.items(), key=lambda kv: -kv[1])[:8])
+    hint = ""
+    if {"Loop", "Scan"} & set(operators):
+        hint = "; a recurrence written as a Loop or Scan body is not memoized"
+    elif {"Gemm", "MatMul"} & set(operators) and {"Sigmoid", "Tanh"} & set(operators):
+        hint = ("; matrix products with Sigmoid and Tanh look like a recurrent cell unrolled "
+                "by the exporter (export the layer as torch.nn.LSTM/GRU/RNN to memoize it)")
+    warnings.warn(f"memoization requested, but the model has no LSTM, GRU or RNN node, so "
+                  f"nothing is memoized (it has {found or 'no nodes'}){hint}",
+                  NothingToMemoizeWarning, stacklevel=3)
 
 
 def _release_freed_memory() -> None:

@@ -133,6 +133,43 @@ def _float(text, flag):
         raise ConfigError(f"{flag} must be a number, got '{text}'") from None
 
 
+def _parse_fixed(items) -> dict:
+    """``--fix NAME=VALUE`` (repeatable): VALUE a number or comma-separated numbers."""
+    fixed = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--fix takes NAME=VALUE, got '{item}'")
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ConfigError(f"--fix {name}: '{text}' is not a number or a comma-separated "
+                              "list of numbers") from None
+        array = np.array(values if "," in text else values[0])
+        fixed[name.strip()] = array.astype(np.int64) if np.all(array == np.round(array)) else array
+    return fixed
+
+
+def _model(args):
+    """The model to compile: the file, with the inputs of ``--fix`` bound to their
+    values (they are then constants for memotvm and onnxruntime alike)."""
+    fixed = _parse_fixed(getattr(args, "fix", None))
+    if not fixed:
+        return args.model
+    if getattr(args, "_bound_model", None) is None:
+        from .frontend import load_model
+        from .frontend.folding import bind_inputs
+
+        args._bound_model = bind_inputs(load_model(args.model), fixed)
+    return args._bound_model
+
+
+def _inputs(args) -> dict:
+    """The --inputs arrays, less those that --fix binds."""
+    fixed = _parse_fixed(getattr(args, "fix", None))
+    return {k: v for k, v in _load_npz(args.inputs, "inputs").items() if k not in fixed}
+
+
 def _target_options(args) -> dict:
     """Backend options from the command line (``--hw`` for the accelerator)."""
     hw = getattr(args, "hw", None)
@@ -142,8 +179,8 @@ def _target_options(args) -> dict:
 def cmd_run(args):
     from . import compile as compile_model
 
-    inputs = _load_npz(args.inputs, "inputs")
-    model = compile_model(args.model, target=args.target, memo=_memo_from_args(args),
+    inputs = _inputs(args)
+    model = compile_model(_model(args), target=args.target, memo=_memo_from_args(args),
                           **_target_options(args))
     outputs = model.run(inputs)
     _write_atomically(args.out, lambda f: np.savez(f, **dict(zip(model.output_names, outputs))))
@@ -158,14 +195,14 @@ def cmd_run(args):
 def cmd_validate(args):
     from .validate import validate
 
-    inputs = _load_npz(args.inputs, "inputs")
+    inputs = _inputs(args)
     labels = _load_labels(args.labels) if args.labels else None
     memo = _memo_from_args(args)
     if memo is None:
         raise ConfigError("validate needs --threshold T or --config FILE")
     if labels is not None and not args.metric:
         raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
-    report = validate(args.model, inputs, memo, labels=labels, metric=args.metric,
+    report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, **_target_options(args))
     if _human(args):
         print(report.format())
@@ -176,7 +213,7 @@ def cmd_validate(args):
 def cmd_sweep(args):
     from .sweep import format_table, plot, sweep
 
-    inputs = _load_npz(args.inputs, "inputs")
+    inputs = _inputs(args)
     labels = _load_labels(args.labels) if args.labels else None
     if labels is not None and not args.metric:
         raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
@@ -184,7 +221,7 @@ def cmd_sweep(args):
     if not thresholds:
         raise ConfigError("--thresholds needs at least one value")
     predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
-    rows = sweep(args.model, inputs, thresholds, predictors, labels=labels, metric=args.metric,
+    rows = sweep(_model(args), inputs, thresholds, predictors, labels=labels, metric=args.metric,
                  output=args.output, target=args.target, progress=not args.quiet,
                  **_target_options(args))
     if _human(args):
@@ -208,7 +245,7 @@ def _calibrated_point(args, inputs, labels) -> dict:
     from .validate import validate
 
     config = MemoConfig.load(args.calibrated)
-    report = validate(args.model, inputs, config, labels=labels, metric=args.metric,
+    report = validate(_model(args), inputs, config, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, **_target_options(args))
     if report.metric:
         loss = report.metric["loss"]
@@ -221,7 +258,7 @@ def _calibrated_point(args, inputs, labels) -> dict:
 def cmd_calibrate(args):
     from .calibrate import DEFAULT_GRID, calibrate, parse_loss
 
-    inputs = _load_npz(args.inputs, "inputs")
+    inputs = _inputs(args)
     labels = _load_labels(args.labels)
     holdout = (_load_npz(args.holdout_inputs, "held-out inputs") if args.holdout_inputs else None)
     holdout_labels = _load_labels(args.holdout_labels) if args.holdout_labels else None
@@ -230,7 +267,7 @@ def cmd_calibrate(args):
     predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
     if not predictors:
         raise ConfigError("--predictors needs at least one predictor")
-    result = calibrate(args.model, inputs, labels, args.metric, holdout, holdout_labels,
+    result = calibrate(_model(args), inputs, labels, args.metric, holdout, holdout_labels,
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
                        margin=_float(args.margin, "--margin"), output=args.output,
                        target=args.target, progress=not args.quiet, **_target_options(args))
@@ -246,7 +283,7 @@ def cmd_inspect(args):
     from .frontend import from_onnx
     from .explain import describe
 
-    imported = from_onnx(args.model)
+    imported = from_onnx(_model(args))
     memo = _memo_from_args(args)
     print(describe(imported, memo, node=args.node, asm=args.asm))
 
@@ -266,8 +303,8 @@ def cmd_bench(args):
         if not args.inputs:
             raise InputError(f"{args.model}: give --inputs for a model file "
                              "(or a size such as lstm:512 for a generated layer)")
-        model = args.model
-        inputs = _load_npz(args.inputs, "inputs")
+        model = _model(args)
+        inputs = _inputs(args)
         label = args.model
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
     config = None
@@ -324,9 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hw", help="hardware configuration TOML for the accelerator "
                        "(default: memotvm/targets/epur/epur.toml)")
 
+    def fix_arg(p):
+        p.add_argument("--fix", action="append", metavar="NAME=VALUE",
+                       help="bind input NAME to VALUE (a number or comma-separated numbers) at "
+                       "compile time, e.g. --fix sr=16000: what follows from it is computed "
+                       "once, an If on it keeps only its branch (repeatable)")
+
     def model_args(p, memo=True):
         p.add_argument("model", help="ONNX model file")
         target_args(p)
+        fix_arg(p)
         if memo:
             p.add_argument("--threshold", help="memoize every recurrent layer with this threshold")
             p.add_argument("--predictor", default="bnn", help="bnn (default) or oracle")
@@ -368,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="per-node thresholds for the most reuse within a loss bound")
     p.add_argument("model", help="ONNX model file")
     target_args(p)
+    fix_arg(p)
     p.add_argument("--inputs", required=True, help=".npz calibration inputs")
     p.add_argument("--labels", required=True, help=".npz calibration labels")
     p.add_argument("--metric", required=True, choices=["accuracy", "bpc", "mse"])
@@ -392,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time onnxruntime, memotvm and memotvm memoized")
     p.add_argument("model", help="ONNX file, or a layer size: lstm:512, gru:256:512, rnn:128")
     target_args(p)
+    fix_arg(p)
     p.add_argument("--inputs", help=".npz inputs (model files)")
     p.add_argument("--steps", type=int, default=100, help="sequence length (sizes)")
     p.add_argument("--batch", type=int, default=1, help="batch size (sizes)")

@@ -24,3 +24,7 @@ class InputError(MemoTVMError):
 
 class ConfigError(MemoTVMError):
     """A memoization or target configuration is invalid."""
+
+
+class NothingToMemoizeWarning(UserWarning):
+    """Memoization was asked for, but the model has no recurrent node to apply it to."""

@@ -6,9 +6,9 @@ from .loader import load_model
 from .recurrent import RecurrentLoop
 
 
-def from_onnx(model, shapes=None) -> ImportedModel:
+def from_onnx(model, shapes=None, fixed_inputs=None) -> ImportedModel:
     """Load (path, bytes or ModelProto), check and import an ONNX model."""
-    return import_onnx(load_model(model), shapes)
+    return import_onnx(load_model(model), shapes, fixed_inputs)
 
 
 __all__ = [

@@ -26,15 +26,20 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
   compare-and-select drops a NaN first operand).
 * Conv and pools with auto_pad SAME over dynamic axes at stride 1 (explicit pads).
+* Cast to bool of a shape value: true where non-zero (TVM made a bool constant of each
+  dimension and failed on 2).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
 * OneHot in the values' type (TVM's is float64), with values and indices from anywhere.
 * Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
-  sequence models use around recurrent layers), Celu, LpNormalization.
+  sequence models use around recurrent layers), Celu, LpNormalization, ConvInteger
+  (what onnxruntime's dynamic quantization makes of Conv: the convolution of the
+  operands less their zero points, exact in int32).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
@@ -54,7 +59,7 @@ SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "S
                    "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze", "If"}
 AS_TENSOR = "::memotvm_as_tensor"
 # Operators only this module converts (TVM's frontend has no converter for them).
-SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization"}
+SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization", "ConvInteger"}
 # The run-time check of ReverseSequence's lengths.
 REQUIRE_LENGTHS = "memotvm.require_sequence_lens"
 # Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
@@ -187,12 +192,56 @@ class SpecConverters:
         return None
 
     def _slice(self, op_name, name, inputs, attrs, opset):
-        return self._onnx_slice(inputs) if opset >= 10 else None
+        if opset < 10:
+            return None
+        # Constant bounds of any shape read as a list, as onnxruntime reads them (torch's
+        # scripted exports give [1, 1]); TVM's converter wants them 1-D.
+        inputs = _copied(inputs)
+        for i in range(1, min(len(inputs), 5)):
+            value = None if inputs[i] is None else self._constant(inputs[i])
+            if value is not None and value.ndim != 1:
+                inputs[i] = relax.const(value.reshape(-1))
+        out = self._onnx_slice(inputs)
+        return out if out is not None else self.bb.normalize(self._tvm_convert(op_name, inputs, attrs, opset))
 
     def _top_k(self, op_name, name, inputs, attrs, opset):
         if opset >= 10 and self._constant(inputs[1]) is None:
             return self._convert_full_topk(name, inputs, attrs)
         return None
+
+    def _cast(self, op_name, name, inputs, attrs, opset):
+        """Cast of a shape value or a number to bool: true where non-zero, as ONNX says
+        (TVM makes a bool constant of the number, which fails for 2)."""
+        if attrs.get("to") != onnx.TensorProto.BOOL:
+            return None
+        value = inputs[0]
+        if isinstance(value, relax.ShapeExpr) or (isinstance(value, relax.Expr)
+                                                  and isinstance(value.ty, relax.ShapeType)):
+            value = self.bb.normalize(relax.op.shape_to_tensor(value))
+        elif tvm.ir.is_prim_expr(value):
+            value = self.bb.normalize(relax.op.reshape(
+                relax.op.shape_to_tensor(relax.ShapeExpr([value])), []))
+        else:  # tensors: TVM's astype is right (and keeps NaN true, which != 0 would not)
+            return None
+        return relax.op.not_equal(value, relax.const(0, value.ty.dtype))
+
+    def _conv_integer(self, op_name, name, inputs, attrs, opset):
+        """Conv of (x - x_zero_point) and (w - w_zero_point) in int32; w's zero point is
+        a scalar or one per output channel."""
+        x, w = inputs[0], inputs[1]
+        x_zero = inputs[2] if len(inputs) > 2 else None
+        w_zero = inputs[3] if len(inputs) > 3 else None
+        x = relax.op.astype(x, "int32")
+        w = relax.op.astype(w, "int32")
+        if x_zero is not None:
+            x = relax.op.subtract(x, relax.op.astype(x_zero, "int32"))
+        if w_zero is not None:
+            zero = relax.op.astype(w_zero, "int32")
+            if w_zero.ty.ndim == 1:  # per output channel: [M] against w's [M, C, k...]
+                zero = relax.op.reshape(zero, [-1] + [1] * (inputs[1].ty.ndim - 1))
+            w = relax.op.subtract(w, zero)
+        return self._tvm_convert("Conv", _copied([self.bb.normalize(x), self.bb.normalize(w)]),
+                                 attrs, opset)
 
     def _celu(self, op_name, name, inputs, attrs, opset):
         """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
@@ -456,10 +505,13 @@ class SpecConverters:
         if params[0] is None or params[1] is None \
                 or any(p is not None and not isinstance(p, tvm.ir.GenericConst) for p in params):
             return None
-        starts, ends = (p.value.numpy().astype(np.int64).tolist() for p in params[:2])
-        axes = params[2].value.numpy().astype(np.int64).tolist() if params[2] is not None \
+        # Flattened: torch's scripted exports give axes and steps of shape [1, 1], which
+        # onnxruntime reads as a list.
+        starts, ends = (p.value.numpy().astype(np.int64).ravel().tolist() for p in params[:2])
+        axes = params[2].value.numpy().astype(np.int64).ravel().tolist() if params[2] is not None \
             else list(range(len(starts)))
-        steps = params[3].value.numpy().astype(np.int64).tolist() if params[3] is not None else [1] * len(starts)
+        steps = params[3].value.numpy().astype(np.int64).ravel().tolist() if params[3] is not None \
+            else [1] * len(starts)
         if not (len(starts) == len(ends) == len(axes) == len(steps)) or 0 in steps:
             return None  # TVM's converter reports it
         zero, one = tvm.tirx.const(0, "int64"), tvm.tirx.const(1, "int64")
@@ -526,7 +578,17 @@ _CONVERTERS = {
     "Conv": "_pooling", "MaxPool": "_pooling", "AveragePool": "_pooling",
     "Dropout": "_inference_dropout", "OneHot": "_one_hot", "ReverseSequence": "_reverse_sequence",
     "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
+    "ConvInteger": "_conv_integer", "Cast": "_cast",
 }
+
+
+def _copied(inputs) -> onnx_frontend.onnx_input:
+    """A converter's list of inputs (which answers None past its end), as TVM's
+    converters expect."""
+    copy = onnx_frontend.onnx_input()
+    for value in inputs:
+        copy.append(value)
+    return copy
 
 
 def _dynamic_dims(x) -> bool:

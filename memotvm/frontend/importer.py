@@ -24,6 +24,8 @@ from ..kernels import build_kernel
 from ..log import captured_tvm_output
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
+from .quantized import DequantizeRecurrentWeights
+from .folding import ConstantFolding, bind_inputs, with_input_shapes
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -43,6 +45,7 @@ class ImportedModel:
     loops: list  # RecurrentLoop per recurrent node, in graph order
     index_ranges: dict  # input name -> size of the table it indexes (Gather), checked at run time
     output_types: dict = field(default_factory=dict)  # name -> (dims, dtype), as input_types
+    operators: dict = field(default_factory=dict)  # op type -> count, after folding, branches included
 
 
 class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
@@ -54,6 +57,12 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         super().__init__(*args, **kwargs)
         self.loops: list[RecurrentLoop] = []
         self._node_names: dict[int, str] = {}
+        # If branches: key of the branch graph -> (name of the If's condition, whether
+        # the branch is taken when it is true); the conditions of the branches being
+        # converted, innermost last; the kernels' stats and status outputs.
+        self._branches: dict[tuple, tuple[str, bool]] = {}
+        self._conditions: list = []
+        self._kernel_outputs: dict = {}
 
     def _check_for_unsupported_ops(self, graph):
         convert_map = onnx_frontend._get_convert_map()
@@ -72,10 +81,29 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                 )
             if op == "If":
                 for attr in node.attribute:
-                    if attr.g and any(n.op_type in RECURRENT_OPS for n in attr.g.node):
-                        raise UnsupportedModelError(
-                            f"node '{node.name}': recurrent ops inside If branches are not supported"
-                        )
+                    if attr.name in ("then_branch", "else_branch"):
+                        self._branches[_branch_key(attr.g)] = (node.input[0], attr.name == "then_branch")
+                        self._check_for_unsupported_ops(attr.g)
+
+    def _convert_subgraph(self, bb, graph):
+        """An If branch.  TVM's importer computes both branches before the If selects
+        one, so a recurrent node in a branch runs whatever the condition; its counts are
+        kept only when its branch is the one taken (:meth:`_convert_recurrent`)."""
+        cond_name, taken_when = self._branches[_branch_key(graph)]
+        cond = self._nodes[cond_name]
+        cond = self.bb.normalize(relax.op.reshape(relax.op.astype(cond, "bool"), []))
+        if not taken_when:
+            cond = self.bb.normalize(relax.op.logical_not(cond))
+        self._conditions.append(cond)
+        try:
+            result = super()._convert_subgraph(bb, graph)
+        finally:
+            self._conditions.pop()
+        # TVM restores the outer table of values after a branch; the counts of the
+        # branch's kernels are outputs of main.
+        for name, value in self._kernel_outputs.items():
+            self._nodes[name] = value
+        return result
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         name = attrs["tvm_custom"]["name"]
@@ -165,8 +193,15 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             if y_c is not None:
                 y_c = bb.normalize(relax.op.permute_dims(y_c, [1, 0, 2]))
         self.loops.append(loop)
-        self._nodes[STATS_PREFIX + name] = outs[-2]
-        self._nodes[STATUS_PREFIX + name] = outs[-1]
+        stats, status = outs[-2], outs[-1]
+        if self._conditions:  # in an If branch: counted only when the branch is taken
+            taken = self._conditions[0]
+            for cond in self._conditions[1:]:
+                taken = bb.normalize(relax.op.logical_and(taken, cond))
+            stats = bb.normalize(relax.op.where(taken, stats, relax.op.zeros_like(stats)))
+            status = bb.normalize(relax.op.where(taken, status, relax.op.zeros_like(status)))
+        for key, value in ((STATS_PREFIX + name, stats), (STATUS_PREFIX + name, status)):
+            self._nodes[key] = self._kernel_outputs[key] = value
         results = [y, y_h] + ([y_c] if y_c is not None else [])
         return relax.Tuple(results)
 
@@ -237,14 +272,20 @@ def _opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedModel:
+def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
+                fixed_inputs: dict | None = None) -> ImportedModel:
     """Convert a loaded, checked ONNX model into an :class:`ImportedModel`.
 
     ``shapes`` optionally fixes input shapes (name -> list of ints), as TVM's importer
-    allows; by default dynamic dimensions stay symbolic.
+    allows; by default dynamic dimensions stay symbolic.  ``fixed_inputs`` binds inputs
+    to values (name -> array or number): they become constants and are no longer inputs.
+    Values computable from constants are folded first (:mod:`.folding`).
     """
     _check_input_types(model.graph)
     shapes = _checked_shape_overrides(model.graph, shapes)
+    model = DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs))
+    shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
+    model = ConstantFolding()(with_input_shapes(model, shapes))
     graph = onnx.GraphProto()
     graph.CopyFrom(model.graph)
     shapes_as_tensors(graph)
@@ -289,7 +330,19 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> ImportedM
         output_types=output_types,
         loops=importer.loops,
         index_ranges=_gather_index_ranges(model.graph, set(input_names)),
+        operators=_operator_counts(model.graph),
     )
+
+
+def _operator_counts(graph, counts=None) -> dict:
+    counts = {} if counts is None else counts
+    for node in graph.node:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        counts[op] = counts.get(op, 0) + 1
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _operator_counts(attr.g, counts)
+    return counts
 
 
 # Element types the compiled code can take as inputs (TVM has no string or complex type).
@@ -370,10 +423,16 @@ def _gather_index_ranges(graph, inputs) -> dict:
     return ranges
 
 
-def _recurrent_node_names(graph) -> list:
-    """The names the importer will give the recurrent nodes (unique, never empty)."""
-    names = []
+def _recurrent_node_names(graph, names=None) -> list:
+    """The names the importer will give the recurrent nodes (unique, never empty), in
+    the order it converts them: graph order, an If's then branch before its else."""
+    names = [] if names is None else names
     for node in graph.node:
+        if node.op_type == "If":
+            for label in ("then_branch", "else_branch"):
+                branch = next((a.g for a in node.attribute if a.name == label), None)
+                if branch is not None:
+                    _recurrent_node_names(branch, names)
         if node.op_type in RECURRENT_OPS:
             index = len(names)
             name = node.name or f"{node.op_type}_{index}"
@@ -381,3 +440,10 @@ def _recurrent_node_names(graph) -> list:
                 name = f"{name}_{index}"
             names.append(name)
     return names
+
+
+def _branch_key(graph) -> tuple:
+    """Identifies an If branch (protobuf gives a new wrapper object at each access):
+    output names are unique in a model, and the name and size tell apart branches that
+    only pass outer values through."""
+    return graph.name, len(graph.node), tuple(o.name for o in graph.output)
