@@ -1,0 +1,242 @@
+"""Models shaped like the ones packages ship (tests/fixtures/field, made by
+scripts/make_field_fixtures.py), each against onnxruntime; and the preparation steps
+that make them compile: constant folding, fixed inputs, If with recurrent branches,
+quantized recurrent layers, Cast of shapes to bool.
+
+Tolerances: 1e-5 absolute where memotvm and onnxruntime compute the same float32 graph
+(outputs are O(1); the two sum products in different orders, measured differences are
+below 3e-7); the quantized model's is onnxruntime's own quantization error (see
+test_quantized_lstm_within_onnxruntimes_quantization_error).
+"""
+
+import os
+import warnings
+from unittest import mock
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import memotvm
+from memotvm.cli import main as cli_main
+from memotvm.errors import ConfigError, NothingToMemoizeWarning, UnsupportedModelError
+from memotvm.frontend.folding import ConstantFolding, bind_inputs
+
+FIELD = os.path.join(os.path.dirname(__file__), "fixtures", "field")
+FLOAT_TOL = 1e-5
+
+
+def path(name):
+    return os.path.join(FIELD, f"{name}.onnx")
+
+
+def feeds(name):
+    data = np.load(os.path.join(FIELD, "inputs.npz"))
+    return {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(name + "/")}
+
+
+def onnxruntime(model, inputs):
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, inputs)
+
+
+def max_diff(got, want):
+    return max(float(np.max(np.abs(np.asarray(g, np.float64) - w))) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("name", ["crnn_recognizer", "gru_denoiser"])
+def test_field_model_matches_onnxruntime(name):
+    inputs = feeds(name)
+    model = memotvm.compile(path(name))
+    assert max_diff(model.run(inputs), onnxruntime(path(name), inputs)) < FLOAT_TOL
+    memoized = memotvm.compile(path(name), memo=0.2)
+    memoized.run(inputs)
+    assert memoized.last_stats.reuse > 0
+
+
+@pytest.mark.parametrize("name", ["vad_stream", "crnn_recognizer", "gru_denoiser", "quantized_lstm"])
+def test_folding_keeps_the_models_meaning(name):
+    """The folded model, run by onnxruntime, gives what the original gives: folding
+    replaces computations by their values and nothing else."""
+    inputs = feeds(name)
+    original = onnx.load(path(name))
+    folded = ConstantFolding()(original)
+    assert max_diff(onnxruntime(folded, inputs), onnxruntime(path(name), inputs)) == 0
+    assert len(folded.graph.node) <= len(original.graph.node)
+
+
+def test_vad_with_the_sample_rate_fixed_folds_its_pads_and_branch():
+    inputs = feeds("vad_stream")
+    folded = ConstantFolding()(bind_inputs(onnx.load(path("vad_stream")), {"sr": 16000}))
+    ops = [n.op_type for n in folded.graph.node]
+    assert "If" not in ops and "LSTM" in ops
+    assert not {"ConstantOfShape", "Equal"} & set(ops)  # the pads' computation is gone
+    pad = next(n for n in folded.graph.node if n.op_type == "Pad")
+    assert pad.input[1] in {t.name for t in folded.graph.initializer}
+    for sr in (16000,):  # 8000: test_cli_fix_binds_an_input
+        model = memotvm.compile(path("vad_stream"), fixed_inputs={"sr": sr})
+        assert model.input_names == ["input", "state"]
+        want = onnxruntime(path("vad_stream"), {**inputs, "sr": np.array(sr, np.int64)})
+        assert max_diff(model.run({k: v for k, v in inputs.items() if k != "sr"}), want) < FLOAT_TOL
+
+
+@pytest.mark.slow
+def test_recurrent_nodes_in_if_branches_run_with_a_run_time_condition():
+    """Both branches of the VAD's If compile; each call counts the taken branch's LSTM
+    only, under its own name, with the same decisions as the model specialized to
+    that branch."""
+    inputs = feeds("vad_stream")
+    runtime_if = memotvm.compile(path("vad_stream"), memo=0.3)
+    for sr, taken, other in ((16000, "/wide/LSTM", "/narrow/LSTM"), (8000, "/narrow/LSTM", "/wide/LSTM")):
+        call = {**inputs, "sr": np.array(sr, np.int64)}
+        got = runtime_if.run(call)
+        stats = runtime_if.last_stats.per_gate
+        assert sum(c.computed + c.reused for (node, *_), c in stats.items() if node == other) == 0
+        assert sum(c.computed + c.reused for (node, *_), c in stats.items() if node == taken) > 0
+        fixed = memotvm.compile(path("vad_stream"), memo=0.3, fixed_inputs={"sr": sr})
+        want = fixed.run({k: v for k, v in inputs.items() if k != "sr"})
+        assert max_diff(got, want) == 0
+        assert {k: v for k, v in stats.items() if k[0] == taken} == dict(fixed.last_stats.per_gate)
+    plain = memotvm.compile(path("vad_stream"))
+    for sr in (16000, 8000):
+        call = {**inputs, "sr": np.array(sr, np.int64)}
+        assert max_diff(plain.run(call), onnxruntime(path("vad_stream"), call)) < FLOAT_TOL
+
+
+def _if_model(op_then="LSTM", op_else="GRU", hidden=5, inp=3):
+    """y = (flag ? LSTM(x) : GRU(x)).Y_h, the condition an input."""
+    rng = np.random.default_rng(0)
+
+    def branch(op, tag):
+        gates = {"LSTM": 4, "GRU": 3}[op]
+        w = h.make_tensor(f"W_{tag}", T.FLOAT, [1, gates * hidden, inp],
+                          rng.normal(0, 0.5, gates * hidden * inp).astype(np.float32))
+        r = h.make_tensor(f"R_{tag}", T.FLOAT, [1, gates * hidden, hidden],
+                          rng.normal(0, 0.5, gates * hidden * hidden).astype(np.float32))
+        outs = [f"Y_{tag}", f"Yh_{tag}"] + ([f"Yc_{tag}"] if op == "LSTM" else [])
+        node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=f"{op}_{tag}")
+        return h.make_graph([node], tag, [], [h.make_tensor_value_info(f"Yh_{tag}", T.FLOAT, None)], [w, r])
+
+    node = h.make_node("If", ["flag"], ["y"], then_branch=branch(op_then, "then"),
+                       else_branch=branch(op_else, "else"))
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info("flag", T.BOOL, []),
+                                       h.make_tensor_value_info("x", T.FLOAT, ["T", 2, inp])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_if_with_recurrent_nodes_matches_onnxruntime_for_each_condition():
+    model = _if_model()
+    x = np.cumsum(np.random.default_rng(1).normal(0, 0.3, (6, 2, 3)), axis=0).astype(np.float32)
+    compiled = memotvm.compile(model, memo=0.0)
+    for flag, counted in ((True, "LSTM_then"), (False, "GRU_else")):
+        call = {"flag": np.array(flag), "x": x}
+        assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
+        nodes = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
+        assert nodes == {counted}
+
+
+def test_quantized_lstm_within_onnxruntimes_quantization_error():
+    """onnxruntime's DynamicQuantizeLSTM quantizes the activations at every step; memotvm
+    dequantizes the weights once and computes in float32.  Its outputs are within
+    onnxruntime's own distance from the float model it quantized, and close to it."""
+    inputs = feeds("quantized_lstm")
+    quantized = onnxruntime(path("quantized_lstm"), inputs)
+    float_model = onnxruntime(path("tagger_float"), inputs)
+    own_error = max_diff(quantized, float_model)
+    model = memotvm.compile(path("quantized_lstm"))
+    got = model.run(inputs)
+    assert max_diff(got, quantized) <= own_error
+    assert max_diff(got, float_model) <= own_error
+    memoized = memotvm.compile(path("quantized_lstm"), memo=0.2)
+    memoized.run(inputs)
+    assert {node for node, *_ in memoized.last_stats.per_gate} == {"/lstm/LSTM_quant"}
+    assert memoized.last_stats.reuse > 0
+
+
+def test_quantized_lstm_with_run_time_weights_is_refused_by_name():
+    model = onnx.load(path("quantized_lstm"))
+    node = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    scale = node.input[8]
+    model.graph.input.append(h.make_tensor_value_info(scale, T.FLOAT, [1]))
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == scale))
+    with pytest.raises(UnsupportedModelError, match=r"DynamicQuantizeLSTM.*W_scale.*computed at run time"):
+        memotvm.compile(model)
+
+
+def test_cast_of_shape_values_to_bool_is_true_where_non_zero():
+    """ONNX casts any non-zero to true; TVM's converter made a bool constant of each
+    dimension ("2 exceeds range of bool").  Folding off, so TVM sees the shape values."""
+    nodes = [h.make_node("Shape", ["x"], ["s"]), h.make_node("Cast", ["s"], ["b"], to=T.BOOL),
+             h.make_node("Cast", ["b"], ["f"], to=T.FLOAT),
+             h.make_node("Cast", ["x"], ["xb"], to=T.BOOL), h.make_node("Cast", ["xb"], ["xf"], to=T.FLOAT),
+             h.make_node("Mul", ["xf", "f"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 2])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    x = np.array([[0, 2], [np.nan, -0.5]], np.float32)
+    want = onnxruntime(model, {"x": x})
+    with mock.patch.object(ConstantFolding, "__call__", lambda self, m: m):
+        for shapes in (None, {"x": [2, 2]}):
+            got = memotvm.compile(model, shapes=shapes).run({"x": x}, check_finite=False)
+            np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_folding_keeps_scalars_scalar_and_leaves_big_growth_to_run_time():
+    nodes = [h.make_node("Constant", [], ["k"], value=h.make_tensor("kv", T.INT64, [], [3])),
+             h.make_node("Unsqueeze", ["k", "axes"], ["k1"]),
+             h.make_node("ConstantOfShape", ["big"], ["zeros"], value=h.make_tensor("z", T.FLOAT, [1], [0.0])),
+             h.make_node("Add", ["x", "zeros"], ["xz"]),
+             h.make_node("Reshape", ["xz", "k1"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [3])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)],
+                         [h.make_tensor("axes", T.INT64, [1], [0]), h.make_tensor("big", T.INT64, [2], [1 << 20, 1])])
+    folded = ConstantFolding()(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in folded.graph.initializer}
+    assert values["k1"].shape == (1,) and "k" not in values  # k folded into k1, unused
+    assert "zeros" not in values  # 4 MiB from 16 bytes: left to run
+    assert [n.op_type for n in folded.graph.node] == ["ConstantOfShape", "Add", "Reshape"]
+
+
+def test_fixed_inputs_errors_name_the_input():
+    with pytest.raises(ConfigError, match="'rate', which is not an input.*input, state, sr"):
+        memotvm.compile(path("vad_stream"), fixed_inputs={"rate": 8000})
+    with pytest.raises(ConfigError, match=r"fixed_inputs\['sr'\].*int64.*non-integer"):
+        memotvm.compile(path("vad_stream"), fixed_inputs={"sr": 16000.5})
+    with pytest.raises(ConfigError, match=r"fixed_inputs\['state'\] has size 3 on axis 0"):
+        memotvm.compile(path("vad_stream"), fixed_inputs={"state": np.zeros((3, 1, 64))})
+    with pytest.raises(ConfigError, match=r"fixed_inputs\['sr'\] has 1 axes; input 'sr' has 0"):
+        memotvm.compile(path("vad_stream"), fixed_inputs={"sr": [16000]})
+    with pytest.raises(ConfigError, match="fixed_inputs must map"):
+        memotvm.compile(path("vad_stream"), fixed_inputs=[("sr", 16000)])
+
+
+def test_cli_fix_binds_an_input(tmp_path, capsys):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, **feeds("vad_stream"))  # sr is in the file too: --fix wins
+    out = tmp_path / "out.npz"
+    assert cli_main(["run", path("vad_stream"), "--inputs", str(inputs), "--out", str(out),
+                     "--fix", "sr=8000"]) == 0
+    want = onnxruntime(path("vad_stream"), {**feeds("vad_stream"), "sr": np.array(8000, np.int64)})
+    with np.load(out) as got:
+        assert max_diff([got["prob"], got["stateN"]], want) < FLOAT_TOL
+    assert cli_main(["run", path("vad_stream"), "--inputs", str(inputs), "--out", str(out),
+                     "--fix", "sr"]) == 2
+    assert "--fix takes NAME=VALUE" in capsys.readouterr().err
+
+
+def test_memoizing_a_model_without_recurrent_nodes_warns_with_what_it_found():
+    w = h.make_tensor("W", T.FLOAT, [4, 16], np.ones(64, np.float32))
+    nodes = [h.make_node("MatMul", ["x", "W"], ["a"]), h.make_node("Sigmoid", ["a"], ["s"]),
+             h.make_node("Tanh", ["s"], ["y"])]
+    graph = h.make_graph(nodes, "cell", [h.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 16])], [w])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    with pytest.warns(NothingToMemoizeWarning, match=r"no LSTM, GRU or RNN node.*MatMul x1.*unrolled"):
+        memotvm.compile(model, memo=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NothingToMemoizeWarning)
+        memotvm.compile(model)  # nothing asked, nothing said
