@@ -17,6 +17,7 @@ import numpy as np
 
 from .cells import NumpyMath, gru_cell, gru_reset, lstm_cell, rnn_cell
 from .kernels import MemoPlan
+from .kernels.memo_table import field_offsets, resumable, table_size
 from .frontend.recurrent import RecurrentLoop
 from .predictors import get_predictor
 
@@ -30,6 +31,9 @@ class LayerResult:
     # int32 [directions, batch, seq, gates]: neurons computed at each step (the trace a
     # timing model needs; steps past a sequence's length stay 0)
     computed: np.ndarray | None = None
+    # float64 [directions, batch, size]: the memo tables after the call (memoized only;
+    # the layout of memotvm.kernels.memo_table)
+    table: np.ndarray | None = None
 
 
 class MemoTable:
@@ -72,10 +76,12 @@ def predictor_data(predictor, loop: RecurrentLoop, W, R) -> dict:
 
 def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_h=None,
               initial_c=None, P=None, memo: MemoPlan | None = None,
-              pred_data: dict | None = None) -> LayerResult:
+              pred_data: dict | None = None, table=None) -> LayerResult:
     """Evaluate one recurrent node; arrays as the ONNX node receives them.
 
-    ``pred_data`` may pass :func:`predictor_data` of these weights, computed before."""
+    ``pred_data`` may pass :func:`predictor_data` of these weights, computed before.
+    ``table`` (memoized): the memo tables an earlier call returned (``LayerResult.table``),
+    which the forward chains continue (a streaming session's next call)."""
     dtype = np.float64 if loop.dtype == "float64" else np.float32
     if loop.layout == 1:
         X = X.transpose(1, 0, 2)
@@ -90,6 +96,7 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
     stats = np.zeros((nd, batch, loop.num_gates, 2), np.int64)
     computed = np.zeros((nd, batch, seq, loop.num_gates), np.int32)
     predictor = get_predictor(memo.predictor) if memo else None
+    tables_out = np.zeros((nd, batch, table_size(loop, memo.predictor)), np.float64) if memo else None
     if pred_data is None:
         pred_data = predictor_data(predictor, loop, W, R)
     for d in range(nd):
@@ -105,20 +112,62 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
             h = initial_h[d, b].astype(dtype) if initial_h is not None else np.zeros(H, dtype)
             c = initial_c[d, b].astype(dtype) if initial_c is not None else np.zeros(H, dtype)
             delta = predictor is not None and predictor.scheme == "delta"
-            table = DeltaState(Wb, Rb, loop.input_size, H, dtype) if delta else MemoTable(G, dtype)
+            chain_table = DeltaState(Wb, Rb, loop.input_size, H, dtype) if delta else MemoTable(G, dtype)
+            resumed = memo is not None and _resume(loop, memo, table, d, b, batch, chain_table)
             steps = range(length - 1, -1, -1) if loop.is_reverse(d) else range(length)
             for t in steps:
                 before = stats[d, b, :, 0].copy()
                 chain = (_DeltaChain if delta else _Chain)(loop, d, Wd, Rd, Wb, Rb, memo, thr,
-                                                           table, stats[d, b], predictor, pred_data)
+                                                           chain_table, stats[d, b], predictor, pred_data)
                 h, c = chain.step(X[t, b], h, c, Pd)
                 computed[d, b, t] = stats[d, b, :, 0] - before
                 Y[t, d, b] = h
             if length > 0:  # an empty sequence has no last state: 0 (as in onnxruntime)
                 Y_h[d, b], Y_c[d, b] = h, c
+            if memo is not None:
+                tables_out[d, b] = _table_values(loop, memo, chain_table, resumed or length > 0, d)
     if loop.layout == 1:
         Y, Y_h, Y_c = Y.transpose(2, 0, 1, 3), Y_h.transpose(1, 0, 2), Y_c.transpose(1, 0, 2)
-    return LayerResult(Y, Y_h, Y_c if loop.op == "LSTM" else None, stats, computed)
+    return LayerResult(Y, Y_h, Y_c if loop.op == "LSTM" else None, stats, computed, tables_out)
+
+
+def _table_arrays(table) -> dict:
+    """A chain's table (MemoTable or DeltaState) as its fields in memo_table's names."""
+    if isinstance(table, DeltaState):
+        return {"a": table.a, "b": table.b, "sent_x": table.sent["x"], "sent_h": table.sent["h"],
+                "sent_rh": table.sent["rh"]}
+    return {"a": table.a, "b": table.b, "q": table.q}
+
+
+def _resume(loop, memo, table, d, b, batch, chain_table) -> bool:
+    """Load chain (d, b)'s table from an earlier call's, where it continues one."""
+    if table is None or not resumable(loop, d) or table.shape[1] != batch or table[d, b, -1] == 0:
+        return False
+    arrays = _table_arrays(chain_table)
+    for name, (offset, length) in field_offsets(loop, memo.predictor).items():
+        arrays[name][...] = table[d, b, offset:offset + length]
+    chain_table.filled = True
+    return True
+
+
+def _table_values(loop, memo, chain_table, filled, d) -> np.ndarray:
+    """Chain (d, b)'s row of LayerResult.table: its fields and flag (0 where it holds
+    nothing or cannot be continued).  Delta execution's input parts are 0 where the
+    kernel projects x's copy instead of keeping them."""
+    row = np.zeros(table_size(loop, memo.predictor), np.float64)
+    if not (filled and resumable(loop, d)):
+        return row
+    arrays = _table_arrays(chain_table)
+    predictor = get_predictor(memo.predictor)
+    if predictor is not None and predictor.scheme == "delta" and predictor.projects_input(loop):
+        arrays["a"] = np.zeros_like(arrays["a"])
+    if predictor is not None and predictor.scheme == "delta" and not (
+            loop.op == "GRU" and not loop.linear_before_reset):
+        arrays["sent_rh"] = np.zeros_like(arrays["sent_rh"])
+    for name, (offset, length) in field_offsets(loop, memo.predictor).items():
+        row[offset:offset + length] = arrays[name]
+    row[-1] = 1.0
+    return row
 
 
 class _Chain:

@@ -77,12 +77,22 @@ class CompiledModel:
         a MemoConfig, number or dict with the compiled predictor.
         """
         arrays = self.check_inputs(inputs, check_finite)
+        outputs, stats, _ = self._call(arrays, memo)
+        self._local.last_stats = stats
+        return outputs
+
+    def _call(self, arrays: list, memo=None, tables: list | None = None) -> tuple:
+        """One call on checked input arrays, from the memo tables ``tables`` (None:
+        empty ones): (outputs, ReuseStats, the memo tables after the call)."""
         config = self._call_config(memo)
         if self.tunable:
-            arrays += [np.array(config.plan_for(loop).thresholds, np.float64) for loop in self.loops]
+            arrays = arrays + [np.array(config.plan_for(loop).thresholds, np.float64)
+                               for loop in self.loops]
+        if self.memo is not None:
+            arrays = arrays + (self.empty_tables() if tables is None else list(tables))
         raw = self._session()(arrays)
-        n = len(self.output_names)
-        outputs, extra = raw[:n], raw[n:]
+        n, k = len(self.output_names), len(self.loops)
+        outputs, extra = raw[:n], raw[n:n + 2 * k]
         stats_arrays, status_arrays = extra[0::2], extra[1::2]
         for loop, status in zip(self.loops, status_arrays):
             bad = np.argwhere(np.asarray(status) != 0)
@@ -91,8 +101,24 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        self._local.last_stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
-        return outputs
+        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
+        return outputs, stats, raw[n + 2 * k:]
+
+    def empty_tables(self) -> list:
+        """One empty memo table per memoized kernel (memotvm.kernels.memo_table): what a
+        call that continues nothing passes."""
+        from .kernels.memo_table import TABLE_DTYPE, table_size
+
+        return [np.zeros((loop.num_directions, 1, table_size(loop, self.memo.plan_for(loop).predictor)),
+                         TABLE_DTYPE) for loop in self.loops]
+
+    def session(self, state=None):
+        """A streaming session over this model: consecutive ``run`` calls are one
+        sequence, the memo tables and the recurrent state carried from call to call
+        (see :class:`memotvm.session.Session`)."""
+        from .session import Session
+
+        return Session(self, state)
 
     def run_with_stats(self, inputs: dict, check_finite: bool = True, memo=None) -> tuple:
         """``run``, returning ``(outputs, stats)`` together: the statistics of exactly

@@ -58,6 +58,12 @@ class ReuseStats:
                     stats.per_gate[key] = GateCount(int(summed[d, g, 0]), int(summed[d, g, 1]))
         return stats
 
+    def add(self, other: "ReuseStats") -> None:
+        """Add another call's counts (a session accumulates its calls')."""
+        for key, count in other.per_gate.items():
+            self.per_gate.setdefault(key, GateCount()).add(count)
+        self.costs.update(other.costs)
+
     def _group(self, key_of) -> dict:
         out: dict = {}
         for key, count in self.per_gate.items():

@@ -28,9 +28,11 @@ Kernel arguments, in order: X (layout 0), W, R (or, in a kernel built with
 then the optional inputs the node has (B, sequence_lens, initial_h, initial_c, P;
 layout 0), then the scheme's (the predictor's weight data, for BNN the packed sign bits
 of W and R; delta execution's weight columns; for every memoized kernel its
-thresholds, float64, one per direction), then the outputs Y, Y_h, [Y_c], ``stats``
-(int64 [directions, batch, gates, 2]: computed and reused evaluations) and ``status``
-(int32 [directions, batch]: 1 where the element's sequence length was out of range).
+thresholds, float64, one per direction, and its ``memo_table``, float64 [directions,
+table batch, size]: see :mod:`.memo_table`), then the outputs Y, Y_h, [Y_c], ``stats``
+(int64 [directions, batch, gates, 2]: computed and reused evaluations), ``status``
+(int32 [directions, batch]: 1 where the element's sequence length was out of range)
+and, memoized, ``memo_table_out`` (the table at the end of the call).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
+from .memo_table import TABLE_DTYPE, field_offsets, resumable, table_size
 from .plan import MemoPlan, kernel_name
 from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
@@ -168,11 +171,17 @@ class KernelBuilder(DenseProducts):
         self.C0 = self.param("initial_c", (nd, batch, H), dt) if loop.has("initial_c") else None
         self.P = self.param("P", (nd, 3 * H), dt) if loop.has("P") else None
         self.scheme.declare()
+        if self.memo is not None:  # the memo table a session keeps between calls
+            self.table_size = table_size(loop, self.memo.predictor)
+            self.table_batch = tirx.Var("table_batch", "int64")
+            self.table_in = self.param("memo_table", (nd, self.table_batch, self.table_size), TABLE_DTYPE)
         self.Y = self.param("Y", (seq, nd, batch, H), dt)
         self.YH = self.param("Y_h", (nd, batch, H), dt)
         self.YC = self.param("Y_c", (nd, batch, H), dt) if loop.op == "LSTM" else None
         self.stats = self.param("stats", (nd, batch, loop.num_gates, 2), "int64")
         self.status = self.param("status", (nd, batch), "int32")
+        if self.memo is not None:
+            self.table_out = self.param("memo_table_out", (nd, batch, self.table_size), TABLE_DTYPE)
 
     def _allocate_state(self):
         loop, acc, named = self.loop, self.acc, self.named
@@ -189,6 +198,8 @@ class KernelBuilder(DenseProducts):
         if self.scheme.uses_projection:
             self.chunk = named("projection_steps", T.bind(self._projection_steps()))
             self.xproj = named("input_projection", T.alloc_buffer((self.chunk, nd, batch, G), acc))
+        # Per chain, 1 where it continues the table of an earlier call (a session's).
+        self.resumed = named("resumed", T.alloc_buffer((nd, batch), "int64")) if self.memo else None
         self.scheme.allocate()
 
     def _projection_steps(self):
@@ -237,7 +248,53 @@ class KernelBuilder(DenseProducts):
                 with T.grid(self.unit_blocks, loop.num_gates * 2) as (ub, g):
                     T.buffer_store(self.counts, i64(0), [d, b, ub, g])
                 self.scheme.initialise_chain(d, b)
+                if self.memo is not None:
+                    self._load_table(d, b)
         self.scheme.initialise()
+
+    def _resumable(self, d):
+        """Whether direction d may continue a table (forward directions: see
+        memo_table.resumable)."""
+        if self.loop.direction == "bidirectional":
+            return d == i64(0)
+        return tirx.const(resumable(self.loop, 0))
+
+    def _carried(self):
+        """(offset, length, read, write) of each field of the table this kernel keeps
+        (memo_table.table_fields; a field the scheme does not keep is left 0)."""
+        offsets = field_offsets(self.loop, self.memo.predictor)
+        return [(*offsets[name], read, write) for name, read, write in self.scheme.carried()]
+
+    def _load_table(self, d, b):
+        """resumed[d, b], and chain (d, b)'s table loaded from memo_table where it
+        continues one: a table of this batch size whose flag is set."""
+        flag = self.table_size - 1
+        ok = T.bind(tirx.And(self._resumable(d), self.table_batch == self.batch))
+        T.buffer_store(self.resumed, i64(0), [d, b])
+        with T.If(ok):
+            with T.Then():
+                with T.If(self.table_in[d, b, flag] != tirx.const(0.0, TABLE_DTYPE)):
+                    with T.Then():
+                        T.buffer_store(self.resumed, i64(1), [d, b])
+                        for offset, length, _, write in self._carried():
+                            with T.serial(0, length) as k:
+                                write(d, b, k, tirx.Cast(self.acc, self.table_in[d, b, offset + k]))
+
+    def _store_table(self, d, b):
+        """memo_table_out[d, b]: chain (d, b)'s table, flagged where it holds values
+        (it was resumed or computed a step) and may be continued."""
+        zero, one = tirx.const(0.0, TABLE_DTYPE), tirx.const(1.0, TABLE_DTYPE)
+        filled = T.bind(tirx.And(self._resumable(d), tirx.Or(self.resumed[d, b] != i64(0),
+                                                            self.lengths[b] > i64(0))))
+        with T.serial(0, self.table_size - 1) as k:
+            T.buffer_store(self.table_out, zero, [d, b, k])
+        with T.If(filled):
+            with T.Then():
+                for offset, length, read, _ in self._carried():
+                    with T.serial(0, length) as k:
+                        T.buffer_store(self.table_out, tirx.Cast(TABLE_DTYPE, read(d, b, k)),
+                                       [d, b, offset + k])
+        T.buffer_store(self.table_out, tirx.Select(filled, one, zero), [d, b, self.table_size - 1])
 
     def _finish(self):
         loop = self.loop
@@ -258,6 +315,8 @@ class KernelBuilder(DenseProducts):
                     for ub in range(self.unit_blocks):
                         total = total + self.counts[d, b, ub, g * 2 + slot]
                     T.buffer_store(self.stats, total, [d, b, g, slot])
+            if self.memo is not None:
+                self._store_table(d, b)
 
     # -- positions -----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from tvm.ir import GenericConst
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import MemoPlan, build_kernel, build_sign_packer, weight_data
+from ..kernels.memo_table import TABLE_DTYPE, table_size
 from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions, without_uncalled_kernels
@@ -177,6 +178,8 @@ class MemoConfig:
 
 
 THRESHOLD_INPUT = "memotvm::thresholds::"
+# main's parameters and outputs for each memoized kernel's memo table (a session's state).
+TABLE_INPUT = "memotvm::memo_table::"
 
 
 @tvm.transform.module_pass(opt_level=0, name="MemoizeRecurrentLoops")
@@ -187,6 +190,12 @@ class MemoizeRecurrentLoops:
     constant of the module (the configuration's values); with ``tunable=True`` it becomes
     a parameter of ``main`` named ``memotvm::thresholds::<node>``, appended after the
     model's inputs, so that one compiled model runs with any thresholds (calibration).
+
+    Each memoized kernel also reads and writes its memo table
+    (:mod:`memotvm.kernels.memo_table`): a parameter ``memotvm::memo_table::<node>`` of
+    ``main`` after the thresholds, and an output after the model's (and the kernels'
+    counts), in node order.  A plain call passes an empty table; a streaming session
+    passes the table the previous call returned.
     """
 
     def __init__(self, config: MemoConfig, tunable: bool = False):
@@ -198,8 +207,11 @@ class MemoizeRecurrentLoops:
         self.config.check_nodes(loops)
         rewriter = _KernelCallRewriter(mod, self.config, self.tunable)
         rewritten = rewrite_functions(rewriter, mod)
-        if rewriter.threshold_params:
-            rewritten = _append_params(rewritten, rewriter.threshold_params)
+        params = rewriter.threshold_params + rewriter.table_params
+        if params:
+            rewritten = _append_params(rewritten, params)
+        if rewriter.table_outputs:
+            rewritten = _append_outputs(rewritten, rewriter.table_outputs)
         folded = tvm.transform.Sequential(
             [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
         )(rewritten)
@@ -217,6 +229,22 @@ def _append_params(mod, params):
         func = func.with_attr("num_input", int(main.attrs["num_input"]) + len(params))
     mod["main"] = func
     return mod
+
+
+def _append_outputs(mod, outputs):
+    """``main`` returning ``outputs`` after what it returned."""
+    main = mod["main"]
+    body = main.body
+    returned = body.body
+    if isinstance(returned, relax.Tuple):
+        fields = list(returned.fields)
+    else:
+        fields = [relax.TupleGetItem(returned, i) for i in range(len(returned.ty.fields))]
+    types = list(returned.ty.fields) + [out.ty for out in outputs]
+    seq = relax.SeqExpr(body.blocks, relax.Tuple(fields + list(outputs)))
+    mod["main"] = relax.Function(list(main.params), seq, relax.TupleType(types), main.is_pure,
+                                 main.attrs)
+    return relax.transform.Normalize()(mod)
 
 
 def weights_are_constant(call) -> bool:
@@ -289,6 +317,8 @@ class _KernelCallRewriter(relax.PyExprMutator):
         self.config = config
         self.tunable = tunable
         self.threshold_params: list = []
+        self.table_params: list = []
+        self.table_outputs: list = []
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -308,8 +338,23 @@ class _KernelCallRewriter(relax.PyExprMutator):
             args.append(param)
         else:
             args.append(relax.const(np.array(plan.thresholds, np.float64), "float64"))
+        size = table_size(loop, plan.predictor)
+        table_batch = tvm.tirx.Var(f"table_batch_{len(self.table_params)}", "int64")
+        table = relax.Var(TABLE_INPUT + loop.name,
+                          relax.TensorType([loop.num_directions, table_batch, size], TABLE_DTYPE))
+        self.table_params.append(table)
+        args.append(table)
+        batch = args[0].ty.shape.values[1]
+        out_ty = list(call.ty_args[0].fields) + [
+            relax.TensorType([loop.num_directions, batch, size], TABLE_DTYPE)]
         kernel = self.builder_.add_func(build_kernel(loop, plan), f"{loop.op.lower()}_memo_kernel")
-        return relax.call_tir(kernel, args, out_ty=list(call.ty_args[0].fields))
+        # Bound here, so that the table it returns can be an output of main (the other
+        # outputs keep their positions: the table comes last).
+        result = self.builder_.emit(relax.call_tir(kernel, args, out_ty=out_ty))
+        emit = self.builder_.emit_output if self.builder_.current_block_is_dataflow() \
+            else self.builder_.emit
+        self.table_outputs.append(emit(relax.TupleGetItem(result, len(out_ty) - 1)))
+        return result
 
     def _predictor_inputs(self, loop, predictor, weights_w, weights_r):
         """The predictor's compile-time data as constants; for the BNN predictor with

@@ -13,6 +13,7 @@ does not need emits nothing.
 from __future__ import annotations
 
 from tvm import tirx
+from tvm.script.ir_builder import tirx as T
 
 
 class Scheme:
@@ -81,6 +82,20 @@ class Scheme:
     def carried_units(self, d, b, ub, prev, nxt) -> None:
         """A task carried its units of h past the end of element b's sequence."""
 
+    # -- the memo table between calls -------------------------------------------------
+
+    def carried(self) -> list:
+        """(field name, read(d, b, k), write(d, b, k, value)) for each field of the
+        memo table (:mod:`memotvm.kernels.memo_table`) this scheme keeps: what a
+        streaming session carries from one call to the next.  Read at the end of a
+        call, written at its start (after initialise_chain) where a table resumes."""
+        return []
+
+    def may_reuse(self, d, b, s):
+        """Whether chain (d, b) has a table to reuse from at step s: after its first
+        step, or from the start where it continues an earlier call's table."""
+        return tirx.Or(s > tirx.const(0, "int64"), self.kb.resumed[d, b] != tirx.const(0, "int64"))
+
 
 def small_change(q, qm, thr, floor):
     """|q - qm| / max(|qm|, floor) < thr, evaluated in float64 (as the reference does):
@@ -88,3 +103,18 @@ def small_change(q, qm, thr, floor):
     q64, qm64 = tirx.Cast("float64", q), tirx.Cast("float64", qm)
     scale = tirx.max(tirx.abs(qm64), tirx.const(floor, "float64"))
     return tirx.abs(q64 - qm64) < thr * scale
+
+
+def buffer_field(buf, parity=None):
+    """(read, write) of a memo-table field held in ``buf`` [directions, batch, n] (or
+    [parity, directions, batch, n], at the given parity expression of the step)."""
+    def index(d, b, k, at):
+        return [at, d, b, k] if parity is not None else [d, b, k]
+
+    def read(d, b, k):
+        return buf[tuple(index(d, b, k, parity[1] if parity else None))]
+
+    def write(d, b, k, value):
+        T.buffer_store(buf, tirx.Cast(buf.dtype, value), index(d, b, k, parity[0] if parity else None))
+
+    return read, write

@@ -16,7 +16,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from ..tiling import BATCH_BLOCK, LANES, TIME_BLOCK, i64, unit_block
-from .base import Scheme
+from .base import Scheme, buffer_field
 
 
 def column_blocks(loop, M) -> np.ndarray:
@@ -114,6 +114,21 @@ class Delta(Scheme):
         for buf, n in sent:
             with T.serial(0, n) as k:
                 T.buffer_store(buf, zero, [0, d, b, k])
+
+    def carried(self):
+        """The parts (the input parts only where kept: with x_projected they are the
+        projection of x's copy) and the transmitted copies; double-buffered copies are
+        written at parity 0 (the first step's) and read at the parity after the last
+        step."""
+        kb = self.kb
+        ends = (i64(0), kb.seq % 2)
+        fields = [("b", *buffer_field(kb.bp)), ("sent_h", *buffer_field(self.sent_h, ends))]
+        if self.keeps_input_parts:
+            fields.append(("a", *buffer_field(kb.a)))
+        fields.append(("sent_x", *buffer_field(self.sent_x, None if self.x_projected else ends)))
+        if kb.gru_reset_first:
+            fields.append(("sent_rh", *buffer_field(self.sent_rh, ends)))
+        return fields
 
     # -- x's transmissions ahead of the recurrence (x_projected) ----------------------
 

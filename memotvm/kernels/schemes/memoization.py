@@ -17,7 +17,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ...predictors import words
 from ..tiling import ROW_BLOCK, ROW_MASK, WORD_BITS, i64
-from .base import Scheme, small_change
+from .base import Scheme, buffer_field, small_change
 
 
 class Memoization(Scheme):
@@ -55,6 +55,11 @@ class Memoization(Scheme):
                 self.rh_signs = kb.named("reset_h_signs", T.alloc_buffer((nd, batch, words(H)), "uint64"))
                 self.rh_nan = kb.named("reset_h_nan", T.alloc_buffer((nd, batch, words(H)), "uint64"))
         self.memo_q = kb.named("memo_q", T.alloc_buffer((nd, batch, G), self.predictor.q_dtype))
+
+    def carried(self):
+        kb = self.kb
+        return [("a", *buffer_field(kb.a)), ("b", *buffer_field(kb.bp)),
+                ("q", *buffer_field(self.memo_q))]
 
     # -- sign bits ------------------------------------------------------------------
 
@@ -153,14 +158,15 @@ class Memoization(Scheme):
         b0, nb, elems = block
         first, count = kb.units(ub)
         thr = T.bind(self.thresholds[d])
-        # The first valid step of a sequence always computes (its table is empty).
-        may_reuse = s > i64(0)
         live, pos = kb.live(d, block, s)
         u_refs = [kb.u_ref(u_buf, d, b, s) for b in elems]
         states = [pred.prepare(kb, d, b, s, (kb.X, (pos[e], b)), u_refs[e]) for e, b in enumerate(elems)]
-        # A neuron may reuse only where its predictor can judge its inputs.
-        judged = [tirx.And(may_reuse, self._signs_defined((kb.X, (pos[e], b)), u_refs[e]))
-                  if self.signs else may_reuse for e, b in enumerate(elems)]
+        # The first valid step of a sequence always computes (its table is empty),
+        # unless the chain continues a table; a neuron may reuse only where its
+        # predictor can judge its inputs.
+        may_reuse = [T.bind(self.may_reuse(d, b, s)) for b in elems]
+        judged = [tirx.And(may_reuse[e], self._signs_defined((kb.X, (pos[e], b)), u_refs[e]))
+                  if self.signs else may_reuse[e] for e, b in enumerate(elems)]
         # Padded to whole groups of ROW_BLOCK rows (see below).
         todo = T.alloc_buffer((len(gates) * kb.unit_block + ROW_BLOCK - 1,), "int64")
         ntodo = T.alloc_buffer((1,), "int64")

@@ -8,7 +8,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from ..tiling import i64
-from .base import Scheme, small_change
+from .base import Scheme, buffer_field, small_change
 
 
 class Oracle(Scheme):
@@ -32,6 +32,11 @@ class Oracle(Scheme):
         self.new_a = kb.named("computed_input_part", T.alloc_buffer(shape, kb.acc))
         self.new_b = kb.named("computed_recurrent_part", T.alloc_buffer(shape, kb.acc))
 
+    def carried(self):
+        kb = self.kb
+        return [("a", *buffer_field(kb.a)), ("b", *buffer_field(kb.bp)),
+                ("q", *buffer_field(self.memo_q))]
+
     def evaluate_block(self, d, ub, block, s, gates, u_buf):
         return False
 
@@ -40,8 +45,9 @@ class Oracle(Scheme):
         H = kb.loop.hidden_size
         first, count = kb.units(ub)
         thr = T.bind(self.thresholds[d])
-        # The first valid step of a sequence always computes (its table is empty).
-        may_reuse = s > i64(0)
+        # The first valid step of a sequence always computes (its table is empty),
+        # unless the chain continues a table.
+        may_reuse = T.bind(self.may_reuse(d, b, s))
         todo = T.alloc_buffer((len(gates) * kb.unit_block,), "int64")
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])

@@ -119,7 +119,8 @@ RUN_LAYER = "memotvm.epur.run_layer"
 def _run_layer(layer, *tensors):
     """Simulate program ``layer`` on its input tensors, writing its output tensors."""
     prog = _programs[int(layer)]
-    n_out = 5 if prog.loop.op == "LSTM" else 4  # Y, Y_h, [Y_c], stats, status
+    # Y, Y_h, [Y_c], stats, status and, memoized, the memo table
+    n_out = (5 if prog.loop.op == "LSTM" else 4) + (prog.plan is not None)
     ins, outs = tensors[:-n_out], tensors[-n_out:]
     result = simulate(prog, [t.numpy() for t in ins])
     for out, value in zip(outs, result.outputs):
@@ -143,14 +144,15 @@ class AcceleratorModel(CompiledModel):
     programs: list
     hardware: HardwareConfig
 
-    def run(self, inputs: dict, check_finite: bool = True, memo=None) -> list:
+    def _call(self, arrays: list, memo=None, tables=None) -> tuple:
+        # (Every call, a session's too, reports its cost.)
         _trace.layers = []
         try:
-            outputs = super().run(inputs, check_finite, memo)
+            result = super()._call(arrays, memo, tables)
         finally:
             layers, _trace.layers = _trace.layers, []
         self._local.last_cost = CostReport(layers, self.hardware)
-        return outputs
+        return result
 
     @property
     def last_cost(self):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...kernels import MemoPlan
+from ...kernels.memo_table import resumable
 from ...frontend.recurrent import RecurrentLoop
 from ...predictors import BnnPredictor, get_predictor, words
 from .hardware import HardwareConfig
@@ -139,10 +140,49 @@ class LayerCost:
                 "macs": self.macs, "macs_unmodified": self.macs_unmodified}
 
 
-def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerCost:
+def cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray,
+         resumed_chains: int = 0) -> LayerCost:
     """Cost of one run of ``prog``: ``computed`` is the simulator's trace (int [directions,
     batch, seq, gates]: neurons computed per step), ``lengths`` the valid steps per batch
-    element."""
+    element, ``resumed_chains`` how many chains continued a memo table of an earlier
+    call (a streaming session's).
+
+    A memoized layer's memo tables are saved to DRAM at the end of every call and, in a
+    session, restored from it at the start of the next (:func:`table_traffic`)."""
+    layer = _cost(prog, computed, lengths)
+    extra = table_traffic(prog, int(np.asarray(lengths).size), resumed_chains)
+    if extra:
+        layer.dram_bytes += extra
+        cycles = extra / prog.hw["memory.dram_bandwidth"]
+        layer.cycles += cycles
+        seconds = cycles / (prog.hw["clock.frequency"] * 1e6)
+        layer.seconds += seconds
+        layer.energy_pj["dram"] += extra / 8 * prog.hw.energy_pj("energy.dram")
+        layer.energy_pj["static"] += prog.hw["energy.static_power"] * seconds * 1e12
+    return layer
+
+
+def table_traffic(prog: EpurProgram, batch: int, resumed_chains: int) -> float:
+    """DRAM bytes that keep a memoized layer's memo tables between calls.
+
+    Assumption: the memo buffer serves one call at a time (other streams and layers use
+    it between a session's calls), so each call writes its chains' tables to DRAM at its
+    end, and a call that continues a session reads them back first; a table entry per
+    neuron is ``memory.memo_buffer_entry`` bytes (parts and predictor value), delta
+    execution's transmitted copies ``compute.element_bytes`` per component.  The
+    transfers are not overlapped with compute."""
+    if prog.plan is None:
+        return 0.0
+    hw, loop = prog.hw, prog.loop
+    predictor = get_predictor(prog.plan.predictor)
+    per_chain = loop.rows * hw["memory.memo_buffer_entry"]
+    if predictor is not None and predictor.scheme == "delta":
+        per_chain = (2 * loop.rows + loop.input_size + 2 * loop.hidden_size) * hw["compute.element_bytes"]
+    chains = sum(resumable(loop, d) for d in range(loop.num_directions)) * batch
+    return float(per_chain * (chains + resumed_chains))
+
+
+def _cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerCost:
     hw, loop = prog.hw, prog.loop
     D, H, N = loop.input_size, loop.hidden_size, loop.rows
     units, width = hw["compute.units"], hw["compute.dpu_width"]

@@ -29,11 +29,12 @@ class LayerRun:
 def simulate(prog: EpurProgram, args: list) -> LayerRun:
     """Run ``prog`` on the kernel's input arrays (X, W, R, then the optional inputs the
     node has, in ONNX order, all in layout 0; then, memoized, the predictor's data, which
-    the simulator derives again, and last the thresholds)."""
+    the simulator derives again, the thresholds and last the memo table)."""
     loop = dataclasses.replace(prog.loop, layout=0)  # kernels see layout 0
-    plan = prog.plan
-    if plan is not None:  # the thresholds of this call
-        plan = dataclasses.replace(plan, thresholds=tuple(float(t) for t in args[-1]))
+    plan, table = prog.plan, None
+    if plan is not None:  # the thresholds and memo table of this call
+        plan = dataclasses.replace(plan, thresholds=tuple(float(t) for t in args[-2]))
+        table = args[-1]
     X, W, R = args[:3]
     optional = [n for n in OPTIONAL_INPUTS.values() if loop.has(n)]
     given = dict(zip(optional, args[3: 3 + len(optional)]))
@@ -46,11 +47,17 @@ def simulate(prog: EpurProgram, args: list) -> LayerRun:
         lens = np.clip(lens, 0, seq)
     data = _cached_predictor_data(prog, loop, plan, W, R)
     result = run_layer(loop, X, W, R, given.get("B"), lens, given.get("initial_h"),
-                       given.get("initial_c"), given.get("P"), memo=plan, pred_data=data)
+                       given.get("initial_c"), given.get("P"), memo=plan, pred_data=data,
+                       table=table)
     lengths = np.full(batch, seq) if lens is None else np.asarray(lens)
     outputs = [result.Y, result.Y_h] + ([result.Y_c] if loop.op == "LSTM" else [])
     outputs += [result.stats, status]
-    return LayerRun(outputs, cost(prog, result.computed, lengths))
+    resumed = 0
+    if plan is not None:
+        outputs.append(result.table)
+        if table is not None and table.shape[1] == batch:
+            resumed = int(np.count_nonzero(table[:, :, -1]))
+    return LayerRun(outputs, cost(prog, result.computed, lengths, resumed_chains=resumed))
 
 
 def _cached_predictor_data(prog, loop, plan, W, R):

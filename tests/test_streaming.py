@@ -1,0 +1,199 @@
+"""Streaming sessions (docs/spec.md, "Streaming sessions"): memo tables that live across
+calls.
+
+The central property: on a graph where chunk by chunk computes what one call over the
+whole sequence computes (a recurrent layer whose state is passed out and back in), a
+session gives bit-identical outputs and the same counts as the whole call, for every
+predictor and for delta execution, on the CPU and the accelerator target.
+"""
+
+import os
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import memotvm
+from memotvm.errors import ConfigError, InputError
+from memotvm.testing import make_recurrent_model
+
+FIELD = os.path.join(os.path.dirname(__file__), "fixtures", "field")
+CHUNKS = (1, 3, 7)
+
+
+def stateful_layer(op, D=10, H=24, direction="forward"):
+    """One recurrent node whose initial state is an input (initial_h, initial_c) and
+    whose last state is an output (Y_h, Y_c)."""
+    return make_recurrent_model(op, D, H, weight_scale=1.0, direction=direction,
+                                initial_h=True, initial_c=op == "LSTM", seed=3)
+
+
+def smooth(T, batch, D, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.normal(0, 0.3, (T, batch, D)), axis=0).astype(np.float32)
+
+
+def state_of(op):
+    return {"initial_h": "Y_h", **({"initial_c": "Y_c"} if op == "LSTM" else {})}
+
+
+def whole_call(model, op, x, nd=1):
+    H = model.input_types["initial_h"][0][2]
+    zeros = np.zeros((nd, x.shape[1], H), np.float32)
+    feeds = {"X": x, "initial_h": zeros, **({"initial_c": zeros} if op == "LSTM" else {})}
+    outputs = model.run(feeds)
+    return outputs, model.last_stats
+
+
+def chunked(session, x, chunk):
+    return [session.run({"X": x[t:t + chunk]}) for t in range(0, len(x), chunk)]
+
+
+@pytest.mark.parametrize("op,predictor,threshold", [
+    ("LSTM", "bnn", 0.3), ("GRU", "lowrank:3", 0.3), ("RNN", "exactinput:4", 0.3),
+    ("GRU", "delta", 0.1), ("LSTM", "oracle", 0.3), ("RNN", "delta", 0.1),
+])
+def test_session_chunks_equal_one_call_over_the_sequence(op, predictor, threshold):
+    model = memotvm.compile(stateful_layer(op), memo={"predictor": predictor, "threshold": threshold})
+    x = smooth(23, 2, 10)
+    whole, stats = whole_call(model, op, x)
+    assert 0 < stats.reuse < 1
+    for chunk in CHUNKS:
+        session = model.session(state=state_of(op))
+        outs = chunked(session, x, chunk)
+        np.testing.assert_array_equal(np.concatenate([o[0] for o in outs]), whole[0])
+        np.testing.assert_array_equal(outs[-1][1], whole[1])
+        assert session.stats.per_gate == stats.per_gate
+        assert session.calls == -(-len(x) // chunk)
+
+
+def test_without_a_session_every_call_starts_empty():
+    """The motivation: chunk by chunk through run(), each chunk's first step computes
+    everything; a session reuses from the first step of every chunk but the first."""
+    model = memotvm.compile(stateful_layer("GRU"), memo=0.3)
+    x = smooth(20, 1, 10)
+    zeros = np.zeros((1, 1, 24), np.float32)
+    session = model.session(state={"initial_h": "Y_h"})
+    h = zeros
+    for t in range(0, 20, 1):
+        y = model.run({"X": x[t:t + 1], "initial_h": h})
+        assert model.last_stats.reuse == 0
+        h = y[1]
+        session.run({"X": x[t:t + 1]})
+    assert session.stats.reuse > 0.2
+
+
+def test_reset_and_interleaved_sessions():
+    model = memotvm.compile(stateful_layer("LSTM"), memo=0.3)
+    x, other = smooth(12, 2, 10, seed=1), smooth(12, 2, 10, seed=2)
+    first, second = model.session(state=state_of("LSTM")), model.session(state=state_of("LSTM"))
+    fresh = model.session(state=state_of("LSTM"))
+    want = chunked(fresh, x, 3)
+    # Interleaved with another stream: each keeps its own tables and state.
+    got = []
+    for t in range(0, 12, 3):
+        got.append(first.run({"X": x[t:t + 3]}))
+        second.run({"X": other[t:t + 3]})
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a[0], b[0])
+    assert first.stats.per_gate == fresh.stats.per_gate
+    # reset: the same as a fresh session.
+    first.reset()
+    again = chunked(first, x, 3)
+    for a, b in zip(again, want):
+        np.testing.assert_array_equal(a[0], b[0])
+    assert first.stats.per_gate == fresh.stats.per_gate
+
+
+def test_bidirectional_reverse_direction_memoizes_within_each_call():
+    """The forward direction continues its table; the reverse one starts empty at every
+    call, so its first step of each chunk computes everything."""
+    model = memotvm.compile(stateful_layer("GRU", direction="bidirectional"), memo=0.3)
+    x = smooth(12, 1, 10)
+    session = model.session(state={"initial_h": "Y_h"})
+    outs = chunked(session, x, 4)
+    whole, stats = whole_call(model, "GRU", x, nd=2)
+    forward = ("rnn", "forward")
+    np.testing.assert_array_equal(np.concatenate([o[0] for o in outs])[:, 0], whole[0][:, 0])
+    per_direction = session.stats.per_direction
+    assert per_direction[forward] == stats.per_direction[forward]
+
+
+def test_accelerator_session_matches_the_cpu_and_charges_the_table():
+    x = smooth(12, 2, 10)
+    results = {}
+    for target in ("cpu", "epur"):
+        model = memotvm.compile(stateful_layer("GRU"), memo=0.3, target=target)
+        session = model.session(state={"initial_h": "Y_h"})
+        outs = chunked(session, x, 4)
+        results[target] = (np.concatenate([o[0] for o in outs]), session.stats.per_gate)
+        if target == "epur":
+            first = model.session(state={"initial_h": "Y_h"})
+            first.run({"X": x[:4]})
+            fresh_dram = model.last_cost.layers[0].dram_bytes
+            first.run({"X": x[4:8]})  # restores two chains' tables
+            assert model.last_cost.layers[0].dram_bytes > fresh_dram
+    np.testing.assert_allclose(results["epur"][0], results["cpu"][0], atol=1e-5)
+    assert results["epur"][1] == results["cpu"][1]
+
+
+def test_session_is_one_stream_per_thread():
+    model = memotvm.compile(stateful_layer("RNN"), memo=0.3)
+    session = model.session(state={"initial_h": "Y_h"})
+    session.run({"X": smooth(3, 1, 10)})
+    errors = []
+
+    def other_thread():
+        try:
+            session.run({"X": smooth(3, 1, 10)})
+        except InputError as err:
+            errors.append(str(err))
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert errors and "another thread" in errors[0]
+
+
+def test_batch_change_within_a_session_is_refused():
+    model = memotvm.compile(stateful_layer("RNN"), memo=0.3)
+    session = model.session(state={"initial_h": "Y_h"})
+    session.run({"X": smooth(3, 2, 10)})
+    with pytest.raises(InputError, match="batch size changed within the session"):
+        session.run({"X": smooth(3, 1, 10), "initial_h": np.zeros((1, 1, 24), np.float32)})
+
+
+def test_state_pairs_found_by_name_or_refused_with_the_candidates():
+    layer = memotvm.compile(stateful_layer("LSTM"))
+    with pytest.raises(ConfigError, match="found no state input/output pair.*initial_h: Y_h, Y_c"):
+        layer.session()
+    with pytest.raises(ConfigError, match="state names output 'nope'"):
+        layer.session(state={"initial_h": "nope"})
+    with pytest.raises(ConfigError, match="state names input 'nope'"):
+        layer.session(state={"nope": "Y_h"})
+    assert layer.session(state={}).state_pairs == {}
+
+
+def test_vad_session_matches_onnxruntime_call_by_call_and_reuses_across_chunks():
+    """The streaming detector, one chunk of samples per call: the unmodified session
+    equals onnxruntime fed its own state back; memoized, the LSTM reuses from the
+    second chunk on (without a session it could not reuse at all at one frame per
+    chunk)."""
+    path = os.path.join(FIELD, "vad_stream.onnx")
+    rng = np.random.default_rng(0)
+    audio = (np.sin(np.arange(576 * 6) / 9.0) + np.cumsum(rng.normal(0, 0.02, 576 * 6))).astype(np.float32)
+    chunks = audio.reshape(6, 1, 576)
+    plain = memotvm.compile(path, fixed_inputs={"sr": 16000}).session()
+    assert plain.state_pairs == {"state": "stateN"}  # found by name
+    ort_session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    state = np.zeros((2, 1, 64), np.float32)
+    for chunk in chunks:
+        prob, state = ort_session.run(None, {"input": chunk, "state": state, "sr": np.array(16000)})
+        got = plain.run({"input": chunk})
+        np.testing.assert_allclose(got[0], prob, atol=1e-5)
+        np.testing.assert_allclose(got[1], state, atol=1e-5)
+    memoized = memotvm.compile(path, fixed_inputs={"sr": 16000}, memo=0.5).session()
+    for chunk in chunks:
+        memoized.run({"input": chunk})
+    assert memoized.stats.reuse > 0
