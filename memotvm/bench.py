@@ -121,6 +121,92 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
     return {"rows": rows, "steps": steps}
 
 
+def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
+                 ort_threads=None, target="cpu", config=None, **options) -> dict:
+    """Time a recorded stream run as deployed (``spec``: a StreamSpec): one chunk per
+    call, in a session (memotvm: memo tables and state carried; onnxruntime: its state
+    outputs fed back), every variant over the whole stream per round, interleaved.
+    Rows give the median time per call."""
+    from .api import compile as compile_model
+    from .frontend import load_model
+    from .session import find_state_pairs
+    from .streaming import split_stream
+
+    proto = load_model(model)
+    plain = compile_model(proto, target=target, **options)
+    calls = split_stream(plain, feeds, spec)
+    pairs = find_state_pairs(plain, spec.state)
+    compiled = {"memotvm": plain}
+    for name, memo_config in memo_variants(thresholds, predictor, config).items():
+        compiled[name] = compile_model(proto, target=target, memo=memo_config, **options)
+    runners, reuse, avoided = {}, {}, {}
+    for name, model_ in compiled.items():
+        session = model_.session(state=spec.state)
+
+        def run_all(session=session):
+            session.reset()
+            for call in calls:
+                session.run(call)
+
+        run_all()
+        runners[name] = run_all
+        reuse[name] = session.stats.reuse if model_.memo else 0.0
+        avoided[name] = session.stats.computations_avoided if model_.memo else 0.0
+    ort = _onnxruntime_stream(proto, plain, calls, pairs, ort_threads)
+    if ort is not None:
+        runners["onnxruntime"], reuse["onnxruntime"], avoided["onnxruntime"] = ort, 0.0, 0.0
+    times = interleaved(runners, rounds=rounds)
+    rows = []
+    for name, t in times.items():
+        per_call = t / len(calls)
+        rows.append({
+            "name": name, "ms": t * 1e3, "us_per_call": per_call * 1e6,
+            "reuse": reuse[name], "computations_avoided": avoided[name],
+            "speedup_vs_onnxruntime": times["onnxruntime"] / t if "onnxruntime" in times else None,
+            "speedup_vs_unmodified": times["memotvm"] / t,
+            "ideal": 1 / (1 - avoided[name]) if avoided[name] < 1 else float("inf"),
+        })
+    return {"rows": rows, "calls": len(calls), "chunk": spec.chunk, "state": pairs}
+
+
+def _onnxruntime_stream(proto, plain, calls, pairs, threads):
+    """onnxruntime over the calls, its state outputs fed back (None if not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    first = plain.session(state=dict(pairs))
+    start = {}
+    for name in pairs:  # the session's zero state of the first call
+        start[name] = calls[0].get(name, first._zero_state(name, calls[0]))
+    names = plain.output_names
+
+    def run_all():
+        state = dict(start)
+        for call in calls:
+            out = session.run(None, {**call, **state})
+            state = {inp: out[names.index(o)] for inp, o in pairs.items()}
+
+    return run_all
+
+
+def format_stream_rows(rows) -> str:
+    head = (f"{'variant':<13} {'us/call':>9} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
+            f"{'vs unmod':>8} {'ideal':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
+        lines.append(f"{r['name']:<13} {r['us_per_call']:9.1f} {r['reuse']:7.1%} "
+                     f"{r['computations_avoided']:8.1%} {vo} {r['speedup_vs_unmodified']:7.2f}x "
+                     f"{r['ideal']:6.2f}")
+    return "\n".join(lines)
+
+
 def bench_modelled(proto, plain, feeds, variants, target, **options) -> dict:
     """Rows of modelled cycles, time and energy: the unmodified model and each variant."""
     from .api import compile as compile_model

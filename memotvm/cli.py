@@ -170,6 +170,35 @@ def _inputs(args) -> dict:
     return {k: v for k, v in _load_npz(args.inputs, "inputs").items() if k not in fixed}
 
 
+def _pairs(items, flag) -> dict:
+    pairs = {}
+    for item in items or ():
+        left, sep, right = item.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise ConfigError(f"{flag} takes A=B, got '{item}'")
+        pairs[left.strip()] = right.strip()
+    return pairs
+
+
+def _stream_spec(args):
+    """The StreamSpec of --stream, --chunk, --state and --time-axis (None without --stream)."""
+    from .streaming import StreamSpec
+
+    if not getattr(args, "stream", False):
+        for flag in ("state", "time_axis"):
+            if getattr(args, flag, None):
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --stream")
+        return None
+    axes = {}
+    for name, text in _pairs(args.time_axis, "--time-axis").items():
+        try:
+            axes[name] = int(text)
+        except ValueError:
+            raise ConfigError(f"--time-axis {name}: '{text}' is not an axis number") from None
+    state = _pairs(args.state, "--state") if args.state else None
+    return StreamSpec(chunk=args.chunk, state=state, time_axes=axes)
+
+
 def _target_options(args) -> dict:
     """Backend options from the command line (``--hw`` for the accelerator)."""
     hw = getattr(args, "hw", None)
@@ -203,7 +232,8 @@ def cmd_validate(args):
     if labels is not None and not args.metric:
         raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
     report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
-                      output=args.output, target=args.target, **_target_options(args))
+                      output=args.output, target=args.target, stream=_stream_spec(args),
+                      **_target_options(args))
     if _human(args):
         print(report.format())
     if args.json:
@@ -312,6 +342,20 @@ def cmd_bench(args):
         from .passes import MemoConfig
 
         config = MemoConfig.load(args.config)
+    stream = _stream_spec(args)
+    if stream is not None:
+        from .bench import bench_stream, format_stream_rows
+
+        result = bench_stream(model, inputs, stream, thresholds=thresholds, predictor=args.predictor,
+                              rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
+                              config=config, **_target_options(args))
+        if _human(args):
+            pairs = ", ".join(f"{i} <- {o}" for i, o in result["state"].items()) or "none"
+            print(f"{label}: {result['calls']} calls of {result['chunk']} step(s), state {pairs}")
+            print(format_stream_rows(result["rows"]))
+        if args.json:
+            _write_json({"model": label, **result}, args.json)
+        return
     result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
                          rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
                          config=config, **_target_options(args))
@@ -382,8 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz to write, one array per output")
     p.set_defaults(func=cmd_run)
 
+    def stream_args(p):
+        p.add_argument("--stream", action="store_true",
+                       help="run the inputs as a stream, one chunk per call in a session that "
+                       "carries the memo tables and the model's state (docs/streaming.md)")
+        p.add_argument("--chunk", type=int, default=1, help="steps per call with --stream (default 1)")
+        p.add_argument("--state", action="append", metavar="IN=OUT",
+                       help="with --stream: the output OUT feeds state input IN at the next call "
+                       "(repeatable; default: pairs found by name)")
+        p.add_argument("--time-axis", action="append", metavar="NAME=AXIS",
+                       help="with --stream: the time axis of input NAME, where its declared "
+                       "shape does not name one (repeatable)")
+
     p = sub.add_parser("validate", help="compare the memoized model with the unmodified one")
     model_args(p)
+    stream_args(p)
     p.add_argument("--inputs", required=True)
     p.add_argument("--labels", help=".npz with the labels (one array, or one named 'labels')")
     p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
@@ -447,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
+    stream_args(p)
     json_arg(p, "the results")
     p.set_defaults(func=cmd_bench)
 

@@ -13,7 +13,7 @@ from .errors import InputError
 from .frontend import load_model
 from .passes import MemoConfig
 
-SCHEMA_VERSION = 2  # 2: modelled_cost added
+SCHEMA_VERSION = 3  # 2: modelled_cost added; 3: stream added
 
 
 @dataclass
@@ -28,6 +28,8 @@ class ValidationReport:
     timings: dict = field(default_factory=dict)
     # Targets with a cost model: the modelled cost of both runs (CostReport objects).
     costs: tuple | None = None
+    # Streamed (a session, one chunk per call): {"chunk", "calls", "state"}.
+    stream: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -40,6 +42,7 @@ class ValidationReport:
             "metric": self.metric,
             "timings_s": self.timings,
             "modelled_cost": self._cost_dict(),
+            "stream": self.stream,
         }
 
     def _cost_dict(self):
@@ -52,6 +55,10 @@ class ValidationReport:
 
     def format(self) -> str:
         lines = [f"memo: predictor {self.config.predictor}, thresholds {self.config.thresholds_text()}"]
+        if self.stream:
+            pairs = ", ".join(f"{i} <- {o}" for i, o in self.stream["state"].items()) or "none"
+            lines.append(f"streamed: {self.stream['calls']} calls of {self.stream['chunk']} step(s) "
+                         f"in one session (state: {pairs}); memo tables carried between calls")
         lines.append(f"reuse: {self.stats.reuse:.1%} of neuron evaluations, computations "
                      f"avoided: {self.stats.computations_avoided:.1%} of multiply-adds")
         for (node, direction), count in self.stats.per_direction.items():
@@ -107,13 +114,19 @@ def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
 
 
 def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
-             target="cpu", baseline=None, **options) -> ValidationReport:
+             target="cpu", baseline=None, stream=None, **options) -> ValidationReport:
     """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
 
     ``labels`` with ``metric`` (accuracy, bpc, mse) adds the task metric of both and
     its loss, on ``output`` (default: the first).  ``baseline`` may pass an already
     compiled unmodified model (sweeps reuse one).  ``options`` go to the backend
     (``hardware=`` for ``epur``); its modelled costs, if any, join the report.
+
+    ``stream`` (a :class:`memotvm.streaming.StreamSpec`) runs both models as they run
+    deployed: ``inputs`` is a recorded stream, cut into calls of ``stream.chunk`` steps
+    and run in a session each (memo tables and state carried between calls); the
+    outputs compared (and the labels) are the calls' outputs joined along their first
+    axis (:func:`memotvm.streaming.joined`).
     """
     config = MemoConfig.coerce(memo)
     proto = load_model(model)
@@ -124,11 +137,23 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     t1 = time.perf_counter()
     memoized = compile_model(proto, target=target, memo=config, **options)
     t2 = time.perf_counter()
-    base_out = plain.run(inputs)
-    memo_out = memoized.run(inputs)
+    streamed = None
+    if stream is not None:
+        from .streaming import joined, run_stream, split_stream
+
+        calls = split_stream(plain, inputs, stream)
+        base_calls, _ = run_stream(plain, calls, stream)
+        memo_calls, stats = run_stream(memoized, calls, stream)
+        base_out, memo_out = joined(base_calls), joined(memo_calls)
+        streamed = {"chunk": stream.chunk, "calls": len(calls),
+                    "state": plain.session(state=stream.state).state_pairs}
+    else:
+        base_out = plain.run(inputs)
+        memo_out = memoized.run(inputs)
+        stats = memoized.last_stats
     errors, result = compare(plain.output_names, base_out, memo_out, labels, metric, output)
     timings = {"compile_unmodified": t1 - t0, "compile_memoized": t2 - t1}
     costs = None
     if getattr(memoized, "last_cost", None) is not None:
         costs = (plain.last_cost, memoized.last_cost)
-    return ValidationReport(config, target, errors, memoized.last_stats, result, timings, costs)
+    return ValidationReport(config, target, errors, stats, result, timings, costs, streamed)
