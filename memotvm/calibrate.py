@@ -35,6 +35,7 @@ from .api import compile as compile_model
 from .errors import ConfigError
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
+from .streaming import run_inputs, split_stream
 from .validate import pick_output
 
 # Small steps first: delta execution and the BNN on some models tolerate only tiny
@@ -120,12 +121,15 @@ class _Evaluator:
     """Score configurations on one split: one tunable model per predictor, each
     configuration run once."""
 
-    def __init__(self, proto, inputs, labels, metric, output, target, options):
+    def __init__(self, proto, inputs, labels, metric, output, target, options, stream=None):
         self.proto, self.inputs, self.labels = proto, inputs, labels
         self.metric, self.target, self.options = metric, target, options
         plain = compile_model(proto, target=target, **options)
         self.k = pick_output(plain.output_names, output)
-        self.base = metrics.score(metric, plain.run(inputs)[self.k], labels)
+        self.stream = stream
+        self.calls = split_stream(plain, inputs, stream) if stream is not None else None
+        base_out, _ = run_inputs(plain, inputs, stream, calls=self.calls)
+        self.base = metrics.score(metric, base_out[self.k], labels)
         self.count = 0
         self._models: dict = {}
         self._cache: dict = {}
@@ -141,9 +145,8 @@ class _Evaluator:
         key = json.dumps(config.to_dict(), sort_keys=True)
         if key not in self._cache:
             model = self.model(config.predictor)
-            value = metrics.score(self.metric, model.run(self.inputs, memo=config)[self.k],
-                                  self.labels)
-            stats = model.last_stats
+            out, stats = run_inputs(model, self.inputs, self.stream, memo=config, calls=self.calls)
+            value = metrics.score(self.metric, out[self.k], self.labels)
             self._cache[key] = (value, metrics.loss(self.metric, self.base, value),
                                 stats.computations_avoided, stats.reuse)
             self.count += 1
@@ -194,11 +197,15 @@ def _config(predictor, thresholds: dict) -> MemoConfig:
 
 def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels=None,
               max_loss=0.01, predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None,
-              target="cpu", progress=True, **options) -> CalibrationResult:
+              target="cpu", progress=True, stream=None, **options) -> CalibrationResult:
     """Search per-node, per-direction thresholds (and the predictor) that maximise the
     computations avoided with the calibration loss within ``max_loss * (1 - margin)``;
     confirm on the held-out split (without one, the batch is split in two by
-    :func:`split_batch`).  Returns a :class:`CalibrationResult`."""
+    :func:`split_batch`).  Returns a :class:`CalibrationResult`.
+
+    ``stream`` (a StreamSpec): every candidate runs the inputs as a recorded stream,
+    one chunk per call in a session, as the model runs deployed (the labels then match
+    the calls' outputs joined along their first axis)."""
     if metric not in metrics.HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric '{metric}' (known: {', '.join(metrics.HIGHER_IS_BETTER)})")
     grid = sorted({float(g) for g in grid} | {0.0})
@@ -221,7 +228,7 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     bound = max_loss * (1 - margin)
     real = [p for p in predictors if p != "oracle"] or list(predictors)
     real_default = real[0]
-    evaluate = _Evaluator(proto, inputs, labels, metric, output, target, options)
+    evaluate = _Evaluator(proto, inputs, labels, metric, output, target, options, stream)
     # Progress in threshold levels: every unit of every predictor has len(grid) - 1
     # levels to climb; a level is done when the unit is raised past it or stops below
     # it, so the total is known up front.  The held-out confirmation is one more.
@@ -259,7 +266,7 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
             if predictor in real:
                 path.append(trial)
         best_by_predictor[predictor] = best
-    held = _Evaluator(proto, holdout_inputs, holdout_labels, metric, output, target, options)
+    held = _Evaluator(proto, holdout_inputs, holdout_labels, metric, output, target, options, stream)
     rejections = 0
     for chosen in sorted(path, key=lambda t: (-t.avoided, t.loss, real.index(t.predictor))):
         config = _config(chosen.predictor, chosen.thresholds)

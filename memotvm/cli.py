@@ -164,10 +164,10 @@ def _model(args):
     return args._bound_model
 
 
-def _inputs(args) -> dict:
-    """The --inputs arrays, less those that --fix binds."""
+def _inputs(args, path=None, what="inputs") -> dict:
+    """The --inputs arrays (or ``path``'s), less those that --fix binds."""
     fixed = _parse_fixed(getattr(args, "fix", None))
-    return {k: v for k, v in _load_npz(args.inputs, "inputs").items() if k not in fixed}
+    return {k: v for k, v in _load_npz(path or args.inputs, what).items() if k not in fixed}
 
 
 def _pairs(items, flag) -> dict:
@@ -253,7 +253,7 @@ def cmd_sweep(args):
     predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
     rows = sweep(_model(args), inputs, thresholds, predictors, labels=labels, metric=args.metric,
                  output=args.output, target=args.target, progress=not args.quiet,
-                 **_target_options(args))
+                 stream=_stream_spec(args), **_target_options(args))
     if _human(args):
         print(format_table(rows))
     calibrated = None
@@ -276,7 +276,8 @@ def _calibrated_point(args, inputs, labels) -> dict:
 
     config = MemoConfig.load(args.calibrated)
     report = validate(_model(args), inputs, config, labels=labels, metric=args.metric,
-                      output=args.output, target=args.target, **_target_options(args))
+                      output=args.output, target=args.target, stream=_stream_spec(args),
+                      **_target_options(args))
     if report.metric:
         loss = report.metric["loss"]
     else:
@@ -290,7 +291,7 @@ def cmd_calibrate(args):
 
     inputs = _inputs(args)
     labels = _load_labels(args.labels)
-    holdout = (_load_npz(args.holdout_inputs, "held-out inputs") if args.holdout_inputs else None)
+    holdout = (_inputs(args, args.holdout_inputs, "held-out inputs") if args.holdout_inputs else None)
     holdout_labels = _load_labels(args.holdout_labels) if args.holdout_labels else None
     grid = ([_float(t, "--grid") for t in args.grid.split(",") if t.strip()] if args.grid
             else DEFAULT_GRID)
@@ -300,7 +301,8 @@ def cmd_calibrate(args):
     result = calibrate(_model(args), inputs, labels, args.metric, holdout, holdout_labels,
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
                        margin=_float(args.margin, "--margin"), output=args.output,
-                       target=args.target, progress=not args.quiet, **_target_options(args))
+                       target=args.target, progress=not args.quiet, stream=_stream_spec(args),
+                       **_target_options(args))
     _write_atomically(args.out, lambda f: f.write(result.to_json().encode()))
     if _human(args):
         print(result.format())
@@ -456,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output")
     p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--predictors", default="bnn,oracle", help="comma-separated: bnn, lowrank:R, oracle")
+    stream_args(p)
     p.add_argument("--plot", default="sweep.png", help="PNG to write ('' for none)")
     p.add_argument("--title", help="the plot's title (default: the model's file name and "
                    "its recurrent layers)")
@@ -476,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loss", default="1%", help="bound on the metric loss: 1%% or 0.01")
     p.add_argument("--holdout-inputs", help=".npz held-out inputs (default: half of --inputs)")
     p.add_argument("--holdout-labels", help=".npz held-out labels")
+    stream_args(p)
     p.add_argument("--predictors", default="bnn", help="comma-separated predictors to search over")
     p.add_argument("--grid", help="comma-separated thresholds to search (default: 0 to 1)")
     p.add_argument("--margin", default="0.25",

@@ -112,13 +112,13 @@ class CompiledModel:
         return [np.zeros((loop.num_directions, 1, table_size(loop, self.memo.plan_for(loop).predictor)),
                          TABLE_DTYPE) for loop in self.loops]
 
-    def session(self, state=None):
+    def session(self, state=None, memo=None):
         """A streaming session over this model: consecutive ``run`` calls are one
         sequence, the memo tables and the recurrent state carried from call to call
         (see :class:`memotvm.session.Session`)."""
         from .session import Session
 
-        return Session(self, state)
+        return Session(self, state, memo)
 
     def run_with_stats(self, inputs: dict, check_finite: bool = True, memo=None) -> tuple:
         """``run``, returning ``(outputs, stats)`` together: the statistics of exactly

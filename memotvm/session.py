@@ -25,7 +25,8 @@ class Session:
     ``state`` maps each state input to the output that feeds it at the next call
     (``{"state": "stateN"}``, ``{"h": "hn", "c": "cn"}``); when omitted, the pairs are
     found from the names and types of the inputs and outputs (see
-    :func:`find_state_pairs`).  The caller passes the other inputs; a state input it
+    :func:`find_state_pairs`); ``memo``: the thresholds of its calls, for a model
+    compiled with ``tunable=True``.  The caller passes the other inputs; a state input it
     passes overrides the carried value for that call.  On the first call (and after
     :meth:`reset`) a state input the caller does not pass starts at zeros.
 
@@ -34,8 +35,9 @@ class Session:
     between threads (a call from another thread than its first raises).
     """
 
-    def __init__(self, model, state=None):
+    def __init__(self, model, state=None, memo=None):
         self.model = model
+        self.memo = memo  # per-call thresholds of a model compiled with tunable=True
         self.state_pairs = find_state_pairs(model, state)
         self._owner = None
         self.reset()
@@ -58,7 +60,7 @@ class Session:
             if name not in feeds:
                 feeds[name] = self._zero_state(name, feeds)
         arrays = self.model.check_inputs(feeds, check_finite)
-        outputs, stats, tables = self.model._call(arrays, tables=self._tables)
+        outputs, stats, tables = self.model._call(arrays, self.memo, tables=self._tables)
         self._check_batch(tables)
         self._tables = tables
         position = {n: i for i, n in enumerate(self.model.output_names)}

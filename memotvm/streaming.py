@@ -93,11 +93,23 @@ def split_stream(model, inputs: dict, spec: StreamSpec) -> list:
     return calls
 
 
-def run_stream(model, calls: list, spec: StreamSpec):
-    """(outputs of each call, the session's accumulated ReuseStats)."""
-    session = model.session(state=spec.state)
+def run_stream(model, calls: list, spec: StreamSpec, memo=None):
+    """(outputs of each call, the session's accumulated ReuseStats); ``memo``: the
+    thresholds of a model compiled with tunable=True."""
+    session = model.session(state=spec.state, memo=memo)
     outputs = [session.run(call) for call in calls]
     return outputs, session.stats
+
+
+def run_inputs(model, inputs: dict, stream: StreamSpec | None = None, memo=None, calls=None):
+    """(outputs, ReuseStats) of ``inputs``: one call, or with ``stream`` the recorded
+    stream's calls in a session (outputs joined); ``calls`` may pass its split."""
+    if stream is None:
+        outputs = model.run(inputs, memo=memo)
+        return outputs, model.last_stats
+    calls = split_stream(model, inputs, stream) if calls is None else calls
+    per_call, stats = run_stream(model, calls, stream, memo)
+    return joined(per_call), stats
 
 
 def joined(per_call: list) -> list:

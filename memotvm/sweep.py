@@ -10,20 +10,23 @@ from tqdm import tqdm
 from .api import compile as compile_model
 from .frontend import load_model
 from .passes import MemoConfig
+from .streaming import run_inputs, split_stream
 from .validate import compare
 
 
 def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, metric=None,
-          output=None, target="cpu", progress=True, **options) -> list[dict]:
+          output=None, target="cpu", progress=True, stream=None, **options) -> list[dict]:
     """One row per (predictor, threshold): reuse, computations avoided, output error and
-    metric loss.  Each predictor is compiled once, with tunable thresholds."""
+    metric loss.  Each predictor is compiled once, with tunable thresholds.  ``stream``
+    (a StreamSpec): the inputs run as a recorded stream in a session."""
     proto = load_model(model)
     for predictor in predictors:
         MemoConfig(predictor=predictor)  # unknown names fail before any work
     for threshold in thresholds:
         MemoConfig(threshold=threshold)
     baseline = compile_model(proto, target=target, **options)
-    base_out = baseline.run(inputs)
+    calls = split_stream(baseline, inputs, stream) if stream is not None else None
+    base_out, _ = run_inputs(baseline, inputs, stream, calls=calls)
     rows = []
     jobs = [(p, t) for p in predictors for t in thresholds]
     models = {}
@@ -33,21 +36,21 @@ def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, 
                                               tunable=True, **options)
         memoized = models[predictor]
         config = MemoConfig(threshold=threshold, predictor=predictor)
-        memo_out = memoized.run(inputs, memo=config)
+        memo_out, stats = run_inputs(memoized, inputs, stream, memo=config, calls=calls)
         errors, result = compare(baseline.output_names, base_out, memo_out, labels, metric, output)
         first = next(iter(errors.values()))
         rows.append({
             "predictor": predictor,
             "threshold": threshold,
-            "reuse": memoized.last_stats.reuse,
-            "computations_avoided": memoized.last_stats.computations_avoided,
+            "reuse": stats.reuse,
+            "computations_avoided": stats.computations_avoided,
             "max_abs_error": first["max_abs"],
             "mean_rel_error": first["mean_rel"],
             "metric": result["name"] if result else None,
             "metric_value": result["memoized"] if result else None,
             "metric_loss": result["loss"] if result else None,
-            "per_node_avoided": {node: memoized.last_stats.computations_avoided_of([node])
-                                 for node in memoized.last_stats.per_node},
+            "per_node_avoided": {node: stats.computations_avoided_of([node])
+                                 for node in stats.per_node},
         })
     return rows
 

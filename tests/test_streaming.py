@@ -197,3 +197,42 @@ def test_vad_session_matches_onnxruntime_call_by_call_and_reuses_across_chunks()
     for chunk in chunks:
         memoized.run({"input": chunk})
     assert memoized.stats.reuse > 0
+
+
+def test_validate_sweep_and_calibrate_stream_a_recording(tmp_path, capsys):
+    """--stream runs the tools over a recorded stream in sessions: validate's counts are
+    the session's (equal to one call's on a stateful layer), sweep and calibrate run
+    every candidate the same way."""
+    from memotvm.calibrate import calibrate
+    from memotvm.cli import main as cli_main
+    from memotvm.streaming import StreamSpec
+    from memotvm.sweep import sweep
+    from memotvm.validate import validate
+
+    model = stateful_layer("GRU")
+    x = smooth(24, 4, 10)
+    zeros = np.zeros((1, 4, 24), np.float32)
+    spec = StreamSpec(chunk=3, state={"initial_h": "Y_h"})
+    streamed = validate(model, {"X": x}, 0.3, stream=spec)
+    whole = validate(model, {"X": x, "initial_h": zeros}, 0.3)
+    assert streamed.stats.per_gate == whole.stats.per_gate
+    assert streamed.stream == {"chunk": 3, "calls": 8, "state": {"initial_h": "Y_h"}}
+    rows = sweep(model, {"X": x}, [0.0, 0.3], predictors=["bnn"], stream=spec, progress=False)
+    assert rows[0]["reuse"] == 0 and rows[1]["computations_avoided"] == pytest.approx(
+        whole.stats.computations_avoided)
+    plain = memotvm.compile(model)
+    labels = plain.run({"X": x, "initial_h": zeros})[0]  # fidelity to the unmodified outputs
+    result = calibrate(model, {"X": x[:, :2]}, labels[:, :, :2], "mse", {"X": x[:, 2:]},
+                       labels[:, :, 2:], max_loss=0.05, grid=[0.0, 0.1, 0.3], stream=spec,
+                       progress=False)
+    assert result.chosen["calibration"]["computations_avoided"] > 0
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, X=x)
+    path = tmp_path / "gru.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert cli_main(["validate", str(path), "--inputs", str(inputs), "--threshold", "0.3",
+                     "--stream", "--chunk", "3", "--state", "initial_h=Y_h"]) == 0
+    assert "streamed: 8 calls of 3 step(s)" in capsys.readouterr().out
+    assert cli_main(["validate", str(path), "--inputs", str(inputs), "--threshold", "0.3",
+                     "--state", "initial_h=Y_h"]) == 2
+    assert "--state needs --stream" in capsys.readouterr().err
