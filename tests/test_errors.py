@@ -152,7 +152,7 @@ SHAPE_RELATIONS = {
     "concat": (_graph_model(helper.make_node("Concat", ["a", "b"], ["y"], axis=0),
                             [("a", ["n", "p"]), ("b", ["m", "q"])]),
                {"a": _ones(5, 4), "b": _ones(3, 4)}, {"a": _ones(5, 4), "b": _ones(3, 2)},
-               r"concat: .*dimension 1 of the first \(4\) and 1 of the second \(2\)"),
+               r"concat: .*dimension 1 of the first and 1 of the second must be equal"),
     "matmul": (_graph_model(helper.make_node("MatMul", ["a", "b"], ["y"]), [("a", [2, "k"]), ("b", ["j", 3])]),
                {"a": _ones(2, 5), "b": _ones(5, 3)}, {"a": _ones(2, 5), "b": _ones(4, 3)},
                r"matmul: .*\(2, 5\).*\(4, 3\)"),
@@ -162,10 +162,10 @@ SHAPE_RELATIONS = {
     "reshape -1": (_graph_model(helper.make_node("Reshape", ["a", "s"], ["y"]), [("a", ["n", 4])],
                                 [helper.make_tensor("s", TensorProto.INT64, [2], [3, -1])]),
                    {"a": _ones(3, 4)}, {"a": _ones(5, 4)},
-                   r"reshape: cannot reshape input 0 of shape \(5, 4\) \(20 elements\) to \(3, 6\)"),
+                   r"reshape: cannot reshape input 0 of shape \(5, 4\) to \(3, \?\): their numbers of elements differ"),
     "reshape fixed": (_graph_model(helper.make_node("Reshape", ["a", "s"], ["y"]), [("a", ["n", 4])],
                                    [helper.make_tensor("s", TensorProto.INT64, [2], [2, 6])]),
-                      {"a": _ones(3, 4)}, {"a": _ones(4, 4)}, r"\(16 elements\) to \(2, 6\) \(12 elements\)"),
+                      {"a": _ones(3, 4)}, {"a": _ones(4, 4)}, r"cannot reshape input 0 of shape \(4, 4\) to \(2, 6\)"),
 }
 
 
@@ -202,8 +202,8 @@ def test_gather_index_computed_out_of_range_is_an_input_error():
     compiled = memotvm.compile(model)
     ok = {"i": np.array([0, 3, 5, 6], np.int64)}  # -3, 0, 2, 3: negative ones count from the end
     np.testing.assert_array_equal(compiled.run(ok)[0], run_onnxruntime(model, ok)[0])
-    for bad, shown in (([3, 7], 4), ([-2], -1)):
-        with pytest.raises(memotvm.InputError, match=f"Gather: index {shown} .* outside an axis of 4"):
+    for bad in ([3, 7], [-2]):
+        with pytest.raises(memotvm.InputError, match="Gather: an index .* is outside an axis of 4"):
             compiled.run({"i": np.array(bad, np.int64)})
 
 

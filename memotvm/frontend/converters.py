@@ -44,10 +44,10 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-import tvm_ffi
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..passes._relax_util import elements
+from ..passes.native_checks import assert_that, checked, each_element
 from ..passes.shape_checks import proven, provably_equal, require, simplified
 
 # The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
@@ -60,8 +60,6 @@ SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "S
 AS_TENSOR = "::memotvm_as_tensor"
 # Operators only this module converts (TVM's frontend has no converter for them).
 SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization", "ConvInteger"}
-# The run-time check of ReverseSequence's lengths.
-REQUIRE_LENGTHS = "memotvm.require_sequence_lens"
 # Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
 # INT64_MAX, torch.flip -INT64_MAX).
 _SLICE_BOUND = 1 << 62
@@ -441,9 +439,7 @@ class SpecConverters:
             raise UnsupportedModelError(
                 f"node '{name}' (ReverseSequence): time_axis and batch_axis must be 0 and 1")
         steps = shape[time_axis]
-        lens = self.bb.emit(relax.call_pure_packed(
-            REQUIRE_LENGTHS, relax.op.astype(lens, "int64"), relax.ShapeExpr([steps, shape[batch_axis]]),
-            ty_args=relax.TensorType([shape[batch_axis]], "int64")))
+        lens = _require_sequence_lens(self.bb, self.bb.emit(relax.op.astype(lens, "int64")), steps)
         grid = [1] * len(shape)
         grid[time_axis] = steps
         t = relax.op.reshape(relax.op.arange(tvm.tirx.const(0, "int64"), steps, tvm.tirx.const(1, "int64"),
@@ -603,16 +599,20 @@ def _scalar(value, like):
     return relax.const(value, like.ty.dtype)
 
 
-@tvm_ffi.register_global_func(REQUIRE_LENGTHS)
-def _require_sequence_lens(lens, dims):
-    values = np.from_dlpack(lens)
-    steps = int(dims[0])
-    bad = np.flatnonzero((values < 0) | (values > steps))
-    if bad.size:
-        b = int(bad[0])
-        raise InputError(f"ReverseSequence: sequence_lens[{b}] = {int(values[b])} is outside "
-                         f"[0, {steps}] (the time axis has {steps} steps)")
-    return lens
+def _require_sequence_lens(bb, lens, steps):
+    """``lens`` after checking that each lies in [0, steps]."""
+    shown = str(int(steps)) if isinstance(steps, tvm.tirx.IntImm) else \
+        (steps.name if isinstance(steps, tvm.tirx.Var) else "the number of steps")
+
+    def asserts(x, v):
+        def one(value):
+            assert_that(tvm.tirx.And(value >= tvm.tirx.const(0, "int64"), value <= v[0]),
+                        f"ReverseSequence: a sequence_lens value is outside [0, {shown}] (the "
+                        "size of the time axis)")
+
+        each_element(x, one)
+
+    return checked(bb, lens, [steps], asserts, "check_sequence_lens")
 
 
 # Element-wise operators _shape_values evaluates (TVM's Gather wraps its indices in

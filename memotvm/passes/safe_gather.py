@@ -1,24 +1,20 @@
 """BoundedGather: make every ``take`` (ONNX Gather) check and clamp its indices.
 
 TVM's ONNX frontend emits ``relax.take`` in "fast" mode, which reads without bounds
-checks: an out-of-range index computed inside a graph would read outside the table.
-Indices that come straight from a model input are range-checked by the runtime before
-the call (a clear error).  Computed ones are checked by ``memotvm.require_indices``
-before the take (InputError, as onnxruntime raises one), and the take clamps them, so
-that no index can leave the table even unchecked.
+checks: an out-of-range index would read outside the table.  Every index that is not a
+constant is checked before the take by a check compiled into the model
+(:mod:`.native_checks`: an InputError, as onnxruntime raises one; the runtime also
+checks indices that come straight from a model input before the call, naming the
+value), and the take clamps them, so that no index can leave the table even unchecked.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
-import tvm_ffi
-from tvm import relax
+from tvm import relax, tirx
 
-from ..errors import InputError
 from ._relax_util import elements, rewrite_functions
-
-CHECK = "memotvm.require_indices"
+from .native_checks import assert_that, checked, each_element
 
 
 @tvm.transform.module_pass(opt_level=0, name="BoundedGather")
@@ -41,8 +37,7 @@ class _TakeRewriter(relax.PyExprMutator):
             axis = call.attrs.axis
             size = self._axis_size(data, None if axis is None else int(axis))
             if size is not None and not isinstance(indices, tvm.ir.GenericConst):
-                indices = self.builder_.emit(relax.call_pure_packed(
-                    CHECK, indices, relax.ShapeExpr([size]), ty_args=indices.ty))
+                indices = require_indices(self.builder_, indices, size)
             return relax.op.take(data, indices, axis=None if axis is None else int(axis), mode="clip")
         return call
 
@@ -59,13 +54,19 @@ class _TakeRewriter(relax.PyExprMutator):
         return dims[axis % len(dims)] if dims else None
 
 
-@tvm_ffi.register_global_func(CHECK)
-def _require_indices(indices, size):
-    values = np.from_dlpack(indices)
-    n = int(size[0])
-    outside = values[(values < 0) | (values >= n)] if values.size else values
-    if outside.size:
-        raise InputError(
-            f"Gather: index {int(outside.flat[0])} (computed inside the model; negative indices "
-            f"already count from the end) is outside an axis of {n}")
-    return indices
+def require_indices(builder, indices, size):
+    """``indices`` after checking that each lies in [0, size) (TVM's Gather has made
+    negative ones count from the end already)."""
+    shown = str(int(size)) if isinstance(size, tirx.IntImm) else \
+        (size.name if isinstance(size, tirx.Var) else "its size")
+
+    def asserts(x, v):
+        def one(value):
+            value = tirx.Cast("int64", value)
+            assert_that(tirx.And(value >= tirx.const(0, "int64"), value < v[0]),
+                        f"Gather: an index (negative ones count from the end) is outside an "
+                        f"axis of {shown}")
+
+        each_element(x, one)
+
+    return checked(builder, indices, [size], asserts, "check_indices")

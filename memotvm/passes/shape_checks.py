@@ -8,8 +8,8 @@ is never lowered and compilation fails inside TVM) or assumes it (a MatMul reduc
 its first operand's inner size, a Reshape's -1 is a floor division): inputs that break
 it then give wrong results or reads out of bounds, where onnxruntime raises an error.
 
-This pass states each undecided relation: the operator's first operand goes through
-``memotvm.require_shapes``, a check the virtual machine runs before the operator, which
+This pass states each undecided relation: the operator's first operand goes through a
+check compiled into the model (:mod:`.native_checks`) before the operator, which
 raises :class:`memotvm.errors.InputError` naming the operator and the shapes; the other
 operands are then cast (``match_cast``) to the shapes the check guarantees, so that
 inference and lowering see them.  A symbolic dimension that must broadcast against
@@ -19,19 +19,12 @@ that explanation, not broadcast).  Relations TVM can prove cost nothing.
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-
 import tvm
 import tvm.sym
-import tvm_ffi
 from tvm import relax, tirx
 
-from ..errors import InputError
 from ._relax_util import elements, rewrite_functions
-
-CHECK = "memotvm.require_shapes"
+from .native_checks import assert_that, checked
 
 # Relax operators whose operands broadcast (ONNX's multidirectional broadcasting).
 _BROADCAST = {
@@ -41,16 +34,59 @@ _BROADCAST = {
     "floor_mod", "left_shift", "right_shift", "where",
 }
 
-tvm_ffi.register_error("InputError", InputError)
-
 
 def require(builder: relax.BlockBuilder, x, shapes: list, spec: dict):
     """Emit the run-time check of ``spec`` over ``shapes`` (lists of dimensions) before
-    what uses the returned value (x itself)."""
+    what uses the returned value (x itself): "equal" lists pairs of (shape, axis)
+    positions that must be equal, "not_one" (shape, axis) positions that must not be 1
+    ("why" completes that message), "count" says that shape 0 and shape 1 hold as many
+    elements; "op" and "names" name the operator and its operands in the messages."""
     values = [dim for shape in shapes for dim in shape]
-    spec = dict(spec, ranks=[len(shape) for shape in shapes])
-    return builder.emit(relax.call_pure_packed(
-        CHECK, x, relax.ShapeExpr(values), tvm.ir.StringImm(json.dumps(spec)), ty_args=x.ty))
+    starts = [sum(len(s) for s in shapes[:k]) for k in range(len(shapes))]
+    names = spec.get("names") or [f"input {i}" for i in range(len(shapes))]
+    where = spec["op"]
+
+    def shown(k):
+        return _shape_text(shapes[k])
+
+    def asserts(_x, v):
+        def dim(i, a):
+            return v[starts[i] + a]
+
+        if spec.get("count"):
+            have = _product(v, starts[0], len(shapes[0]))
+            want = _product(v, starts[1], len(shapes[1]))
+            assert_that(have == want, f"{where}: cannot reshape {names[0]} of shape {shown(0)} to "
+                        f"{shown(1)}: their numbers of elements differ; the model's shapes do "
+                        "not fit these inputs")
+        one = tirx.const(1, "int64")
+        for i, a in spec.get("not_one", []):
+            assert_that(dim(i, a) != one, f"{where}: dimension {a} of {names[i]} (shape "
+                        f"{shown(i)}) is 1 at run time{spec.get('why', '')}")
+        for (i, a), (j, b) in spec.get("equal", []):
+            first, second = dim(i, a), dim(j, b)
+            text = (f"{where}: {names[i]} has shape {shown(i)} and {names[j]} has shape "
+                    f"{shown(j)}: dimension {a} of the first and {b} of the second must be equal")
+            assert_that(tirx.Or(first == second, tirx.And(first != one, second != one)),
+                        text + " (broadcasting a dimension whose size 1 is known only at run "
+                        "time is not supported: memotvm needs it equal)")
+            assert_that(first == second, text)
+
+    return checked(builder, x, values, asserts, "check_shapes")
+
+
+def _product(v, start, count):
+    total = tirx.const(1, "int64")
+    for k in range(count):
+        total = total * v[start + k]
+    return total
+
+
+def _shape_text(shape) -> str:
+    """A shape as the messages show it: static sizes as numbers, symbolic ones by name."""
+    parts = [str(int(d)) if isinstance(d, tirx.IntImm) else
+             (d.name if isinstance(d, tirx.Var) else "?") for d in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
 def require_equal(builder, operands, shapes, equal, where, names=None) -> list:
@@ -80,51 +116,6 @@ def unproven(shapes, first, second):
     if isinstance(db, tirx.IntImm) and not isinstance(da, tirx.IntImm):
         return second, first
     return first, second
-
-
-@tvm_ffi.register_global_func(CHECK)
-def _require_shapes(x, values, spec):
-    _check(_parsed(str(spec)), [int(v) for v in values])
-    return x
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed(spec: str) -> dict:
-    return json.loads(spec)
-
-
-def _check(spec: dict, values: list) -> None:
-    """Raise InputError unless the shapes in ``values`` meet ``spec``: "equal" lists
-    pairs of (shape, axis) positions that must be equal, "not_one" (shape, axis)
-    positions that must not be 1 ("why" completes that message), "count" says that
-    shape 0 and shape 1 hold as many elements."""
-    shapes, at = [], 0
-    for rank in spec["ranks"]:
-        shapes.append(tuple(values[at:at + rank]))
-        at += rank
-    names = spec.get("names") or [f"input {i}" for i in range(len(shapes))]
-    where = spec["op"]
-    if spec.get("count"):
-        have, want = math.prod(shapes[0]), math.prod(shapes[1])
-        if have != want:
-            raise InputError(
-                f"{where}: cannot reshape {names[0]} of shape {shapes[0]} ({have} elements) "
-                f"to {shapes[1]} ({want} elements); the model's shapes do not fit these inputs")
-        return
-    for i, a in spec.get("not_one", []):
-        if shapes[i][a] == 1:
-            raise InputError(f"{where}: dimension {a} of {names[i]} (shape {shapes[i]}) is 1 at "
-                             f"run time{spec.get('why', '')}")
-    for (i, a), (j, b) in spec.get("equal", []):
-        if shapes[i][a] != shapes[j][b]:
-            note = ""
-            if 1 in (shapes[i][a], shapes[j][b]):
-                note = (" (broadcasting a dimension whose size 1 is known only at run time is "
-                        "not supported: memotvm needs it equal)")
-            raise InputError(
-                f"{where}: {names[i]} has shape {shapes[i]} and {names[j]} has shape "
-                f"{shapes[j]}: dimension {a} of the first ({shapes[i][a]}) and {b} of the "
-                f"second ({shapes[j][b]}) must be equal{note}")
 
 
 @tvm.transform.module_pass(opt_level=0, name="CheckShapeRelations")

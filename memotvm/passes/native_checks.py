@@ -1,0 +1,71 @@
+"""Run-time checks compiled into the model: TIR assertions, not Python callbacks.
+
+A check is a small PrimFunc called *in place* on a tensor the next operator reads (the
+tensor passes through unchanged, which orders the check before that operator and keeps
+it alive), with the values it checks -- dimensions computed at run time -- passed as an
+int64 tensor.  A failed check stops the call with an error whose message starts with
+:data:`ERROR_PREFIX`; :class:`memotvm.runtime.CompiledModel` raises it as an
+:class:`~memotvm.errors.InputError`, and a program that runs an exported model with the
+TVM runtime alone sees the same message.  Nothing of memotvm or Python is needed at run
+time.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from tvm import relax, tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+ERROR_PREFIX = "memotvm.InputError: "
+_names = itertools.count()
+
+
+def input_error_message(err: BaseException) -> str | None:
+    """The message of a failed check (None for any other error)."""
+    text = str(err)
+    at = text.find(ERROR_PREFIX)
+    if at < 0:
+        return None
+    return text[at + len(ERROR_PREFIX):].splitlines()[0].strip()
+
+
+def checked(builder: relax.BlockBuilder, x, values: list, emit_asserts, name: str):
+    """``x`` after a check kernel ``name``: ``emit_asserts(x_buffer, values_buffer)``
+    emits the TIR assertions over the tensor and ``values`` (PrimExprs, passed as int64)."""
+    x_ty = x.ty
+    name = f"{name}_{next(_names)}"  # each check its own symbol
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            # Opaque: never fused with the operators around it (its tensor is an alias).
+            T.func_attr({"tir.noalias": True, "op_pattern": 8})
+            dims = [tirx.Var(f"d{i}", "int64") for i in range(x_ty.ndim)]
+            x_buf = T.match_buffer(T.arg("x", T.handle()), dims, str(x_ty.dtype))
+            v_buf = T.match_buffer(T.arg("values", T.handle()), (max(len(values), 1),), "int64")
+            emit_asserts(x_buf, v_buf)
+    func = ib.get()
+    kernel = builder.add_func(func, name)
+    shown = values or [tirx.const(0, "int64")]
+    tensor = builder.emit(relax.op.shape_to_tensor(relax.ShapeExpr(shown)))
+    return builder.emit(relax.call_tir_inplace(kernel, [x, tensor], inplace_indices=[0], out_ty=x_ty))
+
+
+def assert_that(condition, message: str) -> None:
+    """One assertion (inside the check kernel being built)."""
+    with T.Assert(condition, ERROR_PREFIX + message, error_kind="ValueError"):
+        T.evaluate(0)
+
+
+def each_element(buf, body) -> None:
+    """body(value) for every element of ``buf`` (row-major), inside the kernel."""
+    total = tirx.const(1, "int64")
+    for dim in buf.shape:
+        total = total * dim
+    with T.serial(0, total) as i:
+        index, rest = [], i
+        for dim in reversed(list(buf.shape)):
+            index.append(rest % dim)
+            rest = rest // dim
+        body(buf[tuple(reversed(index))] if buf.shape else buf[()])
