@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 
 from .api import compile
+from .artifact import load
 from .validate import validate
 from .errors import ConfigError, InputError, MemoTVMError, ModelLoadError, UnsupportedModelError
 
@@ -18,6 +19,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
     __version__ = "0+unknown"
 
 __all__ = [
+    "load",
     "ConfigError",
     "InputError",
     "MemoTVMError",

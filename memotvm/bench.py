@@ -49,7 +49,7 @@ def onnxruntime_runner(model, feeds, threads: int | None = None):
 
 def memotvm_runner(compiled, feeds):
     """A zero-argument callable running a compiled model with inputs checked once."""
-    arrays = compiled.check_inputs(feeds)
+    arrays = compiled.vm_arguments(compiled.check_inputs(feeds))
     session = compiled._session()
     return lambda: session(arrays)
 

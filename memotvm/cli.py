@@ -205,6 +205,20 @@ def _target_options(args) -> dict:
     return {"hardware": hw} if hw else {}
 
 
+def cmd_compile(args):
+    from . import compile as compile_model
+
+    memo = _memo_from_args(args)
+    if args.tunable and memo is None:
+        raise ConfigError("--tunable needs --threshold T or --config FILE")
+    model = compile_model(_model(args), target=args.target, memo=memo, tunable=args.tunable,
+                          **_target_options(args))
+    meta = model.export(args.out)
+    described = "memoized: " + memo.thresholds_text() if memo is not None else "unmodified"
+    print(f"wrote {args.out} and {meta} ({described}; inputs: "
+          f"{', '.join(model.input_names)}; outputs: {', '.join(model.output_names)})")
+
+
 def cmd_run(args):
     from . import compile as compile_model
 
@@ -421,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--threshold", help="memoize every recurrent layer with this threshold")
             p.add_argument("--predictor", default="bnn", help="bnn (default) or oracle")
             p.add_argument("--config", help="JSON memo configuration (per-node thresholds)")
+
+    p = sub.add_parser("compile", help="compile a model into a library the TVM runtime loads "
+                       "(and its .json description; docs/deploy.md)")
+    model_args(p)
+    p.add_argument("-o", "--out", required=True, help="library to write (e.g. model.so)")
+    p.add_argument("--tunable", action="store_true",
+                   help="thresholds as run-time inputs (defaults: the configuration's)")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a model on inputs from an .npz file")
     model_args(p)

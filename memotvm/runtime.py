@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .passes.native_checks import input_error_message
 from .stats import ReuseStats
 
 
@@ -85,12 +87,13 @@ class CompiledModel:
         """One call on checked input arrays, from the memo tables ``tables`` (None:
         empty ones): (outputs, ReuseStats, the memo tables after the call)."""
         config = self._call_config(memo)
-        if self.tunable:
-            arrays = arrays + [np.array(config.plan_for(loop).thresholds, np.float64)
-                               for loop in self.loops]
-        if self.memo is not None:
-            arrays = arrays + (self.empty_tables() if tables is None else list(tables))
-        raw = self._session()(arrays)
+        try:
+            raw = self._session()(self.vm_arguments(arrays, config, tables))
+        except Exception as err:  # a check compiled into the model failed: the input's fault
+            message = input_error_message(err)
+            if message is None:
+                raise
+            raise InputError(self._with_sizes(message, arrays)) from None
         n, k = len(self.output_names), len(self.loops)
         outputs, extra = raw[:n], raw[n:n + 2 * k]
         stats_arrays, status_arrays = extra[0::2], extra[1::2]
@@ -104,6 +107,38 @@ class CompiledModel:
         stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
         return outputs, stats, raw[n + 2 * k:]
 
+    def _with_sizes(self, message: str, arrays: list) -> str:
+        """A compiled check's message (which names symbolic dimensions, such as
+        ``(seq, batch, 7)``) with the sizes this call's inputs give them."""
+        sizes = {}
+        for name, value in zip(self.input_names, arrays):
+            dims = self.input_types[name][0] or []
+            if len(dims) == np.ndim(value):
+                for dim, size in zip(dims, np.shape(value)):
+                    if isinstance(dim, str):
+                        sizes.setdefault(dim, size)
+
+        def sized(match):
+            parts = [str(sizes.get(p.strip(), p.strip())) for p in match.group(2).split(",") if p.strip()]
+            trailing = "," if match.group(1) == "(" and len(parts) == 1 else ""
+            return match.group(1) + ", ".join(parts) + trailing + match.group(3)
+
+        # Shapes and bounds: (a, b, 4), (n,), [0, T]
+        shape = r"([(\[])([\w?]+(?:, [\w?]+)*),?([)\]])"
+        return re.sub(shape, sized, message) if sizes else message
+
+    def vm_arguments(self, arrays: list, config=None, tables: list | None = None) -> list:
+        """The compiled function's arguments for checked input arrays: then, compiled
+        with tunable=True, the thresholds of ``config`` (default: the compiled ones),
+        then, memoized, the memo tables (None: empty ones)."""
+        config = config or self.memo
+        if self.tunable:
+            arrays = arrays + [np.array(config.plan_for(loop).thresholds, np.float64)
+                               for loop in self.loops]
+        if self.memo is not None:
+            arrays = arrays + (self.empty_tables() if tables is None else list(tables))
+        return arrays
+
     def empty_tables(self) -> list:
         """One empty memo table per memoized kernel (memotvm.kernels.memo_table): what a
         call that continues nothing passes."""
@@ -111,6 +146,14 @@ class CompiledModel:
 
         return [np.zeros((loop.num_directions, 1, table_size(loop, self.memo.plan_for(loop).predictor)),
                          TABLE_DTYPE) for loop in self.loops]
+
+    def export(self, path) -> str:
+        """Write the compiled model to ``path`` (a shared library the TVM runtime loads)
+        and ``path + ".json"`` (how to call it); returns the JSON's path.  See
+        :mod:`memotvm.artifact` and docs/deploy.md."""
+        from .artifact import export
+
+        return export(self, path)
 
     def session(self, state=None, memo=None):
         """A streaming session over this model: consecutive ``run`` calls are one

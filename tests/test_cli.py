@@ -30,10 +30,11 @@ def test_validate_json_is_stable(files, capsys):
                  "--threshold", "0.3", "--labels", str(files / "labels.npz"),
                  "--metric", "accuracy", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["schema"] == 2
+    assert report["schema"] == 3
     assert set(report) == {"schema", "target", "memo", "outputs", "reuse",
-                           "computations_avoided", "metric", "timings_s", "modelled_cost"}
+                           "computations_avoided", "metric", "timings_s", "modelled_cost", "stream"}
     assert report["modelled_cost"] is None  # the CPU target has no cost model
+    assert report["stream"] is None  # one call, not a stream
     assert report["memo"] == {"threshold": 0.3, "predictor": "bnn", "per_node": {}}
     assert set(report["outputs"]) == {"Y", "Y_h"}
     assert report["reuse"]["nodes"]["rnn"]["directions"].keys() == {"forward", "reverse"}

@@ -123,6 +123,7 @@ class CpuBackend(Backend):
 
         model = model_class(imported, make_session, target=self.name, memo=memo)
         model.executable = executable
+        model.target_spec = target
         with captured_tvm_output("machine code"):
             model.prepare()
         return model

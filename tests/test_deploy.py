@@ -1,0 +1,143 @@
+"""Compiled models as files (docs/deploy.md): export, load, and runs with the TVM runtime
+alone, in a process that never imports memotvm (its checks are native, not Python
+callbacks registered by memotvm)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import memotvm
+from memotvm.cli import main as cli_main
+from memotvm.errors import ConfigError, InputError, ModelLoadError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELD = os.path.join(ROOT, "tests", "fixtures", "field")
+RUNNER = os.path.join(ROOT, "examples", "run_artifact.py")
+VAD = os.path.join(FIELD, "vad_stream.onnx")
+
+
+def vad_feeds():
+    data = np.load(os.path.join(FIELD, "inputs.npz"))
+    return {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("vad_stream/")}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The VAD (If on the sample rate, Gather and shape checks, a memoized LSTM in each
+    branch) compiled memoized, exported, and its expected outputs and counts."""
+    folder = tmp_path_factory.mktemp("artifact")
+    model = memotvm.compile(VAD, memo=0.3)
+    feeds = vad_feeds()
+    outputs = model.run(feeds)
+    library = str(folder / "vad.so")
+    model.export(library)
+    np.savez(folder / "feeds.npz", **feeds)
+    return model, library, feeds, outputs, model.last_stats
+
+
+def test_export_writes_the_library_and_its_description(exported):
+    model, library, *_ = exported
+    meta = json.load(open(library + ".json"))
+    assert meta["format"] == "memotvm-artifact" and meta["version"] == 1
+    assert [i["name"] for i in meta["inputs"]] == ["input", "state", "sr"]
+    assert [o["name"] for o in meta["outputs"]] == ["prob", "stateN"]
+    assert meta["memo"]["threshold"] == 0.3
+    assert {lp["name"] for lp in meta["loops"]} == {"/wide/LSTM", "/narrow/LSTM"}
+    # inputs, then a memo table per memoized node; outputs, counts and status per node,
+    # then the tables
+    assert len(meta["arguments"]) == 3 + 2 and len(meta["results"]) == 2 + 4 + 2
+
+
+def test_loaded_model_gives_the_same_outputs_counts_sessions_and_errors(exported):
+    model, library, feeds, outputs, stats = exported
+    loaded = memotvm.load(library)
+    for got, want in zip(loaded.run(feeds), outputs):
+        np.testing.assert_array_equal(got, want)
+    assert loaded.last_stats.per_gate == stats.per_gate
+    session = loaded.session()
+    assert session.state_pairs == {"state": "stateN"}
+    session.run({k: v for k, v in feeds.items() if k != "state"})
+    with pytest.raises(InputError, match="input 'input'"):
+        loaded.run({**feeds, "input": np.zeros((1, 5), np.float32)})
+
+
+def test_artifact_runs_with_the_tvm_runtime_alone(exported, tmp_path):
+    """examples/run_artifact.py in a process that does not import memotvm or onnx (and
+    could not: both are hidden): the same outputs and reuse."""
+    model, library, feeds, outputs, stats = exported
+    blocker = tmp_path / "sitecustomize.py"  # makes `import memotvm` / `import onnx` fail
+    blocker.write_text("import sys\nsys.modules['memotvm'] = None\nsys.modules['onnx'] = None\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, RUNNER, library, library.replace("vad.so", "feeds.npz")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("prob", "stateN", "reuse"))]
+    assert lines[0].startswith("prob (1, 1)")
+    assert f"{stats.reuse:.1%}" in lines[-1]
+
+
+def test_a_failed_check_names_the_problem_without_memotvm(tmp_path):
+    """Two inputs of independent dynamic sizes added: the compiled check of their
+    relation stops the call with memotvm's message in a process without memotvm (and
+    with the sizes filled in through memotvm.load)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 4]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    library = str(tmp_path / "add.so")
+    memotvm.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).export(library)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, a=np.ones((5, 4), np.float32), b=np.ones((3, 4), np.float32))
+    done = subprocess.run([sys.executable, RUNNER, library, str(bad)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "memotvm.InputError: add: input 0 has shape (n, 4) and input 1 has shape (m, 4)" in done.stderr
+    with pytest.raises(InputError, match=r"input 0 has shape \(5, 4\) and input 1 has shape \(3, 4\)"):
+        memotvm.load(library).run({"a": np.ones((5, 4), np.float32), "b": np.ones((3, 4), np.float32)})
+
+
+def test_cli_compile_writes_an_artifact(tmp_path, capsys):
+    out = tmp_path / "vad.so"
+    assert cli_main(["compile", VAD, "-o", str(out), "--fix", "sr=16000", "--threshold", "0.3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    loaded = memotvm.load(str(out))
+    assert loaded.input_names == ["input", "state"]
+    assert cli_main(["compile", VAD, "-o", str(tmp_path / "missing" / "x.so")]) == 2
+
+
+def test_load_and_export_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        memotvm.load(str(tmp_path / "nothing.so"))
+    (tmp_path / "x.so").write_bytes(b"not a library")
+    (tmp_path / "x.so.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="not a memotvm artifact"):
+        memotvm.load(str(tmp_path / "x.so"))
+    accel = memotvm.compile(os.path.join(FIELD, "gru_denoiser.onnx"), target="epur")
+    with pytest.raises(ConfigError, match="only 'cpu' models"):
+        accel.export(str(tmp_path / "a.so"))
+
+
+@pytest.mark.slow
+def test_artifact_in_a_fresh_virtual_environment_with_only_tvm_and_numpy(exported, tmp_path):
+    """The artifact on a 'device': a new virtual environment with apache-tvm,
+    apache-tvm-ffi and numpy installed (and their own dependencies), nothing else."""
+    model, library, feeds, outputs, stats = exported
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    pins = [line.split('"')[1] for line in open(os.path.join(ROOT, "pyproject.toml"))
+            if line.strip().startswith(('"apache-tvm==', '"apache-tvm-ffi=='))]
+    subprocess.run([python, "-m", "pip", "install", "-q", *pins, "numpy"], check=True, timeout=900)
+    listed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True,
+                            text=True, check=True).stdout.lower()
+    assert "memotvm" not in listed and "onnx" not in listed
+    done = subprocess.run([python, RUNNER, library, library.replace("vad.so", "feeds.npz")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].startswith(f"reuse: {stats.reuse:.1%}")
