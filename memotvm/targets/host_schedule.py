@@ -46,6 +46,22 @@ def _vectorize_last(sch, loop):
         sch.vectorize(inner)
 
 
+# Work (loop iterations, symbolic extents counted as 1) below which a block runs on one
+# thread: waking the pool and waiting at its barrier costs a few microseconds, more than
+# a small block's whole run (measured: a streaming detector's 27 small operators spent
+# most of a 300 us call in thread launches).
+MIN_PARALLEL_WORK = 1 << 15
+
+
+def _worth_threads(sch, loops) -> bool:
+    work = 1
+    for loop in loops:
+        extent = sch.get(loop).extent
+        if isinstance(extent, tirx.IntImm):
+            work *= int(extent)
+    return work >= MIN_PARALLEL_WORK
+
+
 def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
@@ -58,9 +74,11 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
         loops = sch.get_loops(block)
         if len(loops) != len(kinds) or len(loops) < 2:
             continue
+        parallel = _worth_threads(sch, loops)
         if set(kinds) == {"S"}:
             outer = sch.fuse(*loops[:-1])
-            sch.parallel(outer)
+            if parallel:
+                sch.parallel(outer)
             _vectorize_last(sch, loops[-1])
         elif re.fullmatch(r"S{2,}R+", kinds):
             spatial = kinds.count("S")
@@ -71,7 +89,8 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
             for consumer in consumers:
                 sch.reverse_compute_at(consumer, outer)
                 done.add(sch.get(consumer).name_hint)
-            sch.parallel(outer)
+            if parallel:
+                sch.parallel(outer)
             init = sch.decompose_reduction(block, last_s)
             # The reductions outside the last spatial loop: LLVM vectorizes that loop
             # (TVM's vectorize refuses loops under a reduction loop).
