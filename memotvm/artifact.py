@@ -76,8 +76,16 @@ def metadata(model) -> dict:
     }
 
 
-def export(model, path: str) -> str:
-    """Write ``path`` (the library) and ``path + ".json"``; returns the JSON's path."""
+def export(model, path: str, cc: str | None = None) -> str:
+    """Write ``path`` (the library) and ``path + ".json"``; returns the JSON's path.
+
+    A model compiled for another architecture (``target="llvm -mtriple=aarch64-linux-gnu
+    ..."``) is linked with a cross compiler: ``cc``, by default ``<triple>-gcc``
+    (Debian's ``gcc-aarch64-linux-gnu``; ``scripts/install_cross_toolchain.sh``)."""
+    import shutil
+
+    from .targets.cpu import runs_here
+
     executable = getattr(model, "executable", None)
     if executable is None or model.target != "cpu":
         raise ConfigError(f"target '{model.target}' has no exportable library (only 'cpu' "
@@ -86,7 +94,20 @@ def export(model, path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(f"cannot write {path}: folder {folder} does not exist")
-    executable.export_library(path)
+    options = {}
+    target = getattr(model, "target_spec", None)
+    if cc is not None or (target is not None and not runs_here(target)):
+        from tvm.support import cc as tvm_cc
+
+        triple = str(target.attrs.get("mtriple", "")) if target is not None else ""
+        cc = cc or f"{triple}-gcc"
+        if shutil.which(cc) is None:
+            raise ConfigError(f"linking for {triple or 'this target'} needs the cross compiler "
+                              f"{cc}, which is not installed (Debian: apt-get install "
+                              "gcc-aarch64-linux-gnu libc6-dev-arm64-cross; "
+                              "scripts/install_cross_toolchain.sh)")
+        options["fcompile"] = tvm_cc.cross_compiler(cc)
+    executable.export_library(path, **options)
     meta_path = path + ".json"
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(metadata(model), f, indent=2)

@@ -213,7 +213,7 @@ def cmd_compile(args):
         raise ConfigError("--tunable needs --threshold T or --config FILE")
     model = compile_model(_model(args), target=args.target, memo=memo, tunable=args.tunable,
                           **_target_options(args))
-    meta = model.export(args.out)
+    meta = model.export(args.out, cc=args.cc)
     described = "memoized: " + memo.thresholds_text() if memo is not None else "unmodified"
     print(f"wrote {args.out} and {meta} ({described}; inputs: "
           f"{', '.join(model.input_names)}; outputs: {', '.join(model.output_names)})")
@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def target_args(p):
         p.add_argument("--target", default="cpu",
-                       help="backend: cpu (default), epur or accel (the modelled accelerator)")
+                       help="backend: cpu (default), epur or accel (the modelled accelerator), "
+                       "or an LLVM target: 'llvm -mcpu=haswell', 'llvm -mtriple=aarch64-linux-gnu "
+                       "-mattr=+neon' (compile only; docs/deploy.md)")
         p.add_argument("--hw", help="hardware configuration TOML for the accelerator "
                        "(default: memotvm/targets/epur/epur.toml)")
 
@@ -442,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="library to write (e.g. model.so)")
     p.add_argument("--tunable", action="store_true",
                    help="thresholds as run-time inputs (defaults: the configuration's)")
+    p.add_argument("--cc", help="compiler that links the library (default: the host's; for "
+                   "another architecture, <triple>-gcc)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a model on inputs from an .npz file")

@@ -147,13 +147,13 @@ class CompiledModel:
         return [np.zeros((loop.num_directions, 1, table_size(loop, self.memo.plan_for(loop).predictor)),
                          TABLE_DTYPE) for loop in self.loops]
 
-    def export(self, path) -> str:
+    def export(self, path, cc: str | None = None) -> str:
         """Write the compiled model to ``path`` (a shared library the TVM runtime loads)
-        and ``path + ".json"`` (how to call it); returns the JSON's path.  See
-        :mod:`memotvm.artifact` and docs/deploy.md."""
+        and ``path + ".json"`` (how to call it); returns the JSON's path.  ``cc``: the
+        (cross) compiler that links it.  See :mod:`memotvm.artifact` and docs/deploy.md."""
         from .artifact import export
 
-        return export(self, path)
+        return export(self, path, cc)
 
     def session(self, state=None, memo=None):
         """A streaming session over this model: consecutive ``run`` calls are one

@@ -141,3 +141,57 @@ def test_artifact_in_a_fresh_virtual_environment_with_only_tvm_and_numpy(exporte
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1].startswith(f"reuse: {stats.reuse:.1%}")
+
+
+def test_llvm_target_strings_build_code_that_gives_the_same_outputs():
+    """Generic x86-64 and AVX2 code runs here with the native build's outputs."""
+    import tvm
+
+    path = os.path.join(FIELD, "gru_denoiser.onnx")
+    data = np.load(os.path.join(FIELD, "inputs.npz"))
+    feeds = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("gru_denoiser/")}
+    native = memotvm.compile(path, memo=0.3)
+    want = native.run(feeds)
+    for target in ("llvm -mcpu=haswell", "llvm -mtriple=x86_64-linux-gnu",
+                   tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})):
+        model = memotvm.compile(path, memo=0.3, target=target)
+        for got, expected in zip(model.run(feeds), want):
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert model.last_stats.per_gate == native.last_stats.per_gate
+    for bad, message in (("cuda", "unknown target 'cuda'"), ("llvm -mcpu", "not -key=value"),
+                         ({"kind": "c"}, "builds for 'llvm' targets")):
+        with pytest.raises(ConfigError, match=message):
+            memotvm.compile(path, target=bad)
+
+
+def test_a_model_for_another_architecture_compiles_and_says_where_it_runs(tmp_path):
+    model = memotvm.compile(os.path.join(FIELD, "gru_denoiser.onnx"),
+                            target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon")
+    data = np.load(os.path.join(FIELD, "inputs.npz"))
+    feeds = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("gru_denoiser/")}
+    with pytest.raises(ConfigError, match="not this machine: export it"):
+        model.run(feeds)
+    with pytest.raises(ConfigError, match="needs the cross compiler nope-gcc"):
+        model.export(str(tmp_path / "m.so"), cc="nope-gcc")
+
+
+@pytest.mark.slow
+def test_aarch64_artifact_links_with_debians_cross_toolchain(tmp_path):
+    """scripts/install_cross_toolchain.sh (apt, as root) then an aarch64 ELF library.
+    Running it needs an arm64 machine (or qemu-user and an arm64 Python), not done
+    here."""
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        if os.geteuid() != 0:
+            pytest.skip("the cross toolchain is not installed and apt needs root")
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "install_cross_toolchain.sh")],
+                       check=True, timeout=900)
+    model = memotvm.compile(os.path.join(FIELD, "gru_denoiser.onnx"), memo=0.3,
+                            target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon")
+    library = tmp_path / "denoiser_arm64.so"
+    model.export(str(library))
+    header = library.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    meta = json.load(open(str(library) + ".json"))
+    assert "aarch64" in meta["target"]

@@ -99,14 +99,63 @@ def _tir_pipeline():
 tvm.tirx.register_tir_pipeline("memotvm", _tir_pipeline)
 
 
+def _target_dict(spec: str) -> dict:
+    """``"llvm -mcpu=haswell -mattr=+avx2,+fma"`` as the dict this TVM takes (it reads
+    the command-line form no longer)."""
+    kind, *options = spec.split()
+    out = {"kind": kind}
+    for option in options:
+        key, sep, value = option.lstrip("-").partition("=")
+        if not sep:
+            raise ConfigError(f"target {spec!r}: option {option!r} is not -key=value")
+        out[key] = value.split(",") if key == "mattr" else value
+    return out
+
+
+def llvm_target(spec) -> tvm.target.Target:
+    """An LLVM target from a target string (``"llvm -mcpu=haswell"``), a dict or a
+    ``tvm.target.Target``, checked."""
+    try:
+        if isinstance(spec, tvm.target.Target):
+            target = spec
+        else:
+            target = tvm.target.Target(_target_dict(spec) if isinstance(spec, str) else spec)
+    except ConfigError:
+        raise
+    except Exception as err:  # TVM raises its own types
+        raise ConfigError(f"target {str(spec)!r} is not a valid TVM target: "
+                          f"{str(err).strip().splitlines()[-1]}") from None
+    if target.kind.name != "llvm":
+        raise ConfigError(f"target {str(spec)!r}: memotvm's CPU backend builds for 'llvm' "
+                          f"targets, not '{target.kind.name}'")
+    return target
+
+
+def runs_here(target: tvm.target.Target) -> bool:
+    """Whether code for ``target`` runs on this machine (its triple is the host's; the
+    instruction set of its -mcpu is the user's promise)."""
+    import platform
+
+    triple = str(target.attrs.get("mtriple", ""))
+    if not triple:
+        return True
+    aliases = {"amd64": "x86_64", "arm64": "aarch64"}
+    host = aliases.get(platform.machine().lower(), platform.machine().lower())
+    return aliases.get(triple.split("-")[0], triple.split("-")[0]) == host
+
+
 class CpuBackend(Backend):
     name = "cpu"
     description = "LLVM code for the host CPU, run by the Relax VM"
 
+    def __init__(self, llvm_target=None):
+        # None: the host CPU (host_target); else a TVM target string or Target.
+        self.llvm_target = llvm_target
+
     def build(self, imported, mod, memo=None, model_class=CompiledModel, **options):
         if options:
             raise ConfigError(f"target 'cpu' takes no option(s) {', '.join(sorted(options))}")
-        target = host_target()
+        target = host_target() if self.llvm_target is None else llvm_target(self.llvm_target)
         with captured_tvm_output("compile"), tvm.transform.PassContext(opt_level=3):
             executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target),
                                      tir_pipeline="memotvm")
@@ -121,11 +170,16 @@ class CpuBackend(Backend):
 
             return call
 
+        if not runs_here(target):
+            def make_session():
+                raise ConfigError(f"this model is compiled for {target}, not this machine: "
+                                  "export it (model.export) and run it there")
         model = model_class(imported, make_session, target=self.name, memo=memo)
         model.executable = executable
         model.target_spec = target
-        with captured_tvm_output("machine code"):
-            model.prepare()
+        if runs_here(target):
+            with captured_tvm_output("machine code"):
+                model.prepare()
         return model
 
 

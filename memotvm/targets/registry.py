@@ -22,12 +22,22 @@ def register_backend(backend: Backend, *, override: bool = False) -> Backend:
     return backend
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name) -> Backend:
+    """The backend of ``target=``: a registered name, or an LLVM target (a TVM target
+    string such as ``"llvm -mcpu=haswell"``, or a ``tvm.target.Target``), which the
+    ``cpu`` backend builds for."""
+    import tvm
+
+    if isinstance(name, (tvm.target.Target, dict)) or (isinstance(name, str) and name.split(" ", 1)[0] == "llvm"):
+        from .cpu import CpuBackend
+
+        return CpuBackend(llvm_target=name)
     try:
         return _BACKENDS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(
-            f"unknown target '{name}' (registered: {', '.join(sorted(_BACKENDS))})"
+            f"unknown target {name!r} (registered: {', '.join(sorted(_BACKENDS))}; or an LLVM "
+            "target such as 'llvm -mcpu=haswell')"
         ) from None
 
 
