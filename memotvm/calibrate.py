@@ -35,7 +35,8 @@ from .api import compile as compile_model
 from .errors import ConfigError
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
-from .streaming import run_inputs, split_stream
+from .sequences import join_labels
+from .streaming import run_inputs, split_all
 from .validate import pick_output
 
 # Small steps first: delta execution and the BNN on some models tolerate only tiny
@@ -127,9 +128,12 @@ class _Evaluator:
         plain = compile_model(proto, target=target, **options)
         self.k = pick_output(plain.output_names, output)
         self.stream = stream
-        self.calls = split_stream(plain, inputs, stream) if stream is not None else None
+        self.calls = split_all(plain, inputs, stream)
+        if isinstance(labels, list):
+            self.labels = join_labels(labels)
         base_out, _ = run_inputs(plain, inputs, stream, calls=self.calls)
-        self.base = metrics.score(metric, base_out[self.k], labels)
+        self.base_out = base_out[self.k]
+        self.base = metrics.measure(metric, self.base_out, self.base_out, self.labels)["unmodified"]
         self.count = 0
         self._models: dict = {}
         self._cache: dict = {}
@@ -146,8 +150,8 @@ class _Evaluator:
         if key not in self._cache:
             model = self.model(config.predictor)
             out, stats = run_inputs(model, self.inputs, self.stream, memo=config, calls=self.calls)
-            value = metrics.score(self.metric, out[self.k], self.labels)
-            self._cache[key] = (value, metrics.loss(self.metric, self.base, value),
+            measured = metrics.measure(self.metric, out[self.k], self.base_out, self.labels)
+            self._cache[key] = (measured["memoized"], measured["loss"],
                                 stats.computations_avoided, stats.reuse)
             self.count += 1
         return self._cache[key]
@@ -171,6 +175,8 @@ def split_batch(input_types: dict, inputs: dict, labels):
     sizes = {sym: inputs[first].shape[symbols(first)[sym]] for sym in shared}
     label_axes = {sym: [i for i, n in enumerate(np.shape(labels)) if n == sizes[sym]] for sym in shared}
     found = [sym for sym in shared if len(label_axes[sym]) == 1]
+    if labels is None:  # a metric without labels: the symbol named like "batch"
+        found = [sym for sym in shared if "batch" in sym.lower()]
     if len(found) > 1:
         found = [sym for sym in found if "batch" in sym.lower()] or found
     if len(found) != 1 or sizes[found[0]] < 2:
@@ -184,7 +190,8 @@ def split_batch(input_types: dict, inputs: dict, labels):
     halves = []
     for parity in (0, 1):
         part = {n: take(a, symbols(n)[sym], parity) for n, a in inputs.items()}
-        halves.append((part, take(np.asarray(labels), label_axes[sym][0], parity)))
+        halves.append((part, None if labels is None else
+                       take(np.asarray(labels), label_axes[sym][0], parity)))
     return halves
 
 
@@ -206,8 +213,10 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     ``stream`` (a StreamSpec): every candidate runs the inputs as a recorded stream,
     one chunk per call in a session, as the model runs deployed (the labels then match
     the calls' outputs joined along their first axis)."""
-    if metric not in metrics.HIGHER_IS_BETTER:
+    if not callable(metric) and metric not in metrics.HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric '{metric}' (known: {', '.join(metrics.HIGHER_IS_BETTER)})")
+    if not callable(metric) and metric in metrics.NEEDS_LABELS and labels is None:
+        raise ConfigError(f"metric '{metric}' needs labels (decisions and fidelity do not)")
     grid = sorted({float(g) for g in grid} | {0.0})
     bad = [g for g in grid if not (g >= 0 and g != float("inf"))]
     if bad:
@@ -216,9 +225,18 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
         raise ConfigError(f"margin must lie in [0, 1), got {margin}")
     proto = load_model(model)
     imported = from_onnx(proto)
-    if (holdout_inputs is None) != (holdout_labels is None):
-        raise ConfigError("give both held-out inputs and labels, or neither")
-    if holdout_inputs is None:
+    if holdout_labels is not None and holdout_inputs is None:
+        raise ConfigError("held-out labels need held-out inputs")
+    if holdout_inputs is not None and (labels is None) != (holdout_labels is None):
+        raise ConfigError("give labels for both splits, or for neither")
+    if holdout_inputs is None and isinstance(inputs, list):
+        # A data set of sequences: every other sequence is held out.
+        if len(inputs) < 2:
+            raise ConfigError("a data set of one sequence cannot be split; give held-out inputs")
+        holdout_inputs, inputs = inputs[1::2], inputs[0::2]
+        if labels is not None:
+            holdout_labels, labels = labels[1::2], labels[0::2]
+    elif holdout_inputs is None:
         (inputs, labels), (holdout_inputs, holdout_labels) = split_batch(
             imported.input_types, inputs, labels)
     units = [(loop.name, loop.direction_name(d)) for loop in imported.loops
@@ -277,8 +295,10 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     bar.update(bar.total - bar.n)
     bar.close()
 
+    metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+
     def summary(value, loss, avoided, reuse):
-        return {"metric_name": metric, "metric": value, "loss": loss, "reuse": reuse,
+        return {"metric_name": metric_name, "metric": value, "loss": loss, "reuse": reuse,
                 "computations_avoided": avoided}
 
     return CalibrationResult(

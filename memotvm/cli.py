@@ -89,12 +89,28 @@ def _write_atomically(path: str, write) -> None:
 
 
 def _load_labels(path: str):
+    """One labels array, or (a data set of sequences, see memotvm.sequences) a list."""
+    from .sequences import group_sequences
+
+    if os.path.isdir(path):
+        from .sequences import load_sequences
+
+        return [_labels_file(one, path) for one in load_sequences(path, _load_npz, "labels")]
     arrays = _load_npz(path, "labels")
-    if "labels" in arrays:
-        return arrays["labels"]
-    if len(arrays) == 1:
-        return next(iter(arrays.values()))
-    raise InputError(f"labels file {path}: expected one array or one named 'labels'")
+    grouped = group_sequences(arrays) if all("/" in k for k in arrays) else arrays
+    if isinstance(grouped, list):
+        return [_labels_file(one, path) for one in grouped]
+    return _labels_file(arrays, path)
+
+
+def _labels_file(arrays, path):
+    from .sequences import labels_of
+
+    try:
+        return labels_of(arrays)
+    except InputError:
+        raise InputError(f"labels file {path}: expected one array or one named 'labels' "
+                         "(per sequence)") from None
 
 
 def _write_json(data, dest: str) -> None:
@@ -164,10 +180,19 @@ def _model(args):
     return args._bound_model
 
 
-def _inputs(args, path=None, what="inputs") -> dict:
-    """The --inputs arrays (or ``path``'s), less those that --fix binds."""
+def _inputs(args, path=None, what="inputs"):
+    """The --inputs arrays (or ``path``'s), less those that --fix binds: one dict, or a
+    list of them for a data set of sequences (a folder of .npz files, or one .npz of
+    <sequence>/<input> arrays; memotvm.sequences)."""
+    from .sequences import load_sequences
+
     fixed = _parse_fixed(getattr(args, "fix", None))
-    return {k: v for k, v in _load_npz(path or args.inputs, what).items() if k not in fixed}
+    loaded = load_sequences(path or args.inputs, _load_npz, what)
+
+    def unfixed(one):
+        return {k: v for k, v in one.items() if k not in fixed}
+
+    return [unfixed(one) for one in loaded] if isinstance(loaded, list) else unfixed(loaded)
 
 
 def _pairs(items, flag) -> dict:
@@ -244,7 +269,7 @@ def cmd_validate(args):
     if memo is None:
         raise ConfigError("validate needs --threshold T or --config FILE")
     if labels is not None and not args.metric:
-        raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
+        raise ConfigError("--labels needs --metric")
     report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, stream=_stream_spec(args),
                       **_target_options(args))
@@ -260,7 +285,7 @@ def cmd_sweep(args):
     inputs = _inputs(args)
     labels = _load_labels(args.labels) if args.labels else None
     if labels is not None and not args.metric:
-        raise ConfigError("--labels needs --metric (accuracy, bpc or mse)")
+        raise ConfigError("--labels needs --metric")
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
     if not thresholds:
         raise ConfigError("--thresholds needs at least one value")
@@ -304,7 +329,7 @@ def cmd_calibrate(args):
     from .calibrate import DEFAULT_GRID, calibrate, parse_loss
 
     inputs = _inputs(args)
-    labels = _load_labels(args.labels)
+    labels = _load_labels(args.labels) if args.labels else None
     holdout = (_inputs(args, args.holdout_inputs, "held-out inputs") if args.holdout_inputs else None)
     holdout_labels = _load_labels(args.holdout_labels) if args.holdout_labels else None
     grid = ([_float(t, "--grid") for t in args.grid.split(",") if t.strip()] if args.grid
@@ -351,6 +376,9 @@ def cmd_bench(args):
                              "(or a size such as lstm:512 for a generated layer)")
         model = _model(args)
         inputs = _inputs(args)
+        if isinstance(inputs, list):
+            raise InputError(f"{args.inputs}: bench times one set of inputs, not a data set of "
+                             "sequences")
         label = args.model
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
     config = None
@@ -398,6 +426,17 @@ def cmd_demo(args):
     if args.model not in zoo():
         raise ConfigError(f"no bundled model '{args.model}' (bundled: {', '.join(sorted(zoo()))})")
     run_demo(args.model, plot_path=args.plot, recalibrate=args.recalibrate)
+
+
+METRICS = ["accuracy", "bpc", "mse", "nmse", "f1", "decisions", "fidelity"]
+METRIC_HELP = (
+    "what the loss (and --max-loss) means: accuracy, f1 -- relative drop against the "
+    "unmodified model; bpc, mse -- relative rise; nmse -- rise of the mean squared error in "
+    "units of the unmodified output's variance; decisions -- share of frames whose "
+    "decision (output >= 0.5) flips, labels optional; fidelity -- RMS difference from the "
+    "unmodified output over its standard deviation, no labels. Labels: class ids "
+    "(accuracy, bpc), targets of the output's shape (mse, nmse), 0/1 per frame (f1, "
+    "decisions)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream_args(p)
     p.add_argument("--inputs", required=True)
     p.add_argument("--labels", help=".npz with the labels (one array, or one named 'labels')")
-    p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
+    p.add_argument("--metric", choices=METRICS, help=METRIC_HELP)
     p.add_argument("--output", help="output the metric applies to (default: the first)")
     json_arg(p, "the report")
     p.set_defaults(func=cmd_validate)
@@ -480,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p, memo=False)
     p.add_argument("--inputs", required=True)
     p.add_argument("--labels")
-    p.add_argument("--metric", choices=["accuracy", "bpc", "mse"])
+    p.add_argument("--metric", choices=METRICS, help=METRIC_HELP)
     p.add_argument("--output")
     p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--predictors", default="bnn,oracle", help="comma-separated: bnn, lowrank:R, oracle")
@@ -500,9 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     target_args(p)
     fix_arg(p)
     p.add_argument("--inputs", required=True, help=".npz calibration inputs")
-    p.add_argument("--labels", required=True, help=".npz calibration labels")
-    p.add_argument("--metric", required=True, choices=["accuracy", "bpc", "mse"])
-    p.add_argument("--max-loss", default="1%", help="bound on the metric loss: 1%% or 0.01")
+    p.add_argument("--labels", help=".npz calibration labels (not for decisions, fidelity)")
+    p.add_argument("--metric", required=True, choices=METRICS, help=METRIC_HELP)
+    p.add_argument("--max-loss", default="1%", help="bound on the metric's loss (see --metric): "
+                   "1%% or 0.01")
     p.add_argument("--holdout-inputs", help=".npz held-out inputs (default: half of --inputs)")
     p.add_argument("--holdout-labels", help=".npz held-out labels")
     stream_args(p)

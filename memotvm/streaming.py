@@ -51,6 +51,15 @@ def _time_axis(model, name, value, spec):
     return None
 
 
+def split_all(model, inputs, spec: StreamSpec | None):
+    """split_stream of one set of inputs or of each sequence (None without a stream)."""
+    if spec is None:
+        return None
+    if isinstance(inputs, list):
+        return [split_stream(model, one, spec) for one in inputs]
+    return split_stream(model, inputs, spec)
+
+
 def split_stream(model, inputs: dict, spec: StreamSpec) -> list:
     """The calls (dicts of input arrays) of the recorded stream ``inputs``; state inputs
     are left to the session unless given (then only to the first call)."""
@@ -101,9 +110,21 @@ def run_stream(model, calls: list, spec: StreamSpec, memo=None):
     return outputs, session.stats
 
 
-def run_inputs(model, inputs: dict, stream: StreamSpec | None = None, memo=None, calls=None):
+def run_inputs(model, inputs, stream: StreamSpec | None = None, memo=None, calls=None):
     """(outputs, ReuseStats) of ``inputs``: one call, or with ``stream`` the recorded
-    stream's calls in a session (outputs joined); ``calls`` may pass its split."""
+    stream's calls in a session (outputs joined); ``calls`` may pass its split.  A list
+    of input dicts is a data set of sequences (:mod:`memotvm.sequences`): each is run
+    from fresh state and their outputs joined, their counts summed."""
+    if isinstance(inputs, list):
+        from .sequences import join_outputs
+        from .stats import ReuseStats
+
+        outputs, total = [], ReuseStats()
+        for i, one in enumerate(inputs):
+            out, stats = run_inputs(model, one, stream, memo, calls[i] if calls else None)
+            outputs.append(out)
+            total.add(stats)
+        return join_outputs(outputs), total
     if stream is None:
         outputs = model.run(inputs, memo=memo)
         return outputs, model.last_stats

@@ -10,7 +10,8 @@ from tqdm import tqdm
 from .api import compile as compile_model
 from .frontend import load_model
 from .passes import MemoConfig
-from .streaming import run_inputs, split_stream
+from .sequences import join_labels
+from .streaming import run_inputs, split_all
 from .validate import compare
 
 
@@ -25,8 +26,10 @@ def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, 
     for threshold in thresholds:
         MemoConfig(threshold=threshold)
     baseline = compile_model(proto, target=target, **options)
-    calls = split_stream(baseline, inputs, stream) if stream is not None else None
+    calls = split_all(baseline, inputs, stream)
     base_out, _ = run_inputs(baseline, inputs, stream, calls=calls)
+    if isinstance(labels, list):
+        labels = join_labels(labels)
     rows = []
     jobs = [(p, t) for p in predictors for t in thresholds]
     models = {}

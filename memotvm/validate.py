@@ -106,10 +106,9 @@ def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
     result = None
     if metric is not None:
         k = pick_output(names, output)
-        base_score = metrics.score(metric, base_out[k], labels)
-        memo_score = metrics.score(metric, memo_out[k], labels)
-        result = {"name": metric, "output": names[k], "unmodified": base_score,
-                  "memoized": memo_score, "loss": metrics.loss(metric, base_score, memo_score)}
+        measured = metrics.measure(metric, memo_out[k], base_out[k], labels)
+        name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+        result = {"name": name, "output": names[k], **measured}
     return errors, result
 
 
@@ -130,27 +129,28 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     """
     config = MemoConfig.coerce(memo)
     proto = load_model(model)
-    if (labels is None) != (metric is None):
-        raise InputError("labels and metric go together: give both or neither")
+    if labels is not None and metric is None:
+        raise InputError("labels need a metric")
+    if metric is not None:
+        metrics.check_metric(metric, labels is not None)
     t0 = time.perf_counter()
     plain = baseline or compile_model(proto, target=target, **options)
     t1 = time.perf_counter()
     memoized = compile_model(proto, target=target, memo=config, **options)
     t2 = time.perf_counter()
+    from .sequences import join_labels
+    from .streaming import run_inputs, split_all
+
+    calls = split_all(plain, inputs, stream)
+    base_out, _ = run_inputs(plain, inputs, stream, calls=calls)
+    memo_out, stats = run_inputs(memoized, inputs, stream, calls=calls)
+    if isinstance(labels, list):
+        labels = join_labels(labels)
     streamed = None
     if stream is not None:
-        from .streaming import joined, run_stream, split_stream
-
-        calls = split_stream(plain, inputs, stream)
-        base_calls, _ = run_stream(plain, calls, stream)
-        memo_calls, stats = run_stream(memoized, calls, stream)
-        base_out, memo_out = joined(base_calls), joined(memo_calls)
-        streamed = {"chunk": stream.chunk, "calls": len(calls),
+        count = sum(len(c) for c in calls) if isinstance(inputs, list) else len(calls)
+        streamed = {"chunk": stream.chunk, "calls": count,
                     "state": plain.session(state=stream.state).state_pairs}
-    else:
-        base_out = plain.run(inputs)
-        memo_out = memoized.run(inputs)
-        stats = memoized.last_stats
     errors, result = compare(plain.output_names, base_out, memo_out, labels, metric, output)
     timings = {"compile_unmodified": t1 - t0, "compile_memoized": t2 - t1}
     costs = None

@@ -170,11 +170,12 @@ class CpuBackend(Backend):
 
             return call
 
-        if not runs_here(target):
-            def make_session():
-                raise ConfigError(f"this model is compiled for {target}, not this machine: "
-                                  "export it (model.export) and run it there")
-        model = model_class(imported, make_session, target=self.name, memo=memo)
+        def elsewhere():
+            raise ConfigError(f"this model is compiled for {target}, not this machine: "
+                              "export it (model.export) and run it there")
+
+        model = model_class(imported, make_session if runs_here(target) else elsewhere,
+                            target=self.name, memo=memo)
         model.executable = executable
         model.target_spec = target
         if runs_here(target):
