@@ -195,6 +195,54 @@ def _onnxruntime_stream(proto, plain, calls, pairs, threads):
     return run_all
 
 
+def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predictor="bnn",
+                 rounds=20, target="cpu", config=None, **options) -> dict:
+    """Time memotvm unmodified and memoized on a device over TVM's RPC (``remote``:
+    {"rpc": "HOST:PORT"} or {"tracker": ..., "key": ...}) with TVM's time_evaluator;
+    each variant's outputs and counts on the device are checked against the same model
+    run here (when its target runs here)."""
+    import numpy as np
+
+    from .api import compile as compile_model
+    from .errors import MemoTVMError
+    from .frontend import load_model
+    from .remote import remote_model, remote_time
+
+    proto = load_model(model)
+    variants = {"memotvm": None, **memo_variants(thresholds, predictor, config)}
+    rows, times, stats = [], {}, {}
+    for name, memo in variants.items():
+        t0 = time.perf_counter()
+        compiled = compile_model(proto, target=target, memo=memo, **options)
+        compile_s = time.perf_counter() - t0
+        device = remote_model(compiled, **remote)
+        got = device.run(feeds)
+        stats[name] = device.last_stats
+        try:
+            want = compiled.run(feeds)
+        except MemoTVMError:  # compiled for another machine: nothing to compare here
+            want = None
+        if want is not None:
+            worst = max(float(np.max(np.abs(np.asarray(a, np.float64) - b))) for a, b in zip(got, want))
+            if worst > 1e-5 or (memo is not None and compiled.last_stats.per_gate != stats[name].per_gate):
+                raise MemoTVMError(f"{name}: the device's outputs or counts differ from this "
+                                   f"machine's (max abs difference {worst:.3g})")
+        repeats = remote_time(device, feeds, number=max(1, rounds // 5), repeat=5)
+        times[name] = statistics.median(repeats)
+        rows.append({"name": name, "compile_s": compile_s, "checked_against_host": want is not None,
+                     "spread_ms": [min(repeats) * 1e3, max(repeats) * 1e3]})
+    steps = _steps(feeds)
+    for row in rows:
+        t, st = times[row["name"]], stats[row["name"]]
+        avoided = st.computations_avoided if row["name"] != "memotvm" else 0.0
+        row.update({"ms": t * 1e3, "us_per_step": t * 1e6 / steps if steps else None,
+                    "reuse": st.reuse if row["name"] != "memotvm" else 0.0,
+                    "computations_avoided": avoided, "speedup_vs_onnxruntime": None,
+                    "speedup_vs_unmodified": times["memotvm"] / t,
+                    "ideal": 1 / (1 - avoided) if avoided < 1 else float("inf")})
+    return {"rows": rows, "steps": steps, "remote": remote}
+
+
 def format_stream_rows(rows) -> str:
     head = (f"{'variant':<13} {'us/call':>9} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
             f"{'vs unmod':>8} {'ideal':>6}")
@@ -251,14 +299,15 @@ def _steps(feeds):
 
 def format_rows(rows) -> str:
     head = (f"{'variant':<13} {'ms':>9} {'us/step':>9} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
-            f"{'vs unmod':>8} {'ideal':>6}")
+            f"{'vs unmod':>8} {'ideal':>6} {'compile s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ups = f"{r['us_per_step']:9.2f}" if r["us_per_step"] is not None else f"{'-':>9}"
         vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
+        cs = f"{r['compile_s']:9.1f}" if r.get("compile_s") is not None else f"{'-':>9}"
         lines.append(f"{r['name']:<13} {r['ms']:9.3f} {ups} {r['reuse']:7.1%} "
                      f"{r['computations_avoided']:8.1%} {vo} "
-                     f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f}")
+                     f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f} {cs}")
     return "\n".join(lines)
 
 

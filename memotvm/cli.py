@@ -224,6 +224,22 @@ def _stream_spec(args):
     return StreamSpec(chunk=args.chunk, state=state, time_axes=axes)
 
 
+def _remote(args):
+    """{"rpc": ...} or {"tracker": ..., "key": ...} of --rpc / --tracker --key, or None."""
+    rpc, tracker, key = (getattr(args, n, None) for n in ("rpc", "tracker", "key"))
+    if rpc and tracker:
+        raise ConfigError("give --rpc or --tracker, not both")
+    if key and not tracker:
+        raise ConfigError("--key goes with --tracker")
+    if rpc:
+        return {"rpc": rpc}
+    if tracker:
+        if not key:
+            raise ConfigError("--tracker needs --key (the kind of device to ask for)")
+        return {"tracker": tracker, "key": key}
+    return None
+
+
 def _target_options(args) -> dict:
     """Backend options from the command line (``--hw`` for the accelerator)."""
     hw = getattr(args, "hw", None)
@@ -272,7 +288,7 @@ def cmd_validate(args):
         raise ConfigError("--labels needs --metric")
     report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, stream=_stream_spec(args),
-                      **_target_options(args))
+                      remote=_remote(args), **_target_options(args))
     if _human(args):
         print(report.format())
     if args.json:
@@ -386,6 +402,21 @@ def cmd_bench(args):
         from .passes import MemoConfig
 
         config = MemoConfig.load(args.config)
+    remote = _remote(args)
+    if remote is not None:
+        from .bench import bench_remote
+
+        result = bench_remote(model, inputs, remote, thresholds=thresholds, predictor=args.predictor,
+                              rounds=args.rounds, target=args.target, config=config,
+                              **_target_options(args))
+        if _human(args):
+            where = remote.get("rpc") or f"{remote['key']} from the tracker at {remote['tracker']}"
+            print(f"{label} on {where} (TVM time_evaluator; outputs and counts checked against "
+                  "this machine's)")
+            print(format_rows(result["rows"]))
+        if args.json:
+            _write_json({"model": label, **result}, args.json)
+        return
     stream = _stream_spec(args)
     if stream is not None:
         from .bench import bench_stream, format_stream_rows
@@ -505,9 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --stream: the time axis of input NAME, where its declared "
                        "shape does not name one (repeatable)")
 
+    def rpc_args(p, what):
+        p.add_argument("--rpc", metavar="HOST:PORT", help=f"{what} on the device that runs TVM's "
+                       "RPC server there (python -m tvm.exec.rpc_server; docs/deploy.md)")
+        p.add_argument("--tracker", metavar="HOST:PORT", help="ask TVM's RPC tracker there for a device")
+        p.add_argument("--key", help="with --tracker: the kind of device to ask for")
+
     p = sub.add_parser("validate", help="compare the memoized model with the unmodified one")
     model_args(p)
     stream_args(p)
+    rpc_args(p, "run the memoized model")
     p.add_argument("--inputs", required=True)
     p.add_argument("--labels", help=".npz with the labels (one array, or one named 'labels')")
     p.add_argument("--metric", choices=METRICS, help=METRIC_HELP)
@@ -575,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
     stream_args(p)
+    rpc_args(p, "time the models")
     json_arg(p, "the results")
     p.set_defaults(func=cmd_bench)
 

@@ -113,13 +113,15 @@ def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
 
 
 def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
-             target="cpu", baseline=None, stream=None, **options) -> ValidationReport:
+             target="cpu", baseline=None, stream=None, remote=None, **options) -> ValidationReport:
     """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
 
     ``labels`` with ``metric`` (accuracy, bpc, mse) adds the task metric of both and
     its loss, on ``output`` (default: the first).  ``baseline`` may pass an already
     compiled unmodified model (sweeps reuse one).  ``options`` go to the backend
     (``hardware=`` for ``epur``); its modelled costs, if any, join the report.
+    ``remote`` ({"rpc": "HOST:PORT"} or {"tracker": ..., "key": ...}) runs the memoized
+    side on a device over TVM's RPC (:mod:`memotvm.remote`).
 
     ``stream`` (a :class:`memotvm.streaming.StreamSpec`) runs both models as they run
     deployed: ``inputs`` is a recorded stream, cut into calls of ``stream.chunk`` steps
@@ -138,6 +140,10 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     t1 = time.perf_counter()
     memoized = compile_model(proto, target=target, memo=config, **options)
     t2 = time.perf_counter()
+    if remote is not None:  # the memoized side runs on a device over TVM's RPC
+        from .remote import remote_model
+
+        memoized = remote_model(memoized, **remote)
     from .sequences import join_labels
     from .streaming import run_inputs, split_all
 
