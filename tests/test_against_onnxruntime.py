@@ -6,6 +6,7 @@ moderately sized layers stays well below it.
 """
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,10 +71,22 @@ def recurrent_case(draw):
     return op, sizes, kwargs, outputs, seq_length, batch
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
+@settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(recurrent_case())
 def test_random_layers_match_onnxruntime(case):
+    check_random_layer(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(recurrent_case())
+def test_many_random_layers_match_onnxruntime(case):
+    check_random_layer(case)
+
+
+def check_random_layer(case):
     op, sizes, kwargs, outputs, seq_length, batch = case
     model = make_recurrent_model(op, sizes["input_size"], sizes["hidden_size"], outputs=outputs, **kwargs)
     if not [o for o in model.graph.output]:

@@ -66,6 +66,7 @@ def test_metrics_for_real_outputs():
         metrics.measure("f1", memo, base)
 
 
+@pytest.mark.slow
 def test_calibrate_on_sequences_holds_out_every_other_one(dataset):
     model, seqs, targets = dataset
     result = calibrate(model, seqs, targets, "nmse", max_loss=0.05, grid=[0.0, 0.1, 0.3],

@@ -143,6 +143,7 @@ def test_artifact_in_a_fresh_virtual_environment_with_only_tvm_and_numpy(exporte
     assert done.stdout.splitlines()[-1].startswith(f"reuse: {stats.reuse:.1%}")
 
 
+@pytest.mark.slow
 def test_llvm_target_strings_build_code_that_gives_the_same_outputs():
     """Generic x86-64 and AVX2 code runs here with the native build's outputs."""
     import tvm
@@ -195,3 +196,14 @@ def test_aarch64_artifact_links_with_debians_cross_toolchain(tmp_path):
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     meta = json.load(open(str(library) + ".json"))
     assert "aarch64" in meta["target"]
+
+
+def test_an_avx2_build_runs_here_with_the_native_outputs():
+    path = os.path.join(FIELD, "gru_denoiser.onnx")
+    data = np.load(os.path.join(FIELD, "inputs.npz"))
+    feeds = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("gru_denoiser/")}
+    want = memotvm.compile(path).run(feeds)
+    for got, expected in zip(memotvm.compile(path, target="llvm -mcpu=haswell").run(feeds), want):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="unknown target 'cuda'"):
+        memotvm.compile(path, target="cuda")

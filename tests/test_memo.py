@@ -56,10 +56,22 @@ def memo_case(draw):
     return op, sizes, kwargs, config, draw(st.integers(1, 12)), draw(st.integers(1, 3))
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(memo_case())
 def test_memoized_layers_agree_with_reference(case):
+    check_memo_case(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(memo_case())
+def test_many_memoized_layers_agree_with_reference(case):
+    check_memo_case(case)
+
+
+def check_memo_case(case):
     op, (D, H), kwargs, config, seq_length, batch = case
     model = make_recurrent_model(op, D, H, **kwargs)
     feeds = make_inputs(model, seq_length, batch, seed=kwargs["seed"], smooth=True)
@@ -81,9 +93,12 @@ def test_reuse_grows_with_threshold_on_smooth_inputs(op, lbr):
 # block's listed rows are consecutive, the others one by one); (1 or 5, 32): x has no
 # whole vector, and the projection sums rows as vectors (the kernels share the
 # projection, the oracle computes input parts itself).
+# (One op per shape in the default run, every op in the slow one.)
 @pytest.mark.parametrize("op, sizes", [
-    *[pytest.param(op, (19, 23, 3), id=f"{op}-tails") for op in ("LSTM", "GRU", "RNN")],
-    *[pytest.param(op, (32, 48, 5), id=f"{op}-vector_rows") for op in ("LSTM", "GRU", "RNN")],
+    *[pytest.param(op, (19, 23, 3), id=f"{op}-tails",
+                   marks=[pytest.mark.slow] if op != "LSTM" else []) for op in ("LSTM", "GRU", "RNN")],
+    *[pytest.param(op, (32, 48, 5), id=f"{op}-vector_rows",
+                   marks=[pytest.mark.slow] if op != "GRU" else []) for op in ("LSTM", "GRU", "RNN")],
     pytest.param("LSTM", (1, 32, 3), id="LSTM-one_input"),
     pytest.param("GRU", (5, 32, 3), id="GRU-small_input"),
 ])

@@ -51,8 +51,10 @@ def chunked(session, x, chunk):
 
 
 @pytest.mark.parametrize("op,predictor,threshold", [
-    ("LSTM", "bnn", 0.3), ("GRU", "lowrank:3", 0.3), ("RNN", "exactinput:4", 0.3),
-    ("GRU", "delta", 0.1), ("LSTM", "oracle", 0.3), ("RNN", "delta", 0.1),
+    ("LSTM", "bnn", 0.3), ("GRU", "delta", 0.1), ("RNN", "exactinput:4", 0.3),
+    pytest.param("GRU", "lowrank:3", 0.3, marks=pytest.mark.slow),
+    pytest.param("LSTM", "oracle", 0.3, marks=pytest.mark.slow),
+    pytest.param("RNN", "delta", 0.1, marks=pytest.mark.slow),
 ])
 def test_session_chunks_equal_one_call_over_the_sequence(op, predictor, threshold):
     model = memotvm.compile(stateful_layer(op), memo={"predictor": predictor, "threshold": threshold})
@@ -199,6 +201,7 @@ def test_vad_session_matches_onnxruntime_call_by_call_and_reuses_across_chunks()
     assert memoized.stats.reuse > 0
 
 
+@pytest.mark.slow
 def test_validate_sweep_and_calibrate_stream_a_recording(tmp_path, capsys):
     """--stream runs the tools over a recorded stream in sessions: validate's counts are
     the session's (equal to one call's on a stateful layer), sweep and calibrate run
@@ -233,6 +236,22 @@ def test_validate_sweep_and_calibrate_stream_a_recording(tmp_path, capsys):
     assert cli_main(["validate", str(path), "--inputs", str(inputs), "--threshold", "0.3",
                      "--stream", "--chunk", "3", "--state", "initial_h=Y_h"]) == 0
     assert "streamed: 8 calls of 3 step(s)" in capsys.readouterr().out
+    assert cli_main(["validate", str(path), "--inputs", str(inputs), "--threshold", "0.3",
+                     "--state", "initial_h=Y_h"]) == 2
+    assert "--state needs --stream" in capsys.readouterr().err
+
+
+def test_cli_validate_streams_a_recording(tmp_path, capsys):
+    from memotvm.cli import main as cli_main
+
+    model = stateful_layer("RNN")
+    path = tmp_path / "rnn.onnx"
+    path.write_bytes(model.SerializeToString())
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, X=smooth(12, 2, 10))
+    assert cli_main(["validate", str(path), "--inputs", str(inputs), "--threshold", "0.3",
+                     "--stream", "--chunk", "3", "--state", "initial_h=Y_h"]) == 0
+    assert "streamed: 4 calls of 3 step(s)" in capsys.readouterr().out
     assert cli_main(["validate", str(path), "--inputs", str(inputs), "--threshold", "0.3",
                      "--state", "initial_h=Y_h"]) == 2
     assert "--state needs --stream" in capsys.readouterr().err
