@@ -30,8 +30,9 @@ def interleaved(runners: dict, rounds: int = 20, warmup: int = 2, min_time: floa
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def onnxruntime_runner(model, feeds, threads: int | None = None):
-    """A zero-argument callable running ``model`` in onnxruntime (None if not installed)."""
+def onnxruntime_session(model, threads: int | None = None):
+    """An onnxruntime session of ``model`` for timing next to memotvm in one process
+    (None if onnxruntime is not installed)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -43,8 +44,13 @@ def onnxruntime_runner(model, feeds, threads: int | None = None):
     # process they would steal the cores TVM's workers need (and vice versa).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, feeds)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_runner(model, feeds, threads: int | None = None):
+    """A zero-argument callable running ``model`` in onnxruntime (None if not installed)."""
+    session = onnxruntime_session(model, threads)
+    return None if session is None else (lambda: session.run(None, feeds))
 
 
 def memotvm_runner(compiled, feeds):
@@ -171,15 +177,9 @@ def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn"
 
 def _onnxruntime_stream(proto, plain, calls, pairs, threads):
     """onnxruntime over the calls, its state outputs fed back (None if not installed)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
+    session = onnxruntime_session(proto, threads)
+    if session is None:
         return None
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     first = plain.session(state=dict(pairs))
     start = {}
     for name in pairs:  # the session's zero state of the first call
