@@ -42,6 +42,18 @@ class Session:
         self._owner = None
         self.reset()
 
+    @property
+    def within_call_only(self) -> list:
+        """(node, direction) pairs whose memo tables do not carry between calls: the
+        reverse directions (a chunk's reverse pass does not continue the previous
+        chunk's)."""
+        from .kernels.memo_table import resumable
+
+        if self.model.memo is None:
+            return []
+        return [(loop.name, loop.direction_name(d)) for loop in self.model.loops
+                for d in range(loop.num_directions) if not resumable(loop, d)]
+
     def reset(self) -> None:
         """Start the stream again: empty memo tables, zero state, no counts."""
         self._tables = None

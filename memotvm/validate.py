@@ -59,6 +59,9 @@ class ValidationReport:
             pairs = ", ".join(f"{i} <- {o}" for i, o in self.stream["state"].items()) or "none"
             lines.append(f"streamed: {self.stream['calls']} calls of {self.stream['chunk']} step(s) "
                          f"in one session (state: {pairs}); memo tables carried between calls")
+            if self.stream.get("within_call_only"):
+                lines.append("  memoizing within each call only (reverse directions): "
+                             + ", ".join(self.stream["within_call_only"]))
         lines.append(f"reuse: {self.stats.reuse:.1%} of neuron evaluations, computations "
                      f"avoided: {self.stats.computations_avoided:.1%} of multiply-adds")
         for (node, direction), count in self.stats.per_direction.items():
@@ -155,8 +158,10 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     streamed = None
     if stream is not None:
         count = sum(len(c) for c in calls) if isinstance(inputs, list) else len(calls)
-        streamed = {"chunk": stream.chunk, "calls": count,
-                    "state": plain.session(state=stream.state).state_pairs}
+        session = memoized.session(state=stream.state)
+        streamed = {"chunk": stream.chunk, "calls": count, "state": session.state_pairs,
+                    "within_call_only": [f"{node}:{direction}"
+                                         for node, direction in session.within_call_only]}
     errors, result = compare(plain.output_names, base_out, memo_out, labels, metric, output)
     timings = {"compile_unmodified": t1 - t0, "compile_memoized": t2 - t1}
     costs = None

@@ -120,6 +120,7 @@ def test_bidirectional_reverse_direction_memoizes_within_each_call():
     np.testing.assert_array_equal(np.concatenate([o[0] for o in outs])[:, 0], whole[0][:, 0])
     per_direction = session.stats.per_direction
     assert per_direction[forward] == stats.per_direction[forward]
+    assert session.within_call_only == [("rnn", "reverse")]
 
 
 def test_accelerator_session_matches_the_cpu_and_charges_the_table():
@@ -219,7 +220,8 @@ def test_validate_sweep_and_calibrate_stream_a_recording(tmp_path, capsys):
     streamed = validate(model, {"X": x}, 0.3, stream=spec)
     whole = validate(model, {"X": x, "initial_h": zeros}, 0.3)
     assert streamed.stats.per_gate == whole.stats.per_gate
-    assert streamed.stream == {"chunk": 3, "calls": 8, "state": {"initial_h": "Y_h"}}
+    assert streamed.stream == {"chunk": 3, "calls": 8, "state": {"initial_h": "Y_h"},
+                               "within_call_only": []}
     rows = sweep(model, {"X": x}, [0.0, 0.3], predictors=["bnn"], stream=spec, progress=False)
     assert rows[0]["reuse"] == 0 and rows[1]["computations_avoided"] == pytest.approx(
         whole.stats.computations_avoided)
