@@ -119,6 +119,7 @@ def test_registry_names_and_aliases():
         get_backend("tpu")
 
 
+@pytest.mark.slow
 def test_custom_backend_example_registers_and_runs():
     env = runpy.run_path(os.path.join(ROOT, "examples", "custom_backend.py"))
     feeds = fixture_inputs()

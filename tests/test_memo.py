@@ -56,7 +56,7 @@ def memo_case(draw):
     return op, sizes, kwargs, config, draw(st.integers(1, 12)), draw(st.integers(1, 3))
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(memo_case())
 def test_memoized_layers_agree_with_reference(case):

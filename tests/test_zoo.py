@@ -84,6 +84,7 @@ def test_split_batch_and_bad_arguments():
                   progress=False)
 
 
+@pytest.mark.slow
 def test_cli_calibrate_then_validate_and_bench_take_the_config(tmp_path):
     inputs, labels = small_co2(40)
     np.savez(tmp_path / "in.npz", **inputs)
