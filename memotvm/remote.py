@@ -87,22 +87,11 @@ def remote_model(model, rpc=None, tracker=None, key=None, cc=None):
     library = os.path.join(folder, "model.so")
     model.export(library, cc=cc)
     call = _RemoteCall(session, library)
-    remote = CompiledModel(_imported_of(model), lambda: call, target="cpu", memo=model.memo)
+    # (A compiled model has every attribute the constructor reads from an import.)
+    remote = CompiledModel(model, lambda: call, target="cpu", memo=model.memo)
     remote.tunable = model.tunable
     remote.remote_call = call
     return remote
-
-
-def _imported_of(model):
-    class Imported:
-        input_names = model.input_names
-        input_types = model.input_types
-        output_names = model.output_names
-        output_types = model.output_types
-        loops = model.loops
-        index_ranges = model.index_ranges
-
-    return Imported
 
 
 def remote_time(remote, feeds: dict, number: int = 10, repeat: int = 5) -> list:

@@ -144,8 +144,11 @@ class CompiledModel:
         call that continues nothing passes."""
         from .kernels.memo_table import TABLE_DTYPE, table_size
 
-        return [np.zeros((loop.num_directions, 1, table_size(loop, self.memo.plan_for(loop).predictor)),
+        if getattr(self, "_empty_tables", None) is not None:
+            return list(self._empty_tables)  # (the kernels only read them)
+        self._empty_tables = [np.zeros((loop.num_directions, 1, table_size(loop, self.memo.plan_for(loop).predictor)),
                          TABLE_DTYPE) for loop in self.loops]
+        return list(self._empty_tables)
 
     def export(self, path, cc: str | None = None) -> str:
         """Write the compiled model to ``path`` (a shared library the TVM runtime loads)
