@@ -109,12 +109,12 @@ def test_invalid_models_are_refused(mutate, match):
 
 # -- NaN and infinity: propagated as onnxruntime does, or refused -----------------------
 
-# (Not with clip, Relu, HardSigmoid or Softplus: the kernels' min and max still map a NaN
-# to a bound; docs/reliability.md.)
 @pytest.mark.parametrize("op,acts,clip", [
     ("RNN", ["Tanh"], None), ("RNN", ["Sigmoid"], None), ("RNN", ["Elu"], None),
     ("RNN", ["LeakyRelu"], None), ("RNN", ["Softsign"], None), ("RNN", ["ScaledTanh"], None),
-    ("GRU", ["Sigmoid", "Tanh"], None), ("LSTM", ["Sigmoid", "Tanh", "Tanh"], None),
+    ("RNN", ["Relu"], 2.0), ("RNN", ["HardSigmoid"], None), ("RNN", ["Softplus"], None),
+    ("GRU", ["Sigmoid", "Tanh"], None), ("GRU", ["HardSigmoid", "Relu"], 3.0),
+    ("LSTM", ["Sigmoid", "Tanh", "Tanh"], None), ("LSTM", ["Sigmoid", "Tanh", "Tanh"], 2.0),
 ])
 @pytest.mark.parametrize("memo", [None, 0.3, {"predictor": "delta", "threshold": 0.05}])
 def test_nan_in_the_inputs_is_nan_out(op, acts, clip, memo):

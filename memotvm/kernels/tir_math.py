@@ -26,8 +26,16 @@ class TirMath:
     def bind(self, x):
         return T.bind(x)
 
-    maximum = staticmethod(tirx.max)
-    minimum = staticmethod(tirx.min)
+    # LLVM's maximum/minimum (IEEE 754-2019) return a NaN operand, as numpy and
+    # onnxruntime do; tirx.max/min become maxnum/minnum, which return the other operand
+    # and so turn a NaN pre-activation into a bound.  As one opaque call per element
+    # they also leave TVM's simplifier nothing to expand (NaN-keeping selects did, and
+    # made a clipped LSTM compile ten times slower).
+    def maximum(self, x, c):
+        return tirx.call_llvm_pure_intrin(self.dtype, "llvm.maximum", x, c)
+
+    def minimum(self, x, c):
+        return tirx.call_llvm_pure_intrin(self.dtype, "llvm.minimum", x, c)
 
     where = staticmethod(tirx.Select)
     abs = staticmethod(tirx.abs)
