@@ -6,6 +6,7 @@
 ``model.export("model.so")``); the JSON lists the function's arguments and results.
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -14,6 +15,10 @@ from tvm import relax
 
 library, inputs = sys.argv[1], np.load(sys.argv[2])
 meta = json.load(open(library + ".json"))
+if meta["threads"]:  # the thread count it was compiled with (else TVM's own default)
+    n, cpus = meta["threads"], sorted(os.sched_getaffinity(0))  # -3: share the listed CPUs
+    pool = [str(cpus[i % len(cpus)]) for i in range(max(n, len(cpus)))]
+    tvm.get_global_func("runtime.config_threadpool")(-3, n, pool)
 main = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())["main"]
 args = [inputs[i["name"]].astype(i["dtype"]) for i in meta["inputs"]]
 if meta["tunable"]:  # the compiled thresholds, one tensor per recurrent node

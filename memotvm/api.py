@@ -13,10 +13,12 @@ from .errors import ConfigError, NothingToMemoizeWarning
 from .passes import MemoConfig, MemoizeRecurrentLoops
 from .passes.memoize import check_supported
 from .targets import get_backend
+from .threads import check_threads, use_threads
 
 
 def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  # noqa: A001
-            tunable: bool = False, fixed_inputs: dict | None = None, **options):
+            tunable: bool = False, fixed_inputs: dict | None = None, threads: int | None = None,
+            **options):
     """Compile an ONNX model (path, bytes or ModelProto) for ``target``.
 
     ``memo`` turns on neuron-level fuzzy memoization: a :class:`MemoConfig`, a number
@@ -28,8 +30,14 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     to values (name -> number or array, for example ``{"sr": 16000}``): they are no longer
     inputs of the compiled model, and what follows from them is computed at compile time
     (an ``If`` on them keeps only the branch they select).
+
+    ``threads`` is how many threads each call uses (default: ``TVM_NUM_THREADS`` if set,
+    else every CPU the calling process may run on; see :mod:`memotvm.threads`).
     """
+    threads = check_threads(threads)
     backend = get_backend(target)
+    # Before TVM may make this thread's pool (a compile can run code): sized for the CPUs.
+    use_threads(threads)
     config = MemoConfig.coerce(memo) if memo is not None else None
     imported = from_onnx(model, shapes, fixed_inputs)
     mod = imported.mod
@@ -46,6 +54,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
         raise ConfigError("tunable=True needs a memo configuration")
     model = backend.build(imported, mod, memo=config, **options)
     model.tunable = tunable
+    model.threads = threads
     _release_freed_memory()
     return model
 

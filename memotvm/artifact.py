@@ -73,6 +73,8 @@ def metadata(model) -> dict:
         "memo": memo.to_dict() if memo is not None else None,
         "tunable": bool(model.tunable), "loops": loops,
         "index_ranges": model.index_ranges,
+        # compile(..., threads=N); null: the runner's default (memotvm: every CPU).
+        "threads": model.threads,
     }
 
 
@@ -154,6 +156,11 @@ def load(path: str):
     if meta.get("version") != VERSION:
         raise ModelLoadError(f"{meta_path}: artifact format version {meta.get('version')}; this "
                              f"memotvm reads version {VERSION}")
+    threads = meta.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ModelLoadError(f"{meta_path}: threads must be null or a whole number >= 1, "
+                             f"not {threads!r}")
     try:
         with captured_tvm_output("load"):  # TVM logs every function scope it loads
             library = tvm.runtime.load_module(path)
@@ -167,6 +174,7 @@ def load(path: str):
     memo = MemoConfig.from_dict(meta["memo"]) if meta.get("memo") else None
     model = CompiledModel(_Imported(meta), make_session, target="cpu", memo=memo)
     model.tunable = bool(meta.get("tunable"))
+    model.threads = threads
     model.artifact = meta
     model.prepare()
     return model

@@ -99,7 +99,7 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
     avoided = {"memotvm": 0.0}
     for name, memo_config in variants.items():
         t0 = time.perf_counter()
-        memo = compile_model(proto, target=target, memo=memo_config)
+        memo = compile_model(proto, target=target, memo=memo_config, **options)
         compile_s[name] = time.perf_counter() - t0
         runners[name] = compile_and_run_once(memo, feeds)
         reuse[name] = memo.last_stats.reuse

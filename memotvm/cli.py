@@ -241,9 +241,10 @@ def _remote(args):
 
 
 def _target_options(args) -> dict:
-    """Backend options from the command line (``--hw`` for the accelerator)."""
-    hw = getattr(args, "hw", None)
-    return {"hardware": hw} if hw else {}
+    """Compile options from the command line (``--hw`` for the accelerator,
+    ``--threads``)."""
+    hw, threads = getattr(args, "hw", None), getattr(args, "threads", None)
+    return {**({"hardware": hw} if hw else {}), **({"threads": threads} if threads is not None else {})}
 
 
 def cmd_compile(args):
@@ -492,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "-mattr=+neon' (compile only; docs/deploy.md)")
         p.add_argument("--hw", help="hardware configuration TOML for the accelerator "
                        "(default: memotvm/targets/epur/epur.toml)")
+        p.add_argument("--threads", type=int, metavar="N",
+                       help="threads each call uses (default: TVM_NUM_THREADS if set, else "
+                       "every CPU the process may run on); kept in an exported artifact")
 
     def fix_arg(p):
         p.add_argument("--fix", action="append", metavar="NAME=VALUE",

@@ -87,6 +87,11 @@ def remote_model(model, rpc=None, tracker=None, key=None, cc=None):
     library = os.path.join(folder, "model.so")
     model.export(library, cc=cc)
     call = _RemoteCall(session, library)
+    if model.threads is not None:
+        # The device's pool for the server's thread, before its first call; the device's
+        # CPUs are taken to be numbered from 0 (share-all mode: no worker is pinned).
+        configure = session.get_function("runtime.config_threadpool")
+        configure(-3, model.threads, [str(c) for c in range(model.threads)])
     # (A compiled model has every attribute the constructor reads from an import.)
     remote = CompiledModel(model, lambda: call, target="cpu", memo=model.memo)
     remote.tunable = model.tunable

@@ -11,6 +11,7 @@ import numpy as np
 from .errors import ConfigError, InputError
 from .passes.native_checks import input_error_message
 from .stats import ReuseStats
+from .threads import use_threads
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class CompiledModel:
         # Compiled with tunable thresholds (``compile(..., tunable=True)``): each call
         # passes its thresholds to the kernels, and ``run(memo=...)`` may change them.
         self.tunable = False
+        # Threads each call uses (compile(..., threads=N)); None: memotvm.threads'
+        # default, decided at each call.
+        self.threads = None
         self._make_session = make_session
         self._local = threading.local()
 
@@ -67,9 +71,17 @@ class CompiledModel:
         self._session()
 
     def _session(self):
+        """The calling thread's callable (arrays -> results), which first sets the
+        thread's TVM pool to this model's thread count."""
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = self._make_session()
+            call = self._make_session()
+
+            def session(arrays):
+                use_threads(self.threads)
+                return call(arrays)
+
+            self._local.session = session
         return session
 
     def run(self, inputs: dict, check_finite: bool = True, memo=None) -> list:

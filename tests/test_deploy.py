@@ -207,3 +207,67 @@ def test_an_avx2_build_runs_here_with_the_native_outputs():
         np.testing.assert_allclose(got, expected, atol=1e-6)
     with pytest.raises(ConfigError, match="unknown target 'cuda'"):
         memotvm.compile(path, target="cuda")
+
+
+# -- threads: a per-model count, the process environment left alone --------------------
+
+_THREADS_PROBE = """
+import json, os, threading
+import numpy as np
+import memotvm
+from memotvm.testing import make_inputs, make_recurrent_model
+from memotvm.threads import pool_threads
+model = make_recurrent_model("GRU", 8, 96)
+feeds = make_inputs(model, 12, 2)
+default, single = memotvm.compile(model), memotvm.compile(model, threads=1)
+seen = {"env": os.environ.get("TVM_NUM_THREADS")}
+out_default = default.run(feeds); seen["default"] = pool_threads()
+out_single = single.run(feeds); seen["single"] = pool_threads()
+default.run(feeds); seen["default again"] = pool_threads()
+def other():
+    single.run(feeds); seen["other thread"] = pool_threads()
+worker = threading.Thread(target=other); worker.start(); worker.join()
+seen["main after"] = pool_threads()
+seen["same"] = all(np.array_equal(a, b) for a, b in zip(out_default, out_single))
+single.export(os.path.join(FOLDER, "one.so"))
+seen["loaded"] = memotvm.load(os.path.join(FOLDER, "one.so")).threads
+print(json.dumps(seen))
+"""
+
+
+def test_threads_are_a_per_model_option_and_the_environment_is_left_alone(tmp_path):
+    """In a process without TVM_NUM_THREADS: the default uses every CPU the process may
+    run on, threads=1 one; each call sets its own thread's pool, other threads' pools are
+    their own; outputs do not depend on the count; an artifact keeps it."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", _THREADS_PROBE.replace("FOLDER", repr(str(tmp_path)))],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    cpus = len(os.sched_getaffinity(0))
+    assert seen["env"] is None  # import memotvm no longer sets it
+    assert seen["default"] == cpus and seen["default again"] == cpus
+    assert seen["single"] == 1 and seen["other thread"] == 1 and seen["main after"] == cpus
+    assert seen["same"] and seen["loaded"] == 1
+    meta = json.load(open(tmp_path / "one.so.json"))
+    assert meta["threads"] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_a_bad_thread_count_is_a_config_error(bad):
+    from memotvm.testing import make_recurrent_model
+
+    with pytest.raises(ConfigError, match="threads"):
+        memotvm.compile(make_recurrent_model("RNN", 3, 4), threads=bad)
+
+
+def test_cli_threads_option(tmp_path, capsys):
+    from memotvm.testing import make_recurrent_model
+    import onnx
+
+    path = tmp_path / "rnn.onnx"
+    onnx.save(make_recurrent_model("RNN", 3, 4), path)
+    assert cli_main(["compile", str(path), "-o", str(tmp_path / "m.so"), "--threads", "2"]) == 0
+    assert json.load(open(tmp_path / "m.so.json"))["threads"] == 2
+    assert cli_main(["compile", str(path), "-o", str(tmp_path / "m.so"), "--threads", "0"]) == 2
+    assert "threads" in capsys.readouterr().err
