@@ -198,15 +198,41 @@ def test_aarch64_artifact_links_with_debians_cross_toolchain(tmp_path):
     assert "aarch64" in meta["target"]
 
 
-def test_an_avx2_build_runs_here_with_the_native_outputs():
-    path = os.path.join(FIELD, "gru_denoiser.onnx")
-    data = np.load(os.path.join(FIELD, "inputs.npz"))
-    feeds = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("gru_denoiser/")}
-    want = memotvm.compile(path).run(feeds)
-    for got, expected in zip(memotvm.compile(path, target="llvm -mcpu=haswell").run(feeds), want):
-        np.testing.assert_allclose(got, expected, atol=1e-6)
-    with pytest.raises(ConfigError, match="unknown target 'cuda'"):
-        memotvm.compile(path, target="cuda")
+@pytest.mark.parametrize("target,lanes", [
+    ("llvm -mcpu=skylake-avx512", 16), ("llvm -mcpu=haswell", 8),
+    ("llvm -mtriple=x86_64-linux-gnu", 4), ("llvm -mtriple=aarch64-linux-gnu -mattr=+neon", 4)])
+def test_kernels_take_their_vector_width_from_the_target(target, lanes):
+    """Every recurrent kernel, memoized or not, is built for the target's lanes (16 on
+    AVX-512, 8 on AVX2, 4 on SSE and NEON) and, where the code runs here, gives the
+    native build's outputs within rounding and the same decisions."""
+    import tvm
+    from memotvm.frontend import from_onnx
+    from memotvm.kernels.tiling import target_lanes
+    from memotvm.passes import MemoConfig, MemoizeRecurrentLoops
+    from memotvm.targets.cpu import llvm_target, runs_here
+    from memotvm.targets.recurrent_layout import RetargetRecurrentKernels
+    from memotvm.testing import make_inputs, make_recurrent_model
+
+    built = llvm_target(target)
+    assert target_lanes(built) == lanes
+    model = make_recurrent_model("LSTM", 21, 40, direction="bidirectional")
+    feeds = make_inputs(model, 7, 3)
+    for memo in (None, 0.3, {"predictor": "delta", "threshold": 0.05}):
+        mod = from_onnx(model).mod
+        if memo is not None:
+            mod = MemoizeRecurrentLoops(MemoConfig.coerce(memo))(mod)
+        with built:
+            mod = RetargetRecurrentKernels()(mod)
+        kernels = [f for _, f in mod.functions_items()
+                   if f.attrs is not None and "memotvm.recurrent" in f.attrs]
+        assert kernels and {int(f.attrs["memotvm.lanes"]) for f in kernels} == {lanes}
+        if runs_here(built):
+            native = memotvm.compile(model, memo=memo)
+            want = native.run(feeds)
+            compiled = memotvm.compile(model, memo=memo, target=target)
+            for got, expected in zip(compiled.run(feeds), want):
+                np.testing.assert_allclose(got, expected, atol=1e-6)
+            assert compiled.last_stats.per_gate == native.last_stats.per_gate
 
 
 # -- threads: a per-model count, the process environment left alone --------------------

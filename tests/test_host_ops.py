@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import memotvm
 from memotvm.frontend import from_onnx
-from memotvm.kernels import LANES, BlockRow, pack_row_blocks
+from memotvm.kernels import BlockRow, pack_row_blocks
 from memotvm.targets.recurrent_layout import PackRecurrentRows
 from memotvm.testing import make_inputs, make_recurrent_model
 from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_widths
@@ -231,19 +231,21 @@ def test_convolutions_and_poolings(kind):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("lanes", [4, 8, 16])
 @pytest.mark.parametrize("n", [4, 16, 20, 37])
-def test_row_blocks_hold_each_weight_once_where_the_kernel_reads_it(n):
-    """Every R[d, j, k] is at the position the kernel's BlockRow reads, once."""
+def test_row_blocks_hold_each_weight_once_where_the_kernel_reads_it(n, lanes):
+    """Every R[d, j, k] is at the position the kernel's BlockRow reads, once, for every
+    vector width."""
     R = np.random.default_rng(n).standard_normal((2, 12, n)).astype(np.float32)
-    packed = pack_row_blocks(R)
+    packed = pack_row_blocks(R, lanes)
     assert packed.shape == (2, 3, 4 * n)
     seen = np.zeros(packed.shape, int)
-    full = n // LANES * LANES
+    full = n // lanes * lanes
     for d in range(2):
         for j in range(12):
-            row = BlockRow(None, d, j // 4, j % 4, n)
+            row = BlockRow(None, d, j // 4, j % 4, n, lanes)
             for k in range(n):
-                at = row.index((k // LANES, k % LANES)) if k < full else row.index(k)
+                at = row.index((k // lanes, k % lanes)) if k < full else row.index(k)
                 assert packed[at] == R[d, j, k]
                 seen[at] += 1
     assert (seen == 1).all()

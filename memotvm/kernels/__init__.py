@@ -10,7 +10,7 @@ Where things are:
 * :mod:`.schemes` -- how a step evaluates its neurons, one module per scheme: the
   unmodified kernel, memoization with a predictor of :mod:`memotvm.predictors`, delta
   execution and the oracle;
-* :mod:`.tiling` -- vector lanes and block sizes; :mod:`.row_blocks` -- R packed for the
+* :mod:`.tiling` -- vector lanes (from the target) and block sizes; :mod:`.row_blocks` -- R packed for the
   unmodified kernel; :mod:`.tir_math` -- vectorizable exp, sigmoid and tanh;
   :mod:`.sign_packer` -- the BNN predictor's sign bits of run-time weights.
 
@@ -23,11 +23,10 @@ from .plan import MemoPlan, kernel_name
 from .row_blocks import BlockRow, has_row_blocks, pack_row_blocks, row_blocks_shape
 from .schemes import weight_data
 from .sign_packer import build_sign_packer
-from .tiling import LANES, i64, unit_block
+from .tiling import i64, unit_block, vector_lanes
 from .tir_math import TirMath
 
 __all__ = [
-    "LANES",
     "BlockRow",
     "KernelBuilder",
     "MemoPlan",
@@ -40,5 +39,6 @@ __all__ = [
     "pack_row_blocks",
     "row_blocks_shape",
     "unit_block",
+    "vector_lanes",
     "weight_data",
 ]

@@ -51,7 +51,7 @@ from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for
 from .tiling import (BATCH_BLOCK, MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
-                     SCALAR_ACTIVATIONS, TIME_BLOCK, i64, unit_block)
+                     SCALAR_ACTIVATIONS, TIME_BLOCK, i64, unit_block, vector_lanes)
 from .tir_math import TirMath
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class KernelBuilder(DenseProducts):
         self.row_blocks = row_blocks
         # Accumulate and apply the gate math in float32 at least.
         self.acc = "float64" if loop.dtype == "float64" else "float32"
+        # Lanes of every accumulator: the vector width of the target compiled for.
+        self.lanes = vector_lanes()
         self.m = TirMath(self.acc)
         self.unit_block = unit_block(loop)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
@@ -85,9 +87,11 @@ class KernelBuilder(DenseProducts):
         with IRBuilder() as ib:
             with T.prim_func():
                 T.func_name(kernel_name(loop, self.memo) + ("_row_blocks" if self.row_blocks else ""))
-                attrs = {"tir.noalias": True, "memotvm.recurrent": loop.to_json()}
+                attrs = {"tir.noalias": True, "memotvm.recurrent": loop.to_json(),
+                         "memotvm.lanes": self.lanes}
                 if self.memo:
                     attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
+                    attrs["memotvm.predictor"] = self.memo.predictor
                 T.func_attr(attrs)
                 self._declare_params()
                 # An empty batch has nothing to compute (and its tasks would divide by 0).

@@ -2,8 +2,9 @@
 
 Every product, wherever it is computed (the input projection, the recurrent products
 of the unmodified kernel, the rows a memoized kernel lists, the oracle's rows),
-accumulates lane k % LANES in order of k, then sums the lanes by halving and adds the
-tail in order: a row's value does not depend on what it is computed with, which is
+accumulates lane k % L in order of k (L: the target's vector lanes,
+:func:`~memotvm.kernels.tiling.vector_lanes`), then sums the lanes by halving and adds
+the tail in order: a row's value does not depend on what it is computed with, which is
 what makes a memoized kernel at threshold 0 bit-identical to the unmodified one.
 """
 
@@ -13,13 +14,13 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from .row_blocks import BlockRow
-from .tiling import LANES, ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64
+from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64
 
 
 class DenseProducts:
     """The product code of :class:`memotvm.kernels.builder.KernelBuilder` (a mixin: it
     reads the builder's parameters and buffers: X, W, R, B, the projection and the
-    input and recurrent parts)."""
+    input and recurrent parts, and ``lanes``)."""
 
     def load(self, buf, idx):
         v = buf[tuple(idx)]
@@ -37,15 +38,15 @@ class DenseProducts:
         nr, nv = len(rows), len(vecs)
         # One small buffer per accumulator: each stays on the stack (TVM moves buffers
         # of 1 KiB and more to the heap) and LLVM keeps it in a register.
-        accs = [T.alloc_buffer((LANES,), self.acc) for _ in range(nr * nv)]
+        accs = [T.alloc_buffer((self.lanes,), self.acc) for _ in range(nr * nv)]
         for acc in accs:
-            with T.vectorized(0, LANES) as lane:
+            with T.vectorized(0, self.lanes) as lane:
                 T.buffer_store(acc, self.m.const(0.0), [lane])
-        full = n // LANES
+        full = n // self.lanes
         if full:
             with T.serial(0, full) as k0:
-                with T.vectorized(0, LANES) as lane:
-                    k = k0 * LANES + lane
+                with T.vectorized(0, self.lanes) as lane:
+                    k = k0 * self.lanes + lane
                     xs = [self.load(buf, pre + (k,)) for buf, pre in vecs]
                     for r, row in enumerate(rows):
                         w = self._row_value(row, k, (k0, lane))
@@ -67,24 +68,24 @@ class DenseProducts:
 
         ``rows`` and ``vecs`` are (buffer, index prefix) pairs over a last axis of
         length n (a row may also be a :class:`BlockRow`).  Returns
-        ``[[row . vec for vec in vecs] for row in rows]``, each bound to a variable.  Every product accumulates lane k % LANES in order of k, then
-        the lanes are summed by halving (:meth:`_lane_totals`) and the tail
-        (n % LANES) added in order: the same arithmetic whatever rows or vectors it is
+        ``[[row . vec for vec in vecs] for row in rows]``, each bound to a variable.  Every product accumulates lane k % L in order
+        of k (L = ``self.lanes``), then the lanes are summed by halving
+        (:meth:`_lane_totals`) and the tail (n % L) added in order: the same arithmetic whatever rows or vectors it is
         grouped with.
         """
         nr = len(rows)
         totals, _ = self._lane_totals(self._lane_sums(rows, vecs, n))
-        full = n // LANES
+        full = n // self.lanes
         out = []
         for r, row in enumerate(rows):
             row_out = []
             for v, (vbuf, vpre) in enumerate(vecs):
                 total = totals[v * nr + r]
-                if n % LANES:
+                if n % self.lanes:
                     # The tail, added in order (a loop: unrolled it bloats the code).
                     tail = T.alloc_buffer((1,), self.acc)
                     T.buffer_store(tail, total, [0])
-                    with T.serial(full * LANES, n) as k:
+                    with T.serial(full * self.lanes, n) as k:
                         prod = self._row_value(row, k) * self.load(vbuf, vpre + (k,))
                         T.buffer_store(tail, tail[0] + prod, [0])
                     total = tail[0]
@@ -93,30 +94,30 @@ class DenseProducts:
         return out
 
     def dot_vector(self, rows, vecs, n):
-        """:meth:`multi_dot`'s values as one buffer of LANES values, row r . vec v in
+        """:meth:`multi_dot`'s values as one buffer of ``self.lanes`` values, row r . vec v in
         lane ``v * len(rows) + r``: consecutive rows of a vector are consecutive lanes,
         which the caller stores (with their biases) as vectors instead of one by one.
-        Where :meth:`vector_rows` allows (no tail, at most LANES products)."""
+        Where :meth:`vector_rows` allows (no tail, at most ``self.lanes`` products)."""
         assert self.vector_rows(len(rows), len(vecs), n)
         _, (buf,) = self._lane_totals(self._lane_sums(rows, vecs, n))
         return buf
 
     def vector_rows(self, n_rows, n_vecs, n):
         """Whether rows . vecs can come from :meth:`dot_vector`."""
-        return n % LANES == 0 and n_rows > 1 and n_rows * n_vecs <= LANES
+        return n % self.lanes == 0 and n_rows > 1 and n_rows * n_vecs <= self.lanes
 
     def _lane_totals(self, accs):
         """The sums of the lanes of each accumulator, all in one tree of vector shuffles.
 
-        Each accumulator is summed by halving: s[l] += s[l + w/2] for w = LANES, ...,
+        Each accumulator is summed by halving: s[l] += s[l + w/2] for w = ``self.lanes``, ...,
         2, so a product's total is the same whether its accumulator is reduced alone or
         with others.  Two vectors of g groups of width w become one vector of 2g groups
         of width w/2 (two two-source shuffles and an add), so reducing 16 accumulators
         costs 15 vector adds instead of 15 scalar adds each.  Returns the totals and
         the buffers holding them (one, whose lane i is accs[i]'s total, for at most
-        LANES accumulators).
+        ``self.lanes`` accumulators).
         """
-        V, vt = LANES, f"{self.acc}x{LANES}"
+        V, vt = self.lanes, f"{self.acc}x{self.lanes}"
         # (vector, accumulator index per group or None for padding), groups of width w
         level = [(acc.vload([0], vt), [i]) for i, acc in enumerate(accs)]
         w = V
@@ -185,7 +186,7 @@ class DenseProducts:
             t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
             vecs.append((self.X, (t, b)))
         D = self.loop.input_size
-        if n > 1 and D < LANES:
+        if n > 1 and D < self.lanes:
             # No whole vectors of x: the products of the consecutive rows as vectors,
             # each summed in order of k from 0, as multi_dot sums a tail.  The sum
             # starts from a zero in memory, as there: TVM drops "0.0 + w x", and LLVM
@@ -240,7 +241,7 @@ class DenseProducts:
 
                 # Without whole vectors of x, rows are summed as vectors (see
                 # _project_rows): a block of them fills one.
-                block = LANES if loop.input_size < LANES else ROW_BLOCK
+                block = self.lanes if loop.input_size < self.lanes else ROW_BLOCK
                 self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
                     d, b, s + sb * TIME_BLOCK, j0, n, store), block)
 
@@ -271,8 +272,8 @@ class DenseProducts:
                 else:
                     js.append(T.bind(rows_buf[idx]))
             if self.row_blocks:  # consecutive rows, from a row of whole blocks
-                rows = [BlockRow(self.R, d, T.bind((base + i0) // i64(ROW_BLOCK)), r, loop.hidden_size)
-                        for r in range(n)]
+                rows = [BlockRow(self.R, d, T.bind((base + i0) // i64(ROW_BLOCK)), r, loop.hidden_size,
+                                 self.lanes) for r in range(n)]
             else:
                 rows = [(self.R, (d, j)) for j in js]
             vecs = [ref for _, ref in chains]

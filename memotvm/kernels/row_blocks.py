@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .tiling import LANES, ROW_BLOCK
+from .tiling import ROW_BLOCK
 
 if TYPE_CHECKING:
     from ..frontend.recurrent import RecurrentLoop
@@ -29,10 +29,11 @@ def row_blocks_shape(loop: RecurrentLoop) -> tuple:
     return (loop.num_directions, loop.rows // ROW_BLOCK, ROW_BLOCK * H)
 
 
-def pack_row_blocks(R: np.ndarray) -> np.ndarray:
+def pack_row_blocks(R: np.ndarray, lanes: int) -> np.ndarray:
     """R [directions, rows, n] as blocks of ROW_BLOCK consecutive rows, each stored
-    vector-interleaved: for every whole vector of LANES columns, the block's rows one
-    after another, then the rows' tails (n % LANES columns) one after another.
+    vector-interleaved: for every whole vector of ``lanes`` columns (the kernel's), the
+    block's rows one after another, then the rows' tails (n % lanes columns) one after
+    another.
 
     The unmodified kernel computes four consecutive rows at a time; from R as it is
     that is four streams through memory, from this layout one (at batch 1 and H = 512
@@ -40,18 +41,18 @@ def pack_row_blocks(R: np.ndarray) -> np.ndarray:
     the order in which they are summed are unchanged.  See :meth:`BlockRow.index`.
     """
     nd, rows, n = R.shape
-    nb, full = rows // ROW_BLOCK, n // LANES
+    nb, full = rows // ROW_BLOCK, n // lanes
     blocks = R.reshape(nd, nb, ROW_BLOCK, n)
-    head = blocks[..., :full * LANES].reshape(nd, nb, ROW_BLOCK, full, LANES)
+    head = blocks[..., :full * lanes].reshape(nd, nb, ROW_BLOCK, full, lanes)
     head = head.transpose(0, 1, 3, 2, 4).reshape(nd, nb, -1)
-    tails = blocks[..., full * LANES:].reshape(nd, nb, -1)
+    tails = blocks[..., full * lanes:].reshape(nd, nb, -1)
     return np.ascontiguousarray(np.concatenate([head, tails], axis=-1))
 
 
 @dataclass(frozen=True)
 class BlockRow:
     """Row ``r`` of block ``block`` (direction ``d``) of :func:`pack_row_blocks`'s
-    layout (rows of length ``n``), as a row operand of
+    layout (rows of length ``n``, packed for vectors of ``lanes``), as a row operand of
     :meth:`~memotvm.kernels.products.DenseProducts.multi_dot`."""
 
     buf: object
@@ -59,13 +60,15 @@ class BlockRow:
     block: object
     r: int
     n: int
+    lanes: int
 
     def index(self, k):
         """The position of column k (a PrimExpr) in the block."""
-        full = self.n // LANES
+        lanes = self.lanes
+        full = self.n // lanes
         if isinstance(k, tuple):  # (whole vector, lane)
             k0, lane = k
-            return (self.d, self.block, k0 * (ROW_BLOCK * LANES) + self.r * LANES + lane)
-        tail = self.n - full * LANES
-        return (self.d, self.block, full * ROW_BLOCK * LANES + self.r * tail + (k - full * LANES))
+            return (self.d, self.block, k0 * (ROW_BLOCK * lanes) + self.r * lanes + lane)
+        tail = self.n - full * lanes
+        return (self.d, self.block, full * ROW_BLOCK * lanes + self.r * tail + (k - full * lanes))
 

@@ -28,8 +28,9 @@ def host_target() -> tvm.target.Target:
 
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with the unmodified recurrent kernels' R in the layout they
-    read it in (:mod:`.recurrent_layout`), matrix products by constant weights packed
+    """TVM's CPU pipeline with the recurrent kernels built for the target's vector
+    width and the unmodified ones' R in the layout they read it in
+    (:mod:`.recurrent_layout`), matrix products by constant weights packed
     (:mod:`.host_gemm`), exp-based operators in vectorizable form (:mod:`.host_math`)
     and the other host operators scheduled (:mod:`.host_schedule`)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
@@ -37,13 +38,13 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     from .host_gemm import PackConstantMatmuls
     from .host_math import VectorizableMath
     from .host_schedule import ScheduleHostOps
-    from .recurrent_layout import PackRecurrentRows
+    from .recurrent_layout import PackRecurrentRows, RetargetRecurrentKernels
 
     @tvm.transform.module_pass(opt_level=0, name="MemotvmCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                [PackRecurrentRows(), PackConstantMatmuls()]
+                [RetargetRecurrentKernels(), PackRecurrentRows(), PackConstantMatmuls()]
                 + generic.library_dispatch_passes(target) + [VectorizableMath()]
                 + generic.legalize_passes(target)
                 + [ScheduleHostOps()] + generic.dataflow_lower_passes(target)

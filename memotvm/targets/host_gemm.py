@@ -8,12 +8,13 @@ per operation (the char LM's 97-way head ran at a third of onnxruntime's speed).
 ``PackConstantMatmuls`` replaces each ``matmul(x, W)`` with a constant W by a kernel
 that keeps a block of outputs in registers:
 
-* W is packed at compile time into panels of up to ``PANEL_VECTORS`` vectors of
-  columns, each panel [K, width] contiguous and its last vector zero-padded, so the
-  kernel never loads outside W and never masks a load;
+* W is packed at compile time into panels of up to :func:`panel_vectors` vectors of
+  columns (vectors of the target's width), each panel [K, width] contiguous and its
+  last vector zero-padded, so the kernel never loads outside W and never masks a load;
 * a task owns ``ROW_CHUNK`` rows and one panel; it computes ``ROW_BLOCK`` rows x the
-  panel's vectors at a time, 4 x 6 = 24 accumulators: per k one broadcast of each
-  row's x and one load of each of the panel's vectors for 24 multiply-adds;
+  panel's vectors at a time, 4 x 6 = 24 accumulators where the target has 32 vector
+  registers (AVX-512, NEON), 4 x 3 = 12 where it has 16 (AVX2, SSE): per k one
+  broadcast of each row's x and one load of each of the panel's vectors;
 * each output is the sum of its K products in order of k, as the legalized loop nest
   sums them (fused multiply-adds).
 
@@ -28,42 +29,49 @@ from tvm import relax, tirx
 from tvm.ir import GenericConst
 from tvm.script.ir_builder import tirx as T
 
-from ..kernels import LANES, i64
+from ..kernels import i64
+from ..kernels.tiling import vector_lanes, vector_registers
 from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
 from .host_schedule import host_kernel
 
-PANEL_VECTORS = 6
 ROW_BLOCK = 4
 ROW_CHUNK = 64
 
 
+def panel_vectors() -> int:
+    """Vectors of columns per panel: ROW_BLOCK x this many accumulators, plus the
+    panel's loads and a broadcast, fit in the target's vector registers."""
+    return 6 if vector_registers() >= 32 else 3
+
+
 def panel_widths(n: int) -> list[int]:
     """Vectors per panel: as many full panels as fit, then the rest."""
-    vectors = -(-n // LANES)
-    widths = [PANEL_VECTORS] * (vectors // PANEL_VECTORS)
-    if vectors % PANEL_VECTORS:
-        widths.append(vectors % PANEL_VECTORS)
+    vectors, full = -(-n // vector_lanes()), panel_vectors()
+    widths = [full] * (vectors // full)
+    if vectors % full:
+        widths.append(vectors % full)
     return widths
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
-    """W [K, N] as panels [K, width * LANES] laid end to end (zero-padded columns)."""
+    """W [K, N] as panels [K, width * lanes] laid end to end (zero-padded columns)."""
     k, n = w.shape
-    padded = np.zeros((k, -(-n // LANES) * LANES), np.float32)
+    lanes = vector_lanes()
+    padded = np.zeros((k, -(-n // lanes) * lanes), np.float32)
     padded[:, :n] = w
     panels, col = [], 0
     for width in panel_widths(n):
-        panels.append(padded[:, col:col + width * LANES].ravel())
-        col += width * LANES
+        panels.append(padded[:, col:col + width * lanes].ravel())
+        col += width * lanes
     return np.concatenate(panels)
 
 
 def build_gemm(k: int, n: int) -> tirx.PrimFunc:
     """y[M, n] = x[M, k] @ W, W given packed by :func:`pack_weight`; M is dynamic."""
-    widths = panel_widths(n)
+    widths, lanes = panel_widths(n), vector_lanes()
     with host_kernel(f"packed_matmul_{k}x{n}") as (ib, rows):
         x = T.match_buffer(T.arg("x", T.handle()), (rows, k), "float32")
-        wp = T.match_buffer(T.arg("w_packed", T.handle()), (k * sum(widths) * LANES,), "float32")
+        wp = T.match_buffer(T.arg("w_packed", T.handle()), (k * sum(widths) * lanes,), "float32")
         y = T.match_buffer(T.arg("y", T.handle()), (rows, n), "float32")
         chunks = (rows + i64(ROW_CHUNK - 1)) // i64(ROW_CHUNK)
         with T.parallel(0, chunks * i64(len(widths))) as task:
@@ -73,32 +81,32 @@ def build_gemm(k: int, n: int) -> tirx.PrimFunc:
             for index, width in enumerate(widths):
                 with T.If(panel == i64(index)):
                     with T.Then():
-                        _panel(x, wp, y, rows, k, n, chunk, col, width)
-                col += width * LANES
+                        _panel(x, wp, y, rows, k, n, chunk, col, width, lanes)
+                col += width * lanes
     return ib.get()
 
 
-def _panel(x, wp, y, rows, k, n, chunk, col, width):
-    """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * LANES."""
-    stride = width * LANES
+def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes):
+    """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * lanes."""
+    stride = width * lanes
     base = col * k  # the panel's offset in the packed weights
     with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
         first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
         with T.If(first < rows):
             with T.Then():
-                accs = [[T.alloc_buffer((LANES,), "float32") for _ in range(width)]
+                accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)]
                         for _ in range(ROW_BLOCK)]
                 for row in accs:
                     for acc in row:
-                        with T.vectorized(0, LANES) as lane:
+                        with T.vectorized(0, lanes) as lane:
                             T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
                 # Rows past the end repeat the last row (their results are not stored).
                 src = [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(ROW_BLOCK)]
                 with T.serial(0, k) as kk:
                     xs = [T.bind(x[src[i], kk]) for i in range(ROW_BLOCK)]
-                    with T.vectorized(0, LANES) as lane:
+                    with T.vectorized(0, lanes) as lane:
                         for j in range(width):
-                            w = wp[i64(base) + kk * i64(stride) + i64(j * LANES) + lane]
+                            w = wp[i64(base) + kk * i64(stride) + i64(j * lanes) + lane]
                             for i in range(ROW_BLOCK):
                                 acc = accs[i][j]
                                 T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
@@ -106,12 +114,12 @@ def _panel(x, wp, y, rows, k, n, chunk, col, width):
                     with T.If(first + i64(i) < rows):
                         with T.Then():
                             for j in range(width):
-                                _store(y, accs[i][j], first + i64(i), col + j * LANES, n)
+                                _store(y, accs[i][j], first + i64(i), col + j * lanes, n, lanes)
 
 
-def _store(y, acc, row, col, n):
-    if col + LANES <= n:
-        with T.vectorized(0, LANES) as lane:
+def _store(y, acc, row, col, n, lanes):
+    if col + lanes <= n:
+        with T.vectorized(0, lanes) as lane:
             T.buffer_store(y, acc[lane], [row, i64(col) + lane])
     else:
         with T.serial(0, n - col) as lane:

@@ -23,7 +23,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.script.ir_builder import tirx as T
 
-from ..kernels import LANES, TirMath, i64
+from ..kernels import TirMath, i64
+from ..kernels.tiling import vector_lanes
 from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
 from .host_schedule import host_kernel
 
@@ -111,7 +112,8 @@ def build_row_softmax(n: int, log: bool) -> tirx.PrimFunc:
     """(log-)softmax of each row of y = f(x[rows, n]): one task per row, three
     vectorized passes over it (max; exp(x - max) and its sum; the normalization), the
     lanes' partial max and sum combined at the end of their pass."""
-    full, lanes = n // LANES, LANES
+    lanes = vector_lanes()
+    full = n // lanes
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
     with host_kernel(f"{'log_softmax' if log else 'softmax'}_rows_{n}") as (ib, rows):
         x = T.match_buffer(T.arg("x", T.handle()), (rows, n), "float32")

@@ -15,11 +15,13 @@ it too.
 
 from __future__ import annotations
 
+import json
+
 import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
-from ..kernels import build_kernel, has_row_blocks, pack_row_blocks
+from ..kernels import MemoPlan, build_kernel, has_row_blocks, pack_row_blocks, vector_lanes
 from ..passes._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
 from ..passes.memoize import recurrent_kernel
 
@@ -30,6 +32,42 @@ class PackRecurrentRows:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return without_uncalled_kernels(rewrite_functions(_RowBlockRewriter(mod), mod))
+
+
+@tvm.transform.module_pass(opt_level=0, name="RetargetRecurrentKernels")
+class RetargetRecurrentKernels:
+    """Rebuild the recurrent kernels for the vector width of the target compiled for.
+
+    The importer and the memoization pass build kernels before the target is known,
+    for the host's width (:func:`memotvm.kernels.vector_lanes`); a kernel compiled for
+    another target (``llvm -mcpu=haswell``, an aarch64 board) is built again, run
+    inside ``with target:``, with the same loop and memoization plan.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return without_uncalled_kernels(rewrite_functions(_LanesRewriter(mod), mod))
+
+
+@relax.expr_functor.mutator
+class _LanesRewriter(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.lanes = vector_lanes()
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        hit = recurrent_kernel(self.mod_, call)
+        if hit is None or int(hit[1].attrs["memotvm.lanes"]) == self.lanes:
+            return call
+        loop, kernel = hit
+        memo = None
+        if "memotvm.predictor" in kernel.attrs:
+            predictor = str(kernel.attrs["memotvm.predictor"])
+            thresholds = json.loads(str(kernel.attrs["memotvm.memo"])[len(predictor) + 1:])
+            memo = MemoPlan(predictor, tuple(thresholds))
+        rebuilt = add_kernel(self.builder_, build_kernel(loop, memo))
+        return relax.call_tir(rebuilt, list(call.args[1].fields), out_ty=list(call.ty_args[0].fields))
 
 
 @relax.expr_functor.mutator
@@ -47,7 +85,8 @@ class _RowBlockRewriter(relax.PyExprMutator):
         args = list(call.args[1].fields)
         if not isinstance(args[2], GenericConst) or not has_row_blocks(loop):
             return call
-        packed = pack_row_blocks(args[2].value.numpy())
+        # (run inside the target: the kernel is built for its vector width, R packed for it)
+        packed = pack_row_blocks(args[2].value.numpy(), vector_lanes())
         # (relax.const makes float64 arrays float32 unless told)
         args[2] = relax.const(packed, str(packed.dtype))
         kernel = add_kernel(self.builder_, build_kernel(loop, row_blocks=True))

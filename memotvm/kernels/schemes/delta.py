@@ -15,7 +15,11 @@ import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
-from ..tiling import BATCH_BLOCK, LANES, TIME_BLOCK, i64, unit_block
+from ..tiling import BATCH_BLOCK, TIME_BLOCK, i64, unit_block
+
+# Units per vector of a column update.  The update is elementwise (no sums whose order
+# the vector width would change): LLVM splits it into the target's registers.
+COLUMN_WIDTH = 16
 from .base import Scheme, buffer_field
 
 
@@ -292,8 +296,8 @@ class Delta(Scheme):
         first, count = kb.units(ub)
         listed = self.listed[d, b0, part]
         if H % U == 0:
-            # Whole blocks: vectors of up to LANES units, at most four per element.
-            width = LANES if U % LANES == 0 else U
+            # Whole blocks: vectors of up to COLUMN_WIDTH units, at most four per element.
+            width = COLUMN_WIDTH if U % COLUMN_WIDTH == 0 else U
             chunks = [(c * width, width) for c in range(U // width)]
         else:
             # The last block is partial: one unit at a time.
