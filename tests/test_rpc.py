@@ -31,11 +31,11 @@ def free_port():
 
 
 @contextlib.contextmanager
-def process(*args, ready_port=None):
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
+def process(*args, ready_port=None, python=sys.executable, wait=60):
+    proc = subprocess.Popen([python, "-m", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + wait
         while ready_port is not None and time.time() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", ready_port)) == 0:
@@ -107,3 +107,53 @@ def test_a_device_from_the_tracker(tmp_path):
             device = remote_model(model, tracker=f"127.0.0.1:{tracker_port}", key="testbox")
             for got, expected in zip(device.run(feeds), model.run(feeds)):
                 np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_an_aarch64_artifact_runs_under_emulation_through_the_rpc_server():
+    """An arm64 "device" here: qemu-user and Debian's arm64 Python with the aarch64 TVM
+    wheel (scripts/install_arm64_emulation.sh, apt as root) run TVM's RPC server; the
+    denoiser compiled for aarch64 and linked by Debian's cross toolchain runs there with
+    the host build's outputs (within rounding: 4 float lanes there, the host's here)
+    and the same decisions, in one call and in a session, and is timed there."""
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dest = os.environ.get("MEMOTVM_ARM64") or os.path.expanduser("~/.cache/memotvm/arm64")
+    python = os.path.join(dest, "bin", "python3")
+    needs_root = shutil.which("aarch64-linux-gnu-gcc") is None or not os.path.exists(python)
+    if needs_root and os.geteuid() != 0:
+        pytest.skip("the cross toolchain or the arm64 emulation is not installed, and "
+                    "installing them (apt) needs root")
+    for script, args in (("install_cross_toolchain.sh", []), ("install_arm64_emulation.sh", [dest])):
+        done = subprocess.run(["bash", os.path.join(root, "scripts", script), *args],
+                              capture_output=True, text=True, timeout=1200,
+                              env=dict(os.environ, PYTHON=sys.executable))
+        if done.returncode != 0:
+            pytest.skip(f"scripts/{script} could not install what it needs here: "
+                        f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    feeds = denoiser_feeds()
+    host = memotvm.compile(DENOISER, memo=0.3)
+    want = host.run(feeds)
+    arm = memotvm.compile(DENOISER, memo=0.3, target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon")
+    port = free_port()
+    # (TVM's import alone takes about 15 s under emulation)
+    with process("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+                 "--port-end", str(port + 1), ready_port=port, python=python, wait=300):
+        device = remote_model(arm, rpc=f"127.0.0.1:{port}", cc="aarch64-linux-gnu-gcc")
+        for got, expected in zip(device.run(feeds), want):
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert device.last_stats.per_gate == host.last_stats.per_gate
+        session, local = device.session(), host.session()
+        for chunk in range(2):
+            for got, expected in zip(session.run(feeds_without_state(feeds)),
+                                     local.run(feeds_without_state(feeds))):
+                np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert session.stats.per_gate == local.stats.per_gate
+        times = remote_time(device, feeds, number=1, repeat=2)
+        assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def feeds_without_state(feeds):
+    """The denoiser's inputs but its recurrent state (a session feeds that)."""
+    return {k: v for k, v in feeds.items() if k != "h"}
