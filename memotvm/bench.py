@@ -55,9 +55,16 @@ def onnxruntime_runner(model, feeds, threads: int | None = None):
 
 def memotvm_runner(compiled, feeds):
     """A zero-argument callable running a compiled model with inputs checked once."""
+    from .threads import use_threads
+
     arrays = compiled.vm_arguments(compiled.check_inputs(feeds))
-    session = compiled._session()
-    return lambda: session(arrays)
+    session, threads = compiled._session(), compiled.threads
+
+    def run():
+        use_threads(threads)
+        return session(arrays)
+
+    return run
 
 
 def compile_and_run_once(compiled, feeds):

@@ -71,17 +71,13 @@ class CompiledModel:
         self._session()
 
     def _session(self):
-        """The calling thread's callable (arrays -> results), which first sets the
-        thread's TVM pool to this model's thread count."""
+        """The calling thread's callable (arrays -> results).  Its caller sets the
+        thread's TVM pool first (``use_threads(self.threads)``); the callable does not
+        refer to the model, so that a dropped model is freed at once, not by a later
+        garbage collection (its executable is native memory Python does not count)."""
         session = getattr(self._local, "session", None)
         if session is None:
-            call = self._make_session()
-
-            def session(arrays):
-                use_threads(self.threads)
-                return call(arrays)
-
-            self._local.session = session
+            session = self._local.session = self._make_session()
         return session
 
     def run(self, inputs: dict, check_finite: bool = True, memo=None) -> list:
@@ -99,6 +95,7 @@ class CompiledModel:
         """One call on checked input arrays, from the memo tables ``tables`` (None:
         empty ones): (outputs, ReuseStats, the memo tables after the call)."""
         config = self._call_config(memo)
+        use_threads(self.threads)
         try:
             raw = self._session()(self.vm_arguments(arrays, config, tables))
         except Exception as err:  # a check compiled into the model failed: the input's fault

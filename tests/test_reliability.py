@@ -244,3 +244,24 @@ def test_dropped_accelerator_models_release_what_they_hold():
         memotvm.compile(model, target="accel", memo=0.3).run(feeds)
     assert len(tvm_ffi.registry.list_global_func_names()) == functions
     assert _resident_mib() - before < 2.0
+
+
+@pytest.mark.parametrize("target", ["cpu", "accel"])
+def test_a_dropped_model_is_freed_at_once(target):
+    """No reference cycle keeps a compiled model (and its native executable, which the
+    garbage collector does not count) alive until a later collection: dropped after
+    calls and a session, it is gone without gc.collect()."""
+    import weakref
+
+    model = make_recurrent_model("LSTM", 4, 8)
+    feeds = make_inputs(model, 5, 2)
+    gc.disable()
+    try:
+        compiled = memotvm.compile(model, target=target, memo=0.3, threads=1)
+        compiled.run(feeds)
+        compiled.session(state={}).run(feeds)
+        ref = weakref.ref(compiled)
+        del compiled
+        assert ref() is None
+    finally:
+        gc.enable()
