@@ -202,13 +202,23 @@ def test_outputs_of_every_kind_and_borrowed_inputs():
 
 def _conv_case(kind):
     rng = np.random.default_rng(len(kind))
-    if kind.startswith("conv1d"):
+    if kind.startswith("conv1d") and kind != "conv1d_static":
         groups = {"conv1d": 1, "conv1d_groups": 2, "conv1d_depthwise": 12}[kind]
         w = (rng.standard_normal((12, 12 // groups, 3)) / 5).astype(np.float32)
         attrs = dict(pads=[2, 1], strides=[2], dilations=[2], group=groups)
         nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
         inits = {"w": w, "b": rng.standard_normal(12).astype(np.float32)}
         dims, x = ["N", 12, "L"], rng.standard_normal((3, 12, 37)).astype(np.float32)
+    elif kind == "conv1d_static":  # static length: im2col and the packed matmul
+        w = (rng.standard_normal((20, 3, 5)) / 5).astype(np.float32)
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[3, 1], strides=[2], dilations=[2])]
+        inits = {"w": w, "b": rng.standard_normal(20).astype(np.float32)}
+        dims, x = ["N", 3, 41], rng.standard_normal((3, 3, 41)).astype(np.float32)
+    elif kind == "conv2d_static":
+        w = (rng.standard_normal((33, 4, 3, 2)) / 6).astype(np.float32)
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2])]
+        inits = {"w": w}
+        dims, x = [2, 4, 9, 13], rng.standard_normal((2, 4, 9, 13)).astype(np.float32)
     elif kind == "conv2d":
         nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 1, 2])]
         inits = {"w": (rng.standard_normal((5, 4, 3, 3)) / 6).astype(np.float32)}
@@ -223,12 +233,20 @@ def _conv_case(kind):
 
 
 # Convolutions (groups, strides, dilations, asymmetric padding) and poolings: TVM's
-# loop nests with several reduction axes, scheduled by the host schedule.
-@pytest.mark.parametrize("kind", ["conv1d", "conv1d_groups", "conv1d_depthwise", "conv2d", "avgpool", "reduce_mean"])
+# loop nests with several reduction axes, scheduled by the host schedule; with static
+# channels and spatial sizes, one group: im2col and the packed matmul (host_conv).
+@pytest.mark.parametrize("kind", ["conv1d", "conv1d_groups", "conv1d_depthwise", "conv2d",
+                                  "conv1d_static", "conv2d_static", "avgpool", "reduce_mean"])
 def test_convolutions_and_poolings(kind):
+    from memotvm.frontend import from_onnx
+    from memotvm.targets.host_conv import ConvolutionsAsMatmuls
+
     model, x = _conv_case(kind)
     np.testing.assert_allclose(memotvm.compile(model).run({"x": x})[0], run_onnxruntime(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+    rewritten = ConvolutionsAsMatmuls()(from_onnx(model).mod)
+    has_im2col = any(str(gv.name_hint).startswith("im2col") for gv, _ in rewritten.functions_items())
+    assert has_im2col == (kind.endswith("_static") or kind in ("conv1d", "conv2d"))
 
 
 @pytest.mark.parametrize("lanes", [4, 8, 16])

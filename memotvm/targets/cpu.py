@@ -30,11 +30,13 @@ def host_target() -> tvm.target.Target:
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CPU pipeline with the recurrent kernels built for the target's vector
     width and the unmodified ones' R in the layout they read it in
-    (:mod:`.recurrent_layout`), matrix products by constant weights packed
+    (:mod:`.recurrent_layout`), convolutions by constant weights as matrix products
+    (:mod:`.host_conv`), matrix products by constant weights packed
     (:mod:`.host_gemm`), exp-based operators in vectorizable form (:mod:`.host_math`)
     and the other host operators scheduled (:mod:`.host_schedule`)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
+    from .host_conv import ConvolutionsAsMatmuls
     from .host_gemm import PackConstantMatmuls
     from .host_math import VectorizableMath
     from .host_schedule import ScheduleHostOps
@@ -44,7 +46,8 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     def _pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                [RetargetRecurrentKernels(), PackRecurrentRows(), PackConstantMatmuls()]
+                [RetargetRecurrentKernels(), PackRecurrentRows(), ConvolutionsAsMatmuls(),
+                 PackConstantMatmuls()]
                 + generic.library_dispatch_passes(target) + [VectorizableMath()]
                 + generic.legalize_passes(target)
                 + [ScheduleHostOps()] + generic.dataflow_lower_passes(target)
