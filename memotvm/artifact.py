@@ -139,7 +139,7 @@ def load(path: str):
     from .log import captured_tvm_output
     from .passes import MemoConfig
     from .runtime import CompiledModel
-    from .targets.cpu import _flatten, _host_tensor
+    from .targets.cpu import _host_tensor, _results
 
     path = os.fspath(path)
     meta_path = path + ".json"
@@ -169,7 +169,7 @@ def load(path: str):
 
     def make_session():
         main = relax.VirtualMachine(library, tvm.cpu())["main"]
-        return lambda arrays: _flatten(main(*[_host_tensor(a) for a in arrays]))
+        return lambda arrays, keep=0: _results(main(*[_host_tensor(a) for a in arrays]), keep)
 
     memo = MemoConfig.from_dict(meta["memo"]) if meta.get("memo") else None
     model = CompiledModel(_Imported(meta), make_session, target="cpu", memo=memo)

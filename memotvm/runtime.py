@@ -97,7 +97,9 @@ class CompiledModel:
         config = self._call_config(memo)
         use_threads(self.threads)
         try:
-            raw = self._session()(self.vm_arguments(arrays, config, tables))
+            # (the memo tables stay TVM tensors: a session passes them back as they are)
+            keep = len(self.loops) if self.memo is not None else 0
+            raw = self._session()(self.vm_arguments(arrays, config, tables), keep)
         except Exception as err:  # a check compiled into the model failed: the input's fault
             message = input_error_message(err)
             if message is None:
@@ -107,13 +109,21 @@ class CompiledModel:
         outputs, extra = raw[:n], raw[n:n + 2 * k]
         stats_arrays, status_arrays = extra[0::2], extra[1::2]
         for loop, status in zip(self.loops, status_arrays):
-            bad = np.argwhere(np.asarray(status) != 0)
+            if not status.any():
+                continue
+            bad = np.argwhere(status != 0)
             if bad.size:
                 raise InputError(
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config)
+        if config is self.memo:  # (the compiled configuration: its layout made once)
+            if getattr(self, "_counts_layout", None) is None:
+                self._counts_layout = ReuseStats.counts_layout(self.loops, config)
+            layout = self._counts_layout
+        else:
+            layout = ReuseStats.counts_layout(self.loops, config)
+        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config, layout)
         return outputs, stats, raw[n + 2 * k:]
 
     def _with_sizes(self, message: str, arrays: list) -> str:

@@ -38,25 +38,37 @@ class ReuseStats:
     costs: dict = field(default_factory=dict)
 
     @classmethod
-    def from_kernel_counts(cls, loops, arrays, config=None) -> "ReuseStats":
+    def from_kernel_counts(cls, loops, arrays, config=None, layout=None) -> "ReuseStats":
         """``arrays[i]`` is loop i's int64 [directions, batch, gates, 2] stats output;
-        ``config`` (the MemoConfig) says which predictor, hence what a reuse skips."""
+        ``config`` (the MemoConfig) says which predictor, hence what a reuse skips.
+        ``layout``: :meth:`counts_layout` of the same loops and config, made once (a
+        model's every call has the same)."""
+        stats = cls()
+        for (name, cost, keys), counts in zip(layout or cls.counts_layout(loops, config), arrays):
+            stats.costs[name] = cost
+            summed = np.asarray(counts).sum(axis=1).tolist()
+            for d, g, key in keys:
+                computed, reused = summed[d][g]
+                stats.per_gate[key] = GateCount(computed, reused)
+        return stats
+
+    @staticmethod
+    def counts_layout(loops, config=None) -> list:
+        """Per loop: its name, (multiply-adds of one neuron evaluation, share of them a
+        reuse skips) and the (direction, gate, per_gate key) of each count."""
         from .predictors import get_predictor
 
-        stats = cls()
-        for loop, counts in zip(loops, arrays):
+        layout = []
+        for loop in loops:
             predictor = get_predictor(config.plan_for(loop).predictor) if config else None
             share = predictor.skipped_share(loop) if predictor is not None else 1.0
             macs = loop.input_size + loop.hidden_size
             if predictor is not None and predictor.scheme == "delta":
                 macs = 1  # delta execution counts multiply-adds themselves
-            stats.costs[loop.name] = (macs, share)
-            summed = np.asarray(counts).sum(axis=1)
-            for d in range(loop.num_directions):
-                for g, gate in enumerate(loop.gates):
-                    key = (loop.name, loop.direction_name(d), gate)
-                    stats.per_gate[key] = GateCount(int(summed[d, g, 0]), int(summed[d, g, 1]))
-        return stats
+            keys = [(d, g, (loop.name, loop.direction_name(d), gate))
+                    for d in range(loop.num_directions) for g, gate in enumerate(loop.gates)]
+            layout.append((loop.name, (macs, share), keys))
+        return layout
 
     def add(self, other: "ReuseStats") -> None:
         """Add another call's counts (a session accumulates its calls')."""
