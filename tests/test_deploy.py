@@ -207,7 +207,7 @@ def test_kernels_take_their_vector_width_from_the_target(target, lanes):
     native build's outputs within rounding and the same decisions."""
     import tvm
     from memotvm.frontend import from_onnx
-    from memotvm.kernels.tiling import target_lanes
+    from memotvm.kernels.tiling import target_lanes, vector_lanes
     from memotvm.passes import MemoConfig, MemoizeRecurrentLoops
     from memotvm.targets.cpu import llvm_target, runs_here
     from memotvm.targets.recurrent_layout import RetargetRecurrentKernels
@@ -226,7 +226,8 @@ def test_kernels_take_their_vector_width_from_the_target(target, lanes):
         kernels = [f for _, f in mod.functions_items()
                    if f.attrs is not None and "memotvm.recurrent" in f.attrs]
         assert kernels and {int(f.attrs["memotvm.lanes"]) for f in kernels} == {lanes}
-        if runs_here(built):
+        # (another width than the host's; BNN memoized runs in the test above)
+        if runs_here(built) and lanes != vector_lanes() and memo != 0.3:
             native = memotvm.compile(model, memo=memo)
             want = native.run(feeds)
             compiled = memotvm.compile(model, memo=memo, target=target)
