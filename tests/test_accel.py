@@ -23,8 +23,12 @@ def fixture_inputs():
     return dict(np.load(os.path.join(ROOT, "memotvm", "models", "torch_lstm_gru_inputs.npz")))
 
 
-@pytest.mark.parametrize("memo", [None, {"threshold": 0.3}, {"threshold": 0.3, "predictor": "lowrank:4"},
-                                  {"threshold": 0.2, "predictor": "oracle"},
+# (lowrank and the oracle are the same scheme as bnn on the accelerator: slow suite)
+@pytest.mark.parametrize("memo", [None, {"threshold": 0.3},
+                                  pytest.param({"threshold": 0.3, "predictor": "lowrank:4"},
+                                               marks=pytest.mark.slow),
+                                  pytest.param({"threshold": 0.2, "predictor": "oracle"},
+                                               marks=pytest.mark.slow),
                                   {"threshold": 0.1, "predictor": "delta"}])
 def test_accel_matches_cpu_on_fixture(memo):
     feeds = fixture_inputs()

@@ -71,7 +71,7 @@ def recurrent_case(draw):
     return op, sizes, kwargs, outputs, seq_length, batch
 
 
-@settings(max_examples=24, deadline=None, derandomize=True,
+@settings(max_examples=16, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(recurrent_case())
 def test_random_layers_match_onnxruntime(case):
