@@ -91,7 +91,7 @@ class KernelBuilder(DenseProducts):
                          "memotvm.lanes": self.lanes}
                 if self.memo:
                     attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
-                    attrs["memotvm.predictor"] = self.memo.predictor
+                    attrs["memotvm.memo_plan"] = self.memo.to_json()
                 T.func_attr(attrs)
                 self._declare_params()
                 # An empty batch has nothing to compute (and its tasks would divide by 0).

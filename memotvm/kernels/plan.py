@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -16,6 +17,15 @@ class MemoPlan:
 
     predictor: str
     thresholds: tuple
+
+    def to_json(self) -> str:
+        """The plan as JSON (a kernel's ``memotvm.memo_plan`` attribute)."""
+        return json.dumps({"predictor": self.predictor, "thresholds": list(self.thresholds)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "MemoPlan":
+        data = json.loads(text)
+        return cls(data["predictor"], tuple(data["thresholds"]))
 
 
 def kernel_name(loop, memo: MemoPlan | None = None) -> str:

@@ -15,8 +15,6 @@ it too.
 
 from __future__ import annotations
 
-import json
-
 import tvm
 from tvm import relax
 from tvm.ir import GenericConst
@@ -61,11 +59,8 @@ class _LanesRewriter(relax.PyExprMutator):
         if hit is None or int(hit[1].attrs["memotvm.lanes"]) == self.lanes:
             return call
         loop, kernel = hit
-        memo = None
-        if "memotvm.predictor" in kernel.attrs:
-            predictor = str(kernel.attrs["memotvm.predictor"])
-            thresholds = json.loads(str(kernel.attrs["memotvm.memo"])[len(predictor) + 1:])
-            memo = MemoPlan(predictor, tuple(thresholds))
+        plan = kernel.attrs.get("memotvm.memo_plan")
+        memo = MemoPlan.from_json(str(plan)) if plan is not None else None
         rebuilt = add_kernel(self.builder_, build_kernel(loop, memo))
         return relax.call_tir(rebuilt, list(call.args[1].fields), out_ty=list(call.ty_args[0].fields))
 
