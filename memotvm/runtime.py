@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -117,14 +118,20 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        if config is self.memo:  # (the compiled configuration: its layout made once)
-            if getattr(self, "_counts_layout", None) is None:
-                self._counts_layout = ReuseStats.counts_layout(self.loops, config)
-            layout = self._counts_layout
-        else:
-            layout = ReuseStats.counts_layout(self.loops, config)
-        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config, layout)
+        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config,
+                                              self._counts_layout(config))
         return outputs, stats, raw[n + 2 * k:]
+
+    @functools.cached_property
+    def _compiled_counts_layout(self) -> list:
+        return ReuseStats.counts_layout(self.loops, self.memo)
+
+    def _counts_layout(self, config) -> list:
+        """ReuseStats.counts_layout of ``config``: made once for the compiled
+        configuration (every plain call's), again for per-call thresholds."""
+        if config is self.memo:
+            return self._compiled_counts_layout
+        return ReuseStats.counts_layout(self.loops, config)
 
     def _with_sizes(self, message: str, arrays: list) -> str:
         """A compiled check's message (which names symbolic dimensions, such as
