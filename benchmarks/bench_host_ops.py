@@ -4,9 +4,9 @@
 
 Linear heads over every step (MatMul by a constant weight, as torch exports a Linear on
 [T, N, K] inputs; Gemm as it exports one on [N, K]) and the output activations after
-them (sigmoid, tanh, softmax, log_softmax), on (steps x batch) rows.  Both sides run
-interleaved in one process (medians); memotvm's times include what every call pays:
-the input checks and copies in and out.  Conv stands for the convolutions and poolings
+them (sigmoid, tanh, softmax, log_softmax), on (steps x batch) rows.  Each side runs in
+a process of its own, taking turns (medians); memotvm's times are of ``model.run``, so
+they include what every call pays: the input checks and copies in and out.  Conv stands for the convolutions and poolings
 that TVM lowers to loop nests with several reduction axes.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import memotvm
-from memotvm.bench import interleaved, memotvm_runner, onnxruntime_runner
+from memotvm.bench import time_variants
 
 # (operator, steps, batch, K, N): K only for the products and Conv (its input channels;
 # N its output channels; input [batch, K, steps]).
@@ -73,9 +73,8 @@ def main(argv=None):
         width = k if k is not None else n
         shape = {"Gemm": (batch, width), "Conv": (batch, width, steps)}.get(op, (steps, batch, width))
         feeds = {"x": (np.random.default_rng(1).standard_normal(shape) * 3).astype(np.float32)}
-        compiled = memotvm.compile(model)
-        times = interleaved({"memotvm": memotvm_runner(compiled, feeds),
-                             "onnxruntime": onnxruntime_runner(model, feeds, threads=2)}, rounds=args.rounds)
+        measured = time_variants(model, [feeds], {"memotvm": None}, rounds=args.rounds)
+        times = {name: t.median for name, t in measured["timings"].items()}
         label = f"{'x'.join(map(str, shape))}" + (f" -> {n}" if k is not None else "")
         ratio = times["onnxruntime"] / times["memotvm"]
         print(f"{op:<11} {label:<22} {times['memotvm'] * 1e3:>10.3f} {times['onnxruntime'] * 1e3:>14.3f} "

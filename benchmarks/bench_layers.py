@@ -3,14 +3,15 @@
     python benchmarks/bench_layers.py [--quick] [--json results.json]
 
 LSTM and GRU with D = H in {256, 512, 1024}, T in {100, 200}, batch 1 and 8, inputs with
-realistic temporal smoothness; every variant runs interleaved in one process (medians).
+realistic temporal smoothness; every variant and onnxruntime (at its defaults) runs in a
+process of its own, taking turns (medians and quartiles; see memotvm.timing).
 """
 
 import argparse
 import json
 import sys
 
-from memotvm.bench import bench_model, format_rows, memo_memory
+from memotvm.bench import bench_model, format_machine, format_rows, memo_memory
 from memotvm.frontend import from_onnx
 from memotvm.testing import make_inputs, make_recurrent_model
 
@@ -34,10 +35,11 @@ def main(argv=None):
         model = make_recurrent_model(op, H, H, weight_scale=1.0)
         feeds = make_inputs(model, T, B, smooth=True)
         res = bench_model(model, feeds, thresholds=thresholds, predictor=args.predictor,
-                          rounds=args.rounds, ort_threads=2)
+                          rounds=args.rounds)
         mem = memo_memory(from_onnx(model).loops, batch=B, predictor=args.predictor)
         print(f"\n{op} D=H={H} T={T} batch={B}", flush=True)
         print(format_rows(res["rows"]), flush=True)
+        print(format_machine(res), flush=True)
         results.append({"op": op, "hidden": H, "steps": T, "batch": B, "predictor": args.predictor,
                         **res, "memory_bytes": mem})
     with open(args.json, "w") as f:

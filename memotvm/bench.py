@@ -1,76 +1,58 @@
-"""Measuring speed: interleaved repeats in one process, medians and ratios.
+"""Measuring speed: every engine in its own process, taking turns; medians, spread and
+ratios (:mod:`memotvm.timing`).
 
-Machines are noisy, so every comparison runs its candidates round-robin (one call of
-each per round, after warm-up) and reports medians; ratios are taken between medians of
-the same run.
+Machines are noisy, so the contenders alternate round after round and the rows report
+medians with their quartiles; ratios are taken between medians of the same run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 
-
-def interleaved(runners: dict, rounds: int = 20, warmup: int = 2, min_time: float = 0.0) -> dict:
-    """Median seconds per call of each runner (name -> zero-argument callable)."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in runners}
-    start = time.perf_counter()
-    r = 0
-    while r < rounds or (time.perf_counter() - start) < min_time:
-        for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        r += 1
-        if r >= 10 * rounds:
-            break
-    return {name: statistics.median(ts) for name, ts in times.items()}
+from .timing import Contender, busy_warning, machine, measure
 
 
-def onnxruntime_session(model, threads: int | None = None):
-    """An onnxruntime session of ``model`` for timing next to memotvm in one process
-    (None if onnxruntime is not installed)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    # onnxruntime's idle workers spin after each run; interleaved with memotvm in one
-    # process they would steal the cores TVM's workers need (and vice versa).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+def has_onnxruntime() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
-def onnxruntime_runner(model, feeds, threads: int | None = None):
-    """A zero-argument callable running ``model`` in onnxruntime (None if not installed)."""
-    session = onnxruntime_session(model, threads)
-    return None if session is None else (lambda: session.run(None, feeds))
+def _serialized(model) -> bytes:
+    from .frontend import load_model
+
+    return model if isinstance(model, bytes) else load_model(model).SerializeToString()
 
 
-def memotvm_runner(compiled, feeds):
-    """A zero-argument callable running a compiled model with inputs checked once."""
-    from .threads import use_threads
+def _rebuildable(target) -> bool:
+    """Whether a fresh process can compile for ``target`` (a backend of memotvm itself,
+    named by a string or dict; not one registered by the caller's code)."""
+    from .targets import get_backend
 
-    arrays = compiled.vm_arguments(compiled.check_inputs(feeds))
-    session, threads = compiled._session(), compiled.threads
-
-    def run():
-        use_threads(threads)
-        return session(arrays)
-
-    return run
+    return isinstance(target, (str, dict)) and type(get_backend(target)).__module__.startswith("memotvm.")
 
 
-def compile_and_run_once(compiled, feeds):
-    """Run once (to get the reuse statistics) and return the runner."""
-    compiled.run(feeds)
-    return memotvm_runner(compiled, feeds)
+def time_variants(model, calls: list, variants: dict, target="cpu", rounds: int = 20,
+                  onnxruntime: bool = True, ort_threads: int | None = None, state: dict | None = None,
+                  start: dict | None = None, progress=None, **options) -> dict:
+    """Time memotvm with each of ``variants`` (name -> memo configuration, None for the
+    unmodified model) and onnxruntime at its defaults (as "onnxruntime", if installed and
+    ``onnxruntime``), each in its own process, taking turns (:func:`memotvm.timing.measure`).
+
+    One sample runs ``calls`` (a list of input dicts) in order; with ``state`` (input ->
+    output) as a stream: memotvm in a session, onnxruntime with its state outputs fed back
+    from ``start``.  Returns {"timings": name -> Timing, "info": name -> build information,
+    "machine": ..., "warning": str or None}."""
+    data = _serialized(model)
+    separate = _rebuildable(target)
+    contenders = [Contender(name, "memotvm", data, calls, memo=memo, state=state,
+                            options={"target": target, **options}, in_process=not separate)
+                  for name, memo in variants.items()]
+    if onnxruntime and has_onnxruntime():
+        contenders.append(Contender("onnxruntime", "onnxruntime", data, calls, state=state,
+                                    start=start or {}, threads=ort_threads))
+    timings, info = measure(contenders, rounds=rounds, progress=progress)
+    return {"timings": timings, "info": info, "machine": machine(), "warning": busy_warning(timings)}
 
 
 def memo_variants(thresholds=(), predictor="bnn", config=None) -> dict:
@@ -83,11 +65,31 @@ def memo_variants(thresholds=(), predictor="bnn", config=None) -> dict:
     return variants
 
 
+def _timing_rows(measured: dict, per: float, unit: str) -> list:
+    """Rows of one measurement: median and spread, reuse, ratios."""
+    timings, info = measured["timings"], measured["info"]
+    base = timings["memotvm"].median
+    ort = timings["onnxruntime"].median if "onnxruntime" in timings else None
+    rows = []
+    for name, t in timings.items():
+        avoided = info[name].get("computations_avoided", 0.0)
+        rows.append({
+            "name": name, "ms": t.median * 1e3, unit: t.median * 1e6 / per if per else None,
+            "spread": t.to_dict(), "threads": info[name].get("threads"),
+            "reuse": info[name].get("reuse", 0.0), "computations_avoided": avoided,
+            "speedup_vs_onnxruntime": ort / t.median if ort else None,
+            "speedup_vs_unmodified": base / t.median,
+            "ideal": 1 / (1 - avoided) if avoided < 1 else float("inf"),
+            "compile_s": info[name].get("compile_s"),
+        })
+    return rows
+
+
 def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
                 ort_threads=None, target="cpu", progress=False, config=None, **options) -> dict:
-    """Time onnxruntime, memotvm unmodified and memotvm memoized at each threshold (and
-    with ``config``, a calibrated configuration), interleaved in one process.  Returns
-    rows of medians, reuse and speedups.
+    """Time onnxruntime (at its defaults), memotvm unmodified and memotvm memoized at each
+    threshold (and with ``config``, a calibrated configuration), each in its own process,
+    taking turns.  Returns rows of medians, spread, reuse and speedups, and the machine.
 
     On a target whose models report a modelled cost (``epur``), the rows give the
     modelled time and energy instead (see :func:`bench_modelled`)."""
@@ -96,50 +98,31 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
 
     proto = load_model(model)
     variants = memo_variants(thresholds, predictor, config)
-    t0 = time.perf_counter()
-    plain = compile_model(proto, target=target, **options)
-    if hasattr(plain, "last_cost"):
-        return bench_modelled(proto, plain, feeds, variants, target, **options)
-    compile_s = {"unmodified": time.perf_counter() - t0}
-    runners = {"memotvm": compile_and_run_once(plain, feeds)}
-    reuse = {"memotvm": 0.0}
-    avoided = {"memotvm": 0.0}
-    for name, memo_config in variants.items():
-        t0 = time.perf_counter()
-        memo = compile_model(proto, target=target, memo=memo_config, **options)
-        compile_s[name] = time.perf_counter() - t0
-        runners[name] = compile_and_run_once(memo, feeds)
-        reuse[name] = memo.last_stats.reuse
-        avoided[name] = memo.last_stats.computations_avoided
-    ort = onnxruntime_runner(proto, feeds, ort_threads)
-    if ort is not None:
-        runners["onnxruntime"] = ort
-        reuse["onnxruntime"] = avoided["onnxruntime"] = 0.0
-    times = interleaved(runners, rounds=rounds)
+    from .targets import get_backend
+    from .targets.cpu import CpuBackend
+
+    if not isinstance(get_backend(target), CpuBackend):
+        plain = compile_model(proto, target=target, **options)
+        if hasattr(plain, "last_cost"):
+            return bench_modelled(proto, plain, feeds, variants, target, **options)
+    measured = time_variants(proto, [feeds], {"memotvm": None, **variants}, target=target,
+                             rounds=rounds, ort_threads=ort_threads, **options)
     steps = _steps(feeds)
-    rows = []
-    for name, t in times.items():
-        r = avoided[name]
-        rows.append({
-            "name": name,
-            "ms": t * 1e3,
-            "us_per_step": t * 1e6 / steps if steps else None,
-            "reuse": reuse[name],
-            "computations_avoided": r,
-            "speedup_vs_onnxruntime": times["onnxruntime"] / t if "onnxruntime" in times else None,
-            "speedup_vs_unmodified": times["memotvm"] / t,
-            "ideal": 1 / (1 - r) if r < 1 else float("inf"),
-            "compile_s": compile_s.get(name if name != "memotvm" else "unmodified"),
-        })
-    return {"rows": rows, "steps": steps}
+    return {"rows": _timing_rows(measured, steps, "us_per_step"), "steps": steps,
+            "machine": measured["machine"], "warning": measured["warning"],
+            "method": METHOD}
+
+
+METHOD = ("each variant and onnxruntime (its default settings) in a process of its own, "
+          "taking turns round after round; medians and quartiles of all timed calls")
 
 
 def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
                  ort_threads=None, target="cpu", config=None, **options) -> dict:
     """Time a recorded stream run as deployed (``spec``: a StreamSpec): one chunk per
     call, in a session (memotvm: memo tables and state carried; onnxruntime: its state
-    outputs fed back), every variant over the whole stream per round, interleaved.
-    Rows give the median time per call."""
+    outputs fed back), every variant over the whole stream per sample, each in its own
+    process, taking turns.  Rows give the median time per call."""
     from .api import compile as compile_model
     from .frontend import load_model
     from .session import find_state_pairs
@@ -149,57 +132,14 @@ def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn"
     plain = compile_model(proto, target=target, **options)
     calls = split_stream(plain, feeds, spec)
     pairs = find_state_pairs(plain, spec.state)
-    compiled = {"memotvm": plain}
-    for name, memo_config in memo_variants(thresholds, predictor, config).items():
-        compiled[name] = compile_model(proto, target=target, memo=memo_config, **options)
-    runners, reuse, avoided = {}, {}, {}
-    for name, model_ in compiled.items():
-        session = model_.session(state=spec.state)
-
-        def run_all(session=session):
-            session.reset()
-            for call in calls:
-                session.run(call)
-
-        run_all()
-        runners[name] = run_all
-        reuse[name] = session.stats.reuse if model_.memo else 0.0
-        avoided[name] = session.stats.computations_avoided if model_.memo else 0.0
-    ort = _onnxruntime_stream(proto, plain, calls, pairs, ort_threads)
-    if ort is not None:
-        runners["onnxruntime"], reuse["onnxruntime"], avoided["onnxruntime"] = ort, 0.0, 0.0
-    times = interleaved(runners, rounds=rounds)
-    rows = []
-    for name, t in times.items():
-        per_call = t / len(calls)
-        rows.append({
-            "name": name, "ms": t * 1e3, "us_per_call": per_call * 1e6,
-            "reuse": reuse[name], "computations_avoided": avoided[name],
-            "speedup_vs_onnxruntime": times["onnxruntime"] / t if "onnxruntime" in times else None,
-            "speedup_vs_unmodified": times["memotvm"] / t,
-            "ideal": 1 / (1 - avoided[name]) if avoided[name] < 1 else float("inf"),
-        })
-    return {"rows": rows, "calls": len(calls), "chunk": spec.chunk, "state": pairs}
-
-
-def _onnxruntime_stream(proto, plain, calls, pairs, threads):
-    """onnxruntime over the calls, its state outputs fed back (None if not installed)."""
-    session = onnxruntime_session(proto, threads)
-    if session is None:
-        return None
     first = plain.session(state=dict(pairs))
-    start = {}
-    for name in pairs:  # the session's zero state of the first call
-        start[name] = calls[0].get(name, first._zero_state(name, calls[0]))
-    names = plain.output_names
-
-    def run_all():
-        state = dict(start)
-        for call in calls:
-            out = session.run(None, {**call, **state})
-            state = {inp: out[names.index(o)] for inp, o in pairs.items()}
-
-    return run_all
+    start = {name: calls[0].get(name, first._zero_state(name, calls[0])) for name in pairs}
+    variants = {"memotvm": None, **memo_variants(thresholds, predictor, config)}
+    measured = time_variants(proto, calls, variants, target=target, rounds=rounds,
+                             ort_threads=ort_threads, state=dict(pairs), start=start, **options)
+    return {"rows": _timing_rows(measured, len(calls), "us_per_call"), "calls": len(calls),
+            "chunk": spec.chunk, "state": pairs, "machine": measured["machine"],
+            "warning": measured["warning"], "method": METHOD}
 
 
 def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predictor="bnn",
@@ -250,13 +190,21 @@ def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predict
     return {"rows": rows, "steps": steps, "remote": remote}
 
 
+def _spread(r) -> str:
+    """The interquartile range relative to the median, as +-half of it."""
+    s = r.get("spread")
+    if not s:
+        return f"{'-':>7}"
+    return f"{(s['q3_ms'] - s['q1_ms']) / 2 / s['median_ms']:6.1%}"
+
+
 def format_stream_rows(rows) -> str:
-    head = (f"{'variant':<13} {'us/call':>9} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
+    head = (f"{'variant':<13} {'us/call':>9} {'+-IQR/2':>7} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
             f"{'vs unmod':>8} {'ideal':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
-        lines.append(f"{r['name']:<13} {r['us_per_call']:9.1f} {r['reuse']:7.1%} "
+        lines.append(f"{r['name']:<13} {r['us_per_call']:9.1f} {_spread(r)} {r['reuse']:7.1%} "
                      f"{r['computations_avoided']:8.1%} {vo} {r['speedup_vs_unmodified']:7.2f}x "
                      f"{r['ideal']:6.2f}")
     return "\n".join(lines)
@@ -299,20 +247,37 @@ def format_modelled_rows(rows) -> str:
     return "\n".join(lines)
 
 
+def format_machine(result) -> str:
+    """The lines under a table: how it was measured, on what, and a busy warning."""
+    m = result.get("machine")
+    if not m:
+        return ""
+    runs = ", ".join(f"{r['name']} {r['spread']['runs']}" for r in result["rows"] if r.get("spread"))
+    threads = ", ".join(f"{r['name']} {r['threads']}" for r in result["rows"] if r.get("threads") is not None)
+    v = m["versions"]
+    lines = [f"measured: {result['method']}",
+             f"  runs: {runs}; threads: {threads}",
+             f"  {m['cpu']}, {m['cpus']} CPUs usable, 1-min load {m['load_1min']:.2f}; "
+             f"memotvm {v['memotvm']}, apache-tvm {v['apache-tvm']}, onnxruntime {v['onnxruntime']}"]
+    if result.get("warning"):
+        lines.append("warning: " + result["warning"])
+    return "\n".join(lines)
+
+
 def _steps(feeds):
     x = feeds.get("X")
     return int(x.shape[0]) if x is not None and x.ndim == 3 else None
 
 
 def format_rows(rows) -> str:
-    head = (f"{'variant':<13} {'ms':>9} {'us/step':>9} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
-            f"{'vs unmod':>8} {'ideal':>6} {'compile s':>9}")
+    head = (f"{'variant':<13} {'ms':>9} {'+-IQR/2':>7} {'us/step':>9} {'reuse':>7} {'avoided':>8} "
+            f"{'vs ort':>7} {'vs unmod':>8} {'ideal':>6} {'compile s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ups = f"{r['us_per_step']:9.2f}" if r["us_per_step"] is not None else f"{'-':>9}"
         vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
         cs = f"{r['compile_s']:9.1f}" if r.get("compile_s") is not None else f"{'-':>9}"
-        lines.append(f"{r['name']:<13} {r['ms']:9.3f} {ups} {r['reuse']:7.1%} "
+        lines.append(f"{r['name']:<13} {r['ms']:9.3f} {_spread(r)} {ups} {r['reuse']:7.1%} "
                      f"{r['computations_avoided']:8.1%} {vo} "
                      f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f} {cs}")
     return "\n".join(lines)

@@ -377,7 +377,8 @@ def cmd_inspect(args):
 
 
 def cmd_bench(args):
-    from .bench import bench_model, format_modelled_rows, format_rows, memo_memory, parse_size
+    from .bench import (bench_model, format_machine, format_modelled_rows, format_rows, memo_memory,
+                        parse_size)
     from .frontend import from_onnx
     from .testing import make_inputs, make_recurrent_model
 
@@ -420,7 +421,7 @@ def cmd_bench(args):
         return
     stream = _stream_spec(args)
     if stream is not None:
-        from .bench import bench_stream, format_stream_rows
+        from .bench import bench_stream, format_machine, format_stream_rows
 
         result = bench_stream(model, inputs, stream, thresholds=thresholds, predictor=args.predictor,
                               rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
@@ -429,6 +430,7 @@ def cmd_bench(args):
             pairs = ", ".join(f"{i} <- {o}" for i, o in result["state"].items()) or "none"
             print(f"{label}: {result['calls']} calls of {result['chunk']} step(s), state {pairs}")
             print(format_stream_rows(result["rows"]))
+            print(format_machine(result))
         if args.json:
             _write_json({"model": label, **result}, args.json)
         return
@@ -439,7 +441,11 @@ def cmd_bench(args):
     memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
     if _human(args):
         print(label + (f" on target {args.target} (modelled)" if result.get("modelled") else ""))
-        print(format_modelled_rows(result["rows"]) if result.get("modelled") else format_rows(result["rows"]))
+        if result.get("modelled"):
+            print(format_modelled_rows(result["rows"]))
+        else:
+            print(format_rows(result["rows"]))
+            print(format_machine(result))
         for node, mem in memory.items():
             print(f"  {node}: predictor data {mem['predictor_data'] / 1024:.1f} KiB, memo table "
                   f"{mem['memo_table'] / 1024:.1f} KiB per call, weights {mem['weights'] / 1024:.1f} KiB; "

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .api import compile as compile_model
-from .bench import interleaved, memotvm_runner, onnxruntime_runner
+from .bench import has_onnxruntime, time_variants
 from .calibrate import calibrate
 from .passes import MemoConfig
 from .sweep import layers_text, plot, sweep
@@ -69,11 +69,9 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
                       baseline=plain)
     memo = compile_model(path, memo=config)
 
-    runners = {"unmodified": memotvm_runner(plain, feeds), "memoized": memotvm_runner(memo, feeds)}
-    ort = onnxruntime_runner(path, feeds)
-    if ort is not None:
-        runners["onnxruntime"] = ort
-    times = interleaved(runners, rounds=20)
+    measured = time_variants(path, [feeds], {"unmodified": None, "memoized": config}, rounds=10)
+    times = {name: t.median for name, t in measured["timings"].items()}
+    ort = has_onnxruntime()
 
     accel_plain = compile_model(path, target="accel")
     accel_memo = compile_model(path, target="accel", memo=config)
@@ -99,7 +97,7 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
         f"({'within' if m['loss'] <= 0.01 else 'OVER'} the 1 % bound)",
         f"computations avoided: {report.stats.computations_avoided:.1%} of the recurrent "
         f"layers' multiply-adds",
-        f"CPU (median of 20 interleaved calls): unmodified {times['unmodified'] * 1e3:.1f} ms, "
+        f"CPU (medians; each in its own process, taking turns): unmodified {times['unmodified'] * 1e3:.1f} ms, "
         f"memoized {times['memoized'] * 1e3:.1f} ms ({times['unmodified'] / times['memoized']:.2f}x)"
         + (f", onnxruntime {times['onnxruntime'] * 1e3:.1f} ms (memoized: "
            f"{times['onnxruntime'] / times['memoized']:.2f}x onnxruntime's speed)" if ort else ""),
@@ -113,7 +111,9 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
         lines.append(f"plot: {plot_path} (computations avoided and {metric} loss against the "
                      "threshold: bnn, delta, oracle)")
     out("\n".join(lines))
-    if ort is None:
+    if measured["warning"]:
+        out("note: " + measured["warning"])
+    if not ort:
         out("(onnxruntime not installed: pip install 'memotvm[bench]' to compare)")
     return {"report": report.to_dict(), "times": times, "sweep": rows,
             "accelerator": {"unmodified": base_cost.to_dict(), "memoized": memo_cost.to_dict()}}

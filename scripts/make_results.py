@@ -7,7 +7,7 @@ execution and the oracle over thresholds on the held-out split (plot), a calibra
 over all of them on the calibration split (the chosen configuration is written to
 memotvm/models/NAME_memo.json, which the demo loads), and, for each predictor's
 calibrated configuration, its held-out loss and computations avoided, the CPU speedup it
-buys (timed interleaved against the unmodified model and onnxruntime) and its speedup and
+buys (timed against the unmodified model and onnxruntime, each in its own process) and its speedup and
 energy saving on the modelled accelerator.
 """
 
@@ -21,7 +21,7 @@ import platform
 
 import memotvm
 from memotvm import metrics
-from memotvm.bench import interleaved, memotvm_runner, onnxruntime_runner
+from memotvm.bench import time_variants
 from memotvm.calibrate import calibrate
 from memotvm.demo import load_split as load
 from memotvm.sweep import plot, sweep
@@ -53,10 +53,7 @@ def model_section(name, info, log):
     plain = memotvm.compile(path)
     k = plain.output_names.index(output)
     base_score = metrics.score(metric, plain.run(test_in)[k], test_y)
-    runners = {"unmodified": memotvm_runner(plain, test_in)}
-    ort = onnxruntime_runner(path, test_in)
-    if ort is not None:
-        runners["onnxruntime"] = ort
+    variants = {"unmodified": None}
     accel_plain = memotvm.compile(path, target="accel")
     accel_plain.run(test_in)
     table = []
@@ -64,7 +61,7 @@ def model_section(name, info, log):
         config = result.predictor_configs[predictor]
         model = memotvm.compile(path, memo=config)
         score = metrics.score(metric, model.run(test_in)[k], test_y)
-        runners[predictor] = memotvm_runner(model, test_in)
+        variants[predictor] = config
         accel = memotvm.compile(path, target="accel", memo=config)
         accel.run(test_in)
         table.append({
@@ -76,7 +73,7 @@ def model_section(name, info, log):
             "accel_speedup": accel_plain.last_cost.cycles / accel.last_cost.cycles,
             "accel_energy_saving": 1 - accel.last_cost.energy_total_pj / accel_plain.last_cost.energy_total_pj,
         })
-    times = interleaved(runners, rounds=10)
+    times = {name: t.median for name, t in time_variants(path, [test_in], variants, rounds=10)["timings"].items()}
     for row in table:
         row["cpu_speedup"] = times["unmodified"] / times[row["predictor"]]
         row["cpu_vs_onnxruntime"] = (times["onnxruntime"] / times[row["predictor"]]
@@ -99,7 +96,7 @@ def render(sections) -> str:
            "held-out test split, on which all losses below are measured. *Computations "
            "avoided* = skipped multiply-adds / all multiply-adds of the recurrent layers "
            "(for neuron-level memoization, the reuse ratio). CPU speedups are medians of "
-           "interleaved runs of the whole model on the test split (one batch); accelerator "
+           "runs of the whole model, each variant and onnxruntime in a process of its own, taking turns on the test split (one batch); accelerator "
            "figures come from the `epur` cost model ([accelerator.md](accelerator.md)).",
            "",
            "The paper's figures, for comparison (Silfa et al., MICRO 2019, abstract): the "

@@ -69,6 +69,16 @@ def test_bench_a_generated_layer(files, capsys):
     names = [r["name"] for r in data["rows"]]
     assert names[:2] == ["memotvm", "memo@0.3"]
     assert data["memory_bytes"]["rnn"]["predictor_data"] > 0
+    # Fair timing: every engine in its own process, with the spread, runs, threads and
+    # the machine in the JSON.
+    assert data["machine"]["cpus"] >= 1 and data["machine"]["versions"]["apache-tvm"]
+    assert "own" in data["method"]
+    for row in data["rows"]:
+        s = row["spread"]
+        assert s["runs"] >= 2 and s["min_ms"] <= s["q1_ms"] <= s["median_ms"] <= s["q3_ms"] <= s["max_ms"]
+        assert row["ms"] == pytest.approx(s["median_ms"])
+    assert data["rows"][0]["threads"] >= 1
+    assert "+-IQR/2" in capsys.readouterr().out
 
 
 def test_version(capsys):
