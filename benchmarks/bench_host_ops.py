@@ -16,7 +16,6 @@ import json
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-import memotvm
 from memotvm.bench import time_variants
 
 # (operator, steps, batch, K, N): K only for the products and Conv (its input channels;

@@ -67,8 +67,6 @@ def run_demo(model_name: str = DEFAULT_MODEL, plot_path="memotvm_demo.png", out=
     config, origin = calibrated_config(model_name, info, out, recalibrate)
     report = validate(path, feeds, config, labels=labels, metric=metric, output=output,
                       baseline=plain)
-    memo = compile_model(path, memo=config)
-
     measured = time_variants(path, [feeds], {"unmodified": None, "memoized": config}, rounds=10)
     times = {name: t.median for name, t in measured["timings"].items()}
     ort = has_onnxruntime()
