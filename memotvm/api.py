@@ -18,7 +18,7 @@ from .threads import check_threads, use_threads
 
 def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  # noqa: A001
             tunable: bool = False, fixed_inputs: dict | None = None, threads: int | None = None,
-            **options):
+            adaptive_threads: bool = True, **options):
     """Compile an ONNX model (path, bytes or ModelProto) for ``target``.
 
     ``memo`` turns on neuron-level fuzzy memoization: a :class:`MemoConfig`, a number
@@ -32,7 +32,10 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     (an ``If`` on them keeps only the branch they select).
 
     ``threads`` is how many threads each call uses (default: ``TVM_NUM_THREADS`` if set,
-    else every CPU the calling process may run on; see :mod:`memotvm.threads`).
+    else every CPU the calling process may run on; see :mod:`memotvm.threads`).  With
+    ``adaptive_threads`` (the default) each calling thread times its calls and runs on
+    one thread while that is faster, as on a machine where another process keeps a core
+    busy (:class:`memotvm.threads.AdaptiveThreads`).
     """
     threads = check_threads(threads)
     backend = get_backend(target)
@@ -55,6 +58,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     model = backend.build(imported, mod, memo=config, **options)
     model.tunable = tunable
     model.threads = threads
+    model.adaptive_threads = bool(adaptive_threads)
     _release_freed_memory()
     return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from .errors import ConfigError, InputError
 from .passes.native_checks import input_error_message
 from .stats import ReuseStats
-from .threads import use_threads
+from .threads import AdaptiveThreads, default_threads, use_threads
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class CompiledModel:
         # Threads each call uses (compile(..., threads=N)); None: memotvm.threads'
         # default, decided at each call.
         self.threads = None
+        # Fall back to one thread while that is faster (a busy machine; see _threads_chooser).
+        self.adaptive_threads = True
         self._make_session = make_session
         self._local = threading.local()
 
@@ -81,6 +84,16 @@ class CompiledModel:
             session = self._local.session = self._make_session()
         return session
 
+    def _threads_chooser(self) -> AdaptiveThreads:
+        """The calling thread's choice between the model's threads and one (see
+        :class:`memotvm.threads.AdaptiveThreads`; ``adaptive_threads = False`` keeps
+        the model's count)."""
+        chooser = getattr(self._local, "threads_chooser", None)
+        threads = self.threads or default_threads()
+        if chooser is None or (chooser.threads, chooser.adaptive) != (threads, self.adaptive_threads and threads > 1):
+            chooser = self._local.threads_chooser = AdaptiveThreads(threads, self.adaptive_threads)
+        return chooser
+
     def run(self, inputs: dict, check_finite: bool = True, memo=None) -> list:
         """Run on ``inputs`` (ONNX input name -> array); return the ONNX outputs in order.
 
@@ -96,11 +109,16 @@ class CompiledModel:
         """One call on checked input arrays, from the memo tables ``tables`` (None:
         empty ones): (outputs, ReuseStats, the memo tables after the call)."""
         config = self._call_config(memo)
-        use_threads(self.threads)
+        chooser = self._threads_chooser()
+        threads = chooser.pick()
+        use_threads(threads)
         try:
             # (the memo tables stay TVM tensors: a session passes them back as they are)
             keep = len(self.loops) if self.memo is not None else 0
-            raw = self._session()(self.vm_arguments(arrays, config, tables), keep)
+            arguments = self.vm_arguments(arrays, config, tables)
+            start = time.perf_counter()
+            raw = self._session()(arguments, keep)
+            chooser.record(threads, time.perf_counter() - start, sum(a.size for a in arrays))
         except Exception as err:  # a check compiled into the model failed: the input's fault
             message = input_error_message(err)
             if message is None:

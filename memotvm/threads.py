@@ -76,3 +76,62 @@ def pool_threads() -> int:
     import tvm_ffi
 
     return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+
+
+class AdaptiveThreads:
+    """Chooses, call by call, between a model's thread count and one thread, from how
+    long its calls take.
+
+    A step split across threads waits at a barrier for every worker; on a machine where
+    another process is busy, a worker that the OS has descheduled holds up every step
+    (LSTM 512 at batch 1 went from 5 to 25 ms with one busy process on a 2-core
+    machine).  One thread then runs faster.  So each (model, calling thread) keeps the
+    time per input element of both choices, runs the faster, and now and then tries the
+    other (after ``FIRST_PROBE`` calls, then at doubling intervals up to
+    ``MAX_INTERVAL`` while the choice holds, back to ``FIRST_PROBE`` when it changes; at
+    once when the current choice has become slower than the other was when last tried):
+    when the other process stops, the probe finds the threads faster again.
+    """
+
+    FIRST_PROBE = 8
+    MAX_INTERVAL = 256
+    # Weight of the newest call in the running time of the current choice.
+    SMOOTHING = 0.25
+
+    def __init__(self, threads: int, adaptive: bool = True):
+        self.threads = threads
+        self.adaptive = adaptive and threads > 1
+        self.best = threads
+        self.rate = {}
+        self.interval = self.FIRST_PROBE
+        self.until_probe = self.FIRST_PROBE
+
+    def pick(self) -> int:
+        """The thread count of the next call."""
+        if not self.adaptive:
+            return self.threads
+        self.until_probe -= 1
+        if self.until_probe <= 0:
+            return 1 if self.best != 1 else self.threads
+        return self.best
+
+    def record(self, threads: int, seconds: float, work: int) -> None:
+        """The call just made took ``seconds`` on ``threads`` for ``work`` input elements."""
+        if not self.adaptive:
+            return
+        rate = seconds / max(work, 1)
+        other = 1 if threads != 1 else self.threads
+        if threads == self.best:
+            old = self.rate.get(threads)
+            self.rate[threads] = rate if old is None else old + self.SMOOTHING * (rate - old)
+            # Slower now than the other choice was when last tried: try it next.
+            if self.rate[threads] > self.rate.get(other, float("inf")):
+                self.until_probe = 0
+            return
+        # A probe of the other choice: its time replaces its record.
+        self.rate[threads] = rate
+        if rate < self.rate.get(self.best, float("inf")):
+            self.best, self.interval = threads, self.FIRST_PROBE
+        else:
+            self.interval = min(2 * self.interval, self.MAX_INTERVAL)
+        self.until_probe = self.interval

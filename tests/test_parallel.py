@@ -87,9 +87,14 @@ def test_no_store_inside_the_launch_is_outside_a_parallel_loop(op, hidden, direc
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-def test_repeated_calls_of_a_one_task_layer_agree(op):
+def test_repeated_calls_of_a_one_task_layer_agree(op, monkeypatch):
     """The layer whose projection once ran on both workers at once (wrong in 1-20 % of
-    calls): 300 calls, each equal to the first and to onnxruntime."""
+    calls): 300 calls, each equal to the first and to onnxruntime.  Its steps are split
+    across threads here, as those of larger layers are (this one is small enough to run
+    single-threaded otherwise)."""
+    import memotvm.kernels.builder as builder
+
+    monkeypatch.setattr(builder, "SERIAL_MACS_PER_STEP", 0)
     attrs = {"linear_before_reset": 1} if op == "GRU" else {}
     model = make_recurrent_model(op, 19, 15, attrs=attrs, seed=814)
     feeds = make_inputs(model, 1, 3, seed=814)
@@ -99,3 +104,50 @@ def test_repeated_calls_of_a_one_task_layer_agree(op):
     for _ in range(300):
         for got, want in zip(compiled.run(feeds), first):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op,hidden,batch", [("LSTM", 8, 1), ("GRU", 8, 5), ("LSTM", 8, 700)])
+def test_small_layers_run_single_threaded_and_large_batches_split(op, hidden, batch):
+    """A step of a small layer is one thread's work (SERIAL_MACS_PER_STEP): the kernel
+    has both copies of the steps and picks by the batch size; both agree with
+    onnxruntime."""
+    from memotvm.kernels.tiling import SERIAL_MACS_PER_STEP
+
+    model = make_recurrent_model(op, 8, hidden, direction="bidirectional")
+    loop = from_onnx(model).loops[0]
+    per_element = loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size)
+    assert batch * per_element < SERIAL_MACS_PER_STEP or batch == 700
+    text = build_kernel(loop).script()
+    assert text.count("pragma_parallel_launch_point") == 1 and "batch_size * " in text
+    feeds = make_inputs(model, 6, batch)
+    assert_outputs_close(memotvm.compile(model).run(feeds), run_onnxruntime(model, feeds), atol=1e-5)
+
+
+def test_adaptive_threads_fall_back_to_one_thread_while_it_is_faster():
+    from memotvm.threads import AdaptiveThreads
+
+    chooser = AdaptiveThreads(2)
+    cost = {2: 1.0, 1: 1.6}  # an idle machine: two threads faster
+    picks = []
+    for call in range(600):
+        if call == 200:
+            cost = {2: 5.0, 1: 1.7}  # another process busy: the barriers wait
+        if call == 400:
+            cost = {2: 1.0, 1: 1.6}
+        n = chooser.pick()
+        picks.append(n)
+        chooser.record(n, cost[n], 10)
+    idle, busy, again = picks[100:200], picks[220:400], picks[450:]
+    assert idle.count(1) <= 4 and busy.count(2) <= 4 and again.count(1) <= 4
+    assert 1 in picks[200:220] and 2 in picks[400:450]  # switched within one probe interval
+    fixed = AdaptiveThreads(2, adaptive=False)
+    assert {fixed.pick() for _ in range(50)} == {2}
+
+
+def test_a_model_can_keep_its_thread_count():
+    model = make_recurrent_model("GRU", 8, 8)
+    compiled = memotvm.compile(model, threads=2, adaptive_threads=False)
+    compiled.run(make_inputs(model, 3, 1))
+    chooser = compiled._threads_chooser()
+    assert not chooser.adaptive and chooser.pick() == 2
+    assert memotvm.compile(model, threads=2)._threads_chooser().adaptive
