@@ -23,11 +23,13 @@ def main(argv=None):
     parser.add_argument("--thresholds", default="0.1,0.3,0.5")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batches", default="1,8", help="batch sizes to run")
+    parser.add_argument("--sizes", default="256,512,1024", help="hidden sizes (D = H) to run")
+    parser.add_argument("--steps", default="100,200", help="sequence lengths to run")
     parser.add_argument("--predictor", default="bnn", help="memo predictor (bnn, delta, lowrank:8, ...)")
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in (256, 512, 1024)
-            for t in (100, 200) for b in (int(x) for x in args.batches.split(","))]
+    grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in _ints(args.sizes)
+            for t in _ints(args.steps) for b in _ints(args.batches)]
     if args.quick:
         grid = [("LSTM", 256, 100, 1), ("GRU", 256, 100, 1)]
     results = []
@@ -45,6 +47,10 @@ def main(argv=None):
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {args.json}")
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,16 @@ analysis) is then confirmed on the held-out split.  If its held-out loss exceeds
 configuration it passed through, in order of computations avoided, until one holds on
 both splits; the result records how many were rejected (``held_out_rejections``).
 
+With ``objective="time"`` (or ``"energy"``, on a target with a cost model) the search
+is the same, but the result is the fastest configuration rather than the one that
+avoids most: the configurations each predictor's search passed through (its last and
+up to ``TIMED_PER_PREDICTOR - 1`` before it, spread over its path) and the unmodified
+model are timed on the calibration split (medians of interleaved rounds in one process;
+on the accelerator its modelled cycles or energy), then confirmed on the held-out split
+fastest first.  A memoized configuration is chosen only if it is at least
+``TIME_MARGIN`` faster than the unmodified model; otherwise the result says that
+memoization does not pay on this model and carries no configuration.
+
 ``search_bound`` is ``max_loss * (1 - margin)``: searching a little inside the bound
 leaves room for the difference between the calibration and held-out splits.  Every
 candidate runs on the real target (one model per predictor, compiled with tunable
@@ -26,6 +36,8 @@ thresholds), so the decisions are the ones the deployed model makes.
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -43,6 +55,14 @@ from .validate import pick_output
 # thresholds.
 DEFAULT_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
                 0.7, 1.0)
+
+
+OBJECTIVES = ("computations", "time", "energy")
+# Configurations timed per predictor for the time and energy objectives.
+TIMED_PER_PREDICTOR = 4
+# A memoized configuration must beat the unmodified model by this much to be chosen
+# (less is within a quiet machine's measurement noise).
+TIME_MARGIN = 0.03
 
 
 @dataclass
@@ -67,14 +87,24 @@ class CalibrationResult:
     held_out_rejections: int = 0
     # predictor -> the configuration its search ended with (calibration split only)
     predictor_configs: dict = field(default_factory=dict)
+    objective: str = "computations"
+    # time and energy objectives: what was measured, fastest first (label, value, unit)
+    measured: list = field(default_factory=list)
 
     @property
     def confirmed(self) -> bool:
         return self.chosen["holdout"]["loss"] <= self.max_loss
 
+    @property
+    def memoized(self) -> bool:
+        """False when the time or energy objective found the unmodified model best
+        (``config`` is then None)."""
+        return self.config is not None
+
     def to_dict(self) -> dict:
-        return {"memo": self.config.to_dict(),
-                "calibration": {"max_loss": self.max_loss, "search_bound": self.search_bound,
+        return {"memo": self.config.to_dict() if self.config is not None else None,
+                "calibration": {"objective": self.objective, "measured": self.measured,
+                                "max_loss": self.max_loss, "search_bound": self.search_bound,
                                 "baseline_metric": self.baseline, "chosen": self.chosen,
                                 "confirmed_on_holdout": self.confirmed,
                                 "per_predictor": self.per_predictor,
@@ -90,8 +120,14 @@ class CalibrationResult:
 
     def format(self) -> str:
         c = self.config
-        lines = [f"calibrated: predictor {c.predictor}, thresholds "
-                 + c.thresholds_text()]
+        if c is None:
+            lines = ["calibrated for " + self.objective + ": memoization does not pay on this "
+                     "model; run it unmodified (no configuration)"]
+        else:
+            lines = [f"calibrated{' for ' + self.objective if self.objective != 'computations' else ''}: "
+                     f"predictor {c.predictor}, thresholds " + c.thresholds_text()]
+        for label, value, unit in self.measured[:8]:
+            lines.append(f"  measured {label:<40} {value:10.4g} {unit}")
         for p, best in self.per_predictor.items():
             lines.append(f"  {p:<14} calibration: avoided {best['computations_avoided']:.1%}, "
                          f"loss {best['loss']:.2%}")
@@ -125,7 +161,7 @@ class _Evaluator:
     def __init__(self, proto, inputs, labels, metric, output, target, options, stream=None):
         self.proto, self.inputs, self.labels = proto, inputs, labels
         self.metric, self.target, self.options = metric, target, options
-        plain = compile_model(proto, target=target, **options)
+        self.plain = plain = compile_model(proto, target=target, **options)
         self.k = pick_output(plain.output_names, output)
         self.stream = stream
         self.calls = split_all(plain, inputs, stream)
@@ -155,6 +191,59 @@ class _Evaluator:
                                 stats.computations_avoided, stats.reuse)
             self.count += 1
         return self._cache[key]
+
+
+    def cost(self, configs: dict, objective: str, rounds: int = 7) -> dict:
+        """label -> the median seconds (or, on a target with a cost model, the modelled
+        seconds or microjoules) of one run of the split, for each of ``configs``
+        (label -> MemoConfig, None for the unmodified model).  Timed runs take turns,
+        round after round, after one warm-up run each."""
+        def run(config):
+            if config is None:
+                run_inputs(self.plain, self.inputs, self.stream, calls=self.calls)
+                return self.plain
+            model = self.model(config.predictor)
+            run_inputs(model, self.inputs, self.stream, memo=config, calls=self.calls)
+            return model
+
+        if hasattr(self.plain, "last_cost"):
+            if self.stream is not None or isinstance(self.inputs, list):
+                raise ConfigError(f"objective '{objective}' on a modelled target takes one batch "
+                                  "of inputs, not a stream or a data set of sequences")
+            out = {}
+            for label, config in configs.items():
+                cost = run(config).last_cost
+                out[label] = cost.seconds if objective == "time" else cost.energy_total_pj / 1e6
+            return out
+        if objective == "energy":
+            raise ConfigError(f"objective 'energy' needs a target with a cost model "
+                              f"(--target accel), not '{self.target}'")
+        for config in configs.values():
+            run(config)
+        samples = {label: [] for label in configs}
+        labels = list(configs)
+        for r in range(rounds):
+            for i in range(len(labels)):
+                label = labels[(r + i) % len(labels)]
+                t0 = time.perf_counter()
+                run(configs[label])
+                samples[label].append(time.perf_counter() - t0)
+        return {label: statistics.median(ts) for label, ts in samples.items()}
+
+
+def _timed_candidates(paths: dict) -> dict:
+    """label -> Trial: per predictor, its last configuration and up to
+    TIMED_PER_PREDICTOR - 1 earlier ones, spread evenly over its search path."""
+    out = {}
+    for predictor, path in paths.items():
+        if not path:
+            continue
+        n = min(TIMED_PER_PREDICTOR, len(path))
+        picks = sorted({round(i * (len(path) - 1) / max(n - 1, 1)) for i in range(n)})
+        for i in picks:
+            trial = path[i]
+            out[f"{predictor} ({trial.avoided:.1%} avoided, step {i + 1}/{len(path)})"] = trial
+    return out
 
 
 def split_batch(input_types: dict, inputs: dict, labels):
@@ -204,7 +293,8 @@ def _config(predictor, thresholds: dict) -> MemoConfig:
 
 def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels=None,
               max_loss=0.01, predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None,
-              target="cpu", progress=True, stream=None, **options) -> CalibrationResult:
+              target="cpu", progress=True, stream=None, objective="computations",
+              **options) -> CalibrationResult:
     """Search per-node, per-direction thresholds (and the predictor) that maximise the
     computations avoided with the calibration loss within ``max_loss * (1 - margin)``;
     confirm on the held-out split (without one, the batch is split in two by
@@ -212,7 +302,13 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
 
     ``stream`` (a StreamSpec): every candidate runs the inputs as a recorded stream,
     one chunk per call in a session, as the model runs deployed (the labels then match
-    the calls' outputs joined along their first axis)."""
+    the calls' outputs joined along their first axis).
+
+    ``objective``: "computations" (the most multiply-adds avoided), "time" (the fastest,
+    measured on the target or, on the accelerator, from its cost model) or "energy"
+    (the accelerator's cost model); see the module's documentation."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective '{objective}' (known: {', '.join(OBJECTIVES)})")
     if not callable(metric) and metric not in metrics.HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric '{metric}' (known: {', '.join(metrics.HIGHER_IS_BETTER)})")
     if not callable(metric) and metric in metrics.NEEDS_LABELS and labels is None:
@@ -255,6 +351,7 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
                disable=not progress)
     best_by_predictor: dict[str, Trial] = {}
     path: list[Trial] = []  # every configuration the searches accepted
+    paths: dict[str, list] = {}  # real predictor -> the configurations its search accepted
     for predictor in predictors:
         MemoConfig(predictor=predictor)  # unknown names fail here
         level = {u: 0 for u in units}
@@ -283,11 +380,30 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
             best = trial
             if predictor in real:
                 path.append(trial)
+                paths.setdefault(predictor, []).append(trial)
         best_by_predictor[predictor] = best
     held = _Evaluator(proto, holdout_inputs, holdout_labels, metric, output, target, options, stream)
     rejections = 0
-    for chosen in sorted(path, key=lambda t: (-t.avoided, t.loss, real.index(t.predictor))):
-        config = _config(chosen.predictor, chosen.thresholds)
+    measured = []
+    if objective == "computations":
+        order = sorted(path, key=lambda t: (-t.avoided, t.loss, real.index(t.predictor)))
+    else:
+        candidates = _timed_candidates(paths)
+        unit = "uJ" if objective == "energy" else "ms"
+        scale = 1.0 if objective == "energy" else 1e3
+        costs = evaluate.cost({"unmodified": None, **{label: _config(t.predictor, t.thresholds)
+                                                       for label, t in candidates.items()}}, objective)
+        measured = sorted(([label, costs[label] * scale, unit] for label in costs), key=lambda m: m[1])
+        limit = costs["unmodified"] * (1 - TIME_MARGIN)
+        order = [candidates[label] for label, _, _ in measured
+                 if label != "unmodified" and costs[label] <= limit]
+        order.append(path[0])  # the unmodified model (every unit at 0): always within the bound
+    for chosen in order:
+        unmodified = objective != "computations" and chosen is path[0]
+        config = None if unmodified else _config(chosen.predictor, chosen.thresholds)
+        if unmodified:
+            h_value, h_loss, h_avoided, h_reuse = held.base, 0.0, 0.0, 0.0
+            break
         h_value, h_loss, h_avoided, h_reuse = held(config)
         if h_loss <= max_loss:
             break
@@ -310,4 +426,5 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
                            "loss": b.loss, "computations_avoided": b.avoided, "reuse": b.reuse}
                        for p, b in best_by_predictor.items()},
         evaluations=evaluate.count + held.count, held_out_rejections=rejections,
-        predictor_configs={p: _config(p, b.thresholds) for p, b in best_by_predictor.items()})
+        predictor_configs={p: _config(p, b.thresholds) for p, b in best_by_predictor.items()},
+        objective=objective, measured=measured)

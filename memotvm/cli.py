@@ -358,11 +358,12 @@ def cmd_calibrate(args):
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
                        margin=_float(args.margin, "--margin"), output=args.output,
                        target=args.target, progress=not args.quiet, stream=_stream_spec(args),
-                       **_target_options(args))
+                       objective=args.objective, **_target_options(args))
     _write_atomically(args.out, lambda f: f.write(result.to_json().encode()))
     if _human(args):
         print(result.format())
-        print(f"wrote {args.out} (use it with --config)")
+        print(f"wrote {args.out}" + (" (use it with --config)" if result.memoized else
+                                     " (it records that no configuration was chosen)"))
     if args.json:
         _write_json(result.to_dict(), args.json)
 
@@ -421,7 +422,7 @@ def cmd_bench(args):
         return
     stream = _stream_spec(args)
     if stream is not None:
-        from .bench import bench_stream, format_machine, format_stream_rows
+        from .bench import bench_stream, format_stream_rows
 
         result = bench_stream(model, inputs, stream, thresholds=thresholds, predictor=args.predictor,
                               rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
@@ -595,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-labels", help=".npz held-out labels")
     stream_args(p)
     p.add_argument("--predictors", default="bnn", help="comma-separated predictors to search over")
+    p.add_argument("--objective", default="computations", choices=["computations", "time", "energy"],
+                   help="what the chosen configuration is best at, within the loss bound: "
+                        "computations (the most multiply-adds avoided), time (the fastest, "
+                        "timed on the target or, on the accelerator, modelled; the unmodified "
+                        "model is a candidate, so the result is never slower than it), energy "
+                        "(the accelerator's cost model)")
     p.add_argument("--grid", help="comma-separated thresholds to search (default: 0 to 1)")
     p.add_argument("--margin", default="0.25",
                    help="search within max-loss * (1 - margin) on the calibration split")

@@ -67,6 +67,47 @@ def test_calibration_is_deterministic_and_within_the_bound(tmp_path):
     assert MemoConfig.load(str(tmp_path / "cfg.json")).to_dict() == result.config.to_dict()
 
 
+def test_calibrating_for_time_never_chooses_a_slower_configuration(tmp_path, monkeypatch):
+    import memotvm.calibrate as cal
+
+    path = os.path.join(MODELS, "co2_lstm.onnx")
+    inputs, labels = small_co2()
+    args = dict(max_loss=0.01, predictors=("bnn", "delta"), grid=(0, 0.01, 0.05, 0.1), progress=False)
+    result = calibrate(path, inputs, labels, "mse", objective="time", **args)
+    measured = {label: value for label, value, _ in result.measured}
+    assert "unmodified" in measured and len(measured) >= 2
+    assert [m[1] for m in result.measured] == sorted(m[1] for m in result.measured)
+    assert result.chosen["holdout"]["loss"] <= 0.01
+    if result.memoized:  # its timed label is within the margin below the unmodified model's
+        chosen = [v for label, v in measured.items() if label.startswith(result.config.predictor)]
+        assert min(chosen) <= measured["unmodified"] * (1 - cal.TIME_MARGIN)
+    # Where nothing can beat the unmodified model by the margin, no configuration is
+    # chosen, and the file says so to whoever loads it.
+    monkeypatch.setattr(cal, "TIME_MARGIN", 1.0)
+    none = calibrate(path, inputs, labels, "mse", objective="time", **args)
+    assert not none.memoized and none.chosen["holdout"]["loss"] == 0
+    assert "does not pay" in none.format()
+    none.save(tmp_path / "none.json")
+    assert json.loads((tmp_path / "none.json").read_text())["memo"] is None
+    with pytest.raises(ConfigError, match="does not pay on the model: run it unmodified"):
+        MemoConfig.load(str(tmp_path / "none.json"))
+
+
+def test_calibrating_for_energy_uses_the_accelerators_cost_model():
+    path = os.path.join(MODELS, "co2_lstm.onnx")
+    inputs, labels = small_co2()
+    args = dict(max_loss=0.01, predictors=("bnn", "delta"), grid=(0, 0.01, 0.05, 0.1), progress=False)
+    result = calibrate(path, inputs, labels, "mse", objective="energy", target="accel", **args)
+    assert all(unit == "uJ" for _, _, unit in result.measured)
+    # The modelled energy is exact: the chosen configuration is the first one measured
+    # that held on the held-out split, and it saves energy over the unmodified model.
+    assert result.memoized and result.measured[0][0] != "unmodified"
+    with pytest.raises(ConfigError, match="objective 'energy' needs a target with a cost model"):
+        calibrate(path, inputs, labels, "mse", objective="energy", **args)
+    with pytest.raises(ConfigError, match="unknown objective 'speed'"):
+        calibrate(path, inputs, labels, "mse", objective="speed", **args)
+
+
 def test_split_batch_and_bad_arguments():
     inputs, labels = small_co2(10)
     types = memotvm.frontend.from_onnx(os.path.join(MODELS, "co2_lstm.onnx")).input_types

@@ -143,6 +143,10 @@ class MemoConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a memo configuration is a JSON object")
         section = raw.get("memo", raw)
+        if section is None:
+            objective = (raw.get("calibration") or {}).get("objective", "time")
+            raise ConfigError(f"{path}: calibrated for {objective}, this file says memoization does "
+                              "not pay on the model: run it unmodified (without a memo configuration)")
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: 'memo' must be an object with threshold, predictor and "
                               f"per_node, got {type(section).__name__}")
