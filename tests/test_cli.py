@@ -123,3 +123,17 @@ def test_pareto_front():
 
     points = [(0.0, 0.0, "a"), (0.5, 10.0, "b"), (0.4, 5.0, "c"), (0.6, 8.0, "d"), (1.0, 20.0, "e")]
     assert [p[2] for p in pareto_front(points)] == ["a", "c", "b", "e"]
+
+
+def test_shape_declares_static_input_shapes(files, capsys):
+    model, inputs, out = str(files / "m.onnx"), str(files / "in.npz"), str(files / "out.npz")
+    assert main(["run", model, "--inputs", inputs, "--threshold", "0.3", "--out", out,
+                 "--shape", "X=16,3,12", "--shape", "sequence_lens=3"]) == 0
+    assert np.load(out)["Y"].shape == (16, 2, 3, 10)
+    # The static shape is checked against each call's inputs, and bad flags are named.
+    assert main(["run", model, "--inputs", inputs, "--out", out, "--shape", "X=8,3,12"]) == 2
+    assert "input 'X': shape (16, 3, 12), expected [8, 3, 12] float32" in capsys.readouterr().err
+    for bad, said in (("X=16,3", "has 2 axes; input 'X' has 3"), ("X=a,b", "--shape takes NAME=D1,D2"),
+                      ("nope=1", "not an input of the model"), ("X=0,3,12", "positive ints")):
+        assert main(["run", model, "--inputs", inputs, "--out", out, "--shape", bad]) == 2
+        assert said in capsys.readouterr().err, bad

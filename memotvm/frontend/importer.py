@@ -282,7 +282,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     Values computable from constants are folded first (:mod:`.folding`).
     """
     _check_input_types(model.graph)
-    shapes = _checked_shape_overrides(model.graph, shapes)
+    shapes = checked_shape_overrides(model.graph, shapes)
     model = DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs))
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
     model = ConstantFolding()(with_input_shapes(model, shapes))
@@ -371,7 +371,7 @@ def _check_input_types(graph) -> None:
                 "which memotvm does not support (floats, integers and bool are)")
 
 
-def _checked_shape_overrides(graph, shapes) -> dict:
+def checked_shape_overrides(graph, shapes) -> dict:
     """``shapes`` of compile(): input name -> a list of positive ints, one per axis of an
     input of the graph (inputs not named keep the shapes the model declares)."""
     if shapes is None:
