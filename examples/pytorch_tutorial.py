@@ -117,7 +117,7 @@ def main(workdir):
     memotvm("sweep", onnx_file, *data("holdout"), "--metric", "accuracy", "--quiet",
             "--thresholds", "0,0.02,0.05,0.1,0.2,0.3", "--predictors", "bnn,delta,oracle",
             "--calibrated", path("memo.json"), "--plot", path("sweep.png"))
-    # 7. Time it on this CPU against onnxruntime (medians of interleaved rounds).
+    # 7. Time it on this CPU against onnxruntime (each in its own process, taking turns).
     memotvm("bench", onnx_file, "--inputs", path("holdout_inputs.npz"), "--config",
             path("memo.json"), "--thresholds", "", "--rounds", "10")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import threading
 
 from .errors import ConfigError
@@ -84,25 +85,27 @@ class AdaptiveThreads:
 
     A step split across threads waits at a barrier for every worker; on a machine where
     another process is busy, a worker that the OS has descheduled holds up every step
-    (LSTM 512 at batch 1 went from 5 to 25 ms with one busy process on a 2-core
+    (GRU 512 at batch 8 went from 3 to 131 ms with one busy process on a 2-core
     machine).  One thread then runs faster.  So each (model, calling thread) keeps the
-    time per input element of both choices, runs the faster, and now and then tries the
-    other (after ``FIRST_PROBE`` calls, then at doubling intervals up to
-    ``MAX_INTERVAL`` while the choice holds, back to ``FIRST_PROBE`` when it changes; at
-    once when the current choice has become slower than the other was when last tried):
-    when the other process stops, the probe finds the threads faster again.
+    time per input element of its last ``WINDOW`` calls with the current choice and of
+    the last three tries of the other, runs the faster, and tries the other after
+    ``FIRST_PROBE`` calls, then at doubling intervals up to ``MAX_INTERVAL`` while the
+    choice holds (back to ``FIRST_PROBE`` when it changes), and at once when the
+    median of the current choice's window has become slower than the other's: when
+    the other process stops, a try finds the threads faster again.  Medians, so that
+    one slow call (an interrupt, a page fault) does not switch.
     """
 
     FIRST_PROBE = 8
-    MAX_INTERVAL = 256
-    # Weight of the newest call in the running time of the current choice.
-    SMOOTHING = 0.25
+    MAX_INTERVAL = 64
+    WINDOW = 5
 
     def __init__(self, threads: int, adaptive: bool = True):
         self.threads = threads
         self.adaptive = adaptive and threads > 1
         self.best = threads
-        self.rate = {}
+        self.recent = []  # the current choice's last rates
+        self.tries = []  # the other choice's rates, its last tries
         self.interval = self.FIRST_PROBE
         self.until_probe = self.FIRST_PROBE
 
@@ -115,23 +118,25 @@ class AdaptiveThreads:
             return 1 if self.best != 1 else self.threads
         return self.best
 
+    def current(self) -> float:
+        """The median rate of the current choice's recent calls."""
+        return statistics.median(self.recent) if self.recent else float("inf")
+
     def record(self, threads: int, seconds: float, work: int) -> None:
         """The call just made took ``seconds`` on ``threads`` for ``work`` input elements."""
         if not self.adaptive:
             return
         rate = seconds / max(work, 1)
-        other = 1 if threads != 1 else self.threads
         if threads == self.best:
-            old = self.rate.get(threads)
-            self.rate[threads] = rate if old is None else old + self.SMOOTHING * (rate - old)
-            # Slower now than the other choice was when last tried: try it next.
-            if self.rate[threads] > self.rate.get(other, float("inf")):
-                self.until_probe = 0
+            self.recent = (self.recent + [rate])[-self.WINDOW:]
+            if self.tries and len(self.recent) >= 3 and self.current() > statistics.median(self.tries):
+                self.until_probe = 0  # slower now than the other was: try it next
             return
-        # A probe of the other choice: its time replaces its record.
-        self.rate[threads] = rate
-        if rate < self.rate.get(self.best, float("inf")):
-            self.best, self.interval = threads, self.FIRST_PROBE
+        # A try of the other choice.
+        if rate < self.current():
+            self.best, self.tries, self.recent = threads, self.recent[-3:], [rate]
+            self.interval = self.FIRST_PROBE
         else:
+            self.tries = (self.tries + [rate])[-3:]
             self.interval = min(2 * self.interval, self.MAX_INTERVAL)
         self.until_probe = self.interval
