@@ -46,19 +46,23 @@ def _vectorize_last(sch, loop):
         sch.vectorize(inner)
 
 
-# Work (loop iterations, symbolic extents counted as 1) below which a block runs on one
-# thread: waking the pool and waiting at its barrier costs a few microseconds, more than
-# a small block's whole run (measured: a streaming detector's 27 small operators spent
-# most of a 300 us call in thread launches).
+# Work (loop iterations) below which a block runs on one thread: waking the pool and
+# waiting at its barrier costs a few microseconds, more than a small block's whole run
+# (measured: a streaming detector's 27 small operators spent most of a 300 us call in
+# thread launches).
 MIN_PARALLEL_WORK = 1 << 15
+# What a symbolic extent (a batch, a sequence length) counts for in that work.  As 1, a
+# sigmoid over [T, N, 97] ran on one thread: 0.63 ms where onnxruntime took 0.06.  As
+# 64, a per-call operator of a stream of batch 1 over a few hundred values stays on one
+# thread (declare the shapes static, --shape, to decide exactly).
+SYMBOLIC_EXTENT = 64
 
 
 def _worth_threads(sch, loops) -> bool:
     work = 1
     for loop in loops:
         extent = sch.get(loop).extent
-        if isinstance(extent, tirx.IntImm):
-            work *= int(extent)
+        work *= int(extent) if isinstance(extent, tirx.IntImm) else SYMBOLIC_EXTENT
     return work >= MIN_PARALLEL_WORK
 
 
