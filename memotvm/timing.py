@@ -215,8 +215,13 @@ class _ProcessWorker:
         self.name = name
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
+        # The worker imports this memotvm even where the caller found it by sys.path
+        # rather than by installation.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         self.process = subprocess.Popen([sys.executable, "-m", __name__, str(down_r), str(up_w)],
-                                        pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL)
+                                        pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL, env=env)
         os.close(down_r)
         os.close(up_w)
         self.requests = Connection(down_w, readable=False)

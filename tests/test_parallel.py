@@ -87,40 +87,19 @@ def test_no_store_inside_the_launch_is_outside_a_parallel_loop(op, hidden, direc
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-def test_repeated_calls_of_a_one_task_layer_agree(op, monkeypatch):
+def test_repeated_calls_of_a_one_task_layer_agree(op):
     """The layer whose projection once ran on both workers at once (wrong in 1-20 % of
-    calls): 300 calls, each equal to the first and to onnxruntime.  Its steps are split
-    across threads here, as those of larger layers are (this one is small enough to run
-    single-threaded otherwise)."""
-    import memotvm.kernels.builder as builder
-
-    monkeypatch.setattr(builder, "SERIAL_MACS_PER_STEP", 0)
+    calls): 300 calls, each equal to the first and to onnxruntime.  On every worker of
+    the pool: adaptive threads would move so small a layer to one thread."""
     attrs = {"linear_before_reset": 1} if op == "GRU" else {}
     model = make_recurrent_model(op, 19, 15, attrs=attrs, seed=814)
     feeds = make_inputs(model, 1, 3, seed=814)
-    compiled = memotvm.compile(model)
+    compiled = memotvm.compile(model, adaptive_threads=False)
     first = compiled.run(feeds)
     assert_outputs_close(first, run_onnxruntime(model, feeds), atol=1e-5)
     for _ in range(300):
         for got, want in zip(compiled.run(feeds), first):
             np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("op,hidden,batch", [("LSTM", 8, 1), ("GRU", 8, 5), ("LSTM", 8, 700)])
-def test_small_layers_run_single_threaded_and_large_batches_split(op, hidden, batch):
-    """A step of a small layer is one thread's work (SERIAL_MACS_PER_STEP): the kernel
-    has both copies of the steps and picks by the batch size; both agree with
-    onnxruntime."""
-    from memotvm.kernels.tiling import SERIAL_MACS_PER_STEP
-
-    model = make_recurrent_model(op, 8, hidden, direction="bidirectional")
-    loop = from_onnx(model).loops[0]
-    per_element = loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size)
-    assert batch * per_element < SERIAL_MACS_PER_STEP or batch == 700
-    text = build_kernel(loop).script()
-    assert text.count("pragma_parallel_launch_point") == 1 and "batch_size * " in text
-    feeds = make_inputs(model, 6, batch)
-    assert_outputs_close(memotvm.compile(model).run(feeds), run_onnxruntime(model, feeds), atol=1e-5)
 
 
 def test_adaptive_threads_fall_back_to_one_thread_while_it_is_faster():

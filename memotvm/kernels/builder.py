@@ -51,8 +51,7 @@ from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for
 from .tiling import (BATCH_BLOCK, MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
-                     SCALAR_ACTIVATIONS, SERIAL_MACS_PER_STEP, TIME_BLOCK, i64, unit_block,
-                     vector_lanes)
+                     SCALAR_ACTIVATIONS, TIME_BLOCK, i64, unit_block, vector_lanes)
 from .tir_math import TirMath
 
 if TYPE_CHECKING:
@@ -80,8 +79,6 @@ class KernelBuilder(DenseProducts):
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
         # How the neurons are evaluated: unmodified, memoized, delta, oracle.
         self.scheme = scheme_for(self, memo)
-        # Whether the step being built splits its work across threads (see _steps).
-        self.threaded = True
 
     # -- entry point ---------------------------------------------------------------
 
@@ -102,30 +99,10 @@ class KernelBuilder(DenseProducts):
                     with T.Then():
                         self._allocate_state()
                         self._initialise()
-                        self._steps()
+                        with T.attr(0, "pragma_parallel_launch_point", 1):
+                            self._time_loop()
                         self._finish()
         return ib.get()
-
-    def _steps(self):
-        """The time loop, split across threads where a step has enough work
-        (SERIAL_MACS_PER_STEP); small layers get a second, single-threaded copy, chosen
-        at run time from the batch size."""
-        loop = self.loop
-        per_element = loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size)
-        if per_element >= SERIAL_MACS_PER_STEP:
-            with T.attr(0, "pragma_parallel_launch_point", 1):
-                self._time_loop()
-            return
-        with T.If(self.batch * i64(per_element) >= i64(SERIAL_MACS_PER_STEP)):
-            with T.Then():
-                with T.attr(0, "pragma_parallel_launch_point", 1):
-                    self._time_loop()
-            with T.Else():
-                self.threaded = False
-                try:
-                    self._time_loop()
-                finally:
-                    self.threaded = True
 
     def _time_loop(self):
         """The steps, run by every worker of one parallel launch (see parallel)."""
@@ -143,10 +120,10 @@ class KernelBuilder(DenseProducts):
                 scheme.after_reset_phase(s)
             self.parallel_tasks(s, self._main_phase)
 
+    @staticmethod
     @contextmanager
-    def parallel(self, extent):
-        """A parallel loop of the time loop, followed by a barrier (a serial loop in the
-        single-threaded copy of the steps).
+    def parallel(extent):
+        """A parallel loop of the time loop, followed by a barrier.
 
         The time loop runs inside one parallel launch (the "parallel_launch_point"
         pragma): every worker walks the steps, takes its share of each parallel loop
@@ -159,10 +136,6 @@ class KernelBuilder(DenseProducts):
         sharing the body's local buffers (StorageRewrite allocates those outside the
         launch when no parallel loop encloses them) -- a race that corrupted the input
         projection of layers with up to 64 gate rows."""
-        if not self.threaded:
-            with T.serial(0, extent) as i:
-                yield i
-            return
         single = isinstance(extent, (int, tirx.IntImm)) and int(extent) == 1
         with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
             with T.parallel(0, 2 if single else extent) as i:

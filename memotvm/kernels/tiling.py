@@ -31,12 +31,6 @@ MIN_PROJECTION_STEPS = 32
 UNIT_BLOCK = 64
 # Activations whose float32 form calls a math function (not vectorized).
 SCALAR_ACTIVATIONS = {"Softplus"}
-# Below this many multiply-adds per step (all directions and batch elements together) a
-# step is not split across threads: the barriers between its phases cost more than the
-# work they share.  Measured (LSTM, T = 100, one thread against two, each in its own
-# process): 16 K multiply-adds per step (H = 32, batch 1) 1.41x faster on one thread,
-# 32 K (H = 64, batch 1) even, 64 K (H = 32, batch 8) 1.2x slower.
-SERIAL_MACS_PER_STEP = 32 << 10
 # Batch elements whose recurrent products one task of the unmodified kernel computes
 # together (they share every weight load), from a batch of BATCH_BLOCK - 1 on.
 BATCH_BLOCK = 4
