@@ -20,14 +20,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one size, T=100, batch 1")
     parser.add_argument("--json", default="bench_layers.json")
-    parser.add_argument("--thresholds", default="0.1,0.3,0.5")
+    parser.add_argument("--thresholds", default="0.1,0.3,0.5", help="'' for none")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batches", default="1,8", help="batch sizes to run")
     parser.add_argument("--sizes", default="256,512,1024", help="hidden sizes (D = H) to run")
     parser.add_argument("--steps", default="100,200", help="sequence lengths to run")
     parser.add_argument("--predictor", default="bnn", help="memo predictor (bnn, delta, lowrank:8, ...)")
+    parser.add_argument("--openvino", action="store_true", help="also time OpenVINO (default precision and f32)")
     args = parser.parse_args(argv)
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+    thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
     grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in _ints(args.sizes)
             for t in _ints(args.steps) for b in _ints(args.batches)]
     if args.quick:
@@ -37,7 +38,7 @@ def main(argv=None):
         model = make_recurrent_model(op, H, H, weight_scale=1.0)
         feeds = make_inputs(model, T, B, smooth=True)
         res = bench_model(model, feeds, thresholds=thresholds, predictor=args.predictor,
-                          rounds=args.rounds)
+                          rounds=args.rounds, openvino=args.openvino)
         mem = memo_memory(from_onnx(model).loops, batch=B, predictor=args.predictor)
         print(f"\n{op} D=H={H} T={T} batch={B}", flush=True)
         print(format_rows(res["rows"]), flush=True)

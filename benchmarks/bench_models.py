@@ -64,20 +64,27 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--chunks", type=int, default=100, help="calls per stream")
     parser.add_argument("--json", default="bench_models.json")
+    parser.add_argument("--openvino", action="store_true", help="also time OpenVINO (default precision and f32)")
     args = parser.parse_args(argv)
     results = []
     print(f"{'model':<28} {'memotvm ms':>10} {'memoized ms':>11} {'onnxruntime ms':>14} "
           f"{'unmod vs ort':>12} {'memo vs ort':>11}")
     for name, path, feeds, config in [*zoo_cases(), *field_cases()]:
-        res = bench_model(path, feeds, thresholds=(), config=config, rounds=args.rounds)
+        res = bench_model(path, feeds, thresholds=(), config=config, rounds=args.rounds,
+                          openvino=args.openvino)
         results.append({"model": name, "mode": "whole", **res})
         _print(name, res["rows"], "ms", 1.0)
+        for note in res["notes"]:
+            print("  note:", note)
         if res["warning"]:
             print("  warning:", res["warning"])
     for name, model, feeds, spec in stream_cases(args.chunks):
-        res = bench_stream(model, feeds, spec, thresholds=(), config=FIXTURE_MEMO, rounds=args.rounds)
+        res = bench_stream(model, feeds, spec, thresholds=(), config=FIXTURE_MEMO, rounds=args.rounds,
+                           openvino=args.openvino)
         results.append({"model": name, "mode": "stream", **res})
         _print(name + " (per call)", res["rows"], "us_per_call", 1e-3)
+        for note in res["notes"]:
+            print("  note:", note)
         if res["warning"]:
             print("  warning:", res["warning"])
     print(format_machine(results[-1]))

@@ -18,6 +18,13 @@ def has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def has_openvino() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+OPENVINO_MISSING = "OpenVINO not installed (pip install 'memotvm[openvino]' to compare with it)"
+
+
 def _serialized(model) -> bytes:
     from .frontend import load_model
 
@@ -34,10 +41,13 @@ def _rebuildable(target) -> bool:
 
 def time_variants(model, calls: list, variants: dict, target="cpu", rounds: int = 20,
                   onnxruntime: bool = True, ort_threads: int | None = None, state: dict | None = None,
-                  start: dict | None = None, progress=None, **options) -> dict:
+                  start: dict | None = None, progress=None, openvino: bool = False,
+                  **options) -> dict:
     """Time memotvm with each of ``variants`` (name -> memo configuration, None for the
     unmodified model) and onnxruntime at its defaults (as "onnxruntime", if installed and
     ``onnxruntime``), each in its own process, taking turns (:func:`memotvm.timing.measure`).
+    With ``openvino``, OpenVINO too, at its default precision ("openvino") and at float32
+    ("openvino-f32"), where it is installed and takes the model (else a note says why).
 
     One sample runs ``calls`` (a list of input dicts) in order; with ``state`` (input ->
     output) as a stream: memotvm in a session, onnxruntime with its state outputs fed back
@@ -51,8 +61,17 @@ def time_variants(model, calls: list, variants: dict, target="cpu", rounds: int 
     if onnxruntime and has_onnxruntime():
         contenders.append(Contender("onnxruntime", "onnxruntime", data, calls, state=state,
                                     start=start or {}, threads=ort_threads))
+    notes = []
+    if openvino and has_openvino():
+        for name, precision in (("openvino", None), ("openvino-f32", "f32")):
+            contenders.append(Contender(name, "openvino", data, calls, state=state, start=start or {},
+                                        options={"precision": precision}, optional=True))
+    elif openvino:
+        notes.append(OPENVINO_MISSING)
     timings, info = measure(contenders, rounds=rounds, progress=progress)
-    return {"timings": timings, "info": info, "machine": machine(), "warning": busy_warning(timings)}
+    notes += [f"{name} left out: {i['error']}" for name, i in info.items() if "error" in i]
+    return {"timings": timings, "info": info, "machine": machine(), "warning": busy_warning(timings),
+            "notes": notes}
 
 
 def memo_variants(thresholds=(), predictor="bnn", config=None) -> dict:
@@ -76,9 +95,12 @@ def _timing_rows(measured: dict, per: float, unit: str) -> list:
         rows.append({
             "name": name, "ms": t.median * 1e3, unit: t.median * 1e6 / per if per else None,
             "spread": t.to_dict(), "threads": info[name].get("threads"),
+            "precision": info[name].get("precision", "f32"),
             "reuse": info[name].get("reuse", 0.0), "computations_avoided": avoided,
             "speedup_vs_onnxruntime": ort / t.median if ort else None,
             "speedup_vs_unmodified": base / t.median,
+            **{f"speedup_vs_{o.replace('-', '_')}": timings[o].median / t.median
+               for o in ("openvino", "openvino-f32") if o in timings},
             "ideal": 1 / (1 - avoided) if avoided < 1 else float("inf"),
             "compile_s": info[name].get("compile_s"),
         })
@@ -86,7 +108,8 @@ def _timing_rows(measured: dict, per: float, unit: str) -> list:
 
 
 def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
-                ort_threads=None, target="cpu", progress=False, config=None, **options) -> dict:
+                ort_threads=None, target="cpu", progress=False, config=None, openvino=False,
+                **options) -> dict:
     """Time onnxruntime (at its defaults), memotvm unmodified and memotvm memoized at each
     threshold (and with ``config``, a calibrated configuration), each in its own process,
     taking turns.  Returns rows of medians, spread, reuse and speedups, and the machine.
@@ -106,11 +129,11 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
         if hasattr(plain, "last_cost"):
             return bench_modelled(proto, plain, feeds, variants, target, **options)
     measured = time_variants(proto, [feeds], {"memotvm": None, **variants}, target=target,
-                             rounds=rounds, ort_threads=ort_threads, **options)
+                             rounds=rounds, ort_threads=ort_threads, openvino=openvino, **options)
     steps = _steps(feeds)
     return {"rows": _timing_rows(measured, steps, "us_per_step"), "steps": steps,
             "machine": measured["machine"], "warning": measured["warning"],
-            "method": METHOD}
+            "notes": measured["notes"], "method": METHOD}
 
 
 METHOD = ("each variant and onnxruntime (its default settings) in a process of its own, "
@@ -118,7 +141,7 @@ METHOD = ("each variant and onnxruntime (its default settings) in a process of i
 
 
 def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
-                 ort_threads=None, target="cpu", config=None, **options) -> dict:
+                 ort_threads=None, target="cpu", config=None, openvino=False, **options) -> dict:
     """Time a recorded stream run as deployed (``spec``: a StreamSpec): one chunk per
     call, in a session (memotvm: memo tables and state carried; onnxruntime: its state
     outputs fed back), every variant over the whole stream per sample, each in its own
@@ -136,10 +159,11 @@ def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn"
     start = {name: calls[0].get(name, first._zero_state(name, calls[0])) for name in pairs}
     variants = {"memotvm": None, **memo_variants(thresholds, predictor, config)}
     measured = time_variants(proto, calls, variants, target=target, rounds=rounds,
-                             ort_threads=ort_threads, state=dict(pairs), start=start, **options)
+                             ort_threads=ort_threads, state=dict(pairs), start=start,
+                             openvino=openvino, **options)
     return {"rows": _timing_rows(measured, len(calls), "us_per_call"), "calls": len(calls),
             "chunk": spec.chunk, "state": pairs, "machine": measured["machine"],
-            "warning": measured["warning"], "method": METHOD}
+            "warning": measured["warning"], "notes": measured["notes"], "method": METHOD}
 
 
 def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predictor="bnn",
@@ -190,6 +214,12 @@ def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predict
     return {"rows": rows, "steps": steps, "remote": remote}
 
 
+def _label(r) -> str:
+    """A row's name, with the precision it computed in where that is not float32."""
+    p = r.get("precision", "f32")
+    return r["name"] if p == "f32" else f"{r['name']} ({p})"
+
+
 def _spread(r) -> str:
     """The interquartile range relative to the median, as +-half of it."""
     s = r.get("spread")
@@ -199,12 +229,12 @@ def _spread(r) -> str:
 
 
 def format_stream_rows(rows) -> str:
-    head = (f"{'variant':<13} {'us/call':>9} {'+-IQR/2':>7} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
+    head = (f"{'variant':<16} {'us/call':>9} {'+-IQR/2':>7} {'reuse':>7} {'avoided':>8} {'vs ort':>7} "
             f"{'vs unmod':>8} {'ideal':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
-        lines.append(f"{r['name']:<13} {r['us_per_call']:9.1f} {_spread(r)} {r['reuse']:7.1%} "
+        lines.append(f"{_label(r):<16} {r['us_per_call']:9.1f} {_spread(r)} {r['reuse']:7.1%} "
                      f"{r['computations_avoided']:8.1%} {vo} {r['speedup_vs_unmodified']:7.2f}x "
                      f"{r['ideal']:6.2f}")
     return "\n".join(lines)
@@ -237,7 +267,7 @@ def _cost_row(name, cost, base, stats):
 
 
 def format_modelled_rows(rows) -> str:
-    head = (f"{'variant':<13} {'cycles':>12} {'ms':>9} {'uJ':>10} {'reuse':>7} {'avoided':>8} "
+    head = (f"{'variant':<16} {'cycles':>12} {'ms':>9} {'uJ':>10} {'reuse':>7} {'avoided':>8} "
             f"{'speedup':>8} {'energy -':>8} {'ideal':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -258,7 +288,9 @@ def format_machine(result) -> str:
     lines = [f"measured: {result['method']}",
              f"  runs: {runs}; threads: {threads}",
              f"  {m['cpu']}, {m['cpus']} CPUs usable, 1-min load {m['load_1min']:.2f}; "
-             f"memotvm {v['memotvm']}, apache-tvm {v['apache-tvm']}, onnxruntime {v['onnxruntime']}"]
+             f"memotvm {v['memotvm']}, apache-tvm {v['apache-tvm']}, onnxruntime {v['onnxruntime']}"
+             + (f", openvino {v['openvino']}" if v.get("openvino") else "")]
+    lines += ["note: " + n for n in result.get("notes", ())]
     if result.get("warning"):
         lines.append("warning: " + result["warning"])
     return "\n".join(lines)
@@ -270,14 +302,14 @@ def _steps(feeds):
 
 
 def format_rows(rows) -> str:
-    head = (f"{'variant':<13} {'ms':>9} {'+-IQR/2':>7} {'us/step':>9} {'reuse':>7} {'avoided':>8} "
+    head = (f"{'variant':<16} {'ms':>9} {'+-IQR/2':>7} {'us/step':>9} {'reuse':>7} {'avoided':>8} "
             f"{'vs ort':>7} {'vs unmod':>8} {'ideal':>6} {'compile s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ups = f"{r['us_per_step']:9.2f}" if r["us_per_step"] is not None else f"{'-':>9}"
         vo = f"{r['speedup_vs_onnxruntime']:6.2f}x" if r["speedup_vs_onnxruntime"] else f"{'-':>7}"
         cs = f"{r['compile_s']:9.1f}" if r.get("compile_s") is not None else f"{'-':>9}"
-        lines.append(f"{r['name']:<13} {r['ms']:9.3f} {_spread(r)} {ups} {r['reuse']:7.1%} "
+        lines.append(f"{_label(r):<16} {r['ms']:9.3f} {_spread(r)} {ups} {r['reuse']:7.1%} "
                      f"{r['computations_avoided']:8.1%} {vo} "
                      f"{r['speedup_vs_unmodified']:7.2f}x {r['ideal']:6.2f} {cs}")
     return "\n".join(lines)

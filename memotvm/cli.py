@@ -446,7 +446,7 @@ def cmd_bench(args):
 
         result = bench_stream(model, inputs, stream, thresholds=thresholds, predictor=args.predictor,
                               rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
-                              config=config, **_target_options(args))
+                              config=config, openvino=args.openvino, **_target_options(args))
         if _human(args):
             pairs = ", ".join(f"{i} <- {o}" for i, o in result["state"].items()) or "none"
             print(f"{label}: {result['calls']} calls of {result['chunk']} step(s), state {pairs}")
@@ -457,7 +457,7 @@ def cmd_bench(args):
         return
     result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
                          rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
-                         config=config, **_target_options(args))
+                         config=config, openvino=args.openvino, **_target_options(args))
     loops = from_onnx(model).loops
     memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
     if _human(args):
@@ -653,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--openvino", action="store_true",
+                   help="also time OpenVINO, at its default precision and at f32 (pip install "
+                        "'memotvm[openvino]')")
     stream_args(p)
     rpc_args(p, "time the models")
     json_arg(p, "the results")

@@ -29,6 +29,8 @@ import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+import numpy as np
+
 from .errors import MemoTVMError
 
 # A turn lasts at least this long: a short model is timed over many calls per turn.
@@ -68,6 +70,9 @@ class Contender:
     start: dict = field(default_factory=dict)
     threads: int | None = None
     in_process: bool = False
+    # A baseline that may fail to build (an engine that refuses the model): it is then
+    # left out, with the reason in its build information, instead of failing the run.
+    optional: bool = False
 
 
 @dataclass
@@ -156,7 +161,36 @@ def _onnxruntime_runner(c: Contender):
     return run, info
 
 
-ENGINES = {"memotvm": _memotvm_runner, "onnxruntime": _onnxruntime_runner}
+def _openvino_runner(c: Contender):
+    """OpenVINO's CPU plugin at its defaults (on a CPU with bf16 support it computes in
+    bf16), or with ``options={"precision": "f32"}`` at float32."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"} if c.options.get("precision") == "f32" else {}
+    compiled = core.compile_model(core.read_model(c.model, b""), "CPU", config)
+    request = compiled.create_infer_request()
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    info = {"threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "precision": precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision),
+            "version": ov.__version__}
+    if c.state is None:
+        feeds = c.calls[0]
+        return (lambda: request.infer(feeds)), info
+    names = [o.get_names() for o in compiled.outputs]  # an output may have several
+    pairs = {inp: next(i for i, n in enumerate(names) if out in n) for inp, out in c.state.items()}
+
+    def run():
+        state = dict(c.start)
+        for call in c.calls:
+            out = request.infer({**call, **state})
+            state = {inp: np.array(out[compiled.outputs[i]]) for inp, i in pairs.items()}
+
+    return run, info
+
+
+ENGINES = {"memotvm": _memotvm_runner, "onnxruntime": _onnxruntime_runner,
+           "openvino": _openvino_runner}
 
 
 class _Runner:
@@ -288,7 +322,16 @@ def measure(contenders: list, rounds: int = 20, progress=None) -> tuple[dict, di
         # time, so that compile times are not inflated by one another.
         for c in contenders:
             workers[c.name] = _LocalWorker(c.name) if c.in_process else _ProcessWorker(c.name)
-        info = {c.name: workers[c.name].request("build", c, BUILD_TIMEOUT_S) for c in contenders}
+        info, failed = {}, {}
+        for c in contenders:
+            try:
+                info[c.name] = workers[c.name].request("build", c, BUILD_TIMEOUT_S)
+            except MemoTVMError as err:
+                if not c.optional:
+                    raise
+                failed[c.name] = {"error": str(err).splitlines()[0][:500]}
+                workers.pop(c.name).close()
+        contenders = [c for c in contenders if c.name not in failed]
         calls = {name: max(1, min(MAX_CALLS_PER_TURN, int(TURN_S / max(i["first_s"], 1e-6))))
                  for name, i in info.items()}
         samples = {c.name: [] for c in contenders}
@@ -300,7 +343,7 @@ def measure(contenders: list, rounds: int = 20, progress=None) -> tuple[dict, di
                 samples[name] += workers[name].request("time", calls[name], 600)
                 if progress is not None:
                     progress(r * len(names) + k + 1, rounds * len(names))
-        return {name: Timing(s) for name, s in samples.items()}, info
+        return {name: Timing(s) for name, s in samples.items()}, {**info, **failed}
     finally:
         for w in workers.values():
             w.close()
@@ -330,7 +373,7 @@ def machine() -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("memotvm", "apache-tvm", "onnxruntime", "onnx", "numpy"):
+    for dist in ("memotvm", "apache-tvm", "onnxruntime", "openvino", "onnx", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

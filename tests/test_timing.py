@@ -70,3 +70,19 @@ def test_only_memotvms_own_backends_are_rebuilt_in_fresh_processes():
     register_backend(Mine())
     assert _rebuildable("cpu") and _rebuildable("llvm -mcpu=haswell") and _rebuildable("accel")
     assert not _rebuildable(Mine.name)
+
+
+def test_openvino_is_a_baseline_where_it_is_installed_and_a_note_where_not():
+    from memotvm.bench import OPENVINO_MISSING, bench_model, has_openvino
+    from memotvm.testing import make_inputs, make_recurrent_model
+
+    model = make_recurrent_model("LSTM", 8, 8)
+    result = bench_model(model, make_inputs(model, 5, 1), thresholds=(), rounds=2, openvino=True)
+    rows = {r["name"]: r for r in result["rows"]}
+    if not has_openvino():
+        assert result["notes"] == [OPENVINO_MISSING] and "openvino" not in rows
+        return
+    # Both precisions timed, each in its own process, and the precision reported.
+    assert rows["openvino-f32"]["precision"] == "f32"
+    assert rows["openvino"]["precision"] in ("f32", "bf16", "f16")
+    assert rows["memotvm"]["speedup_vs_openvino"] > 0 and rows["memotvm"]["speedup_vs_openvino_f32"] > 0
