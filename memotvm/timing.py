@@ -149,16 +149,24 @@ def _onnxruntime_runner(c: Contender):
     if c.state is None:
         feeds = c.calls[0]
         return (lambda: session.run(None, feeds)), info
-    names = [o.name for o in session.get_outputs()]
-    pairs = {inp: names.index(out) for inp, out in c.state.items()}
+    names = [{o.name} for o in session.get_outputs()]
+    return _fed_back(lambda feeds: session.run(None, feeds), names, c), info
+
+
+def _fed_back(infer, names: list, c: Contender, own=lambda a: a):
+    """One pass over a stream's calls, each call's state inputs taken from the outputs
+    of the one before (``c.state``: input -> output name); ``infer(feeds)`` returns the
+    outputs by position, ``names`` the names of each position, ``own`` makes a state
+    output the caller's (where the engine reuses its output buffers)."""
+    pairs = {inp: next(i for i, n in enumerate(names) if out in n) for inp, out in c.state.items()}
 
     def run():
         state = dict(c.start)
         for call in c.calls:
-            out = session.run(None, {**call, **state})
-            state = {inp: out[i] for inp, i in pairs.items()}
+            out = infer({**call, **state})
+            state = {inp: own(out[i]) for inp, i in pairs.items()}
 
-    return run, info
+    return run
 
 
 def _openvino_runner(c: Contender):
@@ -177,16 +185,15 @@ def _openvino_runner(c: Contender):
     if c.state is None:
         feeds = c.calls[0]
         return (lambda: request.infer(feeds)), info
-    names = [o.get_names() for o in compiled.outputs]  # an output may have several
-    pairs = {inp: next(i for i, n in enumerate(names) if out in n) for inp, out in c.state.items()}
+    outputs = compiled.outputs
+    names = [o.get_names() for o in outputs]  # an output may have several
 
-    def run():
-        state = dict(c.start)
-        for call in c.calls:
-            out = request.infer({**call, **state})
-            state = {inp: np.array(out[compiled.outputs[i]]) for inp, i in pairs.items()}
+    def infer(feeds):
+        result = request.infer(feeds)
+        return [result[o] for o in outputs]
 
-    return run, info
+    # (the request's output tensors are overwritten by its next call: state is copied)
+    return _fed_back(infer, names, c, own=np.array), info
 
 
 ENGINES = {"memotvm": _memotvm_runner, "onnxruntime": _onnxruntime_runner,
@@ -201,6 +208,7 @@ class _Runner:
             raise MemoTVMError(f"unknown engine {contender.engine!r} (known: {', '.join(ENGINES)})")
         self.run, self.info = ENGINES[contender.engine](contender)
         self.info["pid"] = os.getpid()
+        self.info["first_s"] = self.warm()
 
     def warm(self, calls: int = 2) -> float:
         for _ in range(calls):
@@ -231,7 +239,6 @@ def _serve(requests, replies):
         try:
             if msg == "build":
                 runner = _Runner(arg)
-                runner.info["first_s"] = runner.warm()
                 replies.send(("ok", runner.info))
             elif msg == "time":
                 replies.send(("ok", runner.time(arg)))
@@ -303,7 +310,6 @@ class _LocalWorker:
     def request(self, msg, arg, timeout):
         if msg == "build":
             self.runner = _Runner(arg)
-            self.runner.info["first_s"] = self.runner.warm()
             return self.runner.info
         return self.runner.time(arg)
 
