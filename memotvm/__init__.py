@@ -5,7 +5,7 @@ from importlib import metadata as _metadata
 from .api import compile
 from .artifact import load
 from .validate import validate
-from .errors import ConfigError, InputError, MemoTVMError, ModelLoadError, UnsupportedModelError
+from .errors import ClusterError, ConfigError, InputError, MemoTVMError, ModelLoadError, UnsupportedModelError
 
 try:
     __version__ = _metadata.version("memotvm")
@@ -14,6 +14,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 
 __all__ = [
     "load",
+    "ClusterError",
     "ConfigError",
     "InputError",
     "MemoTVMError",

@@ -43,12 +43,11 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from . import metrics
-from .api import compile as compile_model
 from .errors import ConfigError
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
 from .sequences import join_labels
-from .streaming import run_inputs, split_all
+from .evaluation import UNMODIFIED, Job, LocalRunner, Variant, make_runner
 from .validate import pick_output
 
 # Small steps first: delta execution and the BNN on some models tolerate only tiny
@@ -155,80 +154,73 @@ def parse_loss(text) -> float:
 
 
 class _Evaluator:
-    """Score configurations on one split: one tunable model per predictor, each
-    configuration run once."""
+    """Score configurations on one split of a runner (:mod:`memotvm.evaluation`): the
+    tunable model of each predictor, each configuration run once; the metric computed
+    here, on the whole split's outputs."""
 
-    def __init__(self, proto, inputs, labels, metric, output, target, options, stream=None):
-        self.proto, self.inputs, self.labels = proto, inputs, labels
-        self.metric, self.target, self.options = metric, target, options
-        self.plain = plain = compile_model(proto, target=target, **options)
-        self.k = pick_output(plain.output_names, output)
-        self.stream = stream
-        self.calls = split_all(plain, inputs, stream)
-        if isinstance(labels, list):
-            self.labels = join_labels(labels)
-        base_out, _ = run_inputs(plain, inputs, stream, calls=self.calls)
-        self.base_out = base_out[self.k]
+    def __init__(self, runner, split, labels, metric, k):
+        self.runner, self.split, self.metric, self.k = runner, split, metric, k
+        self.labels = join_labels(labels) if isinstance(labels, list) else labels
+        self.base_out = runner.run([Job(split)])[0].outputs[k]
         self.base = metrics.measure(metric, self.base_out, self.base_out, self.labels)["unmodified"]
         self.count = 0
-        self._models: dict = {}
         self._cache: dict = {}
 
-    def model(self, predictor):
-        if predictor not in self._models:
-            self._models[predictor] = compile_model(
-                self.proto, target=self.target, memo=MemoConfig(predictor=predictor),
-                tunable=True, **self.options)
-        return self._models[predictor]
+    def many(self, configs: list) -> list:
+        """(metric, loss, computations avoided, reuse) of each configuration; the ones
+        not scored before run together (on a cluster, in parallel)."""
+        keys = [json.dumps(c.to_dict(), sort_keys=True) for c in configs]
+        todo: dict = {}
+        for key, config in zip(keys, configs):
+            if key not in self._cache:
+                todo.setdefault(key, config)
+        jobs = [Job(self.split, Variant.tunable(c.predictor), c) for c in todo.values()]
+        for key, outcome in zip(todo, self.runner.run(jobs)):
+            measured = metrics.measure(self.metric, outcome.outputs[self.k], self.base_out, self.labels)
+            self._cache[key] = (measured["memoized"], measured["loss"],
+                                outcome.stats.computations_avoided, outcome.stats.reuse)
+            self.count += 1
+        return [self._cache[key] for key in keys]
 
     def __call__(self, config: MemoConfig):
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key not in self._cache:
-            model = self.model(config.predictor)
-            out, stats = run_inputs(model, self.inputs, self.stream, memo=config, calls=self.calls)
-            measured = metrics.measure(self.metric, out[self.k], self.base_out, self.labels)
-            self._cache[key] = (measured["memoized"], measured["loss"],
-                                stats.computations_avoided, stats.reuse)
-            self.count += 1
-        return self._cache[key]
+        return self.many([config])[0]
 
 
-    def cost(self, configs: dict, objective: str, rounds: int = 7) -> dict:
-        """label -> the median seconds (or, on a target with a cost model, the modelled
-        seconds or microjoules) of one run of the split, for each of ``configs``
-        (label -> MemoConfig, None for the unmodified model).  Timed runs take turns,
-        round after round, after one warm-up run each."""
-        def run(config):
-            if config is None:
-                run_inputs(self.plain, self.inputs, self.stream, calls=self.calls)
-                return self.plain
-            model = self.model(config.predictor)
-            run_inputs(model, self.inputs, self.stream, memo=config, calls=self.calls)
-            return model
+def _cost(runner: LocalRunner, split: str, configs: dict, objective: str, target: str,
+          rounds: int = 7) -> dict:
+    """label -> the median seconds (or, on a target with a cost model, the modelled
+    seconds or microjoules) of one run of the split, for each of ``configs`` (label ->
+    MemoConfig, None for the unmodified model), in this process.  Timed runs take turns,
+    round after round, after one warm-up run each."""
+    def run(config):
+        model = runner.model(UNMODIFIED if config is None else Variant.tunable(config.predictor))
+        runner.run_split(split, model, config)
+        return model
 
-        if hasattr(self.plain, "last_cost"):
-            if self.stream is not None or isinstance(self.inputs, list):
-                raise ConfigError(f"objective '{objective}' on a modelled target takes one batch "
-                                  "of inputs, not a stream or a data set of sequences")
-            out = {}
-            for label, config in configs.items():
-                cost = run(config).last_cost
-                out[label] = cost.seconds if objective == "time" else cost.energy_total_pj / 1e6
-            return out
-        if objective == "energy":
-            raise ConfigError(f"objective 'energy' needs a target with a cost model "
-                              f"(--target accel), not '{self.target}'")
-        for config in configs.values():
-            run(config)
-        samples = {label: [] for label in configs}
-        labels = list(configs)
-        for r in range(rounds):
-            for i in range(len(labels)):
-                label = labels[(r + i) % len(labels)]
-                t0 = time.perf_counter()
-                run(configs[label])
-                samples[label].append(time.perf_counter() - t0)
-        return {label: statistics.median(ts) for label, ts in samples.items()}
+    inputs, stream, _ = runner._splits[split]
+    if hasattr(runner.model(), "last_cost"):
+        if stream is not None or isinstance(inputs, list):
+            raise ConfigError(f"objective '{objective}' on a modelled target takes one batch "
+                              "of inputs, not a stream or a data set of sequences")
+        out = {}
+        for label, config in configs.items():
+            cost = run(config).last_cost
+            out[label] = cost.seconds if objective == "time" else cost.energy_total_pj / 1e6
+        return out
+    if objective == "energy":
+        raise ConfigError(f"objective 'energy' needs a target with a cost model "
+                          f"(--target accel), not '{target}'")
+    for config in configs.values():
+        run(config)
+    samples = {label: [] for label in configs}
+    labels = list(configs)
+    for r in range(rounds):
+        for i in range(len(labels)):
+            label = labels[(r + i) % len(labels)]
+            t0 = time.perf_counter()
+            run(configs[label])
+            samples[label].append(time.perf_counter() - t0)
+    return {label: statistics.median(ts) for label, ts in samples.items()}
 
 
 def _timed_candidates(paths: dict) -> dict:
@@ -293,8 +285,8 @@ def _config(predictor, thresholds: dict) -> MemoConfig:
 
 def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels=None,
               max_loss=0.01, predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None,
-              target="cpu", progress=True, stream=None, objective="computations",
-              **options) -> CalibrationResult:
+              target="cpu", progress=True, stream=None, objective="computations", cluster=None,
+              workers=None, **options) -> CalibrationResult:
     """Search per-node, per-direction thresholds (and the predictor) that maximise the
     computations avoided with the calibration loss within ``max_loss * (1 - margin)``;
     confirm on the held-out split (without one, the batch is split in two by
@@ -306,7 +298,12 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
 
     ``objective``: "computations" (the most multiply-adds avoided), "time" (the fastest,
     measured on the target or, on the accelerator, from its cost model) or "energy"
-    (the accelerator's cost model); see the module's documentation."""
+    (the accelerator's cost model); see the module's documentation.
+
+    ``cluster`` (a Ray address, "local" or a :class:`memotvm.cluster.Cluster`) runs the
+    candidates on ``workers`` Ray workers (:mod:`memotvm.cluster`); the result is the
+    same as in one process.  Timing for ``objective="time"`` stays in this process: it
+    measures the machine the model is calibrated for."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective '{objective}' (known: {', '.join(OBJECTIVES)})")
     if not callable(metric) and metric not in metrics.HIGHER_IS_BETTER:
@@ -319,6 +316,8 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
         raise ConfigError(f"grid thresholds must be finite numbers >= 0, got {bad}")
     if not 0 <= margin < 1:
         raise ConfigError(f"margin must lie in [0, 1), got {margin}")
+    for predictor in predictors:
+        MemoConfig(predictor=predictor)  # unknown names fail before any work
     proto = load_model(model)
     imported = from_onnx(proto)
     if holdout_labels is not None and holdout_inputs is None:
@@ -339,50 +338,80 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
              for d in range(loop.num_directions)]
     if not units:
         raise ConfigError("the model has no recurrent node to calibrate")
+    k = pick_output(imported.output_names, output)
+    runner = make_runner(proto, target, options, cluster, workers,
+                         variants=[Variant.tunable(p) for p in predictors], keep=[k])
+    try:
+        runner.add_split("calibration", inputs, stream)
+        runner.add_split("holdout", holdout_inputs, stream)
+        return _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss,
+                          predictors, grid, margin, target, progress, objective, options)
+    finally:
+        runner.close()
+
+
+@dataclass
+class _Search:
+    """One predictor's greedy search (see the module's documentation)."""
+
+    predictor: str
+    level: dict
+    best: Trial
+    stuck: set = field(default_factory=set)
+    accepted: list = field(default_factory=list)
+    done: bool = False
+
+    def proposals(self, units, grid) -> list:
+        """(unit, thresholds) of each unit raised by one step."""
+        return [(u, {v: grid[self.level[v] + (v == u)] for v in units}) for u in units
+                if u not in self.stuck and self.level[u] + 1 < len(grid)]
+
+
+def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss, predictors,
+               grid, margin, target, progress, objective, options) -> CalibrationResult:
     bound = max_loss * (1 - margin)
     real = [p for p in predictors if p != "oracle"] or list(predictors)
-    real_default = real[0]
-    evaluate = _Evaluator(proto, inputs, labels, metric, output, target, options, stream)
+    evaluate = _Evaluator(runner, "calibration", labels, metric, k)
     # Progress in threshold levels: every unit of every predictor has len(grid) - 1
     # levels to climb; a level is done when the unit is raised past it or stops below
     # it, so the total is known up front.  The held-out confirmation is one more.
     levels = len(grid) - 1
     bar = tqdm(desc="calibrate", unit="level", total=len(predictors) * len(units) * levels + 1,
                disable=not progress)
-    best_by_predictor: dict[str, Trial] = {}
-    path: list[Trial] = []  # every configuration the searches accepted
-    paths: dict[str, list] = {}  # real predictor -> the configurations its search accepted
-    for predictor in predictors:
-        MemoConfig(predictor=predictor)  # unknown names fail here
-        level = {u: 0 for u in units}
-        stuck: set = set()
-        best = Trial(predictor, {u: 0.0 for u in units}, 0.0, 0.0, 0.0, evaluate.base)
-        if predictor == real_default:
-            path.append(best)
-        while True:
-            trials = []
-            for u in units:
-                if u in stuck or level[u] + 1 >= len(grid):
-                    continue
-                thresholds = {v: grid[level[v] + (v == u)] for v in units}
-                value, loss, avoided, reuse = evaluate(_config(predictor, thresholds))
-                if loss <= bound:
-                    trials.append((avoided, -loss, -units.index(u), u,
-                                   Trial(predictor, thresholds, loss, avoided, reuse, value)))
-                else:
-                    stuck.add(u)
-                    bar.update(levels - level[u])
-            if not trials:
-                break
-            *_, u, trial = max(trials, key=lambda t: t[:3])
-            level[u] += 1
+    searches = [_Search(p, {u: 0 for u in units}, Trial(p, {u: 0.0 for u in units}, 0.0, 0.0,
+                                                        0.0, evaluate.base))
+                for p in predictors]
+    # The predictors' searches advance round by round together: a round's candidates
+    # of every predictor are scored at once (in parallel on a cluster); each search's
+    # decisions depend only on its own scores, as when they run one after another.
+    while not all(s.done for s in searches):
+        active = [s for s in searches if not s.done]
+        proposed = [(s, u, th) for s in active for u, th in s.proposals(units, grid)]
+        scores = evaluate.many([_config(s.predictor, th) for s, _, th in proposed])
+        trials: dict = {id(s): [] for s in active}
+        for (s, u, thresholds), (value, loss, avoided, reuse) in zip(proposed, scores):
+            if loss <= bound:
+                trials[id(s)].append((avoided, -loss, -units.index(u), u,
+                                      Trial(s.predictor, thresholds, loss, avoided, reuse, value)))
+            else:
+                s.stuck.add(u)
+                bar.update(levels - s.level[u])
+        for s in active:
+            if not trials[id(s)]:
+                s.done = True
+                continue
+            *_, u, trial = max(trials[id(s)], key=lambda t: t[:3])
+            s.level[u] += 1
             bar.update(1)
-            best = trial
-            if predictor in real:
-                path.append(trial)
-                paths.setdefault(predictor, []).append(trial)
-        best_by_predictor[predictor] = best
-    held = _Evaluator(proto, holdout_inputs, holdout_labels, metric, output, target, options, stream)
+            s.best = trial
+            s.accepted.append(trial)
+    best_by_predictor = {s.predictor: s.best for s in searches}
+    # Every configuration the real predictors' searches accepted, after the unmodified one.
+    path = [Trial(real[0], {u: 0.0 for u in units}, 0.0, 0.0, 0.0, evaluate.base)]
+    paths = {s.predictor: s.accepted for s in searches if s.predictor in real and s.accepted}
+    for accepted in paths.values():
+        path.extend(accepted)
+    held = _Evaluator(runner, "holdout", holdout_labels, metric, k)
     rejections = 0
     measured = []
     if objective == "computations":
@@ -391,8 +420,14 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
         candidates = _timed_candidates(paths)
         unit = "uJ" if objective == "energy" else "ms"
         scale = 1.0 if objective == "energy" else 1e3
-        costs = evaluate.cost({"unmodified": None, **{label: _config(t.predictor, t.thresholds)
-                                                       for label, t in candidates.items()}}, objective)
+        local = runner
+        if not isinstance(runner, LocalRunner):  # timed on this machine, not the workers
+            local = LocalRunner(proto, target, options)
+            local.add_split("calibration", *runner.split_data("calibration"))
+        costs = _cost(local, "calibration",
+                      {"unmodified": None, **{label: _config(t.predictor, t.thresholds)
+                                              for label, t in candidates.items()}},
+                      objective, target)
         measured = sorted(([label, costs[label] * scale, unit] for label in costs), key=lambda m: m[1])
         limit = costs["unmodified"] * (1 - TIME_MARGIN)
         order = [candidates[label] for label, _, _ in measured

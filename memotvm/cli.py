@@ -267,6 +267,13 @@ def _target_options(args) -> dict:
     return {**({"hardware": hw} if hw else {}), **({"threads": threads} if threads is not None else {})}
 
 
+def _cluster_options(args) -> dict:
+    """``cluster=`` and ``workers=`` from --cluster and --workers (docs/cluster.md)."""
+    if args.workers is not None and args.cluster is None:
+        raise ConfigError("--workers needs --cluster ADDRESS (or --cluster local)")
+    return {"cluster": args.cluster, "workers": args.workers} if args.cluster else {}
+
+
 def cmd_compile(args):
     from . import compile as compile_model
 
@@ -309,7 +316,7 @@ def cmd_validate(args):
         raise ConfigError("--labels needs --metric")
     report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, stream=_stream_spec(args),
-                      remote=_remote(args), **_target_options(args))
+                      remote=_remote(args), **_cluster_options(args), **_target_options(args))
     if _human(args):
         print(report.format())
     if args.json:
@@ -329,7 +336,7 @@ def cmd_sweep(args):
     predictors = [p.strip() for p in args.predictors.split(",") if p.strip()]
     rows = sweep(_model(args), inputs, thresholds, predictors, labels=labels, metric=args.metric,
                  output=args.output, target=args.target, progress=not args.quiet,
-                 stream=_stream_spec(args), **_target_options(args))
+                 stream=_stream_spec(args), **_cluster_options(args), **_target_options(args))
     if _human(args):
         print(format_table(rows))
     calibrated = None
@@ -378,7 +385,7 @@ def cmd_calibrate(args):
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
                        margin=_float(args.margin, "--margin"), output=args.output,
                        target=args.target, progress=not args.quiet, stream=_stream_spec(args),
-                       objective=args.objective, **_target_options(args))
+                       objective=args.objective, **_cluster_options(args), **_target_options(args))
     _write_atomically(args.out, lambda f: f.write(result.to_json().encode()))
     if _human(args):
         print(result.format())
@@ -571,6 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --stream: the time axis of input NAME, where its declared "
                        "shape does not name one (repeatable)")
 
+    def cluster_args(p):
+        p.add_argument("--cluster", metavar="ADDRESS",
+                       help="run on a Ray cluster: its address (HOST:PORT, ray://HOST:PORT or "
+                       "auto), or 'local' to start Ray on this machine; needs "
+                       "pip install 'memotvm[cluster]' (docs/cluster.md)")
+        p.add_argument("--workers", type=int, metavar="N",
+                       help="with --cluster: how many workers, one CPU each (default: every "
+                       "CPU of the cluster)")
+
     def rpc_args(p, what):
         p.add_argument("--rpc", metavar="HOST:PORT", help=f"{what} on the device that runs TVM's "
                        "RPC server there (python -m tvm.exec.rpc_server; docs/deploy.md)")
@@ -581,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     stream_args(p)
     rpc_args(p, "run the memoized model")
+    cluster_args(p)
     p.add_argument("--inputs", required=True)
     p.add_argument("--labels", help=".npz with the labels (one array, or one named 'labels')")
     p.add_argument("--metric", choices=METRICS, help=METRIC_HELP)
@@ -597,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.4,0.5")
     p.add_argument("--predictors", default="bnn,oracle", help="comma-separated: bnn, lowrank:R, oracle")
     stream_args(p)
+    cluster_args(p)
     p.add_argument("--plot", default="sweep.png", help="PNG to write ('' for none)")
     p.add_argument("--title", help="the plot's title (default: the model's file name and "
                    "its recurrent layers)")
@@ -619,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-inputs", help=".npz held-out inputs (default: half of --inputs)")
     p.add_argument("--holdout-labels", help=".npz held-out labels")
     stream_args(p)
+    cluster_args(p)
     p.add_argument("--predictors", default="bnn", help="comma-separated predictors to search over")
     p.add_argument("--objective", default="computations", choices=["computations", "time", "energy"],
                    help="what the chosen configuration is best at, within the loss bound: "

@@ -26,5 +26,11 @@ class ConfigError(MemoTVMError):
     """A memoization or target configuration is invalid."""
 
 
+class ClusterError(MemoTVMError):
+    """A Ray cluster cannot run the work: unreachable, or a worker that cannot import
+    memotvm, runs other versions, cannot compile the model or died (the message names
+    the worker)."""
+
+
 class NothingToMemoizeWarning(UserWarning):
     """Memoization was asked for, but the model has no recurrent node to apply it to."""

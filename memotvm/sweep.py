@@ -7,41 +7,46 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from .api import compile as compile_model
+from .evaluation import Job, Variant, make_runner
 from .frontend import load_model
 from .passes import MemoConfig
 from .sequences import join_labels
-from .streaming import run_inputs, split_all
-from .validate import compare
+from .validate import compare, pick_output
 
 
 def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, metric=None,
-          output=None, target="cpu", progress=True, stream=None, **options) -> list[dict]:
+          output=None, target="cpu", progress=True, stream=None, cluster=None, workers=None,
+          **options) -> list[dict]:
     """One row per (predictor, threshold): reuse, computations avoided, output error and
     metric loss.  Each predictor is compiled once, with tunable thresholds.  ``stream``
-    (a StreamSpec): the inputs run as a recorded stream in a session."""
+    (a StreamSpec): the inputs run as a recorded stream in a session.  ``cluster`` (a Ray
+    address, "local" or a :class:`memotvm.cluster.Cluster`): the configurations run on
+    ``workers`` Ray workers, with the same rows as in one process."""
     proto = load_model(model)
     for predictor in predictors:
         MemoConfig(predictor=predictor)  # unknown names fail before any work
     for threshold in thresholds:
         MemoConfig(threshold=threshold)
-    baseline = compile_model(proto, target=target, **options)
-    calls = split_all(baseline, inputs, stream)
-    base_out, _ = run_inputs(baseline, inputs, stream, calls=calls)
-    if isinstance(labels, list):
-        labels = join_labels(labels)
+    names = [o.name for o in proto.graph.output]
+    k = pick_output(names, output) if metric is not None else 0
+    runner = make_runner(proto, target, options, cluster, workers,
+                         variants=[Variant.tunable(p) for p in predictors], keep=[0, k])
+    try:
+        runner.add_split("sweep", inputs, stream)
+        base_out = runner.run([Job("sweep")])[0].outputs
+        if isinstance(labels, list):
+            labels = join_labels(labels)
+        pairs = [(p, t) for p in predictors for t in thresholds]
+        jobs = [Job("sweep", Variant.tunable(p), MemoConfig(threshold=t, predictor=p)) for p, t in pairs]
+        with tqdm(total=len(jobs), desc="sweep", disable=not progress, unit="config") as bar:
+            outcomes = runner.run(jobs, done=lambda i: bar.update(1))
+    finally:
+        runner.close()
     rows = []
-    jobs = [(p, t) for p in predictors for t in thresholds]
-    models = {}
-    for predictor, threshold in tqdm(jobs, desc="sweep", disable=not progress, unit="config"):
-        if predictor not in models:
-            models[predictor] = compile_model(proto, target=target, memo=MemoConfig(predictor=predictor),
-                                              tunable=True, **options)
-        memoized = models[predictor]
-        config = MemoConfig(threshold=threshold, predictor=predictor)
-        memo_out, stats = run_inputs(memoized, inputs, stream, memo=config, calls=calls)
-        errors, result = compare(baseline.output_names, base_out, memo_out, labels, metric, output)
-        first = next(iter(errors.values()))
+    for (predictor, threshold), outcome in zip(pairs, outcomes):
+        stats = outcome.stats
+        errors, result = compare(names, base_out, outcome.outputs, labels, metric, output)
+        first = errors[names[0]]
         rows.append({
             "predictor": predictor,
             "threshold": threshold,

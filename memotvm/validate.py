@@ -105,7 +105,8 @@ def pick_output(names, output):
 def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
     """Per-output errors of ``memo_out`` against ``base_out`` and, with labels, the task
     metric of both and its loss (``None`` without)."""
-    errors = {name: output_errors(b, m) for name, b, m in zip(names, base_out, memo_out)}
+    errors = {name: output_errors(b, m) for name, b, m in zip(names, base_out, memo_out)
+              if b is not None and m is not None}  # a cluster sends back only what is needed
     result = None
     if metric is not None:
         k = pick_output(names, output)
@@ -116,7 +117,8 @@ def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
 
 
 def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
-             target="cpu", baseline=None, stream=None, remote=None, **options) -> ValidationReport:
+             target="cpu", baseline=None, stream=None, remote=None, cluster=None, workers=None,
+             **options) -> ValidationReport:
     """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
 
     ``labels`` with ``metric`` (accuracy, bpc, mse) adds the task metric of both and
@@ -131,6 +133,11 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     and run in a session each (memo tables and state carried between calls); the
     outputs compared (and the labels) are the calls' outputs joined along their first
     axis (:func:`memotvm.streaming.joined`).
+
+    ``cluster`` (a Ray address, "local" or a :class:`memotvm.cluster.Cluster`) runs both
+    models on ``workers`` Ray workers, each on a shard of the inputs
+    (:mod:`memotvm.cluster`); the report is the one this process would make (the
+    compile times are a worker's).
     """
     config = MemoConfig.coerce(memo)
     proto = load_model(model)
@@ -138,6 +145,12 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
         raise InputError("labels need a metric")
     if metric is not None:
         metrics.check_metric(metric, labels is not None)
+    if cluster is not None or workers is not None:
+        if remote is not None or baseline is not None:
+            raise InputError("validate on a cluster compiles both models on its workers: "
+                             "it takes neither remote= nor baseline=")
+        return _validate_on_cluster(proto, inputs, config, labels, metric, output, target,
+                                    stream, cluster, workers, options)
     t0 = time.perf_counter()
     plain = baseline or compile_model(proto, target=target, **options)
     t1 = time.perf_counter()
@@ -168,3 +181,32 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     if getattr(memoized, "last_cost", None) is not None:
         costs = (plain.last_cost, memoized.last_cost)
     return ValidationReport(config, target, errors, stats, result, timings, costs, streamed)
+
+
+def _validate_on_cluster(proto, inputs, config, labels, metric, output, target, stream,
+                         cluster, workers, options) -> ValidationReport:
+    from .evaluation import Job, Variant, make_runner
+    from .sequences import join_labels
+    from .streaming import split_all
+
+    memoized = Variant.fixed(config)
+    runner = make_runner(proto, target, options, cluster, workers, variants=[memoized])
+    try:
+        runner.add_split("validate", inputs, stream)
+        base, memo = runner.run([Job("validate"), Job("validate", memoized)])
+        streamed = None
+        if stream is not None:
+            calls = split_all(runner.signature, inputs, stream)
+            count = sum(len(c) for c in calls) if isinstance(inputs, list) else len(calls)
+            streamed = {"chunk": stream.chunk, "calls": count,
+                        **runner.stream_info(memoized, stream)}
+    finally:
+        runner.close()
+    if isinstance(labels, list):
+        labels = join_labels(labels)
+    errors, result = compare(runner.output_names, base.outputs, memo.outputs, labels, metric, output)
+    seconds = runner.compile_seconds
+    timings = {"compile_unmodified": seconds[Variant("unmodified")],
+               "compile_memoized": seconds[memoized]}
+    costs = (base.cost, memo.cost) if memo.cost is not None else None
+    return ValidationReport(config, target, errors, memo.stats, result, timings, costs, streamed)
