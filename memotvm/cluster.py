@@ -89,6 +89,7 @@ class Cluster:
             raise ConfigError(f"cluster address must be a Ray address or 'local', got {address!r}")
         self.address, self.requested = address.strip(), workers
         self.workers = None  # how many, once connected
+        self.cpus = 0
         self._owned = False
 
     def connect(self) -> "Cluster":
@@ -102,18 +103,28 @@ class Cluster:
                     cpus = max(self.requested or 0, os.cpu_count() or 1)
                     ray.init(num_cpus=cpus, include_dashboard=False, **common)
                 else:
+                    _check_reachable(self.address)
                     ray.init(address=self.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise ClusterError(f"cannot connect to the Ray cluster at '{self.address}': "
                                    f"{err}") from None
             self._owned = True
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        workers = self.requested or cpus
-        if workers > cpus:
-            raise ConfigError(f"{workers} workers asked for, but the Ray cluster at "
-                              f"'{self.address}' has {cpus} CPU(s); each worker takes one")
-        self.workers = workers
+        self.cpus = int(ray.cluster_resources().get("CPU", 0))
+        try:
+            self.workers = self.check_workers(self.requested)
+        except ConfigError:
+            self.close()
+            raise
         return self
+
+    def check_workers(self, workers: int | None) -> int:
+        """How many workers to run: ``workers`` (default: the cluster's CPUs), refused
+        where the cluster has fewer CPUs."""
+        workers = workers or self.cpus
+        if workers < 1 or workers > self.cpus:
+            raise ConfigError(f"{workers} worker(s) asked for, but the Ray cluster at "
+                              f"'{self.address}' has {self.cpus} CPU(s); each worker takes one")
+        return workers
 
     def close(self) -> None:
         if self._owned:
@@ -128,13 +139,30 @@ class Cluster:
         self.close()
 
 
-def coerce_cluster(cluster, workers=None) -> tuple[Cluster, bool]:
-    """(a Cluster, whether the caller made it and must close it)."""
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a HOST:PORT (or ray://HOST:PORT) that does not accept connections: Ray
+    itself retries an unreachable address for minutes."""
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(f"cannot reach the Ray cluster at '{address}': "
+                           f"{err.strerror or err}") from None
+
+
+def coerce_cluster(cluster, workers=None) -> tuple[Cluster, int, bool]:
+    """(a connected Cluster, how many workers to run on it, whether the caller made
+    the Cluster and must close it)."""
     if isinstance(cluster, Cluster):
-        if workers is not None and cluster.requested not in (None, workers):
+        cluster.connect()
+        if workers is not None and workers != (cluster.requested or workers):
             raise ConfigError(f"workers={workers} contradicts the Cluster's {cluster.requested}")
-        return cluster, False
-    return Cluster(cluster, workers), True
+        return cluster, cluster.check_workers(workers or cluster.workers), False
+    made = Cluster(cluster, workers).connect()
+    return made, made.workers, True
 
 
 class ClusterWorker:
@@ -219,8 +247,7 @@ class ClusterRunner:
     def __init__(self, cluster, proto, target="cpu", options=None, variants=(), keep=None,
                  workers=None):
         ray = _ray()
-        self.cluster, self._owns_cluster = coerce_cluster(cluster, workers)
-        self.cluster.connect()
+        self.cluster, count, self._owns_cluster = coerce_cluster(cluster, workers)
         options = dict(options or {})
         # One CPU per worker: one thread per call (results do not depend on it).
         options.setdefault("threads", 1)
@@ -228,7 +255,7 @@ class ClusterRunner:
         self._model_ref = ray.put(proto.SerializeToString())
         actor = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RESTARTS)(ClusterWorker)
         self.workers = [actor.remote(i, target, options)
-                        for i in range(self.cluster.workers)]
+                        for i in range(count)]
         self._where = [f"worker {i}" for i in range(len(self.workers))]
         self._splits: dict = {}
         self._data: dict = {}

@@ -64,6 +64,63 @@ def test_workers_without_a_cluster_and_bad_worker_counts_are_refused():
             Cluster("local", bad)
 
 
+def test_cli_cluster_options(tmp_path, capsys, monkeypatch):
+    from memotvm.cli import main
+
+    inputs, labels = small_co2()
+    np.savez(tmp_path / "x.npz", **inputs)
+    np.savez(tmp_path / "y.npz", labels=labels)
+    common = ["calibrate", CO2, "--inputs", str(tmp_path / "x.npz"), "--labels",
+              str(tmp_path / "y.npz"), "--metric", "mse", "--quiet", "--out", str(tmp_path / "c.json")]
+    assert main(common + ["--workers", "2"]) != 0
+    assert "--workers needs --cluster" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(common + ["--cluster", "local"]) != 0
+    assert "pip install 'memotvm[cluster]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, predictor", [("digits_bigru", "bnn"), ("digits_bigru", "delta"),
+                                             ("pydoc_charlstm", "bnn"), ("co2_lstm", "lowrank:4")])
+def test_shards_joined_equal_the_whole_batch_bit_for_bit(name, predictor):
+    """What makes cluster results equal to one machine's: each batch element is computed
+    on its own, so outputs of shards joined are the whole batch's, and counts add up."""
+    from memotvm.cluster import shard_split
+    from memotvm.evaluation import Job, LocalRunner, Variant
+    from memotvm.frontend import load_model
+    from memotvm.passes import MemoConfig
+    from memotvm.stats import ReuseStats
+
+    inputs, _ = split(name)
+    runner = LocalRunner(load_model(os.path.join(MODELS, f"{name}.onnx")))
+    plain = runner.model()
+    info = {"input_names": plain.input_names, "input_types": plain.input_types,
+            "output_names": plain.output_names, "output_types": plain.output_types}
+    shards, axes = shard_split(info, inputs, None, 3, None)
+    assert len(shards) == 3
+    runner.add_split("whole", inputs)
+    for i, shard in enumerate(shards):
+        runner.add_split(f"shard {i}", shard)
+    memo = MemoConfig(predictor=predictor, threshold=0.05 if predictor == "delta" else 0.3)
+    job = dict(variant=Variant.tunable(predictor), memo=memo)
+    whole, *parts = runner.run([Job("whole", **job)] + [Job(f"shard {i}", **job) for i in range(3)])
+    for k, out in enumerate(whole.outputs):
+        np.testing.assert_array_equal(np.concatenate([p.outputs[k] for p in parts], axis=axes[k]), out)
+    assert whole.stats.reuse > 0.05
+    total = ReuseStats()
+    for part in parts:
+        total.add(part.stats)
+    assert total.to_dict() == whole.stats.to_dict()
+
+
+def test_an_unreachable_cluster_is_an_error_at_once():
+    pytest.importorskip("ray")
+    inputs, labels = small_co2()
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:\d+'"):
+        calibrate(CO2, inputs, labels, "mse", cluster=f"127.0.0.1:{_free_port()}", **CO2_ARGS)
+    assert time.monotonic() - t0 < 30
+
+
 def test_shards_cut_whole_batch_elements_or_sequences_and_never_time():
     from memotvm.cluster import shard_split
 
