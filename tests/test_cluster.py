@@ -1,8 +1,9 @@
 """Calibration, sweeps and validation on Ray (memotvm.cluster).
 
-The slow tests start a real Ray cluster on 127.0.0.1 -- a head without CPUs and two
-worker nodes of one CPU each, every process in a session of its own that the fixture
-stops -- and check that the results equal the single-machine run, that a worker killed
+The slow tests start a real Ray cluster with ``--node-ip-address 127.0.0.1`` (which Ray
+resolves to this machine's own address; every node is on this machine) -- a head without
+CPUs and two worker nodes of one CPU each, every process in a session of its own that the
+fixture stops -- and check that the results equal the single-machine run, that a worker killed
 in the middle of a calibration is restarted and the result unchanged, and that a worker
 that runs another TVM fails the run with an error naming it.  The fast ones use a local
 Ray instance in this process's machine, or none.
@@ -180,31 +181,41 @@ class LocalRayCluster:
                      "--include-dashboard", "false", "--disable-usage-stats",
                      "--temp-dir", self.temp], env)
         self._wait(lambda: _connectable(self.port), "the head")
-        for _ in range(workers):
-            self._start(["--address", self.address, "--num-cpus", "1"], {**env, **(worker_env or {})})
+        self.workers, self.worker_env = workers, {**env, **(worker_env or {})}
+
+    def start_workers(self):
+        """Start the worker nodes one after another (nodes starting together on one
+        host can time out registering), each waited for until its CPU is in the
+        cluster."""
+        import ray
+
+        ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        try:
+            for n in range(1, self.workers + 1):
+                self._start(["--address", self.address, "--num-cpus", "1"], self.worker_env)
+                self._wait(lambda: ray.cluster_resources().get("CPU", 0) >= n, f"worker node {n}")
+        finally:
+            ray.shutdown()
 
     def _start(self, args, env):
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
                "--node-ip-address", "127.0.0.1", *args]
-        self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL, start_new_session=True))
+        log = open(os.path.join(self.temp, f"node{len(self.procs)}.log"), "wb")
+        self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+        log.close()
 
     def _wait(self, ready, what):
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready():
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                logs = ""
+                for i in range(len(self.procs)):
+                    with open(os.path.join(self.temp, f"node{i}.log"), errors="replace") as f:
+                        logs += f"\n--- node {i} (exit {self.procs[i].poll()}):\n" + f.read()[-1500:]
                 self.stop()
-                pytest.fail(f"the test's Ray cluster did not start ({what})")
+                pytest.fail(f"the test's Ray cluster did not start ({what}){logs}")
             time.sleep(0.2)
-
-    def wait_for_cpus(self, cpus):
-        import ray
-
-        ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
-        try:
-            self._wait(lambda: ray.cluster_resources().get("CPU", 0) >= cpus, f"{cpus} CPUs")
-        finally:
-            ray.shutdown()
 
     def stop(self):
         for p in reversed(self.procs):
@@ -242,7 +253,7 @@ def ray_cluster(no_token_auth):
     pytest.importorskip("ray")
     cluster = LocalRayCluster(workers=2)
     try:
-        cluster.wait_for_cpus(2)
+        cluster.start_workers()
         yield cluster
     finally:
         cluster.stop()
@@ -309,7 +320,7 @@ def test_a_worker_with_another_tvm_fails_the_run_naming_it(tmp_path, no_token_au
     path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cluster = LocalRayCluster(workers=1, worker_env={"PYTHONPATH": path})
     try:
-        cluster.wait_for_cpus(1)
+        cluster.start_workers()
         inputs, labels = small_co2()
         t0 = time.monotonic()
         with pytest.raises(ClusterError, match=r"worker 0 \(pid \d+ on .*\) runs apache-tvm 0\.0\.1"):
