@@ -328,3 +328,29 @@ def test_a_worker_with_another_tvm_fails_the_run_naming_it(tmp_path, no_token_au
         assert time.monotonic() - t0 < 120
     finally:
         cluster.stop()
+
+
+@pytest.mark.slow
+def test_streams_on_a_cluster_equal_one_machine(ray_cluster):
+    import memotvm
+    from memotvm.streaming import StreamSpec
+    from memotvm.sweep import sweep
+    from memotvm.validate import validate
+    from test_streaming import smooth, stateful_layer
+
+    model = stateful_layer("GRU")
+    x = smooth(24, 4, 10)
+    spec = StreamSpec(chunk=3, state={"initial_h": "Y_h"})
+    reports = [validate(model, {"X": x}, 0.3, stream=spec, **c).to_dict()
+               for c in ({}, {"cluster": ray_cluster.address})]
+    for report in reports:
+        report.pop("timings_s")
+    assert reports[0] == reports[1] and reports[1]["stream"]["calls"] == 8
+    kw = dict(predictors=["bnn"], stream=spec, progress=False)
+    assert sweep(model, {"X": x}, [0.0, 0.3], cluster=ray_cluster.address, **kw) == \
+        sweep(model, {"X": x}, [0.0, 0.3], **kw)
+    labels = memotvm.compile(model).run({"X": x, "initial_h": np.zeros((1, 4, 24), np.float32)})[0]
+    runs = [calibrate(model, {"X": x[:, :2]}, labels[:, :, :2], "mse", {"X": x[:, 2:]},
+                      labels[:, :, 2:], max_loss=0.05, grid=[0.0, 0.1, 0.3], stream=spec,
+                      progress=False, **c) for c in ({}, {"cluster": ray_cluster.address})]
+    assert runs[0].to_json() == runs[1].to_json()
