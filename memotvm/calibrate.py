@@ -44,10 +44,10 @@ from tqdm import tqdm
 
 from . import metrics
 from .errors import ConfigError
+from .evaluation import UNMODIFIED, Job, LocalRunner, Variant, make_runner
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
 from .sequences import join_labels
-from .evaluation import UNMODIFIED, Job, LocalRunner, Variant, make_runner
 from .validate import pick_output
 
 # Small steps first: delta execution and the BNN on some models tolerate only tiny
@@ -197,7 +197,7 @@ def _cost(runner: LocalRunner, split: str, configs: dict, objective: str, target
         runner.run_split(split, model, config)
         return model
 
-    inputs, stream, _ = runner._splits[split]
+    inputs, stream = runner.split_data(split)
     if hasattr(runner.model(), "last_cost"):
         if stream is not None or isinstance(inputs, list):
             raise ConfigError(f"objective '{objective}' on a modelled target takes one batch "

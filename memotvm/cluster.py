@@ -191,7 +191,7 @@ class ClusterWorker:
 
                 proto = onnx.load_from_string(ray.get(self.model_ref))
                 self._models[variant] = variant.compile(proto, self.target, self.options)
-            except MemoTVMError:
+            except ClusterError:
                 raise
             except Exception as err:  # noqa: BLE001 -- reported with the worker's name
                 raise ClusterError(f"{self.where()} cannot compile the model ({variant.kind}): "
