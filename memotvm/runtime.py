@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 from .passes.native_checks import input_error_message
-from .stats import ReuseStats
+from .stats import KernelCounts, ReuseStats
 from .threads import AdaptiveThreads, default_threads, use_threads
 
 
@@ -101,13 +101,13 @@ class CompiledModel:
         a MemoConfig, number or dict with the compiled predictor.
         """
         arrays = self.check_inputs(inputs, check_finite)
-        outputs, stats, _ = self._call(arrays, memo)
-        self._local.last_stats = stats
+        outputs, counts, _ = self._call(arrays, memo)
+        self._local.last_counts = counts
         return outputs
 
     def _call(self, arrays: list, memo=None, tables: list | None = None) -> tuple:
         """One call on checked input arrays, from the memo tables ``tables`` (None:
-        empty ones): (outputs, ReuseStats, the memo tables after the call)."""
+        empty ones): (outputs, its KernelCounts, the memo tables after the call)."""
         config = self._call_config(memo)
         chooser = self._threads_chooser()
         threads = chooser.pick()
@@ -136,9 +136,8 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        stats = ReuseStats.from_kernel_counts(self.loops, stats_arrays, config,
-                                              self._counts_layout(config))
-        return outputs, stats, raw[n + 2 * k:]
+        counts = KernelCounts(stats_arrays, self._counts_layout(config))
+        return outputs, counts, raw[n + 2 * k:]
 
     @functools.cached_property
     def _compiled_counts_layout(self) -> list:
@@ -214,13 +213,14 @@ class CompiledModel:
         """``run``, returning ``(outputs, stats)`` together: the statistics of exactly
         this call, whatever other threads do meanwhile."""
         outputs = self.run(inputs, check_finite, memo)
-        return outputs, self._local.last_stats
+        return outputs, self.last_stats
 
     @property
     def last_stats(self) -> ReuseStats | None:
         """The reuse statistics of the calling thread's last call (None before its first):
         per thread, so that a thread never reads another's call."""
-        return getattr(self._local, "last_stats", None)
+        counts = getattr(self._local, "last_counts", None)
+        return None if counts is None else counts.stats()
 
     def _call_config(self, memo):
         if memo is None:

@@ -58,8 +58,13 @@ class Session:
         """Start the stream again: empty memo tables, zero state, no counts."""
         self._tables = None
         self._carried: dict = {}
-        self.stats = ReuseStats()
+        self._counts = None  # KernelCounts of the calls so far
         self.calls = 0
+
+    @property
+    def stats(self) -> ReuseStats:
+        """The counts of the calls since the last reset."""
+        return ReuseStats() if self._counts is None else self._counts.stats()
 
     def run(self, inputs: dict, check_finite: bool = True) -> list:
         """Run the next chunk; returns the model's outputs (as ``CompiledModel.run``)."""
@@ -72,12 +77,15 @@ class Session:
             if name not in feeds:
                 feeds[name] = self._zero_state(name, feeds)
         arrays = self.model.check_inputs(feeds, check_finite)
-        outputs, stats, tables = self.model._call(arrays, self.memo, tables=self._tables)
+        outputs, counts, tables = self.model._call(arrays, self.memo, tables=self._tables)
         self._check_batch(tables)
         self._tables = tables
         position = {n: i for i, n in enumerate(self.model.output_names)}
         self._carried = {inp: np.array(outputs[position[out]]) for inp, out in self.state_pairs.items()}
-        self.stats.add(stats)
+        if self._counts is None:
+            self._counts = counts
+        else:
+            self._counts.add(counts)
         self.calls += 1
         return outputs
 

@@ -29,6 +29,29 @@ class GateCount:
         self.reused += other.reused
 
 
+class KernelCounts:
+    """Counts of one or more calls as the kernels give them, summed over the batch; the
+    :class:`ReuseStats` are made when asked for (a streaming call's rarely are: a
+    session adds its calls' counts as arrays)."""
+
+    __slots__ = ("summed", "layout", "_stats")
+
+    def __init__(self, arrays, layout):
+        self.summed = [np.asarray(a).sum(axis=1) for a in arrays]
+        self.layout = layout
+        self._stats = None
+
+    def add(self, other: "KernelCounts") -> None:
+        for mine, theirs in zip(self.summed, other.summed):
+            mine += theirs
+        self._stats = None
+
+    def stats(self) -> "ReuseStats":
+        if self._stats is None:
+            self._stats = ReuseStats.from_summed_counts(self.summed, self.layout)
+        return self._stats
+
+
 @dataclass
 class ReuseStats:
     """Counts of one call: ``per_gate[(node, direction, gate)]`` and their sums."""
@@ -43,12 +66,19 @@ class ReuseStats:
         ``config`` (the MemoConfig) says which predictor, hence what a reuse skips.
         ``layout``: :meth:`counts_layout` of the same loops and config, made once (a
         model's every call has the same)."""
+        return cls.from_summed_counts([np.asarray(a).sum(axis=1) for a in arrays],
+                                      layout or cls.counts_layout(loops, config))
+
+    @classmethod
+    def from_summed_counts(cls, summed, layout) -> "ReuseStats":
+        """``summed[i]``: loop i's counts summed over the batch ([directions, gates, 2]);
+        ``layout``: :meth:`counts_layout`."""
         stats = cls()
-        for (name, cost, keys), counts in zip(layout or cls.counts_layout(loops, config), arrays):
+        for (name, cost, keys), counts in zip(layout, summed):
             stats.costs[name] = cost
-            summed = np.asarray(counts).sum(axis=1).tolist()
+            counts = counts.tolist()
             for d, g, key in keys:
-                computed, reused = summed[d][g]
+                computed, reused = counts[d][g]
                 stats.per_gate[key] = GateCount(computed, reused)
         return stats
 

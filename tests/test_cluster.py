@@ -80,8 +80,9 @@ def test_cli_cluster_options(tmp_path, capsys, monkeypatch):
     assert "pip install 'memotvm[cluster]'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, predictor", [("digits_bigru", "bnn"), ("digits_bigru", "delta"),
-                                             ("pydoc_charlstm", "bnn"), ("co2_lstm", "lowrank:4")])
+@pytest.mark.parametrize("name, predictor", [
+    pytest.param("digits_bigru", "bnn", marks=pytest.mark.slow), ("digits_bigru", "delta"),
+    ("pydoc_charlstm", "bnn"), pytest.param("co2_lstm", "lowrank:4", marks=pytest.mark.slow)])
 def test_shards_joined_equal_the_whole_batch_bit_for_bit(name, predictor):
     """What makes cluster results equal to one machine's: each batch element is computed
     on its own, so outputs of shards joined are the whole batch's, and counts add up."""
