@@ -174,12 +174,14 @@ class _Evaluator:
         for key, config in zip(keys, configs):
             if key not in self._cache:
                 todo.setdefault(key, config)
-        jobs = [Job(self.split, Variant.tunable(c.predictor), c) for c in todo.values()]
-        for key, outcome in zip(todo, self.runner.run(jobs)):
+        def score(_, outcome):
             measured = metrics.measure(self.metric, outcome.outputs[self.k], self.base_out, self.labels)
-            self._cache[key] = (measured["memoized"], measured["loss"],
-                                outcome.stats.computations_avoided, outcome.stats.reuse)
-            self.count += 1
+            return (measured["memoized"], measured["loss"], outcome.stats.computations_avoided,
+                    outcome.stats.reuse)
+
+        jobs = [Job(self.split, Variant.tunable(c.predictor), c) for c in todo.values()]
+        self._cache.update(zip(todo, self.runner.run(jobs, reduce=score)))
+        self.count += len(jobs)
         return [self._cache[key] for key in keys]
 
     def __call__(self, config: MemoConfig):

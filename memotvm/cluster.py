@@ -319,8 +319,9 @@ class ClusterRunner:
                          "run")
 
     # ------------------------------------------------------------------ jobs
-    def run(self, jobs: list, done=None) -> list:
-        """An Outcome per job, in order; ``done(i)`` is called as job i finishes."""
+    def run(self, jobs: list, reduce=None) -> list:
+        """An Outcome per job, in order; with ``reduce``, ``reduce(i, outcome)`` of each
+        instead, called as job i finishes (in any order)."""
         ray = _ray()
         tasks = deque((j, s) for j, job in enumerate(jobs)
                       for s in range(len(self._splits[job.split][0])))
@@ -348,10 +349,9 @@ class ClusterRunner:
                 parts[j][s] = self._get(ref, w, "run")
                 left[j] -= 1
                 if left[j] == 0:
-                    outcomes[j] = self._join(self._splits[jobs[j].split][1], parts[j])
+                    outcome = self._join(self._splits[jobs[j].split][1], parts[j])
+                    outcomes[j] = outcome if reduce is None else reduce(j, outcome)
                     parts[j] = None
-                    if done is not None:
-                        done(j)
         return outcomes
 
     @staticmethod

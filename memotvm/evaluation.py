@@ -99,16 +99,17 @@ class LocalRunner:
         inputs, stream, calls = self._splits[key]
         return run_inputs(model, inputs, stream, memo=memo, calls=calls)
 
-    def run(self, jobs: list, done=None) -> list:
-        """An Outcome per job, in order; ``done(i)`` is called as job i finishes."""
-        outcomes = []
+    def run(self, jobs: list, reduce=None) -> list:
+        """An Outcome per job, in order; with ``reduce``, ``reduce(i, outcome)`` of each
+        instead, called as job i finishes (so that a long list of jobs does not hold
+        every job's outputs)."""
+        results = []
         for i, job in enumerate(jobs):
             model = self.model(job.variant)
             outputs, stats = self.run_split(job.split, model, job.memo)
-            outcomes.append(Outcome(list(outputs), stats, getattr(model, "last_cost", None)))
-            if done is not None:
-                done(i)
-        return outcomes
+            outcome = Outcome(list(outputs), stats, getattr(model, "last_cost", None))
+            results.append(outcome if reduce is None else reduce(i, outcome))
+        return results
 
     def close(self) -> None:
         self._models.clear()

@@ -38,28 +38,31 @@ def sweep(model, inputs, thresholds, predictors=("bnn", "oracle"), labels=None, 
             labels = join_labels(labels)
         pairs = [(p, t) for p in predictors for t in thresholds]
         jobs = [Job("sweep", Variant.tunable(p), MemoConfig(threshold=t, predictor=p)) for p, t in pairs]
+
+        def row(i, outcome):
+            bar.update(1)
+            predictor, threshold = pairs[i]
+            stats = outcome.stats
+            errors, result = compare(names, base_out, outcome.outputs, labels, metric, output)
+            first = errors[names[0]]
+            return {
+                "predictor": predictor,
+                "threshold": threshold,
+                "reuse": stats.reuse,
+                "computations_avoided": stats.computations_avoided,
+                "max_abs_error": first["max_abs"],
+                "mean_rel_error": first["mean_rel"],
+                "metric": result["name"] if result else None,
+                "metric_value": result["memoized"] if result else None,
+                "metric_loss": result["loss"] if result else None,
+                "per_node_avoided": {node: stats.computations_avoided_of([node])
+                                     for node in stats.per_node},
+            }
+
         with tqdm(total=len(jobs), desc="sweep", disable=not progress, unit="config") as bar:
-            outcomes = runner.run(jobs, done=lambda i: bar.update(1))
+            rows = runner.run(jobs, reduce=row)
     finally:
         runner.close()
-    rows = []
-    for (predictor, threshold), outcome in zip(pairs, outcomes):
-        stats = outcome.stats
-        errors, result = compare(names, base_out, outcome.outputs, labels, metric, output)
-        first = errors[names[0]]
-        rows.append({
-            "predictor": predictor,
-            "threshold": threshold,
-            "reuse": stats.reuse,
-            "computations_avoided": stats.computations_avoided,
-            "max_abs_error": first["max_abs"],
-            "mean_rel_error": first["mean_rel"],
-            "metric": result["name"] if result else None,
-            "metric_value": result["memoized"] if result else None,
-            "metric_loss": result["loss"] if result else None,
-            "per_node_avoided": {node: stats.computations_avoided_of([node])
-                                 for node in stats.per_node},
-        })
     return rows
 
 
