@@ -269,9 +269,16 @@ def _target_options(args) -> dict:
 
 def _cluster_options(args) -> dict:
     """``cluster=`` and ``workers=`` from --cluster and --workers (docs/cluster.md)."""
-    if args.workers is not None and args.cluster is None:
-        raise ConfigError("--workers needs --cluster ADDRESS (or --cluster local)")
-    return {"cluster": args.cluster, "workers": args.workers} if args.cluster else {}
+    if args.cluster is None:
+        if args.workers is not None or args.cpus_per_worker is not None:
+            raise ConfigError("--workers and --cpus-per-worker need --cluster ADDRESS (or "
+                              "--cluster local)")
+        return {}
+    if args.cpus_per_worker is None:
+        return {"cluster": args.cluster, "workers": args.workers}
+    from .cluster import Cluster
+
+    return {"cluster": Cluster(args.cluster, args.workers, cpus_per_worker=args.cpus_per_worker)}
 
 
 def cmd_compile(args):
@@ -584,8 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "auto), or 'local' to start Ray on this machine; needs "
                        "pip install 'memotvm[cluster]' (docs/cluster.md)")
         p.add_argument("--workers", type=int, metavar="N",
-                       help="with --cluster: how many workers, one CPU each (default: every "
-                       "CPU of the cluster)")
+                       help="with --cluster: how many workers (default: as many as the "
+                       "cluster's CPUs allow)")
+        p.add_argument("--cpus-per-worker", type=int, metavar="N",
+                       help="with --cluster: CPUs each worker takes and threads its calls use "
+                       "(default 1; a node's core count runs one worker per node)")
 
     def rpc_args(p, what):
         p.add_argument("--rpc", metavar="HOST:PORT", help=f"{what} on the device that runs TVM's "

@@ -4,7 +4,7 @@
 ``"ray://head:10001"`` or ``"10.0.0.5:6379"``, ``"auto"``, ``"local"`` to start Ray in
 this process's machine, or a :class:`Cluster`) and ``workers=``.  Their jobs -- a
 compiled variant of the model run on a split of the data -- then run on
-:class:`ClusterWorker` actors, one CPU each:
+:class:`ClusterWorker` actors (one CPU each unless ``Cluster(cpus_per_worker=N)``):
 
 * the model's bytes and each shard of the inputs are put in Ray's object store once;
   tasks pass references, so a node fetches a shard once however many configurations
@@ -74,17 +74,23 @@ def versions() -> dict:
 
 
 class Cluster:
-    """A connection to a Ray cluster and the number of workers to run on it.
+    """A connection to a Ray cluster and the workers to run on it.
 
     ``address``: "local" starts a Ray instance on this machine (with at least as many
-    CPUs as ``workers``, oversubscribing the cores if asked to); any other value is
-    given to ``ray.init(address=...)``.  ``workers`` defaults to the cluster's CPUs.
-    If Ray is already initialised in this process, that connection is used."""
+    CPUs as the workers take, oversubscribing the cores if asked to); any other value is
+    given to ``ray.init(address=...)``.  Each worker takes ``cpus_per_worker`` CPUs and
+    runs its calls on as many threads (one worker per machine: its core count, and the
+    model is compiled once per machine); ``workers`` defaults to as many as the
+    cluster's CPUs allow.  If Ray is already initialised in this process, that
+    connection is used."""
 
-    def __init__(self, address: str = "local", workers: int | None = None):
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                    or workers < 1):
-            raise ConfigError(f"workers must be a positive whole number, got {workers!r}")
+    def __init__(self, address: str = "local", workers: int | None = None,
+                 cpus_per_worker: int = 1):
+        for name, value in (("workers", workers), ("cpus_per_worker", cpus_per_worker)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        self.cpus_per_worker = cpus_per_worker
         if not isinstance(address, str) or not address.strip():
             raise ConfigError(f"cluster address must be a Ray address or 'local', got {address!r}")
         self.address, self.requested = address.strip(), workers
@@ -100,7 +106,7 @@ class Cluster:
             common = dict(logging_level=logging.ERROR, log_to_driver=False)
             try:
                 if self.address == "local":
-                    cpus = max(self.requested or 0, os.cpu_count() or 1)
+                    cpus = max((self.requested or 1) * self.cpus_per_worker, os.cpu_count() or 1)
                     ray.init(num_cpus=cpus, include_dashboard=False, **common)
                 else:
                     _check_reachable(self.address)
@@ -118,12 +124,12 @@ class Cluster:
         return self
 
     def check_workers(self, workers: int | None) -> int:
-        """How many workers to run: ``workers`` (default: the cluster's CPUs), refused
-        where the cluster has fewer CPUs."""
-        workers = workers or self.cpus
-        if workers < 1 or workers > self.cpus:
-            raise ConfigError(f"{workers} worker(s) asked for, but the Ray cluster at "
-                              f"'{self.address}' has {self.cpus} CPU(s); each worker takes one")
+        """How many workers to run: ``workers`` (default: as many as the cluster's CPUs
+        allow), refused where the cluster has too few CPUs."""
+        workers = workers or self.cpus // self.cpus_per_worker
+        if workers < 1 or workers * self.cpus_per_worker > self.cpus:
+            raise ConfigError(f"{workers or 1} worker(s) of {self.cpus_per_worker} CPU(s) asked "
+                              f"for, but the Ray cluster at '{self.address}' has {self.cpus} CPU(s)")
         return workers
 
     def close(self) -> None:
@@ -249,11 +255,13 @@ class ClusterRunner:
         ray = _ray()
         self.cluster, count, self._owns_cluster = coerce_cluster(cluster, workers)
         options = dict(options or {})
-        # One CPU per worker: one thread per call (results do not depend on it).
-        options.setdefault("threads", 1)
+        # As many threads per call as the worker has CPUs (results do not depend on it).
+        cpus = self.cluster.cpus_per_worker
+        options.setdefault("threads", cpus)
         self.keep = None if keep is None else sorted(set(keep))
         self._model_ref = ray.put(proto.SerializeToString())
-        actor = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RESTARTS)(ClusterWorker)
+        actor = ray.remote(num_cpus=cpus, max_restarts=RESTARTS,
+                           max_task_retries=RESTARTS)(ClusterWorker)
         self.workers = [actor.remote(i, target, options)
                         for i in range(count)]
         self._where = [f"worker {i}" for i in range(len(self.workers))]

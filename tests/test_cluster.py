@@ -63,6 +63,8 @@ def test_workers_without_a_cluster_and_bad_worker_counts_are_refused():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="workers must be a positive whole number"):
             Cluster("local", bad)
+        with pytest.raises(ConfigError, match="cpus_per_worker must be a positive whole number"):
+            Cluster("local", 1, cpus_per_worker=bad)
 
 
 def test_cli_cluster_options(tmp_path, capsys, monkeypatch):
@@ -73,8 +75,9 @@ def test_cli_cluster_options(tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "y.npz", labels=labels)
     common = ["calibrate", CO2, "--inputs", str(tmp_path / "x.npz"), "--labels",
               str(tmp_path / "y.npz"), "--metric", "mse", "--quiet", "--out", str(tmp_path / "c.json")]
-    assert main(common + ["--workers", "2"]) != 0
-    assert "--workers needs --cluster" in capsys.readouterr().err
+    for option in (["--workers", "2"], ["--cpus-per-worker", "2"]):
+        assert main(common + option) != 0
+        assert "--workers and --cpus-per-worker need --cluster" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)
     assert main(common + ["--cluster", "local"]) != 0
     assert "pip install 'memotvm[cluster]'" in capsys.readouterr().err
@@ -152,11 +155,20 @@ def test_shards_cut_whole_batch_elements_or_sequences_and_never_time():
 
 # ---------------------------------------------------------------- local Ray
 def test_calibration_on_local_ray_workers_equals_the_single_machine_run():
+    from memotvm.cluster import Cluster
+
     inputs, labels = small_co2()
     alone = calibrate(CO2, inputs, labels, "mse", **CO2_ARGS)
     on_ray = calibrate(CO2, inputs, labels, "mse", cluster="local", workers=2, **CO2_ARGS)
     assert on_ray.to_json() == alone.to_json()
     assert on_ray.evaluations == alone.evaluations
+    # One worker of two CPUs (its calls on two threads): the same result.
+    with Cluster("local", cpus_per_worker=2) as cluster:
+        assert cluster.workers == max(1, cluster.cpus // 2)
+        assert calibrate(CO2, inputs, labels, "mse", cluster=cluster, **CO2_ARGS).to_json() == alone.to_json()
+        too_many = cluster.cpus // 2 + 1
+        with pytest.raises(ConfigError, match=rf"{too_many} worker\(s\) of 2 CPU\(s\) asked for"):
+            calibrate(CO2, inputs, labels, "mse", cluster=cluster, workers=too_many, **CO2_ARGS)
 
 
 # ---------------------------------------------------------------- a real cluster
