@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--repeat-data", type=int, default=16)
     parser.add_argument("--predictors", default="bnn,delta")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--json", default="bench_cluster.json")
     parser.add_argument("--plot", default="", help="PNG of the scaling figure")
     args = parser.parse_args()
@@ -79,7 +80,7 @@ def main():
     for r in range(args.rounds):
         for count in [None, *workers]:
             if count is not None:
-                clusters[count] = Cluster("local", count).connect()
+                clusters[count] = Cluster("local", count, cpus_per_worker=args.cpus_per_worker).connect()
                 starts[count].append(start_only(clusters[count]))
             seconds, result = one(count)
             if count is not None:
@@ -95,6 +96,7 @@ def main():
              "start_and_compile_s": statistics.median(starts[w]) if w else None,
              "speedup_vs_one_process": base / statistics.median(s)} for w, s in samples.items()]
     report = {"model": args.model, "repeat_data": args.repeat_data, "metric": metric,
+              "cpus_per_worker": args.cpus_per_worker,
               "predictors": kw["predictors"], "evaluations": json.loads(reference)["calibration"]
               ["evaluations"], "rows": rows, "machine": machine()}
     with open(args.json, "w") as f:
