@@ -155,13 +155,19 @@ def test_shards_cut_whole_batch_elements_or_sequences_and_never_time():
 
 # ---------------------------------------------------------------- local Ray
 def test_calibration_on_local_ray_workers_equals_the_single_machine_run():
-    from memotvm.cluster import Cluster
-
     inputs, labels = small_co2()
     alone = calibrate(CO2, inputs, labels, "mse", **CO2_ARGS)
     on_ray = calibrate(CO2, inputs, labels, "mse", cluster="local", workers=2, **CO2_ARGS)
     assert on_ray.to_json() == alone.to_json()
     assert on_ray.evaluations == alone.evaluations
+
+
+@pytest.mark.slow
+def test_a_worker_of_two_cpus_gives_the_same_calibration():
+    from memotvm.cluster import Cluster
+
+    inputs, labels = small_co2()
+    alone = calibrate(CO2, inputs, labels, "mse", **CO2_ARGS)
     # One worker of two CPUs (its calls on two threads): the same result.
     with Cluster("local", cpus_per_worker=2) as cluster:
         assert cluster.workers == max(1, cluster.cpus // 2)
