@@ -255,9 +255,11 @@ def _connectable(port) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def no_token_auth():
-    """This process connects to the test clusters without a token, as their nodes do."""
+    """This process runs Ray without token authentication, as the test clusters' nodes
+    do: set before any Ray starts here, since a Ray started with a token keeps using it
+    in this process (its actors on a cluster without one then die unscheduled)."""
     before = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     yield
@@ -268,7 +270,7 @@ def no_token_auth():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(no_token_auth):
+def ray_cluster():
     pytest.importorskip("ray")
     cluster = LocalRayCluster(workers=2)
     try:
@@ -330,7 +332,7 @@ def test_a_worker_killed_during_calibration_is_restarted_and_the_result_unchange
 
 
 @pytest.mark.slow
-def test_a_worker_with_another_tvm_fails_the_run_naming_it(tmp_path, no_token_auth):
+def test_a_worker_with_another_tvm_fails_the_run_naming_it(tmp_path):
     pytest.importorskip("ray")
     # The worker node sees an apache-tvm 0.0.1 installed ahead of the real one.
     info = tmp_path / "apache_tvm-0.0.1.dist-info"
