@@ -12,13 +12,15 @@ from tvm import relax
 from .errors import ConfigError, NothingToMemoizeWarning
 from .passes import MemoConfig, MemoizeRecurrentLoops
 from .passes.memoize import check_supported
+from .passes.precision import ReduceWeightPrecision, check_precision
+from .precision import PrecisionConfig
 from .targets import get_backend
 from .threads import check_threads, use_threads
 
 
 def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  # noqa: A001
             tunable: bool = False, fixed_inputs: dict | None = None, threads: int | None = None,
-            adaptive_threads: bool = True, **options):
+            adaptive_threads: bool = True, precision=None, **options):
     """Compile an ONNX model (path, bytes or ModelProto) for ``target``.
 
     ``memo`` turns on neuron-level fuzzy memoization: a :class:`MemoConfig`, a number
@@ -31,6 +33,14 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     inputs of the compiled model, and what follows from them is computed at compile time
     (an ``If`` on them keeps only the branch they select).
 
+    ``precision`` stores the recurrent layers' weights at reduced precision: "fp32"
+    (the default), "bf16" or "int8" everywhere, a dict ``{"default": ..., "per_node":
+    {node: p or {"forward": p, "reverse": p}}}``, a
+    :class:`~memotvm.precision.PrecisionConfig`, or the path of a JSON file with a
+    ``precision`` section (what ``memotvm calibrate`` writes).  Where ``memo`` is such a
+    file and ``precision`` is not given, the file's precision applies too.  See
+    :mod:`memotvm.precision` for what each precision computes.
+
     ``threads`` is how many threads each call uses (default: ``TVM_NUM_THREADS`` if set,
     else every CPU the calling process may run on; see :mod:`memotvm.threads`).  With
     ``adaptive_threads`` (the default) each calling thread times its calls and runs on
@@ -41,11 +51,21 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     backend = get_backend(target)
     # Before TVM may make this thread's pool (a compile can run code): sized for the CPUs.
     use_threads(threads)
+    if precision is None and isinstance(memo, str):
+        precision = PrecisionConfig.in_file(memo)
+    reduced = PrecisionConfig.coerce(precision) if precision is not None else None
     config = MemoConfig.coerce(memo) if memo is not None else None
     imported = from_onnx(model, shapes, fixed_inputs)
     mod = imported.mod
     if config is not None and not imported.loops:
         _warn_nothing_to_memoize(imported.operators)
+    if reduced is not None:
+        reduced.check_nodes(imported.loops)
+    if reduced is not None and reduced.reduced:
+        # Before memoization: its predictors are derived from the rounded weights.
+        mod = relax.transform.FoldConstant()(mod)
+        check_precision(mod, reduced)
+        mod = ReduceWeightPrecision(reduced)(mod)
     if config is not None:
         # Checked here: errors raised inside a TVM pass lose their type.  Folding first
         # turns weights computed from initializers into constants.
@@ -57,6 +77,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
         raise ConfigError("tunable=True needs a memo configuration")
     model = backend.build(imported, mod, memo=config, **options)
     model.tunable = tunable
+    model.precision = reduced if reduced is not None else PrecisionConfig()
     model.threads = threads
     model.adaptive_threads = bool(adaptive_threads)
     _release_freed_memory()

@@ -271,8 +271,10 @@ class ReferenceSession:
     After ``run``, ``stats`` holds the reuse counts in the compiled model's format.
     """
 
-    def __init__(self, model, memo=None):
+    def __init__(self, model, memo=None, precision=None):
         from onnx.reference import ReferenceEvaluator
+
+        from .precision import PrecisionConfig
 
         from .frontend.importer import RECURRENT_OPS, _recurrent_node_names
         from .frontend.loader import load_model
@@ -280,6 +282,8 @@ class ReferenceSession:
 
         proto = load_model(model)
         self.config = MemoConfig.coerce(memo) if memo is not None else None
+        # Weights at reduced precision: the layers run on the values they stand for.
+        self.precision = PrecisionConfig.coerce(precision) if precision is not None else None
         graph = proto.graph
         recurrent = [n for n in graph.node if n.op_type in RECURRENT_OPS]
         names = dict(zip((_node_key(n) for n in recurrent), _recurrent_node_names(graph)))
@@ -311,6 +315,7 @@ def _reference_op(op_type, session, names):
     from onnx.reference.op_run import OpRun
 
     from .frontend.recurrent import OPTIONAL_INPUTS, parse_recurrent_node
+    from .precision import rounded_weights
 
     def _run(self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, **_):
         node = self.onnx_node
@@ -322,6 +327,10 @@ def _reference_op(op_type, session, names):
         loop = parse_recurrent_node(op_type, name, attrs, present, list(W.shape), list(R.shape),
                                     str(X.dtype))
         plan = session.config.plan_for(loop) if session.config is not None else None
+        if session.precision is not None:
+            wanted = session.precision.for_loop(loop)
+            W = np.stack([rounded_weights(W[d], p) for d, p in enumerate(wanted)]).astype(W.dtype)
+            R = np.stack([rounded_weights(R[d], p) for d, p in enumerate(wanted)]).astype(R.dtype)
         result = run_layer(loop, X, W, R, B, sequence_lens, initial_h, initial_c, P, memo=plan)
         session.loops[name] = loop
         session._counts[name] = result.stats

@@ -18,7 +18,7 @@ Every dot product, wherever it is computed, accumulates in the same lanes in the
 order, so a memoized kernel at threshold 0 is bit-identical to the unmodified one.
 """
 
-from .builder import KernelBuilder, build_kernel
+from .builder import WEIGHT_DTYPES, KernelBuilder, build_kernel, kernel_weights
 from .plan import MemoPlan, kernel_name
 from .row_blocks import BlockRow, has_row_blocks, pack_row_blocks, row_blocks_shape
 from .schemes import weight_data
@@ -27,6 +27,7 @@ from .tiling import i64, unit_block, vector_lanes
 from .tir_math import TirMath
 
 __all__ = [
+    "WEIGHT_DTYPES",
     "BlockRow",
     "KernelBuilder",
     "MemoPlan",
@@ -36,6 +37,7 @@ __all__ = [
     "has_row_blocks",
     "i64",
     "kernel_name",
+    "kernel_weights",
     "pack_row_blocks",
     "row_blocks_shape",
     "unit_block",

@@ -26,7 +26,8 @@ parts four rows at a time (:mod:`memotvm.kernels.products`).
 Kernel arguments, in order: X (layout 0), W, R (or, in a kernel built with
 ``row_blocks``, R in the layout of :func:`~memotvm.kernels.row_blocks.pack_row_blocks`),
 then the optional inputs the node has (B, sequence_lens, initial_h, initial_c, P;
-layout 0), then the scheme's (the predictor's weight data, for BNN the packed sign bits
+layout 0), with int8 weights their per-row scales (W_scale, R_scale, float32 [directions,
+rows]; W and R are then int8, bfloat16 at bf16: :mod:`memotvm.precision`), then the scheme's (the predictor's weight data, for BNN the packed sign bits
 of W and R; delta execution's weight columns; for every memoized kernel its
 thresholds, float64, one per direction, and its ``memo_table``, float64 [directions,
 table batch, size]: see :mod:`.memo_table`), then the outputs Y, Y_h, [Y_c], ``stats``
@@ -54,6 +55,9 @@ from .tiling import (BATCH_BLOCK, MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BL
                      SCALAR_ACTIVATIONS, TIME_BLOCK, i64, unit_block, vector_lanes)
 from .tir_math import TirMath
 
+# The dtypes a float32 node's kernel may take W and R in.
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8")
+
 if TYPE_CHECKING:
     from ..frontend.recurrent import RecurrentLoop
 
@@ -62,12 +66,18 @@ class KernelBuilder(DenseProducts):
     """Builds the PrimFunc of one :class:`RecurrentLoop`, plain or memoized."""
 
     def __init__(self, loop: RecurrentLoop, memo: MemoPlan | None = None,
-                 row_blocks: bool = False):
+                 row_blocks: bool = False, weights: str = "float32"):
         if row_blocks and (memo is not None or not has_row_blocks(loop)):
             raise ValueError("row_blocks: for the unmodified kernel of a hidden size "
                              f"divisible by {ROW_BLOCK}")
+        if weights not in WEIGHT_DTYPES or (weights != loop.dtype and loop.dtype != "float32"):
+            raise ValueError(f"weights: one of {WEIGHT_DTYPES} for a float32 node, got {weights} "
+                             f"for a {loop.dtype} node")
         self.loop = loop
         self.memo = memo
+        # The dtype W and R come in (memotvm.precision): bfloat16 or int8 with per-row
+        # scales halve or quarter the weight traffic; products still accumulate in acc.
+        self.weights = weights
         # R comes as pack_row_blocks(R) (memoized kernels list arbitrary rows).
         self.row_blocks = row_blocks
         # Accumulate and apply the gate math in float32 at least.
@@ -86,9 +96,10 @@ class KernelBuilder(DenseProducts):
         loop = self.loop
         with IRBuilder() as ib:
             with T.prim_func():
-                T.func_name(kernel_name(loop, self.memo) + ("_row_blocks" if self.row_blocks else ""))
+                T.func_name(kernel_name(loop, self.memo) + ("_row_blocks" if self.row_blocks else "")
+                            + ("" if self.weights == loop.dtype else f"_{self.weights}"))
                 attrs = {"tir.noalias": True, "memotvm.recurrent": loop.to_json(),
-                         "memotvm.lanes": self.lanes}
+                         "memotvm.lanes": self.lanes, "memotvm.weights": self.weights}
                 if self.memo:
                     attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
                     attrs["memotvm.memo_plan"] = self.memo.to_json()
@@ -166,14 +177,20 @@ class KernelBuilder(DenseProducts):
         self.seq = seq = tirx.Var("seq_length", "int64")
         self.batch = batch = tirx.Var("batch_size", "int64")
         dt = loop.dtype
+        wt = self.weights if self.weights != "float32" else dt
         self.X = self.param("X", (seq, batch, D), dt)
-        self.W = self.param("W", (nd, G, D), dt)
-        self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), dt)
+        self.W = self.param("W", (nd, G, D), wt)
+        self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), wt)
         self.B = self.param("B", (nd, 2 * G), dt) if loop.has("B") else None
         self.L = self.param("sequence_lens", (batch,), "int32") if loop.has("sequence_lens") else None
         self.H0 = self.param("initial_h", (nd, batch, H), dt) if loop.has("initial_h") else None
         self.C0 = self.param("initial_c", (nd, batch, H), dt) if loop.has("initial_c") else None
         self.P = self.param("P", (nd, 3 * H), dt) if loop.has("P") else None
+        # int8 weights: each row's dot product times its scale (see with_bias).
+        self.W_scale = self.R_scale = None
+        if self.weights == "int8":
+            self.W_scale = self.param("W_scale", (nd, G), "float32")
+            self.R_scale = self.param("R_scale", (nd, G), "float32")
         self.scheme.declare()
         if self.memo is not None:  # the memo table a session keeps between calls
             self.table_size = table_size(loop, self.memo.predictor)
@@ -561,8 +578,14 @@ class KernelBuilder(DenseProducts):
 
 
 def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None,
-                 row_blocks: bool = False) -> tirx.PrimFunc:
+                 row_blocks: bool = False, weights: str = "float32") -> tirx.PrimFunc:
     """The PrimFunc of ``loop``, memoized when ``memo`` is given; ``row_blocks``: the
     unmodified kernel reading R as :func:`~memotvm.kernels.row_blocks.pack_row_blocks`
-    (see there)."""
-    return KernelBuilder(loop, memo, row_blocks).build()
+    (see there); ``weights``: the dtype W and R come in (float32, bfloat16, or int8
+    followed by their per-row scales; :mod:`memotvm.precision`)."""
+    return KernelBuilder(loop, memo, row_blocks, weights).build()
+
+
+def kernel_weights(kernel: tirx.PrimFunc) -> str:
+    """The dtype a recurrent-loop kernel takes its weights in."""
+    return str(kernel.attrs.get("memotvm.weights", "float32"))

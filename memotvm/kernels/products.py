@@ -156,7 +156,12 @@ class DenseProducts:
         return self.a[d, b, j] if self.scheme.keeps_input_parts else self.input_projection(d, b, s, j)
 
     def with_bias(self, value, d, j, which):
-        """value + Wb_j (which = "W") or + Rb_j (which = "R"), when the node has B."""
+        """value + Wb_j (which = "W") or + Rb_j (which = "R"), when the node has B; with
+        int8 weights, the value (a dot product of the row's integers) times the row's
+        scale first."""
+        scale = self.W_scale if which == "W" else self.R_scale
+        if scale is not None:
+            value = value * scale[d, j]
         if self.B is None:
             return value
         return value + self.load(self.B, (d, j if which == "W" else self.loop.rows + j))

@@ -23,11 +23,13 @@ from tvm import relax
 from tvm.ir import GenericConst
 
 from ..errors import ConfigError, UnsupportedModelError
-from ..kernels import MemoPlan, build_kernel, build_sign_packer, weight_data
+from ..kernels import MemoPlan, build_kernel, build_sign_packer, kernel_weights, weight_data
 from ..kernels.memo_table import TABLE_DTYPE, table_size
 from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions, without_uncalled_kernels
+from .kernel_calls import kernel_loop, recurrent_calls, recurrent_kernel, weights_are_constant
+from .precision import effective_weights
 
 def _check_threshold(value, where):
     if isinstance(value, (str, bytes)):
@@ -251,42 +253,6 @@ def _append_outputs(mod, outputs):
     return relax.transform.Normalize()(mod)
 
 
-def weights_are_constant(call) -> bool:
-    args = call.args[1].fields
-    return isinstance(args[1], GenericConst) and isinstance(args[2], GenericConst)
-
-
-def kernel_loop(func):
-    """The RecurrentLoop a recurrent-loop kernel computes; None for other functions."""
-    if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "memotvm.recurrent" in func.attrs:
-        return RecurrentLoop.from_json(str(func.attrs["memotvm.recurrent"]))
-    return None
-
-
-def recurrent_kernel(mod, call):
-    """(loop, kernel) where ``call`` is a call_tir of one of mod's recurrent-loop
-    kernels, else None."""
-    if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.call_tir"):
-        return None
-    kernel = mod[call.args[0]]
-    loop = kernel_loop(kernel)
-    return None if loop is None else (loop, kernel)
-
-
-def recurrent_calls(mod):
-    """(loop, call) for every call_tir of a recurrent-loop kernel in mod's functions."""
-    found = []
-
-    def visit(expr):
-        if (hit := recurrent_kernel(mod, expr)) is not None:
-            found.append((hit[0], expr))
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return found
-
-
 def check_supported(mod, config: MemoConfig) -> None:
     """Raise ConfigError where a node's predictor needs constant weights it lacks
     (called before the pass: errors raised inside a TVM pass lose their type)."""
@@ -329,12 +295,12 @@ class _KernelCallRewriter(relax.PyExprMutator):
         hit = recurrent_kernel(self.mod_, call)
         if hit is None or "memotvm.memo" in hit[1].attrs:  # (already memoized)
             return call
-        loop = hit[0]
+        loop, plain = hit
         plan = self.config.plan_for(loop)
         args = list(call.args[1].fields)
         predictor = get_predictor(plan.predictor)
         if predictor is not None:
-            args += self._predictor_inputs(loop, predictor, args[1], args[2])
+            args += self._predictor_inputs(loop, predictor, args, effective_weights(loop, plain, args))
         if self.tunable:
             param = relax.Var(THRESHOLD_INPUT + loop.name,
                               relax.TensorType([loop.num_directions], "float64"))
@@ -351,7 +317,8 @@ class _KernelCallRewriter(relax.PyExprMutator):
         batch = args[0].ty.shape.values[1]
         out_ty = list(call.ty_args[0].fields) + [
             relax.TensorType([loop.num_directions, batch, size], TABLE_DTYPE)]
-        kernel = self.builder_.add_func(build_kernel(loop, plan), f"{loop.op.lower()}_memo_kernel")
+        kernel = self.builder_.add_func(build_kernel(loop, plan, weights=kernel_weights(plain)),
+                                        f"{loop.op.lower()}_memo_kernel")
         # Bound here, so that the table it returns can be an output of main (the other
         # outputs keep their positions: the table comes last).
         result = self.builder_.emit(relax.call_tir(kernel, args, out_ty=out_ty))
@@ -360,14 +327,15 @@ class _KernelCallRewriter(relax.PyExprMutator):
         self.table_outputs.append(emit(relax.TupleGetItem(result, len(out_ty) - 1)))
         return result
 
-    def _predictor_inputs(self, loop, predictor, weights_w, weights_r):
-        """The predictor's compile-time data as constants; for the BNN predictor with
-        weights computed at run time, packing kernels instead."""
-        if isinstance(weights_w, GenericConst) and isinstance(weights_r, GenericConst):
-            data = weight_data(loop, predictor, weights_w.value.numpy(), weights_r.value.numpy())
+    def _predictor_inputs(self, loop, predictor, args, constant):
+        """The predictor's compile-time data as constants, from the ``constant`` weights
+        (float32, as the kernel computes with them); for the BNN predictor with weights
+        computed at run time (None), packing kernels instead."""
+        if constant is not None:
+            data = weight_data(loop, predictor, *constant)
             return [relax.const(value, str(value.dtype)) for value in data.values()]
         inputs = []
-        for which, weights in (("W", weights_w), ("R", weights_r)):
+        for which, weights in (("W", args[1]), ("R", args[2])):
             packer = self.builder_.add_func(build_sign_packer(loop, which), f"pack_signs_{which}")
             bits_type = relax.TensorType(list(BnnPredictor.signs_shape(loop, which)), "uint64")
             inputs.append(self.builder_.emit(relax.call_tir(packer, [weights], out_ty=bits_type)))

@@ -19,9 +19,10 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
-from ..kernels import MemoPlan, build_kernel, has_row_blocks, pack_row_blocks, vector_lanes
+from ..kernels import (MemoPlan, build_kernel, has_row_blocks, kernel_weights, pack_row_blocks,
+                       vector_lanes)
 from ..passes._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
-from ..passes.memoize import recurrent_kernel
+from ..passes.kernel_calls import recurrent_kernel
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackRecurrentRows")
@@ -61,7 +62,7 @@ class _LanesRewriter(relax.PyExprMutator):
         loop, kernel = hit
         plan = kernel.attrs.get("memotvm.memo_plan")
         memo = MemoPlan.from_json(str(plan)) if plan is not None else None
-        rebuilt = add_kernel(self.builder_, build_kernel(loop, memo))
+        rebuilt = add_kernel(self.builder_, build_kernel(loop, memo, weights=kernel_weights(kernel)))
         return relax.call_tir(rebuilt, list(call.args[1].fields), out_ty=list(call.ty_args[0].fields))
 
 
@@ -76,7 +77,7 @@ class _RowBlockRewriter(relax.PyExprMutator):
         hit = recurrent_kernel(self.mod_, call)
         if hit is None or "memotvm.memo" in hit[1].attrs:  # memoized kernels keep R
             return call
-        loop = hit[0]
+        loop, kernel = hit
         args = list(call.args[1].fields)
         if not isinstance(args[2], GenericConst) or not has_row_blocks(loop):
             return call
@@ -84,5 +85,6 @@ class _RowBlockRewriter(relax.PyExprMutator):
         packed = pack_row_blocks(args[2].value.numpy(), vector_lanes())
         # (relax.const makes float64 arrays float32 unless told)
         args[2] = relax.const(packed, str(packed.dtype))
-        kernel = add_kernel(self.builder_, build_kernel(loop, row_blocks=True))
+        kernel = add_kernel(self.builder_, build_kernel(loop, row_blocks=True,
+                                                         weights=kernel_weights(kernel)))
         return relax.call_tir(kernel, args, out_ty=list(call.ty_args[0].fields))

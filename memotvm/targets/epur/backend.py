@@ -23,7 +23,8 @@ from tvm import relax
 from tvm.relax.dpl import is_call_tir
 from tvm.relax.transform import FusionPattern
 
-from ...passes.memoize import kernel_loop, recurrent_calls
+from ...kernels import kernel_weights
+from ...passes.kernel_calls import kernel_loop, recurrent_calls
 from ...runtime import CompiledModel
 from ..base import Backend
 from ..cpu import CpuBackend
@@ -63,7 +64,7 @@ class OffloadToEpur:
                 kernel, positions = _kernel_call(mod, func)
                 loop = kernel_loop(kernel)
                 plan = self.memo.plan_for(loop) if self.memo is not None else None
-                prog = lower(loop, plan, self.hw)
+                prog = lower(loop, plan, self.hw, weights=kernel_weights(kernel))
                 self.programs.append(prog)
                 externs[gv] = (_register(prog), positions)
         mutator = _CallReplacer(mod, externs)

@@ -50,9 +50,33 @@ class Instr:
         return f"{self.unit:>4}  {self.op:<14} rows={self.rows:<9} len={self.length:<6} {self.note}"
 
 
+@dataclass(frozen=True)
+class WeightFormat:
+    """What one weight costs on the machine: bytes held and moved, multiply-adds per
+    cycle of a CU's DPU, and pJ per multiply-add (at the modelled node)."""
+
+    bytes: float
+    dpu_width: float
+    mac_pj: float
+    # One more MFU operation per computed neuron: its dot product times the row's scale.
+    scaled_rows: bool = False
+
+
+def weight_format(hw: HardwareConfig, weights: str) -> WeightFormat:
+    """The format of weights stored as ``weights`` (a kernel's dtype: float32 means the
+    machine's native format, ``compute.element_bytes``)."""
+    if weights == "float32":
+        return WeightFormat(hw["compute.element_bytes"], hw["compute.dpu_width"],
+                            hw.energy_pj("energy.mac"))
+    name = {"bfloat16": "bf16", "int8": "int8"}[weights]
+    return WeightFormat(hw[f"precision.{name}_weight_bytes"], hw[f"precision.{name}_dpu_width"],
+                        hw.energy_pj(f"precision.{name}_mac"), scaled_rows=weights == "int8")
+
+
 @dataclass
 class EpurProgram:
-    """One recurrent layer lowered for the accelerator."""
+    """One recurrent layer lowered for the accelerator (``weights``: the dtype its
+    weights are stored in, :mod:`memotvm.precision`)."""
 
     loop: RecurrentLoop
     plan: MemoPlan | None
@@ -60,10 +84,16 @@ class EpurProgram:
     prologue: list = field(default_factory=list)
     step: list = field(default_factory=list)
     weights_fit: bool = True
+    weights: str = "float32"
+
+    @property
+    def weight_format(self) -> WeightFormat:
+        return weight_format(self.hw, self.weights)
 
     def format(self) -> str:
         lines = [f"; {self.loop.op} '{self.loop.name}' D={self.loop.input_size} "
                  f"H={self.loop.hidden_size} {self.loop.direction}, "
+                 + ("" if self.weights == "float32" else f"{self.weights} weights, ")
                  + (f"memo {self.plan.predictor} thresholds {self.plan.thresholds}" if self.plan
                     else "unmodified")]
         lines.append("per call:")
@@ -73,11 +103,11 @@ class EpurProgram:
         return "\n".join(lines)
 
 
-def lower(loop: RecurrentLoop, plan: MemoPlan | None, hw: HardwareConfig) -> EpurProgram:
+def lower(loop: RecurrentLoop, plan: MemoPlan | None, hw: HardwareConfig,
+          weights: str = "float32") -> EpurProgram:
     D, H, N = loop.input_size, loop.hidden_size, loop.rows
-    eb = int(hw["compute.element_bytes"])
-    prog = EpurProgram(loop, plan, hw)
-    weight_bytes = loop.num_directions * N * (D + H) * eb
+    prog = EpurProgram(loop, plan, hw, weights=weights)
+    weight_bytes = int(loop.num_directions * N * (D + H) * prog.weight_format.bytes)
     prog.weights_fit = weight_bytes <= hw["memory.weight_buffer"]
     predictor = get_predictor(plan.predictor) if plan else None
     oracle = plan is not None and predictor is None
@@ -185,8 +215,9 @@ def table_traffic(prog: EpurProgram, batch: int, resumed_chains: int) -> float:
 def _cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> LayerCost:
     hw, loop = prog.hw, prog.loop
     D, H, N = loop.input_size, loop.hidden_size, loop.rows
-    units, width = hw["compute.units"], hw["compute.dpu_width"]
-    eb = hw["compute.element_bytes"]
+    fmt = prog.weight_format
+    units, width = hw["compute.units"], fmt.dpu_width
+    eb, wb = hw["compute.element_bytes"], fmt.bytes
     nd = loop.num_directions
     steps_total = float(nd * np.sum(lengths))  # valid (chain, step) pairs
     # Computed neurons of each valid step, flattened over chains.
@@ -213,12 +244,15 @@ def _cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> Layer
     bnn = math.ceil(bnn_words / (units * hw["compute.bnn_words_per_cycle"])) if bnn_words else 0
     mfu_ops = ops["CELL"].length + (N if "MEMO_CHECK" in ops else 0)
     mfu = math.ceil(mfu_ops / (units * hw["compute.mfu_lanes"]))
+    # int8: each computed neuron's two dot products (W's, R's) times their rows' scales.
+    scale_ops = 2 * per_step if fmt.scaled_rows else np.zeros_like(per_step)
+    mfu = mfu + np.ceil(scale_ops / (units * hw["compute.mfu_lanes"]))
     compute_cycles = np.maximum(dpu, bnn) + mfu + hw["compute.step_latency"]
 
     # Memory traffic.
     io_bytes = steps_total * (D + H) * eb
-    weight_bytes_step = per_step * (D + H) * eb if "DOT" in ops else \
-        (N * D + per_step * H) * eb
+    weight_bytes_step = per_step * (D + H) * wb if "DOT" in ops else \
+        (N * D + per_step * H) * wb
     dram, sram_weight_reads, step_cycles, load_cycles = _weight_traffic(
         prog, weight_bytes_step, io_bytes, compute_cycles)
     if "LOAD_SIGNS" in {i.op for i in prog.prologue}:
@@ -232,9 +266,9 @@ def _cost(prog: EpurProgram, computed: np.ndarray, lengths: np.ndarray) -> Layer
     seconds = cycles / (hw["clock.frequency"] * 1e6)
     words64 = 8.0
     energy = {
-        "dot_products": (macs + steps_total * predict_macs) * hw.energy_pj("energy.mac"),
+        "dot_products": macs * fmt.mac_pj + steps_total * predict_macs * hw.energy_pj("energy.mac"),
         "bnn": steps_total * bnn_words * hw.energy_pj("energy.bnn_word"),
-        "mfu": steps_total * mfu_ops * hw.energy_pj("energy.mfu_op"),
+        "mfu": (steps_total * mfu_ops + scale_ops.sum()) * hw.energy_pj("energy.mfu_op"),
         "onchip_memory": sram_weight_reads / words64 * hw.energy_pj("energy.weight_sram_read")
         + activation_bytes / words64 * hw.energy_pj("energy.small_sram_access"),
         "memo_buffer": memo_accesses * math.ceil(hw["memory.memo_buffer_entry"] / words64)
@@ -254,7 +288,7 @@ def _weight_traffic(prog: EpurProgram, weight_bytes_step, io_bytes, step_cycles)
     then bounds the step."""
     hw, loop = prog.hw, prog.loop
     all_weights = loop.num_directions * loop.rows * (loop.input_size + loop.hidden_size) \
-        * hw["compute.element_bytes"]
+        * prog.weight_format.bytes
     bandwidth = hw["memory.dram_bandwidth"]
     if prog.weights_fit:
         return (all_weights + io_bytes, float(weight_bytes_step.sum()), step_cycles,
@@ -268,11 +302,12 @@ def _delta_cost(prog: EpurProgram, macs_per_step: np.ndarray, steps_total: float
     all N parts, spread over the CUs' DPUs; every component is compared on the MFU."""
     hw, loop = prog.hw, prog.loop
     D, H, N = loop.input_size, loop.hidden_size, loop.rows
-    units, width, eb = hw["compute.units"], hw["compute.dpu_width"], hw["compute.element_bytes"]
+    fmt = prog.weight_format
+    units, width, eb = hw["compute.units"], fmt.dpu_width, hw["compute.element_bytes"]
     mfu_ops = MFU_OPS_PER_UNIT[loop.op] * H + (D + H)
     dpu = np.ceil(macs_per_step / (units * width))
     step_cycles = dpu + math.ceil(mfu_ops / (units * hw["compute.mfu_lanes"])) + hw["compute.step_latency"]
-    weight_bytes = macs_per_step * eb
+    weight_bytes = macs_per_step * fmt.bytes
     io_bytes = steps_total * (D + H) * eb
     dram, sram_weights, step_cycles, load_cycles = _weight_traffic(
         prog, weight_bytes, io_bytes, step_cycles)
@@ -283,7 +318,7 @@ def _delta_cost(prog: EpurProgram, macs_per_step: np.ndarray, steps_total: float
     small_bytes = steps_total * ((D + H) * eb * 2 + H * eb) + macs_per_step.sum() * eb * 2
     macs = float(macs_per_step.sum())
     energy = {
-        "dot_products": macs * hw.energy_pj("energy.mac"),
+        "dot_products": macs * fmt.mac_pj,
         "bnn": 0.0,
         "mfu": steps_total * mfu_ops * hw.energy_pj("energy.mfu_op"),
         "onchip_memory": sram_weights / 8 * hw.energy_pj("energy.weight_sram_read")

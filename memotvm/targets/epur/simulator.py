@@ -28,7 +28,7 @@ class LayerRun:
 
 def simulate(prog: EpurProgram, args: list) -> LayerRun:
     """Run ``prog`` on the kernel's input arrays (X, W, R, then the optional inputs the
-    node has, in ONNX order, all in layout 0; then, memoized, the predictor's data, which
+    node has, in ONNX order, all in layout 0; int8 weights' scales; then, memoized, the predictor's data, which
     the simulator derives again, the thresholds and last the memo table)."""
     loop = dataclasses.replace(prog.loop, layout=0)  # kernels see layout 0
     plan, table = prog.plan, None
@@ -38,6 +38,12 @@ def simulate(prog: EpurProgram, args: list) -> LayerRun:
     X, W, R = args[:3]
     optional = [n for n in OPTIONAL_INPUTS.values() if loop.has(n)]
     given = dict(zip(optional, args[3: 3 + len(optional)]))
+    # Weights at reduced precision: the values they stand for (memotvm.precision).
+    if prog.weights != "float32":
+        W, R = W.astype(np.float32), R.astype(np.float32)
+    if prog.weights == "int8":
+        scales = args[3 + len(optional): 5 + len(optional)]
+        W, R = W * scales[0][..., None], R * scales[1][..., None]
     seq, batch = X.shape[0], X.shape[1]
     lens = given.get("sequence_lens")
     status = np.zeros((loop.num_directions, batch), np.int32)

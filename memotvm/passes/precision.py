@@ -1,0 +1,115 @@
+"""The precision pass: recurrent weights stored at reduced precision.
+
+``ReduceWeightPrecision(config)`` is a module pass.  For each ``call_tir`` of a
+recurrent-loop kernel whose node the :class:`~memotvm.precision.PrecisionConfig` puts
+below fp32, it replaces the constant W and R by their stored form (bfloat16, or int8
+followed by their per-row scales; :mod:`memotvm.precision`) and the kernel by one built
+to read them.  It runs before the memoization pass, which keeps the weights' storage
+and derives its predictors from the rounded weights (:func:`effective_weights`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import GenericConst
+
+from ..errors import ConfigError, UnsupportedModelError
+from ..kernels import build_kernel, kernel_weights
+from ..kernels.plan import MemoPlan
+from ..precision import STORAGE, PrecisionConfig, node_storage, rounded_weights, store_weights
+from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
+from .kernel_calls import recurrent_calls, recurrent_kernel
+
+
+def node_inputs(loop) -> int:
+    """How many of a kernel's arguments are the node's own inputs (X, W, R and the
+    optional ones it has); int8 scales and the scheme's data follow."""
+    return 3 + sum(loop.has(label) for label in ("B", "sequence_lens", "initial_h", "initial_c", "P"))
+
+
+def effective_weights(loop, kernel, args):
+    """(W, R) as float32 arrays of the values a kernel computes with -- its constant
+    weights dequantized -- or None where they are computed at run time."""
+    W, R = args[1], args[2]
+    if not (isinstance(W, GenericConst) and isinstance(R, GenericConst)):
+        return None
+    W, R = W.value.numpy(), R.value.numpy()
+    if kernel_weights(kernel) != "int8":
+        return W.astype(np.float32), R.astype(np.float32)
+    at = node_inputs(loop)
+    w_scale, r_scale = (a.value.numpy() for a in args[at:at + 2])
+    return (W.astype(np.float32) * w_scale[..., None],
+            R.astype(np.float32) * r_scale[..., None])
+
+
+def check_precision(mod, config: PrecisionConfig) -> None:
+    """Raise ConfigError where a node put below fp32 cannot be (called before the pass:
+    errors raised inside a TVM pass lose their type)."""
+    for loop, call in recurrent_calls(mod):
+        wanted = config.for_loop(loop)
+        if all(p == "fp32" for p in wanted):
+            continue
+        if loop.dtype != "float32":
+            raise ConfigError(f"precision {'/'.join(wanted)} applies to float32 layers; "
+                              f"{loop.op} node '{loop.name}' is {loop.dtype}")
+        W, R = call.args[1].fields[1:3]
+        if not (isinstance(W, GenericConst) and isinstance(R, GenericConst)):
+            raise ConfigError(f"precision {'/'.join(wanted)} rounds the weights at compile time, "
+                              f"but {loop.op} node '{loop.name}' computes W or R at run time")
+        for label, value in (("W", W), ("R", R)):
+            array = value.value.numpy()
+            if not np.isfinite(array).all():
+                raise UnsupportedModelError(
+                    f"{loop.op} node '{loop.name}': its {label} holds NaN or infinite values, "
+                    f"which precision {'/'.join(wanted)} cannot round")
+
+
+@tvm.transform.module_pass(opt_level=0, name="ReduceWeightPrecision")
+class ReduceWeightPrecision:
+    """Store every recurrent node's weights at the precision ``config`` gives it."""
+
+    def __init__(self, config: PrecisionConfig):
+        self.config = PrecisionConfig.coerce(config)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return without_uncalled_kernels(rewrite_functions(_WeightRewriter(mod, self.config), mod))
+
+
+@relax.expr_functor.mutator
+class _WeightRewriter(relax.PyExprMutator):
+    def __init__(self, mod, config):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.config = config
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        hit = recurrent_kernel(self.mod_, call)
+        if hit is None or kernel_weights(hit[1]) != "float32":
+            return call
+        loop, kernel = hit
+        wanted = self.config.for_loop(loop)
+        if all(p == "fp32" for p in wanted):
+            return call
+        args = list(call.args[1].fields)
+        storage = node_storage(wanted)
+        W, R = args[1].value.numpy(), args[2].value.numpy()
+        if storage == "fp32":
+            # Directions at different precisions: float32 holding each one's values.
+            for i, weights in ((1, W), (2, R)):
+                values = np.stack([rounded_weights(weights[d], p) for d, p in enumerate(wanted)])
+                args[i] = relax.const(values, "float32")
+            return relax.call_tir(call.args[0], args, out_ty=list(call.ty_args[0].fields))
+        stored = [store_weights(W, storage), store_weights(R, storage)]
+        dtype = STORAGE[storage]
+        args[1] = relax.const(stored[0].values, dtype)
+        args[2] = relax.const(stored[1].values, dtype)
+        if storage == "int8":
+            at = node_inputs(loop)
+            args[at:at] = [relax.const(s.scales, "float32") for s in stored]
+        plan = kernel.attrs.get("memotvm.memo_plan")
+        memo = MemoPlan.from_json(str(plan)) if plan is not None else None
+        rebuilt = add_kernel(self.builder_, build_kernel(loop, memo, weights=dtype))
+        return relax.call_tir(rebuilt, args, out_ty=list(call.ty_args[0].fields))

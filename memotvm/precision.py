@@ -1,0 +1,219 @@
+"""Reduced precision of the recurrent weights: what ``compile(..., precision=...)`` means.
+
+A recurrent node's W and R are stored at a *precision*, per node and direction:
+
+* ``fp32`` -- as the model gives them;
+* ``bf16`` -- each weight rounded to bfloat16 (round to nearest, ties to even): 8 bits of
+  mantissa, the range of float32;
+* ``int8`` -- each row r (one neuron's weights of W, and separately of R) quantized
+  symmetrically: ``s_r = max_k |w_rk| / 127`` (1 for a row of zeros) and
+  ``q_rk = round_half_even(w_rk / s_r)``, an integer in [-127, 127]; the weight stands
+  for ``q_rk * s_r``.
+
+Only the weights change.  Biases, peepholes, activations and the cell state stay float32
+and every dot product accumulates in float32, so a layer at reduced precision computes
+exactly what the unmodified layer computes with the rounded weights
+(:func:`rounded_weights`), up to float32 rounding -- which is how the tests check it.
+The memoization predictors are derived from the rounded weights: they predict the
+neuron that is computed.
+
+A kernel holds one storage type for all its directions: where a node's directions ask
+for different precisions, its weights are stored as float32 holding each direction's
+rounded values (the loss is as configured, the speed that of float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+
+from .errors import ConfigError
+
+# Precision name -> the dtype a kernel stores its weights in.
+STORAGE = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+# The widest first: a node whose directions differ is stored at the first that any asks.
+PRECISIONS = tuple(STORAGE)
+INT8_MAX = 127
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    """Weights [directions, rows, n] as a kernel stores them: ``values`` in the storage
+    dtype and, for int8, ``scales`` [directions, rows] (float32) that multiply each
+    row's dot product."""
+
+    values: np.ndarray
+    scales: np.ndarray | None = None
+
+    def dequantized(self) -> np.ndarray:
+        """The float32 weights the stored ones stand for."""
+        values = self.values.astype(np.float32)
+        return values if self.scales is None else values * self.scales[..., None]
+
+
+def store_weights(weights: np.ndarray, precision: str) -> StoredWeights:
+    """``weights`` (float32, rows along the second-to-last axis) at ``precision``."""
+    w = np.asarray(weights, np.float32)
+    if precision == "fp32":
+        return StoredWeights(w)
+    if precision == "bf16":
+        return StoredWeights(w.astype(ml_dtypes.bfloat16))
+    if precision == "int8":
+        amax = np.abs(w).max(axis=-1).astype(np.float64)
+        scales = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+        q = np.rint(w.astype(np.float64) / scales[..., None].astype(np.float64))
+        return StoredWeights(np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scales)
+    raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def rounded_weights(weights: np.ndarray, precision: str) -> np.ndarray:
+    """The float32 values ``weights`` stand for at ``precision``."""
+    return store_weights(weights, precision).dequantized()
+
+
+def node_storage(precisions) -> str:
+    """The precision a node with these per-direction precisions is stored at: theirs
+    where they agree, else fp32 (each direction's values rounded to its own)."""
+    unique = set(precisions)
+    return unique.pop() if len(unique) == 1 else "fp32"
+
+
+def _check_precision(value, where) -> str:
+    if not isinstance(value, str) or value not in STORAGE:
+        raise ConfigError(f"precision {where} must be one of {', '.join(PRECISIONS)}, "
+                          f"got {value!r}"[:200])
+    return value
+
+
+@dataclass
+class PrecisionConfig:
+    """The precision of every recurrent node's weights.
+
+    ``default`` applies to every node and direction; ``per_node`` overrides it by ONNX
+    node name, with one precision or ``{"forward": p, "reverse": p}``.
+    """
+
+    default: str = "fp32"
+    per_node: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.default = _check_precision(self.default, "(default)")
+        if not isinstance(self.per_node, dict):
+            raise ConfigError("per_node must map node names to precisions, got "
+                              f"{type(self.per_node).__name__}")
+        checked = {}
+        for node, value in self.per_node.items():
+            if not isinstance(node, str):
+                raise ConfigError(f"per_node keys are node names, got {node!r}"[:200])
+            if isinstance(value, dict):
+                bad = set(value) - {"forward", "reverse"}
+                if bad:
+                    raise ConfigError(f"node '{node}': directions must be 'forward' or "
+                                      f"'reverse', got {sorted(bad)}")
+                checked[node] = {k: _check_precision(v, f"of node '{node}' ({k})")
+                                 for k, v in value.items()}
+            else:
+                checked[node] = _check_precision(value, f"of node '{node}'")
+        self.per_node = checked
+
+    @classmethod
+    def coerce(cls, value) -> "PrecisionConfig":
+        """Accept a PrecisionConfig, a precision name, a dict, or the path of a JSON file
+        (its ``precision`` section: what ``memotvm calibrate`` writes)."""
+        if isinstance(value, PrecisionConfig):
+            return value
+        if isinstance(value, str) and value in STORAGE:
+            return cls(value)
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        if isinstance(value, str):
+            if not value.endswith(".json") and not os.path.exists(value):
+                _check_precision(value, "")  # a mistyped name rather than a file
+            return cls.load(value)
+        raise ConfigError(f"cannot use {type(value).__name__} as a precision "
+                          f"(one of {', '.join(PRECISIONS)}, a dict or a JSON file)")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PrecisionConfig":
+        extra = set(raw) - {"default", "per_node"}
+        if extra:
+            raise ConfigError(f"unknown precision configuration key(s): {sorted(extra)}")
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: str) -> "PrecisionConfig":
+        """The ``precision`` section of a JSON file (fp32 everywhere where it has none)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read a precision configuration: {err.strerror}") from err
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ConfigError(f"{path}: not a JSON configuration") from None
+        section = raw.get("precision") if isinstance(raw, dict) else None
+        if section is None:
+            return cls()
+        if isinstance(section, str):
+            return cls(section)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: 'precision' must be a name or an object with default "
+                              "and per_node")
+        return cls.from_dict(section)
+
+    @classmethod
+    def in_file(cls, path: str) -> "PrecisionConfig | None":
+        """The file's precision section, or None where it has none."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        return cls.load(path) if isinstance(raw, dict) and raw.get("precision") is not None else None
+
+    def to_dict(self) -> dict:
+        return {"default": self.default, "per_node": self.per_node}
+
+    @property
+    def reduced(self) -> bool:
+        """Whether any node or direction is below fp32."""
+        values = [self.default] + [v for pn in self.per_node.values()
+                                   for v in (pn.values() if isinstance(pn, dict) else [pn])]
+        return any(v != "fp32" for v in values)
+
+    def text(self) -> str:
+        """"bf16 everywhere", or per node: "/lstm/LSTM int8; others fp32"."""
+        def one(value):
+            if isinstance(value, dict):
+                return ", ".join(f"{d} {p}" for d, p in value.items())
+            return value
+
+        if not self.per_node:
+            return f"{self.default} everywhere"
+        return "; ".join(f"{node} {one(v)}" for node, v in self.per_node.items()) \
+            + f"; others {self.default}"
+
+    def check_nodes(self, loops) -> None:
+        names = {loop.name for loop in loops}
+        unknown = sorted(set(self.per_node) - names)
+        if unknown:
+            raise ConfigError(f"precision configuration names node(s) not in the model: "
+                              f"{', '.join(unknown)} (recurrent nodes: "
+                              f"{', '.join(sorted(names)) or 'none'})")
+        for loop in loops:
+            value = self.per_node.get(loop.name)
+            if isinstance(value, dict):
+                for d in value:
+                    if d not in [loop.direction_name(i) for i in range(loop.num_directions)]:
+                        raise ConfigError(f"node '{loop.name}' has no '{d}' direction")
+
+    def for_loop(self, loop) -> tuple:
+        """The precision of each of ``loop``'s directions."""
+        value = self.per_node.get(loop.name, self.default)
+        if isinstance(value, dict):
+            return tuple(value.get(loop.direction_name(d), self.default)
+                         for d in range(loop.num_directions))
+        return (value,) * loop.num_directions
