@@ -66,11 +66,12 @@ class KernelBuilder(DenseProducts):
     """Builds the PrimFunc of one :class:`RecurrentLoop`, plain or memoized."""
 
     def __init__(self, loop: RecurrentLoop, memo: MemoPlan | None = None,
-                 row_blocks: bool = False, weights: str = "float32"):
+                 row_blocks: bool = False, weights: str | None = None):
         if row_blocks and (memo is not None or not has_row_blocks(loop)):
             raise ValueError("row_blocks: for the unmodified kernel of a hidden size "
                              f"divisible by {ROW_BLOCK}")
-        if weights not in WEIGHT_DTYPES or (weights != loop.dtype and loop.dtype != "float32"):
+        weights = loop.dtype if weights is None else weights
+        if weights != loop.dtype and (loop.dtype != "float32" or weights not in WEIGHT_DTYPES):
             raise ValueError(f"weights: one of {WEIGHT_DTYPES} for a float32 node, got {weights} "
                              f"for a {loop.dtype} node")
         self.loop = loop
@@ -177,7 +178,7 @@ class KernelBuilder(DenseProducts):
         self.seq = seq = tirx.Var("seq_length", "int64")
         self.batch = batch = tirx.Var("batch_size", "int64")
         dt = loop.dtype
-        wt = self.weights if self.weights != "float32" else dt
+        wt = self.weights
         self.X = self.param("X", (seq, batch, D), dt)
         self.W = self.param("W", (nd, G, D), wt)
         self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), wt)
@@ -578,14 +579,14 @@ class KernelBuilder(DenseProducts):
 
 
 def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None,
-                 row_blocks: bool = False, weights: str = "float32") -> tirx.PrimFunc:
+                 row_blocks: bool = False, weights: str | None = None) -> tirx.PrimFunc:
     """The PrimFunc of ``loop``, memoized when ``memo`` is given; ``row_blocks``: the
     unmodified kernel reading R as :func:`~memotvm.kernels.row_blocks.pack_row_blocks`
-    (see there); ``weights``: the dtype W and R come in (float32, bfloat16, or int8
-    followed by their per-row scales; :mod:`memotvm.precision`)."""
+    (see there); ``weights``: the dtype W and R come in (the node's, or for a float32
+    node bfloat16, or int8 followed by their per-row scales; :mod:`memotvm.precision`)."""
     return KernelBuilder(loop, memo, row_blocks, weights).build()
 
 
 def kernel_weights(kernel: tirx.PrimFunc) -> str:
     """The dtype a recurrent-loop kernel takes its weights in."""
-    return str(kernel.attrs.get("memotvm.weights", "float32"))
+    return str(kernel.attrs["memotvm.weights"])

@@ -36,8 +36,10 @@ def effective_weights(loop, kernel, args):
     if not (isinstance(W, GenericConst) and isinstance(R, GenericConst)):
         return None
     W, R = W.value.numpy(), R.value.numpy()
-    if kernel_weights(kernel) != "int8":
+    if kernel_weights(kernel) == "bfloat16":
         return W.astype(np.float32), R.astype(np.float32)
+    if kernel_weights(kernel) != "int8":
+        return W, R
     at = node_inputs(loop)
     w_scale, r_scale = (a.value.numpy() for a in args[at:at + 2])
     return (W.astype(np.float32) * w_scale[..., None],
@@ -87,7 +89,7 @@ class _WeightRewriter(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         hit = recurrent_kernel(self.mod_, call)
-        if hit is None or kernel_weights(hit[1]) != "float32":
+        if hit is None or kernel_weights(hit[1]) != "float32":  # (float64, or already reduced)
             return call
         loop, kernel = hit
         wanted = self.config.for_loop(loop)

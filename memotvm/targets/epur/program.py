@@ -64,8 +64,8 @@ class WeightFormat:
 
 def weight_format(hw: HardwareConfig, weights: str) -> WeightFormat:
     """The format of weights stored as ``weights`` (a kernel's dtype: float32 means the
-    machine's native format, ``compute.element_bytes``)."""
-    if weights == "float32":
+    machine's native format, ``compute.element_bytes``, as does float64)."""
+    if weights not in ("bfloat16", "int8"):
         return WeightFormat(hw["compute.element_bytes"], hw["compute.dpu_width"],
                             hw.energy_pj("energy.mac"))
     name = {"bfloat16": "bf16", "int8": "int8"}[weights]
@@ -93,7 +93,7 @@ class EpurProgram:
     def format(self) -> str:
         lines = [f"; {self.loop.op} '{self.loop.name}' D={self.loop.input_size} "
                  f"H={self.loop.hidden_size} {self.loop.direction}, "
-                 + ("" if self.weights == "float32" else f"{self.weights} weights, ")
+                 + (f"{self.weights} weights, " if self.weights in ("bfloat16", "int8") else "")
                  + (f"memo {self.plan.predictor} thresholds {self.plan.thresholds}" if self.plan
                     else "unmodified")]
         lines.append("per call:")

@@ -39,7 +39,7 @@ def simulate(prog: EpurProgram, args: list) -> LayerRun:
     optional = [n for n in OPTIONAL_INPUTS.values() if loop.has(n)]
     given = dict(zip(optional, args[3: 3 + len(optional)]))
     # Weights at reduced precision: the values they stand for (memotvm.precision).
-    if prog.weights != "float32":
+    if prog.weights in ("bfloat16", "int8"):
         W, R = W.astype(np.float32), R.astype(np.float32)
     if prog.weights == "int8":
         scales = args[3 + len(optional): 5 + len(optional)]

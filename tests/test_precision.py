@@ -1,0 +1,211 @@
+"""Recurrent weights at reduced precision (compile(..., precision=...)) against the
+numpy reference run on the rounded weights."""
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import memotvm
+from memotvm.frontend import from_onnx
+from memotvm.kernels import kernel_weights
+from memotvm.passes.kernel_calls import recurrent_calls
+from memotvm.passes.precision import ReduceWeightPrecision
+from memotvm.precision import PrecisionConfig, rounded_weights, store_weights
+from memotvm.reference import ReferenceSession
+from memotvm.testing import make_inputs, make_recurrent_model
+
+from test_memo import _weights_as_inputs, counts
+
+
+def check(model, feeds, precision, memo=None, target="cpu"):
+    compiled = memotvm.compile(model, target=target, memo=memo, precision=precision)
+    got = compiled.run(feeds)
+    ref = ReferenceSession(model, memo=memo, precision=precision)
+    expected = ref.run(feeds)
+    if memo is not None:  # same decisions
+        assert counts(compiled.last_stats) == counts(ref.stats)
+    # The kernel sums the same float32 products as the reference in another order
+    # (and, at int8, scales a row's sum of q_k x_k where the reference sums (q_k s) x_k):
+    # float32 rounding of sums of at most D + H terms of outputs in [-1, 1].
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+    return compiled, got
+
+
+def test_int8_quantizes_each_row_symmetrically():
+    w = np.array([[[0.5, -0.25, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [-2.0, 1.0, 0.015625, 3.0]]],
+                 np.float32)
+    stored = store_weights(w, "int8")
+    assert stored.values.dtype == np.int8
+    np.testing.assert_array_equal(stored.scales, np.float32([[1 / 127, 1.0, 3 / 127]]))
+    # 63.5 rounds to even 64; -31.75 to -32; the largest magnitude of a row is 127.
+    np.testing.assert_array_equal(stored.values[0, 0], [64, -32, 127, 0])
+    np.testing.assert_array_equal(stored.values[0, 1], [0, 0, 0, 0])
+    np.testing.assert_array_equal(stored.values[0, 2], [-85, 42, 1, 127])
+    np.testing.assert_allclose(rounded_weights(w, "int8"), stored.values * stored.scales[..., None])
+    assert np.abs(rounded_weights(w, "int8") - w).max() <= 3 / 127 / 2 + 1e-7
+
+
+def test_bf16_rounds_to_nearest_even():
+    w = np.array([1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -3.3e38, 1e-40], np.float32)
+    got = rounded_weights(w[None, None], "bf16")[0, 0]
+    np.testing.assert_array_equal(got, np.float32([1.0, 1.0 + 2 ** -6, -3.3e38, 1e-40]).astype(
+        ml_dtypes.bfloat16).astype(np.float32))
+    assert got[0] == 1.0 and got[1] == np.float32(1.0 + 2 ** -6)  # ties to even
+
+
+@pytest.mark.parametrize("op,kwargs", [
+    ("LSTM", dict(direction="bidirectional", peepholes=True, initial_h=True)),
+    ("GRU", dict(direction="reverse", sequence_lens=True)),
+    pytest.param("GRU", dict(attrs={"linear_before_reset": 1}), marks=pytest.mark.slow),
+    pytest.param("RNN", dict(direction="bidirectional", initial_h=True), marks=pytest.mark.slow),
+])
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_agrees_with_reference(op, kwargs, precision):
+    model = make_recurrent_model(op, 21, 36, **kwargs)
+    feeds = make_inputs(model, 9, 5, seed=2)
+    _, got = check(model, feeds, precision)
+    plain = memotvm.compile(model).run(feeds)
+    # The rounding changes the outputs (the test would pass vacuously otherwise) ...
+    assert max(np.abs(g - p).max() for g, p in zip(got, plain)) > 1e-4
+
+
+@pytest.mark.parametrize("predictor", ["bnn", "delta", "lowrank:4",
+                                       pytest.param("oracle", marks=pytest.mark.slow),
+                                       pytest.param("exactinput:3", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_memoization_at_reduced_precision_agrees_with_reference(predictor, precision):
+    model = make_recurrent_model("LSTM", 16, 40, direction="bidirectional", initial_h=True)
+    feeds = make_inputs(model, 12, 3, seed=4, smooth=True)
+    compiled, _ = check(model, feeds, precision, memo={"threshold": 0.1, "predictor": predictor})
+    assert compiled.last_stats.reuse > 0
+
+
+@pytest.mark.parametrize("op", ["LSTM", pytest.param("GRU", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_threshold_zero_is_exactly_the_unmodified_model_at_reduced_precision(op, precision):
+    model = make_recurrent_model(op, 32, 48, direction="bidirectional")
+    feeds = make_inputs(model, 10, 6, seed=5)
+    plain = memotvm.compile(model, precision=precision).run(feeds)
+    memoized = memotvm.compile(model, memo=0.0, precision=precision).run(feeds)
+    for p, m in zip(plain, memoized):
+        np.testing.assert_array_equal(p, m)
+
+
+def test_per_node_and_direction_precisions():
+    model = make_recurrent_model("GRU", 12, 20, direction="bidirectional")
+    feeds = make_inputs(model, 8, 2, seed=6)
+    mixed = {"default": "fp32", "per_node": {"rnn": {"forward": "int8", "reverse": "bf16"}}}
+    check(model, feeds, mixed)
+    check(model, feeds, mixed, memo=0.05)
+    # One direction reduced: the other gives exactly what fp32 gives.
+    half = memotvm.compile(model, precision={"per_node": {"rnn": {"reverse": "int8"}}}).run(feeds)
+    plain = memotvm.compile(model).run(feeds)
+    np.testing.assert_array_equal(half[0][:, 0], plain[0][:, 0])
+    assert np.abs(half[0][:, 1] - plain[0][:, 1]).max() > 1e-4
+
+
+def _stored(model, precision):
+    imported = from_onnx(model)
+    mod = ReduceWeightPrecision(PrecisionConfig.coerce(precision))(
+        relax.transform.FoldConstant()(imported.mod))
+    (loop, call), = recurrent_calls(mod)
+    return mod[call.args[0]], list(call.args[1].fields)
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", "bfloat16"), ("int8", "int8")])
+def test_the_kernel_reads_narrow_weights(precision, dtype):
+    """The weights are stored narrow, not rounded and kept as float32 (the point is the
+    memory traffic)."""
+    model = make_recurrent_model("LSTM", 8, 16, initial_h=True)
+    kernel, args = _stored(model, precision)
+    assert kernel_weights(kernel) == dtype
+    assert [str(a.ty.dtype) for a in args[1:3]] == [dtype, dtype]
+    if precision == "int8":  # after B and initial_h: the per-row scales of W and R
+        assert [str(a.ty.dtype) for a in args[5:7]] == ["float32", "float32"]
+        assert [tuple(int(x) for x in a.ty.shape) for a in args[5:7]] == [(1, 64), (1, 64)]
+
+
+@pytest.mark.parametrize("target", ["llvm -mcpu=haswell",
+                                    pytest.param("llvm -mcpu=x86-64", marks=pytest.mark.slow)])
+def test_reduced_precision_without_avx512(target):
+    """CPUs without AVX-512 (AVX2, or SSE only) run the same code at their vector width."""
+    model = make_recurrent_model("GRU", 40, 36, direction="bidirectional")
+    feeds = make_inputs(model, 7, 2, seed=3, smooth=True)
+    for precision in ("bf16", "int8"):
+        check(model, feeds, precision, memo=0.05, target=target)
+
+
+def test_streaming_session_at_reduced_precision():
+    from test_streaming import chunked, smooth, state_of, stateful_layer, whole_call
+
+    model = memotvm.compile(stateful_layer("LSTM"), memo=0.1, precision="int8")
+    x = smooth(23, 2, 10)
+    whole, stats = whole_call(model, "LSTM", x)
+    session = model.session(state=state_of("LSTM"))
+    outs = chunked(session, x, 5)
+    np.testing.assert_array_equal(np.concatenate([o[0] for o in outs]), whole[0])
+    assert session.stats.per_gate == stats.per_gate
+
+
+def test_accelerator_prices_narrower_weights():
+    model = make_recurrent_model("LSTM", 64, 128)
+    feeds = make_inputs(model, 10, 1, seed=8)
+    cost = {}
+    for precision in ("fp32", "bf16", "int8"):
+        compiled, _ = check(model, feeds, precision, memo=0.05, target="epur")
+        cost[precision] = compiled.last_cost
+    # bf16 weights are as wide as the accelerator's native FP16: the same cost.
+    assert cost["bf16"].seconds == cost["fp32"].seconds
+    assert cost["int8"].seconds < cost["fp32"].seconds
+    assert cost["int8"].energy_total_pj < cost["fp32"].energy_total_pj
+    dram = {p: sum(layer.dram_bytes for layer in c.layers) for p, c in cost.items()}
+    assert dram["int8"] < dram["fp32"]
+
+
+def test_configuration_file_and_memo_file(tmp_path):
+    model = make_recurrent_model("GRU", 12, 20, direction="bidirectional")
+    feeds = make_inputs(model, 8, 2, seed=6, smooth=True)
+    path = tmp_path / "calibrated.json"
+    path.write_text(json.dumps({"memo": {"threshold": 0.1, "predictor": "bnn", "per_node": {}},
+                                "precision": {"default": "int8", "per_node": {}}}))
+    from_file = memotvm.compile(model, memo=str(path)).run(feeds)
+    explicit = memotvm.compile(model, memo=0.1, precision="int8").run(feeds)
+    for a, b in zip(from_file, explicit):
+        np.testing.assert_array_equal(a, b)
+    assert PrecisionConfig.coerce(str(path)).default == "int8"
+    # An explicit precision wins over the file's.
+    fp32 = memotvm.compile(model, memo=str(path), precision="fp32").run(feeds)
+    assert not np.array_equal(fp32[0], explicit[0])
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("fp16", "precision  must be one of fp32, bf16, int8"),
+    ({"default": "int4"}, "must be one of"),
+    ({"per_node": {"nope": "bf16"}}, "names node\\(s\\) not in the model: nope"),
+    ({"per_node": {"rnn": {"sideways": "bf16"}}}, "directions must be 'forward' or 'reverse'"),
+    ({"per_node": {"rnn": {"reverse": "bf16"}}}, "node 'rnn' has no 'reverse' direction"),
+    ({"precision": "bf16"}, "unknown precision configuration key"),
+    (3, "cannot use int as a precision"),
+])
+def test_bad_precisions_are_rejected(bad, message):
+    model = make_recurrent_model("LSTM", 4, 6)
+    with pytest.raises(memotvm.ConfigError, match=message):
+        memotvm.compile(model, precision=bad)
+
+
+def test_precision_needs_float32_constant_finite_weights():
+    model, weights = _weights_as_inputs("LSTM")
+    with pytest.raises(memotvm.ConfigError, match="computes W or R at run time"):
+        memotvm.compile(model, precision="bf16")
+    memotvm.compile(model, precision="fp32")  # nothing to round
+    with pytest.raises(memotvm.ConfigError, match="applies to float32 layers"):
+        memotvm.compile(make_recurrent_model("GRU", 4, 6, dtype="float64"), precision="int8")
+    R = np.ones((1, 24, 6), np.float32)
+    R[0, 3, 2] = np.nan
+    with pytest.raises(memotvm.UnsupportedModelError, match="NaN or infinite"):
+        memotvm.compile(make_recurrent_model("LSTM", 4, 6, weights={"R": R}), precision="int8")
