@@ -51,8 +51,11 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     backend = get_backend(target)
     # Before TVM may make this thread's pool (a compile can run code): sized for the CPUs.
     use_threads(threads)
-    if precision is None and isinstance(memo, str):
-        precision = PrecisionConfig.in_file(memo)
+    if isinstance(memo, str) and (in_file := PrecisionConfig.in_file(memo)) is not None:
+        # A calibrated configuration: its precision applies unless one is given, and
+        # "memo": null (memoization does not pay) means none.
+        precision = in_file if precision is None else precision
+        memo = MemoConfig.load(memo, optional=True)
     reduced = PrecisionConfig.coerce(precision) if precision is not None else None
     config = MemoConfig.coerce(memo) if memo is not None else None
     imported = from_onnx(model, shapes, fixed_inputs)

@@ -56,8 +56,9 @@ def time_variants(model, calls: list, variants: dict, target="cpu", rounds: int 
     data = _serialized(model)
     separate = _rebuildable(target)
     contenders = [Contender(name, "memotvm", data, calls, memo=memo, state=state,
-                            options={"target": target, **options}, in_process=not separate)
-                  for name, memo in variants.items()]
+                            options={"target": target, **options, **precision},
+                            in_process=not separate)
+                  for name, (memo, precision) in map(_variant, variants.items())]
     if onnxruntime and has_onnxruntime():
         contenders.append(Contender("onnxruntime", "onnxruntime", data, calls, state=state,
                                     start=start or {}, threads=ort_threads))
@@ -74,14 +75,29 @@ def time_variants(model, calls: list, variants: dict, target="cpu", rounds: int 
             "notes": notes}
 
 
-def memo_variants(thresholds=(), predictor="bnn", config=None) -> dict:
-    """name -> MemoConfig: one per threshold, plus a configuration file's as "config"."""
+def memo_variants(thresholds=(), predictor="bnn", config=None, precisions=(),
+                  config_precision=None) -> dict:
+    """name -> MemoConfig, or (MemoConfig or None, PrecisionConfig): one per threshold,
+    one per precision below fp32 (the unmodified model at it, "memotvm-bf16"), plus a
+    configuration file's as "config" (at ``config_precision``, its precision)."""
     from .passes import MemoConfig
+    from .precision import PrecisionConfig
 
     variants = {f"memo@{t:g}": MemoConfig(threshold=t, predictor=predictor) for t in thresholds}
-    if config is not None:
-        variants["config"] = MemoConfig.coerce(config)
+    for p in precisions:
+        if p != "fp32":
+            variants[f"memotvm-{p}"] = (None, PrecisionConfig(p))
+    if config is not None or config_precision is not None:
+        memo = MemoConfig.coerce(config) if config is not None else None
+        variants["config"] = (memo, config_precision) if config_precision is not None else memo
     return variants
+
+
+def _variant(item) -> tuple:
+    """(name, (memo, compile options for its precision)) of a variants entry."""
+    name, spec = item
+    memo, precision = spec if isinstance(spec, tuple) else (spec, None)
+    return name, (memo, {} if precision is None else {"precision": precision.to_dict()})
 
 
 def _timing_rows(measured: dict, per: float, unit: str) -> list:
@@ -109,7 +125,7 @@ def _timing_rows(measured: dict, per: float, unit: str) -> list:
 
 def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
                 ort_threads=None, target="cpu", progress=False, config=None, openvino=False,
-                **options) -> dict:
+                precisions=(), config_precision=None, **options) -> dict:
     """Time onnxruntime (at its defaults), memotvm unmodified and memotvm memoized at each
     threshold (and with ``config``, a calibrated configuration), each in its own process,
     taking turns.  Returns rows of medians, spread, reuse and speedups, and the machine.
@@ -120,7 +136,7 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
     from .frontend import load_model
 
     proto = load_model(model)
-    variants = memo_variants(thresholds, predictor, config)
+    variants = memo_variants(thresholds, predictor, config, precisions, config_precision)
     from .targets import get_backend
     from .targets.cpu import CpuBackend
 
@@ -141,7 +157,8 @@ METHOD = ("each variant and onnxruntime (its default settings) in a process of i
 
 
 def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
-                 ort_threads=None, target="cpu", config=None, openvino=False, **options) -> dict:
+                 ort_threads=None, target="cpu", config=None, openvino=False, precisions=(),
+                 config_precision=None, **options) -> dict:
     """Time a recorded stream run as deployed (``spec``: a StreamSpec): one chunk per
     call, in a session (memotvm: memo tables and state carried; onnxruntime: its state
     outputs fed back), every variant over the whole stream per sample, each in its own
@@ -157,7 +174,8 @@ def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn"
     pairs = find_state_pairs(plain, spec.state)
     first = plain.session(state=dict(pairs))
     start = {name: calls[0].get(name, first._zero_state(name, calls[0])) for name in pairs}
-    variants = {"memotvm": None, **memo_variants(thresholds, predictor, config)}
+    variants = {"memotvm": None,
+                **memo_variants(thresholds, predictor, config, precisions, config_precision)}
     measured = time_variants(proto, calls, variants, target=target, rounds=rounds,
                              ort_threads=ort_threads, state=dict(pairs), start=start,
                              openvino=openvino, **options)
@@ -167,7 +185,8 @@ def bench_stream(model, feeds, spec, thresholds=(0.1, 0.3, 0.5), predictor="bnn"
 
 
 def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predictor="bnn",
-                 rounds=20, target="cpu", config=None, **options) -> dict:
+                 rounds=20, target="cpu", config=None, precisions=(), config_precision=None,
+                 **options) -> dict:
     """Time memotvm unmodified and memoized on a device over TVM's RPC (``remote``:
     {"rpc": "HOST:PORT"} or {"tracker": ..., "key": ...}) with TVM's time_evaluator;
     each variant's outputs and counts on the device are checked against the same model
@@ -180,11 +199,12 @@ def bench_remote(model, feeds, remote: dict, thresholds=(0.1, 0.3, 0.5), predict
     from .remote import remote_model, remote_time
 
     proto = load_model(model)
-    variants = {"memotvm": None, **memo_variants(thresholds, predictor, config)}
+    variants = {"memotvm": None,
+                **memo_variants(thresholds, predictor, config, precisions, config_precision)}
     rows, times, stats = [], {}, {}
-    for name, memo in variants.items():
+    for name, (memo, precision) in map(_variant, variants.items()):
         t0 = time.perf_counter()
-        compiled = compile_model(proto, target=target, memo=memo, **options)
+        compiled = compile_model(proto, target=target, memo=memo, **options, **precision)
         compile_s = time.perf_counter() - t0
         device = remote_model(compiled, **remote)
         got = device.run(feeds)
@@ -247,8 +267,8 @@ def bench_modelled(proto, plain, feeds, variants, target, **options) -> dict:
     plain.run(feeds)
     base = plain.last_cost
     rows = [_cost_row("unmodified", base, base, None)]
-    for name, config in variants.items():
-        memo = compile_model(proto, target=target, memo=config, **options)
+    for name, (config, precision) in map(_variant, variants.items()):
+        memo = compile_model(proto, target=target, memo=config, **options, **precision)
         memo.run(feeds)
         rows.append(_cost_row(name, memo.last_cost, base, memo.last_stats))
     return {"rows": rows, "steps": _steps(feeds), "modelled": True,

@@ -44,9 +44,10 @@ from tqdm import tqdm
 
 from . import metrics
 from .errors import ConfigError
-from .evaluation import UNMODIFIED, Job, LocalRunner, Variant, make_runner
+from .evaluation import Job, LocalRunner, Variant, make_runner
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
+from .precision import PRECISIONS, PrecisionConfig
 from .sequences import join_labels
 from .validate import pick_output
 
@@ -72,6 +73,20 @@ class Trial:
     avoided: float
     reuse: float
     metric: float
+    precision: dict = field(default_factory=dict)  # node -> its precision, where below fp32
+    # The fp32 model's weight traffic avoided (ReuseStats.weight_traffic_avoided): what
+    # the search maximises; the computations avoided where every weight is fp32.
+    work: float | None = None
+    # Memoization off (the thresholds are all 0): the plain kernels at this precision.
+    plain: bool = False
+
+    def __post_init__(self):
+        if self.work is None:
+            self.work = self.avoided
+
+    @property
+    def memo(self) -> MemoConfig | None:
+        return None if self.plain else _config(self.predictor, self.thresholds)
 
 
 @dataclass
@@ -89,10 +104,18 @@ class CalibrationResult:
     objective: str = "computations"
     # time and energy objectives: what was measured, fastest first (label, value, unit)
     measured: list = field(default_factory=list)
+    # The precision chosen with the thresholds, where precisions below fp32 were searched
+    # (None: they were not).
+    precision: PrecisionConfig | None = None
 
     @property
     def confirmed(self) -> bool:
         return self.chosen["holdout"]["loss"] <= self.max_loss
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the chosen configuration stores some weights below fp32."""
+        return self.precision is not None and self.precision.reduced
 
     @property
     def memoized(self) -> bool:
@@ -101,7 +124,10 @@ class CalibrationResult:
         return self.config is not None
 
     def to_dict(self) -> dict:
-        return {"memo": self.config.to_dict() if self.config is not None else None,
+        out = {"memo": self.config.to_dict() if self.config is not None else None}
+        if self.precision is not None:
+            out["precision"] = self.precision.to_dict()
+        return {**out,
                 "calibration": {"objective": self.objective, "measured": self.measured,
                                 "max_loss": self.max_loss, "search_bound": self.search_bound,
                                 "baseline_metric": self.baseline, "chosen": self.chosen,
@@ -121,20 +147,26 @@ class CalibrationResult:
         c = self.config
         if c is None:
             lines = ["calibrated for " + self.objective + ": memoization does not pay on this "
-                     "model; run it unmodified (no configuration)"]
+                     "model; run it without" + (" (no configuration)" if not self.reduced else "")]
         else:
             lines = [f"calibrated{' for ' + self.objective if self.objective != 'computations' else ''}: "
                      f"predictor {c.predictor}, thresholds " + c.thresholds_text()]
+        if self.precision is not None:
+            lines.append(f"precision: {self.precision.text()}")
         for label, value, unit in self.measured[:8]:
             lines.append(f"  measured {label:<40} {value:10.4g} {unit}")
         for p, best in self.per_predictor.items():
             lines.append(f"  {p:<14} calibration: avoided {best['computations_avoided']:.1%}, "
-                         f"loss {best['loss']:.2%}")
+                         + (f"weight traffic avoided {best['weight_traffic_avoided']:.1%}, "
+                            if self.precision is not None else "")
+                         + f"loss {best['loss']:.2%}")
         for split in ("calibration", "holdout"):
             r = self.chosen[split]
             lines.append(f"{split:>11}: {r['metric_name']} {r['metric']:.4f} (unmodified "
                          f"{self.baseline[split]:.4f}), loss {r['loss']:.2%}, reuse {r['reuse']:.1%}, "
-                         f"computations avoided {r['computations_avoided']:.1%}")
+                         f"computations avoided {r['computations_avoided']:.1%}"
+                         + (f", weight traffic avoided {r['weight_traffic_avoided']:.1%}"
+                            if "weight_traffic_avoided" in r else ""))
         lines.append(f"held-out loss within {self.max_loss:.2%}: {'yes' if self.confirmed else 'NO'}"
                      + (f" (after rejecting {self.held_out_rejections} configuration(s) that "
                         "failed on the held-out split)" if self.held_out_rejections else ""))
@@ -167,36 +199,60 @@ class _Evaluator:
         self._cache: dict = {}
 
     def many(self, configs: list) -> list:
-        """(metric, loss, computations avoided, reuse) of each configuration; the ones
-        not scored before run together (on a cluster, in parallel)."""
-        keys = [json.dumps(c.to_dict(), sort_keys=True) for c in configs]
+        """(metric, loss, computations avoided, reuse, weight traffic avoided) of each
+        configuration -- a MemoConfig (None: memoization off) and the precision of each
+        node below fp32 -- the ones not scored before run together (on a cluster, in
+        parallel)."""
+        keys = [json.dumps([c.to_dict() if c is not None else None, p], sort_keys=True)
+                for c, p in configs]
         todo: dict = {}
         for key, config in zip(keys, configs):
             if key not in self._cache:
                 todo.setdefault(key, config)
-        def score(_, outcome):
-            measured = metrics.measure(self.metric, outcome.outputs[self.k], self.base_out, self.labels)
-            return (measured["memoized"], measured["loss"], outcome.stats.computations_avoided,
-                    outcome.stats.reuse)
+        precisions = [p for _, p in todo.values()]
 
-        jobs = [Job(self.split, Variant.tunable(c.predictor), c) for c in todo.values()]
+        def score(i, outcome):
+            measured = metrics.measure(self.metric, outcome.outputs[self.k], self.base_out, self.labels)
+            weight_bytes = {node: WEIGHT_BYTES[p] for node, p in precisions[i].items()}
+            return (measured["memoized"], measured["loss"], outcome.stats.computations_avoided,
+                    outcome.stats.reuse, outcome.stats.weight_traffic_avoided(weight_bytes))
+
+        jobs = [Job(self.split, _variant(c, p), c) for c, p in todo.values()]
         self._cache.update(zip(todo, self.runner.run(jobs, reduce=score)))
         self.count += len(jobs)
         return [self._cache[key] for key in keys]
 
-    def __call__(self, config: MemoConfig):
-        return self.many([config])[0]
+    def __call__(self, config: MemoConfig | None, precision: dict | None = None):
+        return self.many([(config, precision or {})])[0]
+
+
+# Bytes of one weight at each precision (the search's measure of weight traffic).
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+
+
+def _precision(nodes: dict) -> PrecisionConfig:
+    return PrecisionConfig("fp32", dict(nodes))
+
+
+def _variant(config: MemoConfig | None, precision: dict) -> Variant:
+    """The compiled model a configuration runs on: the tunable one of its predictor (the
+    thresholds are run-time data), or the plain one, at its precision."""
+    precision = _precision(precision)
+    if config is None:
+        return Variant.unmodified(precision)
+    return Variant.tunable(config.predictor, precision)
 
 
 def _cost(runner: LocalRunner, split: str, configs: dict, objective: str, target: str,
           rounds: int = 7) -> dict:
     """label -> the median seconds (or, on a target with a cost model, the modelled
     seconds or microjoules) of one run of the split, for each of ``configs`` (label ->
-    MemoConfig, None for the unmodified model), in this process.  Timed runs take turns,
+    (MemoConfig or None for memoization off, the precision of each node below fp32)), in
+    this process.  Timed runs take turns,
     round after round, after one warm-up run each."""
     def run(config):
-        model = runner.model(UNMODIFIED if config is None else Variant.tunable(config.predictor))
-        runner.run_split(split, model, config)
+        memo, precision = config
+        runner.run_split(split, model := runner.model(_variant(memo, precision)), memo)
         return model
 
     inputs, stream = runner.split_data(split)
@@ -236,7 +292,25 @@ def _timed_candidates(paths: dict) -> dict:
         picks = sorted({round(i * (len(path) - 1) / max(n - 1, 1)) for i in range(n)})
         for i in picks:
             trial = path[i]
-            out[f"{predictor} ({trial.avoided:.1%} avoided, step {i + 1}/{len(path)})"] = trial
+            precision = "".join(f", {n} {p}" for n, p in trial.precision.items())
+            out[f"{predictor} ({trial.avoided:.1%} avoided{precision}, step {i + 1}/{len(path)})"] = trial
+    return out
+
+
+def _precision_alone(paths: dict, evaluate, bound) -> dict:
+    """label -> Trial: the precision each predictor's search ended at, with memoization
+    off, where it stays within the bound (a candidate of the time and energy
+    objectives: the memo tables' upkeep may cost more than the reuse saves)."""
+    out = {}
+    for path in paths.values():
+        precision = path[-1].precision if path else {}
+        label = "precision only (" + ", ".join(f"{n} {p}" for n, p in precision.items()) + ")"
+        if not precision or label in out:
+            continue
+        value, loss, avoided, reuse, work = evaluate(None, precision)
+        if loss <= bound:
+            out[label] = Trial(path[-1].predictor, {u: 0.0 for u in path[-1].thresholds}, loss,
+                               avoided, reuse, value, precision, work, plain=True)
     return out
 
 
@@ -288,7 +362,7 @@ def _config(predictor, thresholds: dict) -> MemoConfig:
 def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels=None,
               max_loss=0.01, predictors=("bnn",), grid=DEFAULT_GRID, margin=0.25, output=None,
               target="cpu", progress=True, stream=None, objective="computations", cluster=None,
-              workers=None, **options) -> CalibrationResult:
+              workers=None, precisions=("fp32",), **options) -> CalibrationResult:
     """Search per-node, per-direction thresholds (and the predictor) that maximise the
     computations avoided with the calibration loss within ``max_loss * (1 - margin)``;
     confirm on the held-out split (without one, the batch is split in two by
@@ -305,7 +379,14 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     ``cluster`` (a Ray address, "local" or a :class:`memotvm.cluster.Cluster`) runs the
     candidates on ``workers`` Ray workers (:mod:`memotvm.cluster`); the result is the
     same as in one process.  Timing for ``objective="time"`` stays in this process: it
-    measures the machine the model is calibrated for."""
+    measures the machine the model is calibrated for.
+
+    ``precisions`` lists the precisions the recurrent nodes' weights may be stored at
+    (:mod:`memotvm.precision`): with "bf16" or "int8" among them, the search lowers a
+    node's precision (fp32, then bf16, then int8) as one more kind of move beside
+    raising a threshold, and what it maximises is the fp32 model's weight traffic
+    avoided (a multiply-add that is skipped reads no weight; one at bf16 reads half of
+    one): memoization and precision are chosen together, within the same bound."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective '{objective}' (known: {', '.join(OBJECTIVES)})")
     if not callable(metric) and metric not in metrics.HIGHER_IS_BETTER:
@@ -320,6 +401,11 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
         raise ConfigError(f"margin must lie in [0, 1), got {margin}")
     for predictor in predictors:
         MemoConfig(predictor=predictor)  # unknown names fail before any work
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",")]
+    for p in precisions:
+        PrecisionConfig(p)  # unknown names fail before any work
+    ladder = [p for p in PRECISIONS if p == "fp32" or p in precisions]
     proto = load_model(model)
     imported = from_onnx(proto)
     if holdout_labels is not None and holdout_inputs is None:
@@ -341,20 +427,39 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
     if not units:
         raise ConfigError("the model has no recurrent node to calibrate")
     k = pick_output(imported.output_names, output)
+    nodes = _reducible_nodes(imported) if len(ladder) > 1 else []
+    if len(ladder) > 1 and not nodes:
+        raise ConfigError("no recurrent node of this model can be stored below fp32 (float32 "
+                          "layers with constant weights can)")
     runner = make_runner(proto, target, options, cluster, workers,
                          variants=[Variant.tunable(p) for p in predictors], keep=[k])
     try:
         runner.add_split("calibration", inputs, stream)
         runner.add_split("holdout", holdout_inputs, stream)
         return _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss,
-                          predictors, grid, margin, target, progress, objective, options)
+                          predictors, grid, margin, target, progress, objective, options,
+                          ladder, nodes)
     finally:
         runner.close()
 
 
+def _reducible_nodes(imported) -> list:
+    """The recurrent nodes whose weights can be stored below fp32: float32 layers with
+    constant weights."""
+    from tvm import relax
+
+    from .passes.kernel_calls import recurrent_calls, weights_are_constant
+
+    folded = relax.transform.FoldConstant()(imported.mod)
+    return [loop.name for loop, call in recurrent_calls(folded)
+            if loop.dtype == "float32" and weights_are_constant(call)]
+
+
 @dataclass
 class _Search:
-    """One predictor's greedy search (see the module's documentation)."""
+    """One predictor's greedy search (see the module's documentation); ``level`` holds
+    each unit's step of the grid and each reducible node's step of the precision
+    ladder (keyed ("precision", node))."""
 
     predictor: str
     level: dict
@@ -363,14 +468,26 @@ class _Search:
     accepted: list = field(default_factory=list)
     done: bool = False
 
-    def proposals(self, units, grid) -> list:
-        """(unit, thresholds) of each unit raised by one step."""
-        return [(u, {v: grid[self.level[v] + (v == u)] for v in units}) for u in units
-                if u not in self.stuck and self.level[u] + 1 < len(grid)]
+    def proposals(self, units, grid, nodes=(), ladder=("fp32",)) -> list:
+        """(move, thresholds, precision) of each unit raised by one step of the grid and
+        each node lowered by one step of the ladder."""
+        out = []
+        thresholds = {v: grid[self.level[v]] for v in units}
+        precision = {n: ladder[self.level[("precision", n)]] for n in nodes
+                     if self.level[("precision", n)]}
+        for u in units:
+            if u not in self.stuck and self.level[u] + 1 < len(grid):
+                out.append((u, {**thresholds, u: grid[self.level[u] + 1]}, precision))
+        for n in nodes:
+            move = ("precision", n)
+            if move not in self.stuck and self.level[move] + 1 < len(ladder):
+                out.append((move, thresholds, {**precision, n: ladder[self.level[move] + 1]}))
+        return out
 
 
 def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss, predictors,
-               grid, margin, target, progress, objective, options) -> CalibrationResult:
+               grid, margin, target, progress, objective, options, ladder=("fp32",),
+               nodes=()) -> CalibrationResult:
     bound = max_loss * (1 - margin)
     real = [p for p in predictors if p != "oracle"] or list(predictors)
     evaluate = _Evaluator(runner, "calibration", labels, metric, k)
@@ -378,9 +495,11 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
     # levels to climb; a level is done when the unit is raised past it or stops below
     # it, so the total is known up front.  The held-out confirmation is one more.
     levels = len(grid) - 1
-    bar = tqdm(desc="calibrate", unit="level", total=len(predictors) * len(units) * levels + 1,
+    moves = list(units) + [("precision", n) for n in nodes]
+    steps = {m: levels if m in units else len(ladder) - 1 for m in moves}
+    bar = tqdm(desc="calibrate", unit="level", total=len(predictors) * sum(steps.values()) + 1,
                disable=not progress)
-    searches = [_Search(p, {u: 0 for u in units}, Trial(p, {u: 0.0 for u in units}, 0.0, 0.0,
+    searches = [_Search(p, {m: 0 for m in moves}, Trial(p, {u: 0.0 for u in units}, 0.0, 0.0,
                                                         0.0, evaluate.base))
                 for p in predictors]
     # The predictors' searches advance round by round together: a round's candidates
@@ -388,16 +507,17 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
     # decisions depend only on its own scores, as when they run one after another.
     while not all(s.done for s in searches):
         active = [s for s in searches if not s.done]
-        proposed = [(s, u, th) for s in active for u, th in s.proposals(units, grid)]
-        scores = evaluate.many([_config(s.predictor, th) for s, _, th in proposed])
+        proposed = [(s, *move) for s in active for move in s.proposals(units, grid, nodes, ladder)]
+        scores = evaluate.many([(_config(s.predictor, th), pr) for s, _, th, pr in proposed])
         trials: dict = {id(s): [] for s in active}
-        for (s, u, thresholds), (value, loss, avoided, reuse) in zip(proposed, scores):
+        for (s, u, thresholds, precision), (value, loss, avoided, reuse, work) in zip(proposed, scores):
             if loss <= bound:
-                trials[id(s)].append((avoided, -loss, -units.index(u), u,
-                                      Trial(s.predictor, thresholds, loss, avoided, reuse, value)))
+                trials[id(s)].append((work, -loss, -moves.index(u), u,
+                                      Trial(s.predictor, thresholds, loss, avoided, reuse, value,
+                                            precision, work)))
             else:
                 s.stuck.add(u)
-                bar.update(levels - s.level[u])
+                bar.update(steps[u] - s.level[u])
         for s in active:
             if not trials[id(s)]:
                 s.done = True
@@ -417,9 +537,10 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
     rejections = 0
     measured = []
     if objective == "computations":
-        order = sorted(path, key=lambda t: (-t.avoided, t.loss, real.index(t.predictor)))
+        order = sorted(path, key=lambda t: (-t.work, t.loss, real.index(t.predictor)))
     else:
         candidates = _timed_candidates(paths)
+        candidates.update(_precision_alone(paths, evaluate, bound))
         unit = "uJ" if objective == "energy" else "ms"
         scale = 1.0 if objective == "energy" else 1e3
         local = runner
@@ -427,8 +548,8 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
             local = LocalRunner(proto, target, options)
             local.add_split("calibration", *runner.split_data("calibration"))
         costs = _cost(local, "calibration",
-                      {"unmodified": None, **{label: _config(t.predictor, t.thresholds)
-                                              for label, t in candidates.items()}},
+                      {"unmodified": (None, {}), **{label: (t.memo, t.precision)
+                                                    for label, t in candidates.items()}},
                       objective, target)
         measured = sorted(([label, costs[label] * scale, unit] for label in costs), key=lambda m: m[1])
         limit = costs["unmodified"] * (1 - TIME_MARGIN)
@@ -437,11 +558,11 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
         order.append(path[0])  # the unmodified model (every unit at 0): always within the bound
     for chosen in order:
         unmodified = objective != "computations" and chosen is path[0]
-        config = None if unmodified else _config(chosen.predictor, chosen.thresholds)
+        config = None if unmodified else chosen.memo
         if unmodified:
-            h_value, h_loss, h_avoided, h_reuse = held.base, 0.0, 0.0, 0.0
+            h_value, h_loss, h_avoided, h_reuse, h_work = held.base, 0.0, 0.0, 0.0, 0.0
             break
-        h_value, h_loss, h_avoided, h_reuse = held(config)
+        h_value, h_loss, h_avoided, h_reuse, h_work = held(config, chosen.precision)
         if h_loss <= max_loss:
             break
         rejections += 1
@@ -450,18 +571,30 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
 
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
 
-    def summary(value, loss, avoided, reuse):
-        return {"metric_name": metric_name, "metric": value, "loss": loss, "reuse": reuse,
-                "computations_avoided": avoided}
+    searched = len(ladder) > 1
 
+    def summary(value, loss, avoided, reuse, work):
+        out = {"metric_name": metric_name, "metric": value, "loss": loss, "reuse": reuse,
+               "computations_avoided": avoided}
+        return {**out, "weight_traffic_avoided": work} if searched else out
+
+    def best(b):
+        out = {"thresholds": {f"{n}:{d}": t for (n, d), t in b.thresholds.items()},
+               "loss": b.loss, "computations_avoided": b.avoided, "reuse": b.reuse}
+        return {**out, "precision": dict(b.precision), "weight_traffic_avoided": b.work} \
+            if searched else out
+
+    if config is not None and all(t == 0 for t in chosen.thresholds.values()) and chosen.precision:
+        # (the computations objective's path starts from thresholds 0 too)
+        config = None
     return CalibrationResult(
         config=config, max_loss=max_loss, search_bound=bound,
         baseline={"calibration": evaluate.base, "holdout": held.base},
-        chosen={"calibration": summary(chosen.metric, chosen.loss, chosen.avoided, chosen.reuse),
-                "holdout": summary(h_value, h_loss, h_avoided, h_reuse)},
-        per_predictor={p: {"thresholds": {f"{n}:{d}": t for (n, d), t in b.thresholds.items()},
-                           "loss": b.loss, "computations_avoided": b.avoided, "reuse": b.reuse}
-                       for p, b in best_by_predictor.items()},
+        chosen={"calibration": summary(chosen.metric, chosen.loss, chosen.avoided, chosen.reuse,
+                                       chosen.work),
+                "holdout": summary(h_value, h_loss, h_avoided, h_reuse, h_work)},
+        per_predictor={p: best(b) for p, b in best_by_predictor.items()},
+        precision=_precision(chosen.precision) if searched else None,
         evaluations=evaluate.count + held.count, held_out_rejections=rejections,
         predictor_configs={p: _config(p, b.thresholds) for p, b in best_by_predictor.items()},
         objective=objective, measured=measured)

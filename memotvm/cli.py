@@ -124,6 +124,16 @@ def _write_json(data, dest: str) -> None:
     print(f"wrote {dest}")
 
 
+def _precision_list(text) -> list:
+    """--precision of calibrate and bench: comma-separated precisions."""
+    from .precision import PrecisionConfig
+
+    names = [p.strip() for p in (text or "fp32").split(",") if p.strip()]
+    for name in names:
+        PrecisionConfig(name)
+    return names
+
+
 def _human(args) -> bool:
     """Whether to print the human-readable report (not when JSON goes to stdout)."""
     return getattr(args, "json", None) != "-"
@@ -131,15 +141,36 @@ def _human(args) -> bool:
 
 def _memo_from_args(args):
     from .passes import MemoConfig
+    from .precision import PrecisionConfig
 
     if getattr(args, "config", None):
-        config = MemoConfig.load(args.config)
+        # A calibrated file that chose a precision may say that memoization does not pay.
+        config = MemoConfig.load(args.config,
+                                 optional=PrecisionConfig.in_file(args.config) is not None)
         if args.threshold is not None:
             raise ConfigError("give either --config or --threshold, not both")
         return config
     if args.threshold is None:
         return None
     return MemoConfig(threshold=_float(args.threshold, "--threshold"), predictor=args.predictor)
+
+
+def _precision_from_args(args):
+    """--precision (a name or a JSON file), else the --config file's precision, else None."""
+    from .precision import PrecisionConfig
+
+    if getattr(args, "precision", None):
+        return PrecisionConfig.coerce(args.precision)
+    if getattr(args, "config", None):
+        return PrecisionConfig.in_file(args.config)
+    return None
+
+
+def _described(memo, precision) -> str:
+    parts = ["memoized: " + memo.thresholds_text()] if memo is not None else []
+    if precision is not None and precision.reduced:
+        parts.append("weights " + precision.text())
+    return "; ".join(parts) or "unmodified"
 
 
 def _float(text, flag):
@@ -287,10 +318,11 @@ def cmd_compile(args):
     memo = _memo_from_args(args)
     if args.tunable and memo is None:
         raise ConfigError("--tunable needs --threshold T or --config FILE")
+    precision = _precision_from_args(args)
     model = compile_model(_model(args), target=args.target, memo=memo, tunable=args.tunable,
-                          **_target_options(args))
+                          precision=precision, **_target_options(args))
     meta = model.export(args.out, cc=args.cc)
-    described = "memoized: " + memo.thresholds_text() if memo is not None else "unmodified"
+    described = _described(memo, precision)
     print(f"wrote {args.out} and {meta} ({described}; inputs: "
           f"{', '.join(model.input_names)}; outputs: {', '.join(model.output_names)})")
 
@@ -300,7 +332,7 @@ def cmd_run(args):
 
     inputs = _inputs(args)
     model = compile_model(_model(args), target=args.target, memo=_memo_from_args(args),
-                          **_target_options(args))
+                          precision=_precision_from_args(args), **_target_options(args))
     outputs = model.run(inputs)
     _write_atomically(args.out, lambda f: np.savez(f, **dict(zip(model.output_names, outputs))))
     summary = ", ".join(f"{n} {o.shape}" for n, o in zip(model.output_names, outputs))
@@ -317,13 +349,15 @@ def cmd_validate(args):
     inputs = _inputs(args)
     labels = _load_labels(args.labels) if args.labels else None
     memo = _memo_from_args(args)
-    if memo is None:
-        raise ConfigError("validate needs --threshold T or --config FILE")
+    precision = _precision_from_args(args)
+    if memo is None and (precision is None or not precision.reduced):
+        raise ConfigError("validate needs --threshold T, --config FILE or --precision bf16|int8")
     if labels is not None and not args.metric:
         raise ConfigError("--labels needs --metric")
     report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
                       output=args.output, target=args.target, stream=_stream_spec(args),
-                      remote=_remote(args), **_cluster_options(args), **_target_options(args))
+                      remote=_remote(args), precision=precision, **_cluster_options(args),
+                      **_target_options(args))
     if _human(args):
         print(report.format())
     if args.json:
@@ -390,14 +424,15 @@ def cmd_calibrate(args):
         raise ConfigError("--predictors needs at least one predictor")
     result = calibrate(_model(args), inputs, labels, args.metric, holdout, holdout_labels,
                        max_loss=parse_loss(args.max_loss), predictors=predictors, grid=grid,
+                       precisions=_precision_list(args.precision),
                        margin=_float(args.margin, "--margin"), output=args.output,
                        target=args.target, progress=not args.quiet, stream=_stream_spec(args),
                        objective=args.objective, **_cluster_options(args), **_target_options(args))
     _write_atomically(args.out, lambda f: f.write(result.to_json().encode()))
     if _human(args):
         print(result.format())
-        print(f"wrote {args.out}" + (" (use it with --config)" if result.memoized else
-                                     " (it records that no configuration was chosen)"))
+        print(f"wrote {args.out}" + (" (use it with --config)" if result.memoized or result.reduced
+                                     else " (it records that no configuration was chosen)"))
     if args.json:
         _write_json(result.to_dict(), args.json)
 
@@ -434,17 +469,21 @@ def cmd_bench(args):
                              "sequences")
         label = args.model
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
-    config = None
+    config = config_precision = None
     if args.config:
         from .passes import MemoConfig
+        from .precision import PrecisionConfig
 
-        config = MemoConfig.load(args.config)
+        config_precision = PrecisionConfig.in_file(args.config)
+        config = MemoConfig.load(args.config, optional=config_precision is not None)
+    variants = dict(config=config, config_precision=config_precision,
+                    precisions=_precision_list(args.precision))
     remote = _remote(args)
     if remote is not None:
         from .bench import bench_remote
 
         result = bench_remote(model, inputs, remote, thresholds=thresholds, predictor=args.predictor,
-                              rounds=args.rounds, target=args.target, config=config,
+                              rounds=args.rounds, target=args.target, **variants,
                               **_target_options(args))
         if _human(args):
             where = remote.get("rpc") or f"{remote['key']} from the tracker at {remote['tracker']}"
@@ -460,7 +499,7 @@ def cmd_bench(args):
 
         result = bench_stream(model, inputs, stream, thresholds=thresholds, predictor=args.predictor,
                               rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
-                              config=config, openvino=args.openvino, **_target_options(args))
+                              openvino=args.openvino, **variants, **_target_options(args))
         if _human(args):
             pairs = ", ".join(f"{i} <- {o}" for i, o in result["state"].items()) or "none"
             print(f"{label}: {result['calls']} calls of {result['chunk']} step(s), state {pairs}")
@@ -471,7 +510,7 @@ def cmd_bench(args):
         return
     result = bench_model(model, inputs, thresholds=thresholds, predictor=args.predictor,
                          rounds=args.rounds, ort_threads=args.ort_threads, target=args.target,
-                         config=config, openvino=args.openvino, **_target_options(args))
+                         openvino=args.openvino, **variants, **_target_options(args))
     loops = from_onnx(model).loops
     memory = memo_memory(loops, batch=args.batch if size else 1, predictor=args.predictor)
     if _human(args):
@@ -548,14 +587,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "input=1,576 for a stream of fixed chunks: fewer run-time shape "
                        "computations and allocations per call (repeatable)")
 
-    def model_args(p, memo=True):
+    def model_args(p, memo=True, precision=True):
         p.add_argument("model", help="ONNX model file")
         target_args(p)
         fix_arg(p)
         if memo:
             p.add_argument("--threshold", help="memoize every recurrent layer with this threshold")
             p.add_argument("--predictor", default="bnn", help="bnn (default) or oracle")
-            p.add_argument("--config", help="JSON memo configuration (per-node thresholds)")
+            p.add_argument("--config", help="JSON memo configuration (per-node thresholds; from "
+                           "calibrate, with the precision it chose)")
+        if memo and precision:
+            p.add_argument("--precision", help="store the recurrent layers' weights at fp32 "
+                           "(default), bf16 or int8 (per-row scales), or as a JSON file says "
+                           "(per node and direction); a --config file's precision applies "
+                           "unless this is given (docs/precision.md)")
 
     p = sub.add_parser("compile", help="compile a model into a library the TVM runtime loads "
                        "(and its .json description; docs/deploy.md)")
@@ -649,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     stream_args(p)
     cluster_args(p)
     p.add_argument("--predictors", default="bnn", help="comma-separated predictors to search over")
+    p.add_argument("--precision", metavar="LIST", default="fp32",
+                   help="precisions the recurrent weights may be stored at, searched together "
+                        "with the thresholds: e.g. fp32,bf16,int8 (default fp32: thresholds "
+                        "only; docs/precision.md)")
     p.add_argument("--objective", default="computations", choices=["computations", "time", "energy"],
                    help="what the chosen configuration is best at, within the loss bound: "
                         "computations (the most multiply-adds avoided), time (the fastest, "
@@ -665,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("inspect", help="show a recurrent kernel before and after the pass")
-    model_args(p)
+    model_args(p, precision=False)
     p.add_argument("--node", help="recurrent node to show (default: the first)")
     p.add_argument("--asm", action="store_true", help="also print the generated assembly")
     p.set_defaults(func=cmd_inspect)
@@ -679,7 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", default="forward", choices=["forward", "reverse", "bidirectional"])
     p.add_argument("--thresholds", default="0.1,0.3,0.5")
     p.add_argument("--predictor", default="bnn")
-    p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate)")
+    p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate, "
+                   "with the precision it chose)")
+    p.add_argument("--precision", metavar="LIST", help="also time the unmodified model with its "
+                   "recurrent weights at each of these precisions: bf16, int8 (comma-separated)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--openvino", action="store_true",

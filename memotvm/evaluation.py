@@ -16,29 +16,39 @@ import json
 from dataclasses import dataclass
 
 from .passes import MemoConfig
+from .precision import PrecisionConfig
 from .streaming import run_inputs, split_all
 
 
 @dataclass(frozen=True)
 class Variant:
     """``kind`` is "unmodified", "tunable" (``predictor`` set) or "fixed" (``config``: the
-    configuration's JSON)."""
+    configuration's JSON); ``precision``: the JSON of a
+    :class:`~memotvm.precision.PrecisionConfig` the weights are stored at (None: fp32)."""
 
     kind: str
     predictor: str | None = None
     config: str | None = None
+    precision: str | None = None
 
     @classmethod
-    def tunable(cls, predictor: str) -> "Variant":
-        return cls("tunable", predictor=predictor)
+    def tunable(cls, predictor: str, precision=None) -> "Variant":
+        return cls("tunable", predictor=predictor, precision=_precision_key(precision))
 
     @classmethod
-    def fixed(cls, config: MemoConfig) -> "Variant":
-        return cls("fixed", config=json.dumps(config.to_dict(), sort_keys=True))
+    def fixed(cls, config: MemoConfig, precision=None) -> "Variant":
+        return cls("fixed", config=json.dumps(config.to_dict(), sort_keys=True),
+                   precision=_precision_key(precision))
+
+    @classmethod
+    def unmodified(cls, precision=None) -> "Variant":
+        return cls("unmodified", precision=_precision_key(precision))
 
     def compile(self, proto, target, options):
         from .api import compile as compile_model
 
+        if self.precision is not None:
+            options = {**options, "precision": PrecisionConfig.from_dict(json.loads(self.precision))}
         if self.kind == "unmodified":
             return compile_model(proto, target=target, **options)
         if self.kind == "tunable":
@@ -46,6 +56,15 @@ class Variant:
                                  tunable=True, **options)
         return compile_model(proto, target=target, memo=MemoConfig.from_dict(json.loads(self.config)),
                              **options)
+
+
+def _precision_key(precision) -> str | None:
+    """A precision configuration as a variant's key: None where it keeps every weight at
+    fp32 (so that such variants are the plain ones, compiled once)."""
+    if precision is None:
+        return None
+    precision = PrecisionConfig.coerce(precision)
+    return json.dumps(precision.to_dict(), sort_keys=True) if precision.reduced else None
 
 
 UNMODIFIED = Variant("unmodified")

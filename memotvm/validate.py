@@ -9,18 +9,19 @@ import numpy as np
 
 from . import metrics
 from .api import compile as compile_model
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .frontend import load_model
 from .passes import MemoConfig
+from .precision import PrecisionConfig
 
-SCHEMA_VERSION = 3  # 2: modelled_cost added; 3: stream added
+SCHEMA_VERSION = 4  # 2: modelled_cost added; 3: stream added; 4: precision, separately
 
 
 @dataclass
 class ValidationReport:
     """What ``validate`` measured; ``to_dict`` is the stable JSON of ``--json``."""
 
-    config: MemoConfig
+    config: MemoConfig | None  # None: precision alone
     target: str
     outputs: dict  # name -> error statistics
     stats: object  # ReuseStats of the memoized run
@@ -30,12 +31,18 @@ class ValidationReport:
     costs: tuple | None = None
     # Streamed (a session, one chunk per call): {"chunk", "calls", "state"}.
     stream: dict | None = None
+    # The weights' precision (memotvm.precision), where some are below fp32.
+    precision: object | None = None
+    # Memoization and reduced precision together: each alone against the unmodified
+    # model ({"memoization": {...}, "precision": {...}}: outputs, metric, reuse).
+    separately: dict | None = None
 
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA_VERSION,
             "target": self.target,
-            "memo": self.config.to_dict(),
+            "memo": self.config.to_dict() if self.config is not None else None,
+            "precision": self.precision.to_dict() if self.precision is not None else None,
             "outputs": self.outputs,
             "reuse": self.stats.to_dict(),
             "computations_avoided": self.stats.computations_avoided,
@@ -43,6 +50,7 @@ class ValidationReport:
             "timings_s": self.timings,
             "modelled_cost": self._cost_dict(),
             "stream": self.stream,
+            "separately": self.separately,
         }
 
     def _cost_dict(self):
@@ -50,11 +58,20 @@ class ValidationReport:
             return None
         base, memo = self.costs
         return {"unmodified": base.to_dict(), "memoized": memo.to_dict(),
+                "precision_alone": self.separately["precision"]["modelled_cost"]
+                if self.separately and self.separately["precision"].get("modelled_cost") else None,
                 "speedup": base.cycles / memo.cycles,
                 "energy_saving": 1 - memo.energy_total_pj / base.energy_total_pj}
 
     def format(self) -> str:
-        lines = [f"memo: predictor {self.config.predictor}, thresholds {self.config.thresholds_text()}"]
+        lines = []
+        if self.config is not None:
+            lines.append(f"memo: predictor {self.config.predictor}, thresholds "
+                         f"{self.config.thresholds_text()}")
+        if self.precision is not None:
+            lines.append(f"precision: {self.precision.text()}")
+        what = " and ".join(w for w, on in (("memoized", self.config is not None),
+                                            ("reduced precision", self.precision is not None)) if on)
         if self.stream:
             pairs = ", ".join(f"{i} <- {o}" for i, o in self.stream["state"].items()) or "none"
             lines.append(f"streamed: {self.stream['calls']} calls of {self.stream['chunk']} step(s) "
@@ -66,7 +83,7 @@ class ValidationReport:
                      f"avoided: {self.stats.computations_avoided:.1%} of multiply-adds")
         for (node, direction), count in self.stats.per_direction.items():
             lines.append(f"  {node} [{direction}]: {count.reuse:.1%} of {count.total} neuron evaluations")
-        lines.append("output errors (memoized vs unmodified):")
+        lines.append(f"output errors ({what} vs unmodified):")
         for name, err in self.outputs.items():
             lines.append(
                 f"  {name}: max abs {err['max_abs']:.3g}, mean abs {err['mean_abs']:.3g}, "
@@ -76,11 +93,20 @@ class ValidationReport:
             m = self.metric
             lines.append(
                 f"{m['name']} on '{m['output']}': unmodified {m['unmodified']:.4f}, "
-                f"memoized {m['memoized']:.4f}, loss {m['loss']:.2%}"
+                f"{what} {m['memoized']:.4f}, loss {m['loss']:.2%}"
             )
+        for label, part in (self.separately or {}).items():
+            worst = max((e["max_abs"] for e in part["outputs"].values()), default=0.0)
+            line = f"  {label} alone: max abs error {worst:.3g}"
+            if part["metric"]:
+                line += f", {part['metric']['name']} {part['metric']['memoized']:.4f}, loss " \
+                        f"{part['metric']['loss']:.2%}"
+            if label == "memoization":
+                line += f", computations avoided {part['computations_avoided']:.1%}"
+            lines.append(line)
         if self.costs is not None:
             lines.append("unmodified " + self.costs[0].format())
-            lines.append("memoized " + self.costs[1].format(baseline=self.costs[0]))
+            lines.append(what + " " + self.costs[1].format(baseline=self.costs[0]))
         return "\n".join(lines)
 
 
@@ -118,8 +144,13 @@ def compare(names, base_out, memo_out, labels=None, metric=None, output=None):
 
 def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
              target="cpu", baseline=None, stream=None, remote=None, cluster=None, workers=None,
-             **options) -> ValidationReport:
+             precision=None, **options) -> ValidationReport:
     """Compile ``model`` unmodified and memoized, run both on ``inputs``, compare.
+
+    ``precision`` (as for :func:`memotvm.compile`) stores the recurrent weights below
+    fp32 in the model compared; ``memo`` may then be None (precision alone).  With both,
+    the report also gives each alone against the unmodified model (``separately``).  A
+    configuration file from ``memotvm calibrate`` brings its precision along.
 
     ``labels`` with ``metric`` (accuracy, bpc, mse) adds the task metric of both and
     its loss, on ``output`` (default: the first).  ``baseline`` may pass an already
@@ -139,7 +170,14 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     (:mod:`memotvm.cluster`); the report is the one this process would make (the
     compile times are a worker's).
     """
-    config = MemoConfig.coerce(memo)
+    if isinstance(memo, str) and (in_file := PrecisionConfig.in_file(memo)) is not None:
+        precision = in_file if precision is None else precision
+        memo = MemoConfig.load(memo, optional=True)
+    reduced = PrecisionConfig.coerce(precision) if precision is not None else None
+    reduced = reduced if reduced is not None and reduced.reduced else None
+    config = MemoConfig.coerce(memo) if memo is not None else None
+    if config is None and reduced is None:
+        raise ConfigError("validate needs a memo configuration, a precision below fp32, or both")
     proto = load_model(model)
     if labels is not None and metric is None:
         raise InputError("labels need a metric")
@@ -150,11 +188,11 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
             raise InputError("validate on a cluster compiles both models on its workers: "
                              "it takes neither remote= nor baseline=")
         return _validate_on_cluster(proto, inputs, config, labels, metric, output, target,
-                                    stream, cluster, workers, options)
+                                    stream, cluster, workers, options, reduced)
     t0 = time.perf_counter()
     plain = baseline or compile_model(proto, target=target, **options)
     t1 = time.perf_counter()
-    memoized = compile_model(proto, target=target, memo=config, **options)
+    memoized = compile_model(proto, target=target, memo=config, precision=reduced, **options)
     t2 = time.perf_counter()
     if remote is not None:  # the memoized side runs on a device over TVM's RPC
         from .remote import remote_model
@@ -180,20 +218,45 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     costs = None
     if getattr(memoized, "last_cost", None) is not None:
         costs = (plain.last_cost, memoized.last_cost)
-    return ValidationReport(config, target, errors, stats, result, timings, costs, streamed)
+    separately = None
+    if config is not None and reduced is not None:
+        separately = {}
+        for label, alone in (("memoization", {"memo": config}), ("precision", {"precision": reduced})):
+            model_alone = compile_model(proto, target=target, **alone, **options)
+            out, alone_stats = run_inputs(model_alone, inputs, stream, calls=calls)
+            separately[label] = _alone(plain.output_names, base_out, out, alone_stats, labels,
+                                       metric, output, getattr(model_alone, "last_cost", None))
+    return ValidationReport(config, target, errors, stats, result, timings, costs, streamed,
+                            reduced, separately)
+
+
+def _alone(names, base_out, out, stats, labels, metric, output, cost) -> dict:
+    """One of memoization and reduced precision, alone, against the unmodified model."""
+    errors, result = compare(names, base_out, out, labels, metric, output)
+    return {"outputs": errors, "metric": result, "reuse": stats.reuse,
+            "computations_avoided": stats.computations_avoided,
+            "modelled_cost": cost.to_dict() if cost is not None else None}
 
 
 def _validate_on_cluster(proto, inputs, config, labels, metric, output, target, stream,
-                         cluster, workers, options) -> ValidationReport:
+                         cluster, workers, options, reduced=None) -> ValidationReport:
     from .evaluation import Job, Variant, make_runner
     from .sequences import join_labels
     from .streaming import split_all
 
-    memoized = Variant.fixed(config)
-    runner = make_runner(proto, target, options, cluster, workers, variants=[memoized])
+    def variant(memo, precision):
+        return Variant.unmodified(precision) if memo is None else Variant.fixed(memo, precision)
+
+    memoized = variant(config, reduced)
+    alone = {}
+    if config is not None and reduced is not None:
+        alone = {"memoization": variant(config, None), "precision": variant(None, reduced)}
+    runner = make_runner(proto, target, options, cluster, workers,
+                         variants=[memoized, *alone.values()])
     try:
         runner.add_split("validate", inputs, stream)
-        base, memo = runner.run([Job("validate"), Job("validate", memoized)])
+        base, memo, *others = runner.run([Job("validate"), Job("validate", memoized)]
+                                         + [Job("validate", v) for v in alone.values()])
         streamed = None
         if stream is not None:
             calls = split_all(runner.signature, inputs, stream)
@@ -209,4 +272,8 @@ def _validate_on_cluster(proto, inputs, config, labels, metric, output, target, 
     timings = {"compile_unmodified": seconds[Variant("unmodified")],
                "compile_memoized": seconds[memoized]}
     costs = (base.cost, memo.cost) if memo.cost is not None else None
-    return ValidationReport(config, target, errors, memo.stats, result, timings, costs, streamed)
+    separately = {label: _alone(runner.output_names, base.outputs, other.outputs, other.stats,
+                                labels, metric, output, other.cost)
+                  for label, other in zip(alone, others)} or None
+    return ValidationReport(config, target, errors, memo.stats, result, timings, costs, streamed,
+                            reduced, separately)

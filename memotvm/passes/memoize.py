@@ -130,7 +130,10 @@ class MemoConfig:
         return cls(**raw)
 
     @classmethod
-    def load(cls, path: str) -> "MemoConfig":
+    def load(cls, path: str, optional: bool = False) -> "MemoConfig | None":
+        """The configuration of a JSON file (its ``memo`` section, where it has one);
+        ``optional``: None where that section is null (calibrated: memoization does not
+        pay) instead of an error."""
         try:
             with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
@@ -145,6 +148,8 @@ class MemoConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a memo configuration is a JSON object")
         section = raw.get("memo", raw)
+        if section is None and optional:
+            return None
         if section is None:
             objective = (raw.get("calibration") or {}).get("objective", "time")
             raise ConfigError(f"{path}: calibrated for {objective}, this file says memoization does "
