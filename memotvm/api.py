@@ -12,7 +12,7 @@ from tvm import relax
 from .errors import ConfigError, NothingToMemoizeWarning
 from .passes import MemoConfig, MemoizeRecurrentLoops
 from .passes.memoize import check_supported
-from .passes.precision import ReduceWeightPrecision, check_precision
+from .passes.precision import ReduceWeightPrecision, RoundProductWeights, check_precision
 from .precision import PrecisionConfig
 from .targets import get_backend
 from .threads import check_threads, use_threads
@@ -69,6 +69,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
         mod = relax.transform.FoldConstant()(mod)
         check_precision(mod, reduced)
         mod = ReduceWeightPrecision(reduced)(mod)
+        mod = RoundProductWeights(reduced.products_precision)(mod)
     if config is not None:
         # Checked here: errors raised inside a TVM pass lose their type.  Folding first
         # turns weights computed from initializers into constants.

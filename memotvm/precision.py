@@ -20,6 +20,12 @@ neuron that is computed.
 A kernel holds one storage type for all its directions: where a node's directions ask
 for different precisions, its weights are stored as float32 holding each direction's
 rounded values (the loss is as configured, the speed that of float32).
+
+The matrix products and convolutions around the recurrent layers (ONNX MatMul, Gemm and
+Conv, wherever their weight is a constant once constants are folded) take the
+``products`` precision (by default the configuration's ``default``): their weights are
+rounded the same way, a "row" being one output's weights (a column of MatMul's B, an
+output channel of Conv's W), and the products accumulate in float32.
 """
 
 from __future__ import annotations
@@ -75,6 +81,14 @@ def rounded_weights(weights: np.ndarray, precision: str) -> np.ndarray:
     return store_weights(weights, precision).dequantized()
 
 
+def rounded_rows(weights: np.ndarray, precision: str, axis: int = 0) -> np.ndarray:
+    """``weights`` rounded at ``precision`` with ``axis`` indexing the rows (one output's
+    weights: the rest of the array, flattened)."""
+    w = np.moveaxis(np.asarray(weights, np.float32), axis, 0)
+    flat = rounded_weights(w.reshape(w.shape[0], -1), precision)
+    return np.ascontiguousarray(np.moveaxis(flat.reshape(w.shape), 0, axis))
+
+
 def node_storage(precisions) -> str:
     """The precision a node with these per-direction precisions is stored at: theirs
     where they agree, else fp32 (each direction's values rounded to its own)."""
@@ -99,9 +113,13 @@ class PrecisionConfig:
 
     default: str = "fp32"
     per_node: dict = field(default_factory=dict)
+    # The matrix products and convolutions by constant weights (None: ``default``).
+    products: str | None = None
 
     def __post_init__(self):
         self.default = _check_precision(self.default, "(default)")
+        if self.products is not None:
+            self.products = _check_precision(self.products, "of the products")
         if not isinstance(self.per_node, dict):
             raise ConfigError("per_node must map node names to precisions, got "
                               f"{type(self.per_node).__name__}")
@@ -139,7 +157,7 @@ class PrecisionConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "PrecisionConfig":
-        extra = set(raw) - {"default", "per_node"}
+        extra = set(raw) - {"default", "per_node", "products"}
         if extra:
             raise ConfigError(f"unknown precision configuration key(s): {sorted(extra)}")
         return cls(**raw)
@@ -175,13 +193,18 @@ class PrecisionConfig:
         return cls.load(path) if isinstance(raw, dict) and raw.get("precision") is not None else None
 
     def to_dict(self) -> dict:
-        return {"default": self.default, "per_node": self.per_node}
+        return {"default": self.default, "per_node": self.per_node, "products": self.products}
+
+    @property
+    def products_precision(self) -> str:
+        """The precision of the matrix products and convolutions by constant weights."""
+        return self.default if self.products is None else self.products
 
     @property
     def reduced(self) -> bool:
-        """Whether any node or direction is below fp32."""
-        values = [self.default] + [v for pn in self.per_node.values()
-                                   for v in (pn.values() if isinstance(pn, dict) else [pn])]
+        """Whether any weight is below fp32."""
+        values = [self.default, self.products_precision] + [
+            v for pn in self.per_node.values() for v in (pn.values() if isinstance(pn, dict) else [pn])]
         return any(v != "fp32" for v in values)
 
     def text(self) -> str:
@@ -191,10 +214,12 @@ class PrecisionConfig:
                 return ", ".join(f"{d} {p}" for d, p in value.items())
             return value
 
+        products = "" if self.products is None or self.products == self.default \
+            else f"; products {self.products}"
         if not self.per_node:
-            return f"{self.default} everywhere"
+            return f"{self.default} everywhere" + products
         return "; ".join(f"{node} {one(v)}" for node, v in self.per_node.items()) \
-            + f"; others {self.default}"
+            + f"; others {self.default}" + products
 
     def check_nodes(self, loops) -> None:
         names = {loop.name for loop in loops}

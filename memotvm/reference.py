@@ -284,6 +284,8 @@ class ReferenceSession:
         self.config = MemoConfig.coerce(memo) if memo is not None else None
         # Weights at reduced precision: the layers run on the values they stand for.
         self.precision = PrecisionConfig.coerce(precision) if precision is not None else None
+        if self.precision is not None and self.precision.products_precision != "fp32":
+            proto = _rounded_products(proto, self.precision.products_precision)
         graph = proto.graph
         recurrent = [n for n in graph.node if n.op_type in RECURRENT_OPS]
         names = dict(zip((_node_key(n) for n in recurrent), _recurrent_node_names(graph)))
@@ -304,6 +306,32 @@ class ReferenceSession:
         self.stats = ReuseStats.from_kernel_counts(loops, [self._counts[n] for n in self._order],
                                                    self.config)
         return outputs
+
+
+def _rounded_products(proto, precision):
+    """A copy of ``proto`` whose MatMul, Gemm and Conv weights given as initializers are
+    rounded to ``precision``, one output's weights per row (memotvm.precision)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .precision import rounded_rows
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2 \
+                or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if w.dtype != np.float32 or (node.op_type != "Conv" and w.ndim != 2):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        # The rows: MatMul's and Gemm's B [K, N] by column (B^T with transB), Conv by
+        # output channel.
+        axis = 0 if node.op_type == "Conv" or attrs.get("transB", 0) else 1
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(rounded_rows(w, precision, axis),
+                                                              node.input[1]))
+    return proto
 
 
 def _node_key(node):

@@ -30,9 +30,11 @@ def test_validate_json_is_stable(files, capsys):
                  "--threshold", "0.3", "--labels", str(files / "labels.npz"),
                  "--metric", "accuracy", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["schema"] == 3
+    assert report["schema"] == 4
     assert set(report) == {"schema", "target", "memo", "outputs", "reuse",
-                           "computations_avoided", "metric", "timings_s", "modelled_cost", "stream"}
+                           "computations_avoided", "metric", "timings_s", "modelled_cost", "stream",
+                           "precision", "separately"}
+    assert report["precision"] is None and report["separately"] is None  # fp32 weights
     assert report["modelled_cost"] is None  # the CPU target has no cost model
     assert report["stream"] is None  # one call, not a stream
     assert report["memo"] == {"threshold": 0.3, "predictor": "bnn", "per_node": {}}

@@ -45,7 +45,8 @@ def test_panels_cover_every_column_once():
         widths = panel_widths(n)
         assert all(0 < w <= 6 for w in widths) and sum(widths) * 16 >= n > (sum(widths) - 1) * 16
     w = np.arange(3 * 97, dtype=np.float32).reshape(3, 97)
-    packed = pack_weight(w)
+    packed, scales = pack_weight(w)
+    assert scales is None  # float32: no scales
     first = packed[:3 * 96].reshape(3, 96)   # panel 0: columns 0-95, row-major
     last = packed[3 * 96:].reshape(3, 16)    # panel 1: column 96, zero-padded
     assert np.array_equal(first, w[:, :96]) and np.array_equal(last[:, 0], w[:, 96])

@@ -1,4 +1,5 @@
-"""The precision pass: recurrent weights stored at reduced precision.
+"""The precision passes: recurrent weights stored at reduced precision, and the weights
+of the matrix products and convolutions around them rounded.
 
 ``ReduceWeightPrecision(config)`` is a module pass.  For each ``call_tir`` of a
 recurrent-loop kernel whose node the :class:`~memotvm.precision.PrecisionConfig` puts
@@ -18,7 +19,8 @@ from tvm.ir import GenericConst
 from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import build_kernel, kernel_weights
 from ..kernels.plan import MemoPlan
-from ..precision import STORAGE, PrecisionConfig, node_storage, rounded_weights, store_weights
+from ..precision import (STORAGE, PrecisionConfig, node_storage, rounded_rows, rounded_weights,
+                         store_weights)
 from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
 from .kernel_calls import recurrent_calls, recurrent_kernel
 
@@ -115,3 +117,70 @@ class _WeightRewriter(relax.PyExprMutator):
         memo = MemoPlan.from_json(str(plan)) if plan is not None else None
         rebuilt = add_kernel(self.builder_, build_kernel(loop, memo, weights=dtype))
         return relax.call_tir(rebuilt, args, out_ty=list(call.ty_args[0].fields))
+
+
+# The module attribute that tells the CPU backend's packed matrix products
+# (memotvm.targets.host_gemm) to store their weights at this precision.
+PRODUCTS_ATTR = "memotvm.products_precision"
+
+
+@tvm.transform.module_pass(opt_level=0, name="RoundProductWeights")
+class RoundProductWeights:
+    """Round the constant weights of the matrix products and convolutions (relax.matmul,
+    including a transposed weight, and relax.nn.conv1d/conv2d) to ``precision``, one
+    output's weights per row (:func:`memotvm.precision.rounded_rows`), and record the
+    precision in the module's ``memotvm.products_precision`` attribute, from which the
+    packed matrix products store those weights narrow."""
+
+    def __init__(self, precision: str):
+        self.precision = precision
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if self.precision == "fp32":
+            return mod
+        rewritten = rewrite_functions(_ProductRewriter(mod, self.precision), mod)
+        return rewritten.with_attr(PRODUCTS_ATTR, self.precision)
+
+
+@relax.expr_functor.mutator
+class _ProductRewriter(relax.PyExprMutator):
+    def __init__(self, mod, precision):
+        super().__init__(mod)
+        self.precision = precision
+        self.matmul = tvm.ir.Op.get("relax.matmul")
+        self.permute = tvm.ir.Op.get("relax.permute_dims")
+        self.convs = {tvm.ir.Op.get("relax.nn.conv1d"), tvm.ir.Op.get("relax.nn.conv2d")}
+
+    def _rounded(self, const, axis):
+        value = const.value.numpy()
+        if value.dtype != np.float32 or value.size == 0:
+            return const
+        return relax.const(rounded_rows(value, self.precision, axis), "float32")
+
+    def _weight(self, expr, axis):
+        """``expr`` (a weight operand) with its constant rounded, rows along ``axis``; a
+        transposed constant's rows are the other axis of the constant."""
+        if isinstance(expr, relax.Var) and (bound := self.lookup_binding(expr)) is not None \
+                and isinstance(bound, (GenericConst, relax.Call)):
+            rounded = self._weight(bound, axis)
+            return expr if rounded is bound else rounded
+        if isinstance(expr, GenericConst):
+            return self._rounded(expr, axis) if len(expr.ty.shape) == 2 or axis == 0 else expr
+        if isinstance(expr, relax.Call) and expr.op == self.permute \
+                and isinstance(expr.args[0], GenericConst) and len(expr.args[0].ty.shape) == 2:
+            axes = expr.attrs.axes
+            if axes is None or [int(a) for a in axes] == [1, 0]:
+                return relax.op.permute_dims(self._rounded(expr.args[0], 1 - axis), axes)
+        return expr
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if call.op == self.matmul:  # y = x @ W: a row is a column of W
+            w = self._weight(call.args[1], 1)
+            if w is not call.args[1]:
+                return relax.Call(call.op, [call.args[0], w], call.attrs)
+        elif call.op in self.convs:  # a row is an output channel
+            w = self._weight(call.args[1], 0)
+            if w is not call.args[1]:
+                return relax.Call(call.op, [call.args[0], w], call.attrs)
+        return call

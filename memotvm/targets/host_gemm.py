@@ -16,7 +16,11 @@ that keeps a block of outputs in registers:
   registers (AVX-512, NEON), 4 x 3 = 12 where it has 16 (AVX2, SSE): per k one
   broadcast of each row's x and one load of each of the panel's vectors;
 * each output is the sum of its K products in order of k, as the legalized loop nest
-  sums them (fused multiply-adds).
+  sums them (fused multiply-adds);
+* where the module's weights are at reduced precision (the
+  ``memotvm.products_precision`` attribute, :mod:`memotvm.passes.precision`), W is
+  packed as bfloat16, or as int8 with one scale per column that multiplies the column's
+  sums before they are stored; the products still accumulate in float32.
 
 Other matrix products (both operands computed, float64, integer) keep TVM's lowering.
 """
@@ -32,6 +36,8 @@ from tvm.script.ir_builder import tirx as T
 from ..kernels import i64
 from ..kernels.tiling import vector_lanes, vector_registers
 from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
+from ..passes.precision import PRODUCTS_ATTR
+from ..precision import STORAGE, store_weights
 from .host_schedule import host_kernel
 
 ROW_BLOCK = 4
@@ -53,25 +59,37 @@ def panel_widths(n: int) -> list[int]:
     return widths
 
 
-def pack_weight(w: np.ndarray) -> np.ndarray:
-    """W [K, N] as panels [K, width * lanes] laid end to end (zero-padded columns)."""
+def pack_weight(w: np.ndarray, precision: str = "fp32") -> tuple:
+    """W [K, N] as panels [K, width * lanes] laid end to end (zero-padded columns), in
+    the storage of ``precision``; and, for int8, the columns' scales (padded with 1)."""
     k, n = w.shape
     lanes = vector_lanes()
-    padded = np.zeros((k, -(-n // lanes) * lanes), np.float32)
-    padded[:, :n] = w
+    stored = store_weights(np.ascontiguousarray(w.T), precision)  # a row per column of W
+    padded = np.zeros((k, -(-n // lanes) * lanes), stored.values.dtype)
+    padded[:, :n] = stored.values.T
     panels, col = [], 0
     for width in panel_widths(n):
         panels.append(padded[:, col:col + width * lanes].ravel())
         col += width * lanes
-    return np.concatenate(panels)
+    scales = None
+    if stored.scales is not None:
+        scales = np.ones(padded.shape[1], np.float32)
+        scales[:n] = stored.scales
+    return np.concatenate(panels), scales
 
 
-def build_gemm(k: int, n: int) -> tirx.PrimFunc:
-    """y[M, n] = x[M, k] @ W, W given packed by :func:`pack_weight`; M is dynamic."""
+def build_gemm(k: int, n: int, weights: str = "float32") -> tirx.PrimFunc:
+    """y[M, n] = x[M, k] @ W, W given packed by :func:`pack_weight` (stored as
+    ``weights``: float32, bfloat16, or int8 followed by the columns' scales); M is
+    dynamic."""
     widths, lanes = panel_widths(n), vector_lanes()
-    with host_kernel(f"packed_matmul_{k}x{n}") as (ib, rows):
+    suffix = "" if weights == "float32" else f"_{weights}"
+    with host_kernel(f"packed_matmul_{k}x{n}{suffix}") as (ib, rows):
         x = T.match_buffer(T.arg("x", T.handle()), (rows, k), "float32")
-        wp = T.match_buffer(T.arg("w_packed", T.handle()), (k * sum(widths) * lanes,), "float32")
+        wp = T.match_buffer(T.arg("w_packed", T.handle()), (k * sum(widths) * lanes,), weights)
+        scales = None
+        if weights == "int8":
+            scales = T.match_buffer(T.arg("scales", T.handle()), (sum(widths) * lanes,), "float32")
         y = T.match_buffer(T.arg("y", T.handle()), (rows, n), "float32")
         chunks = (rows + i64(ROW_CHUNK - 1)) // i64(ROW_CHUNK)
         with T.parallel(0, chunks * i64(len(widths))) as task:
@@ -81,12 +99,12 @@ def build_gemm(k: int, n: int) -> tirx.PrimFunc:
             for index, width in enumerate(widths):
                 with T.If(panel == i64(index)):
                     with T.Then():
-                        _panel(x, wp, y, rows, k, n, chunk, col, width, lanes)
+                        _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales)
                 col += width * lanes
     return ib.get()
 
 
-def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes):
+def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales=None):
     """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * lanes."""
     stride = width * lanes
     base = col * k  # the panel's offset in the packed weights
@@ -107,6 +125,7 @@ def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes):
                     with T.vectorized(0, lanes) as lane:
                         for j in range(width):
                             w = wp[i64(base) + kk * i64(stride) + i64(j * lanes) + lane]
+                            w = w if wp.dtype == "float32" else tirx.Cast("float32", w)
                             for i in range(ROW_BLOCK):
                                 acc = accs[i][j]
                                 T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
@@ -114,16 +133,20 @@ def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes):
                     with T.If(first + i64(i) < rows):
                         with T.Then():
                             for j in range(width):
-                                _store(y, accs[i][j], first + i64(i), col + j * lanes, n, lanes)
+                                _store(y, accs[i][j], first + i64(i), col + j * lanes, n, lanes,
+                                       scales)
 
 
-def _store(y, acc, row, col, n, lanes):
+def _store(y, acc, row, col, n, lanes, scales=None):
+    def value(lane):
+        return acc[lane] if scales is None else acc[lane] * scales[i64(col) + lane]
+
     if col + lanes <= n:
         with T.vectorized(0, lanes) as lane:
-            T.buffer_store(y, acc[lane], [row, i64(col) + lane])
+            T.buffer_store(y, value(lane), [row, i64(col) + lane])
     else:
         with T.serial(0, n - col) as lane:
-            T.buffer_store(y, acc[lane], [row, i64(col) + lane])
+            T.buffer_store(y, value(lane), [row, i64(col) + lane])
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackConstantMatmuls")
@@ -132,15 +155,18 @@ class PackConstantMatmuls:
     ``permute_dims``) with a call of :func:`build_gemm` on W packed at compile time."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = rewrite_functions(_MatmulRewriter(mod), mod)
+        precision = str(mod.attrs[PRODUCTS_ATTR]) if mod.attrs and PRODUCTS_ATTR in mod.attrs \
+            else "fp32"
+        mod = rewrite_functions(_MatmulRewriter(mod, precision), mod)
         # A transposed weight's permute_dims is left unused: it would run every call.
         return relax.transform.DeadCodeElimination()(mod)
 
 
 @relax.expr_functor.mutator
 class _MatmulRewriter(relax.PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, precision="fp32"):
         super().__init__(mod)
+        self.precision = precision
         self.matmul = tvm.ir.Op.get("relax.matmul")
         self.permute = tvm.ir.Op.get("relax.permute_dims")
         self.kernels = {}
@@ -176,7 +202,11 @@ class _MatmulRewriter(relax.PyExprMutator):
             return call
         k, n = w.shape
         key = (k, n)
+        weights = STORAGE[self.precision]
         if key not in self.kernels:
-            self.kernels[key] = add_kernel(self.builder_, build_gemm(k, n))
-        packed = relax.const(pack_weight(w), "float32")
-        return call_on_rows(self.builder_, self.kernels[key], x, [packed], n)
+            self.kernels[key] = add_kernel(self.builder_, build_gemm(k, n, weights))
+        packed, scales = pack_weight(w, self.precision)
+        args = [relax.const(packed, weights)]
+        if scales is not None:
+            args.append(relax.const(scales, "float32"))
+        return call_on_rows(self.builder_, self.kernels[key], x, args, n)

@@ -70,7 +70,8 @@ class OffloadToEpur:
         mutator = _CallReplacer(mod, externs)
         main = mutator.visit_expr(mod["main"])
         mod = tvm.IRModule({"main": main, **{gv: f for gv, f in mod.functions_items()
-                                             if gv not in externs and gv.name_hint != "main"}})
+                                             if gv not in externs and gv.name_hint != "main"}},
+                           attrs=mod.attrs)
         return relax.transform.DeadCodeElimination()(mod)
 
 
