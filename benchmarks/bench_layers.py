@@ -27,6 +27,10 @@ def main(argv=None):
     parser.add_argument("--steps", default="100,200", help="sequence lengths to run")
     parser.add_argument("--predictor", default="bnn", help="memo predictor (bnn, delta, lowrank:8, ...)")
     parser.add_argument("--openvino", action="store_true", help="also time OpenVINO (default precision and f32)")
+    parser.add_argument("--precision", default="", help="also time memotvm with its recurrent weights "
+                        "at these precisions: bf16,int8 (docs/precision.md)")
+    parser.add_argument("--memo-precision", default="",
+                        help="the memoized variants at this precision (bf16 or int8) instead of fp32")
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
     grid = [(op, h, t, b) for op in ("LSTM", "GRU") for h in _ints(args.sizes)
@@ -37,8 +41,18 @@ def main(argv=None):
     for op, H, T, B in grid:
         model = make_recurrent_model(op, H, H, weight_scale=1.0)
         feeds = make_inputs(model, T, B, smooth=True)
-        res = bench_model(model, feeds, thresholds=thresholds, predictor=args.predictor,
-                          rounds=args.rounds, openvino=args.openvino)
+        config = None
+        if args.memo_precision:  # every threshold's variant at this precision
+            from memotvm.passes import MemoConfig
+            from memotvm.precision import PrecisionConfig
+
+            config = {f"memo@{t:g}-{args.memo_precision}": (MemoConfig(threshold=t, predictor=args.predictor),
+                                                             PrecisionConfig(args.memo_precision))
+                      for t in thresholds}
+        res = bench_model(model, feeds, thresholds=() if config else thresholds,
+                          predictor=args.predictor, rounds=args.rounds, openvino=args.openvino,
+                          precisions=[p for p in args.precision.split(",") if p.strip()],
+                          extra_variants=config)
         mem = memo_memory(from_onnx(model).loops, batch=B, predictor=args.predictor)
         print(f"\n{op} D=H={H} T={T} batch={B}", flush=True)
         print(format_rows(res["rows"]), flush=True)

@@ -125,10 +125,11 @@ def _timing_rows(measured: dict, per: float, unit: str) -> list:
 
 def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", rounds=20,
                 ort_threads=None, target="cpu", progress=False, config=None, openvino=False,
-                precisions=(), config_precision=None, **options) -> dict:
+                precisions=(), config_precision=None, extra_variants=None, **options) -> dict:
     """Time onnxruntime (at its defaults), memotvm unmodified and memotvm memoized at each
-    threshold (and with ``config``, a calibrated configuration), each in its own process,
-    taking turns.  Returns rows of medians, spread, reuse and speedups, and the machine.
+    threshold (and with ``config``, a calibrated configuration; at each of ``precisions``;
+    ``extra_variants``: more, name -> (MemoConfig, PrecisionConfig)), each in its own
+    process, taking turns.  Returns rows of medians, spread, reuse and speedups, and the machine.
 
     On a target whose models report a modelled cost (``epur``), the rows give the
     modelled time and energy instead (see :func:`bench_modelled`)."""
@@ -136,7 +137,8 @@ def bench_model(model, feeds, thresholds=(0.1, 0.3, 0.5), predictor="bnn", round
     from .frontend import load_model
 
     proto = load_model(model)
-    variants = memo_variants(thresholds, predictor, config, precisions, config_precision)
+    variants = {**memo_variants(thresholds, predictor, config, precisions, config_precision),
+                **(extra_variants or {})}
     from .targets import get_backend
     from .targets.cpu import CpuBackend
 

@@ -145,9 +145,13 @@ class CalibrationResult:
 
     def format(self) -> str:
         c = self.config
-        if c is None:
+        if c is None and self.reduced:
+            lines = [f"calibrated for {self.objective}: the precision below, memoization off "
+                     + ("(it does not pay next to it)" if self.objective != "computations" else
+                        "(no threshold above 0 stays within the bound next to it)")]
+        elif c is None:
             lines = ["calibrated for " + self.objective + ": memoization does not pay on this "
-                     "model; run it without" + (" (no configuration)" if not self.reduced else "")]
+                     "model; run it unmodified (no configuration)"]
         else:
             lines = [f"calibrated{' for ' + self.objective if self.objective != 'computations' else ''}: "
                      f"predictor {c.predictor}, thresholds " + c.thresholds_text()]
