@@ -301,6 +301,22 @@ def _timed_candidates(paths: dict) -> dict:
     return out
 
 
+def _fp32_twins(candidates: dict, evaluate, bound) -> dict:
+    """label -> Trial: each memoized candidate at reduced precision with its weights at
+    fp32 instead, where that stays within the bound (a candidate of the time and energy
+    objectives: a layer whose weights sit in cache is fastest at fp32, and the search,
+    which takes precision moves first, rarely passes through such a configuration)."""
+    twins = {f"{label}, fp32 twin": t for label, t in candidates.items() if t.precision and not t.plain}
+    scores = evaluate.many([(t.memo, {}) for t in twins.values()])
+    out = {}
+    for (label, t), (value, loss, avoided, reuse, work) in zip(twins.items(), scores):
+        if loss <= bound:
+            step = label[label.rindex("step "):-len(", fp32 twin") - 1]
+            out[f"{t.predictor} ({avoided:.1%} avoided, fp32, {step})"] = \
+                Trial(t.predictor, t.thresholds, loss, avoided, reuse, value, {}, work)
+    return out
+
+
 def _precision_alone(paths: dict, evaluate, bound) -> dict:
     """label -> Trial: the precision each predictor's search ended at, with memoization
     off, where it stays within the bound (a candidate of the time and energy
@@ -544,6 +560,7 @@ def _calibrate(runner, proto, units, labels, holdout_labels, metric, k, max_loss
         order = sorted(path, key=lambda t: (-t.work, t.loss, real.index(t.predictor)))
     else:
         candidates = _timed_candidates(paths)
+        candidates.update(_fp32_twins(candidates, evaluate, bound))
         candidates.update(_precision_alone(paths, evaluate, bound))
         unit = "uJ" if objective == "energy" else "ms"
         scale = 1.0 if objective == "energy" else 1e3

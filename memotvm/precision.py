@@ -235,6 +235,11 @@ class PrecisionConfig:
                     if d not in [loop.direction_name(i) for i in range(loop.num_directions)]:
                         raise ConfigError(f"node '{loop.name}' has no '{d}' direction")
 
+    def label(self, loops) -> str:
+        """A short name of what ``loops`` are stored at: "int8", "bf16/int8", "fp32"."""
+        used = {p for loop in loops for p in self.for_loop(loop)}
+        return "/".join(p for p in PRECISIONS if p in used) or self.default
+
     def for_loop(self, loop) -> tuple:
         """The precision of each of ``loop``'s directions."""
         value = self.per_node.get(loop.name, self.default)

@@ -115,7 +115,7 @@ def _memotvm_runner(c: Contender):
     info = {"compile_s": time.perf_counter() - t0, "threads": compiled.threads or default_threads()}
     precision = getattr(compiled, "precision", None)
     if precision is not None and precision.reduced:
-        info["precision"] = precision.default if not precision.per_node else "mixed"
+        info["precision"] = precision.label(compiled.loops)
     if c.state is None:
         # The call a user makes: input checks, conversions and the reuse counts included,
         # as onnxruntime's times include its own.
