@@ -348,3 +348,15 @@ def test_packed_products_read_narrow_weights():
     packed = [n for n in names if n.startswith("packed_matmul")]
     # Both convolutions (as im2col products) and the head.
     assert len(packed) == 3 and all(n.endswith("_int8") for n in packed), names
+
+
+@SLOW
+def test_calibration_with_precisions_on_ray_equals_one_process(monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # (as tests/test_cluster.py)
+    inputs, labels = small_co2(30)
+    args = dict(max_loss=0.01, predictors=("lowrank:4",), grid=(0, 0.05),
+                precisions=("fp32", "int8"), progress=False)
+    alone = calibrate(CO2, inputs, labels, "mse", **args)
+    on_ray = calibrate(CO2, inputs, labels, "mse", cluster="local", workers=2, **args)
+    assert alone.reduced and on_ray.to_json() == alone.to_json()
