@@ -33,9 +33,10 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     inputs of the compiled model, and what follows from them is computed at compile time
     (an ``If`` on them keeps only the branch they select).
 
-    ``precision`` stores the recurrent layers' weights at reduced precision: "fp32"
-    (the default), "bf16" or "int8" everywhere, a dict ``{"default": ..., "per_node":
-    {node: p or {"forward": p, "reverse": p}}}``, a
+    ``precision`` stores the weights at reduced precision: "fp32" (the default), "bf16"
+    or "int8" everywhere, a dict ``{"default": ..., "per_node": {node: p or {"forward":
+    p, "reverse": p}}, "products": ...}`` (``products``: the matrix products and
+    convolutions by constant weights around the recurrent layers), a
     :class:`~memotvm.precision.PrecisionConfig`, or the path of a JSON file with a
     ``precision`` section (what ``memotvm calibrate`` writes).  Where ``memo`` is such a
     file and ``precision`` is not given, the file's precision applies too.  See

@@ -32,10 +32,13 @@ def metadata(model) -> dict:
         return {"name": name, "dtype": dtype, "shape": dims}
 
     memo = model.memo
+    precision = getattr(model, "precision", None)
     loops = []
     for loop in model.loops:
         item = {"name": loop.name, "op": loop.op, "directions": loop.num_directions,
                 "gates": list(loop.gates), "loop": json.loads(loop.to_json())}
+        if precision is not None and precision.reduced:  # per direction (docs/precision.md)
+            item["precision"] = list(precision.for_loop(loop))
         if memo is not None:
             plan = memo.plan_for(loop)
             item["predictor"] = plan.predictor
@@ -71,6 +74,7 @@ def metadata(model) -> dict:
         "outputs": [entry(n, model.output_types) for n in model.output_names],
         "arguments": arguments, "results": results,
         "memo": memo.to_dict() if memo is not None else None,
+        "precision": precision.to_dict() if precision is not None and precision.reduced else None,
         "tunable": bool(model.tunable), "loops": loops,
         "index_ranges": model.index_ranges,
         # compile(..., threads=N); null: the runner's default (memotvm: every CPU).
@@ -138,6 +142,7 @@ def load(path: str):
 
     from .log import captured_tvm_output
     from .passes import MemoConfig
+    from .precision import PrecisionConfig
     from .runtime import CompiledModel
     from .targets.cpu import _host_tensor, _results
 
@@ -174,6 +179,8 @@ def load(path: str):
     memo = MemoConfig.from_dict(meta["memo"]) if meta.get("memo") else None
     model = CompiledModel(_Imported(meta), make_session, target="cpu", memo=memo)
     model.tunable = bool(meta.get("tunable"))
+    model.precision = PrecisionConfig.from_dict(meta["precision"]) if meta.get("precision") \
+        else PrecisionConfig()
     model.threads = threads
     model.artifact = meta
     model.prepare()

@@ -47,7 +47,7 @@ from .errors import ConfigError
 from .evaluation import Job, LocalRunner, Variant, make_runner
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
-from .precision import PRECISIONS, PrecisionConfig
+from .precision import PRECISIONS, WEIGHT_BYTES, PrecisionConfig
 from .sequences import join_labels
 from .validate import pick_output
 
@@ -228,10 +228,6 @@ class _Evaluator:
 
     def __call__(self, config: MemoConfig | None, precision: dict | None = None):
         return self.many([(config, precision or {})])[0]
-
-
-# Bytes of one weight at each precision (the search's measure of weight traffic).
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
 
 
 def _precision(nodes: dict) -> PrecisionConfig:

@@ -43,6 +43,8 @@ from .errors import ConfigError
 STORAGE = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 # The widest first: a node whose directions differ is stored at the first that any asks.
 PRECISIONS = tuple(STORAGE)
+# Bytes one weight takes in memory at each precision (int8's per-row scale aside).
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
 INT8_MAX = 127
 
 

@@ -301,6 +301,12 @@ def test_cli_compile_and_validate_with_precision(calibrated, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["precision"]["default"] == "int8"
     assert main(["compile", CO2, "--config", str(config), "-o", str(tmp_path / "m.so")]) == 0
     assert "weights" in capsys.readouterr().out
+    # The artifact says what its weights are and runs as compiled.
+    loaded = memotvm.load(str(tmp_path / "m.so"))
+    assert loaded.artifact["precision"] == calibrated.precision.to_dict()
+    assert loaded.artifact["loops"][0]["precision"] == ["int8"]
+    np.testing.assert_array_equal(loaded.run(inputs)[0],
+                                  memotvm.compile(CO2, memo=str(config)).run(inputs)[0])
 
 
 # -- the matrix products and convolutions around the recurrent layers ----------------------
