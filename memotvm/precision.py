@@ -100,8 +100,8 @@ def node_storage(precisions) -> str:
 
 def _check_precision(value, where) -> str:
     if not isinstance(value, str) or value not in STORAGE:
-        raise ConfigError(f"precision {where} must be one of {', '.join(PRECISIONS)}, "
-                          f"got {value!r}"[:200])
+        raise ConfigError(f"precision{' ' + where if where else ''} must be one of "
+                          f"{', '.join(PRECISIONS)}, got {value!r}"[:200])
     return value
 
 

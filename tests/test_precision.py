@@ -185,7 +185,7 @@ def test_accelerator_prices_narrower_weights():
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("fp16", "precision  must be one of fp32, bf16, int8"),
+    ("fp16", "precision must be one of fp32, bf16, int8, got 'fp16'"),
     ({"default": "int4"}, "must be one of"),
     ({"per_node": {"nope": "bf16"}}, "names node\\(s\\) not in the model: nope"),
     ({"per_node": {"rnn": {"sideways": "bf16"}}}, "directions must be 'forward' or 'reverse'"),
