@@ -16,20 +16,10 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from memotvm.bench import bench_model, format_machine, format_rows
 from memotvm.calibrate import calibrate, parse_loss
+from memotvm.demo import MODELS, load_split
 from memotvm.passes import MemoConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = os.path.join(ROOT, "memotvm", "models")
-
-
-def split(name, part=""):
-    inputs = dict(np.load(os.path.join(MODELS, f"{name}{part}_inputs.npz")))
-    labels = np.load(os.path.join(MODELS, f"{name}{part}_labels.npz"))["labels"]
-    return inputs, labels
 
 
 def main(argv=None):
@@ -45,8 +35,8 @@ def main(argv=None):
     results = []
     for name in names:
         info, path = zoo[name], os.path.join(MODELS, f"{name}.onnx")
-        cal_in, cal_y = split(name, "_calib")
-        test_in, test_y = split(name)
+        cal_in, cal_y = load_split(name, "_calib")
+        test_in, test_y = load_split(name)
         result = calibrate(path, cal_in, cal_y, info["metric"], test_in, test_y,
                            max_loss=parse_loss(args.max_loss), output=info["output"],
                            predictors=("bnn", "lowrank:8", "delta"),
