@@ -98,6 +98,16 @@ def node_storage(precisions) -> str:
     return unique.pop() if len(unique) == 1 else "fp32"
 
 
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read a precision configuration: {err.strerror}") from err
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ConfigError(f"{path}: not a JSON configuration") from None
+
+
 def _check_precision(value, where) -> str:
     if not isinstance(value, str) or value not in STORAGE:
         raise ConfigError(f"precision{' ' + where if where else ''} must be one of "
@@ -167,32 +177,29 @@ class PrecisionConfig:
     @classmethod
     def load(cls, path: str) -> "PrecisionConfig":
         """The ``precision`` section of a JSON file (fp32 everywhere where it has none)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read a precision configuration: {err.strerror}") from err
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise ConfigError(f"{path}: not a JSON configuration") from None
-        section = raw.get("precision") if isinstance(raw, dict) else None
-        if section is None:
-            return cls()
-        if isinstance(section, str):
-            return cls(section)
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: 'precision' must be a name or an object with default "
-                              "and per_node")
-        return cls.from_dict(section)
+        return cls._section(_read_json(path), path) or cls()
 
     @classmethod
     def in_file(cls, path: str) -> "PrecisionConfig | None":
-        """The file's precision section, or None where it has none."""
+        """The file's precision section, or None where it has none (or is not a readable
+        JSON file: whoever reads it for its memo section says what is wrong)."""
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            raw = _read_json(path)
+        except ConfigError:
             return None
-        return cls.load(path) if isinstance(raw, dict) and raw.get("precision") is not None else None
+        return cls._section(raw, path)
+
+    @classmethod
+    def _section(cls, raw, path) -> "PrecisionConfig | None":
+        section = raw.get("precision") if isinstance(raw, dict) else None
+        if section is None:
+            return None
+        if isinstance(section, str):
+            return cls(section)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: 'precision' must be a name or an object with default, "
+                              "per_node and products")
+        return cls.from_dict(section)
 
     def to_dict(self) -> dict:
         return {"default": self.default, "per_node": self.per_node, "products": self.products}

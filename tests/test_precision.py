@@ -366,3 +366,20 @@ def test_calibration_with_precisions_on_ray_equals_one_process(monkeypatch):
     alone = calibrate(CO2, inputs, labels, "mse", **args)
     on_ray = calibrate(CO2, inputs, labels, "mse", cluster="local", workers=2, **args)
     assert alone.reduced and on_ray.to_json() == alone.to_json()
+
+
+def test_precision_files(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"precision": 5}))
+    with pytest.raises(memotvm.ConfigError, match="'precision' must be a name or an object"):
+        PrecisionConfig.coerce(str(path))
+    with pytest.raises(memotvm.ConfigError, match="'precision' must be a name or an object"):
+        PrecisionConfig.in_file(str(path))  # a broken section is not taken for none
+    path.write_text(json.dumps({"memo": None}))
+    assert PrecisionConfig.in_file(str(path)) is None and not PrecisionConfig.load(str(path)).reduced
+    path.write_text("not json")
+    assert PrecisionConfig.in_file(str(path)) is None
+    with pytest.raises(memotvm.ConfigError, match="not a JSON configuration"):
+        PrecisionConfig.load(str(path))
+    path.write_text(json.dumps({"precision": "bf16"}))
+    assert PrecisionConfig.coerce(str(path)).default == "bf16"
