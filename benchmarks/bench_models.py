@@ -65,13 +65,17 @@ def main(argv=None):
     parser.add_argument("--chunks", type=int, default=100, help="calls per stream")
     parser.add_argument("--json", default="bench_models.json")
     parser.add_argument("--openvino", action="store_true", help="also time OpenVINO (default precision and f32)")
+    parser.add_argument("--precision", default="", help="also time memotvm unmodified with its "
+                        "weights at these precisions: bf16,int8 (docs/precision.md)")
+    parser.add_argument("--fields-only", action="store_true", help="only the field fixtures and streams")
     args = parser.parse_args(argv)
+    precisions = [p for p in args.precision.split(",") if p.strip()]
     results = []
     print(f"{'model':<28} {'memotvm ms':>10} {'memoized ms':>11} {'onnxruntime ms':>14} "
           f"{'unmod vs ort':>12} {'memo vs ort':>11}")
-    for name, path, feeds, config in [*zoo_cases(), *field_cases()]:
+    for name, path, feeds, config in [*([] if args.fields_only else zoo_cases()), *field_cases()]:
         res = bench_model(path, feeds, thresholds=(), config=config, rounds=args.rounds,
-                          openvino=args.openvino)
+                          openvino=args.openvino, precisions=precisions)
         results.append({"model": name, "mode": "whole", **res})
         _print(name, res["rows"], "ms", 1.0)
         for note in res["notes"]:
@@ -80,7 +84,7 @@ def main(argv=None):
             print("  warning:", res["warning"])
     for name, model, feeds, spec in stream_cases(args.chunks):
         res = bench_stream(model, feeds, spec, thresholds=(), config=FIXTURE_MEMO, rounds=args.rounds,
-                           openvino=args.openvino)
+                           openvino=args.openvino, precisions=precisions)
         results.append({"model": name, "mode": "stream", **res})
         _print(name + " (per call)", res["rows"], "us_per_call", 1e-3)
         for note in res["notes"]:
@@ -100,6 +104,9 @@ def _print(name, rows, key, scale):
     ratio = (lambda r: f"{r['speedup_vs_onnxruntime']:11.2f}x" if ort else f"{'-':>12}")
     print(f"{name:<28} {plain[key] * scale:10.3f} {memo[key] * scale:11.3f} {o} "
           f"{ratio(plain):>12} {ratio(memo):>11}", flush=True)
+    others = [r for n, r in by.items() if n.startswith(("memotvm-", "openvino"))]
+    if others:
+        print(" " * 28 + "  ".join(f"{r['name']} {r[key] * scale:.3f}" for r in others), flush=True)
 
 
 if __name__ == "__main__":
