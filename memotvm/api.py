@@ -52,11 +52,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     backend = get_backend(target)
     # Before TVM may make this thread's pool (a compile can run code): sized for the CPUs.
     use_threads(threads)
-    if isinstance(memo, str) and (in_file := PrecisionConfig.in_file(memo)) is not None:
-        # A calibrated configuration: its precision applies unless one is given, and
-        # "memo": null (memoization does not pay) means none.
-        precision = in_file if precision is None else precision
-        memo = MemoConfig.load(memo, optional=True)
+    memo, precision = with_file_precision(memo, precision)
     reduced = PrecisionConfig.coerce(precision) if precision is not None else None
     config = MemoConfig.coerce(memo) if memo is not None else None
     imported = from_onnx(model, shapes, fixed_inputs)
@@ -87,6 +83,15 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     model.adaptive_threads = bool(adaptive_threads)
     _release_freed_memory()
     return model
+
+
+def with_file_precision(memo, precision):
+    """(memo, precision) where ``memo`` may be the path of a calibrated configuration
+    with a precision section: its precision applies unless one is given, and its
+    ``"memo": null`` (memoization does not pay) means no memo configuration."""
+    if isinstance(memo, str) and (in_file := PrecisionConfig.in_file(memo)) is not None:
+        return MemoConfig.load(memo, optional=True), in_file if precision is None else precision
+    return memo, precision
 
 
 def _warn_nothing_to_memoize(operators: dict) -> None:

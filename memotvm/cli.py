@@ -139,14 +139,21 @@ def _human(args) -> bool:
     return getattr(args, "json", None) != "-"
 
 
+def _config_file(path) -> tuple:
+    """(memo configuration, precision or None) of a --config file; a calibrated file
+    that chose a precision may say that memoization does not pay (None)."""
+    from .api import with_file_precision
+    from .passes import MemoConfig
+
+    memo, precision = with_file_precision(path, None)
+    return (MemoConfig.load(memo) if isinstance(memo, str) else memo), precision
+
+
 def _memo_from_args(args):
     from .passes import MemoConfig
-    from .precision import PrecisionConfig
 
     if getattr(args, "config", None):
-        # A calibrated file that chose a precision may say that memoization does not pay.
-        config = MemoConfig.load(args.config,
-                                 optional=PrecisionConfig.in_file(args.config) is not None)
+        config = _config_file(args.config)[0]
         if args.threshold is not None:
             raise ConfigError("give either --config or --threshold, not both")
         return config
@@ -162,7 +169,7 @@ def _precision_from_args(args):
     if getattr(args, "precision", None):
         return PrecisionConfig.coerce(args.precision)
     if getattr(args, "config", None):
-        return PrecisionConfig.in_file(args.config)
+        return _config_file(args.config)[1]
     return None
 
 
@@ -469,13 +476,7 @@ def cmd_bench(args):
                              "sequences")
         label = args.model
     thresholds = [_float(t, "--thresholds") for t in args.thresholds.split(",") if t.strip()]
-    config = config_precision = None
-    if args.config:
-        from .passes import MemoConfig
-        from .precision import PrecisionConfig
-
-        config_precision = PrecisionConfig.in_file(args.config)
-        config = MemoConfig.load(args.config, optional=config_precision is not None)
+    config, config_precision = _config_file(args.config) if args.config else (None, None)
     variants = dict(config=config, config_precision=config_precision,
                     precisions=_precision_list(args.precision))
     remote = _remote(args)

@@ -38,6 +38,7 @@ import ml_dtypes
 import numpy as np
 
 from .errors import ConfigError
+from .per_node import checked_per_node, per_direction
 
 # Precision name -> the dtype a kernel stores its weights in.
 STORAGE = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
@@ -81,6 +82,12 @@ def store_weights(weights: np.ndarray, precision: str) -> StoredWeights:
 def rounded_weights(weights: np.ndarray, precision: str) -> np.ndarray:
     """The float32 values ``weights`` stand for at ``precision``."""
     return store_weights(weights, precision).dequantized()
+
+
+def rounded_directions(weights: np.ndarray, precisions) -> np.ndarray:
+    """A recurrent node's W or R [directions, rows, n], direction d rounded at
+    ``precisions[d]`` (float32)."""
+    return np.stack([rounded_weights(weights[d], p) for d, p in enumerate(precisions)])
 
 
 def rounded_rows(weights: np.ndarray, precision: str, axis: int = 0) -> np.ndarray:
@@ -132,23 +139,7 @@ class PrecisionConfig:
         self.default = _check_precision(self.default, "(default)")
         if self.products is not None:
             self.products = _check_precision(self.products, "of the products")
-        if not isinstance(self.per_node, dict):
-            raise ConfigError("per_node must map node names to precisions, got "
-                              f"{type(self.per_node).__name__}")
-        checked = {}
-        for node, value in self.per_node.items():
-            if not isinstance(node, str):
-                raise ConfigError(f"per_node keys are node names, got {node!r}"[:200])
-            if isinstance(value, dict):
-                bad = set(value) - {"forward", "reverse"}
-                if bad:
-                    raise ConfigError(f"node '{node}': directions must be 'forward' or "
-                                      f"'reverse', got {sorted(bad)}")
-                checked[node] = {k: _check_precision(v, f"of node '{node}' ({k})")
-                                 for k, v in value.items()}
-            else:
-                checked[node] = _check_precision(value, f"of node '{node}'")
-        self.per_node = checked
+        self.per_node = checked_per_node(self.per_node, _check_precision, "precisions")
 
     @classmethod
     def coerce(cls, value) -> "PrecisionConfig":
@@ -251,8 +242,4 @@ class PrecisionConfig:
 
     def for_loop(self, loop) -> tuple:
         """The precision of each of ``loop``'s directions."""
-        value = self.per_node.get(loop.name, self.default)
-        if isinstance(value, dict):
-            return tuple(value.get(loop.direction_name(d), self.default)
-                         for d in range(loop.num_directions))
-        return (value,) * loop.num_directions
+        return per_direction(self.per_node, self.default, loop)

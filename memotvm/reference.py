@@ -343,7 +343,7 @@ def _reference_op(op_type, session, names):
     from onnx.reference.op_run import OpRun
 
     from .frontend.recurrent import OPTIONAL_INPUTS, parse_recurrent_node
-    from .precision import rounded_weights
+    from .precision import rounded_directions
 
     def _run(self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, **_):
         node = self.onnx_node
@@ -357,8 +357,7 @@ def _reference_op(op_type, session, names):
         plan = session.config.plan_for(loop) if session.config is not None else None
         if session.precision is not None:
             wanted = session.precision.for_loop(loop)
-            W = np.stack([rounded_weights(W[d], p) for d, p in enumerate(wanted)]).astype(W.dtype)
-            R = np.stack([rounded_weights(R[d], p) for d, p in enumerate(wanted)]).astype(R.dtype)
+            W, R = (rounded_directions(w, wanted).astype(w.dtype) for w in (W, R))
         result = run_layer(loop, X, W, R, B, sequence_lens, initial_h, initial_c, P, memo=plan)
         session.loops[name] = loop
         session._counts[name] = result.stats

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import metrics
 from .api import compile as compile_model
+from .api import with_file_precision
 from .errors import ConfigError, InputError
 from .frontend import load_model
 from .passes import MemoConfig
@@ -170,9 +171,7 @@ def validate(model, inputs: dict, memo, labels=None, metric=None, output=None,
     (:mod:`memotvm.cluster`); the report is the one this process would make (the
     compile times are a worker's).
     """
-    if isinstance(memo, str) and (in_file := PrecisionConfig.in_file(memo)) is not None:
-        precision = in_file if precision is None else precision
-        memo = MemoConfig.load(memo, optional=True)
+    memo, precision = with_file_precision(memo, precision)
     reduced = PrecisionConfig.coerce(precision) if precision is not None else None
     reduced = reduced if reduced is not None and reduced.reduced else None
     config = MemoConfig.coerce(memo) if memo is not None else None

@@ -26,6 +26,7 @@ from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import MemoPlan, build_kernel, build_sign_packer, kernel_weights, weight_data
 from ..kernels.memo_table import TABLE_DTYPE, table_size
 from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
+from ..per_node import checked_per_node, per_direction, short
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import rewrite_functions, without_uncalled_kernels
 from .kernel_calls import kernel_loop, recurrent_calls, recurrent_kernel, weights_are_constant
@@ -33,25 +34,16 @@ from .precision import effective_weights
 
 def _check_threshold(value, where):
     if isinstance(value, (str, bytes)):
-        raise ConfigError(f"threshold {where} must be a number, got {_short(value)}")
+        raise ConfigError(f"threshold {where} must be a number, got {short(value)}")
     try:
         t = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"threshold {where} must be a number, got {_short(value)}") from None
+        raise ConfigError(f"threshold {where} must be a number, got {short(value)}") from None
     except OverflowError:  # an int beyond float's range: 10**400
-        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {_short(value)}") from None
+        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {short(value)}") from None
     if isinstance(value, (bool, np.bool_)) or not math.isfinite(t) or t < 0:
-        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {_short(value)}")
+        raise ConfigError(f"threshold {where} must be a finite number >= 0, got {short(value)}")
     return t
-
-
-def _short(value, limit=60) -> str:
-    """repr of a user's value, cut to a readable length (a 5000-digit number)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long for repr: Python's digit limit
-        text = f"an integer of {value.bit_length()} bits"
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -71,25 +63,7 @@ class MemoConfig:
         if not isinstance(self.predictor, str):
             raise ConfigError(f"predictor must be a name, got {self.predictor!r}")
         get_predictor(self.predictor)  # raises ConfigError for unknown names
-        if not isinstance(self.per_node, dict):
-            raise ConfigError("per_node must map node names to thresholds, got "
-                              f"{type(self.per_node).__name__}")
-        checked = {}
-        for node, value in self.per_node.items():
-            if not isinstance(node, str):
-                raise ConfigError(f"per_node keys are node names, got {_short(node)}")
-            if isinstance(value, dict):
-                bad = set(value) - {"forward", "reverse"}
-                if bad:
-                    raise ConfigError(
-                        f"node '{node}': directions must be 'forward' or 'reverse', got {sorted(bad)}"
-                    )
-                checked[node] = {
-                    k: _check_threshold(v, f"of node '{node}' ({k})") for k, v in value.items()
-                }
-            else:
-                checked[node] = _check_threshold(value, f"of node '{node}'")
-        self.per_node = checked
+        self.per_node = checked_per_node(self.per_node, _check_threshold, "thresholds")
 
     def thresholds_text(self) -> str:
         """The thresholds as text: "0.3 everywhere", or per node (nodes not listed take
@@ -144,7 +118,7 @@ class MemoConfig:
         except RecursionError:
             raise ConfigError(f"{path}: not a usable memo configuration (nested too deeply)") from None
         except ValueError as err:  # JSONDecodeError, and numbers beyond Python's digit limit
-            raise ConfigError(f"{path}: not a JSON memo configuration: {_short(str(err), 120)}") from err
+            raise ConfigError(f"{path}: not a JSON memo configuration: {short(str(err), 120)}") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a memo configuration is a JSON object")
         section = raw.get("memo", raw)
@@ -178,14 +152,7 @@ class MemoConfig:
                 raise ConfigError(f"node '{loop.name}' runs in reverse only; it has no 'forward' threshold")
 
     def plan_for(self, loop: RecurrentLoop) -> MemoPlan:
-        value = self.per_node.get(loop.name, self.threshold)
-        thresholds = []
-        for d in range(loop.num_directions):
-            if isinstance(value, dict):
-                thresholds.append(value.get(loop.direction_name(d), self.threshold))
-            else:
-                thresholds.append(value)
-        return MemoPlan(self.predictor, tuple(thresholds))
+        return MemoPlan(self.predictor, per_direction(self.per_node, self.threshold, loop))
 
 
 THRESHOLD_INPUT = "memotvm::thresholds::"

@@ -19,8 +19,8 @@ from tvm.ir import GenericConst
 from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import build_kernel, kernel_weights
 from ..kernels.plan import MemoPlan
-from ..precision import (STORAGE, PrecisionConfig, node_storage, rounded_rows, rounded_weights,
-                         store_weights)
+from ..precision import (STORAGE, PrecisionConfig, node_storage, rounded_directions,
+                         rounded_rows, store_weights)
 from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
 from .kernel_calls import recurrent_calls, recurrent_kernel
 
@@ -103,8 +103,7 @@ class _WeightRewriter(relax.PyExprMutator):
         if storage == "fp32":
             # Directions at different precisions: float32 holding each one's values.
             for i, weights in ((1, W), (2, R)):
-                values = np.stack([rounded_weights(weights[d], p) for d, p in enumerate(wanted)])
-                args[i] = relax.const(values, "float32")
+                args[i] = relax.const(rounded_directions(weights, wanted), "float32")
             return relax.call_tir(call.args[0], args, out_ty=list(call.ty_args[0].fields))
         stored = [store_weights(W, storage), store_weights(R, storage)]
         dtype = STORAGE[storage]
