@@ -144,7 +144,7 @@ def load(path: str):
     from .passes import MemoConfig
     from .precision import PrecisionConfig
     from .runtime import CompiledModel
-    from .targets.cpu import _host_tensor, _results
+    from .targets.cpu import vm_caller
 
     path = os.fspath(path)
     meta_path = path + ".json"
@@ -173,8 +173,7 @@ def load(path: str):
         raise ModelLoadError(f"{path}: cannot load the library: {str(err).splitlines()[0]}") from err
 
     def make_session():
-        main = relax.VirtualMachine(library, tvm.cpu())["main"]
-        return lambda arrays, keep=0: _results(main(*[_host_tensor(a) for a in arrays]), keep)
+        return vm_caller(relax.VirtualMachine(library, tvm.cpu()))
 
     memo = MemoConfig.from_dict(meta["memo"]) if meta.get("memo") else None
     model = CompiledModel(_Imported(meta), make_session, target="cpu", memo=memo)

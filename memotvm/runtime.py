@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,6 +16,17 @@ from .errors import ConfigError, InputError
 from .passes.native_checks import input_error_message
 from .stats import KernelCounts, ReuseStats
 from .threads import AdaptiveThreads, default_threads, use_threads
+
+
+class CallResult(NamedTuple):
+    """What one call of the compiled function gives: the outputs as numpy arrays and as
+    the VM's tensors (a session feeds its state outputs back as they are), the
+    kernels' counts, and the memo tables after the call (the VM's tensors)."""
+
+    outputs: list
+    raw_outputs: list
+    counts: KernelCounts
+    tables: list
 
 
 @dataclass(frozen=True)
@@ -101,43 +114,51 @@ class CompiledModel:
         a MemoConfig, number or dict with the compiled predictor.
         """
         arrays = self.check_inputs(inputs, check_finite)
-        outputs, counts, _ = self._call(arrays, memo)
-        self._local.last_counts = counts
-        return outputs
+        result = self._call(arrays, memo)
+        self._local.last_counts = result.counts
+        return result.outputs
 
-    def _call(self, arrays: list, memo=None, tables: list | None = None) -> tuple:
-        """One call on checked input arrays, from the memo tables ``tables`` (None:
-        empty ones): (outputs, its KernelCounts, the memo tables after the call)."""
+    def _call(self, arrays: list, memo=None, tables: list | None = None) -> "CallResult":
+        """One call on checked input arrays (or the VM's tensors a previous call
+        returned), from the memo tables ``tables`` (None: empty ones)."""
         config = self._call_config(memo)
         chooser = self._threads_chooser()
         threads = chooser.pick()
         use_threads(threads)
         try:
-            # (the memo tables stay TVM tensors: a session passes them back as they are)
-            keep = len(self.loops) if self.memo is not None else 0
             arguments = self.vm_arguments(arrays, config, tables)
             start = time.perf_counter()
-            raw = self._session()(arguments, keep)
-            chooser.record(threads, time.perf_counter() - start, sum(a.size for a in arrays))
+            raw = self._session()(arguments)
+            chooser.record(threads, time.perf_counter() - start, self._work(arrays))
         except Exception as err:  # a check compiled into the model failed: the input's fault
             message = input_error_message(err)
             if message is None:
                 raise
-            raise InputError(self._with_sizes(message, arrays)) from None
+            raise InputError(self._with_sizes(message, [to_numpy(a) for a in arrays])) from None
         n, k = len(self.output_names), len(self.loops)
-        outputs, extra = raw[:n], raw[n:n + 2 * k]
-        stats_arrays, status_arrays = extra[0::2], extra[1::2]
-        for loop, status in zip(self.loops, status_arrays):
-            if not status.any():
-                continue
+        for i in self._checked_lengths:
+            status = np.from_dlpack(raw[n + 2 * i + 1])
             bad = np.argwhere(status != 0)
             if bad.size:
+                loop = self.loops[i]
                 raise InputError(
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        counts = KernelCounts(stats_arrays, self._counts_layout(config))
-        return outputs, counts, raw[n + 2 * k:]
+        # (the memo tables stay the VM's tensors: a session passes them back as they are)
+        return CallResult(outputs=[to_numpy(r) for r in raw[:n]], raw_outputs=raw[:n],
+                          counts=KernelCounts(raw[n:n + 2 * k:2], self._counts_layout(config)),
+                          tables=raw[n + 2 * k:])
+
+    @functools.cached_property
+    def _checked_lengths(self) -> list:
+        """The loops whose kernels report bad sequence_lens (those given them)."""
+        return [i for i, loop in enumerate(self.loops) if loop.has("sequence_lens")]
+
+    @staticmethod
+    def _work(arrays) -> int:
+        """Input elements of a call (what AdaptiveThreads rates its time by)."""
+        return sum(a.size if isinstance(a, np.ndarray) else math.prod(a.shape) for a in arrays)
 
     @functools.cached_property
     def _compiled_counts_layout(self) -> list:
@@ -245,62 +266,88 @@ class CompiledModel:
         """The statistics of this thread's last call (the same as ``last_stats``)."""
         return self.last_stats
 
-    def check_inputs(self, inputs: dict, check_finite: bool = True) -> list:
-        """Validate names, dtypes, shapes and values; return arrays in parameter order."""
+    def check_inputs(self, inputs: dict, check_finite: bool = True, carried: dict | None = None) -> list:
+        """Validate names, dtypes, shapes and values; return arrays in parameter order.
+
+        ``carried``: inputs a session feeds from its previous call's outputs (the VM's
+        tensors, checked when they were made), used where ``inputs`` has none."""
         if not isinstance(inputs, dict):
             raise InputError(f"inputs must be a dict of name -> array, got {type(inputs).__name__}")
-        missing = [n for n in self.input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self.input_names]
+        carried = carried or {}
+        missing = [n for n in self.input_names if n not in inputs and n not in carried]
         if missing:
             raise InputError(f"missing input(s): {', '.join(missing)} (expected {self.input_names})")
+        extra = [n for n in inputs if n not in self.input_types]
         if extra:
             raise InputError(f"unknown input(s): {', '.join(extra)} (expected {self.input_names})")
         arrays = []
         symbols: dict = {}
         for name in self.input_names:
-            dims, dtype = self.input_types[name]
-            value = np.asarray(inputs[name])
-            want = np.dtype(dtype)
-            if value.dtype != want:
-                # Only lossless conversions within floats or within integers.
-                kinds = {value.dtype.kind, want.kind}
-                same_family = kinds <= {"f"} or kinds <= {"i", "u"}
-                if not (same_family and np.can_cast(value.dtype, want)):
-                    raise InputError(f"input '{name}': dtype {value.dtype}, expected {dtype}")
-                value = value.astype(want)
-            if dims is not None:
-                if value.ndim != len(dims):
-                    raise InputError(
-                        f"input '{name}': {value.ndim}-d array of shape {value.shape}, "
-                        f"expected {len(dims)}-d {self._shape_text(name)}"
-                    )
-                for axis, (want, got) in enumerate(zip(dims, value.shape)):
-                    if isinstance(want, int) and want != got:
-                        raise InputError(
-                            f"input '{name}': shape {value.shape}, expected {self._shape_text(name)}"
-                        )
-                    if isinstance(want, str):
-                        if symbols.setdefault(want, (got, name))[0] != got:
-                            other = symbols[want][1]
-                            raise InputError(
-                                f"input '{name}': dimension '{want}' is {got} here but "
-                                f"{symbols[want][0]} in input '{other}'"
-                            )
-            if value.size == 0:
-                # TVM's generated code divides by dynamic sizes; an empty input would
-                # trap instead of raising.
-                raise InputError(f"input '{name}' is empty (shape {value.shape})")
-            if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise InputError(f"input '{name}' contains NaN or infinite values")
-            size = self.index_ranges.get(name)
-            if size is not None and value.size and (value.min() < -size or value.max() >= size):
-                raise InputError(
-                    f"input '{name}' indexes a table of {size} rows; values must lie in "
-                    f"[{-size}, {size - 1}], got [{value.min()}, {value.max()}]"
-                )
-            # (np.ascontiguousarray would make a 0-d input 1-d.)
-            arrays.append(np.require(value, requirements="C"))
+            if name in inputs:
+                arrays.append(self._checked(name, inputs[name], symbols, check_finite))
+            else:
+                arrays.append(carried[name])
         return arrays
+
+    def _checked(self, name: str, value, symbols: dict, check_finite: bool) -> np.ndarray:
+        """Input ``name``'s ``value`` checked (``symbols``: the sizes of symbolic
+        dimensions that the inputs before it gave), as a C-contiguous array."""
+        dims, want, static = self._input_specs[name]
+        value = np.asarray(value)
+        if value.dtype != want:
+            # Only lossless conversions within floats or within integers.
+            kinds = {value.dtype.kind, want.kind}
+            same_family = kinds <= {"f"} or kinds <= {"i", "u"}
+            if not (same_family and np.can_cast(value.dtype, want)):
+                raise InputError(f"input '{name}': dtype {value.dtype}, expected {want}")
+            value = value.astype(want)
+        if static is None or value.shape != static:
+            self._check_shape(name, value.shape, dims, symbols)
+        if value.size == 0:
+            # TVM's generated code divides by dynamic sizes; an empty input would
+            # trap instead of raising.
+            raise InputError(f"input '{name}' is empty (shape {value.shape})")
+        if check_finite and want.kind == "f" and not np.isfinite(value).all():
+            raise InputError(f"input '{name}' contains NaN or infinite values")
+        size = self.index_ranges.get(name)
+        if size is not None and (value.min() < -size or value.max() >= size):
+            raise InputError(
+                f"input '{name}' indexes a table of {size} rows; values must lie in "
+                f"[{-size}, {size - 1}], got [{value.min()}, {value.max()}]"
+            )
+        # (np.ascontiguousarray would make a 0-d input 1-d.)
+        return value if value.flags.c_contiguous else np.require(value, requirements="C")
+
+    @functools.cached_property
+    def _input_specs(self) -> dict:
+        """Per input: its declared dimensions, its numpy dtype and, where every
+        dimension is a number, its shape (checked with one comparison)."""
+        specs = {}
+        for name, (dims, dtype) in self.input_types.items():
+            static = tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
+            specs[name] = (dims, np.dtype(dtype), static)
+        return specs
+
+    def _check_shape(self, name: str, shape: tuple, dims, symbols: dict) -> None:
+        if dims is None:
+            return
+        if len(shape) != len(dims):
+            raise InputError(
+                f"input '{name}': {len(shape)}-d array of shape {shape}, "
+                f"expected {len(dims)}-d {self._shape_text(name)}"
+            )
+        for want, got in zip(dims, shape):
+            if isinstance(want, int):
+                if want != got:
+                    raise InputError(
+                        f"input '{name}': shape {shape}, expected {self._shape_text(name)}"
+                    )
+            elif isinstance(want, str) and symbols.setdefault(want, (got, name))[0] != got:
+                other = symbols[want][1]
+                raise InputError(
+                    f"input '{name}': dimension '{want}' is {got} here but "
+                    f"{symbols[want][0]} in input '{other}'"
+                )
 
     def _shape_text(self, name):
         dims, dtype = self.input_types[name]
@@ -317,3 +364,15 @@ def _typed(entry):
         return "unknown", None
     dims, dtype = entry
     return dtype, _dims(dims)
+
+
+def to_numpy(item) -> np.ndarray:
+    """One of the VM's results as a numpy array of its own (a copy through DLPack:
+    ``Tensor.numpy()`` takes 6 us; a view would let the caller write into a constant
+    or an input that the model returns as it is).  A numpy array is returned as it is."""
+    if type(item) is np.ndarray:
+        return item
+    try:
+        return np.from_dlpack(item).copy()
+    except (TypeError, AttributeError):  # a shape tuple: an output computed from shapes alone
+        return np.array(list(item), dtype=np.int64)

@@ -39,6 +39,7 @@ class Session:
         self.model = model
         self.memo = memo  # per-call thresholds of a model compiled with tunable=True
         self.state_pairs = find_state_pairs(model, state)
+        self._position = {name: i for i, name in enumerate(model.output_names)}
         self._owner = None
         self.reset()
 
@@ -71,23 +72,24 @@ class Session:
         self._check_thread()
         if not isinstance(inputs, dict):
             raise InputError(f"inputs must be a dict of name -> array, got {type(inputs).__name__}")
-        feeds = dict(self._carried)
-        feeds.update(inputs)
-        for name in self.state_pairs:
-            if name not in feeds:
-                feeds[name] = self._zero_state(name, feeds)
-        arrays = self.model.check_inputs(feeds, check_finite)
-        outputs, counts, tables = self.model._call(arrays, self.memo, tables=self._tables)
-        self._check_batch(tables)
-        self._tables = tables
-        position = {n: i for i, n in enumerate(self.model.output_names)}
-        self._carried = {inp: np.array(outputs[position[out]]) for inp, out in self.state_pairs.items()}
+        if self.calls == 0:
+            missing = [name for name in self.state_pairs if name not in inputs]
+            if missing:
+                inputs = {**inputs, **{name: self._zero_state(name, inputs) for name in missing}}
+        # The carried state goes back as the VM's tensors it came out as: checked when
+        # it was made, neither copied out nor in.
+        arrays = self.model.check_inputs(inputs, check_finite, carried=self._carried)
+        result = self.model._call(arrays, self.memo, tables=self._tables)
+        self._check_batch(result.tables)
+        self._tables = result.tables
+        self._carried = {inp: result.raw_outputs[self._position[out]]
+                         for inp, out in self.state_pairs.items()}
         if self._counts is None:
-            self._counts = counts
+            self._counts = result.counts
         else:
-            self._counts.add(counts)
+            self._counts.add(result.counts)
         self.calls += 1
-        return outputs
+        return result.outputs
 
     __call__ = run
 

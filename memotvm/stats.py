@@ -30,21 +30,41 @@ class GateCount:
 
 
 class KernelCounts:
-    """Counts of one or more calls as the kernels give them, summed over the batch; the
-    :class:`ReuseStats` are made when asked for (a streaming call's rarely are: a
-    session adds its calls' counts as arrays)."""
+    """Counts of one or more calls as the kernels give them (per loop, int64
+    [directions, batch, gates, 2], numpy arrays or the VM's tensors), summed over the
+    batch when first read, and made :class:`ReuseStats` when asked for: a stream's
+    calls rarely are, so a session adds its calls' counts without reading them."""
 
-    __slots__ = ("summed", "layout", "_stats")
+    __slots__ = ("_pending", "_summed", "layout", "_stats")
+
+    # Calls whose counts a session keeps unsummed at most (a few bytes each).
+    PENDING = 256
 
     def __init__(self, arrays, layout):
-        self.summed = [np.asarray(a).sum(axis=1) for a in arrays]
+        self._pending = [list(arrays)]
+        self._summed = None
         self.layout = layout
         self._stats = None
 
+    @property
+    def summed(self) -> list:
+        """Per loop: the counts summed over the calls and the batch, [directions, gates, 2]."""
+        if self._pending:
+            calls = [[np.from_dlpack(a) for a in arrays] for arrays in self._pending]
+            folded = [sum(c[i].sum(axis=1) for c in calls) for i in range(len(calls[0]))]
+            if self._summed is not None:
+                folded = [a + b for a, b in zip(self._summed, folded)]
+            self._summed, self._pending = folded, []
+        return self._summed
+
     def add(self, other: "KernelCounts") -> None:
-        for mine, theirs in zip(self.summed, other.summed):
-            mine += theirs
+        """Add the counts of ``other`` (its calls' arrays, read when these are)."""
+        if other._summed is not None:
+            self._summed = [a + b for a, b in zip(self.summed, other.summed)]
+        self._pending.extend(other._pending)
         self._stats = None
+        if len(self._pending) > self.PENDING:
+            self.summed  # noqa: B018 (folds them)
 
     def stats(self) -> "ReuseStats":
         if self._stats is None:

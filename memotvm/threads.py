@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import threading
+import time
 
 from .errors import ConfigError
 
@@ -34,11 +34,20 @@ def available_cpus() -> list:
 
 def default_threads() -> int:
     """The thread count of a model compiled without ``threads=``: ``TVM_NUM_THREADS``
-    where the user set it, else every CPU the process may run on."""
+    where the user set it, else every CPU the process may run on.  Looked up again
+    after a second (a small model's call takes less time than the lookup's 1.5 us)."""
+    global _default
+    now = time.monotonic()
+    if now - _default[0] < _RECHECK_S:
+        return _default[1]
     value = os.environ.get("TVM_NUM_THREADS", "")
-    if value.strip().isdigit() and int(value) >= 1:
-        return int(value)
-    return len(available_cpus())
+    threads = int(value) if value.strip().isdigit() and int(value) >= 1 else len(available_cpus())
+    _default = (now, threads)
+    return threads
+
+
+_RECHECK_S = 1.0
+_default = (-float("inf"), 1)  # (when looked up, the count)
 
 
 def check_threads(threads) -> int | None:
@@ -120,7 +129,7 @@ class AdaptiveThreads:
 
     def current(self) -> float:
         """The median rate of the current choice's recent calls."""
-        return statistics.median(self.recent) if self.recent else float("inf")
+        return _median(self.recent) if self.recent else float("inf")
 
     def record(self, threads: int, seconds: float, work: int) -> None:
         """The call just made took ``seconds`` on ``threads`` for ``work`` input elements."""
@@ -129,7 +138,7 @@ class AdaptiveThreads:
         rate = seconds / max(work, 1)
         if threads == self.best:
             self.recent = (self.recent + [rate])[-self.WINDOW:]
-            if self.tries and len(self.recent) >= 3 and self.current() > statistics.median(self.tries):
+            if self.tries and len(self.recent) >= 3 and self.current() > _median(self.tries):
                 self.until_probe = 0  # slower now than the other was: try it next
             return
         # A try of the other choice.
@@ -140,3 +149,11 @@ class AdaptiveThreads:
             self.tries = (self.tries + [rate])[-3:]
             self.interval = min(2 * self.interval, self.MAX_INTERVAL)
         self.until_probe = self.interval
+
+
+def _median(values: list) -> float:
+    """The median of a few numbers (statistics.median's checks cost more than a small
+    model's call does in Python)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -167,6 +167,51 @@ def test_batch_change_within_a_session_is_refused():
         session.run({"X": smooth(3, 1, 10), "initial_h": np.zeros((1, 1, 24), np.float32)})
 
 
+@pytest.mark.parametrize("carry", ["Identity", "Reshape"])
+def test_a_state_that_is_an_input_as_it_is_survives_the_next_call(carry):
+    """A model that returns an input unchanged (or reshaped) as a state returns the very
+    buffer a small input was copied into; the next call's input must not change the
+    carried value."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Add", ["state", "x"], ["y"])]
+    if carry == "Identity":
+        nodes.append(helper.make_node("Identity", ["x"], ["state_out"]))
+    else:
+        shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
+        nodes.append(helper.make_node("Reshape", ["x", "shape"], ["state_out"]))
+    graph = helper.make_graph(
+        nodes, "carry", [x, state],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, 4])],
+        initializer=[shape] if carry == "Reshape" else [])
+    model = memotvm.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    session = model.session(state={"state": "state_out"})
+    a, b, c = (np.full((1, 4), v, np.float32) for v in (1.0, 10.0, 100.0))
+    np.testing.assert_array_equal(session.run({"x": a})[0], a)
+    np.testing.assert_array_equal(session.run({"x": b})[0], a + b)
+    np.testing.assert_array_equal(session.run({"x": c})[0], b + c)
+
+
+def test_a_long_session_counts_every_call(monkeypatch):
+    """A session keeps its calls' counts unread and sums them in batches; every call
+    is counted, whatever the batches."""
+    from memotvm.stats import KernelCounts
+
+    monkeypatch.setattr(KernelCounts, "PENDING", 2)
+    model = memotvm.compile(stateful_layer("GRU"), memo=0.3)
+    x = smooth(11, 1, 10)
+    whole, stats = whole_call(model, "GRU", x)
+    session = model.session(state={"initial_h": "Y_h"})
+    for t in range(11):
+        session.run({"X": x[t:t + 1]})
+        if t == 4:
+            assert session.stats.total.total > 0  # read in the middle: the rest still counts
+    assert session.stats.per_gate == stats.per_gate
+
+
 def test_state_pairs_found_by_name_or_refused_with_the_candidates():
     layer = memotvm.compile(stateful_layer("LSTM"))
     with pytest.raises(ConfigError, match="found no state input/output pair.*initial_h: Y_h, Y_c"):
