@@ -17,8 +17,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tvm
 from onnx import TensorProto as T
 from onnx import helper as h
+from tvm import relax
 
 import memotvm
 from memotvm.cli import main as cli_main
@@ -100,10 +102,6 @@ def test_recurrent_nodes_in_if_branches_run_with_a_run_time_condition():
         want = fixed.run({k: v for k, v in inputs.items() if k != "sr"})
         assert max_diff(got, want) == 0
         assert {k: v for k, v in stats.items() if k[0] == taken} == dict(fixed.last_stats.per_gate)
-    plain = memotvm.compile(path("vad_stream"))
-    for sr in (16000, 8000):
-        call = {**inputs, "sr": np.array(sr, np.int64)}
-        assert max_diff(plain.run(call), onnxruntime(path("vad_stream"), call)) < FLOAT_TOL
 
 
 def _if_model(op_then="LSTM", op_else="GRU", hidden=5, inp=3):
@@ -137,6 +135,40 @@ def test_if_with_recurrent_nodes_matches_onnxruntime_for_each_condition():
         assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
         nodes = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
         assert nodes == {counted}
+
+
+def test_only_the_taken_branch_runs_its_recurrent_node():
+    """TVM's importer computes both branches before the If; SinkIntoBranches moves each
+    branch's own computation, its recurrent kernel included, into a function the
+    branch calls, and the results stay onnxruntime's for either condition."""
+    from memotvm.frontend import from_onnx
+    from memotvm.passes.branches import SinkIntoBranches
+    from memotvm.passes.kernel_calls import recurrent_calls
+
+    model = _if_model()
+    mod = SinkIntoBranches()(from_onnx(model).mod)
+    where = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            single = tvm.IRModule({gvar: func, **{g: f for g, f in mod.functions_items()
+                                                 if not isinstance(f, relax.Function)}})
+            where[gvar.name_hint] = len(recurrent_calls(single))
+    assert where["main"] == 0 and sorted(v for k, v in where.items() if k.startswith("branch_")) == [1, 1]
+    x = np.cumsum(np.random.default_rng(1).normal(0, 0.3, (6, 2, 3)), axis=0).astype(np.float32)
+    compiled = memotvm.compile(model)
+    for flag, counted in ((True, "LSTM_then"), (False, "GRU_else")):
+        call = {"flag": np.array(flag), "x": x}
+        assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
+        nodes = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
+        assert nodes == {counted}
+
+
+def test_vad_with_its_sample_rate_at_run_time_matches_onnxruntime_for_each_rate():
+    inputs = feeds("vad_stream")
+    plain = memotvm.compile(path("vad_stream"))
+    for sr in (16000, 8000):
+        call = {**inputs, "sr": np.array(sr, np.int64)}
+        assert max_diff(plain.run(call), onnxruntime(path("vad_stream"), call)) < FLOAT_TOL
 
 
 def test_quantized_lstm_within_onnxruntimes_quantization_error():

@@ -198,8 +198,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             taken = self._conditions[0]
             for cond in self._conditions[1:]:
                 taken = bb.normalize(relax.op.logical_and(taken, cond))
-            stats = bb.normalize(relax.op.where(taken, stats, relax.op.zeros_like(stats)))
-            status = bb.normalize(relax.op.where(taken, status, relax.op.zeros_like(status)))
+            stats = bb.normalize(relax.op.where(taken, stats, _zeros_of_type(stats)))
+            status = bb.normalize(relax.op.where(taken, status, _zeros_of_type(status)))
         for key, value in ((STATS_PREFIX + name, stats), (STATUS_PREFIX + name, status)):
             self._nodes[key] = self._kernel_outputs[key] = value
         results = [y, y_h] + ([y_c] if y_c is not None else [])
@@ -447,3 +447,12 @@ def _branch_key(graph) -> tuple:
     output names are unique in a model, and the name and size tell apart branches that
     only pass outer values through."""
     return graph.name, len(graph.node), tuple(o.name for o in graph.output)
+
+
+def _zeros_of_type(x):
+    """Zeros of x's shape and type, from its declared shape where it has one: a branch
+    that is not taken reports zero counts without reading the kernel's, so that the
+    kernel can move into its branch (:class:`memotvm.passes.branches.SinkIntoBranches`)."""
+    if isinstance(x.ty, relax.TensorType) and isinstance(x.ty.shape, relax.ShapeExpr):
+        return relax.op.zeros(x.ty.shape, x.ty.dtype)
+    return relax.op.zeros_like(x)

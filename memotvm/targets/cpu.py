@@ -39,6 +39,7 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     sample rate: 155 -> 130 us a call)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
+    from ..passes.branches import SinkIntoBranches
     from ..passes.dataflow_blocks import BindingsIntoDataflow
     from .host_conv import ConvolutionsAsMatmuls
     from .host_gemm import PackConstantMatmuls
@@ -50,7 +51,7 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     def _pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                [BindingsIntoDataflow(), RetargetRecurrentKernels(), PackRecurrentRows(),
+                [SinkIntoBranches(), BindingsIntoDataflow(), RetargetRecurrentKernels(), PackRecurrentRows(),
                  ConvolutionsAsMatmuls(), PackConstantMatmuls()]
                 + generic.library_dispatch_passes(target) + [VectorizableMath()]
                 + generic.legalize_passes(target)
