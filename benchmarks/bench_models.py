@@ -8,7 +8,8 @@ onnxruntime at its default settings, each in a process of its own, taking turns
 (:mod:`memotvm.timing`).  Whole-sequence models are timed per call on their test inputs;
 the streaming fixtures one chunk per call in a session (memotvm) or with the state
 outputs fed back (onnxruntime), the VAD with its sample rate fixed at compile time and
-as a run-time input.
+as a run-time input, each compiled with its batch symbolic and again with the chunk's
+shapes static (``--shape``, as a stream is deployed).
 """
 
 import argparse
@@ -51,12 +52,19 @@ def stream_cases(chunks):
     audio = np.sin(np.arange(n) / 40.0) * 0.5 + np.cumsum(rng.normal(0, 0.01, n))
     recording = {"input": audio.astype(np.float32).reshape(chunks, 1, 576)}
     vad = load_model(os.path.join(FIELD, "vad_stream.onnx"))
-    yield "vad_stream, sr fixed", bind_inputs(vad, {"sr": 16000}), recording, StreamSpec()
-    yield ("vad_stream, sr at run time", vad,
-           {**recording, "sr": np.array(16000, np.int64)}, StreamSpec())
+    vad_shapes = {"input": [1, 576], "state": [2, 1, 64]}
     spec = rng.standard_normal((1, 65, chunks)).astype(np.float32)
-    yield ("gru_denoiser", os.path.join(FIELD, "gru_denoiser.onnx"), {"spec": spec},
-           StreamSpec(time_axes={"spec": 2}))
+    cases = [
+        ("vad_stream, sr fixed", bind_inputs(vad, {"sr": 16000}), recording, StreamSpec(), vad_shapes),
+        ("vad_stream, sr at run time", vad, {**recording, "sr": np.array(16000, np.int64)},
+         StreamSpec(), vad_shapes),
+        ("gru_denoiser", os.path.join(FIELD, "gru_denoiser.onnx"), {"spec": spec},
+         StreamSpec(time_axes={"spec": 2}), {"spec": [1, 65, 1], "h": [1, 1, 48]}),
+    ]
+    for name, model, feeds, spec_, shapes in cases:
+        yield name, model, feeds, spec_, {}
+        # As a stream is deployed: compiled for its chunk's shapes (--shape).
+        yield name + ", static shapes", model, feeds, spec_, {"shapes": shapes}
 
 
 def main(argv=None):
@@ -82,9 +90,9 @@ def main(argv=None):
             print("  note:", note)
         if res["warning"]:
             print("  warning:", res["warning"])
-    for name, model, feeds, spec in stream_cases(args.chunks):
+    for name, model, feeds, spec, options in stream_cases(args.chunks):
         res = bench_stream(model, feeds, spec, thresholds=(), config=FIXTURE_MEMO, rounds=args.rounds,
-                           openvino=args.openvino, precisions=precisions)
+                           openvino=args.openvino, precisions=precisions, **options)
         results.append({"model": name, "mode": "stream", **res})
         _print(name + " (per call)", res["rows"], "us_per_call", 1e-3)
         for note in res["notes"]:
