@@ -2,7 +2,7 @@
 beside it that says how to call it (docs/deploy.md).
 
 ``model.export("model.so")`` writes ``model.so`` (the Relax VM executable: the kernels'
-machine code and the graph's bytecode; every run-time check in it is native, see
+machine code and the graph's, compiled too; every run-time check in it is native, see
 :mod:`memotvm.passes.native_checks`) and ``model.so.json`` (:data:`FORMAT`).
 ``memotvm.load("model.so")`` returns a model with ``run``, ``last_stats`` and
 ``session()``, as ``compile`` does.  A device that has only the TVM runtime and numpy
