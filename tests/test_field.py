@@ -126,15 +126,18 @@ def _if_model(op_then="LSTM", op_else="GRU", hidden=5, inp=3):
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
-def test_if_with_recurrent_nodes_matches_onnxruntime_for_each_condition():
-    model = _if_model()
+def _matches_onnxruntime_counting_the_taken_branch(compiled, model):
     x = np.cumsum(np.random.default_rng(1).normal(0, 0.3, (6, 2, 3)), axis=0).astype(np.float32)
-    compiled = memotvm.compile(model, memo=0.0)
     for flag, counted in ((True, "LSTM_then"), (False, "GRU_else")):
         call = {"flag": np.array(flag), "x": x}
         assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
         nodes = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
         assert nodes == {counted}
+
+
+def test_if_with_recurrent_nodes_matches_onnxruntime_for_each_condition():
+    model = _if_model()
+    _matches_onnxruntime_counting_the_taken_branch(memotvm.compile(model, memo=0.0), model)
 
 
 def test_only_the_taken_branch_runs_its_recurrent_node():
@@ -154,13 +157,7 @@ def test_only_the_taken_branch_runs_its_recurrent_node():
                                                  if not isinstance(f, relax.Function)}})
             where[gvar.name_hint] = len(recurrent_calls(single))
     assert where["main"] == 0 and sorted(v for k, v in where.items() if k.startswith("branch_")) == [1, 1]
-    x = np.cumsum(np.random.default_rng(1).normal(0, 0.3, (6, 2, 3)), axis=0).astype(np.float32)
-    compiled = memotvm.compile(model)
-    for flag, counted in ((True, "LSTM_then"), (False, "GRU_else")):
-        call = {"flag": np.array(flag), "x": x}
-        assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
-        nodes = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
-        assert nodes == {counted}
+    _matches_onnxruntime_counting_the_taken_branch(memotvm.compile(model), model)
 
 
 def test_vad_with_its_sample_rate_at_run_time_matches_onnxruntime_for_each_rate():
