@@ -247,6 +247,23 @@ def test_vad_session_matches_onnxruntime_call_by_call_and_reuses_across_chunks()
     assert memoized.stats.reuse > 0
 
 
+def test_a_branch_not_taken_leaves_its_nodes_table_as_it_was():
+    """The VAD with its sample rate at run time, memoized, in a session: a call at
+    8 kHz runs the narrow LSTM only; the wide one's memo table comes out of it as it
+    went in, so the next 16 kHz call continues from the last 16 kHz one."""
+    path = os.path.join(FIELD, "vad_stream.onnx")
+    model = memotvm.compile(path, memo=0.3)
+    wide = [loop.name for loop in model.loops].index("/wide/LSTM")
+    x = np.random.default_rng(0).standard_normal((1, 576)).astype(np.float32)
+    session = model.session(state={"state": "stateN"})
+    tables = []
+    for sr in (16000, 16000, 8000):
+        session.run({"input": x, "sr": np.array(sr, np.int64)})
+        tables.append([np.from_dlpack(t).copy() for t in session._tables])
+    np.testing.assert_array_equal(tables[2][wide], tables[1][wide])
+    assert not np.array_equal(tables[2][1 - wide], tables[1][1 - wide])
+
+
 @pytest.mark.slow
 def test_validate_sweep_and_calibrate_stream_a_recording(tmp_path, capsys):
     """--stream runs the tools over a recorded stream in sessions: validate's counts are

@@ -13,8 +13,8 @@ so that the counted kernel can move into its branch too.
 
 What stays before the ``If``: what both branches or anything after the ``If`` read,
 ``match_cast`` bindings (they bind symbolic sizes that later types may name) and
-impure calls.  A memoized kernel in a branch stays too (its memo table is a result of
-the function whichever branch is taken).  Moving a pure computation into the branch
+impure calls.  A memoized kernel's table reaches the results through the same kind of
+select (:func:`memotvm.passes.memoize._tables_of_branches`), so it moves too.  Moving a pure computation into the branch
 that uses it changes no result; a check compiled into the other branch no longer runs,
 as onnxruntime does not run that branch either.
 """

@@ -189,7 +189,9 @@ class MemoizeRecurrentLoops:
         if params:
             rewritten = _append_params(rewritten, params)
         if rewriter.table_outputs:
-            rewritten = _append_outputs(rewritten, rewriter.table_outputs)
+            rewritten, outputs = _tables_of_branches(rewritten, rewriter.table_outputs,
+                                                     rewriter.table_params)
+            rewritten = _append_outputs(rewritten, outputs)
         folded = tvm.transform.Sequential(
             [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
         )(rewritten)
@@ -207,6 +209,57 @@ def _append_params(mod, params):
         func = func.with_attr("num_input", int(main.attrs["num_input"]) + len(params))
     mod["main"] = func
     return mod
+
+
+def _tables_of_branches(mod, tables: list, params: list):
+    """(``mod``, the memo tables main returns): a kernel in an If branch whose counts
+    main selects by the branch's condition (:mod:`memotvm.frontend.importer`) returns
+    its table selected the same way, the incoming one where the branch is not taken --
+    a branch not taken leaves its nodes' tables as they were, and the kernel can move
+    into its branch (:class:`memotvm.passes.branches.SinkIntoBranches`)."""
+    main = mod["main"]
+    blocks = list(main.body.blocks)
+    if not blocks:
+        return mod, tables
+    values = {b.var: b.value for block in blocks for b in block.bindings}
+
+    def origin(var):
+        while isinstance(values.get(var), relax.Var):
+            var = values[var]
+        return var
+
+    where = tvm.ir.Op.get("relax.where")
+    conditions = {}  # (kernel call var, output index) -> condition of the select of it
+    for value in values.values():
+        if isinstance(value, relax.Call) and value.op == where and isinstance(value.args[1], relax.Var):
+            picked = values.get(origin(value.args[1]))
+            if isinstance(picked, relax.TupleGetItem) and isinstance(picked.tuple_value, relax.Var):
+                conditions[(origin(picked.tuple_value), picked.index)] = value.args[0]
+    first, last = [], []
+    outputs = []
+    for table, param in zip(tables, params):
+        got = values.get(table)
+        cond = None
+        if isinstance(got, relax.TupleGetItem) and isinstance(got.tuple_value, relax.Var):
+            # The counts are the output two before the table (then status, then table).
+            cond = conditions.get((origin(got.tuple_value), got.index - 2))
+        if cond is None:
+            outputs.append(table)
+            continue
+        kept = relax.Var(param.name + "::kept", table.ty)
+        first.append(relax.VarBinding(kept, relax.op.broadcast_to(param, table.ty.shape)))
+        chosen = relax.Var(param.name + "::out", table.ty)
+        last.append(relax.VarBinding(chosen, relax.op.where(cond, table, kept)))
+        outputs.append(chosen)
+    if not first:
+        return mod, tables
+    kind = type(blocks[0])
+    blocks[0] = kind(first + list(blocks[0].bindings))
+    kind = type(blocks[-1])
+    blocks[-1] = kind(list(blocks[-1].bindings) + last)
+    mod["main"] = relax.Function(list(main.params), relax.SeqExpr(blocks, main.body.body),
+                                 main.ret_ty, main.is_pure, main.attrs)
+    return relax.transform.Normalize()(mod), outputs
 
 
 def _append_outputs(mod, outputs):
