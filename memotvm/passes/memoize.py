@@ -236,7 +236,7 @@ def _tables_of_branches(mod, tables: list, params: list):
             if isinstance(picked, relax.TupleGetItem) and isinstance(picked.tuple_value, relax.Var):
                 conditions[(origin(picked.tuple_value), picked.index)] = value.args[0]
     first, last = [], []
-    outputs = []
+    outputs, copy = [], None
     for table, param in zip(tables, params):
         got = values.get(table)
         cond = None
@@ -247,7 +247,11 @@ def _tables_of_branches(mod, tables: list, params: list):
             outputs.append(table)
             continue
         kept = relax.Var(param.name + "::kept", table.ty)
-        first.append(relax.VarBinding(kept, relax.op.broadcast_to(param, table.ty.shape)))
+        if copy is None:
+            builder = relax.BlockBuilder(mod)
+            copy = builder.add_func(_table_as_batch(), "memo_table_as_batch")
+            mod = builder.get()
+        first.append(relax.VarBinding(kept, relax.call_tir(copy, [param], out_ty=table.ty)))
         chosen = relax.Var(param.name + "::out", table.ty)
         last.append(relax.VarBinding(chosen, relax.op.where(cond, table, kept)))
         outputs.append(chosen)
@@ -260,6 +264,20 @@ def _tables_of_branches(mod, tables: list, params: list):
     mod["main"] = relax.Function(list(main.params), relax.SeqExpr(blocks, main.body.body),
                                  main.ret_ty, main.is_pure, main.attrs)
     return relax.transform.Normalize()(mod), outputs
+
+
+def _table_as_batch() -> tvm.tirx.PrimFunc:
+    """A memo table [directions, batch or 1, size] as one of [directions, batch, size]
+    (an empty table of batch 1 for every batch element): topi's broadcast cannot take a
+    batch it does not know to a static one."""
+    from tvm import te
+
+    nd, tb, n, size = (tvm.tirx.Var(name, "int64") for name in ("nd", "tb", "n", "size"))
+    table = te.placeholder((nd, tb, size), TABLE_DTYPE, name="table")
+    out = te.compute((nd, n, size),
+                     lambda d, b, k: table[d, tvm.tirx.Select(tb == 1, tvm.tirx.const(0, "int64"), b), k],
+                     name="kept")
+    return te.create_prim_func([table, out]).with_attr("global_symbol", "memo_table_as_batch")
 
 
 def _append_outputs(mod, outputs):
