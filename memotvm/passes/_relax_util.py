@@ -15,6 +15,13 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod):
     return mutator.builder_.get()
 
 
+def with_blocks(func: relax.Function, blocks: list) -> relax.Function:
+    """``func`` with its body's binding blocks replaced by ``blocks`` (its value, type,
+    purity and attributes kept)."""
+    body = relax.SeqExpr(blocks, func.body.body, func.body.span)
+    return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
+
+
 def without_uncalled_kernels(mod):
     """``mod`` without the PrimFuncs no Relax function refers to any more (a kernel a
     pass replaced).  TVM's dead-code elimination keeps every function with a global

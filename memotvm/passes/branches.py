@@ -24,6 +24,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from ._relax_util import with_blocks
+
 _THEN, _ELSE, _OUT, _DROPPED = "then", "else", "out", "dropped"
 
 
@@ -52,9 +54,7 @@ class SinkIntoBranches:
                         (bindings, position), changed = sunk, True
                 blocks[i] = relax.BindingBlock(bindings)
             if changed:
-                body = relax.SeqExpr(blocks, func.body.body, func.body.span)
-                updates[gvar] = relax.Function(func.params, body, func.ret_ty, func.is_pure,
-                                               func.attrs, func.span)
+                updates[gvar] = with_blocks(func, blocks)
         if not updates:
             return mod
         for gvar, func in updates.items():

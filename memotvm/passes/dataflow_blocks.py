@@ -14,6 +14,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from ._relax_util import with_blocks
+
 
 @tvm.transform.module_pass(opt_level=0, name="BindingsIntoDataflow")
 class BindingsIntoDataflow:
@@ -24,9 +26,7 @@ class BindingsIntoDataflow:
                 continue
             blocks = _regrouped(func.body.blocks, func.body.body)
             if blocks is not None:
-                body = relax.SeqExpr(blocks, func.body.body, func.body.span)
-                updates[gvar] = relax.Function(func.params, body, func.ret_ty,
-                                               func.is_pure, func.attrs, func.span)
+                updates[gvar] = with_blocks(func, blocks)
         if not updates:
             return mod
         functions = {gvar: updates.get(gvar, func) for gvar, func in mod.functions_items()}

@@ -28,7 +28,7 @@ from ..kernels.memo_table import TABLE_DTYPE, table_size
 from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
 from ..per_node import checked_per_node, per_direction, short
 from ..predictors import BnnPredictor, get_predictor
-from ._relax_util import rewrite_functions, without_uncalled_kernels
+from ._relax_util import rewrite_functions, with_blocks, without_uncalled_kernels
 from .kernel_calls import kernel_loop, recurrent_calls, recurrent_kernel, weights_are_constant
 from .precision import effective_weights
 
@@ -261,8 +261,7 @@ def _tables_of_branches(mod, tables: list, params: list):
     blocks[0] = kind(first + list(blocks[0].bindings))
     kind = type(blocks[-1])
     blocks[-1] = kind(list(blocks[-1].bindings) + last)
-    mod["main"] = relax.Function(list(main.params), relax.SeqExpr(blocks, main.body.body),
-                                 main.ret_ty, main.is_pure, main.attrs)
+    mod["main"] = with_blocks(main, blocks)
     return relax.transform.Normalize()(mod), outputs
 
 
