@@ -20,6 +20,7 @@ import pytest
 import tvm
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx.reference import ReferenceEvaluator
 from tvm import relax
 
 import memotvm
@@ -168,18 +169,52 @@ def test_vad_with_its_sample_rate_at_run_time_matches_onnxruntime_for_each_rate(
         assert max_diff(plain.run(call), onnxruntime(path("vad_stream"), call)) < FLOAT_TOL
 
 
-def test_quantized_lstm_within_onnxruntimes_quantization_error():
+def _dequantized_by_hand(model):
+    """``model`` with each DynamicQuantizeLSTM replaced by the float LSTM it quantizes,
+    written here from the operator's definition (W, R stored transposed, per-direction
+    scale and zero point), independently of memotvm's importer."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type == "DynamicQuantizeLSTM":
+            weights = []
+            for q, scale, zero in ((1, 8, 9), (2, 10, 11)):
+                values = consts[node.input[q]].astype(np.float32)
+                s, z = consts[node.input[scale]], consts[node.input[zero]].astype(np.float32)
+                w = ((values - z[:, None, None]) * s[:, None, None]).transpose(0, 2, 1)
+                out.graph.initializer.append(onnx.numpy_helper.from_array(
+                    np.ascontiguousarray(w, np.float32), node.input[q] + "_float"))
+                weights.append(node.input[q] + "_float")
+            node = h.make_node("LSTM", [node.input[0], *weights, *node.input[3:8]],
+                               node.output, hidden_size=next(
+                                   a.i for a in node.attribute if a.name == "hidden_size"))
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def test_quantized_lstm_computes_its_dequantized_weights_in_float():
     """onnxruntime's DynamicQuantizeLSTM quantizes the activations at every step; memotvm
-    dequantizes the weights once and computes in float32.  Its outputs are within
-    onnxruntime's own distance from the float model it quantized, and close to it."""
+    dequantizes the weights once and computes in float32.  It therefore equals the model
+    with the LSTM's weights dequantized (to float32 rounding), and is closer to the float
+    model that was quantized than onnxruntime's quantized kernels are (their distance
+    depends on the CPU: 9.6e-4 with AVX-512 VNNI, 3.1e-2 on an AVX2-only CPU), hence
+    within twice onnxruntime's own error of onnxruntime's quantized outputs."""
     inputs = feeds("quantized_lstm")
+    model = memotvm.compile(path("quantized_lstm"))
+    got = model.run(inputs)
+    # onnx's reference: onnxruntime's integer kernels for ConvInteger and MatMulInteger
+    # are not exact on CPUs without VNNI (they saturate pairs of products to int16).
+    reference = ReferenceEvaluator(_dequantized_by_hand(onnx.load(path("quantized_lstm"))))
+    assert max_diff(got, reference.run(None, inputs)) < FLOAT_TOL
     quantized = onnxruntime(path("quantized_lstm"), inputs)
     float_model = onnxruntime(path("tagger_float"), inputs)
     own_error = max_diff(quantized, float_model)
-    model = memotvm.compile(path("quantized_lstm"))
-    got = model.run(inputs)
-    assert max_diff(got, quantized) <= own_error
     assert max_diff(got, float_model) <= own_error
+    assert max_diff(got, quantized) <= 2 * own_error
     memoized = memotvm.compile(path("quantized_lstm"), memo=0.2)
     memoized.run(inputs)
     assert {node for node, *_ in memoized.last_stats.per_gate} == {"/lstm/LSTM_quant"}
