@@ -16,7 +16,8 @@ from memotvm.frontend import from_onnx
 from memotvm.kernels import BlockRow, pack_row_blocks
 from memotvm.targets.recurrent_layout import PackRecurrentRows
 from memotvm.testing import make_inputs, make_recurrent_model
-from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_widths
+from memotvm.kernels.tiling import vector_lanes
+from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_vectors, panel_widths
 
 from conftest import run_onnxruntime
 
@@ -41,15 +42,18 @@ def _assert_within_dot_bound(got, x, w, bias=None):
 
 
 def test_panels_cover_every_column_once():
+    # (The panel is 16 lanes x 6 vectors with AVX-512, 8 x 3 with AVX2: the machine's.)
+    lanes, full = vector_lanes(), panel_vectors()
     for n in [1, 15, 16, 17, 96, 97, 200]:
         widths = panel_widths(n)
-        assert all(0 < w <= 6 for w in widths) and sum(widths) * 16 >= n > (sum(widths) - 1) * 16
-    w = np.arange(3 * 97, dtype=np.float32).reshape(3, 97)
+        assert all(0 < w <= full for w in widths) and sum(widths) * lanes >= n > (sum(widths) - 1) * lanes
+    panel = lanes * full
+    w = np.arange(3 * (panel + 1), dtype=np.float32).reshape(3, panel + 1)
     packed, scales = pack_weight(w)
     assert scales is None  # float32: no scales
-    first = packed[:3 * 96].reshape(3, 96)   # panel 0: columns 0-95, row-major
-    last = packed[3 * 96:].reshape(3, 16)    # panel 1: column 96, zero-padded
-    assert np.array_equal(first, w[:, :96]) and np.array_equal(last[:, 0], w[:, 96])
+    first = packed[:3 * panel].reshape(3, panel)   # panel 0: its columns, row-major
+    last = packed[3 * panel:].reshape(3, lanes)    # panel 1: the last column, zero-padded
+    assert np.array_equal(first, w[:, :panel]) and np.array_equal(last[:, 0], w[:, panel])
     assert not last[:, 1:].any()
 
 
