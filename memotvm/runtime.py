@@ -122,20 +122,32 @@ class CompiledModel:
         """One call on checked input arrays (or the VM's tensors a previous call
         returned), from the memo tables ``tables`` (None: empty ones)."""
         config = self._call_config(memo)
+        raw = self._invoke(self.vm_arguments(arrays, config, tables), arrays)
+        n, k = len(self.output_names), len(self.loops)
+        # (the memo tables stay the VM's tensors: a session passes them back as they are)
+        return CallResult(outputs=[to_numpy(r) for r in raw[:n]], raw_outputs=raw[:n],
+                          counts=KernelCounts(raw[n:n + 2 * k:2], self._counts_layout(config)),
+                          tables=raw[n + 2 * k:])
+
+    def _invoke(self, arguments: list, arrays: list, work: int | None = None) -> list:
+        """The compiled function's flat results for ``arguments`` (``vm_arguments`` of
+        the input ``arrays``), on the threads the calling thread's chooser picks
+        (``work``: the arrays' elements, where the caller knows them); a check
+        compiled into the model that fails is raised as the input's InputError."""
         chooser = self._threads_chooser()
         threads = chooser.pick()
         use_threads(threads)
         try:
-            arguments = self.vm_arguments(arrays, config, tables)
             start = time.perf_counter()
             raw = self._session()(arguments)
-            chooser.record(threads, time.perf_counter() - start, self._work(arrays))
+            chooser.record(threads, time.perf_counter() - start,
+                           self._work(arrays) if work is None else work)
         except Exception as err:  # a check compiled into the model failed: the input's fault
             message = input_error_message(err)
             if message is None:
                 raise
             raise InputError(self._with_sizes(message, [to_numpy(a) for a in arrays])) from None
-        n, k = len(self.output_names), len(self.loops)
+        n = len(self.output_names)
         for i in self._checked_lengths:
             status = np.from_dlpack(raw[n + 2 * i + 1])
             bad = np.argwhere(status != 0)
@@ -145,10 +157,7 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        # (the memo tables stay the VM's tensors: a session passes them back as they are)
-        return CallResult(outputs=[to_numpy(r) for r in raw[:n]], raw_outputs=raw[:n],
-                          counts=KernelCounts(raw[n:n + 2 * k:2], self._counts_layout(config)),
-                          tables=raw[n + 2 * k:])
+        return raw
 
     @functools.cached_property
     def _checked_lengths(self) -> list:

@@ -50,12 +50,19 @@ class KernelCounts:
     def summed(self) -> list:
         """Per loop: the counts summed over the calls and the batch, [directions, gates, 2]."""
         if self._pending:
-            calls = [[np.from_dlpack(a) for a in arrays] for arrays in self._pending]
-            folded = [sum(c[i].sum(axis=1) for c in calls) for i in range(len(calls[0]))]
+            folded = [_fold([np.from_dlpack(arrays[i]) for arrays in self._pending])
+                      for i in range(len(self._pending[0]))]
             if self._summed is not None:
                 folded = [a + b for a, b in zip(self._summed, folded)]
             self._summed, self._pending = folded, []
         return self._summed
+
+    def append(self, arrays) -> None:
+        """Add one more call's counts (per loop, as the kernels gave them)."""
+        self._pending.append(arrays)
+        self._stats = None
+        if len(self._pending) > self.PENDING:
+            self.summed  # noqa: B018 (folds them)
 
     def add(self, other: "KernelCounts") -> None:
         """Add the counts of ``other`` (its calls' arrays, read when these are)."""
@@ -70,6 +77,16 @@ class KernelCounts:
         if self._stats is None:
             self._stats = ReuseStats.from_summed_counts(self.summed, self.layout)
         return self._stats
+
+
+def _fold(calls: list) -> np.ndarray:
+    """One loop's counts of several calls ([directions, batch, gates, 2] each) summed
+    over the calls and the batch: stacked where the batches agree (one sum, not one
+    per call: a session folds 256 calls at a time)."""
+    first = calls[0].shape
+    if all(c.shape == first for c in calls):
+        return np.stack(calls).sum(axis=(0, 2)) if len(calls) > 1 else calls[0].sum(axis=1)
+    return sum(c.sum(axis=1) for c in calls)
 
 
 @dataclass

@@ -115,6 +115,7 @@ class AdaptiveThreads:
         self.best = threads
         self.recent = []  # the current choice's last rates
         self.tries = []  # the other choice's rates, its last tries
+        self.other = None  # their median (None before the first try)
         self.interval = self.FIRST_PROBE
         self.until_probe = self.FIRST_PROBE
 
@@ -137,8 +138,11 @@ class AdaptiveThreads:
             return
         rate = seconds / max(work, 1)
         if threads == self.best:
-            self.recent = (self.recent + [rate])[-self.WINDOW:]
-            if self.tries and len(self.recent) >= 3 and self.current() > _median(self.tries):
+            recent = self.recent
+            recent.append(rate)
+            if len(recent) > self.WINDOW:
+                del recent[0]
+            if self.other is not None and len(recent) >= 3 and _median(recent) > self.other:
                 self.until_probe = 0  # slower now than the other was: try it next
             return
         # A try of the other choice.
@@ -148,6 +152,7 @@ class AdaptiveThreads:
         else:
             self.tries = (self.tries + [rate])[-3:]
             self.interval = min(2 * self.interval, self.MAX_INTERVAL)
+        self.other = _median(self.tries) if self.tries else None
         self.until_probe = self.interval
 
 

@@ -212,6 +212,38 @@ def test_a_long_session_counts_every_call(monkeypatch):
     assert session.stats.per_gate == stats.per_gate
 
 
+def test_a_streams_repeated_calls_still_check_what_may_change():
+    """After a checked call, a session repeats calls like it with only the values
+    checked; any other call is checked in full.  Each kind of change in between gives
+    the full check's answer, and the stream goes on as one sequence."""
+    model = memotvm.compile(stateful_layer("GRU"), memo=0.3)
+    x = smooth(9, 1, 10)
+    want, _ = whole_call(model, "GRU", x)
+    session = model.session(state={"initial_h": "Y_h"})
+    got = [session.run({"X": x[t:t + 1]}) for t in range(2)]
+    bad = x[2:3].copy()
+    bad[0, 0, 3] = np.nan
+    with pytest.raises(InputError, match="'X' contains NaN"):
+        session.run({"X": bad})
+    with pytest.raises(InputError, match="dtype float64"):
+        session.run({"X": x[2:3].astype(np.float64)})
+    with pytest.raises(InputError, match="unknown input"):
+        session.run({"X": x[2:3], "Z": x[2:3]})
+    strided = np.repeat(x[2:3], 2, axis=2)[:, :, ::2]
+    assert not strided.flags.c_contiguous
+    got.append(session.run({"X": strided}))  # made contiguous: checked in full
+    got.append(session.run({"X": x[3:6]}))  # another length
+    got += [session.run({"X": x[t:t + 1]}) for t in range(6, 9)]
+    np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), want[0])
+    np.testing.assert_array_equal(got[-1][1], want[1])
+    # A state passed explicitly overrides the carried one (unmemoized, so that no
+    # memo table remembers the calls before: the same as a fresh start).
+    plain = memotvm.compile(stateful_layer("GRU")).session(state={"initial_h": "Y_h"})
+    first = [plain.run({"X": x[t:t + 1]}) for t in range(3)][0]
+    again = plain.run({"X": x[:1], "initial_h": np.zeros((1, 1, 24), np.float32)})
+    np.testing.assert_array_equal(again[0], first[0])
+
+
 def test_state_pairs_found_by_name_or_refused_with_the_candidates():
     layer = memotvm.compile(stateful_layer("LSTM"))
     with pytest.raises(ConfigError, match="found no state input/output pair.*initial_h: Y_h, Y_c"):

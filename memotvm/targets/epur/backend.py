@@ -146,15 +146,15 @@ class AcceleratorModel(CompiledModel):
     programs: list
     hardware: HardwareConfig
 
-    def _call(self, arrays: list, memo=None, tables=None) -> tuple:
+    def _invoke(self, arguments: list, arrays: list, work: int | None = None) -> list:
         # (Every call, a session's too, reports its cost.)
         _trace.layers = []
         try:
-            result = super()._call(arrays, memo, tables)
+            raw = super()._invoke(arguments, arrays, work)
         finally:
             layers, _trace.layers = _trace.layers, []
         self._local.last_cost = CostReport(layers, self.hardware)
-        return result
+        return raw
 
     @property
     def last_cost(self):
