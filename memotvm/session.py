@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .runtime import to_numpy
+from .runtime import RepeatedCall, to_numpy
 from .stats import ReuseStats
 
 
@@ -61,7 +61,7 @@ class Session:
         self._tables = None
         self._carried: dict = {}
         self._counts = None  # KernelCounts of the calls so far
-        self._repeat = None  # the last call, to be repeated (_RepeatedCall)
+        self._repeat = None  # the last call, to be repeated (RepeatedCall)
         self.calls = 0
 
     @property
@@ -108,7 +108,8 @@ class Session:
         else:
             self._counts.add(result.counts)
         self.calls += 1
-        self._repeat = _RepeatedCall.after(self, given, arrays)
+        self._repeat = RepeatedCall.after(self.model, given, arrays, self.memo, self._owner,
+                                         self.state_pairs)
         return result.outputs
 
     __call__ = run
@@ -154,77 +155,6 @@ class Session:
                 raise InputError(f"state input '{name}': cannot tell the size of its dimension "
                                  f"{d!r} from the other inputs; pass its first value")
         return np.zeros(shape, dtype)
-
-
-class _RepeatedCall:
-    """A session's calls made like its last one, with only what may differ between
-    two chunks of a stream checked.
-
-    After a call whose inputs were checked in full, a call from the same thread with
-    the same input names, each an array of the same dtype and shape (C-contiguous),
-    can differ from it only in the values: they are checked (finite, within an index
-    table) and the compiled function called on them, the carried state and the memo
-    tables.  Any other call -- another shape, a state passed explicitly, something not
-    an array -- is checked in full (and makes the next _RepeatedCall).  Per call, with
-    the leaner thread chooser and result reading (medians of 5 runs on a 2-core EPYC):
-    denoiser-shaped stream, one frame, static shapes 64 -> 45 us, symbolic 85 -> 66 us;
-    VAD-shaped stream, static shapes 107 -> 85 us."""
-
-    __slots__ = ("owner", "names", "given", "carried_at", "carried_from", "thresholds",
-                 "memoized", "outputs", "loops", "work", "ranges", "size")
-
-    @classmethod
-    def after(cls, session, given: dict, arrays: list):
-        """The repeat of ``session``'s call just made with the caller's ``given``
-        inputs and the checked ``arrays`` (None where that call's inputs were not all
-        arrays already, as a list converted to one)."""
-        model = session.model
-        position = {name: i for i, name in enumerate(model.input_names)}
-        if any(given[name] is not arrays[position[name]] for name in given):
-            return None  # converted (a list, another dtype): check such calls in full
-        self = cls()
-        self.owner = session._owner
-        self.names = set(given)
-        self.size = len(given)
-        self.given = [(name, position[name], arrays[position[name]].dtype, arrays[position[name]].shape,
-                       model.index_ranges.get(name)) for name in given]
-        self.carried_at = [(position[name], name) for name in model.input_names if name not in given]
-        self.carried_from = [(inp, session._position[out]) for inp, out in session.state_pairs.items()]
-        config = model._call_config(session.memo)
-        self.thresholds = model.vm_arguments([], config, []) if model.tunable else []
-        self.memoized = model.memo is not None
-        self.outputs, self.loops = len(model.output_names), len(model.loops)
-        self.work = model._work(arrays)
-        return self
-
-    def arrays(self, inputs, carried: dict, check_finite: bool):
-        """The arguments of a call on ``inputs`` in parameter order (the carried state
-        where the caller passes none), or None where the call is not a repeat."""
-        if type(inputs) is not dict or len(inputs) != self.size or inputs.keys() != self.names:
-            return None
-        arrays = [None] * (self.size + len(self.carried_at))
-        for name, position, dtype, shape, index_range in self.given:
-            value = inputs[name]
-            if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape \
-                    or not value.flags.c_contiguous:
-                return None
-            if check_finite and dtype.kind == "f" and not np.isfinite(value).all():
-                return None  # (the full check says which)
-            if index_range is not None and (value.min() < -index_range or value.max() >= index_range):
-                return None
-            arrays[position] = value
-        for position, name in self.carried_at:
-            value = carried.get(name)
-            if value is None:
-                return None
-            arrays[position] = value
-        return arrays
-
-    def tail(self, tables) -> list:
-        """The arguments after the inputs: the thresholds, then the memo tables."""
-        if not self.memoized:
-            return self.thresholds
-        return self.thresholds + list(tables)
 
 
 _SUFFIXES = re.compile(r"(_?(in|out|next|new|prev|init|initial|n|0|1))+$", re.IGNORECASE)
