@@ -103,13 +103,21 @@ class AdaptiveThreads:
     median of the current choice's window has become slower than the other's: when
     the other process stops, a try finds the threads faster again.  Medians, so that
     one slow call (an interrupt, a page fault) does not switch.
+
+    While one thread is the choice, the threads are tried no sooner than
+    ``WAKE_GAP_S`` after the last try (``clock``: seconds): after a call that used
+    them, TVM's idle workers spin for about 0.24 s (``sched_yield``; measured on a 2-core
+    EPYC) before they sleep, and tries every 8-64 calls of a small model kept one
+    spinning on the other core for good (the process used 2 CPUs for 1 CPU's work,
+    and on a machine whose two CPUs share a core its calls took 25 us more).
     """
 
     FIRST_PROBE = 8
     MAX_INTERVAL = 64
     WINDOW = 5
+    WAKE_GAP_S = 2.0
 
-    def __init__(self, threads: int, adaptive: bool = True):
+    def __init__(self, threads: int, adaptive: bool = True, clock=time.monotonic):
         self.threads = threads
         self.adaptive = adaptive and threads > 1
         self.best = threads
@@ -118,6 +126,8 @@ class AdaptiveThreads:
         self.other = None  # their median (None before the first try)
         self.interval = self.FIRST_PROBE
         self.until_probe = self.FIRST_PROBE
+        self.clock = clock
+        self.wake_at = 0.0  # while one thread is the choice: when to try the threads
 
     def pick(self) -> int:
         """The thread count of the next call."""
@@ -125,7 +135,10 @@ class AdaptiveThreads:
             return self.threads
         self.until_probe -= 1
         if self.until_probe <= 0:
-            return 1 if self.best != 1 else self.threads
+            if self.best != 1:
+                return 1
+            if self.clock() >= self.wake_at:
+                return self.threads
         return self.best
 
     def current(self) -> float:
@@ -154,6 +167,8 @@ class AdaptiveThreads:
             self.interval = min(2 * self.interval, self.MAX_INTERVAL)
         self.other = _median(self.tries) if self.tries else None
         self.until_probe = self.interval
+        if self.best == 1:
+            self.wake_at = self.clock() + self.WAKE_GAP_S
 
 
 def _median(values: list) -> float:

@@ -105,10 +105,12 @@ def test_repeated_calls_of_a_one_task_layer_agree(op):
 def test_adaptive_threads_fall_back_to_one_thread_while_it_is_faster():
     from memotvm.threads import AdaptiveThreads
 
-    chooser = AdaptiveThreads(2)
+    now = [0.0]
+    chooser = AdaptiveThreads(2, clock=lambda: now[0])
     cost = {2: 1.0, 1: 1.6}  # an idle machine: two threads faster
     picks = []
     for call in range(600):
+        now[0] += 0.05  # (a call every 50 ms: the threads are tried again after 2 s)
         if call == 200:
             cost = {2: 5.0, 1: 1.7}  # another process busy: the barriers wait
         if call == 400:
@@ -120,6 +122,9 @@ def test_adaptive_threads_fall_back_to_one_thread_while_it_is_faster():
     idle, busy, again = picks[100:200], picks[220:400], picks[470:]
     assert idle.count(1) <= 4 and busy.count(2) <= 4 and again.count(1) <= 4
     assert 1 in picks[200:220] and 2 in picks[400:470]  # switched within one probe interval
+    # While one thread is the choice, the threads are tried no more than once in 2 s.
+    tries = [i for i in range(220, 400) if picks[i] == 2]
+    assert all(b - a >= 40 for a, b in zip(tries, tries[1:]))
     fixed = AdaptiveThreads(2, adaptive=False)
     assert {fixed.pick() for _ in range(50)} == {2}
 
