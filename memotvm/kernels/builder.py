@@ -7,9 +7,9 @@ Its structure is what the memoization pass relies on and what makes it fast on a
   is split into *tasks*, one per (direction, block of hidden units, block of batch
   elements), which are independent within a step and run in parallel (at batch 1 both
   directions and all unit blocks still give the cores work), with a barrier between
-  phases; from a batch of BATCH_BLOCK - 1 on a block has BATCH_BLOCK elements, whose
-  recurrent products share every weight load (the oracle's blocks are single
-  elements);
+  phases; from a batch of :func:`~.tiling.blocks_batch_from` on a block has
+  :func:`~.tiling.batch_block` elements, whose recurrent products share every weight
+  load (the oracle's blocks are single elements);
 * a task evaluates the neurons (gate rows) of its units, as its *scheme* says
   (:mod:`memotvm.kernels.schemes`), then applies the cell update of
   :mod:`memotvm.cells` to them; h is double-buffered (read step s-1, write step s);
@@ -51,8 +51,9 @@ from .plan import MemoPlan, kernel_name
 from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for
-from .tiling import (BATCH_BLOCK, MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
-                     SCALAR_ACTIVATIONS, TIME_BLOCK, i64, unit_block, vector_lanes)
+from .tiling import (MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
+                     SCALAR_ACTIVATIONS, TIME_BLOCK, batch_block, blocks_batch_from, i64,
+                     unit_block, vector_lanes)
 from .tir_math import TirMath
 
 # The dtypes a float32 node's kernel may take W and R in.
@@ -396,7 +397,7 @@ class KernelBuilder(DenseProducts):
         batch elements; with ``parts``, ``phase(d, part, block, s)`` for part <
         ``parts`` instead of the unit blocks.
 
-        A task takes BATCH_BLOCK elements once the batch has BATCH_BLOCK - 1 (the last
+        A task takes batch_block() elements once the batch has blocks_batch_from() (the last
         block repeats the last element, computed but not stored), so that their
         products (delta's column updates) share the weight loads; the oracle's tasks
         take one element.  ``block`` is
@@ -404,9 +405,10 @@ class KernelBuilder(DenseProducts):
         if not self.scheme.blocks_batch:
             self._task_loop(s, phase, 1, parts)
             return
-        with T.If(self.batch >= i64(BATCH_BLOCK - 1)):
+        block = batch_block()
+        with T.If(self.batch >= i64(blocks_batch_from(block))):
             with T.Then():
-                self._task_loop(s, phase, BATCH_BLOCK, parts)
+                self._task_loop(s, phase, block, parts)
             with T.Else():
                 self._task_loop(s, phase, 1, parts)
 

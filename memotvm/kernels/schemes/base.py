@@ -25,7 +25,7 @@ class Scheme:
     # The input parts come from the projection of a chunk of steps (computed by the
     # builder before the step's tasks, every chunk of steps).
     uses_projection = True
-    # A task takes a block of BATCH_BLOCK batch elements whose products share their
+    # A task takes a block of batch elements (tiling.batch_block) whose products share their
     # weight loads (else one element).
     blocks_batch = True
 

@@ -15,7 +15,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
-from ..tiling import BATCH_BLOCK, TIME_BLOCK, i64, unit_block
+from ..tiling import TIME_BLOCK, batch_block, i64, unit_block
 
 # Units per vector of a column update.  The update is elementwise (no sums whose order
 # the vector width would change): LLVM splits it into the target's registers.
@@ -96,7 +96,7 @@ class Delta(Scheme):
         n = H if self.x_projected else max(D, H)
         self.columns = kb.named("delta_columns", T.alloc_buffer((nd, batch, 2, n), "int64"))
         self.listed = kb.named("delta_listed", T.alloc_buffer((nd, batch, 2), "int64"))
-        self.changes = kb.named("delta_values", T.alloc_buffer((nd, batch + BATCH_BLOCK - 1, 2, n), acc))
+        self.changes = kb.named("delta_values", T.alloc_buffer((nd, batch + batch_block() - 1, 2, n), acc))
         self.sent = kb.named("delta_sent", T.alloc_buffer((nd, batch, 2), "int64"))
 
     def initialise_chain(self, d, b):
@@ -261,7 +261,7 @@ class Delta(Scheme):
         """Add the step's listed columns to this unit block's parts, for every element
         of the block: each listed column is loaded once and added to every element's
         parts, times that element's change (adding 0 * w leaves a part unchanged), so a
-        column load serves BATCH_BLOCK elements.  The accumulators stay in registers
+        column load serves every element of the block.  The accumulators stay in registers
         over the list.  With x_projected, the input parts are taken from the
         projection instead, and only R's columns are added.  Counts are multiply-adds:
         rows x transmitted components."""
