@@ -117,11 +117,9 @@ class CompiledModel:
         if repeat is not None and memo is None:
             arrays = repeat.arrays(inputs, {}, check_finite)
             if arrays is not None:
-                raw = self._invoke(arrays + repeat.tail(self.empty_tables() if repeat.memoized else None),
-                                   arrays, repeat.work)
-                n, k = repeat.outputs, repeat.loops
-                self._local.last_counts = KernelCounts(raw[n:n + 2 * k:2], repeat.layout)
-                return [to_numpy(r) for r in raw[:n]]
+                raw = repeat.invoke(self, arrays, self.empty_tables() if repeat.memoized else None)
+                self._local.last_counts = KernelCounts(repeat.counts(raw), repeat.layout)
+                return repeat.outputs(raw)
         given = inputs
         arrays = self.check_inputs(inputs, check_finite)
         result = self._call(arrays, memo)
@@ -390,7 +388,7 @@ class RepeatedCall:
     107 -> 85 us."""
 
     __slots__ = ("owner", "names", "given", "carried_at", "carried_from", "thresholds",
-                 "memoized", "outputs", "loops", "work", "size", "layout")
+                 "memoized", "n_outputs", "n_loops", "work", "layout")
 
     @classmethod
     def after(cls, model, given: dict, arrays: list, memo=None, owner=None, state_pairs=None):
@@ -405,7 +403,6 @@ class RepeatedCall:
         self = cls()
         self.owner = threading.get_ident() if owner is None else owner
         self.names = set(given)
-        self.size = len(given)
         self.given = [(name, position[name], arrays[position[name]].dtype, arrays[position[name]].shape,
                        model.index_ranges.get(name)) for name in given]
         self.carried_at = [(position[name], name) for name in model.input_names if name not in given]
@@ -415,16 +412,16 @@ class RepeatedCall:
         self.layout = model._counts_layout(config)
         self.thresholds = model.vm_arguments([], config, []) if model.tunable else []
         self.memoized = model.memo is not None
-        self.outputs, self.loops = len(model.output_names), len(model.loops)
+        self.n_outputs, self.n_loops = len(model.output_names), len(model.loops)
         self.work = model._work(arrays)
         return self
 
     def arrays(self, inputs, carried: dict, check_finite: bool):
         """The arguments of a call on ``inputs`` in parameter order (the ``carried``
         values where the caller passes none), or None where the call is not a repeat."""
-        if type(inputs) is not dict or len(inputs) != self.size or inputs.keys() != self.names:
+        if type(inputs) is not dict or inputs.keys() != self.names:
             return None
-        arrays = [None] * (self.size + len(self.carried_at))
+        arrays = [None] * (len(self.given) + len(self.carried_at))
         for name, position, dtype, shape, index_range in self.given:
             value = inputs[name]
             if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape \
@@ -442,11 +439,23 @@ class RepeatedCall:
             arrays[position] = value
         return arrays
 
-    def tail(self, tables) -> list:
-        """The arguments after the inputs: the thresholds, then the memo tables."""
-        if not self.memoized:
-            return self.thresholds
-        return self.thresholds + list(tables)
+    def invoke(self, model, arrays: list, tables) -> list:
+        """``model``'s flat results for the ``arrays`` of :meth:`arrays` and the memo
+        ``tables`` (None where the model is not memoized)."""
+        tail = self.thresholds + list(tables) if self.memoized else self.thresholds
+        return model._invoke(arrays + tail, arrays, self.work)
+
+    def outputs(self, raw) -> list:
+        """The model's outputs in ``raw`` (:meth:`invoke`'s), as numpy arrays."""
+        return [to_numpy(r) for r in raw[:self.n_outputs]]
+
+    def counts(self, raw) -> list:
+        """The kernels' counts in ``raw``."""
+        return raw[self.n_outputs:self.n_outputs + 2 * self.n_loops:2]
+
+    def tables(self, raw) -> list:
+        """The memo tables after the call, in ``raw``."""
+        return raw[self.n_outputs + 2 * self.n_loops:]
 
 
 def _dims(dims):

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .runtime import RepeatedCall, to_numpy
+from .runtime import RepeatedCall
 from .stats import ReuseStats
 
 
@@ -75,14 +75,12 @@ class Session:
         if repeat is not None and repeat.owner == threading.get_ident():
             arrays = repeat.arrays(inputs, self._carried, check_finite)
             if arrays is not None:
-                model = self.model
-                raw = model._invoke(arrays + repeat.tail(self._tables), arrays, repeat.work)
-                n, k = repeat.outputs, repeat.loops
-                self._tables = raw[n + 2 * k:]
+                raw = repeat.invoke(self.model, arrays, self._tables)
+                self._tables = repeat.tables(raw)
                 self._carried = {inp: raw[i] for inp, i in repeat.carried_from}
-                self._counts.append(raw[n:n + 2 * k:2])
+                self._counts.append(repeat.counts(raw))
                 self.calls += 1
-                return [to_numpy(r) for r in raw[:n]]
+                return repeat.outputs(raw)
         return self._run_checked(inputs, check_finite)
 
     def _run_checked(self, inputs: dict, check_finite: bool) -> list:

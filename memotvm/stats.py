@@ -59,16 +59,16 @@ class KernelCounts:
 
     def append(self, arrays) -> None:
         """Add one more call's counts (per loop, as the kernels gave them)."""
-        self._pending.append(arrays)
-        self._stats = None
-        if len(self._pending) > self.PENDING:
-            self.summed  # noqa: B018 (folds them)
+        self._extend([arrays])
 
     def add(self, other: "KernelCounts") -> None:
         """Add the counts of ``other`` (its calls' arrays, read when these are)."""
         if other._summed is not None:
             self._summed = [a + b for a, b in zip(self.summed, other.summed)]
-        self._pending.extend(other._pending)
+        self._extend(other._pending)
+
+    def _extend(self, calls: list) -> None:
+        self._pending.extend(calls)
         self._stats = None
         if len(self._pending) > self.PENDING:
             self.summed  # noqa: B018 (folds them)
