@@ -313,3 +313,63 @@ def test_unmodified_kernels_read_r_in_row_blocks_with_the_same_arithmetic(op, hi
         atol = 1e-3 if kwargs.get("dtype") == "float16" else 1e-5
         for a, b in zip(got, run_onnxruntime(model, feeds)):
             np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=atol)
+
+
+def _conv64(x, w, pads, strides, dilations):
+    """Convolution (one group, NCW/NCHW) in float64, from its definition: the reference
+    of the channel-by-channel form."""
+    nd = x.ndim - 2
+    x = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(pads[a], pads[nd + a]) for a in range(nd)])
+    taps = w.shape[2:]
+    outs = [(x.shape[2 + a] - dilations[a] * (taps[a] - 1) - 1) // strides[a] + 1 for a in range(nd)]
+    y = np.zeros((x.shape[0], w.shape[0], *outs))
+    for t in np.ndindex(*taps):
+        window = x[(slice(None), slice(None), *[
+            slice(t[a] * dilations[a], t[a] * dilations[a] + strides[a] * (outs[a] - 1) + 1, strides[a])
+            for a in range(nd)])]
+        y += np.einsum("nc...,oc->no...", window, w[(slice(None), slice(None), *t)].astype(np.float64))
+    return y
+
+
+# Channel by channel (memotvm.targets.host_conv.build_conv_matmul): static sizes with
+# many panels and a partial last vector, strides, dilations and asymmetric padding in
+# both axes; a symbolic width run at several widths (down to a single position, and one
+# whose positions end inside a vector); a long 1-d convolution; weights stored as
+# bfloat16 and int8 (the reference convolves the weights they hold).
+@pytest.mark.parametrize("case,precision", [("2d_static", "fp32"), ("2d_width", "fp32"), ("1d_static", "fp32"),
+                                            ("2d_width", "bf16"), ("2d_static", "int8")])
+def test_convolutions_channel_by_channel(case, precision):
+    from memotvm.precision import store_weights
+    from memotvm.targets.cpu import host_target
+    from memotvm.targets.host_conv import ConvolutionsAsMatmuls
+
+    rng = np.random.default_rng(len(case))
+    if case == "1d_static":
+        w = rng.standard_normal((9, 4, 5)).astype(np.float32)
+        attrs = dict(pads=[4, 2], strides=[2], dilations=[3])
+        dims, widths = ["N", 4, 300], [300]
+    else:
+        w = rng.standard_normal((10, 3, 3, 2)).astype(np.float32)
+        attrs = dict(pads=[1, 0, 2, 1], strides=[1, 2], dilations=[2, 1])
+        dims, widths = (["N", 3, 21, 70], [70]) if case == "2d_static" else (["N", 3, 21, "W"], [1, 2, 15, 70])
+    b = rng.standard_normal(w.shape[0]).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], {"w": w, "b": b}, None)
+    with host_target():
+        rewritten = ConvolutionsAsMatmuls()(from_onnx(model).mod)
+    names = [str(gv.name_hint) for gv, _ in rewritten.functions_items()]
+    assert any(n.startswith("conv_matmul") for n in names), names
+    compiled = memotvm.compile(model, precision={"default": "fp32", "products": precision})
+    stored = store_weights(w.reshape(w.shape[0], -1), precision)
+    held = stored.values.astype(np.float32) * (1 if stored.scales is None else stored.scales[:, None])
+    w = held.reshape(w.shape).astype(np.float32)
+    for width in widths:
+        x = rng.standard_normal((2, *dims[1:-1], width)).astype(np.float32)
+        got = compiled.run({"x": x})[0]
+        pads, strides, dilations = attrs["pads"], attrs["strides"], attrs["dilations"]
+        expected = _conv64(x, w, pads, strides, dilations) + b.reshape(-1, *[1] * (x.ndim - 2))
+        k = w[0].size
+        bound = (k + 1) * 2.0 ** -24 * (_conv64(np.abs(x), np.abs(w), pads, strides, dilations)
+                                        + np.abs(b).reshape(-1, *[1] * (x.ndim - 2))) + 1e-30
+        assert got.shape == expected.shape
+        assert (np.abs(got - expected) <= bound).all(), (width, np.abs(got - expected).max())

@@ -1,21 +1,38 @@
-"""Convolutions by constant weights as matrix products (im2col, then the packed GEMM).
+"""Convolutions by constant weights as matrix products.
 
 TVM legalizes ``conv1d``/``conv2d`` into a loop nest that :mod:`.host_schedule` can only
 parallelize and vectorize along the output's last axis -- a few frames wide in the
 convolutional front ends of streaming models (a VAD's STFT as a 258-channel, 256-tap
 convolution over 5 frames: 88 us of a 140 us call).  ``ConvolutionsAsMatmuls`` rewrites
 each float32 convolution whose weight is a constant and whose channels are static (one
-group, NCW/NCHW layouts; batch and spatial sizes may be symbolic):
+group, NCW/NCHW layouts) in one of two forms.
 
-* an im2col kernel copies the input windows into ``cols`` [N x output positions,
-  C x kernel taps] (zeros for the padding);
+Channel by channel, where every spatial size but the last is static and the output
+positions per image make vectors (:func:`by_channel`: an image, a long sequence):
+
+* an im2col kernel copies the input windows into ``cols`` [N, C x kernel taps, output
+  positions] (zeros for the padding), each row a run of the input;
+* :func:`build_conv_matmul` multiplies the weight [O, C x taps] by ``cols``, the
+  output channels as the rows of the register-blocked kernel of :mod:`.host_gemm` and
+  the positions as its vectors: the result is NCW/NCHW as it is stored, and a bias and
+  activation after it are elementwise over contiguous rows.
+
+Position by position otherwise (a stream's frames, often one a call):
+
+* an im2col kernel copies the windows into ``cols`` [N x output positions, C x taps];
 * ``cols @ W^T`` (W reshaped to [O, C x taps], transposed at compile time) is an
   ordinary matmul by a constant, which :mod:`.host_gemm` then packs and register-blocks;
 * a reshape and a transpose give the NCW/NCHW result.
 
 Each output is the same sum of products as the loop nest's, in order of (channel, tap),
-so results agree to rounding.  Grouped (depthwise) convolutions, symbolic channels and
-other layouts keep TVM's lowering.
+so results agree to rounding (and the two forms exactly).  The weights are stored at the
+module's products precision (:mod:`memotvm.passes.precision`).  Grouped (depthwise)
+convolutions, symbolic channels and other layouts keep TVM's lowering.
+
+On the CRNN recognizer fixture (three convolutions over a 32 x W image), channel by
+channel took its call from 305 to 256 us with a symbolic width and from 333 to 238 us
+with static shapes (medians of 40 calls of each alternated in one process, 2-core AVX2
+EPYC, a busy machine).
 """
 
 from __future__ import annotations
@@ -32,7 +49,11 @@ from tvm.script.ir_builder import tirx as T
 
 from ..kernels import i64
 from ..passes._relax_util import add_kernel, rewrite_functions
-from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK
+from ..kernels.tiling import vector_lanes
+from ..passes.precision import PRODUCTS_ATTR
+from ..precision import STORAGE, store_weights
+from .host_gemm import ROW_BLOCK, ROW_CHUNK, for_panel, panel_count, register_block
+from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
 
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW")}
 
@@ -103,19 +124,227 @@ def build_im2col(shape, taps, strides, padding, dilation) -> tirx.PrimFunc:
     return ib.get()
 
 
+def padded_positions(positions):
+    """The row length of :func:`build_im2col_by_channel`'s ``cols``: the output
+    positions rounded up to whole vectors, and one more vector where that is a multiple
+    of 256 bytes (always, for a symbolic count).  A task reads a few vectors from each
+    of the K rows; 512 positions apart (2 KB) they fell into the same few sets of the L1
+    cache (32 x 144 x 512 on the AVX2 EPYC: 42 -> 37 us, 16 x 9 x 2048: 10.0 -> 6.9 us)."""
+    lanes = vector_lanes()
+    if not isinstance(positions, int):
+        return ((positions + i64(lanes - 1)) // i64(lanes) + i64(1)) * i64(lanes)
+    padded = -(-positions // lanes) * lanes
+    return padded + lanes if padded % 64 == 0 else padded
+
+
+def by_channel(static_positions: int, symbolic: bool) -> bool:
+    """Whether a convolution is computed channel by channel (:func:`build_conv_matmul`),
+    given the product of its static output sizes per image and whether its last
+    spatial size is symbolic (an image's width, taken to be long).  Static, it takes
+    four vectors of positions: then the padding of the last vector costs less than the
+    transposes of the position-major form.  With a symbolic width, the other sizes must
+    make a vector (a 1-d convolution over a stream's frames, often one frame a call,
+    keeps the position-major form)."""
+    return static_positions >= (1 if symbolic else 4) * vector_lanes()
+
+
+def build_im2col_by_channel(shape, taps, strides, padding, dilation) -> tirx.PrimFunc:
+    """cols[n, c * T + t, p] = x[n, c, p * stride + t * dilation - pad] (zero in the
+    padding, and from the P output positions up to :func:`padded_positions`), P and T
+    in row-major order.  ``shape`` is x's [channels, *spatial], static but for the last
+    spatial size, which may be None (symbolic); the batch size is a parameter.
+
+    A task takes one channel of one image: it copies it into a zero-bordered image of
+    its own, from which every row of ``cols`` is, along the last axis, a run of a fixed
+    length copied in whole vectors (with the padding in x, runs that start or end in
+    it had a length of their own and were copied one element at a time: 41 us for a
+    16-channel 3 x 3 convolution over 16 x 32, 6 us this way)."""
+    channels, *static = shape
+    nd = len(static)
+    spatial = [i64(v) if v is not None else tirx.Var("width", "int64") for v in static]
+    outs = output_sizes(spatial, taps, strides, padding, dilation)
+    positions = math.prod(outs)
+    if None in static:
+        padded = padded_positions(positions)
+    else:
+        padded = i64(padded_positions(math.prod(output_sizes(static, taps, strides, padding, dilation))))
+    ntaps = math.prod(taps)
+    bordered = [spatial[a] + i64(padding[a] + padding[nd + a]) for a in range(nd)]
+    name = "im2col_by_channel_" + "_".join("d" if v is None else str(v)
+                                           for v in [*shape, *taps, *strides, *padding, *dilation])
+    zero = tirx.const(0.0, "float32")
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tir.noalias": True, HOST_KERNEL: True, "op_pattern": 8})
+            batch = tirx.Var("batch", "int64")
+            x = T.match_buffer(T.arg("x", T.handle()), [batch, i64(channels), *spatial], "float32")
+            out = T.match_buffer(T.arg("cols", T.handle()), (batch, i64(channels * ntaps), padded),
+                                 "float32")
+            small = None not in static and int(padded) * channels * ntaps < MIN_PARALLEL_WORK
+            loop = T.serial if small else T.parallel
+            with T.sblock("root"), loop(0, batch * i64(channels)) as task:
+                n, c = task // i64(channels), task % i64(channels)
+                size = bordered[0]
+                for extent in bordered[1:]:
+                    size = size * extent
+                image = T.alloc_buffer((size,), "float32")
+                _copy_run(image, i64(0), None, None, size)
+                with _loops(spatial[:-1]) as at:
+                    row = i64(0)
+                    for a in range(nd - 1):
+                        row = row * bordered[a] + at[a] + i64(padding[a])
+                    _copy_run(image, row * bordered[-1] + i64(padding[nd - 1]),
+                              lambda i: x[(n, c, *at, i)], None, spatial[-1])
+                with _loops([i64(v) for v in taps]) as t:
+                    kk = c
+                    for a in range(nd):
+                        kk = kk * i64(taps[a]) + t[a]
+                    with _loops(outs[:-1]) as at:
+                        start, row = i64(0), i64(0)
+                        for a in range(nd - 1):
+                            start = start * outs[a] + at[a]
+                            row = row * bordered[a] + at[a] * i64(strides[a]) + t[a] * i64(dilation[a])
+                        first = row * bordered[-1] + t[-1] * i64(dilation[-1])
+                        step = i64(strides[-1])
+                        _copy_run(out, None, lambda i: image[first + i * step], (n, kk, start * outs[-1]),
+                                  outs[-1])
+                    with T.serial(positions, padded) as p:
+                        T.buffer_store(out, zero, [n, kk, p])
+    return ib.get()
+
+
+@contextlib.contextmanager
+def _loops(extents):
+    """Nested serial loops over ``extents``; yields their variables as a list (none for
+    no extents)."""
+    if not extents:
+        yield []
+        return
+    with T.grid(*extents) as variables:
+        yield [variables] if len(extents) == 1 else list(variables)
+
+
+def _copy_run(dst, dst_flat, value, dst_row, length):
+    """dst[...] = value(i) (zero where value is None) for i < ``length`` (an int or a
+    TIR expression): whole vectors, then the rest.  ``dst`` is indexed [dst_flat + i]
+    (a 1-d buffer) or [*dst_row[:-1], dst_row[-1] + i]."""
+    lanes = i64(vector_lanes())
+    length = i64(length) if isinstance(length, int) else length
+
+    def store(i):
+        v = tirx.const(0.0, "float32") if value is None else value(i)
+        if dst_row is None:
+            T.buffer_store(dst, v, [dst_flat + i])
+        else:
+            T.buffer_store(dst, v, [*dst_row[:-1], dst_row[-1] + i])
+
+    whole = length // lanes
+    with T.serial(0, whole) as vec, T.vectorized(0, lanes) as lane:
+        store(vec * lanes + lane)
+    with T.serial(whole * lanes, length) as i:
+        store(i)
+
+
+def build_conv_matmul(channels_out: int, k: int, positions, weights: str = "float32") -> tirx.PrimFunc:
+    """y[n, o, p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), with
+    ``cols`` from :func:`build_im2col_by_channel` and W the constant [O, K] (stored as
+    ``weights``: float32, bfloat16, or int8 followed by the output channels' scales,
+    which multiply their sums): the output channels are the rows of
+    :func:`.host_gemm.register_block` (W broadcast) and the positions its columns (one
+    vector load of cols), so the result is NCW/NCHW as it is stored.  ``positions``:
+    an int, or None where it is symbolic."""
+    lanes = vector_lanes()
+    chunks = -(-channels_out // ROW_CHUNK)
+    suffix = "" if weights == "float32" else f"_{weights}"
+    label = "d" if positions is None else str(positions)
+    with host_kernel(f"conv_matmul_{channels_out}x{k}x{label}{suffix}") as (ib, batch):
+        count = i64(positions) if positions is not None else tirx.Var("positions", "int64")
+        size = positions if positions is not None else count  # (an int where static)
+        # (bfloat16 as its bits: TVM's bfloat16 lowering miscomputed a scalar load
+        # converted to float32, where a vector load's conversion is right)
+        w = T.match_buffer(T.arg("w", T.handle()), (i64(channels_out), i64(k)),
+                           "uint16" if weights == "bfloat16" else weights)
+        scales = None
+        if weights == "int8":
+            scales = T.match_buffer(T.arg("scales", T.handle()), (i64(channels_out),), "float32")
+        # (cols' row length is its own: positions is bound by y, which comes after)
+        stride = i64(padded_positions(positions)) if positions is not None else tirx.Var("stride", "int64")
+        cols = T.match_buffer(T.arg("cols", T.handle()), (batch, i64(k), stride), "float32")
+        y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), count), "float32")
+        panels = panel_count(size)
+        panels = i64(panels) if isinstance(panels, int) else panels
+        tasks = i64(chunks) * panels
+        with T.parallel(0, batch * tasks) as task:
+            n, chunk, panel = task // tasks, task % tasks // panels, task % panels
+
+            def weight(o, kk):
+                value = w[o, kk]
+                if weights == "bfloat16":  # the float32 with these upper 16 bits
+                    return tirx.reinterpret("float32", tirx.Cast("uint32", value) << tirx.const(16, "uint32"))
+                return value if weights == "float32" else tirx.Cast("float32", value)
+
+            for_panel(panel, size, lambda col, width, whole: _channel_panel(
+                n, chunk, col, width, whole, lanes, channels_out, k, size, weight, cols, y, scales))
+    return ib.get()
+
+
+def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, y,
+                   scales):
+    """Output channels chunk * ROW_CHUNK ... of image n at positions col ... col +
+    width * lanes (``whole``: all of them < positions)."""
+    start = i64(col) if isinstance(col, int) else col
+
+    def store(acc, o, j):
+        at = start + i64(j * lanes)
+
+        def value(lane):
+            return acc[lane] if scales is None else acc[lane] * scales[o]
+
+        def vector():
+            with T.vectorized(0, lanes) as lane:
+                T.buffer_store(y, value(lane), [n, o, at + lane])
+
+        def rest():
+            with T.serial(0, positions - at) as lane:
+                T.buffer_store(y, value(lane), [n, o, at + lane])
+
+        if whole or (isinstance(col, int) and isinstance(positions, int)
+                     and col + (j + 1) * lanes <= positions):
+            vector()
+        elif isinstance(col, int) and isinstance(positions, int):
+            rest()
+        else:
+            with T.If(at + i64(lanes) <= positions):
+                with T.Then():
+                    vector()
+                with T.Else():
+                    rest()
+
+    with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
+        first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
+        with T.If(first < i64(channels_out)):
+            with T.Then():
+                register_block(first, i64(channels_out), k, width, lanes, weight,
+                               lambda kk, j, lane: cols[n, kk, start + i64(j * lanes) + lane], store)
+
+
 @tvm.transform.module_pass(opt_level=0, name="ConvolutionsAsMatmuls")
 class ConvolutionsAsMatmuls:
     """Rewrite float32 convolutions by constant weights (static input shapes, one group)
     as im2col and a matmul by a constant (see the module's documentation)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_functions(_ConvRewriter(mod), mod)
+        precision = str(mod.attrs[PRODUCTS_ATTR]) if mod.attrs and PRODUCTS_ATTR in mod.attrs \
+            else "fp32"
+        return rewrite_functions(_ConvRewriter(mod, precision), mod)
 
 
 @relax.expr_functor.mutator
 class _ConvRewriter(relax.PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, precision="fp32"):
         super().__init__(mod)
+        self.precision = precision
         self.convs = {tvm.ir.Op.get("relax.nn.conv1d"): 1, tvm.ir.Op.get("relax.nn.conv2d"): 2}
         self.kernels = {}
 
@@ -151,8 +380,13 @@ class _ConvRewriter(relax.PyExprMutator):
         if w.shape[1] != int(channels) or 0 in static or (None not in static and min(
                 output_sizes(static, taps, strides, padding, dilation)) < 1):
             return call
-        outs = output_sizes(spatial, taps, strides, padding, dilation)
+        outs = [int(o) if isinstance(o, tirx.IntImm) else o
+                for o in output_sizes(spatial, taps, strides, padding, dilation)]
         key = ((int(channels), *static), tuple(taps), tuple(strides), tuple(padding), tuple(dilation))
+        symbolic = None in static[:-1]
+        if not symbolic and by_channel(math.prod(o for o in outs if isinstance(o, int)),
+                                       static[-1] is None):
+            return self._by_channel(x, w, key, batch, outs)
         if key not in self.kernels:
             self.kernels[key] = add_kernel(self.builder_, build_im2col(*key))
         rows = batch
@@ -165,3 +399,33 @@ class _ConvRewriter(relax.PyExprMutator):
         by_position = self.builder_.emit(
             relax.op.reshape(product, relax.ShapeExpr([batch, *outs, w.shape[0]])))
         return relax.op.permute_dims(by_position, [0, nd + 1, *range(1, nd + 1)])
+
+    def _by_channel(self, x, w, key, batch, outs):
+        """The convolution as :func:`build_im2col_by_channel` and
+        :func:`build_conv_matmul`, its weight stored at the module's products precision
+        (``outs``: the output sizes, the last one possibly symbolic)."""
+        channels_out, k = w.shape[0], w[0].size
+        static = all(isinstance(o, int) for o in outs)
+        positions = outs[0]
+        for size in outs[1:]:
+            positions = positions * size
+        weights = STORAGE[self.precision]
+        im2col_key = ("by_channel", *key)
+        if im2col_key not in self.kernels:
+            self.kernels[im2col_key] = add_kernel(self.builder_, build_im2col_by_channel(*key))
+        matmul_key = ("matmul", channels_out, k, positions if static else None, weights)
+        if matmul_key not in self.kernels:
+            self.kernels[matmul_key] = add_kernel(
+                self.builder_, build_conv_matmul(channels_out, k, matmul_key[3], weights))
+        cols = self.builder_.emit(relax.call_tir(
+            self.kernels[im2col_key], [x],
+            out_ty=relax.TensorType([batch, k, padded_positions(positions)], "float32")))
+        stored = store_weights(w.reshape(channels_out, k), self.precision)
+        args = [relax.const(stored.values.view(np.uint16), "uint16") if weights == "bfloat16"
+                else relax.const(stored.values, weights)]
+        if stored.scales is not None:
+            args.append(relax.const(stored.scales, "float32"))
+        product = self.builder_.emit(relax.call_tir(
+            self.kernels[matmul_key], [*args, cols],
+            out_ty=relax.TensorType([batch, channels_out, positions], "float32")))
+        return relax.op.reshape(product, relax.ShapeExpr([batch, channels_out, *outs]))

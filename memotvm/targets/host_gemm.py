@@ -94,59 +94,114 @@ def build_gemm(k: int, n: int, weights: str = "float32") -> tirx.PrimFunc:
         chunks = (rows + i64(ROW_CHUNK - 1)) // i64(ROW_CHUNK)
         with T.parallel(0, chunks * i64(len(widths))) as task:
             chunk, panel = task // i64(len(widths)), task % i64(len(widths))
-            # One code path per panel width (the last panel may be narrower).
-            col = 0
-            for index, width in enumerate(widths):
-                with T.If(panel == i64(index)):
-                    with T.Then():
-                        _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales)
-                col += width * lanes
+            for_panel(panel, n, lambda col, width, _whole: _panel(x, wp, y, rows, k, n, chunk, col,
+                                                                  width, lanes, scales))
     return ib.get()
+
+
+def panel_count(n):
+    """Panels over ``n`` columns: ``len(panel_widths(n))``; for a symbolic ``n`` (a TIR
+    expression), the full panels of whole vectors and one panel per vector after them."""
+    if isinstance(n, int):
+        return len(panel_widths(n))
+    lanes, full = vector_lanes(), panel_vectors()
+    uniform = n // i64(lanes) // i64(full)
+    return uniform + (n + i64(lanes - 1)) // i64(lanes) - uniform * i64(full)
+
+
+def for_panel(panel, n, body) -> None:
+    """Emit ``body(col, width, whole)`` for panel number ``panel`` (a TIR index below
+    :func:`panel_count` of ``n``): ``col`` its first column, ``width`` its vectors and
+    ``whole`` whether all of them lie inside the ``n`` columns.  Full panels of whole
+    vectors share one code path, their ``col`` computed from the index; the last panel
+    has its own where it is narrower or holds the partial vector (its ``col`` an int),
+    and a symbolic ``n``'s last vectors one path of one-vector panels.  (One path per
+    panel made a convolution over 2048 positions 86 copies of the micro-kernel.)"""
+    lanes, full = vector_lanes(), panel_vectors()
+    if not isinstance(n, int):
+        uniform = n // i64(lanes) // i64(full)
+        with T.If(panel < uniform):
+            with T.Then():
+                body(panel * i64(full * lanes), full, True)
+            with T.Else():
+                body(uniform * i64(full * lanes) + (panel - uniform) * i64(lanes), 1, False)
+        return
+    widths = panel_widths(n)
+    uniform = n // lanes // full  # (at most the last panel is not)
+    last_col = uniform * full * lanes
+    if uniform == 0:
+        body(last_col, widths[-1], False)
+    elif uniform == len(widths):
+        body(panel * i64(full * lanes), full, True)
+    else:
+        with T.If(panel < i64(uniform)):
+            with T.Then():
+                body(panel * i64(full * lanes), full, True)
+            with T.Else():
+                body(last_col, widths[-1], False)
 
 
 def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales=None):
     """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * lanes."""
     stride = width * lanes
-    base = col * k  # the panel's offset in the packed weights
+    base = i64(col * k) if isinstance(col, int) else col * i64(k)  # the panel's offset in wp
+
+    def weight(kk, j, lane):
+        w = wp[base + kk * i64(stride) + i64(j * lanes) + lane]
+        return w if wp.dtype == "float32" else tirx.Cast("float32", w)
+
+    def store(acc, row, j):
+        _store(y, acc, row, col + (j * lanes if isinstance(col, int) else i64(j * lanes)), n, lanes,
+               scales)
+
     with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
         first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
         with T.If(first < rows):
             with T.Then():
-                accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)]
-                        for _ in range(ROW_BLOCK)]
-                for row in accs:
-                    for acc in row:
-                        with T.vectorized(0, lanes) as lane:
-                            T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
-                # Rows past the end repeat the last row (their results are not stored).
-                src = [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(ROW_BLOCK)]
-                with T.serial(0, k) as kk:
-                    xs = [T.bind(x[src[i], kk]) for i in range(ROW_BLOCK)]
-                    with T.vectorized(0, lanes) as lane:
-                        for j in range(width):
-                            w = wp[i64(base) + kk * i64(stride) + i64(j * lanes) + lane]
-                            w = w if wp.dtype == "float32" else tirx.Cast("float32", w)
-                            for i in range(ROW_BLOCK):
-                                acc = accs[i][j]
-                                T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
+                register_block(first, rows, k, width, lanes, lambda row, kk: x[row, kk], weight, store)
+
+
+def register_block(first, rows, k, width, lanes, row_value, vector_value, store):
+    """The register-blocked product of rows ``first`` ... ``first + ROW_BLOCK - 1`` (of
+    ``rows``) by ``width`` vectors of columns: accumulator [i][j] sums, in order of
+    kk < k, ``row_value(row i, kk)`` (one broadcast) times ``vector_value(kk, j,
+    lane)`` (one vector load); then ``store(accumulator, row, j)`` for the rows that
+    exist.  Rows past the end repeat the last row (their results are not stored)."""
+    accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(ROW_BLOCK)]
+    for row in accs:
+        for acc in row:
+            with T.vectorized(0, lanes) as lane:
+                T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
+    src = [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(ROW_BLOCK)]
+    with T.serial(0, k) as kk:
+        xs = [T.bind(row_value(src[i], kk)) for i in range(ROW_BLOCK)]
+        with T.vectorized(0, lanes) as lane:
+            for j in range(width):
+                w = vector_value(kk, j, lane)
                 for i in range(ROW_BLOCK):
-                    with T.If(first + i64(i) < rows):
-                        with T.Then():
-                            for j in range(width):
-                                _store(y, accs[i][j], first + i64(i), col + j * lanes, n, lanes,
-                                       scales)
+                    acc = accs[i][j]
+                    T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
+    for i in range(ROW_BLOCK):
+        with T.If(first + i64(i) < rows):
+            with T.Then():
+                for j in range(width):
+                    store(accs[i][j], first + i64(i), j)
 
 
 def _store(y, acc, row, col, n, lanes, scales=None):
-    def value(lane):
-        return acc[lane] if scales is None else acc[lane] * scales[i64(col) + lane]
+    """y[row, col + lane] = acc[lane] (times its column's scale), for the columns < n
+    (``col`` a TIR expression in a panel of whole vectors: all of them)."""
+    start = i64(col) if isinstance(col, int) else col
 
-    if col + lanes <= n:
+    def value(lane):
+        return acc[lane] if scales is None else acc[lane] * scales[start + lane]
+
+    if not isinstance(col, int) or col + lanes <= n:
         with T.vectorized(0, lanes) as lane:
-            T.buffer_store(y, value(lane), [row, i64(col) + lane])
+            T.buffer_store(y, value(lane), [row, start + lane])
     else:
         with T.serial(0, n - col) as lane:
-            T.buffer_store(y, value(lane), [row, i64(col) + lane])
+            T.buffer_store(y, value(lane), [row, start + lane])
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackConstantMatmuls")
