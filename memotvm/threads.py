@@ -110,6 +110,14 @@ class AdaptiveThreads:
     EPYC) before they sleep, and tries every 8-64 calls of a small model kept one
     spinning on the other core for good (the process used 2 CPUs for 1 CPU's work,
     and on a machine whose two CPUs share a core its calls took 25 us more).
+
+    A try is two calls, the first not counted: the first call on threads that have
+    slept wakes them and finds the other core's caches cold (the CRNN fixture on two
+    threads after 1 s idle: 766 us, then 367 us, against 289 us a call in a row).
+    Counted, it made every try after the 2-s gap look slower than one thread, so a
+    chooser that had once fallen back to one thread stayed there on an idle machine.
+    The median of the current choice's window is taken only where the newest rate is
+    slower than the other choice's: only then can it have crossed it.
     """
 
     FIRST_PROBE = 8
@@ -128,11 +136,14 @@ class AdaptiveThreads:
         self.until_probe = self.FIRST_PROBE
         self.clock = clock
         self.wake_at = 0.0  # while one thread is the choice: when to try the threads
+        self.trying = False  # a try's first call was made: its second is counted
 
     def pick(self) -> int:
         """The thread count of the next call."""
         if not self.adaptive:
             return self.threads
+        if self.trying:
+            return 1 if self.best != 1 else self.threads
         self.until_probe -= 1
         if self.until_probe <= 0:
             if self.best != 1:
@@ -155,10 +166,15 @@ class AdaptiveThreads:
             recent.append(rate)
             if len(recent) > self.WINDOW:
                 del recent[0]
-            if self.other is not None and len(recent) >= 3 and _median(recent) > self.other:
+            if self.other is not None and rate > self.other and len(recent) >= 3 \
+                    and _median(recent) > self.other:
                 self.until_probe = 0  # slower now than the other was: try it next
             return
+        if not self.trying:  # a try's first call: it woke the threads; not counted
+            self.trying = True
+            return
         # A try of the other choice.
+        self.trying = False
         if rate < self.current():
             self.best, self.tries, self.recent = threads, self.recent[-3:], [rate]
             self.interval = self.FIRST_PROBE
