@@ -212,6 +212,29 @@ def test_gather_index_computed_out_of_range_is_an_input_error():
             compiled.run({"i": np.array(bad, np.int64)})
 
 
+@pytest.mark.parametrize("op", ["Conv", "MaxPool"])
+def test_an_input_shorter_than_the_window_is_an_input_error(op):
+    """A symbolic width shorter than a convolution's or pooling's window (with its
+    padding) has no output position: named, where the generated code indexed with a
+    negative size (a convolution computed channel by channel corrupted the heap)."""
+    if op == "Conv":
+        node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[0, 1, 0, 1], dilations=[1, 2])
+        inits = [helper.make_tensor("w", TensorProto.FLOAT, [4, 2, 3, 3], np.ones(72, np.float32))]
+    else:
+        node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 4], strides=[2, 2])
+        inits = []
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 16, "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    compiled = memotvm.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    # The window spans dilation * (taps - 1) + 1 = 5 (Conv) or 4 (MaxPool) of the
+    # padded axis: Conv needs 5 - 2 = 3 positions of the input, MaxPool 4.
+    need = 3 if op == "Conv" else 4
+    assert compiled.run({"x": _ones(1, 2, 16, need)})[0].shape[-1] == 1
+    with pytest.raises(memotvm.InputError, match=rf"{op} node '{node.name}': axis 3 of its input "
+                                                 rf"\(1, 2, 16, {need - 1}\) must be at least {need} long"):
+        compiled.run({"x": _ones(1, 2, 16, need - 1)})
+
+
 def test_recurrent_inputs_must_fit_the_weights_and_each_other():
     model = make_recurrent_model("GRU", 6, 5, initial_h=True, sequence_lens=True,
                                  direction="bidirectional")

@@ -187,7 +187,52 @@ class SpecConverters:
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         if auto_pad in ("SAME_UPPER", "SAME_LOWER") and _dynamic_dims(inputs[0]):
             return self._same_padding(op_name, name, inputs, attrs, opset, upper=auto_pad == "SAME_UPPER")
+        if auto_pad in ("NOTSET", "VALID") and _dynamic_dims(inputs[0]):
+            checked_x = self._window_fits(op_name, name, inputs, attrs, auto_pad)
+            if checked_x is not None:
+                inputs = _copied(inputs)
+                inputs[0] = checked_x
+                return self.bb.normalize(self._tvm_convert(op_name, inputs, attrs, opset))
         return None
+
+    def _window_fits(self, op_name, name, inputs, attrs, auto_pad):
+        """The input of a convolution or pooling, checked at run time to be, along each
+        dynamic spatial axis and with its padding, at least as long as the kernel's
+        window: a shorter one has no output position (the generated code would index
+        with a negative size).  None where the window is not known."""
+        x = inputs[0]
+        dims = list(x.ty.shape.values)[2:]
+        kernel = attrs.get("kernel_shape")
+        weight_shape = getattr(getattr(inputs[1], "ty", None), "shape", None) if op_name == "Conv" else None
+        if kernel is None and isinstance(weight_shape, relax.ShapeExpr):
+            kernel = [int(k) if isinstance(k, tvm.tirx.IntImm) else None for k in weight_shape.values[2:]]
+        if kernel is None or None in kernel or len(kernel) != len(dims):
+            return None
+        nd = len(dims)
+        pads = [0] * 2 * nd if auto_pad == "VALID" else list(attrs.get("pads", [0] * 2 * nd))
+        strides = list(attrs.get("strides", [1] * nd))
+        dilations = list(attrs.get("dilations", [1] * nd))
+        ceil = bool(attrs.get("ceil_mode", 0))
+        axes = [a for a in range(nd) if not isinstance(dims[a], tvm.tirx.IntImm)]
+        # At least one output position: (n + pads - span) // stride >= 0, or with
+        # ceil_mode, its ceiling > -1 (span = dilation * (k - 1) + 1).
+        least = {a: dilations[a] * (kernel[a] - 1) + 1 - pads[a] - pads[nd + a]
+                 - ((strides[a] - 1) if ceil else 0) for a in axes}
+        axes = [a for a in axes if least[a] > 1]
+        if not axes:
+            return None
+        shown = "(" + ", ".join(str(int(d)) if isinstance(d, tvm.tirx.IntImm) else
+                                (d.name if isinstance(d, tvm.tirx.Var) else "?") for d in x.ty.shape.values) + ")"
+
+        def asserts(_x, v):
+            for i, a in enumerate(axes):
+                assert_that(v[i] >= tvm.tirx.const(least[a], "int64"),
+                            f"{op_name} node '{name}': axis {a + 2} of its input {shown} must be "
+                            f"at least {least[a]} long for its window of {kernel[a]} (dilation "
+                            f"{dilations[a]}, padding {pads[a]} + {pads[nd + a]}); it has no output "
+                            "position otherwise")
+
+        return checked(self.bb, x, [dims[a] for a in axes], asserts, "check_window")
 
     def _slice(self, op_name, name, inputs, attrs, opset):
         if opset < 10:

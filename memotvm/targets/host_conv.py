@@ -246,21 +246,26 @@ def _copy_run(dst, dst_flat, value, dst_row, length):
         store(i)
 
 
-def build_conv_matmul(channels_out: int, k: int, positions, weights: str = "float32") -> tirx.PrimFunc:
-    """y[n, o, p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), with
+def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "float32") -> tirx.PrimFunc:
+    """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), with
     ``cols`` from :func:`build_im2col_by_channel` and W the constant [O, K] (stored as
     ``weights``: float32, bfloat16, or int8 followed by the output channels' scales,
     which multiply their sums): the output channels are the rows of
-    :func:`.host_gemm.register_block` (W broadcast) and the positions its columns (one
-    vector load of cols), so the result is NCW/NCHW as it is stored.  ``positions``:
-    an int, or None where it is symbolic."""
+    :func:`.host_gemm.register_block` (W broadcast) and the positions p its columns (one
+    vector load of cols), so the result is NCW/NCHW as it is stored.  ``outs``: the
+    output sizes, the last one None where it is symbolic.  (y is written in its own
+    shape: a reshape after the kernel over a symbolic width failed in TVM's lowering.)"""
     lanes = vector_lanes()
     chunks = -(-channels_out // ROW_CHUNK)
     suffix = "" if weights == "float32" else f"_{weights}"
-    label = "d" if positions is None else str(positions)
+    label = "x".join("d" if o is None else str(o) for o in outs)
     with host_kernel(f"conv_matmul_{channels_out}x{k}x{label}{suffix}") as (ib, batch):
-        count = i64(positions) if positions is not None else tirx.Var("positions", "int64")
-        size = positions if positions is not None else count  # (an int where static)
+        sizes = [i64(o) if o is not None else tirx.Var("width", "int64") for o in outs]
+        count = sizes[0]
+        for size in sizes[1:]:
+            count = count * size
+        static = None not in outs
+        positions = math.prod(outs) if static else count  # (an int where static)
         # (bfloat16 as its bits: TVM's bfloat16 lowering miscomputed a scalar load
         # converted to float32, where a vector load's conversion is right)
         w = T.match_buffer(T.arg("w", T.handle()), (i64(channels_out), i64(k)),
@@ -268,11 +273,12 @@ def build_conv_matmul(channels_out: int, k: int, positions, weights: str = "floa
         scales = None
         if weights == "int8":
             scales = T.match_buffer(T.arg("scales", T.handle()), (i64(channels_out),), "float32")
-        # (cols' row length is its own: positions is bound by y, which comes after)
-        stride = i64(padded_positions(positions)) if positions is not None else tirx.Var("stride", "int64")
+        # (cols' row length is its own: the width is bound by y, which comes after)
+        stride = i64(padded_positions(positions)) if static else tirx.Var("stride", "int64")
         cols = T.match_buffer(T.arg("cols", T.handle()), (batch, i64(k), stride), "float32")
-        y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), count), "float32")
-        panels = panel_count(size)
+        y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), *sizes), "float32")
+        flat = T.decl_buffer((batch * i64(channels_out) * count,), "float32", data=y.data)
+        panels = panel_count(positions)
         panels = i64(panels) if isinstance(panels, int) else panels
         tasks = i64(chunks) * panels
         with T.parallel(0, batch * tasks) as task:
@@ -284,15 +290,20 @@ def build_conv_matmul(channels_out: int, k: int, positions, weights: str = "floa
                     return tirx.reinterpret("float32", tirx.Cast("uint32", value) << tirx.const(16, "uint32"))
                 return value if weights == "float32" else tirx.Cast("float32", value)
 
-            for_panel(panel, size, lambda col, width, whole: _channel_panel(
-                n, chunk, col, width, whole, lanes, channels_out, k, size, weight, cols, y, scales))
+            def output(o, p):
+                return (n * i64(channels_out) + o) * count + p
+
+            for_panel(panel, positions, lambda col, width, whole: _channel_panel(
+                n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, flat,
+                output, scales))
     return ib.get()
 
 
 def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, y,
-                   scales):
+                   output, scales):
     """Output channels chunk * ROW_CHUNK ... of image n at positions col ... col +
-    width * lanes (``whole``: all of them < positions)."""
+    width * lanes (``whole``: all of them < positions), stored in ``y`` (flat) at
+    ``output(o, p)``."""
     start = i64(col) if isinstance(col, int) else col
 
     def store(acc, o, j):
@@ -303,11 +314,11 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
 
         def vector():
             with T.vectorized(0, lanes) as lane:
-                T.buffer_store(y, value(lane), [n, o, at + lane])
+                T.buffer_store(y, value(lane), [output(o, at) + lane])
 
         def rest():
             with T.serial(0, positions - at) as lane:
-                T.buffer_store(y, value(lane), [n, o, at + lane])
+                T.buffer_store(y, value(lane), [output(o, at) + lane])
 
         if whole or (isinstance(col, int) and isinstance(positions, int)
                      and col + (j + 1) * lanes <= positions):
@@ -405,7 +416,6 @@ class _ConvRewriter(relax.PyExprMutator):
         :func:`build_conv_matmul`, its weight stored at the module's products precision
         (``outs``: the output sizes, the last one possibly symbolic)."""
         channels_out, k = w.shape[0], w[0].size
-        static = all(isinstance(o, int) for o in outs)
         positions = outs[0]
         for size in outs[1:]:
             positions = positions * size
@@ -413,10 +423,11 @@ class _ConvRewriter(relax.PyExprMutator):
         im2col_key = ("by_channel", *key)
         if im2col_key not in self.kernels:
             self.kernels[im2col_key] = add_kernel(self.builder_, build_im2col_by_channel(*key))
-        matmul_key = ("matmul", channels_out, k, positions if static else None, weights)
+        known = [o if isinstance(o, int) else None for o in outs]
+        matmul_key = ("matmul", channels_out, k, tuple(known), weights)
         if matmul_key not in self.kernels:
             self.kernels[matmul_key] = add_kernel(
-                self.builder_, build_conv_matmul(channels_out, k, matmul_key[3], weights))
+                self.builder_, build_conv_matmul(channels_out, k, known, weights))
         cols = self.builder_.emit(relax.call_tir(
             self.kernels[im2col_key], [x],
             out_ty=relax.TensorType([batch, k, padded_positions(positions)], "float32")))
@@ -425,7 +436,5 @@ class _ConvRewriter(relax.PyExprMutator):
                 else relax.const(stored.values, weights)]
         if stored.scales is not None:
             args.append(relax.const(stored.scales, "float32"))
-        product = self.builder_.emit(relax.call_tir(
-            self.kernels[matmul_key], [*args, cols],
-            out_ty=relax.TensorType([batch, channels_out, positions], "float32")))
-        return relax.op.reshape(product, relax.ShapeExpr([batch, channels_out, *outs]))
+        return relax.call_tir(self.kernels[matmul_key], [*args, cols],
+                              out_ty=relax.TensorType([batch, channels_out, *outs], "float32"))
