@@ -48,7 +48,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from ..errors import UnsupportedModelError
 from ..passes._relax_util import elements
 from ..passes.native_checks import assert_that, checked, each_element
-from ..passes.shape_checks import proven, provably_equal, require, simplified
+from ..passes.shape_checks import proven, provably_equal, require, shape_text, simplified
 
 # The operators TVM's frontend lets take a shape value (a ShapeExpr: what Shape, and these
 # operators applied to its result, give), as listed in its _construct_nodes.  It refuses a
@@ -221,8 +221,7 @@ class SpecConverters:
         axes = [a for a in axes if least[a] > 1]
         if not axes:
             return None
-        shown = "(" + ", ".join(str(int(d)) if isinstance(d, tvm.tirx.IntImm) else
-                                (d.name if isinstance(d, tvm.tirx.Var) else "?") for d in x.ty.shape.values) + ")"
+        shown = shape_text(x.ty.shape.values)
 
         def asserts(_x, v):
             for i, a in enumerate(axes):

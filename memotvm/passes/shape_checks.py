@@ -47,7 +47,7 @@ def require(builder: relax.BlockBuilder, x, shapes: list, spec: dict):
     where = spec["op"]
 
     def shown(k):
-        return _shape_text(shapes[k])
+        return shape_text(shapes[k])
 
     def asserts(_x, v):
         def dim(i, a):
@@ -82,7 +82,7 @@ def _product(v, start, count):
     return total
 
 
-def _shape_text(shape) -> str:
+def shape_text(shape) -> str:
     """A shape as the messages show it: static sizes as numbers, symbolic ones by name."""
     parts = [str(int(d)) if isinstance(d, tirx.IntImm) else
              (d.name if isinstance(d, tirx.Var) else "?") for d in shape]
