@@ -142,15 +142,16 @@ class AdaptiveThreads:
         """The thread count of the next call."""
         if not self.adaptive:
             return self.threads
-        if self.trying:
-            return 1 if self.best != 1 else self.threads
+        if self.trying:  # the try's counted call
+            return self._other()
         self.until_probe -= 1
-        if self.until_probe <= 0:
-            if self.best != 1:
-                return 1
-            if self.clock() >= self.wake_at:
-                return self.threads
+        if self.until_probe <= 0 and (self.best != 1 or self.clock() >= self.wake_at):
+            return self._other()
         return self.best
+
+    def _other(self) -> int:
+        """The choice not made: one thread, or the model's threads."""
+        return 1 if self.best != 1 else self.threads
 
     def current(self) -> float:
         """The median rate of the current choice's recent calls."""

@@ -78,7 +78,8 @@ def vector_registers() -> int:
 
 
 def i64(v):
-    return tirx.const(v, "int64")
+    """``v`` as an int64 TIR expression (an int made a constant; an expression as it is)."""
+    return v if isinstance(v, tvm.ir.Expr) else tirx.const(v, "int64")
 
 
 def unit_block(loop) -> int:

@@ -230,7 +230,7 @@ def _copy_run(dst, dst_flat, value, dst_row, length):
     TIR expression): whole vectors, then the rest.  ``dst`` is indexed [dst_flat + i]
     (a 1-d buffer) or [*dst_row[:-1], dst_row[-1] + i]."""
     lanes = i64(vector_lanes())
-    length = i64(length) if isinstance(length, int) else length
+    length = i64(length)
 
     def store(i):
         v = tirx.const(0.0, "float32") if value is None else value(i)
@@ -278,8 +278,7 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
         cols = T.match_buffer(T.arg("cols", T.handle()), (batch, i64(k), stride), "float32")
         y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), *sizes), "float32")
         flat = T.decl_buffer((batch * i64(channels_out) * count,), "float32", data=y.data)
-        panels = panel_count(positions)
-        panels = i64(panels) if isinstance(panels, int) else panels
+        panels = i64(panel_count(positions))
         tasks = i64(chunks) * panels
         with T.parallel(0, batch * tasks) as task:
             n, chunk, panel = task // tasks, task % tasks // panels, task % panels
@@ -304,7 +303,7 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
     """Output channels chunk * ROW_CHUNK ... of image n at positions col ... col +
     width * lanes (``whole``: all of them < positions), stored in ``y`` (flat) at
     ``output(o, p)``."""
-    start = i64(col) if isinstance(col, int) else col
+    start = i64(col)
 
     def store(acc, o, j):
         at = start + i64(j * lanes)

@@ -144,15 +144,14 @@ def for_panel(panel, n, body) -> None:
 def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales=None):
     """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * lanes."""
     stride = width * lanes
-    base = i64(col * k) if isinstance(col, int) else col * i64(k)  # the panel's offset in wp
+    base = i64(col) * i64(k)  # the panel's offset in wp
 
     def weight(kk, j, lane):
         w = wp[base + kk * i64(stride) + i64(j * lanes) + lane]
         return w if wp.dtype == "float32" else tirx.Cast("float32", w)
 
     def store(acc, row, j):
-        _store(y, acc, row, col + (j * lanes if isinstance(col, int) else i64(j * lanes)), n, lanes,
-               scales)
+        _store(y, acc, row, col + j * lanes, n, lanes, scales)
 
     with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
         first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
@@ -191,7 +190,7 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store)
 def _store(y, acc, row, col, n, lanes, scales=None):
     """y[row, col + lane] = acc[lane] (times its column's scale), for the columns < n
     (``col`` a TIR expression in a panel of whole vectors: all of them)."""
-    start = i64(col) if isinstance(col, int) else col
+    start = i64(col)
 
     def value(lane):
         return acc[lane] if scales is None else acc[lane] * scales[start + lane]
