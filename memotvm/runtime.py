@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import tvm
 
 from .errors import ConfigError, InputError
 from .passes.native_checks import input_error_message
@@ -115,9 +116,9 @@ class CompiledModel:
         """
         repeat = getattr(self._local, "repeat", None)
         if repeat is not None and memo is None:
-            arrays = repeat.arrays(inputs, {}, check_finite)
-            if arrays is not None:
-                raw = repeat.invoke(self, arrays, self.empty_tables() if repeat.memoized else None)
+            tables = repeat.empty_tables(self) if repeat.memoized else None
+            raw = repeat.call(self, inputs, {}, tables, check_finite)
+            if raw is not None:
                 self._local.last_counts = KernelCounts(repeat.counts(raw), repeat.layout)
                 return repeat.outputs(raw)
         given = inputs
@@ -156,6 +157,11 @@ class CompiledModel:
             if message is None:
                 raise
             raise InputError(self._with_sizes(message, [to_numpy(a) for a in arrays])) from None
+        self._check_lengths(raw)
+        return raw
+
+    def _check_lengths(self, raw: list) -> None:
+        """Raise the InputError of a kernel that found a sequence_lens out of range."""
         n = len(self.output_names)
         for i in self._checked_lengths:
             status = np.from_dlpack(raw[n + 2 * i + 1])
@@ -166,7 +172,6 @@ class CompiledModel:
                     f"{loop.op} node '{loop.name}': sequence_lens of batch element "
                     f"{int(bad[0][1])} is outside [0, seq_length]"
                 )
-        return raw
 
     @functools.cached_property
     def _checked_lengths(self) -> list:
@@ -382,13 +387,22 @@ class RepeatedCall:
     table) and the compiled function is called on them (with a session's carried
     state and memo tables).  Any other call -- another shape, a state passed
     explicitly, something not an array -- is checked in full (and makes the next
-    RepeatedCall).  Per session call, with the leaner thread chooser and result
-    reading (medians of 5 runs on a 2-core EPYC): denoiser-shaped stream, one frame,
-    static shapes 64 -> 45 us, symbolic 85 -> 66 us; VAD-shaped stream, static shapes
-    107 -> 85 us."""
+    RepeatedCall), as is a repeat whose compiled function raises (the checked call
+    then names the input's fault).
 
-    __slots__ = ("owner", "names", "given", "carried_at", "carried_from", "thresholds",
-                 "memoized", "n_outputs", "n_loops", "work", "layout")
+    A small model's call is mostly Python on a slow core (the denoiser-shaped
+    stream's compiled function took 11-16 us of a 45-60 us session call on a 2-core
+    EPYC), so :meth:`call` is one function that does only this: the inputs are
+    copied into the buffers the checked call made, the thresholds and a plain call's
+    empty memo tables are the VM's tensors made once, finiteness is one dot product
+    (the exact test only where it is not finite), and the VM's function is called
+    and its results read directly.  Denoiser-shaped stream, one frame per session
+    call, per call, separate processes alternating with the code before: static
+    shapes 41-43 -> 29-35 us, symbolic 56-58 -> 42-48 us."""
+
+    __slots__ = ("owner", "names", "given", "carried_at", "carried_from", "tail",
+                 "memoized", "n_outputs", "n_loops", "work", "layout", "direct", "checked_lengths",
+                 "empty", "main", "lend", "arguments", "buffers", "flat")
 
     @classmethod
     def after(cls, model, given: dict, arrays: list, memo=None, owner=None, state_pairs=None):
@@ -410,15 +424,30 @@ class RepeatedCall:
         self.carried_from = [(inp, outputs[out]) for inp, out in (state_pairs or {}).items()]
         config = model._call_config(memo)
         self.layout = model._counts_layout(config)
-        self.thresholds = model.vm_arguments([], config, []) if model.tunable else []
+        # (The kernels only read thresholds and empty tables: one tensor serves every call.)
+        self.tail = [tvm.runtime.tensor(t) for t in model.vm_arguments([], config, [])] \
+            if model.tunable else []
         self.memoized = model.memo is not None
         self.n_outputs, self.n_loops = len(model.output_names), len(model.loops)
         self.work = model._work(arrays)
+        # A model whose calls go through its own _invoke (the accelerator's cost
+        # report) is called through it.
+        self.direct = type(model)._invoke is CompiledModel._invoke \
+            and hasattr(model._session(), "buffer")
+        self.checked_lengths = bool(model._checked_lengths)
+        self.empty = self.main = None
         return self
 
-    def arrays(self, inputs, carried: dict, check_finite: bool):
-        """The arguments of a call on ``inputs`` in parameter order (the ``carried``
-        values where the caller passes none), or None where the call is not a repeat."""
+    def empty_tables(self, model) -> list:
+        """A plain call's memo tables: empty ones, as the VM's tensors (made once)."""
+        if self.empty is None:
+            self.empty = [tvm.runtime.tensor(t) for t in model.empty_tables()]
+        return self.empty
+
+    def call(self, model, inputs, carried: dict, tables: list | None, check_finite: bool):
+        """``model``'s flat results for ``inputs`` (the ``carried`` values where the
+        caller passes none) from the memo ``tables`` (None where the model is not
+        memoized), or None where the call is not a repeat."""
         if type(inputs) is not dict or inputs.keys() != self.names:
             return None
         arrays = [None] * (len(self.given) + len(self.carried_at))
@@ -427,7 +456,10 @@ class RepeatedCall:
             if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape \
                     or not value.flags.c_contiguous:
                 return None
-            if check_finite and dtype.kind == "f" and not np.isfinite(value).all():
+            # (A sum of squares is finite only where every value is; it may overflow
+            # where they are, which the exact test settles.)
+            if check_finite and dtype.kind == "f" and not math.isfinite(np.vdot(value, value)) \
+                    and not np.isfinite(value).all():
                 return None  # (the full check says which)
             if index_range is not None and (value.min() < -index_range or value.max() >= index_range):
                 return None
@@ -437,17 +469,63 @@ class RepeatedCall:
             if value is None:
                 return None
             arrays[position] = value
-        return arrays
+        if not self.direct:
+            tail = self.tail + tables if self.memoized else self.tail
+            return model._invoke(arrays + tail, arrays, self.work)
+        if self.main is None:
+            self._prepare(model)
+        # The arguments: the inputs copied into the caller's buffers (see
+        # memotvm.targets.cpu.VmCaller) or lent, the carried values as they are.
+        arguments = list(self.arguments)
+        for position, buffer in self.buffers:
+            if buffer is None:
+                arguments[position] = self.lend(position, arrays[position])
+            else:
+                np.copyto(buffer, arrays[position])
+        for position, _ in self.carried_at:
+            arguments[position] = arrays[position]
+        if self.memoized:
+            arguments += tables
+        chooser = model._threads_chooser()
+        threads = chooser.pick()
+        use_threads(threads)
+        start = time.perf_counter()
+        try:
+            result = self.main(*arguments)
+        except Exception:  # (a check compiled into the model: the checked call names it)
+            return None
+        chooser.record(threads, time.perf_counter() - start, self.work)
+        if self.flat:
+            raw = [_array_item(result, i) for i in range(_array_size(result))]
+        else:
+            raw = flat_results(result)
+            self.flat = type(result) is not tvm.runtime.Tensor and len(raw) == _array_size(result)
+        if self.checked_lengths:
+            model._check_lengths(raw)
+        return raw
 
-    def invoke(self, model, arrays: list, tables) -> list:
-        """``model``'s flat results for the ``arrays`` of :meth:`arrays` and the memo
-        ``tables`` (None where the model is not memoized)."""
-        tail = self.thresholds + list(tables) if self.memoized else self.thresholds
-        return model._invoke(arrays + tail, arrays, self.work)
+    def _prepare(self, model) -> None:
+        """Take the calling thread's VM function and the buffers its caller copies
+        these inputs into (they exist: the checked call made them)."""
+        caller = model._session()
+        self.main, self.lend = caller.main, caller.argument
+        self.arguments = [None] * (len(self.given) + len(self.carried_at)) + self.tail
+        self.buffers = []
+        for _, position, dtype, shape, _ in self.given:
+            buffer = caller.buffer(position)
+            if buffer is not None and buffer[0].dtype == dtype and buffer[0].shape == shape:
+                self.arguments[position] = buffer[1]
+                self.buffers.append((position, buffer[0]))
+            else:
+                self.buffers.append((position, None))
+        self.flat = False  # (main's results are a flat tuple: found on the first call)
 
     def outputs(self, raw) -> list:
-        """The model's outputs in ``raw`` (:meth:`invoke`'s), as numpy arrays."""
-        return [to_numpy(r) for r in raw[:self.n_outputs]]
+        """The model's outputs in ``raw`` (:meth:`call`'s), as numpy arrays."""
+        try:
+            return [np.from_dlpack(r).copy() for r in raw[:self.n_outputs]]
+        except (TypeError, AttributeError):  # (an output computed from shapes alone)
+            return [to_numpy(r) for r in raw[:self.n_outputs]]
 
     def counts(self, raw) -> list:
         """The kernels' counts in ``raw``."""
@@ -468,6 +546,26 @@ def _typed(entry):
         return "unknown", None
     dims, dtype = entry
     return dtype, _dims(dims)
+
+
+def flat_results(result) -> list:
+    """The VM's (possibly nested) tuple of results, flat (a single tensor: in a list)."""
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result]
+    out = []
+    # (TVM's getter, called directly: its Python indexing costs three times as much,
+    # 1 us an item, iterating five times.)
+    for i in range(_array_size(result)):
+        item = _array_item(result, i)
+        if isinstance(item, (tvm.runtime.Tensor, tvm.runtime.ShapeTuple)):
+            out.append(item)
+        else:
+            out.extend(flat_results(item))
+    return out
+
+
+_array_size = tvm.get_global_func("ffi.ArraySize")
+_array_item = tvm.get_global_func("ffi.ArrayGetItem")
 
 
 def to_numpy(item) -> np.ndarray:

@@ -73,9 +73,8 @@ class Session:
         """Run the next chunk; returns the model's outputs (as ``CompiledModel.run``)."""
         repeat = self._repeat
         if repeat is not None and repeat.owner == threading.get_ident():
-            arrays = repeat.arrays(inputs, self._carried, check_finite)
-            if arrays is not None:
-                raw = repeat.invoke(self.model, arrays, self._tables)
+            raw = repeat.call(self.model, inputs, self._carried, self._tables, check_finite)
+            if raw is not None:
                 self._tables = repeat.tables(raw)
                 self._carried = {inp: raw[i] for inp, i in repeat.carried_from}
                 self._counts.append(repeat.counts(raw))

@@ -124,6 +124,16 @@ def test_nan_and_bad_sequence_lengths(lstm):
     x[1, 0, 2] = np.nan
     with pytest.raises(memotvm.InputError, match="NaN"):
         compiled.run({**feeds, "X": x})
+    x[1, 0, 2] = -np.inf
+    compiled.run(feeds)
+    with pytest.raises(memotvm.InputError, match="NaN or infinite"):
+        compiled.run({**feeds, "X": x})
+    # Finite values whose sum of squares overflows (the repeat's quick test, one dot
+    # product) are accepted: the exact test settles it.
+    huge = feeds["X"] * np.float32(1e30)
+    assert np.isinf(np.vdot(huge, huge))
+    compiled.run(feeds)
+    assert all(np.isfinite(y).all() for y in compiled.run({**feeds, "X": huge}))
     for bad in ([5, 2], [-1, 2]):
         with pytest.raises(memotvm.InputError, match="sequence_lens of batch element 0"):
             compiled.run({**feeds, "sequence_lens": np.array(bad, np.int32)})

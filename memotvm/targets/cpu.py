@@ -10,7 +10,7 @@ from tvm import relax
 
 from ..errors import ConfigError
 from ..log import captured_tvm_output
-from ..runtime import CompiledModel
+from ..runtime import CompiledModel, flat_results
 from .base import Backend
 
 
@@ -196,10 +196,15 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target):
                        tir_pipeline="memotvm", exec_mode="compiled")
 
 
-def vm_caller(vm):
-    """The call of ``vm``'s ``main`` that :class:`CompiledModel` makes: input arrays ->
-    the flat list of its results, as the VM's tensors (:func:`memotvm.runtime.to_numpy`
-    reads them).  One caller serves one thread (a model makes one per thread).
+def vm_caller(vm) -> "VmCaller":
+    """The call of ``vm``'s ``main`` that :class:`CompiledModel` makes (see :class:`VmCaller`)."""
+    return VmCaller(vm["main"])
+
+
+class VmCaller:
+    """Calls a VM's ``main``: input arrays -> the flat list of its results, as the VM's
+    tensors (:func:`memotvm.runtime.to_numpy` reads them).  One caller serves one
+    thread (a model makes one per thread).
 
     A small input is copied into a buffer of the caller's own, made once per input and
     shape, rather than lent to TVM: a stream's calls pass new arrays of the same shapes
@@ -207,37 +212,45 @@ def vm_caller(vm):
     chunk (0.5 us) is cheaper than checking and lending it or making an aligned copy
     (1.5-5 us).  A model that returns an input as it is (or reshaped) would return the
     buffer, which the next call overwrites: the first call with new buffers looks for
-    that, and such a model's inputs are lent instead."""
-    main = vm["main"]
-    staged: dict = {}  # argument position -> (numpy view, TVM tensor) of its buffer
-    state = {"stage": True, "verify": False}
+    that, and such a model's inputs are lent instead (``staging`` turns False)."""
 
-    def argument(position, array):
+    __slots__ = ("main", "staged", "staging", "_verify")
+
+    def __init__(self, main):
+        self.main = main
+        self.staged: dict = {}  # argument position -> (numpy view, TVM tensor) of its buffer
+        self.staging = True
+        self._verify = False
+
+    def argument(self, position: int, array):
+        """What ``main`` is passed at ``position`` for ``array``."""
         if not isinstance(array, np.ndarray):
             return array  # already the VM's tensor (a memo table, a carried state)
-        if not state["stage"] or array.nbytes > _STAGED_BYTES or array.dtype.kind not in "fiu":
+        if not self.staging or array.nbytes > _STAGED_BYTES or array.dtype.kind not in "fiu":
             return _host_tensor(array)
-        buffer = staged.get(position)
+        buffer = self.staged.get(position)
         if buffer is None or buffer[0].shape != array.shape or buffer[0].dtype != array.dtype:
             tensor = tvm.runtime.empty(array.shape, array.dtype)
-            buffer = staged[position] = (np.from_dlpack(tensor), tensor)
-            state["verify"] = True
+            buffer = self.staged[position] = (np.from_dlpack(tensor), tensor)
+            self._verify = True
         np.copyto(buffer[0], array)
         return buffer[1]
 
-    def call(arrays):
-        result = main(*[argument(i, a) for i, a in enumerate(arrays)])
-        items = [result] if isinstance(result, tvm.runtime.Tensor) else _flat(result)
-        if state["verify"]:
-            state["verify"] = False
-            addresses = {buffer[1].data_ptr() for buffer in staged.values()}
+    def buffer(self, position: int):
+        """The buffer (numpy view, tensor) that an input at ``position`` is copied into,
+        or None where it is lent (large, not numeric, or staging turned off)."""
+        return self.staged.get(position) if self.staging else None
+
+    def __call__(self, arrays: list) -> list:
+        items = flat_results(self.main(*[self.argument(i, a) for i, a in enumerate(arrays)]))
+        if self._verify:
+            self._verify = False
+            addresses = {buffer[1].data_ptr() for buffer in self.staged.values()}
             if any(isinstance(item, tvm.runtime.Tensor) and item.data_ptr() in addresses
                    for item in items):
-                state["stage"] = False
-                staged.clear()  # (the results that hold the buffers keep them alive)
+                self.staging = False
+                self.staged.clear()  # (the results that hold the buffers keep them alive)
         return items
-
-    return call
 
 
 # Inputs up to this size are copied into the caller's buffers (see vm_caller); larger
@@ -267,21 +280,3 @@ def _host_tensor(array) -> tvm.runtime.Tensor:
         np.copyto(aligned, array)
         array = aligned
     return tvm.runtime.from_dlpack(array)
-
-
-def _flat(result) -> list:
-    """The VM's (possibly nested) tuple of results, flat."""
-    out = []
-    # (TVM's getter, called directly: its Python indexing costs three times as much,
-    # 1 us an item, iterating five times.)
-    for i in range(_array_size(result)):
-        item = _array_item(result, i)
-        if isinstance(item, (tvm.runtime.Tensor, tvm.runtime.ShapeTuple)):
-            out.append(item)
-        else:
-            out.extend(_flat(item))
-    return out
-
-
-_array_size = tvm.get_global_func("ffi.ArraySize")
-_array_item = tvm.get_global_func("ffi.ArrayGetItem")
