@@ -59,12 +59,7 @@ class KernelCounts:
 
     def append(self, arrays) -> None:
         """Add one more call's counts (per loop, as the kernels gave them)."""
-        # (What _extend does, for one call: a stream's every call comes here.)
-        pending = self._pending
-        pending.append(arrays)
-        self._stats = None
-        if len(pending) > self.PENDING:
-            self.summed  # noqa: B018 (folds them)
+        self._extend([arrays])
 
     def add(self, other: "KernelCounts") -> None:
         """Add the counts of ``other`` (its calls' arrays, read when these are)."""
