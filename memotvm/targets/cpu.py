@@ -253,7 +253,7 @@ class VmCaller:
         return items
 
 
-# Inputs up to this size are copied into the caller's buffers (see vm_caller); larger
+# Inputs up to this size are copied into the caller's buffers (see VmCaller); larger
 # ones are lent to TVM where aligned (no copy).
 _STAGED_BYTES = 1 << 16
 
