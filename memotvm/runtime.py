@@ -206,7 +206,10 @@ class CompiledModel:
                         sizes.setdefault(dim, size)
 
         def sized(match):
-            parts = [str(sizes.get(p.strip(), p.strip())) for p in match.group(2).split(",") if p.strip()]
+            names = [p.strip() for p in match.group(2).split(",") if p.strip()]
+            if not any(p in sizes for p in names):
+                return match.group(0)  # (no symbol: words in parentheses, "(Squeeze)")
+            parts = [str(sizes.get(p, p)) for p in names]
             trailing = "," if match.group(1) == "(" and len(parts) == 1 else ""
             return match.group(1) + ", ".join(parts) + trailing + match.group(3)
 

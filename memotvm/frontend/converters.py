@@ -125,9 +125,35 @@ class SpecConverters:
         return None
 
     def _squeeze(self, op_name, name, inputs, attrs, opset):
-        if _dynamic_dims(inputs[0]) and not attrs.get("axes") and (len(inputs) < 2 or inputs[1] is None):
+        if not _dynamic_dims(inputs[0]):
+            return None
+        axes = attrs.get("axes")
+        if len(inputs) > 1 and inputs[1] is not None:
+            axes = self._constant(inputs[1])
+            if axes is None:
+                return None  # (TVM's converter says what it cannot do)
+        if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
             return self._squeeze_known_ones(name, inputs[0])
-        return None
+        return self._squeeze_checked_axes(name, inputs[0], [int(a) for a in np.asarray(axes).reshape(-1)])
+
+    def _squeeze_checked_axes(self, name, data, axes):
+        """Squeeze of given axes some of which have symbolic sizes (the frames left
+        after a detector's strided convolutions, 1 for one chunk): each is checked at
+        run time to be 1, as ONNX requires of a squeezed axis, then removed.  None where
+        every axis is static (TVM's converter does it) or one is out of range."""
+        dims = list(data.ty.shape.values)
+        if any(not -len(dims) <= a < len(dims) for a in axes):
+            return None
+        axes = sorted({a % len(dims) for a in axes})
+        symbolic = [a for a in axes if not isinstance(dims[a], tvm.tirx.IntImm)]
+        if not symbolic:
+            return None
+        data = require(self.bb, data, [dims], {
+            "op": f"node '{name}' (Squeeze)", "names": ["its input"], "one": [[0, a] for a in symbolic],
+            "why": "; a squeezed axis must have size 1"})
+        ones = [tvm.tirx.const(1, "int64") if a in symbolic else dim for a, dim in enumerate(dims)]
+        data = self.bb.match_cast(data, relax.TensorType(ones, data.ty.dtype))
+        return self.bb.normalize(relax.op.squeeze(data, axes))
 
     def _gather(self, op_name, name, inputs, attrs, opset):
         if isinstance(inputs[0], relax.ShapeExpr) and attrs.get("axis", 0) in (0, -1):

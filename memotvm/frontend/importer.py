@@ -114,14 +114,21 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             if converted is not None:
                 return converted
             return super()._convert_operator(op_name, inputs, attrs, opset)
+        except UnsupportedModelError as err:
+            if not self._conditions or _BRANCH_HINT in str(err):
+                raise
+            raise UnsupportedModelError(str(err).rstrip(".") + _BRANCH_HINT) from err
         except MemoTVMError:
             raise
         except Exception as err:  # TVM's converters raise anything: name the node
             first = str(err).strip().splitlines()
             detail = first[-1] if first else type(err).__name__
-            raise UnsupportedModelError(
-                f"node '{name}' ({op_name}) could not be converted: {detail}"
-            ) from err
+            message = f"node '{name}' ({op_name}) could not be converted: {detail}"
+            if any(_unknown_rank(value) for value in inputs):
+                message = message.rstrip(".") + _UNKNOWN_RANK_HINT
+            elif self._conditions:
+                message = message.rstrip(".") + _BRANCH_HINT
+            raise UnsupportedModelError(message) from err
 
     # -- the recurrent ops ---------------------------------------------------------
 
@@ -456,3 +463,25 @@ def _zeros_of_type(x):
     if isinstance(x.ty, relax.TensorType) and isinstance(x.ty.shape, relax.ShapeExpr):
         return relax.op.zeros(x.ty.shape, x.ty.dtype)
     return relax.op.zeros_like(x)
+
+
+# Why a value's rank can be unknown, and what settles it.
+_UNKNOWN_RANK_HINT = (
+    ". Its input has no known rank: it comes from an If whose branches give different "
+    "ranks (as torch exports a scripted squeeze or an unbatched-input test), decided by "
+    "the inputs' shapes; compile with the inputs' shapes fixed (compile(..., shapes="
+    "{name: [sizes]}), CLI --shape NAME=D0,D1,...) so that its condition folds")
+
+
+# A branch that cannot be built for the inputs' shapes is often one they never take
+# (a detector's 8 kHz branch given a 16 kHz chunk).
+_BRANCH_HINT = (
+    ". The node is in a branch of an If: where that branch is not taken for your "
+    "inputs, bind the input its condition depends on (compile(..., fixed_inputs="
+    "{name: value}), CLI --fix NAME=VALUE) so that the If folds away")
+
+
+def _unknown_rank(value) -> bool:
+    """Whether ``value`` (a converter's input) is a tensor or shape of unknown rank."""
+    ty = getattr(value, "ty", None)
+    return isinstance(ty, (relax.TensorType, relax.ShapeType)) and ty.ndim == -1

@@ -38,8 +38,8 @@ _BROADCAST = {
 def require(builder: relax.BlockBuilder, x, shapes: list, spec: dict):
     """Emit the run-time check of ``spec`` over ``shapes`` (lists of dimensions) before
     what uses the returned value (x itself): "equal" lists pairs of (shape, axis)
-    positions that must be equal, "not_one" (shape, axis) positions that must not be 1
-    ("why" completes that message), "count" says that shape 0 and shape 1 hold as many
+    positions that must be equal, "one" and "not_one" (shape, axis) positions that must
+    be 1 and must not be 1 ("why" completes their messages), "count" says that shape 0 and shape 1 hold as many
     elements; "op" and "names" name the operator and its operands in the messages."""
     values = [dim for shape in shapes for dim in shape]
     starts = [sum(len(s) for s in shapes[:k]) for k in range(len(shapes))]
@@ -60,6 +60,9 @@ def require(builder: relax.BlockBuilder, x, shapes: list, spec: dict):
                         f"{shown(1)}: their numbers of elements differ; the model's shapes do "
                         "not fit these inputs")
         one = tirx.const(1, "int64")
+        for i, a in spec.get("one", []):
+            assert_that(dim(i, a) == one, f"{where}: dimension {a} of {names[i]} (shape "
+                        f"{shown(i)}) is not 1 at run time{spec.get('why', '')}")
         for i, a in spec.get("not_one", []):
             assert_that(dim(i, a) != one, f"{where}: dimension {a} of {names[i]} (shape "
                         f"{shown(i)}) is 1 at run time{spec.get('why', '')}")
