@@ -18,6 +18,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
   against a 1 and requires it equal to any other size (checked at run time); Squeeze
   removes the dimensions known to be 1 and checks at run time that no dynamic one is 1
   (ONNX would remove it too); the parts of a Split are taken by index.
+* Squeeze of given axes of dynamic size (a detector's frames, 1 for one chunk): checked
+  at run time to be 1, as ONNX requires, then removed (TVM refuses them).
 * A shape value gathered by a 1-D index stays a shape value, and ConstantOfShape and
   Reshape take a tensor computed from shapes (integer arithmetic, slices,
   concatenations, element counts): TVM asserted inside its lowering, or refused them.
