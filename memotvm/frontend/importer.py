@@ -115,20 +115,29 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                 return converted
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except UnsupportedModelError as err:
-            if not self._conditions or _BRANCH_HINT in str(err):
+            hinted = self._with_way_out(str(err), inputs)
+            if hinted == str(err):
                 raise
-            raise UnsupportedModelError(str(err).rstrip(".") + _BRANCH_HINT) from err
+            raise UnsupportedModelError(hinted) from err
         except MemoTVMError:
             raise
         except Exception as err:  # TVM's converters raise anything: name the node
             first = str(err).strip().splitlines()
             detail = first[-1] if first else type(err).__name__
-            message = f"node '{name}' ({op_name}) could not be converted: {detail}"
-            if any(_unknown_rank(value) for value in inputs):
-                message = message.rstrip(".") + _UNKNOWN_RANK_HINT
-            elif self._conditions:
-                message = message.rstrip(".") + _BRANCH_HINT
-            raise UnsupportedModelError(message) from err
+            raise UnsupportedModelError(self._with_way_out(
+                f"node '{name}' ({op_name}) could not be converted: {detail}", inputs)) from err
+
+    def _with_way_out(self, message: str, inputs) -> str:
+        """A conversion error's ``message`` with the way out where one is known: an
+        input of unknown rank (:data:`_UNKNOWN_RANK_HINT`), a node in an If branch
+        (:data:`_BRANCH_HINT`)."""
+        if any(_unknown_rank(value) for value in inputs):
+            hint = _UNKNOWN_RANK_HINT
+        elif self._conditions:
+            hint = _BRANCH_HINT
+        else:
+            return message
+        return message if hint in message else message.rstrip(".") + hint
 
     # -- the recurrent ops ---------------------------------------------------------
 

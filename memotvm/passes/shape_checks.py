@@ -39,8 +39,9 @@ def require(builder: relax.BlockBuilder, x, shapes: list, spec: dict):
     """Emit the run-time check of ``spec`` over ``shapes`` (lists of dimensions) before
     what uses the returned value (x itself): "equal" lists pairs of (shape, axis)
     positions that must be equal, "one" and "not_one" (shape, axis) positions that must
-    be 1 and must not be 1 ("why" completes their messages), "count" says that shape 0 and shape 1 hold as many
-    elements; "op" and "names" name the operator and its operands in the messages."""
+    be 1 and must not be 1 ("why" completes their messages), "count" says that shape 0
+    and shape 1 hold as many elements; "op" and "names" name the operator and its
+    operands in the messages."""
     values = [dim for shape in shapes for dim in shape]
     starts = [sum(len(s) for s in shapes[:k]) for k in range(len(shapes))]
     names = spec.get("names") or [f"input {i}" for i in range(len(shapes))]
