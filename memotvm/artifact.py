@@ -90,6 +90,7 @@ def export(model, path: str, cc: str | None = None) -> str:
     (Debian's ``gcc-aarch64-linux-gnu``; ``scripts/install_cross_toolchain.sh``)."""
     import shutil
 
+    from .targets import parallel_build
     from .targets.cpu import runs_here
 
     executable = getattr(model, "executable", None)
@@ -113,7 +114,7 @@ def export(model, path: str, cc: str | None = None) -> str:
                               "gcc-aarch64-linux-gnu libc6-dev-arm64-cross; "
                               "scripts/install_cross_toolchain.sh)")
         options["fcompile"] = tvm_cc.cross_compiler(cc)
-    executable.export_library(path, **options)
+    parallel_build.linkable(executable).export_library(path, **options)
     meta_path = path + ".json"
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(metadata(model), f, indent=2)

@@ -391,3 +391,22 @@ def test_memoizing_a_model_without_recurrent_nodes_warns_with_what_it_found():
     with warnings.catch_warnings():
         warnings.simplefilter("error", NothingToMemoizeWarning)
         memotvm.compile(model)  # nothing asked, nothing said
+
+
+def test_kernels_compiled_apart_give_one_modules_results_bit_for_bit():
+    """The kernels are compiled as modules of their own on a pool of threads (parallel
+    build); built again as one module, as export does, the executable computes the
+    same outputs, bit for bit."""
+    from memotvm.runtime import flat_results, to_numpy
+    from memotvm.targets import parallel_build
+
+    inputs = feeds("crnn_recognizer")
+    model = memotvm.compile(path("crnn_recognizer"))
+    library = model.executable.mod.imports[0]
+    assert len(library.imports) >= 3  # the convolutions' and the LSTM's kernels
+    one = parallel_build.linkable(model.executable)
+    assert len(one.mod.imports[0].imports) == 0
+    vm = relax.VirtualMachine(one, tvm.cpu())
+    got = flat_results(vm["main"](*[tvm.runtime.tensor(inputs[n]) for n in model.input_names]))
+    want = model.run(inputs)
+    assert all(np.array_equal(to_numpy(g), w) for g, w in zip(got, want))

@@ -1,0 +1,129 @@
+"""A Relax VM executable whose kernels are compiled on every CPU at once.
+
+``relax.build`` lowers all of a module's PrimFuncs into one LLVM module and generates
+its machine code on one thread.  On a model of the size recognizers ship, that one
+thread is most of the compile: ddddocr's ``common.onnx`` (21 convolutions, a
+bidirectional LSTM 512 and a 8210-way head) spent 18 of its 27-30 s in LLVM, its 13
+convolution kernels about 1.2 s each.  TVM releases the GIL while it compiles, so
+:func:`build_executable` compiles each of memotvm's own kernels (recurrent loops and the
+host kernels of :mod:`.host_gemm`, :mod:`.host_conv` and :mod:`.host_math`) as an LLVM
+module of its own, the rest with the executable's ``main``, on a pool of threads, one
+per CPU, and generates the machine code in the same threads.
+
+``main`` calls a kernel of its own module by its C symbol; a kernel of another module
+it calls by name (an extern function), which the runtime looks up in the modules
+imported into ``main``'s once and keeps.  The kernels' code is the same as in one
+module, and so are the results (bit for bit); an exported library holds all the modules
+as before.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import tvm
+from tvm import relax, tirx
+from tvm.relax import vm_build
+
+from ..threads import available_cpus
+from .host_schedule import HOST_KERNEL
+
+# The attributes of the kernels compiled on their own: memotvm's, large loops of
+# vector code (a convolution's register-blocked product took 1.2 s in LLVM; TVM's
+# legalized elementwise operators 0.03-0.1 s each, less than a module's own cost).
+_OWN_MODULE_ATTRS = ("memotvm.recurrent", HOST_KERNEL)
+
+
+def build_executable(mod: tvm.IRModule, target: tvm.target.Target, relax_pipeline,
+                     tir_pipeline: str, jit: bool) -> relax.VMExecutable:
+    """``relax.build(mod, target, relax_pipeline, tir_pipeline, exec_mode="compiled")``,
+    with the kernels compiled in parallel (see the module's documentation).  ``jit``:
+    also generate their machine code now (only where the target runs here)."""
+    with target:
+        mod = relax_pipeline(mod)
+    lowered = mod
+    separate = {gv.name_hint for gv, func in mod.functions_items() if _own_module(func)}
+    by_name = _calls_by_name(mod, separate)
+    if by_name is None:  # a kernel referred to otherwise than called: one module, as TVM builds
+        return vm_build.build(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline,
+                              exec_mode="compiled")
+    mod = by_name
+    attrs = dict(mod.attrs) if mod.attrs else {}
+    builder = relax.ExecBuilder()
+    rest = vm_build._vmcodegen(builder, tvm.IRModule(
+        {gv: func for gv, func in mod.functions_items() if gv.name_hint not in separate},
+        attrs=mod.attrs), "compiled")
+    kernels = {gv: func for gv, func in mod.functions_items() if gv.name_hint in separate}
+    main = {gv: func for gv, func in rest.functions_items() if isinstance(func, tirx.PrimFunc)}
+    jobs = [main] + [{gv: func} for gv, func in kernels.items()]
+    context = tvm.transform.PassContext.current()
+
+    def compile_job(funcs: dict):
+        # (the pass context is the calling thread's: each worker enters its own copy)
+        with tvm.transform.PassContext(opt_level=context.opt_level, config=context.config,
+                                       disabled_pass=context.disabled_pass):
+            lib = tvm.tirx.build(tvm.IRModule(funcs, attrs=mod.attrs), target=target,
+                                 pipeline=tir_pipeline)
+        if jit:
+            lib.get_function(next(iter(funcs)).name_hint)  # generates the module's code
+        return lib
+
+    with ThreadPoolExecutor(max(1, min(len(available_cpus()), len(jobs)))) as pool:
+        libs = list(pool.map(compile_job, jobs))
+    for lib in libs[1:]:
+        libs[0].import_module(lib)
+    linked = vm_build._ffi_api.VMLink(builder, target, libs[0], list(attrs.get("external_mods", [])),
+                                      dict(attrs.get("const_name_to_constant", {})))
+    executable = vm_build.VMExecutable(linked)
+    # (the lowered module shares its constants with the executable)
+    executable.memotvm_lowered = (lowered, target, tir_pipeline)
+    return executable
+
+
+def linkable(executable: relax.VMExecutable) -> relax.VMExecutable:
+    """``executable`` as one module, as a library must be exported: in a shared library
+    all modules' code is one module, where ``main``'s calls by name, which look in the
+    imported modules, would not find the kernels.  An executable built in parts is
+    built again, on one thread, from its lowered module (the kernels' code is the same)."""
+    lowered = getattr(executable, "memotvm_lowered", None)
+    if lowered is None:
+        return executable
+    mod, target, tir_pipeline = lowered
+    with tvm.transform.PassContext(opt_level=3):
+        return vm_build.build(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline,
+                              exec_mode="compiled")
+
+
+def _own_module(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and func.attrs is not None \
+        and any(attr in func.attrs for attr in _OWN_MODULE_ATTRS)
+
+
+def _calls_by_name(mod: tvm.IRModule, names: set) -> tvm.IRModule | None:
+    """``mod`` with every Relax call of a PrimFunc in ``names`` made a call of the
+    extern function of that name; None where one is referred to otherwise."""
+    mutator = _CallsByName(mod, names)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    out = mutator.builder_.get()
+    left = []
+    for _, func in out.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, lambda e: left.append(e) if isinstance(
+                e, tvm.ir.GlobalVar) and e.name_hint in names else None)
+    return None if left else out
+
+
+@relax.expr_functor.mutator
+class _CallsByName(relax.PyExprMutator):
+    def __init__(self, mod, names):
+        super().__init__(mod)
+        self.names = names
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if isinstance(call.op, tvm.ir.GlobalVar) and call.op.name_hint in self.names:
+            return relax.Call(relax.ExternFunc(call.op.name_hint), call.args, call.attrs,
+                              call.ty_args, call.span)
+        return call
