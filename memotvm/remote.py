@@ -84,10 +84,11 @@ def remote_model(model, rpc=None, tracker=None, key=None, cc=None):
     from .runtime import CompiledModel
 
     session = connect(rpc, tracker, key)
-    folder = tempfile.mkdtemp(prefix="memotvm-rpc-")
-    library = os.path.join(folder, "model.so")
-    model.export(library, cc=cc)
-    call = _RemoteCall(session, library)
+    # (the library is uploaded: the local copy is not kept)
+    with tempfile.TemporaryDirectory(prefix="memotvm-rpc-") as folder:
+        library = os.path.join(folder, "model.so")
+        model.export(library, cc=cc)
+        call = _RemoteCall(session, library)
     if model.threads is not None:
         # The device's pool for the server's thread, before its first call; the device's
         # CPUs are taken to be numbered from 0 (share-all mode: no worker is pinned).
