@@ -3,6 +3,7 @@
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,8 +33,10 @@ def free_port():
 
 @contextlib.contextmanager
 def process(*args, ready_port=None, python=sys.executable, wait=60):
+    # (a session of its own: the server's workers, and qemu behind the arm64 Python's
+    # wrapper, are stopped with it, not left running)
     proc = subprocess.Popen([python, "-m", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + wait
         while ready_port is not None and time.time() < deadline:
@@ -44,11 +47,19 @@ def process(*args, ready_port=None, python=sys.executable, wait=60):
         time.sleep(0.5)
         yield proc
     finally:
-        proc.terminate()
+        stop_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        stop_group(proc, signal.SIGKILL)
+
+
+def stop_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="module")
