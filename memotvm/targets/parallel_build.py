@@ -3,7 +3,7 @@
 ``relax.build`` lowers all of a module's PrimFuncs into one LLVM module and generates
 its machine code on one thread.  On a model of the size recognizers ship, that one
 thread is most of the compile: ddddocr's ``common.onnx`` (21 convolutions, a
-bidirectional LSTM 512 and a 8210-way head) spent 18 of its 27-30 s in LLVM, its 13
+bidirectional LSTM 512 and a 8210-way head) spent 18 of its 27-30 s in LLVM, its 11
 convolution kernels about 1.2 s each.  TVM releases the GIL while it compiles, so
 :func:`build_executable` compiles each of memotvm's own kernels (recurrent loops and the
 host kernels of :mod:`.host_gemm`, :mod:`.host_conv` and :mod:`.host_math`) as an LLVM
@@ -13,8 +13,8 @@ per CPU, and generates the machine code in the same threads.
 ``main`` calls a kernel of its own module by its C symbol; a kernel of another module
 it calls by name (an extern function), which the runtime looks up in the modules
 imported into ``main``'s once and keeps.  The kernels' code is the same as in one
-module, and so are the results (bit for bit); an exported library holds all the modules
-as before.
+module, and so are the results (bit for bit).  A shared library cannot hold the parts
+(see :func:`linkable`): an export builds the executable again as one module.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target, relax_pipelin
     linked = vm_build._ffi_api.VMLink(builder, target, libs[0], list(attrs.get("external_mods", [])),
                                       dict(attrs.get("const_name_to_constant", {})))
     executable = vm_build.VMExecutable(linked)
-    # (the lowered module shares its constants with the executable)
+    # (kept for linkable; its constants are the executable's: dropping it freed no
+    # memory, 434 MB either way for ddddocr's recognizer)
     executable.memotvm_lowered = (lowered, target, tir_pipeline)
     return executable
 
