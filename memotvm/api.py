@@ -6,7 +6,7 @@ import ctypes
 import functools
 import warnings
 
-from .frontend import from_onnx
+from .frontend import BUILD_LOCK, from_onnx
 from tvm import relax
 
 from .errors import ConfigError, NothingToMemoizeWarning
@@ -48,39 +48,40 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
     one thread while that is faster, as on a machine where another process keeps a core
     busy (:class:`memotvm.threads.AdaptiveThreads`).
     """
-    threads = check_threads(threads)
-    backend = get_backend(target)
-    # Before TVM may make this thread's pool (a compile can run code): sized for the CPUs.
-    use_threads(threads)
-    memo, precision = with_file_precision(memo, precision)
-    reduced = PrecisionConfig.coerce(precision) if precision is not None else None
-    config = MemoConfig.coerce(memo) if memo is not None else None
-    imported = from_onnx(model, shapes, fixed_inputs)
-    mod = imported.mod
-    if config is not None and not imported.loops:
-        _warn_nothing_to_memoize(imported.operators)
-    if reduced is not None:
-        reduced.check_nodes(imported.loops)
-    if reduced is not None and reduced.reduced:
-        # Before memoization: its predictors are derived from the rounded weights.
-        mod = relax.transform.FoldConstant()(mod)
-        check_precision(mod, reduced)
-        mod = ReduceWeightPrecision(reduced)(mod)
-        mod = RoundProductWeights(reduced.products_precision)(mod)
-    if config is not None:
-        # Checked here: errors raised inside a TVM pass lose their type.  Folding first
-        # turns weights computed from initializers into constants.
-        config.check_nodes(imported.loops)
-        mod = relax.transform.FoldConstant()(mod)
-        check_supported(mod, config)
-        mod = MemoizeRecurrentLoops(config, tunable=tunable)(mod)
-    elif tunable:
-        raise ConfigError("tunable=True needs a memo configuration")
-    model = backend.build(imported, mod, memo=config, **options)
-    model.tunable = tunable
-    model.precision = reduced if reduced is not None else PrecisionConfig()
-    model.threads = threads
-    model.adaptive_threads = bool(adaptive_threads)
+    with BUILD_LOCK:  # (one compile at a time, see memotvm.frontend.BUILD_LOCK)
+        threads = check_threads(threads)
+        backend = get_backend(target)
+        # Before TVM may make this thread's pool (a compile can run code): sized for the CPUs.
+        use_threads(threads)
+        memo, precision = with_file_precision(memo, precision)
+        reduced = PrecisionConfig.coerce(precision) if precision is not None else None
+        config = MemoConfig.coerce(memo) if memo is not None else None
+        imported = from_onnx(model, shapes, fixed_inputs)
+        mod = imported.mod
+        if config is not None and not imported.loops:
+            _warn_nothing_to_memoize(imported.operators)
+        if reduced is not None:
+            reduced.check_nodes(imported.loops)
+        if reduced is not None and reduced.reduced:
+            # Before memoization: its predictors are derived from the rounded weights.
+            mod = relax.transform.FoldConstant()(mod)
+            check_precision(mod, reduced)
+            mod = ReduceWeightPrecision(reduced)(mod)
+            mod = RoundProductWeights(reduced.products_precision)(mod)
+        if config is not None:
+            # Checked here: errors raised inside a TVM pass lose their type.  Folding first
+            # turns weights computed from initializers into constants.
+            config.check_nodes(imported.loops)
+            mod = relax.transform.FoldConstant()(mod)
+            check_supported(mod, config)
+            mod = MemoizeRecurrentLoops(config, tunable=tunable)(mod)
+        elif tunable:
+            raise ConfigError("tunable=True needs a memo configuration")
+        model = backend.build(imported, mod, memo=config, **options)
+        model.tunable = tunable
+        model.precision = reduced if reduced is not None else PrecisionConfig()
+        model.threads = threads
+        model.adaptive_threads = bool(adaptive_threads)
     _release_freed_memory()
     return model
 

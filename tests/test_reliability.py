@@ -222,6 +222,35 @@ def test_last_stats_are_the_calling_threads():
     assert errors == []
 
 
+def test_models_compile_in_several_threads_at_once():
+    """Compiles from several threads take turns (TVM's block builder has one stack per
+    process: two imports at once failed) and leave sys.stdout as it was (two captures of
+    TVM's output at once left it a dead buffer, and every later print vanished)."""
+    import sys
+
+    models = [make_recurrent_model(op, 5, 12, direction=d) for op, d in
+              (("LSTM", "forward"), ("GRU", "bidirectional"), ("RNN", "forward"), ("LSTM", "reverse"))]
+    feeds = [make_inputs(m, 6, 2, seed=i) for i, m in enumerate(models)]
+    stdout = sys.stdout
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            results[i] = memotvm.compile(models[i], memo=0.3 if i % 2 else None).run(feeds[i])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(f"{i}: {err!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sys.stdout is stdout
+    for i, model in enumerate(models):
+        alone = memotvm.compile(model, memo=0.3 if i % 2 else None).run(feeds[i])
+        assert all(np.array_equal(a, b) for a, b in zip(results[i], alone))
+
+
 def _resident_mib():
     import ctypes
 
