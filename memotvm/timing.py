@@ -35,9 +35,12 @@ from .errors import MemoTVMError
 
 # A turn lasts at least this long: a short model is timed over many calls per turn.
 TURN_S = 0.1
-# Pause before each turn, so that the engine that ran before is idle (onnxruntime's
-# workers spin for a while after a run).
-SETTLE_S = 0.02
+# Pause before each turn, so that the engine that ran before is idle: onnxruntime's
+# workers spin for a while after a run, TVM's for about 0.24 s (memotvm.threads).  With
+# 0.02 s, a turn after another memotvm process's shared the cores with its spinning
+# workers: the memoized bidirectional LSTM 512 (T = 100) measured 32-33 ms a call,
+# 20.5-21.3 ms with this pause (two runs of each, alternated).
+SETTLE_S = 0.3
 # Untimed calls at the start of each turn: the first call after another engine's turn
 # finds cold caches and sleeping workers (onnxruntime's first call after a pause took
 # twice its median), which is not the steady state a deployed model runs in.
