@@ -40,14 +40,11 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target, relax_pipelin
     with the kernels compiled in parallel (see the module's documentation).  ``jit``:
     also generate their machine code now (only where the target runs here)."""
     with target:
-        mod = relax_pipeline(mod)
-    lowered = mod
-    separate = {gv.name_hint for gv, func in mod.functions_items() if _own_module(func)}
-    by_name = _calls_by_name(mod, separate)
-    if by_name is None:  # a kernel referred to otherwise than called: one module, as TVM builds
-        return vm_build.build(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline,
-                              exec_mode="compiled")
-    mod = by_name
+        lowered = relax_pipeline(mod)
+    separate = {gv.name_hint for gv, func in lowered.functions_items() if _own_module(func)}
+    mod = _calls_by_name(lowered, separate)
+    if mod is None:  # a kernel referred to otherwise than called: one module, as TVM builds
+        return _one_module(lowered, target, tir_pipeline)
     attrs = dict(mod.attrs) if mod.attrs else {}
     builder = relax.ExecBuilder()
     rest = vm_build._vmcodegen(builder, tvm.IRModule(
@@ -91,8 +88,13 @@ def linkable(executable: relax.VMExecutable) -> relax.VMExecutable:
         return executable
     mod, target, tir_pipeline = lowered
     with tvm.transform.PassContext(opt_level=3):
-        return vm_build.build(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline,
-                              exec_mode="compiled")
+        return _one_module(mod, target, tir_pipeline)
+
+
+def _one_module(lowered: tvm.IRModule, target, tir_pipeline: str) -> relax.VMExecutable:
+    """The executable of the lowered module as ``relax.build`` makes it: one LLVM module."""
+    return vm_build.build(lowered, target, relax_pipeline=None, tir_pipeline=tir_pipeline,
+                          exec_mode="compiled")
 
 
 def _own_module(func) -> bool:
