@@ -390,7 +390,11 @@ class _ConvRewriter(relax.PyExprMutator):
         if w.shape[1] != int(channels) or 0 in static or (None not in static and min(
                 output_sizes(static, taps, strides, padding, dilation)) < 1):
             return call
-        outs = [int(o) if isinstance(o, tirx.IntImm) else o
+        # (simplified, as Relax's own shape inference does: a 1 x 1 convolution's
+        # ((h - 1) // 1 + 1) left as written made its consumers' buffers differ in
+        # form from the same tensor's elsewhere, which FuseTIR refuses)
+        analyzer = tvm.sym.Analyzer()
+        outs = [int(o) if isinstance(o, tirx.IntImm) else analyzer.simplify(o)
                 for o in output_sizes(spatial, taps, strides, padding, dilation)]
         key = ((int(channels), *static), tuple(taps), tuple(strides), tuple(padding), tuple(dilation))
         symbolic = None in static[:-1]
