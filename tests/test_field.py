@@ -424,6 +424,48 @@ def _conv(name, x, out, channels_in, channels_out, kernel, stride=1, pad=0, seed
     return node, w
 
 
+def test_concat_of_a_pooled_height_with_a_height_of_one_is_checked_not_lost():
+    """A recognizer concatenates a pooled height of (h - 33) // 48 + 1 with a height of
+    1: the two must be equal, which TVM cannot prove, so it lost the shape and the
+    convolution after failed inside TVM.  Now checked at run time, named where broken."""
+    conv, w = _conv("mix", "cat", "y", 3, 2, 1)
+    nodes = [h.make_node("AveragePool", ["x"], ["pooled"], kernel_shape=[48, 2], strides=[48, 2]),
+             h.make_node("ReduceMean", ["pooled"], ["one_row"], axes=[2], keepdims=1),
+             h.make_node("Concat", ["pooled", "one_row"], ["both"], axis=1),
+             h.make_node("Slice", ["both", "starts", "ends", "axes"], ["cat"]), conv]
+    inits = [w] + [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
+                   for n, v in (("starts", [0]), ("ends", [3]), ("axes", [1]))]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 2, "h", "w"])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    compiled = memotvm.compile(model)
+    x = np.random.default_rng(2).standard_normal((1, 2, 48, 10)).astype(np.float32)
+    assert max_diff(compiled.run({"x": x}), onnxruntime(model, {"x": x})) < FLOAT_TOL
+    with pytest.raises(memotvm.InputError, match="concat: .*dimension 2 of the first and 2 of the second "
+                       "must be equal"):
+        compiled.run({"x": np.zeros((1, 2, 96, 10), np.float32)})
+
+
+def test_sum_of_an_upsampled_map_and_a_lateral_one_keeps_its_shape_for_what_follows():
+    """A text detector's feature pyramid adds an upsampled map, 2 * ((h - 1) // 2 + 1)
+    high, to a lateral one, h high: TVM cannot prove them equal and left the sum
+    without a shape, and the Resize after it failed to convert.  The sum is now made
+    on operands checked at run time (as onnxruntime, which refuses odd sizes)."""
+    conv, w = _conv("down", "x", "half", 2, 2, 3, stride=2, pad=1)
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [conv, h.make_node("Resize", ["half", "", "scales"], ["up"], mode="nearest"),
+             h.make_node("Add", ["up", "x"], ["sum"]),
+             h.make_node("Resize", ["sum", "", "scales"], ["y"], mode="nearest")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 2, "h", "w"])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)], [w, scales])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    compiled = memotvm.compile(model)
+    x = np.random.default_rng(3).standard_normal((1, 2, 8, 6)).astype(np.float32)
+    assert max_diff(compiled.run({"x": x}), onnxruntime(model, {"x": x})) < FLOAT_TOL
+    with pytest.raises(memotvm.InputError, match="add: .*must be equal"):
+        compiled.run({"x": np.zeros((1, 2, 7, 6), np.float32)})
+
+
 def test_pointwise_convolution_then_hard_swish_over_symbolic_sizes_compiles():
     """A pointwise convolution's output size over a symbolic axis, written as
     ((h - 1) // 2 + 1 - 1) // 1 + 1, is simplified as TVM's own shapes are: left as

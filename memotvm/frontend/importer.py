@@ -23,7 +23,7 @@ from ..errors import ConfigError, MemoTVMError, UnsupportedModelError
 from ..kernels import build_kernel
 from ..log import captured_tvm_output
 from ..passes.safe_gather import BoundedGather
-from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven
+from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, with_shape_relations
 from .quantized import DequantizeRecurrentWeights
 from .folding import ConstantFolding, bind_inputs, with_input_shapes
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
@@ -111,9 +111,9 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             if op_name in RECURRENT_OPS:
                 return self._convert_recurrent(op_name, inputs, attrs)
             converted = self.convert_by_spec(op_name, inputs, attrs, opset)
-            if converted is not None:
-                return converted
-            return super()._convert_operator(op_name, inputs, attrs, opset)
+            if converted is None:
+                converted = super()._convert_operator(op_name, inputs, attrs, opset)
+            return self._shape_known(converted)
         except UnsupportedModelError as err:
             hinted = self._with_way_out(str(err), inputs)
             if hinted == str(err):
@@ -126,6 +126,20 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             detail = first[-1] if first else type(err).__name__
             raise UnsupportedModelError(self._with_way_out(
                 f"node '{name}' ({op_name}) could not be converted: {detail}", inputs)) from err
+
+    def _shape_known(self, value):
+        """``value``, an operator's result whose shape TVM could not infer because it
+        does not prove a relation of its operands' shapes (an FPN's upsampled map plus
+        the lateral one, of sizes 2 * ((h - 1) // 32 + 1) and (h - 1) // 16 + 1), rebuilt
+        on operands checked for it at run time (:func:`with_shape_relations`), so that
+        the converters of the nodes after it, many of which need a shape, have one."""
+        ty = getattr(value, "ty", None)
+        if isinstance(value, relax.Call) and isinstance(ty, relax.TensorType) and ty.ndim >= 0 \
+                and not isinstance(ty.shape, relax.ShapeExpr):
+            rebuilt = with_shape_relations(self.bb, value)
+            if rebuilt is not value:
+                return self.bb.normalize(rebuilt)
+        return value
 
     def _with_way_out(self, message: str, inputs) -> str:
         """A conversion error's ``message`` with the way out where one is known: an

@@ -153,35 +153,50 @@ def _is_one(dim) -> bool:
     return isinstance(dim, tirx.IntImm) and int(dim) == 1
 
 
+def with_shape_relations(builder: relax.BlockBuilder, call):
+    """``call`` of a Relax operator rebuilt on operands checked for the shape relations
+    it needs and TVM does not prove (see the module's documentation), the checks
+    emitted with ``builder``; ``call`` itself where nothing is undecided."""
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) \
+            or not call.op.name.startswith("relax."):
+        return call
+    rules = _Rules(builder)
+    name = call.op.name[len("relax."):]
+    rule = {"matmul": rules.matmul, "concat": rules.concat, "reshape": rules.reshape,
+            "broadcast_to": rules.broadcast_to}.get(name)
+    if rule is None and name in _BROADCAST:
+        rule = rules.broadcast
+    return rule(call, name) if rule is not None else call
+
+
 @relax.expr_functor.mutator
 class _ShapeRelationRewriter(relax.PyExprMutator):
     """Rebuilds each operator whose shape relations are not proven on checked
-    operands (one rule per kind of operator)."""
+    operands (:func:`with_shape_relations`)."""
 
     def __init__(self, mod):
         super().__init__(mod)
         self.mod_ = mod
 
     def visit_call_(self, call):
-        call = self.visit_expr_post_order(call)
-        if not isinstance(call.op, tvm.ir.Op) or not call.op.name.startswith("relax."):
-            return call
-        name = call.op.name[len("relax."):]
-        rule = {"matmul": self._matmul, "concat": self._concat, "reshape": self._reshape,
-                "broadcast_to": self._broadcast_to}.get(name)
-        if rule is None and name in _BROADCAST:
-            rule = self._broadcast
-        return rule(call, name) if rule is not None else call
+        return with_shape_relations(self.builder_, self.visit_expr_post_order(call))
+
+
+class _Rules:
+    """One rule per kind of operator: the call rebuilt on checked operands."""
+
+    def __init__(self, builder):
+        self.builder = builder
 
     def _rebuilt(self, call, operands, shapes, equal, name):
         if not equal:
             return call
-        checked = require_equal(self.builder_, operands, shapes, equal, name)
+        checked = require_equal(self.builder, operands, shapes, equal, name)
         if call.op.name == "relax.concat":
             checked = [relax.Tuple(checked)]
         return relax.Call(call.op, checked, call.attrs, call.ty_args)
 
-    def _broadcast(self, call, name):
+    def broadcast(self, call, name):
         operands = list(call.args)
         shapes = [_shape(x) for x in operands]
         if len(operands) < 2 or any(s is None for s in shapes):
@@ -193,7 +208,7 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
             equal += _agree(shapes, at)
         return self._rebuilt(call, operands, shapes, equal, name)
 
-    def _matmul(self, call, name):
+    def matmul(self, call, name):
         operands = list(call.args)
         shapes = [_shape(x) for x in operands]
         if any(s is None for s in shapes):
@@ -205,7 +220,7 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
             equal += _agree(shapes, [(0, len(sa) - axis), (1, len(sb) - axis)])
         return self._rebuilt(call, operands, shapes, equal, name)
 
-    def _concat(self, call, name):
+    def concat(self, call, name):
         if not isinstance(call.args[0], relax.Tuple) or len(call.args[0].fields) < 2:
             return call
         operands = list(call.args[0].fields)
@@ -217,10 +232,10 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
         equal = []
         for a in range(rank):
             if a != axis:
-                equal += _agree(shapes, [(k, a) for k in range(len(shapes))])
+                equal += _agree(shapes, [(k, a) for k in range(len(shapes))], broadcast=False)
         return self._rebuilt(call, operands, shapes, equal, name)
 
-    def _broadcast_to(self, call, name):
+    def broadcast_to(self, call, name):
         x, target = call.args
         shape = _shape(x)
         if shape is None or not isinstance(target, relax.ShapeExpr) or len(target.values) < len(shape):
@@ -233,11 +248,11 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
             return call
         # Equal, not "1 or equal": TVM's broadcast_to reads a dimension that is not a
         # static 1 as it is, so a dynamic one that is 1 at run time would be read past
-        # its end (as for the element-wise operators, see _broadcast).
-        checked = require(self.builder_, x, [shape, new], {"op": name, "equal": pairs})
+        # its end (as for the element-wise operators, see broadcast).
+        checked = require(self.builder, x, [shape, new], {"op": name, "equal": pairs})
         return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
 
-    def _reshape(self, call, name):
+    def reshape(self, call, name):
         x, target = call.args
         shape = _shape(x)
         if shape is None or not isinstance(target, relax.ShapeExpr):
@@ -245,17 +260,19 @@ class _ShapeRelationRewriter(relax.PyExprMutator):
         new = list(target.values)
         if provably_equal(elements(shape), elements(new)):
             return call
-        checked = require(self.builder_, x, [shape, new], {"op": name, "count": True})
+        checked = require(self.builder, x, [shape, new], {"op": name, "count": True})
         return relax.Call(call.op, [checked, target], call.attrs, call.ty_args)
 
 
-def _agree(shapes, at):
-    """Pairs making the sizes at positions ``at`` ((operand, axis) of one broadcast
-    axis) agree where they are not proven to: each symbolic size takes a static one
-    other than 1 if there is one, else the first symbolic size.  Static 1s broadcast
-    and need nothing."""
+def _agree(shapes, at, broadcast=True):
+    """Pairs making the sizes at positions ``at`` ((operand, axis) of one axis) agree
+    where they are not proven to: each symbolic size takes a static one if there is
+    one, else the first symbolic size.  Where the axis broadcasts, static 1s need
+    nothing and are no reference; where it does not (a Concat's other axes), a static 1
+    is a size like any other (a paddle2onnx OCR recognizer concatenates a pooled height
+    of (h - 33) // 48 + 1 with a height of 1)."""
     dims = [(pos, shapes[pos[0]][pos[1]]) for pos in at]
-    static = [pos for pos, d in dims if isinstance(d, tirx.IntImm) and not _is_one(d)]
+    static = [pos for pos, d in dims if isinstance(d, tirx.IntImm) and not (broadcast and _is_one(d))]
     symbolic = [pos for pos, d in dims if not isinstance(d, tirx.IntImm)]
     if not symbolic:
         return []
