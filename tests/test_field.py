@@ -415,6 +415,26 @@ def test_kernels_compiled_apart_give_one_modules_results_bit_for_bit():
 # paddle2onnx's exports (PaddleOCR's detector, classifier and recognizer as RapidOCR
 # ships them) in miniature: each failed to compile before.
 
+def test_input_sizes_minus_one_nameless_or_question_mark_are_each_their_own():
+    """paddle2onnx declares "any size" as -1 or "?", other tools leave a dimension
+    nameless: each is a size of its own (TVM took -1 for a size, and gave all nameless
+    dimensions one variable and the "?"s ones that memotvm's checks took for one)."""
+    x = h.make_tensor_value_info("x", T.FLOAT, [-1, 2, "?", "?"])
+    y = h.make_tensor_value_info("y", T.FLOAT, [None, None])
+    graph = h.make_graph([h.make_node("Relu", ["x"], ["rx"]), h.make_node("Neg", ["y"], ["ny"])], "g",
+                         [x, y], [h.make_tensor_value_info("rx", T.FLOAT, None),
+                                  h.make_tensor_value_info("ny", T.FLOAT, None)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    compiled = memotvm.compile(model)
+    rng = np.random.default_rng(0)
+    for xs, ys in (((2, 2, 3, 5), (4, 7)), ((1, 2, 6, 1), (1, 3))):
+        inputs = {"x": rng.standard_normal(xs).astype(np.float32),
+                  "y": rng.standard_normal(ys).astype(np.float32)}
+        for got, want in zip(compiled.run(inputs), onnxruntime(model, inputs)):
+            np.testing.assert_array_equal(got, want)
+    assert compiled.input_types["x"][0][1] == 2 and len(set(map(str, compiled.input_types["x"][0]))) == 4
+
+
 def _conv(name, x, out, channels_in, channels_out, kernel, stride=1, pad=0, seed=0):
     rng = np.random.default_rng(seed)
     w = onnx.numpy_helper.from_array(

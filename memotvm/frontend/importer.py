@@ -312,6 +312,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     Values computable from constants are folded first (:mod:`.folding`).
     """
     _check_input_types(model.graph)
+    model = _unknown_sizes_named(model)
     shapes = checked_shape_overrides(model.graph, shapes)
     model = DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs))
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
@@ -399,6 +400,33 @@ def _check_input_types(graph) -> None:
                 f"input '{value.name}' has element type "
                 f"{onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem}, "
                 "which memotvm does not support (floats, integers and bool are)")
+
+
+def _unknown_sizes_named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every input dimension of unknown size given a name of its own:
+    one declared with a negative size (paddle2onnx writes -1), with neither size nor
+    name, or named "?".  TVM's importer took -1 for a size (a batch of -1), gave every
+    nameless dimension one shared variable (so that inputs which onnxruntime runs
+    were refused), and "?" a new one at each use, which memotvm's input checks, by
+    name, took for one."""
+    taken = {dim.dim_param for value in model.graph.input
+             for dim in value.type.tensor_type.shape.dim}
+    unknown = [(value.name, axis) for value in _graph_inputs(model.graph)
+               for axis, dim in enumerate(value.type.tensor_type.shape.dim)
+               if not (dim.HasField("dim_value") and dim.dim_value > 0)
+               and dim.dim_param in ("", "?")]
+    if not unknown:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inputs = {value.name: value for value in copy.graph.input}
+    for name, axis in unknown:
+        symbol = f"{name}_size{axis}"
+        while symbol in taken:
+            symbol += "_"
+        taken.add(symbol)
+        inputs[name].type.tensor_type.shape.dim[axis].dim_param = symbol
+    return copy
 
 
 def checked_shape_overrides(graph, shapes) -> dict:
