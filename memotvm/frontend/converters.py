@@ -31,6 +31,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * Cast to bool of a shape value: true where non-zero (TVM made a bool constant of each
   dimension and failed on 2).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
+* Softmax, LogSoftmax and Hardmax before opset 13 over the input coerced to 2-D, or
+  refused with the way out where that needs a shape not known when compiling.
 * OneHot in the values' type (TVM's is float64), with values and indices from anywhere.
 * Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
   sequence models use around recurrent layers), Celu, LpNormalization, ConvInteger
@@ -294,6 +296,41 @@ class SpecConverters:
         else:  # tensors: TVM's astype is right (and keeps NaN true, which != 0 would not)
             return None
         return relax.op.not_equal(value, relax.const(0, value.ty.dtype))
+
+    def _coerced_to_2d(self, op_name, name, inputs, attrs, opset):
+        """Softmax, LogSoftmax and Hardmax before opset 13: over the input coerced to
+        2-D at ``axis`` (the dimensions before it as rows, from it on as columns), as
+        ONNX defined them then.  Where it knew only the input's rank, TVM's converter
+        computed along ``axis`` alone (another result wherever ``axis`` is not the last),
+        and its Hardmax failed inside TVM where the columns are not known when compiling:
+        both are refused here with the way out."""
+        if opset >= 13:
+            return None
+        x = inputs[0]
+        if not isinstance(x.ty, relax.TensorType) or x.ty.ndim < 0:
+            return None  # (TVM's converter says what it cannot do)
+        rank = x.ty.ndim
+        axis = int(attrs.get("axis", 1))
+        if not -rank <= axis < max(rank, 1):
+            raise UnsupportedModelError(f"node '{name}' ({op_name}): axis {axis} is out of range "
+                                        f"for an input of rank {rank}")
+        axis %= max(rank, 1)
+        modern = {**attrs, "axis": -1}
+        if axis >= rank - 1:  # (one axis: the two definitions agree)
+            return self._tvm_convert(op_name, _copied([x]), modern, 13)
+        if not isinstance(x.ty.shape, relax.ShapeExpr):
+            raise UnsupportedModelError(
+                f"node '{name}' ({op_name}, opset {opset}) flattens its input from axis {axis}, "
+                "whose shape is not known when compiling: declare the input shapes (--shape)")
+        dims = list(x.ty.shape.values)
+        columns = simplified(elements(dims[axis:]))
+        if op_name == "Hardmax" and not isinstance(columns, tvm.tirx.IntImm):
+            raise UnsupportedModelError(
+                f"node '{name}' (Hardmax, opset {opset}) makes one-hot rows of {columns} columns, "
+                "not known when compiling: declare the input shapes (--shape)")
+        flat = self.bb.normalize(relax.op.reshape(x, [simplified(elements(dims[:axis])), columns]))
+        out = self.bb.normalize(self._tvm_convert(op_name, _copied([flat]), modern, 13))
+        return relax.op.reshape(out, dims)
 
     def _conv_integer(self, op_name, name, inputs, attrs, opset):
         """Conv of (x - x_zero_point) and (w - w_zero_point) in int32; w's zero point is
@@ -647,6 +684,7 @@ _CONVERTERS = {
     "Dropout": "_inference_dropout", "OneHot": "_one_hot", "ReverseSequence": "_reverse_sequence",
     "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
     "ConvInteger": "_conv_integer", "Cast": "_cast",
+    "Softmax": "_coerced_to_2d", "LogSoftmax": "_coerced_to_2d", "Hardmax": "_coerced_to_2d",
 }
 
 
