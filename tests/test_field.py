@@ -393,17 +393,22 @@ def test_memoizing_a_model_without_recurrent_nodes_warns_with_what_it_found():
         memotvm.compile(model)  # nothing asked, nothing said
 
 
-def test_kernels_compiled_apart_give_one_modules_results_bit_for_bit():
+@pytest.mark.parametrize("operators_apart", [False, True])
+def test_kernels_compiled_apart_give_one_modules_results_bit_for_bit(operators_apart):
     """The kernels are compiled as modules of their own on a pool of threads (parallel
-    build); built again as one module, as export does, the executable computes the
-    same outputs, bit for bit."""
+    build), and TVM's operators in groups of their own where a model has many; built
+    again as one module, as export does, the executable computes the same outputs,
+    bit for bit."""
     from memotvm.runtime import flat_results, to_numpy
     from memotvm.targets import parallel_build
 
     inputs = feeds("crnn_recognizer")
-    model = memotvm.compile(path("crnn_recognizer"))
+    with mock.patch.object(parallel_build, "_MANY_OPERATORS", 0 if operators_apart else 10 ** 6):
+        model = memotvm.compile(path("crnn_recognizer"))
     library = model.executable.mod.imports[0]
-    assert len(library.imports) >= 3  # the convolutions' and the LSTM's kernels
+    # the convolutions' and the LSTM's kernels, and the operators' groups (two per CPU)
+    groups = 2 * len(memotvm.threads.available_cpus()) if operators_apart else 0
+    assert len(library.imports) >= 3 + groups
     one = parallel_build.linkable(model.executable)
     assert len(one.mod.imports[0].imports) == 0
     vm = relax.VirtualMachine(one, tvm.cpu())

@@ -8,7 +8,9 @@ convolution kernels about 1.2 s each.  TVM releases the GIL while it compiles, s
 :func:`build_executable` compiles each of memotvm's own kernels (recurrent loops and the
 host kernels of :mod:`.host_gemm`, :mod:`.host_conv` and :mod:`.host_math`) as an LLVM
 module of its own, the rest with the executable's ``main``, on a pool of threads, one
-per CPU, and generates the machine code in the same threads.
+per CPU, and generates the machine code in the same threads.  TVM's own operators
+compile with ``main`` too, but in groups of their own where a model has many
+(:func:`_operator_groups`).
 
 ``main`` calls a kernel of its own module by its C symbol; a kernel of another module
 it calls by name (an extern function), which the runtime looks up in the modules
@@ -42,17 +44,23 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target, relax_pipelin
     with target:
         lowered = relax_pipeline(mod)
     separate = {gv.name_hint for gv, func in lowered.functions_items() if _own_module(func)}
-    mod = _calls_by_name(lowered, separate)
+    groups = _operator_groups(lowered, separate)
+    mod = _calls_by_name(lowered, separate | {name for group in groups for name in group})
     if mod is None:  # a kernel referred to otherwise than called: one module, as TVM builds
         return _one_module(lowered, target, tir_pipeline)
     attrs = dict(mod.attrs) if mod.attrs else {}
     builder = relax.ExecBuilder()
+    grouped = {name for group in groups for name in group}
     rest = vm_build._vmcodegen(builder, tvm.IRModule(
-        {gv: func for gv, func in mod.functions_items() if gv.name_hint not in separate},
+        {gv: func for gv, func in mod.functions_items()
+         if gv.name_hint not in separate and gv.name_hint not in grouped},
         attrs=mod.attrs), "compiled")
     kernels = {gv: func for gv, func in mod.functions_items() if gv.name_hint in separate}
+    by_name = {gv.name_hint: (gv, func) for gv, func in mod.functions_items()}
     main = {gv: func for gv, func in rest.functions_items() if isinstance(func, tirx.PrimFunc)}
-    jobs = [main] + [{gv: func} for gv, func in kernels.items()]
+    # (the operator groups first: each takes longer than any one kernel)
+    jobs = [main] + [dict(by_name[name] for name in group) for group in groups] \
+        + [{gv: func} for gv, func in kernels.items()]
     context = tvm.transform.PassContext.current()
 
     def compile_job(funcs: dict):
@@ -95,6 +103,25 @@ def _one_module(lowered: tvm.IRModule, target, tir_pipeline: str) -> relax.VMExe
     """The executable of the lowered module as ``relax.build`` makes it: one LLVM module."""
     return vm_build.build(lowered, target, relax_pipeline=None, tir_pipeline=tir_pipeline,
                           exec_mode="compiled")
+
+
+# TVM's own operators are compiled with main, unless a model has more of them than
+# this: then in groups, on the pool (a text detector with 142 of them, most over a
+# symbolic height and width, spent 54 s compiling main on one thread).  Below it, each
+# call of one stays a direct call within main's module.
+_MANY_OPERATORS = 32
+
+
+def _operator_groups(mod: tvm.IRModule, separate: set) -> list:
+    """The names of the PrimFuncs not in ``separate`` (TVM's legalized operators), in
+    groups of about equal size, two per CPU, where there are more than
+    :data:`_MANY_OPERATORS` of them; else none (they compile with main)."""
+    names = sorted(gv.name_hint for gv, func in mod.functions_items()
+                   if isinstance(func, tirx.PrimFunc) and gv.name_hint not in separate)
+    if len(names) <= _MANY_OPERATORS:
+        return []
+    count = 2 * len(available_cpus())
+    return [group for group in (names[k::count] for k in range(count)) if group]
 
 
 def _own_module(func) -> bool:
