@@ -9,7 +9,7 @@ import warnings
 from .frontend import BUILD_LOCK, from_onnx
 from tvm import relax
 
-from .errors import ConfigError, NothingToMemoizeWarning
+from .errors import ConfigError, MemoTVMError, NothingToMemoizeWarning, UnsupportedModelError
 from .passes import MemoConfig, MemoizeRecurrentLoops
 from .passes.memoize import check_supported
 from .passes.precision import ReduceWeightPrecision, RoundProductWeights, check_precision
@@ -77,13 +77,29 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
             mod = MemoizeRecurrentLoops(config, tunable=tunable)(mod)
         elif tunable:
             raise ConfigError("tunable=True needs a memo configuration")
-        model = backend.build(imported, mod, memo=config, **options)
+        model = _built(backend, imported, mod, config, options)
         model.tunable = tunable
         model.precision = reduced if reduced is not None else PrecisionConfig()
         model.threads = threads
         model.adaptive_threads = bool(adaptive_threads)
     _release_freed_memory()
     return model
+
+
+def _built(backend, imported, mod, config, options):
+    """``backend.build`` of the imported model, a failure inside TVM's lowering named as
+    such (an ``UnsupportedModelError``, its cause chained) rather than TVM's own error
+    from deep in a pass."""
+    try:
+        return backend.build(imported, mod, memo=config, **options)
+    except MemoTVMError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TVM's passes raise anything
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        detail = lines[-1].strip() if lines else type(err).__name__
+        raise UnsupportedModelError(
+            f"TVM could not compile this model after importing it ({type(err).__name__}: {detail}); "
+            "memotvm does not handle something in it yet: please report it with the model") from err
 
 
 def with_file_precision(memo, precision):

@@ -329,3 +329,20 @@ def test_cli_entry_point_runs_as_a_process(tmp_path, torch_fixture):
     with np.load(tmp_path / "out.npz") as got:
         for name, e in zip([o.name for o in model.graph.output], expected):
             np.testing.assert_allclose(got[name], e, atol=1e-5, rtol=0)
+
+
+def test_a_failure_inside_tvms_lowering_is_named(lstm):
+    """TVM's passes raise their own errors from deep inside (FuseTIR's "Inconsistent
+    buffers ..." met a model before its cause was fixed): compile names it as a model
+    memotvm cannot compile yet, with TVM's error chained."""
+    import tvm
+    from unittest import mock
+
+    from memotvm.targets.cpu import CpuBackend
+
+    failure = tvm.error.InternalError("Traceback ...\nCheck failed: (a == b) is false: Inconsistent buffers")
+    with mock.patch.object(CpuBackend, "build", side_effect=failure):
+        with pytest.raises(memotvm.UnsupportedModelError, match=r"TVM could not compile this model "
+                           r"after importing it \(InternalError: Check failed: .*Inconsistent buffers\)") as info:
+            memotvm.compile(lstm[0])
+    assert info.value.__cause__ is failure
