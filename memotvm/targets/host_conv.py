@@ -22,7 +22,8 @@ Position by position otherwise (a stream's frames, often one a call):
 * an im2col kernel copies the windows into ``cols`` [N x output positions, C x taps];
 * ``cols @ W^T`` (W reshaped to [O, C x taps], transposed at compile time) is an
   ordinary matmul by a constant, which :mod:`.host_gemm` then packs and register-blocks;
-* a reshape and a transpose give the NCW/NCHW result.
+* a reshape and a transpose give the NCW/NCHW result; where an image's height is
+  symbolic, one kernel transposes the rows into NCHW (:func:`build_rows_to_nchw`).
 
 Each output is the same sum of products as the loop nest's, in order of (channel, tap),
 so results agree to rounding (and the two forms exactly).  The weights are stored at the
@@ -121,6 +122,28 @@ def build_im2col(shape, taps, strides, padding, dilation) -> tirx.PrimFunc:
                             col = col * i64(taps[a]) + t[a]
                         value = tirx.Select(inside, x[(n, c, *index)], tirx.const(0.0, "float32"))
                         T.buffer_store(out, value, [r, col])
+    return ib.get()
+
+
+def build_rows_to_nchw(channels: int) -> tirx.PrimFunc:
+    """y[n, c, h, w] = rows[(n * H + h) * W + w, c]: the product of :func:`build_im2col`
+    and the weights (a row per output position) in NCHW, for an image whose height is
+    symbolic.  There TVM's reshape of the rows to [N, H, W, C] was a copy of its own
+    (its index arithmetic over two symbolic sizes hid that it is a view), which took
+    1.4-2.1 s to compile, before the transpose; this is the transpose alone."""
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(f"rows_to_nchw_{channels}")
+            T.func_attr({"tir.noalias": True, HOST_KERNEL: True, "op_pattern": 8})
+            batch, height, width = (tirx.Var(v, "int64") for v in ("batch", "height", "width"))
+            # (its own size: the rows are batch * height * width, as Relax's shapes say)
+            count = tirx.Var("rows", "int64")
+            rows = T.match_buffer(T.arg("rows", T.handle()), (count, i64(channels)), "float32")
+            y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels), height, width), "float32")
+            with T.sblock("root"), T.parallel(0, batch * height) as task:
+                n, h = task // height, task % height
+                with T.grid(i64(channels), width) as (c, x):
+                    T.buffer_store(y, rows[task * width + x, c], [n, c, h, x])
     return ib.get()
 
 
@@ -410,6 +433,12 @@ class _ConvRewriter(relax.PyExprMutator):
             self.kernels[key], [x], out_ty=relax.TensorType([rows, w[0].size], "float32")))
         weight = relax.const(np.ascontiguousarray(w.reshape(w.shape[0], -1).T), "float32")
         product = self.builder_.emit(relax.op.matmul(cols, weight))
+        if symbolic and nd == 2:
+            rows_key = ("rows_to_nchw", w.shape[0])
+            if rows_key not in self.kernels:
+                self.kernels[rows_key] = add_kernel(self.builder_, build_rows_to_nchw(w.shape[0]))
+            return relax.call_tir(self.kernels[rows_key], [product],
+                                  out_ty=relax.TensorType([batch, w.shape[0], *outs], "float32"))
         by_position = self.builder_.emit(
             relax.op.reshape(product, relax.ShapeExpr([batch, *outs, w.shape[0]])))
         return relax.op.permute_dims(by_position, [0, nd + 1, *range(1, nd + 1)])
