@@ -52,6 +52,7 @@ from ..kernels import i64
 from ..passes._relax_util import add_kernel, rewrite_functions
 from ..kernels.tiling import vector_lanes
 from ..passes.precision import PRODUCTS_ATTR
+from ..passes.shape_checks import simplified
 from ..precision import STORAGE, store_weights
 from .host_gemm import ROW_BLOCK, ROW_CHUNK, for_panel, panel_count, register_block
 from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
@@ -416,8 +417,7 @@ class _ConvRewriter(relax.PyExprMutator):
         # (simplified, as Relax's own shape inference does: a 1 x 1 convolution's
         # ((h - 1) // 1 + 1) left as written made its consumers' buffers differ in
         # form from the same tensor's elsewhere, which FuseTIR refuses)
-        analyzer = tvm.sym.Analyzer()
-        outs = [int(o) if isinstance(o, tirx.IntImm) else analyzer.simplify(o)
+        outs = [int(o) if isinstance(o, tirx.IntImm) else simplified(o)
                 for o in output_sizes(spatial, taps, strides, padding, dilation)]
         key = ((int(channels), *static), tuple(taps), tuple(strides), tuple(padding), tuple(dilation))
         symbolic = None in static[:-1]

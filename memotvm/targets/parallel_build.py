@@ -45,12 +45,12 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target, relax_pipelin
         lowered = relax_pipeline(mod)
     separate = {gv.name_hint for gv, func in lowered.functions_items() if _own_module(func)}
     groups = _operator_groups(lowered, separate)
-    mod = _calls_by_name(lowered, separate | {name for group in groups for name in group})
+    grouped = {name for group in groups for name in group}
+    mod = _calls_by_name(lowered, separate | grouped)
     if mod is None:  # a kernel referred to otherwise than called: one module, as TVM builds
         return _one_module(lowered, target, tir_pipeline)
     attrs = dict(mod.attrs) if mod.attrs else {}
     builder = relax.ExecBuilder()
-    grouped = {name for group in groups for name in group}
     rest = vm_build._vmcodegen(builder, tvm.IRModule(
         {gv: func for gv, func in mod.functions_items()
          if gv.name_hint not in separate and gv.name_hint not in grouped},
