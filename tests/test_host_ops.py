@@ -334,9 +334,11 @@ def _conv64(x, w, pads, strides, dilations):
 # Channel by channel (memotvm.targets.host_conv.build_conv_matmul): static sizes with
 # many panels and a partial last vector, strides, dilations and asymmetric padding in
 # both axes; a symbolic width run at several widths (down to a single position, and one
-# whose positions end inside a vector); a long 1-d convolution; weights stored as
-# bfloat16 and int8 (the reference convolves the weights they hold).
+# whose positions end inside a vector); a symbolic height and width (an image), and a
+# pointwise convolution over them (its im2col a copy); a long 1-d convolution; weights
+# stored as bfloat16 and int8 (the reference convolves the weights they hold).
 @pytest.mark.parametrize("case,precision", [("2d_static", "fp32"), ("2d_width", "fp32"), ("1d_static", "fp32"),
+                                            ("2d_image", "fp32"), ("2d_pointwise", "fp32"),
                                             ("2d_width", "bf16"), ("2d_static", "int8")])
 def test_convolutions_channel_by_channel(case, precision):
     from memotvm.precision import store_weights
@@ -348,10 +350,15 @@ def test_convolutions_channel_by_channel(case, precision):
         w = rng.standard_normal((9, 4, 5)).astype(np.float32)
         attrs = dict(pads=[4, 2], strides=[2], dilations=[3])
         dims, widths = ["N", 4, 300], [300]
+    elif case == "2d_pointwise":
+        w = rng.standard_normal((10, 6, 1, 1)).astype(np.float32)
+        attrs = dict(pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
+        dims, widths = ["N", 6, "H", "W"], [(1, 1), (3, 5), (16, 9), (20, 33)]
     else:
         w = rng.standard_normal((10, 3, 3, 2)).astype(np.float32)
         attrs = dict(pads=[1, 0, 2, 1], strides=[1, 2], dilations=[2, 1])
-        dims, widths = (["N", 3, 21, 70], [70]) if case == "2d_static" else (["N", 3, 21, "W"], [1, 2, 15, 70])
+        dims, widths = {"2d_static": (["N", 3, 21, 70], [70]), "2d_width": (["N", 3, 21, "W"], [1, 2, 15, 70]),
+                        "2d_image": (["N", 3, "H", "W"], [(2, 1), (3, 7), (9, 16), (21, 70)])}[case]
     b = rng.standard_normal(w.shape[0]).astype(np.float32)
     model = _model([helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)],
                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], {"w": w, "b": b}, None)
@@ -364,7 +371,8 @@ def test_convolutions_channel_by_channel(case, precision):
     held = stored.values.astype(np.float32) * (1 if stored.scales is None else stored.scales[:, None])
     w = held.reshape(w.shape).astype(np.float32)
     for width in widths:
-        x = rng.standard_normal((2, *dims[1:-1], width)).astype(np.float32)
+        spatial = width if isinstance(width, tuple) else (*dims[2:-1], width)
+        x = rng.standard_normal((2, dims[1], *spatial)).astype(np.float32)
         got = compiled.run({"x": x})[0]
         pads, strides, dilations = attrs["pads"], attrs["strides"], attrs["dilations"]
         expected = _conv64(x, w, pads, strides, dilations) + b.reshape(-1, *[1] * (x.ndim - 2))
@@ -373,3 +381,70 @@ def test_convolutions_channel_by_channel(case, precision):
                                         + np.abs(b).reshape(-1, *[1] * (x.ndim - 2))) + 1e-30
         assert got.shape == expected.shape
         assert (np.abs(got - expected) <= bound).all(), (width, np.abs(got - expected).max())
+
+
+def _conv_transpose64(x, w, pads, strides, dilations, output_padding):
+    """Transposed convolution (one group, NCW/NCHW, W [C, O, *taps]) in float64, from
+    its definition: every input position scatters W times itself over its taps."""
+    nd = x.ndim - 2
+    ins, taps = x.shape[2:], w.shape[2:]
+    outs = [(ins[a] - 1) * strides[a] - pads[a] - pads[nd + a] + dilations[a] * (taps[a] - 1)
+            + output_padding[a] + 1 for a in range(nd)]
+    full = [max((ins[a] - 1) * strides[a] + dilations[a] * (taps[a] - 1) + 1, pads[a] + outs[a])
+            for a in range(nd)]
+    y = np.zeros((x.shape[0], w.shape[1], *full))
+    for t in np.ndindex(*taps):
+        place = tuple(slice(t[a] * dilations[a], t[a] * dilations[a] + strides[a] * (ins[a] - 1) + 1, strides[a])
+                      for a in range(nd))
+        y[(slice(None), slice(None), *place)] += np.einsum(
+            "nc...,co->no...", x.astype(np.float64), w[(slice(None), slice(None), *t)].astype(np.float64))
+    return y[(slice(None), slice(None), *[slice(pads[a], pads[a] + outs[a]) for a in range(nd)])]
+
+
+# Transposed convolutions (memotvm.targets.host_conv_transpose): a detector's 2 x 2
+# upsampling of stride 2 over a symbolic height and width; overlapping taps with
+# asymmetric padding and output padding; a dilation and strides that differ per axis;
+# 1-d over a symbolic length and over one frame with output padding past the last tap
+# (positions no tap reaches stay zero).  Against the definition in float64: each output
+# is a sum of at most C x taps float32 products, hence the bound.
+@pytest.mark.parametrize("case", [
+    dict(w=(24, 8, 2, 2), strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1], out_pad=[0, 0],
+         dims=["N", 24, "H", "W"], sizes=[(1, 1), (20, 17), (40, 40)]),
+    dict(w=(5, 3, 3, 3), strides=[2, 2], pads=[1, 0, 1, 2], dilations=[1, 1], out_pad=[1, 0],
+         dims=["N", 5, "H", "W"], sizes=[(2, 3), (7, 9)]),
+    dict(w=(5, 3, 3, 2), strides=[1, 3], pads=[0, 1, 2, 0], dilations=[2, 1], out_pad=[0, 2],
+         dims=[2, 5, 7, 9], sizes=[(7, 9)]),
+    dict(w=(6, 4, 4), strides=[2], pads=[1, 1], dilations=[1], out_pad=[0],
+         dims=["N", 6, "T"], sizes=[(1,), (11,), (64,)]),
+    dict(w=(6, 4, 5), strides=[3], pads=[0, 2], dilations=[2], out_pad=[2],
+         dims=[1, 6, 1], sizes=[(1,)]),
+], ids=["upsample_2x2", "overlapping", "dilated", "1d_length", "1d_one_frame"])
+def test_transposed_convolutions_as_products_and_col2im(case):
+    from memotvm.targets.cpu import host_target
+    from memotvm.targets.host_conv import ConvolutionsAsMatmuls
+
+    rng = np.random.default_rng(len(case["sizes"]) + case["w"][0])
+    w = rng.standard_normal(case["w"]).astype(np.float32)
+    b = rng.standard_normal(w.shape[1]).astype(np.float32)
+    attrs = dict(strides=case["strides"], pads=case["pads"], dilations=case["dilations"],
+                 output_padding=case["out_pad"])
+    model = _model([helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, case["dims"])], {"w": w, "b": b}, None)
+    with host_target():
+        rewritten = ConvolutionsAsMatmuls()(from_onnx(model).mod)
+    names = [str(gv.name_hint) for gv, _ in rewritten.functions_items()]
+    assert any(n.startswith("col2im") for n in names) and not any("transpose" in n for n in names), names
+    compiled = memotvm.compile(model)
+    bias = b.reshape(-1, *[1] * (len(case["dims"]) - 2))
+    for sizes in case["sizes"]:
+        x = rng.standard_normal((2 if case["dims"][0] == "N" else case["dims"][0], w.shape[0], *sizes)) \
+            .astype(np.float32)
+        got = compiled.run({"x": x})[0]
+        reference = (case["pads"], case["strides"], case["dilations"], case["out_pad"])
+        expected = _conv_transpose64(x, w, *reference) + bias
+        bound = (w.shape[0] * np.prod(w.shape[2:]) + 1) * 2.0 ** -24 * (
+            _conv_transpose64(np.abs(x), np.abs(w), *reference) + np.abs(bias)) + 1e-30
+        assert got.shape == expected.shape
+        assert (np.abs(got - expected) <= bound).all(), (sizes, np.abs(got - expected).max())
+    np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+

@@ -7,8 +7,8 @@ convolution over 5 frames: 88 us of a 140 us call).  ``ConvolutionsAsMatmuls`` r
 each float32 convolution whose weight is a constant and whose channels are static (one
 group, NCW/NCHW layouts) in one of two forms.
 
-Channel by channel, where every spatial size but the last is static and the output
-positions per image make vectors (:func:`by_channel`: an image, a long sequence):
+Channel by channel, where the output positions per image make vectors
+(:func:`by_channel`: an image, of static or symbolic sizes; a long sequence):
 
 * an im2col kernel copies the input windows into ``cols`` [N, C x kernel taps, output
   positions] (zeros for the padding), each row a run of the input;
@@ -27,8 +27,9 @@ Position by position otherwise (a stream's frames, often one a call):
 
 Each output is the same sum of products as the loop nest's, in order of (channel, tap),
 so results agree to rounding (and the two forms exactly).  The weights are stored at the
-module's products precision (:mod:`memotvm.passes.precision`).  Grouped (depthwise)
-convolutions, symbolic channels and other layouts keep TVM's lowering.
+module's products precision (:mod:`memotvm.passes.precision`).  Transposed convolutions
+are the channel-by-channel product and a col2im (:mod:`.host_conv_transpose`).  Grouped
+(depthwise) convolutions, symbolic channels and other layouts keep TVM's lowering.
 
 On the CRNN recognizer fixture (three convolutions over a 32 x W image), channel by
 channel took its call from 305 to 256 us with a symbolic width and from 333 to 238 us
@@ -54,10 +55,12 @@ from ..kernels.tiling import vector_lanes
 from ..passes.precision import PRODUCTS_ATTR
 from ..passes.shape_checks import simplified
 from ..precision import STORAGE, store_weights
+from .host_conv_transpose import build_col2im
 from .host_gemm import ROW_BLOCK, ROW_CHUNK, for_panel, panel_count, register_block
 from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
 
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW")}
+_TRANSPOSED_LAYOUTS = {1: ("NCW", "IOW"), 2: ("NCHW", "IOHW")}
 
 
 def output_sizes(spatial, taps, strides, padding, dilation) -> list:
@@ -161,31 +164,35 @@ def padded_positions(positions):
     return padded + lanes if padded % 64 == 0 else padded
 
 
-def by_channel(static_positions: int, symbolic: bool) -> bool:
+def by_channel(static_positions: int, symbolic: int) -> bool:
     """Whether a convolution is computed channel by channel (:func:`build_conv_matmul`),
-    given the product of its static output sizes per image and whether its last
-    spatial size is symbolic (an image's width, taken to be long).  Static, it takes
-    four vectors of positions: then the padding of the last vector costs less than the
-    transposes of the position-major form.  With a symbolic width, the other sizes must
-    make a vector (a 1-d convolution over a stream's frames, often one frame a call,
-    keeps the position-major form)."""
+    given the product of its static output sizes per image and how many of its spatial
+    sizes are symbolic.  Static, it takes four vectors of positions: then the padding of
+    the last vector costs less than the transposes of the position-major form.  With one
+    symbolic size, the others must make a vector (a 1-d convolution over a stream's
+    frames, often one frame a call, keeps the position-major form).  An image of
+    symbolic height and width is taken to be large."""
+    if symbolic >= 2:
+        return True
     return static_positions >= (1 if symbolic else 4) * vector_lanes()
 
 
 def build_im2col_by_channel(shape, taps, strides, padding, dilation) -> tirx.PrimFunc:
     """cols[n, c * T + t, p] = x[n, c, p * stride + t * dilation - pad] (zero in the
     padding, and from the P output positions up to :func:`padded_positions`), P and T
-    in row-major order.  ``shape`` is x's [channels, *spatial], static but for the last
-    spatial size, which may be None (symbolic); the batch size is a parameter.
+    in row-major order.  ``shape`` is x's [channels, *spatial], None for a symbolic
+    spatial size; the batch size is a parameter.
 
     A task takes one channel of one image: it copies it into a zero-bordered image of
     its own, from which every row of ``cols`` is, along the last axis, a run of a fixed
     length copied in whole vectors (with the padding in x, runs that start or end in
     it had a length of their own and were copied one element at a time: 41 us for a
-    16-channel 3 x 3 convolution over 16 x 32, 6 us this way)."""
+    16-channel 3 x 3 convolution over 16 x 32, 6 us this way).  With one tap, no stride
+    and no padding (a pointwise convolution) a row of ``cols`` is the channel as it is,
+    copied in one run."""
     channels, *static = shape
     nd = len(static)
-    spatial = [i64(v) if v is not None else tirx.Var("width", "int64") for v in static]
+    spatial = [i64(v) if v is not None else tirx.Var(f"size{a}", "int64") for a, v in enumerate(static)]
     outs = output_sizes(spatial, taps, strides, padding, dilation)
     positions = math.prod(outs)
     if None in static:
@@ -207,35 +214,55 @@ def build_im2col_by_channel(shape, taps, strides, padding, dilation) -> tirx.Pri
                                  "float32")
             small = None not in static and int(padded) * channels * ntaps < MIN_PARALLEL_WORK
             loop = T.serial if small else T.parallel
-            with T.sblock("root"), loop(0, batch * i64(channels)) as task:
-                n, c = task // i64(channels), task % i64(channels)
-                size = bordered[0]
-                for extent in bordered[1:]:
-                    size = size * extent
-                image = T.alloc_buffer((size,), "float32")
-                _copy_run(image, i64(0), None, None, size)
-                with _loops(spatial[:-1]) as at:
-                    row = i64(0)
-                    for a in range(nd - 1):
-                        row = row * bordered[a] + at[a] + i64(padding[a])
-                    _copy_run(image, row * bordered[-1] + i64(padding[nd - 1]),
-                              lambda i: x[(n, c, *at, i)], None, spatial[-1])
-                with _loops([i64(v) for v in taps]) as t:
-                    kk = c
-                    for a in range(nd):
-                        kk = kk * i64(taps[a]) + t[a]
-                    with _loops(outs[:-1]) as at:
-                        start, row = i64(0), i64(0)
-                        for a in range(nd - 1):
-                            start = start * outs[a] + at[a]
-                            row = row * bordered[a] + at[a] * i64(strides[a]) + t[a] * i64(dilation[a])
-                        first = row * bordered[-1] + t[-1] * i64(dilation[-1])
-                        step = i64(strides[-1])
-                        _copy_run(out, None, lambda i: image[first + i * step], (n, kk, start * outs[-1]),
-                                  outs[-1])
-                    with T.serial(positions, padded) as p:
-                        T.buffer_store(out, zero, [n, kk, p])
+            pointwise = ntaps == 1 and set(strides) == {1} and not any(padding)
+            plane = math.prod(spatial)
+            # (in a root block, as build_im2col's body)
+            with T.sblock("root"):
+                if pointwise:
+                    flat = T.decl_buffer((batch * i64(channels) * plane,), "float32", data=x.data)
+                with loop(0, batch * i64(channels)) as task:
+                    n, c = task // i64(channels), task % i64(channels)
+                    if pointwise:
+                        _copy_run(out, None, lambda i: flat[task * plane + i], (n, c, i64(0)), plane)
+                        with T.serial(positions, padded) as p:
+                            T.buffer_store(out, zero, [n, c, p])
+                    else:
+                        _windows_of_channel(x, out, n, c, spatial, bordered, taps, strides, padding,
+                                            dilation, outs, positions, padded)
     return ib.get()
+
+
+def _windows_of_channel(x, out, n, c, spatial, bordered, taps, strides, padding, dilation,
+                        outs, positions, padded):
+    """The rows of ``cols`` of channel c of image n (see :func:`build_im2col_by_channel`)."""
+    nd = len(spatial)
+    zero = tirx.const(0.0, "float32")
+    size = bordered[0]
+    for extent in bordered[1:]:
+        size = size * extent
+    image = T.alloc_buffer((size,), "float32")
+    _copy_run(image, i64(0), None, None, size)
+    with _loops(spatial[:-1]) as at:
+        row = i64(0)
+        for a in range(nd - 1):
+            row = row * bordered[a] + at[a] + i64(padding[a])
+        _copy_run(image, row * bordered[-1] + i64(padding[nd - 1]),
+                  lambda i: x[(n, c, *at, i)], None, spatial[-1])
+    with _loops([i64(v) for v in taps]) as t:
+        kk = c
+        for a in range(nd):
+            kk = kk * i64(taps[a]) + t[a]
+        with _loops(outs[:-1]) as at:
+            start, row = i64(0), i64(0)
+            for a in range(nd - 1):
+                start = start * outs[a] + at[a]
+                row = row * bordered[a] + at[a] * i64(strides[a]) + t[a] * i64(dilation[a])
+            first = row * bordered[-1] + t[-1] * i64(dilation[-1])
+            step = i64(strides[-1])
+            _copy_run(out, None, lambda i: image[first + i * step], (n, kk, start * outs[-1]),
+                      outs[-1])
+        with T.serial(positions, padded) as p:
+            T.buffer_store(out, zero, [n, kk, p])
 
 
 @contextlib.contextmanager
@@ -277,14 +304,14 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     which multiply their sums): the output channels are the rows of
     :func:`.host_gemm.register_block` (W broadcast) and the positions p its columns (one
     vector load of cols), so the result is NCW/NCHW as it is stored.  ``outs``: the
-    output sizes, the last one None where it is symbolic.  (y is written in its own
+    output sizes, None where symbolic.  (y is written in its own
     shape: a reshape after the kernel over a symbolic width failed in TVM's lowering.)"""
     lanes = vector_lanes()
     chunks = -(-channels_out // ROW_CHUNK)
     suffix = "" if weights == "float32" else f"_{weights}"
     label = "x".join("d" if o is None else str(o) for o in outs)
     with host_kernel(f"conv_matmul_{channels_out}x{k}x{label}{suffix}") as (ib, batch):
-        sizes = [i64(o) if o is not None else tirx.Var("width", "int64") for o in outs]
+        sizes = [i64(o) if o is not None else tirx.Var(f"size{a}", "int64") for a, o in enumerate(outs)]
         count = sizes[0]
         for size in sizes[1:]:
             count = count * size
@@ -380,6 +407,8 @@ class _ConvRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.precision = precision
         self.convs = {tvm.ir.Op.get("relax.nn.conv1d"): 1, tvm.ir.Op.get("relax.nn.conv2d"): 2}
+        self.transposed = {tvm.ir.Op.get("relax.nn.conv1d_transpose"): 1,
+                           tvm.ir.Op.get("relax.nn.conv2d_transpose"): 2}
         self.kernels = {}
 
     def _constant(self, expr):
@@ -389,21 +418,24 @@ class _ConvRewriter(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        nd = self.convs.get(call.op)
+        nd = self.convs.get(call.op) or self.transposed.get(call.op)
         if nd is None:
             return call
         attrs = call.attrs
         x, w_expr = call.args
         w = self._constant(w_expr)
         info = x.ty
+        layouts = _LAYOUTS[nd] if call.op in self.convs else _TRANSPOSED_LAYOUTS[nd]
         if w is None or w.dtype != np.float32 or int(attrs.groups) != 1 \
-                or (str(attrs.data_layout), str(attrs.kernel_layout)) != _LAYOUTS[nd] \
-                or str(attrs.out_layout) != _LAYOUTS[nd][0] \
+                or (str(attrs.data_layout), str(attrs.kernel_layout)) != layouts \
+                or str(attrs.out_layout) != layouts[0] \
                 or attrs.out_dtype not in (None, "", "float32") \
                 or not isinstance(info, relax.TensorType) or info.dtype != "float32" \
                 or not isinstance(info.shape, relax.ShapeExpr) \
                 or not isinstance(info.shape.values[1], tirx.IntImm):
             return call
+        if call.op in self.transposed:
+            return self._transposed(call, x, w, info, attrs)
         # The batch size and spatial sizes may be symbolic; the channels are static.
         batch, channels, *spatial = info.shape.values
         static = [int(d) if isinstance(d, tirx.IntImm) else None for d in spatial]
@@ -420,10 +452,9 @@ class _ConvRewriter(relax.PyExprMutator):
         outs = [int(o) if isinstance(o, tirx.IntImm) else simplified(o)
                 for o in output_sizes(spatial, taps, strides, padding, dilation)]
         key = ((int(channels), *static), tuple(taps), tuple(strides), tuple(padding), tuple(dilation))
-        symbolic = None in static[:-1]
-        if not symbolic and by_channel(math.prod(o for o in outs if isinstance(o, int)),
-                                       static[-1] is None):
+        if by_channel(math.prod(o for o in outs if isinstance(o, int)), static.count(None)):
             return self._by_channel(x, w, key, batch, outs)
+        symbolic = None in static[:-1]
         if key not in self.kernels:
             self.kernels[key] = add_kernel(self.builder_, build_im2col(*key))
         rows = batch
@@ -443,11 +474,41 @@ class _ConvRewriter(relax.PyExprMutator):
             relax.op.reshape(product, relax.ShapeExpr([batch, *outs, w.shape[0]])))
         return relax.op.permute_dims(by_position, [0, nd + 1, *range(1, nd + 1)])
 
+    def _transposed(self, call, x, w, info, attrs):
+        """A transposed convolution as the channel-by-channel product of x by W^T and
+        :func:`.host_conv_transpose.build_col2im` (see that module)."""
+        batch, channels, *spatial = info.shape.values
+        out_info = call.ty
+        if w.shape[0] != int(channels) or not isinstance(out_info, relax.TensorType) \
+                or not isinstance(out_info.shape, relax.ShapeExpr):
+            return call
+        nd = len(spatial)
+        static = [int(d) if isinstance(d, tirx.IntImm) else None for d in spatial]
+        if 0 in static:
+            return call
+        taps = [int(v) for v in w.shape[2:]]
+        strides = [int(v) for v in attrs.strides]
+        padding = [int(v) for v in attrs.padding]
+        dilation = [int(v) for v in attrs.dilation]
+        channels_out = w.shape[1]
+        # W [C, O, *taps] as the rows [O x taps, C] that multiply the input's channels
+        rows = np.ascontiguousarray(np.moveaxis(w, 0, -1).reshape(-1, w.shape[0]))
+        identity = ((int(channels), *static), (1,) * nd, (1,) * nd, (0,) * (2 * nd), (1,) * nd)
+        sizes = [d if v is None else v for v, d in zip(static, spatial)]
+        products = self.builder_.emit(self._by_channel(x, rows, identity, batch, sizes))
+        key = ("col2im", channels_out, tuple(static), tuple(taps), tuple(strides), tuple(padding),
+               tuple(dilation))
+        if key not in self.kernels:
+            self.kernels[key] = add_kernel(self.builder_, build_col2im(
+                channels_out, static, taps, strides, padding, dilation))
+        return relax.call_tir(self.kernels[key], [products], out_ty=out_info)
+
     def _by_channel(self, x, w, key, batch, outs):
         """The convolution as :func:`build_im2col_by_channel` and
         :func:`build_conv_matmul`, its weight stored at the module's products precision
-        (``outs``: the output sizes, the last one possibly symbolic)."""
-        channels_out, k = w.shape[0], w[0].size
+        (``outs``: the output sizes, some possibly symbolic)."""
+        w = w.reshape(w.shape[0], -1)
+        channels_out, k = w.shape
         positions = outs[0]
         for size in outs[1:]:
             positions = positions * size
