@@ -448,3 +448,39 @@ def test_transposed_convolutions_as_products_and_col2im(case):
         assert (np.abs(got - expected) <= bound).all(), (sizes, np.abs(got - expected).max())
     np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
+
+def _conv_transpose_model(dims, **attrs):
+    w = np.random.default_rng(3).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    return _model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", **attrs)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], {"w": w}, None)
+
+
+# output_shape (which TVM's converter ignored: a 9 x 9 output where 10 x 8 was asked)
+# sets the pads, the extra at the start unless auto_pad is SAME_UPPER, or zeros at the
+# end where it asks for up to a stride more than the taps reach; as onnxruntime.
+@pytest.mark.parametrize("auto_pad", ["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("output_shape", [[10, 8], [9, 9], [8, 7], [10, 10]])
+def test_conv_transpose_output_shape_sets_the_pads_as_onnxruntime_does(auto_pad, output_shape):
+    model = _conv_transpose_model([1, 4, 4, 4], strides=[2, 2], output_shape=output_shape, auto_pad=auto_pad)
+    x = np.random.default_rng(4).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    got = memotvm.compile(model).run({"x": x})[0]
+    expected = run_onnxruntime(model, {"x": x})[0]
+    assert got.shape == expected.shape == (1, 3, *output_shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_refusals_name_the_node_and_why():
+    from memotvm.errors import InputError, UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"node 'up' \(ConvTranspose\): output_shape \[11, 9\] is "
+                                                    r"inconsistent .* axis 2 can be at most 10 long"):
+        memotvm.compile(_conv_transpose_model([1, 4, 4, 4], strides=[2, 2], output_shape=[11, 9]))
+    with pytest.raises(UnsupportedModelError, match=r"output_shape \[8, 7\] with input sizes \(H, 4\) not known "
+                                                    r"at compile time; fix them \(--shape\)"):
+        memotvm.compile(_conv_transpose_model(["N", 4, "H", 4], strides=[2, 2], output_shape=[8, 7]))
+    # Padding that crops more than the taps add leaves a short input no output position.
+    model = memotvm.compile(_conv_transpose_model(["N", 4, "H", 4], pads=[3, 3, 0, 0]))
+    assert model.run({"x": np.ones((1, 4, 2, 4), np.float32)})[0].shape == (1, 3, 1, 3)
+    with pytest.raises(InputError, match=r"ConvTranspose node 'up': axis 2 of its input \(1, 4, 1, 4\) must be "
+                                         r"at least 2 long: its padding 3 \+ 0 crops every output position"):
+        model.run({"x": np.ones((1, 4, 1, 4), np.float32)})

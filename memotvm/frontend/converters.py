@@ -263,6 +263,83 @@ class SpecConverters:
 
         return checked(self.bb, x, [dims[a] for a in axes], asserts, "check_window")
 
+    def _conv_transpose(self, op_name, name, inputs, attrs, opset):
+        """ConvTranspose with ``output_shape`` (TVM's converter ignores it: a silently
+        different output), made explicit pads and output padding as ONNX defines them;
+        and over symbolic sizes, the input checked at run time to be long enough for an
+        output position where the padding crops more than the taps add."""
+        x = inputs[0]
+        if not isinstance(x.ty, relax.TensorType) or not isinstance(x.ty.shape, relax.ShapeExpr):
+            return None
+        dims = list(x.ty.shape.values)[2:]
+        nd = len(dims)
+        kernel = attrs.get("kernel_shape")
+        weight_shape = getattr(getattr(inputs[1], "ty", None), "shape", None)
+        if kernel is None and isinstance(weight_shape, relax.ShapeExpr):
+            kernel = [int(k) if isinstance(k, tvm.tirx.IntImm) else None for k in weight_shape.values[2:]]
+        if kernel is None or None in kernel or len(kernel) != nd:
+            return None
+        strides = list(attrs.get("strides", [1] * nd))
+        dilations = list(attrs.get("dilations", [1] * nd))
+        extra = list(attrs.get("output_padding", [0] * nd))
+        if "output_shape" in attrs:
+            attrs = self._pads_of_output_shape(name, dims, kernel, strides, dilations, extra, attrs)
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad == "NOTSET":
+            pads = list(attrs.get("pads", [0] * 2 * nd))
+            extra = list(attrs.get("output_padding", [0] * nd))
+            # out = (n - 1) * stride + span + extra - pads >= 1
+            least = {a: 1 - (-(pads[a] + pads[nd + a] - dilations[a] * (kernel[a] - 1) - extra[a])
+                             // strides[a]) for a in range(nd) if not isinstance(dims[a], tvm.tirx.IntImm)}
+            axes = [a for a, n in least.items() if n > 1]
+            if axes:
+                shown = shape_text(x.ty.shape.values)
+
+                def asserts(_x, v):
+                    for i, a in enumerate(axes):
+                        assert_that(v[i] >= tvm.tirx.const(least[a], "int64"),
+                                    f"{op_name} node '{name}': axis {a + 2} of its input {shown} must be "
+                                    f"at least {least[a]} long: its padding {pads[a]} + {pads[nd + a]} "
+                                    "crops every output position otherwise")
+
+                inputs = _copied(inputs)
+                inputs[0] = checked(self.bb, x, [dims[a] for a in axes], asserts, "check_window")
+        return self.bb.normalize(self._tvm_convert(op_name, inputs, attrs, opset))
+
+    @staticmethod
+    def _pads_of_output_shape(name, dims, kernel, strides, dilations, extra, attrs):
+        """``attrs`` with ``output_shape`` replaced by the pads and output padding that
+        give it (ONNX: total padding = stride * (n - 1) + output_padding + (k - 1) *
+        dilation + 1 - output size, split with the extra at the start unless auto_pad is
+        SAME_UPPER; a larger output than that formula gives has zeros at its end, less
+        than a stride of them, as onnxruntime allows)."""
+        nd = len(dims)
+        wanted = [int(v) for v in attrs["output_shape"]][-nd:]
+        if any(not isinstance(d, tvm.tirx.IntImm) for d in dims):
+            raise UnsupportedModelError(
+                f"node '{name}' (ConvTranspose): output_shape {wanted} with input sizes "
+                f"{shape_text(dims)} not known at compile time; fix them (--shape)")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        upper = (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) == "SAME_UPPER"
+        pads, padding = [0] * 2 * nd, list(extra)
+        for a in range(nd):
+            natural = strides[a] * (int(dims[a]) - 1) + extra[a] + (kernel[a] - 1) * dilations[a] + 1
+            total = natural - wanted[a]
+            if total < 0:
+                if -total >= strides[a]:
+                    raise UnsupportedModelError(
+                        f"node '{name}' (ConvTranspose): output_shape {wanted} is inconsistent "
+                        f"with its input sizes {shape_text(dims)}: axis {a + 2} can be at most "
+                        f"{natural + strides[a] - 1} long")
+                padding[a] = extra[a] - total
+            else:
+                head = total // 2 if upper else total - total // 2
+                pads[a], pads[nd + a] = head, total - head
+        out = {k: v for k, v in attrs.items() if k not in ("output_shape", "auto_pad")}
+        out.update(pads=pads, output_padding=padding)
+        return out
+
     def _slice(self, op_name, name, inputs, attrs, opset):
         if opset < 10:
             return None
@@ -683,7 +760,7 @@ _CONVERTERS = {
     "Conv": "_pooling", "MaxPool": "_pooling", "AveragePool": "_pooling",
     "Dropout": "_inference_dropout", "OneHot": "_one_hot", "ReverseSequence": "_reverse_sequence",
     "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
-    "ConvInteger": "_conv_integer", "Cast": "_cast",
+    "ConvInteger": "_conv_integer", "Cast": "_cast", "ConvTranspose": "_conv_transpose",
     "Softmax": "_coerced_to_2d", "LogSoftmax": "_coerced_to_2d", "Hardmax": "_coerced_to_2d",
 }
 
