@@ -9,6 +9,7 @@ float32), which is the tolerance used, per element.
 
 import numpy as np
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import memotvm
@@ -126,6 +127,76 @@ def test_exp_based_activations(op):
     # denormals below 2^-126, exact to 2^-149); tanh's (1 - e) / (1 + e) near 0 is
     # exact only to an absolute 1e-7 (TVM's own formula).
     np.testing.assert_allclose(got[ok], ref[ok], rtol=4e-7, atol=2.0 ** -148 if op == "Exp" else 1e-7)
+
+
+# erf and GELU as polynomials (no libm call per element), over the edges, both sides of
+# erf's split (0.875) and top (3.92), and ordinary values; GELU as ONNX's Gelu (opset 20)
+# with and without approximate="tanh".
+@pytest.mark.parametrize("op", ["Erf", "Gelu", "Gelu_tanh"])
+def test_erf_and_gelu_as_polynomials(op):
+    import math
+
+    x = np.concatenate([EDGES, np.float32([0.87499994, 0.875, 3.9199998, 3.92, 3.93, -0.874, -1.3, 2.5]),
+                        np.random.default_rng(5).standard_normal(182).astype(np.float32) * 2]).reshape(4, 2, 26)
+    attrs = {"approximate": "tanh"} if op == "Gelu_tanh" else {}
+    model = _model([helper.make_node(op.split("_")[0], ["x"], ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 26])], {}, ["T", "N", 26],
+                   opset=20)
+    compiled = memotvm.compile(model)
+    lowered = compiled.executable.memotvm_lowered[0]
+    assert not any("T.erf(" in f.script() or "T.tanh(" in f.script() for _, f in lowered.functions_items()
+                   if isinstance(f, tvm.tirx.PrimFunc))
+    got = compiled.run({"x": x}, check_finite=False)[0].astype(np.float64)
+    x64 = x.astype(np.float64)
+    erf = np.vectorize(lambda v: math.erf(v) if v == v else v)
+    if op == "Erf":
+        ref = erf(x64)
+    elif op == "Gelu":
+        ref = x64 * 0.5 * (1 + erf(x64 / math.sqrt(2)))
+    else:
+        ref = x64 * 0.5 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64 ** 3)))
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    assert np.array_equal(got[np.isinf(ref)], ref[np.isinf(ref)])
+    ok = np.isfinite(ref)
+    # erf: within 3 ulp (scripts/fit_erf.py measures 1.9 before the roundings of exp);
+    # GELU: those of erf and the products after it, and 1 + erf(x) is exact only to a
+    # few ulp of 1 (x well below 0 leaves a difference of nearly equal numbers), scaled
+    # by x / 2; in the tanh form, tanh's absolute 1e-7 near 0 (test_exp_based_activations).
+    rtol = {"Erf": 3 * 2.0 ** -24, "Gelu": 6 * 2.0 ** -24, "Gelu_tanh": 6 * 2.0 ** -24}[op]
+    atol = {"Erf": 2.0 ** -149, "Gelu": 4 * 2.0 ** -24 * np.abs(x64[ok]), "Gelu_tanh": 1e-7 * np.abs(x64[ok])}[op]
+    assert (np.abs(got[ok] - ref[ok]) <= rtol * np.abs(ref[ok]) + atol).all(), \
+        np.max(np.abs(got[ok] - ref[ok]) / np.abs(ref[ok]).clip(1e-38))
+    # (onnxruntime's GELU rounds 1 + erf or 1 + tanh too: a few ulp of 1 times x / 2)
+    np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=1e-6,
+                               atol=1e-7 if op == "Erf" else 1e-6)
+
+
+# Sums and means over trailing axes (global average pooling over a symbolic map, a
+# reduce over everything to a scalar, over the last axis of a symbolic batch) add their
+# terms in float64: each result is float32's rounding of the exact one; a reduction over
+# a middle axis keeps TVM's loop nest (float32 terms in sequence: a few ulp over 300).
+@pytest.mark.parametrize("op,attrs,dims,shape,rewritten", [
+    ("GlobalAveragePool", {}, ["N", 32, "H", "W"], (2, 32, 160, 161), True),
+    ("ReduceMean", dict(axes=[2, 3], keepdims=1), ["N", 32, "H", "W"], (1, 32, 37, 45), True),
+    ("ReduceSum", dict(keepdims=0), [4, 3000], (4, 3000), True),
+    ("ReduceMean", dict(axes=[-1], keepdims=0), ["N", "T", 300], (2, 7, 300), True),
+    ("ReduceMean", dict(axes=[1], keepdims=0), ["N", 300, 5], (2, 300, 5), False),
+])
+def test_sums_over_trailing_axes_are_rounded_once(op, attrs, dims, shape, rewritten):
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], {}, None)
+    x = (np.random.default_rng(6).standard_normal(shape) + 1).astype(np.float32)
+    compiled = memotvm.compile(model)
+    names = [gv.name_hint for gv, _ in compiled.executable.memotvm_lowered[0].functions_items()]
+    assert any("_last_" in n for n in names) == rewritten, names
+    got = compiled.run({"x": x})[0]
+    axes = (2, 3) if op == "GlobalAveragePool" else tuple(a % x.ndim for a in attrs.get("axes", range(x.ndim)))
+    reduce = np.sum if op == "ReduceSum" else np.mean
+    exact = reduce(x.astype(np.float64), axis=axes, keepdims=bool(attrs.get("keepdims", 1)))
+    assert got.shape == exact.shape
+    ulps = 0.5 if rewritten else 16
+    assert (np.abs(got - exact) <= ulps * np.spacing(np.abs(exact).astype(np.float32))).all(), \
+        np.max(np.abs(got - exact) / np.spacing(np.abs(exact).astype(np.float32)))
 
 
 # Rows of 37 (two vectors and a tail) along the last axis (the row kernel) and along
