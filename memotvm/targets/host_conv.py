@@ -34,7 +34,9 @@ are the channel-by-channel product and a col2im (:mod:`.host_conv_transpose`).  
 On the CRNN recognizer fixture (three convolutions over a 32 x W image), channel by
 channel took its call from 305 to 256 us with a symbolic width and from 333 to 238 us
 with static shapes (medians of 40 calls of each alternated in one process, 2-core AVX2
-EPYC, a busy machine).
+EPYC, a busy machine).  Over a symbolic height and width (RapidOCR's text detector, a
+640 x 640 image, 2-core AVX-512 EPYC) it took the call from 72-74 to 37-38 ms against
+the position-major form, at about 1 s of compile per product kernel (0.1 s static).
 """
 
 from __future__ import annotations
