@@ -248,18 +248,24 @@ class SpecConverters:
         # ceil_mode, its ceiling > -1 (span = dilation * (k - 1) + 1).
         least = {a: dilations[a] * (kernel[a] - 1) + 1 - pads[a] - pads[nd + a]
                  - ((strides[a] - 1) if ceil else 0) for a in axes}
-        axes = [a for a in axes if least[a] > 1]
-        if not axes:
+        least = {a: least[a] for a in axes if least[a] > 1}
+        if not least:
             return None
+        return self._at_least(op_name, name, x, dims, least, lambda a: (
+            f" for its window of {kernel[a]} (dilation {dilations[a]}, padding {pads[a]} + "
+            f"{pads[nd + a]}); it has no output position otherwise"))
+
+    def _at_least(self, op_name, name, x, dims, least, why):
+        """x, checked at run time to be at least ``least[a]`` long along each spatial
+        axis a in ``least`` (``dims``: its spatial sizes); ``why(a)`` ends the message."""
+        axes = list(least)
         shown = shape_text(x.ty.shape.values)
 
         def asserts(_x, v):
             for i, a in enumerate(axes):
                 assert_that(v[i] >= tvm.tirx.const(least[a], "int64"),
                             f"{op_name} node '{name}': axis {a + 2} of its input {shown} must be "
-                            f"at least {least[a]} long for its window of {kernel[a]} (dilation "
-                            f"{dilations[a]}, padding {pads[a]} + {pads[nd + a]}); it has no output "
-                            "position otherwise")
+                            f"at least {least[a]} long{why(a)}")
 
         return checked(self.bb, x, [dims[a] for a in axes], asserts, "check_window")
 
@@ -292,19 +298,11 @@ class SpecConverters:
             # out = (n - 1) * stride + span + extra - pads >= 1
             least = {a: 1 - (-(pads[a] + pads[nd + a] - dilations[a] * (kernel[a] - 1) - extra[a])
                              // strides[a]) for a in range(nd) if not isinstance(dims[a], tvm.tirx.IntImm)}
-            axes = [a for a, n in least.items() if n > 1]
-            if axes:
-                shown = shape_text(x.ty.shape.values)
-
-                def asserts(_x, v):
-                    for i, a in enumerate(axes):
-                        assert_that(v[i] >= tvm.tirx.const(least[a], "int64"),
-                                    f"{op_name} node '{name}': axis {a + 2} of its input {shown} must be "
-                                    f"at least {least[a]} long: its padding {pads[a]} + {pads[nd + a]} "
-                                    "crops every output position otherwise")
-
+            least = {a: n for a, n in least.items() if n > 1}
+            if least:
                 inputs = _copied(inputs)
-                inputs[0] = checked(self.bb, x, [dims[a] for a in axes], asserts, "check_window")
+                inputs[0] = self._at_least(op_name, name, x, dims, least, lambda a: (
+                    f": its padding {pads[a]} + {pads[nd + a]} crops every output position otherwise"))
         return self.bb.normalize(self._tvm_convert(op_name, inputs, attrs, opset))
 
     @staticmethod
