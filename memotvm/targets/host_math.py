@@ -16,7 +16,10 @@ input, summing sequentially (10-20x onnxruntime's error over 4096 classes).
   it, denormals and 0 below), and NaN stays NaN;
 * softmax and log_softmax along the last axis become a row kernel
   (:func:`build_row_softmax`): one task per row, three vectorized passes; along another
-  axis, the same formulas in TVM's loop nests.
+  axis, the same formulas in TVM's loop nests;
+* sums and means over consecutive axes (of 64 terms or more) add in float64 and round
+  once (:func:`build_trailing_reduction`, :func:`build_block_reduction`), where TVM adds
+  float32 terms in sequence.
 """
 
 from __future__ import annotations
@@ -155,8 +158,9 @@ class _RowSoftmaxRewriter(relax.PyExprMutator):
 
 @relax.expr_functor.mutator
 class _TrailingReductionRewriter(relax.PyExprMutator):
-    """sum and mean of float32 over the trailing axes (a global average pooling, a mean
-    over time) -> :func:`build_trailing_reduction`."""
+    """sum and mean of float32 over consecutive axes: the trailing ones (a global
+    average pooling) -> :func:`build_trailing_reduction`, others (a mean over the frames
+    of [N, T, C]) -> :func:`build_block_reduction`."""
 
     def __init__(self, mod):
         super().__init__(mod)
@@ -175,16 +179,18 @@ class _TrailingReductionRewriter(relax.PyExprMutator):
         rank = info.ndim
         axes = sorted({int(a) % rank for a in call.attrs.axis}) if call.attrs.axis is not None \
             else list(range(rank))
-        reduced = rank - axes[0]
+        first, last = axes[0], axes[-1]
         shape = list(info.shape.values)
-        if axes != list(range(axes[0], rank)):
+        if axes != list(range(first, last + 1)):
             return call
-        static = [int(d) for d in shape[axes[0]:] if isinstance(d, tirx.IntImm)]
-        if len(static) == reduced and math.prod(static) < _FEW_TERMS:
+        static = [int(d) for d in shape[first:last + 1] if isinstance(d, tirx.IntImm)]
+        if len(static) == len(axes) and math.prod(static) < _FEW_TERMS:
             return call  # (TVM's loop nest sums so few exactly enough)
-        key = (rank, reduced, bool(call.attrs.keepdims), self.ops[call.op])
+        key = (rank, first, last, bool(call.attrs.keepdims), self.ops[call.op])
         if key not in self.kernels:
-            self.kernels[key] = add_kernel(self.builder_, build_trailing_reduction(*key))
+            build = build_trailing_reduction(rank, rank - first, *key[3:]) if last == rank - 1 \
+                else build_block_reduction(*key)
+            self.kernels[key] = add_kernel(self.builder_, build)
         return relax.call_tir(self.kernels[key], [x], out_ty=call.ty)
 
 
@@ -231,6 +237,63 @@ def build_trailing_reduction(rank: int, reduced: int, keepdims: bool, mean: bool
                     T.buffer_store(total, total[0] + tirx.Cast("float64", flat_x[r * n + k]), [0])
                 value = total[0] / tirx.Cast("float64", n) if mean else total[0]
                 T.buffer_store(flat_y, tirx.Cast("float32", value), [r])
+    return ib.get()
+
+
+# Columns per task of build_block_reduction: four AVX-512 vectors of float32.
+_BLOCK_COLUMNS = 64
+
+
+def build_block_reduction(rank: int, first: int, last: int, keepdims: bool, mean: bool) -> tirx.PrimFunc:
+    """y[o, i] = sum (or mean) over r of x[o, r, i], x viewed as [outer, reduced,
+    inner] (the axes before ``first``, ``first`` to ``last``, those after): one task per
+    outer index and block of :data:`_BLOCK_COLUMNS` inner ones, each adding its block's
+    rows in float64, vectorized along the block (contiguous in x), then rounding once,
+    as :func:`build_trailing_reduction` does."""
+    block = _BLOCK_COLUMNS
+    label = f"{'mean' if mean else 'sum'}_axes_{first}_{last}_of_{rank}{'_keep' if keepdims else ''}"
+    with host_kernel(label) as (ib, _rows):
+        dims = [tirx.Var(f"d{a}", "int64") for a in range(rank)]
+        x = T.match_buffer(T.arg("x", T.handle()), dims, "float32")
+        kept = [i64(1)] * (last + 1 - first) if keepdims else []
+        y = T.match_buffer(T.arg("y", T.handle()), dims[:first] + kept + dims[last + 1:], "float32")
+        outer, count, inner = i64(1), i64(1), i64(1)
+        for a, d in enumerate(dims):
+            if a < first:
+                outer = outer * d
+            elif a <= last:
+                count = count * d
+            else:
+                inner = inner * d
+        blocks = (inner + i64(block - 1)) // i64(block)
+        with T.sblock("root"):
+            flat_x = T.decl_buffer((outer * count * inner,), "float32", data=x.data)
+            flat_y = T.decl_buffer((outer * inner,), "float32", data=y.data)
+            with T.parallel(0, outer * blocks) as task:
+                o, start = task // blocks, task % blocks * i64(block)
+                acc = T.alloc_buffer((block,), "float64")
+                with T.vectorized(0, block) as i:
+                    T.buffer_store(acc, tirx.const(0.0, "float64"), [i])
+
+                def add_rows(columns):
+                    with T.serial(0, count) as r:
+                        with columns() as i:
+                            term = tirx.Cast("float64", flat_x[(o * count + r) * inner + start + i])
+                            T.buffer_store(acc, acc[i] + term, [i])
+
+                def store(columns):
+                    with columns() as i:
+                        total = acc[i] / tirx.Cast("float64", count) if mean else acc[i]
+                        T.buffer_store(flat_y, tirx.Cast("float32", total), [o * inner + start + i])
+
+                whole = start + i64(block) <= inner
+                with T.If(whole):
+                    with T.Then():
+                        add_rows(lambda: T.vectorized(0, block))
+                        store(lambda: T.vectorized(0, block))
+                    with T.Else():
+                        add_rows(lambda: T.serial(0, inner - start))
+                        store(lambda: T.serial(0, inner - start))
     return ib.get()
 
 
@@ -327,8 +390,9 @@ _LEGALIZE = {
 
 @tvm.transform.module_pass(opt_level=0, name="VectorizableMath")
 class VectorizableMath:
-    """Float32 softmax and log_softmax along rows by :func:`build_row_softmax`; float32
-    exp, sigmoid, tanh, erf, GELU and the other softmaxes legalized with vectorizable formulas;
+    """Float32 softmax and log_softmax along rows by :func:`build_row_softmax`, sums and
+    means over consecutive axes in float64; float32 exp, sigmoid, tanh, erf, GELU and the
+    other softmaxes legalized with vectorizable formulas;
     other operators and dtypes are left to TVM's legalization."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
