@@ -72,8 +72,9 @@ def build_col2im(channels_out: int, inputs: list, taps, strides, padding, dilati
                 at = [n, o] if row is None else [n, o, row]
                 with T.serial(0, outs[-1]) as x:
                     T.buffer_store(y, tirx.const(0.0, "float32"), [*at, x])
-                for t in _taps(taps):
-                    column = o * i64(ntaps) + i64(_flat(t, taps))
+                # (taps in row-major order: the k-th is row o * T + k of the products)
+                for k, t in enumerate(itertools.product(*(range(n) for n in taps))):
+                    column = o * i64(ntaps) + i64(k)
                     if nd == 1:
                         _add_run(y, products, at, [n, column], ins[-1], outs[-1], t[-1], strides[-1],
                                  padding[nd - 1], dilation[-1])
@@ -100,15 +101,3 @@ def _add_run(y, products, at, source, size_in, size_out, tap, stride, pad, dilat
     with T.serial(i64(first), end) as j:
         place = [*at, j * i64(stride) + i64(offset)]
         T.buffer_store(y, y[tuple(place)] + products[(*source, j)], place)
-
-
-def _taps(taps):
-    """Every tap position, in row-major order."""
-    return list(itertools.product(*(range(k) for k in taps)))
-
-
-def _flat(t, taps) -> int:
-    index = 0
-    for a, v in enumerate(t):
-        index = index * taps[a] + v
-    return index

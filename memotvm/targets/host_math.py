@@ -157,7 +157,7 @@ class _RowSoftmaxRewriter(relax.PyExprMutator):
 
 
 @relax.expr_functor.mutator
-class _TrailingReductionRewriter(relax.PyExprMutator):
+class _ConsecutiveAxesReductionRewriter(relax.PyExprMutator):
     """sum and mean of float32 over consecutive axes: the trailing ones (a global
     average pooling) -> :func:`build_trailing_reduction`, others (a mean over the frames
     of [N, T, C]) -> :func:`build_block_reduction`."""
@@ -397,5 +397,5 @@ class VectorizableMath:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = rewrite_functions(_RowSoftmaxRewriter(mod), mod)
-        mod = rewrite_functions(_TrailingReductionRewriter(mod), mod)
+        mod = rewrite_functions(_ConsecutiveAxesReductionRewriter(mod), mod)
         return relax.transform.LegalizeOps(_LEGALIZE)(mod)
