@@ -561,3 +561,103 @@ def test_conv_transpose_refusals_name_the_node_and_why():
     with pytest.raises(InputError, match=r"ConvTranspose node 'up': axis 2 of its input \(1, 4, 1, 4\) must be "
                                          r"at least 2 long: its padding 3 \+ 0 crops every output position"):
         model.run({"x": np.ones((1, 4, 1, 4), np.float32)})
+
+
+def _epilogue_model(case):
+    """A 3 x 3 convolution over a symbolic image (8 -> 8 channels) followed by the
+    elementwise work of ``case``; the model's outputs and its extra initializers."""
+    rng = np.random.default_rng(7)
+    node = helper.make_node
+    inits = {"w": (rng.standard_normal((8, 8, 3, 3)) * 0.3).astype(np.float32),
+             "b": rng.standard_normal(8).astype(np.float32),
+             "scale": rng.standard_normal((8, 1, 1)).astype(np.float32),
+             "shift": rng.standard_normal((1, 8, 1, 1)).astype(np.float32),
+             "sqrt2": np.array(1.4142135, np.float32), "one": np.array(1.0, np.float32),
+             "half": np.array(0.5, np.float32)}
+    nodes = [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    outputs = ["y"]
+    if case == "gelu":  # as PaddleOCR exports it: the output used twice
+        nodes += [node("Div", ["c", "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]),
+                  node("Add", ["e", "one"], ["f"]), node("Mul", ["c", "f"], ["g"]),
+                  node("Mul", ["g", "half"], ["y"])]
+    elif case == "hardswish":
+        nodes += [node("HardSigmoid", ["c"], ["s"], alpha=1 / 6, beta=0.5), node("Mul", ["c", "s"], ["y"])]
+    elif case == "affine_relu":  # a batch normalization folded into a rescale
+        nodes += [node("Mul", ["c", "scale"], ["m"]), node("Add", ["m", "shift"], ["a"]),
+                  node("Relu", ["a"], ["y"])]
+    elif case == "residual":  # the input added back, then ReLU
+        nodes += [node("Add", ["x", "c"], ["r"]), node("Relu", ["r"], ["y"])]
+    elif case == "silu_leaky":
+        nodes += [node("Sigmoid", ["c"], ["s"]), node("Mul", ["s", "c"], ["m"]),
+                  node("LeakyRelu", ["m"], ["l"], alpha=0.1), node("Tanh", ["l"], ["y"])]
+    elif case == "used_elsewhere":  # c + 1 is an output too: the group ends with it
+        nodes += [node("Add", ["c", "one"], ["p"]), node("Relu", ["p"], ["y"])]
+        outputs = ["y", "p"]
+    elif case == "computed_operand":  # times a tensor of another shape: the bias alone
+        nodes += [node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1), node("Mul", ["c", "m"], ["y"])]
+    dims = ["N", 8, "H", "W"]
+    graph = helper.make_graph(nodes, "epilogue", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, dims) for o in outputs],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+# Each convolution's bias and the elementwise work after it computed where it stores
+# its output (memotvm.targets.host_conv_epilogue): the same operations in the same
+# order as TVM's legalization of the unfused graph, so the results are the unfused
+# compile's up to the rounding of a multiply and an add contracted into one fused
+# multiply-add in one and not the other, and agree with onnxruntime to float32
+# rounding.
+@pytest.mark.parametrize("case,fused", [("gelu", 7), ("hardswish", 6), ("affine_relu", 5), ("residual", 4),
+                                        ("silu_leaky", 6), ("used_elsewhere", 3), ("computed_operand", 2)])
+def test_conv_epilogues(case, fused, monkeypatch):
+    from memotvm.targets import host_conv_epilogue
+    from memotvm.targets.cpu import host_target
+    from memotvm.targets.host_conv import ConvolutionsAsMatmuls
+
+    model = _epilogue_model(case)
+    with host_target():
+        mod = host_conv_epilogue.FuseConvEpilogues()(ConvolutionsAsMatmuls()(from_onnx(model).mod))
+    calls = [b.value for block in mod["main"].body.blocks for b in block.bindings]
+    products = [c for c in calls if isinstance(c, tvm.relax.Call) and c.op == tvm.ir.Op.get("relax.call_tir")
+                and str(c.args[0].name_hint).startswith("conv_matmul")]
+    assert len(products) == 1
+    # the convolution, its bias and the fused operations (``fused`` bindings in the
+    # imported graph) are one call after the im2col
+    assert len(calls) == len(from_onnx(model).mod["main"].body.blocks[0].bindings) + 2 - fused, case
+    assert "epilogue" in str(products[0].args[0].name_hint)
+    fused_model = memotvm.compile(model)
+    monkeypatch.setattr(host_conv_epilogue, "FuseConvEpilogues", lambda: tvm.transform.Sequential([]))
+    unfused_model = memotvm.compile(model)
+    rng = np.random.default_rng(1)
+    for size in [(1, 1), (5, 9), (17, 40)]:
+        x = rng.standard_normal((2, 8, *size)).astype(np.float32)
+        got, unfused = fused_model.run({"x": x}), unfused_model.run({"x": x})
+        for a, b, ref in zip(got, unfused, run_onnxruntime(model, {"x": x})):
+            # (a contracted x * s + t rounds once where the other rounds x * s too: an
+            # ulp of the product, up to about 16 here, where the sum cancels)
+            np.testing.assert_allclose(a, b, rtol=2.5e-7, atol=2e-6)
+            np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5)
+
+
+# An expensive formula is not inlined into a consumer that reads its input more than
+# once (leaky ReLU's Select(x > 0, x, alpha * x)): the sigmoid of x * sigmoid(x) would
+# be computed three times in the leaky ReLU and LLVM took two minutes to compile the
+# copies.  Each formula is computed once per element, and the result is onnxruntime's.
+def test_formula_not_copied_into_a_consumer_that_reads_it_twice():
+    from memotvm.targets.cpu import cpu_pipeline, host_target
+
+    node = helper.make_node
+    model = _model([node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["m"]),
+                    node("LeakyRelu", ["m"], ["l"], alpha=0.1), node("Tanh", ["l"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 37])], {}, ["N", 37])
+    with host_target() as target, tvm.transform.PassContext(opt_level=3):
+        lowered = cpu_pipeline(target)(from_onnx(model).mod)
+    # (the Cephes exp polynomial's first coefficient: once in the sigmoid, once in the tanh)
+    scripts = "".join(f.script() for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert scripts.count("0.000198756915") == 2
+    x = np.random.default_rng(3).standard_normal((4, 37)).astype(np.float32) * 4
+    got = memotvm.compile(model).run({"x": x})[0]
+    np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=2e-6, atol=2e-7)

@@ -32,7 +32,8 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CPU pipeline with the recurrent kernels built for the target's vector
     width and the unmodified ones' R in the layout they read it in
     (:mod:`.recurrent_layout`), convolutions by constant weights as matrix products
-    (:mod:`.host_conv`), matrix products by constant weights packed
+    (:mod:`.host_conv`) with the elementwise work after them in their stores
+    (:mod:`.host_conv_epilogue`), matrix products by constant weights packed
     (:mod:`.host_gemm`), exp-based operators in vectorizable form (:mod:`.host_math`)
     and the other host operators scheduled (:mod:`.host_schedule`).  Bindings outside
     dataflow blocks (TVM's importer emits none around an ``If``) are put into them
@@ -43,6 +44,7 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     from ..passes.branches import SinkIntoBranches
     from ..passes.dataflow_blocks import BindingsIntoDataflow
     from .host_conv import ConvolutionsAsMatmuls
+    from .host_conv_epilogue import FuseConvEpilogues
     from .host_gemm import PackConstantMatmuls
     from .host_math import VectorizableMath
     from .host_schedule import ScheduleHostOps
@@ -53,7 +55,7 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         with target:
             return tvm.transform.Sequential(
                 [SinkIntoBranches(), BindingsIntoDataflow(), RetargetRecurrentKernels(), PackRecurrentRows(),
-                 ConvolutionsAsMatmuls(), PackConstantMatmuls()]
+                 ConvolutionsAsMatmuls(), FuseConvEpilogues(), PackConstantMatmuls()]
                 + generic.library_dispatch_passes(target) + [VectorizableMath()]
                 + generic.legalize_passes(target)
                 + [ScheduleHostOps()] + generic.dataflow_lower_passes(target)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import zlib
 
 import numpy as np
 import tvm
@@ -57,6 +58,7 @@ from ..kernels.tiling import vector_lanes
 from ..passes.precision import PRODUCTS_ATTR
 from ..passes.shape_checks import simplified
 from ..precision import STORAGE, store_weights
+from .host_conv_epilogue import CONV_MATMUL_ATTR
 from .host_conv_transpose import build_col2im
 from .host_gemm import ROW_BLOCK, ROW_CHUNK, for_panel, panel_count, register_block
 from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
@@ -299,7 +301,8 @@ def _copy_run(dst, dst_flat, value, dst_row, length):
         store(i)
 
 
-def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "float32") -> tirx.PrimFunc:
+def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "float32",
+                      epilogue=None) -> tirx.PrimFunc:
     """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), with
     ``cols`` from :func:`build_im2col_by_channel` and W the constant [O, K] (stored as
     ``weights``: float32, bfloat16, or int8 followed by the output channels' scales,
@@ -307,11 +310,17 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     :func:`.host_gemm.register_block` (W broadcast) and the positions p its columns (one
     vector load of cols), so the result is NCW/NCHW as it is stored.  ``outs``: the
     output sizes, None where symbolic.  (y is written in its own
-    shape: a reshape after the kernel over a symbolic width failed in TVM's lowering.)"""
+    shape: a reshape after the kernel over a symbolic width failed in TVM's lowering.)
+
+    An ``epilogue`` (:class:`.host_conv_epilogue.Epilogue`) is applied to each sum
+    before it is stored; its constants per channel come as a [rows, channels_out]
+    table after ``cols``, then its tensors of y's shape."""
     lanes = vector_lanes()
     chunks = -(-channels_out // ROW_CHUNK)
     suffix = "" if weights == "float32" else f"_{weights}"
     label = "x".join("d" if o is None else str(o) for o in outs)
+    if epilogue is not None:
+        suffix += f"_epilogue{zlib.crc32(epilogue.key.encode()):08x}"
     with host_kernel(f"conv_matmul_{channels_out}x{k}x{label}{suffix}") as (ib, batch):
         sizes = [i64(o) if o is not None else tirx.Var(f"size{a}", "int64") for a, o in enumerate(outs)]
         count = sizes[0]
@@ -329,8 +338,22 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
         # (cols' row length is its own: the width is bound by y, which comes after)
         stride = i64(padded_positions(positions)) if static else tirx.Var("stride", "int64")
         cols = T.match_buffer(T.arg("cols", T.handle()), (batch, i64(k), stride), "float32")
+        total = batch * i64(channels_out) * count
+        table, tensors = None, []
+        if epilogue is not None and epilogue.channel_rows:
+            table = T.match_buffer(T.arg("table", T.handle()),
+                                   (i64(epilogue.channel_rows), i64(channels_out)), "float32")
+        for j in range(epilogue.tensors if epilogue is not None else 0):
+            tensors.append(T.match_buffer(T.arg(f"t{j}", T.handle()),
+                                          (batch, i64(channels_out), *sizes), "float32"))
         y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), *sizes), "float32")
-        flat = T.decl_buffer((batch * i64(channels_out) * count,), "float32", data=y.data)
+        flat = T.decl_buffer((total,), "float32", data=y.data)
+        tensors = [T.decl_buffer((total,), "float32", data=t.data) for t in tensors]
+
+        def finish(value, o, at):
+            # (a tensor's index clamped: lanes past the last position are not stored)
+            return epilogue.emit(lanes, value, lambda row: table[i64(row), o],
+                                 lambda j, lane: tensors[j][tirx.min(at + lane, total - i64(1))])
         panels = i64(panel_count(positions))
         tasks = i64(chunks) * panels
         with T.parallel(0, batch * tasks) as task:
@@ -347,12 +370,13 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
 
             for_panel(panel, positions, lambda col, width, whole: _channel_panel(
                 n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, flat,
-                output, scales))
-    return ib.get()
+                output, scales, finish if epilogue is not None else None))
+    func = ib.get()
+    return func.with_attr(CONV_MATMUL_ATTR, [channels_out, k, [-1 if o is None else o for o in outs], weights])
 
 
 def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, y,
-                   output, scales):
+                   output, scales, finish=None):
     """Output channels chunk * ROW_CHUNK ... of image n at positions col ... col +
     width * lanes (``whole``: all of them < positions), stored in ``y`` (flat) at
     ``output(o, p)``."""
@@ -361,8 +385,10 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
     def store(acc, o, j):
         at = start + i64(j * lanes)
 
-        def value(lane):
+        def scaled(lane):
             return acc[lane] if scales is None else acc[lane] * scales[o]
+
+        value = scaled if finish is None else finish(scaled, o, output(o, at)).__getitem__
 
         def vector():
             with T.vectorized(0, lanes) as lane:
