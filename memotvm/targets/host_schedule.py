@@ -165,7 +165,8 @@ def _inline_elementwise(sch, blocks) -> list:
     for block in blocks[:-1]:
         consumers = sch.get_consumers(block)
         if set(_kinds(sch, block)) == {"S"} and consumers \
-                and all(set(_kinds(sch, c)) == {"S"} for c in consumers):
+                and all(set(_kinds(sch, c)) == {"S"} for c in consumers) \
+                and (_cheap(sch, block) or all(_loads_of(sch, c, block) == 1 for c in consumers)):
             try:
                 sch.compute_inline(block)
                 continue
@@ -173,6 +174,31 @@ def _inline_elementwise(sch, blocks) -> list:
                 pass
         left.append(block)
     return left + blocks[-1:]
+
+
+def _cheap(sch, block) -> bool:
+    """Whether ``block`` computes its value without a Let or a call (no exp, sigmoid,
+    erf... formula): then a consumer may compute it as many times as it reads it."""
+    found = []
+    tirx.stmt_functor.post_order_visit(sch.get(block).body, lambda node: found.append(
+        node) if isinstance(node, (tirx.Let, tirx.Call)) else None)
+    return not found
+
+
+def _loads_of(sch, consumer, block) -> int:
+    """How many times ``consumer``'s body reads what ``block`` writes.  A consumer that
+    reads its input more than once (leaky ReLU's Select(x > 0, x, alpha * x)) would
+    compute an inlined formula that often: a sigmoid inlined into a leaky ReLU inlined
+    into a tanh took LLVM about two minutes to compile."""
+    written = {region.buffer for region in sch.get(block).writes}
+    count = [0]
+
+    def visit(node):
+        if isinstance(node, tirx.BufferLoad) and node.buffer in written:
+            count[0] += 1
+
+    tirx.stmt_functor.post_order_visit(sch.get(consumer).body, visit)
+    return count[0]
 
 
 def _has_root(sch):
