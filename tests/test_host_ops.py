@@ -585,6 +585,13 @@ def _epilogue_model(case):
     elif case == "affine_relu":  # a batch normalization folded into a rescale
         nodes += [node("Mul", ["c", "scale"], ["m"]), node("Add", ["m", "shift"], ["a"]),
                   node("Relu", ["a"], ["y"])]
+    elif case == "batch_norm":  # a convolution without bias, normalized (PP-OCRv3's form)
+        nodes = [node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                 node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"], epsilon=1e-3),
+                 node("Relu", ["n"], ["y"])]
+        inits |= {"gamma": rng.standard_normal(8).astype(np.float32), "beta": rng.standard_normal(8).astype(np.float32),
+                  "mean": rng.standard_normal(8).astype(np.float32),
+                  "var": rng.uniform(0.1, 2, 8).astype(np.float32)}
     elif case == "residual":  # the input added back, then ReLU
         nodes += [node("Add", ["x", "c"], ["r"]), node("Relu", ["r"], ["y"])]
     elif case == "silu_leaky":
@@ -610,7 +617,7 @@ def _epilogue_model(case):
 # compile's up to the rounding of a multiply and an add contracted into one fused
 # multiply-add in one and not the other, and agree with onnxruntime to float32
 # rounding.
-@pytest.mark.parametrize("case,fused", [("gelu", 7), ("hardswish", 6), ("affine_relu", 5), ("residual", 4),
+@pytest.mark.parametrize("case,fused", [("gelu", 7), ("hardswish", 6), ("affine_relu", 5), ("batch_norm", 6), ("residual", 4),
                                         ("silu_leaky", 6), ("used_elsewhere", 3), ("computed_operand", 2)])
 def test_conv_epilogues(case, fused, monkeypatch):
     from memotvm.targets import host_conv_epilogue
@@ -625,7 +632,8 @@ def test_conv_epilogues(case, fused, monkeypatch):
                 and str(c.args[0].name_hint).startswith("conv_matmul")]
     assert len(products) == 1
     # the convolution, its bias and the fused operations (``fused`` bindings in the
-    # imported graph) are one call after the im2col
+    # imported graph, a batch normalization's unused statistics included) are one call
+    # after the im2col
     assert len(calls) == len(from_onnx(model).mod["main"].body.blocks[0].bindings) + 2 - fused, case
     assert "epilogue" in str(products[0].args[0].name_hint)
     fused_model = memotvm.compile(model)
