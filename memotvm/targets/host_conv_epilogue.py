@@ -163,18 +163,19 @@ class _Group:
     def try_add(self, var, value) -> bool:
         """Take the binding ``var = value`` into the group if it is an elementwise
         operation of the group's values whose result has the product's shape."""
-        if isinstance(value, relax.TupleGetItem) and value.index == 0 \
-                and isinstance(value.tuple_value, relax.Var) and value.tuple_value in self.normalized:
+        if not any(isinstance(a, relax.Var) and a in self.index for a in _operands(value)):
+            return False
+        if isinstance(value, relax.TupleGetItem):
+            if value.index != 0 or value.tuple_value not in self.normalized:
+                return False
             return self._add(var, ("same", ("value", self.index[value.tuple_value])))
-        if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+        if not isinstance(value.op, tvm.ir.Op):
             return False
         if value.op.name == "relax.nn.batch_norm":
             return self._add_batch_norm(var, value)
         if not _same_tensor_type(var.ty, self.shape):
             return False
         name = value.op.name
-        if not any(isinstance(a, relax.Var) and a in self.index for a in value.args):
-            return False
         saved = (list(self.channel_rows), list(self.tensors))
         if name in _BINARY and len(value.args) == 2:
             operands = [self.operand(a) for a in value.args]
@@ -230,6 +231,13 @@ class _Group:
                           ("channel", len(self.channel_rows) - 1)))
         self.normalized.add(var)
         return self._add(var, *steps)
+
+
+def _operands(value) -> list:
+    """The operands of a binding's value: a call's arguments, a tuple item's tuple."""
+    if isinstance(value, relax.TupleGetItem):
+        return [value.tuple_value]
+    return list(value.args) if isinstance(value, relax.Call) else []
 
 
 def _prim_float(arg):
@@ -322,14 +330,20 @@ def _grow(product_var, call, after, uses, bound, dropped):
         return None
     group = _Group(product_var, call, list(shape), int(shape[1]), bound)
     inside = {product_var: 0}  # uses of each value from inside the group
+    outside = {}  # and from the bindings that did not join
     best = None
     for binding in after:
+        if all(inside.get(v, 0) + outside.get(v, 0) == uses.get(v, 0) for v in group.vars):
+            break  # (no later binding refers to the group: none can join)
         if binding.var in dropped or not isinstance(binding, relax.VarBinding):
             continue
         if not group.try_add(binding.var, binding.value):
-            continue  # (where it uses the group's values, the use counts tell)
-        value = binding.value
-        for arg in [value.tuple_value] if isinstance(value, relax.TupleGetItem) else value.args:
+            # (where it uses the group's values, the use counts tell)
+            for arg in _operands(binding.value):
+                if isinstance(arg, relax.Var) and arg in group.index:
+                    outside[arg] = outside.get(arg, 0) + 1
+            continue
+        for arg in _operands(binding.value):
             if isinstance(arg, relax.Var) and arg in group.index and not arg.same_as(binding.var):
                 inside[arg] = inside.get(arg, 0) + 1
         inside[binding.var] = 0
@@ -337,6 +351,7 @@ def _grow(product_var, call, after, uses, bound, dropped):
                 and all(uses.get(v, 0) == inside.get(v, 0) for v in group.vars[:-1]):
             best = (binding.var, len(group.vars), len(group.steps),
                     len(group.channel_rows), len(group.tensors))
+
     if best is None:
         return None
     last, nvars, nsteps, nrows, ntensors = best
