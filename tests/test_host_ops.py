@@ -327,8 +327,10 @@ def test_convolutions_and_poolings(kind):
     np.testing.assert_allclose(memotvm.compile(model).run({"x": x})[0], run_onnxruntime(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
     rewritten = ConvolutionsAsMatmuls()(from_onnx(model).mod)
-    has_im2col = any(str(gv.name_hint).startswith("im2col") for gv, _ in rewritten.functions_items())
-    assert has_im2col == (kind.endswith("_static") or kind in ("conv1d", "conv2d"))
+    # (the windows come from an im2col, or for stride 1 from a zero-bordered copy)
+    rewritten_as_product = any(str(gv.name_hint).startswith(("im2col", "bordered"))
+                               for gv, _ in rewritten.functions_items())
+    assert rewritten_as_product == (kind.endswith("_static") or kind in ("conv1d", "conv2d"))
 
 
 @pytest.mark.parametrize("lanes", [4, 8, 16])
@@ -413,10 +415,16 @@ def _conv64(x, w, pads, strides, dilations):
 # both axes; a symbolic width run at several widths (down to a single position, and one
 # whose positions end inside a vector); a symbolic height and width (an image), and a
 # pointwise convolution over them (its im2col a copy); a long 1-d convolution; weights
-# stored as bfloat16 and int8 (the reference convolves the weights they hold).
+# stored as bfloat16 and int8 (the reference convolves the weights they hold).  The
+# "shifted" cases have stride 1 and read the windows of a zero-bordered copy of the
+# input in place: static and symbolic images (down to one output column, where every
+# vector holds columns that are not stored), dilations, asymmetric padding, and a 1-d
+# one padded by more than a vector on one side only.
 @pytest.mark.parametrize("case,precision", [("2d_static", "fp32"), ("2d_width", "fp32"), ("1d_static", "fp32"),
                                             ("2d_image", "fp32"), ("2d_pointwise", "fp32"),
-                                            ("2d_width", "bf16"), ("2d_static", "int8")])
+                                            ("2d_width", "bf16"), ("2d_static", "int8"),
+                                            ("2d_shifted_static", "fp32"), ("2d_shifted_image", "fp32"),
+                                            ("1d_shifted", "fp32"), ("2d_shifted_image", "int8")])
 def test_convolutions_channel_by_channel(case, precision):
     from memotvm.precision import store_weights
     from memotvm.targets.cpu import host_target
@@ -427,6 +435,15 @@ def test_convolutions_channel_by_channel(case, precision):
         w = rng.standard_normal((9, 4, 5)).astype(np.float32)
         attrs = dict(pads=[4, 2], strides=[2], dilations=[3])
         dims, widths = ["N", 4, 300], [300]
+    elif case == "1d_shifted":
+        w = rng.standard_normal((9, 4, 5)).astype(np.float32)
+        attrs = dict(pads=[19, 0], strides=[1], dilations=[3])
+        dims, widths = ["N", 4, 300], [300]
+    elif case.startswith("2d_shifted"):
+        w = rng.standard_normal((10, 3, 3, 2)).astype(np.float32)
+        attrs = dict(pads=[1, 0, 2, 1], strides=[1, 1], dilations=[2, 1])
+        dims, widths = {"2d_shifted_static": (["N", 3, 21, 70], [70]),
+                        "2d_shifted_image": (["N", 3, "H", "W"], [(2, 1), (3, 7), (9, 16), (21, 70)])}[case]
     elif case == "2d_pointwise":
         w = rng.standard_normal((10, 6, 1, 1)).astype(np.float32)
         attrs = dict(pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
@@ -443,6 +460,7 @@ def test_convolutions_channel_by_channel(case, precision):
         rewritten = ConvolutionsAsMatmuls()(from_onnx(model).mod)
     names = [str(gv.name_hint) for gv, _ in rewritten.functions_items()]
     assert any(n.startswith("conv_matmul") for n in names), names
+    assert any(n.startswith("bordered") for n in names) == ("shifted" in case), names
     compiled = memotvm.compile(model, precision={"default": "fp32", "products": precision})
     stored = store_weights(w.reshape(w.shape[0], -1), precision)
     held = stored.values.astype(np.float32) * (1 if stored.scales is None else stored.scales[:, None])

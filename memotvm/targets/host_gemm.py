@@ -165,21 +165,35 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store)
     ``rows``) by ``width`` vectors of columns: accumulator [i][j] sums, in order of
     kk < k, ``row_value(row i, kk)`` (one broadcast) times ``vector_value(kk, j,
     lane)`` (one vector load); then ``store(accumulator, row, j)`` for the rows that
-    exist.  Rows past the end repeat the last row (their results are not stored)."""
+    exist.  Rows past the end repeat the last row (their results are not stored).
+
+    ``k`` may be a pair (outer, inner): kk = a * inner + b, the loop over b unrolled,
+    and ``vector_value`` is given (a, b) for kk (a convolution's channel and tap, whose
+    window offsets are then constants of the unrolled code)."""
     accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(ROW_BLOCK)]
     for row in accs:
         for acc in row:
             with T.vectorized(0, lanes) as lane:
                 T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
     src = [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(ROW_BLOCK)]
-    with T.serial(0, k) as kk:
+
+    def step(kk, at):
         xs = [T.bind(row_value(src[i], kk)) for i in range(ROW_BLOCK)]
         with T.vectorized(0, lanes) as lane:
             for j in range(width):
-                w = vector_value(kk, j, lane)
+                w = vector_value(at, j, lane)
                 for i in range(ROW_BLOCK):
                     acc = accs[i][j]
                     T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
+
+    if isinstance(k, tuple):  # (outer, inner): kk = a * inner + b, b unrolled
+        outer, inner = k
+        with T.serial(0, outer) as a:
+            for b in range(inner):
+                step(a * i64(inner) + i64(b), (a, b))
+    else:
+        with T.serial(0, k) as kk:
+            step(kk, kk)
     for i in range(ROW_BLOCK):
         with T.If(first + i64(i) < rows):
             with T.Then():
