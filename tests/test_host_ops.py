@@ -581,6 +581,66 @@ def test_conv_transpose_refusals_name_the_node_and_why():
         model.run({"x": np.ones((1, 4, 1, 4), np.float32)})
 
 
+# Depthwise convolutions of stride 1 (memotvm.targets.host_conv.build_depthwise): a
+# 3 x 3 over a symbolic image down to 1 x 1 (every vector then holds columns that are
+# not stored) with its bias, batch normalization and hard-swish fused into its stores;
+# a dilated 5 x 5 with asymmetric padding over a static image; a 1-d one padded on one
+# side only.  Against the definition in float64 (a sum of at most taps + 1 float32
+# terms, hence the bound), and against onnxruntime where an epilogue follows.  A
+# depthwise convolution of stride 2 keeps TVM's lowering.
+@pytest.mark.parametrize("case", [
+    dict(w=(24, 1, 3, 3), pads=[1, 1, 1, 1], dilations=[1, 1], dims=["N", 24, "H", "W"],
+         sizes=[(1, 1), (2, 3), (9, 16), (21, 70)], epilogue=True),
+    dict(w=(16, 1, 5, 5), pads=[2, 1, 3, 4], dilations=[2, 1], dims=["N", 16, 17, 23], sizes=[(17, 23)]),
+    dict(w=(8, 1, 5), pads=[4, 0], dilations=[1], dims=["N", 8, 300], sizes=[(300,)]),
+    dict(w=(8, 1, 3, 3), pads=[1, 1, 1, 1], dilations=[1, 1], strides=[2, 2], dims=["N", 8, "H", "W"],
+         sizes=[(9, 16)]),
+], ids=["3x3_image_epilogue", "5x5_dilated", "1d", "stride2"])
+def test_depthwise_convolutions(case):
+    from memotvm.targets.cpu import host_target
+    from memotvm.targets.host_conv import ConvolutionsAsMatmuls
+    from memotvm.targets.host_conv_epilogue import FuseConvEpilogues
+
+    rng = np.random.default_rng(len(case["dims"]))
+    w = rng.standard_normal(case["w"]).astype(np.float32)
+    b = rng.standard_normal(w.shape[0]).astype(np.float32)
+    strides = case.get("strides", [1] * (w.ndim - 2))
+    attrs = dict(pads=case["pads"], dilations=case["dilations"], strides=strides, group=w.shape[0])
+    node = helper.make_node
+    nodes, inits = [node("Conv", ["x", "w", "b"], ["y"], **attrs)], {"w": w, "b": b}
+    if case.get("epilogue"):
+        nodes = [node("Conv", ["x", "w", "b"], ["c"], **attrs),
+                 node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"]),
+                 node("HardSwish", ["n"], ["y"])]
+        inits |= {"gamma": rng.standard_normal(w.shape[0]).astype(np.float32),
+                  "beta": rng.standard_normal(w.shape[0]).astype(np.float32),
+                  "mean": rng.standard_normal(w.shape[0]).astype(np.float32),
+                  "var": rng.uniform(0.1, 2, w.shape[0]).astype(np.float32)}
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, case["dims"])], inits, None)
+    with host_target():
+        names = [str(gv.name_hint) for gv, _ in FuseConvEpilogues()(ConvolutionsAsMatmuls()(
+            from_onnx(model).mod)).functions_items()]
+    assert any(n.startswith("depthwise") for n in names) == (set(strides) == {1}), names
+    if case.get("epilogue"):  # the bias, normalization and hard-swish in the stores
+        assert [n for n in names if n.startswith("depthwise")][0].count("epilogue") == 1, names
+        assert not any("hard" in n or "clip" in n or "batch_norm" in n for n in names), names
+    compiled = memotvm.compile(model)
+    for size in case["sizes"]:
+        x = rng.standard_normal((2, w.shape[0], *size)).astype(np.float32)
+        got = compiled.run({"x": x})[0]
+        if case.get("epilogue"):
+            np.testing.assert_allclose(got, run_onnxruntime(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+            continue
+        def conv(x, w):  # channel by channel
+            return np.concatenate([_conv64(x[:, c:c + 1], w[c:c + 1], case["pads"], strides, case["dilations"])
+                                   for c in range(w.shape[0])], axis=1)
+        bias = b.reshape(-1, *[1] * len(size))
+        expected = conv(x, w) + bias
+        bound = (w[0].size + 1) * 2.0 ** -24 * (conv(np.abs(x), np.abs(w)) + np.abs(bias)) + 1e-30
+        assert got.shape == expected.shape
+        assert (np.abs(got - expected) <= bound).all(), (size, np.abs(got - expected).max())
+
+
 def _epilogue_model(case):
     """A 3 x 3 convolution over a symbolic image (8 -> 8 channels) followed by the
     elementwise work of ``case``; the model's outputs and its extra initializers."""

@@ -207,6 +207,31 @@ class SpecConverters:
                  for i, x in enumerate(inputs)]
         return self.bb.normalize(relax.op.concat(parts, axis=int(attrs.get("axis", 0))))
 
+    def _clip(self, op_name, name, inputs, attrs, opset):
+        """Clip of a float tensor by constant bounds as Relax's ``clip``, which the
+        passes after import recognize (the convolution epilogues: a hard-swish after a
+        convolution).  TVM's converter emits two kernels of its own behind a NaN test
+        of each bound.  A NaN bound is no bound (as onnxruntime).  None (TVM's
+        converter) for a bound computed at run time, an integer tensor, or a lower
+        bound above the upper one (ONNX then gives the upper bound everywhere)."""
+        x = inputs[0]
+        if not isinstance(x.ty, relax.TensorType) or not str(x.ty.dtype).startswith("float"):
+            return None
+        if opset < 11:
+            bounds = [attrs.get("min", -np.inf), attrs.get("max", np.inf)]
+        else:
+            bounds = []
+            for i, unbounded in ((1, -np.inf), (2, np.inf)):
+                given = inputs[i] if len(inputs) > i else None
+                value = unbounded if given is None else self._constant(given)
+                if value is None or np.size(value) != 1:
+                    return None
+                bounds.append(unbounded if np.isnan(value).any() else float(np.asarray(value).reshape(())))
+        lo, hi = (float(b) for b in bounds)
+        if lo > hi:
+            return None
+        return self.bb.normalize(relax.op.clip(x, lo, hi))
+
     def _extremum(self, op_name, name, inputs, attrs, opset):
         if all(isinstance(x.ty, relax.TensorType) and str(x.ty.dtype).startswith("float") for x in inputs):
             return self._nan_propagating_extremum(op_name, inputs)
@@ -760,6 +785,7 @@ _CONVERTERS = {
     "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
     "ConvInteger": "_conv_integer", "Cast": "_cast", "ConvTranspose": "_conv_transpose",
     "Softmax": "_coerced_to_2d", "LogSoftmax": "_coerced_to_2d", "Hardmax": "_coerced_to_2d",
+    "Clip": "_clip",
 }
 
 

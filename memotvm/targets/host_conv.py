@@ -31,8 +31,10 @@ Position by position otherwise (a stream's frames, often one a call):
 Each output is the same sum of products as the loop nest's, in order of (channel, tap),
 so results agree to rounding (and the two forms exactly).  The weights are stored at the
 module's products precision (:mod:`memotvm.passes.precision`).  Transposed convolutions
-are the channel-by-channel product and a col2im (:mod:`.host_conv_transpose`).  Grouped
-(depthwise) convolutions, symbolic channels and other layouts keep TVM's lowering.
+are the channel-by-channel product and a col2im (:mod:`.host_conv_transpose`).
+Depthwise convolutions of stride 1 over an image or a long sequence read the same
+bordered copy (:func:`build_depthwise`).  Other grouped convolutions, depthwise ones of
+larger strides, symbolic channels and other layouts keep TVM's lowering.
 
 On the CRNN recognizer fixture (three convolutions over a 32 x W image), channel by
 channel took its call from 305 to 256 us with a symbolic width and from 333 to 238 us
@@ -71,6 +73,10 @@ from .host_gemm import ROW_BLOCK, ROW_CHUNK, for_panel, panel_count, register_bl
 from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
 
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW")}
+
+#: Vectors of positions per step of :func:`build_depthwise` (one weight broadcast, then
+#: one load and one multiply-add for each).
+DEPTHWISE_VECTORS = 4
 _TRANSPOSED_LAYOUTS = {1: ("NCW", "IOW"), 2: ("NCHW", "IOHW")}
 
 
@@ -320,14 +326,15 @@ def shifted_windows(taps, strides) -> bool:
 
 def bordered_length(spatial, padding):
     """The row length of :func:`build_bordered`'s output for an image of ``spatial``
-    sizes (ints or PrimExprs): the bordered image, then zeros that the last vector of
-    the last window reads (at least one vector: see :func:`_window_offsets`)."""
+    sizes (ints or PrimExprs): the bordered image, then the zeros that the last block
+    of vectors reads past it (a block of :data:`DEPTHWISE_VECTORS` vectors may start
+    at up to that many vectors minus one before the last position)."""
     nd = len(spatial)
     size = 1
     for a in range(nd):
         extent = int(spatial[a]) if isinstance(spatial[a], (int, tirx.IntImm)) else spatial[a]
         size = size * (extent + padding[a] + padding[nd + a])
-    return padded_positions(size) + vector_lanes()
+    return padded_positions(size) + DEPTHWISE_VECTORS * vector_lanes()
 
 
 def build_bordered(shape, padding) -> tirx.PrimFunc:
@@ -440,22 +447,7 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
         rows = k if grid is None else k // grid.taps
         cols = T.match_buffer(T.arg("cols" if grid is None else "xp", T.handle()),
                               (batch, i64(rows), stride), "float32")
-        total = batch * i64(channels_out) * count
-        table, tensors = None, []
-        if epilogue is not None and epilogue.channel_rows:
-            table = T.match_buffer(T.arg("table", T.handle()),
-                                   (i64(epilogue.channel_rows), i64(channels_out)), "float32")
-        for j in range(epilogue.tensors if epilogue is not None else 0):
-            tensors.append(T.match_buffer(T.arg(f"t{j}", T.handle()),
-                                          (batch, i64(channels_out), *sizes), "float32"))
-        y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), *sizes), "float32")
-        flat = T.decl_buffer((total,), "float32", data=y.data)
-        tensors = [T.decl_buffer((total,), "float32", data=t.data) for t in tensors]
-
-        def finish(value, o, at):
-            # (a tensor's index clamped: lanes past the last position are not stored)
-            return epilogue.emit(lanes, value, lambda row: table[i64(row), o],
-                                 lambda j, lane: tensors[j][tirx.min(at(lane), total - i64(1))])
+        flat, finish = _output_args(epilogue, batch, channels_out, sizes, count)
         panels = i64(panel_count(positions))
         tasks = i64(chunks) * panels
         with T.parallel(0, batch * tasks) as task:
@@ -476,7 +468,100 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     func = ib.get()
     geometry = [] if shifted is None else [[int(v) for v in shifted[0]], [int(v) for v in shifted[1]]]
     return func.with_attr(CONV_MATMUL_ATTR, [channels_out, k, [-1 if o is None else o for o in outs],
-                                             weights, geometry])
+                                             weights, geometry, "dense"])
+
+
+def _output_args(epilogue, batch, channels_out, sizes, count):
+    """Declare the epilogue's arguments (its table of constants per channel, its
+    tensors of y's shape) and y; return (y flat, finish) where ``finish(value, o,
+    at)`` emits the epilogue over a vector of ``value(lane)`` at output channel o,
+    ``at(lane)`` being each lane's flat index in y (None without an epilogue)."""
+    lanes = vector_lanes()
+    total = batch * i64(channels_out) * count
+    table, tensors = None, []
+    if epilogue is not None and epilogue.channel_rows:
+        table = T.match_buffer(T.arg("table", T.handle()),
+                               (i64(epilogue.channel_rows), i64(channels_out)), "float32")
+    for j in range(epilogue.tensors if epilogue is not None else 0):
+        tensors.append(T.match_buffer(T.arg(f"t{j}", T.handle()),
+                                      (batch, i64(channels_out), *sizes), "float32"))
+    y = T.match_buffer(T.arg("y", T.handle()), (batch, i64(channels_out), *sizes), "float32")
+    flat = T.decl_buffer((total,), "float32", data=y.data)
+    tensors = [T.decl_buffer((total,), "float32", data=t.data) for t in tensors]
+
+    def finish(value, o, at):
+        # (a tensor's index clamped: lanes past the last position are not stored)
+        return epilogue.emit(lanes, value, lambda row: table[i64(row), o],
+                             lambda j, lane: tensors[j][tirx.min(at(lane), total - i64(1))])
+    return flat, (finish if epilogue is not None else None)
+
+
+def build_depthwise(channels: int, outs: list, taps, dilation, epilogue=None) -> tirx.PrimFunc:
+    """y[n, c, *p] = sum over taps t of W[c, t] * x[n, c, window of p at t] (in order of
+    t): a depthwise convolution of stride 1 (one input channel per group, one output
+    channel per input channel), reading :func:`build_bordered`'s copy of x as the
+    shifted form of :func:`build_conv_matmul` does.  A task takes one channel of one
+    image and :data:`DEPTHWISE_VECTORS` vectors of positions; each tap's weight is
+    broadcast once for them.  ``outs``: the output sizes, None where symbolic;
+    ``epilogue`` as for :func:`build_conv_matmul`."""
+    lanes = vector_lanes()
+    label = "x".join("d" if o is None else str(o) for o in outs)
+    suffix = "_".join(str(v) for v in (*taps, *dilation))
+    if epilogue is not None:
+        suffix += f"_epilogue{zlib.crc32(epilogue.key.encode()):08x}"
+    ntaps = math.prod(taps)
+    with host_kernel(f"depthwise_{channels}x{label}_{suffix}") as (ib, batch):
+        sizes = [i64(o) if o is not None else tirx.Var(f"size{a}", "int64") for a, o in enumerate(outs)]
+        count = sizes[0]
+        for size in sizes[1:]:
+            count = count * size
+        grid = _Grid(sizes, taps, dilation)
+        static = None not in outs
+        positions = int(simplified(grid.positions)) if static else grid.positions
+        w = T.match_buffer(T.arg("w", T.handle()), (i64(channels), i64(ntaps)), "float32")
+        stride = i64(grid.length) if static else tirx.Var("stride", "int64")
+        xp = T.match_buffer(T.arg("xp", T.handle()), (batch, i64(channels), stride), "float32")
+        flat, finish = _output_args(epilogue, batch, channels, sizes, count)
+        block = DEPTHWISE_VECTORS * lanes
+        blocks = (i64(positions) + i64(block - 1)) // i64(block)
+        with T.parallel(0, batch * i64(channels) * blocks) as task:
+            image, at = task // blocks, task % blocks * i64(block)
+            n, c = image // i64(channels), image % i64(channels)
+            accs = [T.alloc_buffer((lanes,), "float32") for _ in range(DEPTHWISE_VECTORS)]
+            for acc in accs:
+                with T.vectorized(0, lanes) as lane:
+                    T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
+            for t in range(ntaps):
+                weight = T.bind(w[c, i64(t)])
+                with T.vectorized(0, lanes) as lane:
+                    for j, acc in enumerate(accs):
+                        q = at + i64(j * lanes) + lane + grid.offsets[t]
+                        T.buffer_store(acc, acc[lane] + weight * xp[n, c, q], [lane])
+
+            def output(o, p):
+                return (n * i64(channels) + o) * count + p
+
+            for j, acc in enumerate(accs):
+                start = at + i64(j * lanes)
+                with T.If(start < i64(positions)):
+                    with T.Then():
+                        _store_shifted(flat, acc.__getitem__, c, start, lanes, positions, output,
+                                       finish, grid)
+    func = ib.get()
+    geometry = [[int(v) for v in taps], [int(v) for v in dilation]]
+    return func.with_attr(CONV_MATMUL_ATTR, [channels, ntaps, [-1 if o is None else o for o in outs],
+                                             "float32", geometry, "depthwise"])
+
+
+def rebuild_product(recipe, epilogue) -> tirx.PrimFunc:
+    """The product kernel of :data:`.host_conv_epilogue.CONV_MATMUL_ATTR` ``recipe``
+    built again with ``epilogue``."""
+    channels_out, k, outs, weights, geometry, kind = recipe
+    outs = [None if int(o) < 0 else int(o) for o in outs]
+    shifted = tuple(tuple(int(v) for v in axis) for axis in geometry) or None
+    if str(kind) == "depthwise":
+        return build_depthwise(int(channels_out), outs, *shifted, epilogue)
+    return build_conv_matmul(int(channels_out), int(k), outs, str(weights), epilogue, shifted)
 
 
 class _Grid:
@@ -629,7 +714,9 @@ class _ConvRewriter(relax.PyExprMutator):
         w = self._constant(w_expr)
         info = x.ty
         layouts = _LAYOUTS[nd] if call.op in self.convs else _TRANSPOSED_LAYOUTS[nd]
-        if w is None or w.dtype != np.float32 or int(attrs.groups) != 1 \
+        groups = int(attrs.groups)
+        if w is None or w.dtype != np.float32 or (groups != 1 and not (
+                call.op in self.convs and w.shape[1] == 1 and groups == w.shape[0])) \
                 or (str(attrs.data_layout), str(attrs.kernel_layout)) != layouts \
                 or str(attrs.out_layout) != layouts[0] \
                 or attrs.out_dtype not in (None, "", "float32") \
@@ -646,7 +733,7 @@ class _ConvRewriter(relax.PyExprMutator):
         strides = [int(v) for v in attrs.strides]
         padding = [int(v) for v in attrs.padding]
         dilation = [int(v) for v in attrs.dilation]
-        if w.shape[1] != int(channels) or 0 in static or (None not in static and min(
+        if w.shape[1] * groups != int(channels) or 0 in static or (None not in static and min(
                 output_sizes(static, taps, strides, padding, dilation)) < 1):
             return call
         # (simplified, as Relax's own shape inference does: a 1 x 1 convolution's
@@ -655,6 +742,11 @@ class _ConvRewriter(relax.PyExprMutator):
         outs = [int(o) if isinstance(o, tirx.IntImm) else simplified(o)
                 for o in output_sizes(spatial, taps, strides, padding, dilation)]
         key = ((int(channels), *static), tuple(taps), tuple(strides), tuple(padding), tuple(dilation))
+        if groups != 1:
+            if not shifted_windows(taps, strides) or not by_channel(
+                    math.prod(o for o in outs if isinstance(o, int)), static.count(None)):
+                return call  # (TVM's lowering)
+            return self._depthwise(x, w, key, batch, outs)
         if by_channel(math.prod(o for o in outs if isinstance(o, int)), static.count(None)):
             return self._by_channel(x, w, key, batch, outs)
         symbolic = None in static[:-1]
@@ -706,6 +798,28 @@ class _ConvRewriter(relax.PyExprMutator):
                 channels_out, static, taps, strides, padding, dilation))
         return relax.call_tir(self.kernels[key], [products], out_ty=out_info)
 
+    def _depthwise(self, x, w, key, batch, outs):
+        """A depthwise convolution of stride 1 as :func:`build_bordered` and
+        :func:`build_depthwise` (float32 weights: its products are few)."""
+        shape, taps, _strides, padding, dilation = key
+        known = [o if isinstance(o, int) else None for o in outs]
+        kernel_key = ("depthwise", shape[0], tuple(known), taps, dilation)
+        if kernel_key not in self.kernels:
+            self.kernels[kernel_key] = add_kernel(
+                self.builder_, build_depthwise(shape[0], known, taps, dilation))
+        xp = self.builder_.emit(relax.call_tir(
+            self._bordered(shape, padding), [x],
+            out_ty=relax.TensorType([batch, shape[0], bordered_length(x.ty.shape.values[2:], padding)],
+                                    "float32")))
+        return relax.call_tir(self.kernels[kernel_key], [relax.const(w.reshape(shape[0], -1)), xp],
+                              out_ty=relax.TensorType([batch, shape[0], *outs], "float32"))
+
+    def _bordered(self, shape, padding):
+        key = ("bordered", shape, padding)
+        if key not in self.kernels:
+            self.kernels[key] = add_kernel(self.builder_, build_bordered(shape, padding))
+        return self.kernels[key]
+
     def _by_channel(self, x, w, key, batch, outs):
         """The convolution as :func:`build_im2col_by_channel` and
         :func:`build_conv_matmul`, its weight stored at the module's products precision
@@ -724,18 +838,15 @@ class _ConvRewriter(relax.PyExprMutator):
             self.kernels[matmul_key] = add_kernel(
                 self.builder_, build_conv_matmul(channels_out, k, known, weights, shifted=shifted))
         if shifted is not None:
-            source_key = ("bordered", shape, padding)
-            if source_key not in self.kernels:
-                self.kernels[source_key] = add_kernel(self.builder_, build_bordered(shape, padding))
-            spatial = x.ty.shape.values[2:]
-            length = bordered_length(spatial, padding)
+            source = self._bordered(shape, padding)
+            length = bordered_length(x.ty.shape.values[2:], padding)
         else:
             source_key = ("by_channel", *key)
             if source_key not in self.kernels:
                 self.kernels[source_key] = add_kernel(self.builder_, build_im2col_by_channel(*key))
-            length = padded_positions(positions)
+            source, length = self.kernels[source_key], padded_positions(positions)
         cols = self.builder_.emit(relax.call_tir(
-            self.kernels[source_key], [x],
+            source, [x],
             out_ty=relax.TensorType([batch, shape[0] if shifted else k, length], "float32")))
         stored = store_weights(w.reshape(channels_out, k), self.precision)
         args = [relax.const(stored.values.view(np.uint16), "uint16") if weights == "bfloat16"

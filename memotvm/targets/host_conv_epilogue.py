@@ -32,8 +32,9 @@ from ..passes._relax_util import add_kernel, with_blocks, without_uncalled_kerne
 from .host_math import _LetMath
 
 #: The attribute of a :func:`.host_conv.build_conv_matmul` kernel that records how to
-#: build it again: [channels_out, k, output sizes (-1 where symbolic), weights' dtype,
-#: the shifted form's [taps, dilation] (empty for the im2col form)].
+#: build it again (:func:`.host_conv.rebuild_product`): [channels_out, k, output sizes
+#: (-1 where symbolic), weights' dtype, the shifted form's [taps, dilation] (empty for
+#: the im2col form), "dense" or "depthwise"].
 CONV_MATMUL_ATTR = "memotvm.conv_matmul"
 
 _BINARY = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply",
@@ -363,16 +364,13 @@ def _grow(product_var, call, after, uses, bound, dropped):
 
 def _fused_call(group, product, builder, kernels):
     """The call of the product kernel built again with the group as its epilogue."""
-    from .host_conv import build_conv_matmul
+    from .host_conv import rebuild_product
 
-    channels_out, k, outs, weights, geometry = product.attrs[CONV_MATMUL_ATTR]
-    outs = [None if int(o) < 0 else int(o) for o in outs]
-    shifted = tuple(tuple(int(v) for v in axis) for axis in geometry) or None
+    recipe = product.attrs[CONV_MATMUL_ATTR]
     epilogue = Epilogue(group.steps, len(group.channel_rows), len(group.tensors))
-    key = (int(channels_out), int(k), tuple(outs), str(weights), shifted, epilogue.key)
+    key = (str(recipe), epilogue.key)
     if key not in kernels:
-        kernels[key] = add_kernel(builder, build_conv_matmul(
-            int(channels_out), int(k), outs, str(weights), epilogue, shifted))
+        kernels[key] = add_kernel(builder, rebuild_product(recipe, epilogue))
     call = group.call
     args = list(call.args[1].fields)
     if group.channel_rows:
