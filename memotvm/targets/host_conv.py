@@ -16,9 +16,10 @@ Channel by channel, where the output positions per image make vectors
   output channels as the rows of the register-blocked kernel of :mod:`.host_gemm` and
   the positions as its vectors: the result is NCW/NCHW as it is stored, and a bias and
   activation after it are elementwise over contiguous rows.
-* With stride 1 and several taps, no im2col: :func:`build_bordered` copies each channel
-  into a border of zeros, and the product reads each tap's row of ``cols`` as that
-  copy shifted by the tap's offset (:func:`shifted_windows`).
+* Except for a pointwise convolution of stride 1 (whose im2col is a copy), no im2col:
+  :func:`build_bordered` copies each channel into a border of zeros, split by the
+  strides into phases, and the product reads each tap's row of ``cols`` as that copy
+  shifted by the tap's offset (:class:`Windows`).
 
 Position by position otherwise (a stream's frames, often one a call):
 
@@ -32,9 +33,9 @@ Each output is the same sum of products as the loop nest's, in order of (channel
 so results agree to rounding (and the two forms exactly).  The weights are stored at the
 module's products precision (:mod:`memotvm.passes.precision`).  Transposed convolutions
 are the channel-by-channel product and a col2im (:mod:`.host_conv_transpose`).
-Depthwise convolutions of stride 1 over an image or a long sequence read the same
-bordered copy (:func:`build_depthwise`).  Other grouped convolutions, depthwise ones of
-larger strides, symbolic channels and other layouts keep TVM's lowering.
+Depthwise convolutions over an image or a long sequence read the same copy
+(:func:`build_depthwise`).  Other grouped convolutions, symbolic channels and other
+layouts keep TVM's lowering.
 
 On the CRNN recognizer fixture (three convolutions over a 32 x W image), channel by
 channel took its call from 305 to 256 us with a symbolic width and from 333 to 238 us
@@ -314,40 +315,87 @@ def _copy_run(dst, dst_flat, value, dst_row, length):
         store(i)
 
 
-def shifted_windows(taps, strides) -> bool:
+def shifted_windows(taps, strides, padding) -> bool:
     """Whether a convolution computed channel by channel reads its windows in place
-    (:func:`build_bordered` and :func:`build_conv_matmul` with ``shifted``) instead of
-    through an im2col: a kernel of several taps and stride 1, whose windows are then
-    runs of the zero-bordered image.  (The im2col of a 3 x 3 convolution is a 9-fold
-    copy of its input written to memory and read back: 64 to 16 channels at 160 x
-    160, 10.8 ms of which onnxruntime's whole convolution took 3.8.)"""
-    return math.prod(taps) > 1 and set(strides) == {1}
+    (:class:`Windows`: :func:`build_bordered`, then :func:`build_conv_matmul` with
+    ``windows``) instead of through an im2col: every one but a pointwise convolution
+    of stride 1 without padding (whose im2col is a copy of each channel already).
+    (The im2col of a 3 x 3 convolution is a 9-fold copy of its input written to
+    memory and read back: 64 to 16 channels at 160 x 160, 10.8 ms of which
+    onnxruntime's whole convolution took 3.8.)"""
+    return math.prod(taps) > 1 or set(strides) != {1} or any(padding)
 
 
-def bordered_length(spatial, padding):
-    """The row length of :func:`build_bordered`'s output for an image of ``spatial``
-    sizes (ints or PrimExprs): the bordered image, then the zeros that the last block
-    of vectors reads past it (a block of :data:`DEPTHWISE_VECTORS` vectors may start
-    at up to that many vectors minus one before the last position)."""
-    nd = len(spatial)
-    size = 1
-    for a in range(nd):
-        extent = int(spatial[a]) if isinstance(spatial[a], (int, tirx.IntImm)) else spatial[a]
-        size = size * (extent + padding[a] + padding[nd + a])
-    return padded_positions(size) + DEPTHWISE_VECTORS * vector_lanes()
+class Windows:
+    """How a convolution's windows are read in place.  Each channel is copied (by
+    :func:`build_bordered`) into a border of zeros and split, along each axis of
+    stride s, into the s phases of the bordered positions (s * m + phase, for m <
+    the phase's size Q): tap t of dilation d reads phase (t * d) % s at m = o + (t * d)
+    // s for output position o.  So the windows of consecutive output positions are
+    consecutive in each phase, and the row of tap t is the phase copy shifted by an
+    offset: the positions q = o0 * Q1 + o1 (Q1 the last axis' phase size), among which
+    the columns o1 >= the output width (((taps - 1) * dilation) // stride of them) are
+    computed and dropped.  Q = output size + ((taps - 1) * dilation) // stride: the
+    positions that some window reads.  Only the phases that some tap reads are kept."""
+
+    def __init__(self, taps, strides, dilation):
+        self.taps, self.strides, self.dilation = tuple(taps), tuple(strides), tuple(dilation)
+        self.phases = sorted({self._phase(t) for t in self.each_tap()})
+
+    def key(self):
+        return (self.taps, self.strides, self.dilation)
+
+    def each_tap(self):
+        """The taps' indices per axis, in row-major order (that of the weight's K)."""
+        return itertools.product(*(range(k) for k in self.taps))
+
+    def _phase(self, t):
+        return tuple(t[a] * self.dilation[a] % self.strides[a] for a in range(len(t)))
+
+    def phase_sizes(self, outs):
+        """Q per axis for output sizes ``outs`` (ints, or PrimExprs)."""
+        return [_as_int(o) + (k - 1) * d // s for o, k, d, s in zip(outs, self.taps, self.dilation, self.strides)]
+
+    def length(self, outs):
+        """The row length of the copy: the phases, then the zeros that the last block of
+        vectors reads past them (a block of :data:`DEPTHWISE_VECTORS` vectors starts
+        up to that many vectors minus one before the last position)."""
+        size = len(self.phases)
+        for q in self.phase_sizes(outs):
+            size = size * q
+        return padded_positions(size) + DEPTHWISE_VECTORS * vector_lanes()
+
+    def offsets(self, sizes):
+        """Each tap's offset (row-major order) for phase sizes ``sizes``."""
+        plane = 1
+        for q in sizes:
+            plane = plane * q
+        out = []
+        for t in self.each_tap():
+            shift = 0
+            for a in range(len(t)):  # (row-major within the phase)
+                shift = shift * sizes[a] + t[a] * self.dilation[a] // self.strides[a]
+            out.append(self.phases.index(self._phase(t)) * plane + shift)
+        return out
 
 
-def build_bordered(shape, padding) -> tirx.PrimFunc:
-    """xp[n, c, :] = channel c of image n inside a border of zeros (``padding``: all
-    the befores, then the afters), row after row, followed by zeros up to
-    :func:`bordered_length`.  ``shape`` is x's [channels, *spatial], None for a
-    symbolic spatial size."""
+def _as_int(v):
+    return int(v) if isinstance(v, (int, tirx.IntImm)) else v
+
+
+def build_bordered(shape, windows: Windows, padding) -> tirx.PrimFunc:
+    """xp[n, c, :] = the phases (:class:`Windows`) of channel c of image n inside a
+    border of zeros (``padding``: all the befores, then the afters), each row after
+    row, then zeros up to :meth:`Windows.length`.  ``shape`` is x's [channels,
+    *spatial], None for a symbolic spatial size; 1-d or 2-d."""
     channels, *static = shape
     nd = len(static)
     spatial = [i64(v) if v is not None else tirx.Var(f"size{a}", "int64") for a, v in enumerate(static)]
-    bordered = [spatial[a] + i64(padding[a] + padding[nd + a]) for a in range(nd)]
-    length = bordered_length(spatial, padding)
-    name = "bordered_" + "_".join("d" if v is None else str(v) for v in [*shape, *padding])
+    outs = output_sizes(spatial, windows.taps, windows.strides, padding, windows.dilation)
+    sizes = [i64(q) for q in windows.phase_sizes(outs)]
+    length = i64(windows.length(outs))
+    name = "bordered_" + "_".join("d" if v is None else str(v) for v in [
+        *shape, *windows.taps, *windows.strides, *padding, *windows.dilation])
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
@@ -359,41 +407,53 @@ def build_bordered(shape, padding) -> tirx.PrimFunc:
             with T.sblock("root"):
                 with (T.serial if small else T.parallel)(0, batch * i64(channels)) as task:
                     n, c = task // i64(channels), task % i64(channels)
-                    width = bordered[-1]
-                    top = _rows_before(bordered, padding) * width
-                    _copy_run(out, None, None, (n, c, i64(0)), top)
-                    with _loops(spatial[:-1]) as at:
-                        row = i64(0)
-                        for a in range(nd - 1):
-                            row = row * bordered[a] + at[a] + i64(padding[a])
-                        _copy_run(out, None, None, (n, c, row * width), i64(padding[nd - 1]))
-                        first = row * width + i64(padding[nd - 1])
-                        _copy_run(out, None, lambda i: x[(n, c, *at, i)], (n, c, first), spatial[-1])
-                        _copy_run(out, None, None, (n, c, first + spatial[-1]), i64(padding[2 * nd - 1]))
-                    last = (_rows_before(bordered, padding) + _image_rows(spatial)) * width
-                    _copy_run(out, None, None, (n, c, last), length - last)
+                    plane = sizes[0] * sizes[1] if nd == 2 else sizes[0]
+                    for p, phase in enumerate(windows.phases):
+                        base = i64(p) * plane
+                        last = _Axis(spatial[-1], padding[nd - 1], windows.strides[-1], phase[-1], sizes[-1])
+                        if nd == 1:
+                            last.copy(out, (n, c, base), lambda i: x[n, c, i])
+                            continue
+                        rows = _Axis(spatial[0], padding[0], windows.strides[0], phase[0], sizes[0])
+                        with T.serial(0, rows.first) as m:
+                            _copy_run(out, None, None, (n, c, base + m * sizes[1]), sizes[1])
+                        with T.serial(rows.first, rows.end) as m:
+                            row = rows.source(m)
+                            last.copy(out, (n, c, base + m * sizes[1]), lambda i: x[n, c, row, i])
+                        with T.serial(rows.end, sizes[0]) as m:
+                            _copy_run(out, None, None, (n, c, base + m * sizes[1]), sizes[1])
+                    used = i64(len(windows.phases)) * plane
+                    _copy_run(out, None, None, (n, c, used), length - used)
     return ib.get()
 
 
-def _rows_before(bordered, padding):
-    """Rows of the bordered image (of ``bordered``'s sizes) before the first image row."""
-    nd = len(bordered)
-    rows = i64(0)
-    for a in range(nd - 1):
-        rows = rows * bordered[a] + i64(padding[a])
-    return rows
+class _Axis:
+    """One axis of a phase of :func:`build_bordered`: input ``size``, ``before`` zeros
+    of padding, ``stride``, ``phase`` and phase size ``q``.  Position m of the phase
+    is input position stride * m + phase - before; [first, end) those inside the
+    input (clamped into [0, q])."""
 
+    def __init__(self, size, before, stride, phase, q):
+        self.stride, self.shift = stride, phase - before
+        first = max(0, -(-(before - phase) // stride))
+        self.first = tirx.min(i64(first), q)
+        self.end = tirx.max(tirx.min((size + i64(before - phase + stride - 1)) // i64(stride), q), self.first)
+        self.q = q
 
-def _image_rows(spatial):
-    """How many rows of the bordered copy the image spans, from its first."""
-    rows = i64(1)
-    for size in spatial[:-1]:
-        rows = rows * size
-    return rows
+    def source(self, m):
+        return m * i64(self.stride) + i64(self.shift)
+
+    def copy(self, out, at, value):
+        """out[*at[:-1], at[-1] + m] for m < q: zeros, value(input position), zeros."""
+        *head, start = at
+        _copy_run(out, None, None, (*head, start), self.first)
+        _copy_run(out, None, lambda i: value(self.source(self.first + i)), (*head, start + self.first),
+                  self.end - self.first)
+        _copy_run(out, None, None, (*head, start + self.end), self.q - self.end)
 
 
 def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "float32",
-                      epilogue=None, shifted=None) -> tirx.PrimFunc:
+                      epilogue=None, windows: Windows | None = None) -> tirx.PrimFunc:
     """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), with
     ``cols`` from :func:`build_im2col_by_channel` and W the constant [O, K] (stored as
     ``weights``: float32, bfloat16, or int8 followed by the output channels' scales,
@@ -403,13 +463,11 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     output sizes, None where symbolic.  (y is written in its own
     shape: a reshape after the kernel over a symbolic width failed in TVM's lowering.)
 
-    ``shifted`` = (taps, dilation), for a convolution of stride 1 (see
-    :func:`shifted_windows`): the kernel reads :func:`build_bordered`'s image in place
-    of ``cols``, kk = c * taps + t as before.  Over the bordered width Wp the windows of
-    consecutive positions are consecutive, so the row of tap t is the bordered image
-    shifted by t's offset, and the kernel computes the positions q = oy * Wp + ox; the
-    columns ox >= the output width (as many as the taps reach past it, 2 of 162 for a
-    3 x 3 kernel at 160 x 160) are computed and not stored.
+    With ``windows`` (:class:`Windows`; see :func:`shifted_windows`) the kernel reads
+    :func:`build_bordered`'s copy in place of ``cols``, kk = c * taps + t as before:
+    the row of tap t is the copy shifted by t's offset, over the positions of
+    :class:`Windows`, whose columns past the output width (2 of 162 for a 3 x 3
+    kernel of stride 1 at 160 x 160) are computed and not stored.
 
     An ``epilogue`` (:class:`.host_conv_epilogue.Epilogue`) is applied to each sum
     before it is stored; its constants per channel come as a [rows, channels_out]
@@ -418,8 +476,8 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     chunks = -(-channels_out // ROW_CHUNK)
     suffix = "" if weights == "float32" else f"_{weights}"
     label = "x".join("d" if o is None else str(o) for o in outs)
-    if shifted is not None:
-        suffix += "_shifted" + "_".join(str(v) for v in (*shifted[0], *shifted[1]))
+    if windows is not None:
+        suffix += "_windows" + "_".join(str(v) for v in itertools.chain(*windows.key()))
     if epilogue is not None:
         suffix += f"_epilogue{zlib.crc32(epilogue.key.encode()):08x}"
     with host_kernel(f"conv_matmul_{channels_out}x{k}x{label}{suffix}") as (ib, batch):
@@ -428,7 +486,7 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
         for size in sizes[1:]:
             count = count * size
         static = None not in outs
-        grid = _Grid(sizes, *shifted) if shifted is not None else None
+        grid = _Grid(sizes, windows) if windows is not None else None
         positions = count if grid is None else grid.positions
         if static:  # (an int)
             positions = int(simplified(positions))
@@ -466,7 +524,7 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
                 n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, flat,
                 output, scales, finish if epilogue is not None else None, grid))
     func = ib.get()
-    geometry = [] if shifted is None else [[int(v) for v in shifted[0]], [int(v) for v in shifted[1]]]
+    geometry = [] if windows is None else [list(axis) for axis in windows.key()]
     return func.with_attr(CONV_MATMUL_ATTR, [channels_out, k, [-1 if o is None else o for o in outs],
                                              weights, geometry, "dense"])
 
@@ -493,29 +551,32 @@ def _output_args(epilogue, batch, channels_out, sizes, count):
         # (a tensor's index clamped: lanes past the last position are not stored)
         return epilogue.emit(lanes, value, lambda row: table[i64(row), o],
                              lambda j, lane: tensors[j][tirx.min(at(lane), total - i64(1))])
-    return flat, (finish if epilogue is not None else None)
+    if epilogue is None:
+        return flat, None
+    finish.reads_tensors = epilogue.tensors > 0  # (else ``at`` is not called)
+    return flat, finish
 
 
-def build_depthwise(channels: int, outs: list, taps, dilation, epilogue=None) -> tirx.PrimFunc:
+def build_depthwise(channels: int, outs: list, windows: Windows, epilogue=None) -> tirx.PrimFunc:
     """y[n, c, *p] = sum over taps t of W[c, t] * x[n, c, window of p at t] (in order of
-    t): a depthwise convolution of stride 1 (one input channel per group, one output
-    channel per input channel), reading :func:`build_bordered`'s copy of x as the
-    shifted form of :func:`build_conv_matmul` does.  A task takes one channel of one
+    t): a depthwise convolution (one input channel per group, one output channel per
+    input channel), reading :func:`build_bordered`'s copy of x in place as
+    :func:`build_conv_matmul` does with ``windows``.  A task takes one channel of one
     image and :data:`DEPTHWISE_VECTORS` vectors of positions; each tap's weight is
     broadcast once for them.  ``outs``: the output sizes, None where symbolic;
     ``epilogue`` as for :func:`build_conv_matmul`."""
     lanes = vector_lanes()
     label = "x".join("d" if o is None else str(o) for o in outs)
-    suffix = "_".join(str(v) for v in (*taps, *dilation))
+    suffix = "_".join(str(v) for v in itertools.chain(*windows.key()))
     if epilogue is not None:
         suffix += f"_epilogue{zlib.crc32(epilogue.key.encode()):08x}"
-    ntaps = math.prod(taps)
+    ntaps = math.prod(windows.taps)
     with host_kernel(f"depthwise_{channels}x{label}_{suffix}") as (ib, batch):
         sizes = [i64(o) if o is not None else tirx.Var(f"size{a}", "int64") for a, o in enumerate(outs)]
         count = sizes[0]
         for size in sizes[1:]:
             count = count * size
-        grid = _Grid(sizes, taps, dilation)
+        grid = _Grid(sizes, windows)
         static = None not in outs
         positions = int(simplified(grid.positions)) if static else grid.positions
         w = T.match_buffer(T.arg("w", T.handle()), (i64(channels), i64(ntaps)), "float32")
@@ -548,7 +609,7 @@ def build_depthwise(channels: int, outs: list, taps, dilation, epilogue=None) ->
                         _store_shifted(flat, acc.__getitem__, c, start, lanes, positions, output,
                                        finish, grid)
     func = ib.get()
-    geometry = [[int(v) for v in taps], [int(v) for v in dilation]]
+    geometry = [list(axis) for axis in windows.key()]
     return func.with_attr(CONV_MATMUL_ATTR, [channels, ntaps, [-1 if o is None else o for o in outs],
                                              "float32", geometry, "depthwise"])
 
@@ -558,34 +619,29 @@ def rebuild_product(recipe, epilogue) -> tirx.PrimFunc:
     built again with ``epilogue``."""
     channels_out, k, outs, weights, geometry, kind = recipe
     outs = [None if int(o) < 0 else int(o) for o in outs]
-    shifted = tuple(tuple(int(v) for v in axis) for axis in geometry) or None
+    windows = Windows(*(tuple(int(v) for v in axis) for axis in geometry)) if len(geometry) else None
     if str(kind) == "depthwise":
-        return build_depthwise(int(channels_out), outs, *shifted, epilogue)
-    return build_conv_matmul(int(channels_out), int(k), outs, str(weights), epilogue, shifted)
+        return build_depthwise(int(channels_out), outs, windows, epilogue)
+    return build_conv_matmul(int(channels_out), int(k), outs, str(weights), epilogue, windows)
 
 
 class _Grid:
-    """Where :func:`build_conv_matmul`'s shifted form reads and stores: output sizes
-    ``sizes`` (PrimExprs), a kernel of ``taps`` spaced by ``dilation``, stride 1."""
+    """Where :func:`build_conv_matmul`'s and :func:`build_depthwise`'s reads in place
+    (:class:`Windows`) fall and where they store: output sizes ``sizes`` (PrimExprs)."""
 
-    def __init__(self, sizes, taps, dilation):
+    def __init__(self, sizes, windows: Windows):
         nd = len(sizes)
-        self.taps = math.prod(taps)
+        self.taps = math.prod(windows.taps)
+        phase_sizes = [i64(q) for q in windows.phase_sizes(sizes)]
         self.out_width = sizes[-1]
-        self.width = sizes[-1] + i64((taps[-1] - 1) * dilation[-1])  # bordered
-        bordered = [sizes[a] + i64((taps[a] - 1) * dilation[a]) for a in range(nd)]
+        self.width = phase_sizes[-1]
         # the last stored position + 1 (a 1-d one: the output's width)
         rows = i64(1)
         for size in sizes[:-1]:
             rows = rows * size
         self.positions = (rows - i64(1)) * self.width + self.out_width
-        self.length = bordered_length(bordered, [0] * (2 * nd))  # (an int where static)
-        self.offsets = []  # of each tap's window, in row-major order of the taps
-        for t in itertools.product(*(range(v) for v in taps)):
-            offset = i64(0)
-            for a in range(nd):
-                offset = offset * bordered[a] + i64(t[a] * dilation[a])
-            self.offsets.append(offset)
+        self.length = windows.length(sizes)  # (an int where static)
+        self.offsets = [i64(v) for v in windows.offsets(phase_sizes)]
         self.one_row = nd == 1
 
     def row_col(self, q):
@@ -646,10 +702,15 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
             return cols[n, kk, start + i64(j * lanes) + lane]
     else:
         k_loop = (k // grid.taps, grid.taps)
+        # (each tap's first position in a table: with the taps unrolled, their loads'
+        # indices over the symbolic sizes took TVM's passes 5 s a kernel)
+        firsts = T.alloc_buffer((grid.taps,), "int64")
+        for t, offset in enumerate(grid.offsets):
+            T.buffer_store(firsts, start + offset, [t])
 
         def window(ct, j, lane):
             c, t = ct
-            return cols[n, c, start + i64(j * lanes) + lane + grid.offsets[t]]
+            return cols[n, c, firsts[t] + i64(j * lanes) + lane]
 
     with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
         first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
@@ -663,14 +724,18 @@ def _store_shifted(y, scaled, o, at, lanes, positions, output, finish, grid):
     where they are one row's stored columns, else lane by lane those that are."""
     row, col = grid.row_col(at)
     first = output(o, row * grid.out_width + col)
+    value = scaled
+    if finish is not None and not finish.reads_tensors:  # (once, for both paths)
+        value = finish(scaled, o, None).__getitem__
     with T.If(col + i64(lanes) <= grid.out_width):
         with T.Then():
-            value = scaled if finish is None else finish(scaled, o, lambda lane: first + lane).__getitem__
+            if finish is not None and finish.reads_tensors:
+                value = finish(scaled, o, lambda lane: first + lane).__getitem__
             with T.vectorized(0, lanes) as lane:
                 T.buffer_store(y, value(lane), [first + lane])
         with T.Else():
-            value = scaled if finish is None else \
-                finish(scaled, o, lambda lane: output(o, grid.stored(at + lane))).__getitem__
+            if finish is not None and finish.reads_tensors:
+                value = finish(scaled, o, lambda lane: output(o, grid.stored(at + lane))).__getitem__
             with T.serial(0, lanes) as lane:
                 q = at + lane
                 with T.If(tirx.all(q < positions, grid.row_col(q)[1] < grid.out_width)):
@@ -743,7 +808,7 @@ class _ConvRewriter(relax.PyExprMutator):
                 for o in output_sizes(spatial, taps, strides, padding, dilation)]
         key = ((int(channels), *static), tuple(taps), tuple(strides), tuple(padding), tuple(dilation))
         if groups != 1:
-            if not shifted_windows(taps, strides) or not by_channel(
+            if not by_channel(
                     math.prod(o for o in outs if isinstance(o, int)), static.count(None)):
                 return call  # (TVM's lowering)
             return self._depthwise(x, w, key, batch, outs)
@@ -799,31 +864,30 @@ class _ConvRewriter(relax.PyExprMutator):
         return relax.call_tir(self.kernels[key], [products], out_ty=out_info)
 
     def _depthwise(self, x, w, key, batch, outs):
-        """A depthwise convolution of stride 1 as :func:`build_bordered` and
-        :func:`build_depthwise` (float32 weights: its products are few)."""
-        shape, taps, _strides, padding, dilation = key
+        """A depthwise convolution as :func:`build_bordered` and :func:`build_depthwise`
+        (float32 weights: its products are few)."""
+        shape, taps, strides, padding, dilation = key
+        windows = Windows(taps, strides, dilation)
         known = [o if isinstance(o, int) else None for o in outs]
-        kernel_key = ("depthwise", shape[0], tuple(known), taps, dilation)
+        kernel_key = ("depthwise", shape[0], tuple(known), windows.key())
         if kernel_key not in self.kernels:
-            self.kernels[kernel_key] = add_kernel(
-                self.builder_, build_depthwise(shape[0], known, taps, dilation))
-        xp = self.builder_.emit(relax.call_tir(
-            self._bordered(shape, padding), [x],
-            out_ty=relax.TensorType([batch, shape[0], bordered_length(x.ty.shape.values[2:], padding)],
-                                    "float32")))
+            self.kernels[kernel_key] = add_kernel(self.builder_, build_depthwise(shape[0], known, windows))
+        xp = self.builder_.emit(self._bordered(x, shape, windows, padding, batch, outs))
         return relax.call_tir(self.kernels[kernel_key], [relax.const(w.reshape(shape[0], -1)), xp],
                               out_ty=relax.TensorType([batch, shape[0], *outs], "float32"))
 
-    def _bordered(self, shape, padding):
-        key = ("bordered", shape, padding)
+    def _bordered(self, x, shape, windows, padding, batch, outs):
+        """The call of :func:`build_bordered` on x."""
+        key = ("bordered", shape, windows.key(), padding)
         if key not in self.kernels:
-            self.kernels[key] = add_kernel(self.builder_, build_bordered(shape, padding))
-        return self.kernels[key]
+            self.kernels[key] = add_kernel(self.builder_, build_bordered(shape, windows, padding))
+        return relax.call_tir(self.kernels[key], [x], out_ty=relax.TensorType(
+            [batch, shape[0], windows.length(outs)], "float32"))
 
     def _by_channel(self, x, w, key, batch, outs):
-        """The convolution as :func:`build_im2col_by_channel` and
-        :func:`build_conv_matmul`, its weight stored at the module's products precision
-        (``outs``: the output sizes, some possibly symbolic)."""
+        """The convolution as :func:`build_im2col_by_channel` (or :func:`build_bordered`)
+        and :func:`build_conv_matmul`, its weight stored at the module's products
+        precision (``outs``: the output sizes, some possibly symbolic)."""
         w = w.reshape(w.shape[0], -1)
         channels_out, k = w.shape
         positions = outs[0]
@@ -832,22 +896,20 @@ class _ConvRewriter(relax.PyExprMutator):
         weights = STORAGE[self.precision]
         shape, taps, strides, padding, dilation = key
         known = [o if isinstance(o, int) else None for o in outs]
-        shifted = (taps, dilation) if shifted_windows(taps, strides) else None
-        matmul_key = ("matmul", channels_out, k, tuple(known), weights, shifted)
+        windows = Windows(taps, strides, dilation) if shifted_windows(taps, strides, padding) else None
+        matmul_key = ("matmul", channels_out, k, tuple(known), weights, windows and windows.key())
         if matmul_key not in self.kernels:
             self.kernels[matmul_key] = add_kernel(
-                self.builder_, build_conv_matmul(channels_out, k, known, weights, shifted=shifted))
-        if shifted is not None:
-            source = self._bordered(shape, padding)
-            length = bordered_length(x.ty.shape.values[2:], padding)
+                self.builder_, build_conv_matmul(channels_out, k, known, weights, windows=windows))
+        if windows is not None:
+            cols = self.builder_.emit(self._bordered(x, shape, windows, padding, batch, outs))
         else:
             source_key = ("by_channel", *key)
             if source_key not in self.kernels:
                 self.kernels[source_key] = add_kernel(self.builder_, build_im2col_by_channel(*key))
-            source, length = self.kernels[source_key], padded_positions(positions)
-        cols = self.builder_.emit(relax.call_tir(
-            source, [x],
-            out_ty=relax.TensorType([batch, shape[0] if shifted else k, length], "float32")))
+            cols = self.builder_.emit(relax.call_tir(
+                self.kernels[source_key], [x],
+                out_ty=relax.TensorType([batch, k, padded_positions(positions)], "float32")))
         stored = store_weights(w.reshape(channels_out, k), self.precision)
         args = [relax.const(stored.values.view(np.uint16), "uint16") if weights == "bfloat16"
                 else relax.const(stored.values, weights)]

@@ -167,9 +167,8 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store)
     lane)`` (one vector load); then ``store(accumulator, row, j)`` for the rows that
     exist.  Rows past the end repeat the last row (their results are not stored).
 
-    ``k`` may be a pair (outer, inner): kk = a * inner + b, the loop over b unrolled,
-    and ``vector_value`` is given (a, b) for kk (a convolution's channel and tap, whose
-    window offsets are then constants of the unrolled code)."""
+    ``k`` may be a pair (outer, inner): kk = a * inner + b over two nested loops, and
+    ``vector_value`` is given (a, b) for kk (a convolution's channel and tap)."""
     accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(ROW_BLOCK)]
     for row in accs:
         for acc in row:
@@ -186,11 +185,10 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store)
                     acc = accs[i][j]
                     T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
 
-    if isinstance(k, tuple):  # (outer, inner): kk = a * inner + b, b unrolled
+    if isinstance(k, tuple):  # (outer, inner): kk = a * inner + b
         outer, inner = k
-        with T.serial(0, outer) as a:
-            for b in range(inner):
-                step(a * i64(inner) + i64(b), (a, b))
+        with T.serial(0, outer) as a, T.serial(0, inner) as b:
+            step(a * i64(inner) + b, (a, b))
     else:
         with T.serial(0, k) as kk:
             step(kk, kk)
