@@ -10,16 +10,16 @@ group, NCW/NCHW layouts) in one of two forms.
 Channel by channel, where the output positions per image make vectors
 (:func:`by_channel`: an image, of static or symbolic sizes; a long sequence):
 
-* an im2col kernel copies the input windows into ``cols`` [N, C x kernel taps, output
-  positions] (zeros for the padding), each row a run of the input;
-* :func:`build_conv_matmul` multiplies the weight [O, C x taps] by ``cols``, the
-  output channels as the rows of the register-blocked kernel of :mod:`.host_gemm` and
-  the positions as its vectors: the result is NCW/NCHW as it is stored, and a bias and
-  activation after it are elementwise over contiguous rows.
-* Except for a pointwise convolution of stride 1 (whose im2col is a copy), no im2col:
-  :func:`build_bordered` copies each channel into a border of zeros, split by the
-  strides into phases, and the product reads each tap's row of ``cols`` as that copy
-  shifted by the tap's offset (:class:`Windows`).
+* :func:`build_bordered` copies each channel into a border of zeros, split along each
+  strided axis into the phases that the taps read (:class:`Windows`), so that the
+  windows of consecutive output positions are consecutive;
+* :func:`build_conv_matmul` multiplies the weight [O, C x taps] by the rows ``cols``
+  [C x taps, positions], the row of channel c and tap t being that copy shifted by the
+  tap's offset (no im2col is written): the output channels are the rows of the
+  register-blocked kernel of :mod:`.host_gemm` and the positions its vectors, so the
+  result is NCW/NCHW as it is stored, and the elementwise work after it is done as it
+  stores (:mod:`.host_conv_epilogue`).  A pointwise convolution of stride 1 without
+  padding reads x itself.
 
 Position by position otherwise (a stream's frames, often one a call):
 
@@ -43,8 +43,9 @@ with static shapes (medians of 40 calls of each alternated in one process, 2-cor
 EPYC, a busy machine).  Over a symbolic height and width (RapidOCR's text detector, a
 640 x 640 image, 2-core AVX-512 EPYC) it took the call from 72-74 to 37-38 ms against
 the position-major form, at about 1 s of compile per product kernel (0.1 s static).
-Reading the windows of a stride-1 convolution in place took a 3 x 3 convolution of 64
-to 16 channels at 160 x 160 from 10.8 to 4.1 ms (onnxruntime: 3.8; 2-core AVX2 EPYC,
+Reading the windows in place rather than from an im2col took a 3 x 3 convolution of 64
+to 16 channels at 160 x 160 from 10.8 to 4.1 ms (onnxruntime: 3.8), and a pointwise one
+of 32 to 64 channels from 1.9 to 1.4-1.7 ms (onnxruntime 1.2-1.8; 2-core AVX2 EPYC,
 medians of 30 calls, each in its own process).
 """
 
@@ -170,11 +171,11 @@ def build_rows_to_nchw(channels: int) -> tirx.PrimFunc:
 
 
 def padded_positions(positions):
-    """The row length of :func:`build_im2col_by_channel`'s ``cols``: the output
-    positions rounded up to whole vectors, and one more vector where that is a multiple
-    of 256 bytes (always, for a symbolic count).  A task reads a few vectors from each
-    of the K rows; 512 positions apart (2 KB) they fell into the same few sets of the L1
-    cache (32 x 144 x 512 on the AVX2 EPYC: 42 -> 37 us, 16 x 9 x 2048: 10.0 -> 6.9 us)."""
+    """A row length for ``positions``: rounded up to whole vectors, and one more vector
+    where that is a multiple of 256 bytes (always, for a symbolic count).  A task reads
+    a few vectors from each of the K rows; 512 positions apart (2 KB) they fell into the
+    same few sets of the L1 cache (32 x 144 x 512 on the AVX2 EPYC: 42 -> 37 us, 16 x 9
+    x 2048: 10.0 -> 6.9 us, when the product read an im2col)."""
     lanes = vector_lanes()
     if not isinstance(positions, int):
         return ((positions + i64(lanes - 1)) // i64(lanes) + i64(1)) * i64(lanes)
@@ -193,105 +194,6 @@ def by_channel(static_positions: int, symbolic: int) -> bool:
     if symbolic >= 2:
         return True
     return static_positions >= (1 if symbolic else 4) * vector_lanes()
-
-
-def build_im2col_by_channel(shape, taps, strides, padding, dilation) -> tirx.PrimFunc:
-    """cols[n, c * T + t, p] = x[n, c, p * stride + t * dilation - pad] (zero in the
-    padding, and from the P output positions up to :func:`padded_positions`), P and T
-    in row-major order.  ``shape`` is x's [channels, *spatial], None for a symbolic
-    spatial size; the batch size is a parameter.
-
-    A task takes one channel of one image: it copies it into a zero-bordered image of
-    its own, from which every row of ``cols`` is, along the last axis, a run of a fixed
-    length copied in whole vectors (with the padding in x, runs that start or end in
-    it had a length of their own and were copied one element at a time: 41 us for a
-    16-channel 3 x 3 convolution over 16 x 32, 6 us this way).  With one tap, no stride
-    and no padding (a pointwise convolution) a row of ``cols`` is the channel as it is,
-    copied in one run."""
-    channels, *static = shape
-    nd = len(static)
-    spatial = [i64(v) if v is not None else tirx.Var(f"size{a}", "int64") for a, v in enumerate(static)]
-    outs = output_sizes(spatial, taps, strides, padding, dilation)
-    positions = math.prod(outs)
-    if None in static:
-        padded = padded_positions(positions)
-    else:
-        padded = i64(padded_positions(math.prod(output_sizes(static, taps, strides, padding, dilation))))
-    ntaps = math.prod(taps)
-    bordered = [spatial[a] + i64(padding[a] + padding[nd + a]) for a in range(nd)]
-    name = "im2col_by_channel_" + "_".join("d" if v is None else str(v)
-                                           for v in [*shape, *taps, *strides, *padding, *dilation])
-    zero = tirx.const(0.0, "float32")
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(name)
-            T.func_attr({"tir.noalias": True, HOST_KERNEL: True, "op_pattern": 8})
-            batch = tirx.Var("batch", "int64")
-            x = T.match_buffer(T.arg("x", T.handle()), [batch, i64(channels), *spatial], "float32")
-            out = T.match_buffer(T.arg("cols", T.handle()), (batch, i64(channels * ntaps), padded),
-                                 "float32")
-            small = None not in static and int(padded) * channels * ntaps < MIN_PARALLEL_WORK
-            loop = T.serial if small else T.parallel
-            pointwise = ntaps == 1 and set(strides) == {1} and not any(padding)
-            plane = math.prod(spatial)
-            # (in a root block, as build_im2col's body)
-            with T.sblock("root"):
-                if pointwise:
-                    flat = T.decl_buffer((batch * i64(channels) * plane,), "float32", data=x.data)
-                with loop(0, batch * i64(channels)) as task:
-                    n, c = task // i64(channels), task % i64(channels)
-                    if pointwise:
-                        _copy_run(out, None, lambda i: flat[task * plane + i], (n, c, i64(0)), plane)
-                        with T.serial(positions, padded) as p:
-                            T.buffer_store(out, zero, [n, c, p])
-                    else:
-                        _windows_of_channel(x, out, n, c, spatial, bordered, taps, strides, padding,
-                                            dilation, outs, positions, padded)
-    return ib.get()
-
-
-def _windows_of_channel(x, out, n, c, spatial, bordered, taps, strides, padding, dilation,
-                        outs, positions, padded):
-    """The rows of ``cols`` of channel c of image n (see :func:`build_im2col_by_channel`)."""
-    nd = len(spatial)
-    zero = tirx.const(0.0, "float32")
-    size = bordered[0]
-    for extent in bordered[1:]:
-        size = size * extent
-    image = T.alloc_buffer((size,), "float32")
-    _copy_run(image, i64(0), None, None, size)
-    with _loops(spatial[:-1]) as at:
-        row = i64(0)
-        for a in range(nd - 1):
-            row = row * bordered[a] + at[a] + i64(padding[a])
-        _copy_run(image, row * bordered[-1] + i64(padding[nd - 1]),
-                  lambda i: x[(n, c, *at, i)], None, spatial[-1])
-    with _loops([i64(v) for v in taps]) as t:
-        kk = c
-        for a in range(nd):
-            kk = kk * i64(taps[a]) + t[a]
-        with _loops(outs[:-1]) as at:
-            start, row = i64(0), i64(0)
-            for a in range(nd - 1):
-                start = start * outs[a] + at[a]
-                row = row * bordered[a] + at[a] * i64(strides[a]) + t[a] * i64(dilation[a])
-            first = row * bordered[-1] + t[-1] * i64(dilation[-1])
-            step = i64(strides[-1])
-            _copy_run(out, None, lambda i: image[first + i * step], (n, kk, start * outs[-1]),
-                      outs[-1])
-        with T.serial(positions, padded) as p:
-            T.buffer_store(out, zero, [n, kk, p])
-
-
-@contextlib.contextmanager
-def _loops(extents):
-    """Nested serial loops over ``extents``; yields their variables as a list (none for
-    no extents)."""
-    if not extents:
-        yield []
-        return
-    with T.grid(*extents) as variables:
-        yield [variables] if len(extents) == 1 else list(variables)
 
 
 def _copy_run(dst, dst_flat, value, dst_row, length):
@@ -454,20 +356,22 @@ class _Axis:
 
 def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "float32",
                       epilogue=None, windows: Windows | None = None) -> tirx.PrimFunc:
-    """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), with
-    ``cols`` from :func:`build_im2col_by_channel` and W the constant [O, K] (stored as
-    ``weights``: float32, bfloat16, or int8 followed by the output channels' scales,
-    which multiply their sums): the output channels are the rows of
-    :func:`.host_gemm.register_block` (W broadcast) and the positions p its columns (one
-    vector load of cols), so the result is NCW/NCHW as it is stored.  ``outs``: the
-    output sizes, None where symbolic.  (y is written in its own
-    shape: a reshape after the kernel over a symbolic width failed in TVM's lowering.)
+    """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), W the
+    constant [O, K] (stored as ``weights``: float32, bfloat16, or int8 followed by the
+    output channels' scales, which multiply their sums): the output channels are the
+    rows of :func:`.host_gemm.register_block` (W broadcast) and the positions p its
+    columns (one vector load of cols), so the result is NCW/NCHW as it is stored.
+    ``outs``: the output sizes, None where symbolic.  (y is written in its own shape: a
+    reshape after the kernel over a symbolic width failed in TVM's lowering.)
 
     With ``windows`` (:class:`Windows`; see :func:`shifted_windows`) the kernel reads
-    :func:`build_bordered`'s copy in place of ``cols``, kk = c * taps + t as before:
-    the row of tap t is the copy shifted by t's offset, over the positions of
-    :class:`Windows`, whose columns past the output width (2 of 162 for a 3 x 3
-    kernel of stride 1 at 160 x 160) are computed and not stored.
+    :func:`build_bordered`'s copy, kk = c * taps + t: the row of tap t is the copy
+    shifted by t's offset, over the positions of :class:`Windows`, whose columns past
+    the output width (2 of 162 for a 3 x 3 kernel of stride 1 at 160 x 160) are
+    computed and not stored.  Without (a pointwise convolution of stride 1 and no
+    padding, or the product of a transposed one) it reads x itself [N, C, *sizes] as
+    cols (the lanes of a last vector that would read past a channel's positions read
+    its last position instead; their sums are not stored).
 
     An ``epilogue`` (:class:`.host_conv_epilogue.Epilogue`) is applied to each sum
     before it is stored; its constants per channel come as a [rows, channels_out]
@@ -497,15 +401,15 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
         scales = None
         if weights == "int8":
             scales = T.match_buffer(T.arg("scales", T.handle()), (i64(channels_out),), "float32")
-        # (cols' row length is its own: the width is bound by y, which comes after)
-        if static:
-            stride = i64(padded_positions(positions) if grid is None else grid.length)
-        else:
-            stride = tirx.Var("stride", "int64")
-        rows = k if grid is None else k // grid.taps
-        cols = T.match_buffer(T.arg("cols" if grid is None else "xp", T.handle()),
-                              (batch, i64(rows), stride), "float32")
+        if grid is None:  # (viewed flat below, after the last argument)
+            cols = T.match_buffer(T.arg("x", T.handle()), (batch, i64(k), *sizes), "float32")
+        else:  # (its row length is its own: the width is bound by y, which comes after)
+            stride = i64(grid.length) if static else tirx.Var("stride", "int64")
+            cols = T.match_buffer(T.arg("xp", T.handle()), (batch, i64(k // grid.taps), stride),
+                                  "float32")
         flat, finish = _output_args(epilogue, batch, channels_out, sizes, count)
+        if grid is None:
+            cols = T.decl_buffer((batch * i64(k) * count,), "float32", data=cols.data)
         panels = i64(panel_count(positions))
         tasks = i64(chunks) * panels
         with T.parallel(0, batch * tasks) as task:
@@ -522,7 +426,7 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
 
             for_panel(panel, positions, lambda col, width, whole: _channel_panel(
                 n, chunk, col, width, whole, lanes, channels_out, k, positions, weight, cols, flat,
-                output, scales, finish if epilogue is not None else None, grid))
+                output, scales, finish, grid))
     func = ib.get()
     geometry = [] if windows is None else [list(axis) for axis in windows.key()]
     return func.with_attr(CONV_MATMUL_ATTR, [channels_out, k, [-1 if o is None else o for o in outs],
@@ -661,7 +565,8 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
                    output, scales, finish=None, grid=None):
     """Output channels chunk * ROW_CHUNK ... of image n at positions col ... col +
     width * lanes (``whole``: all of them < positions), stored in ``y`` (flat) at
-    ``output(o, p)``; ``grid`` (a :class:`_Grid`): the shifted form."""
+    ``output(o, p)``; ``grid`` (a :class:`_Grid`): the windows read in place, else x
+    read flat as ``cols``."""
     start = i64(col)
 
     def store(acc, o, j):
@@ -699,7 +604,8 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
         k_loop = k
 
         def window(kk, j, lane):
-            return cols[n, kk, start + i64(j * lanes) + lane]
+            p = start + i64(j * lanes) + lane
+            return cols[(n * i64(k) + kk) * positions + (p if whole else tirx.min(p, positions - i64(1)))]
     else:
         k_loop = (k // grid.taps, grid.taps)
         # (each tap's first position in a table: with the taps unrolled, their loads'
@@ -885,8 +791,8 @@ class _ConvRewriter(relax.PyExprMutator):
             [batch, shape[0], windows.length(outs)], "float32"))
 
     def _by_channel(self, x, w, key, batch, outs):
-        """The convolution as :func:`build_im2col_by_channel` (or :func:`build_bordered`)
-        and :func:`build_conv_matmul`, its weight stored at the module's products
+        """The convolution as :func:`build_bordered` (but for a pointwise one) and
+        :func:`build_conv_matmul`, its weight stored at the module's products
         precision (``outs``: the output sizes, some possibly symbolic)."""
         w = w.reshape(w.shape[0], -1)
         channels_out, k = w.shape
@@ -899,17 +805,12 @@ class _ConvRewriter(relax.PyExprMutator):
         windows = Windows(taps, strides, dilation) if shifted_windows(taps, strides, padding) else None
         matmul_key = ("matmul", channels_out, k, tuple(known), weights, windows and windows.key())
         if matmul_key not in self.kernels:
-            self.kernels[matmul_key] = add_kernel(
-                self.builder_, build_conv_matmul(channels_out, k, known, weights, windows=windows))
+            self.kernels[matmul_key] = add_kernel(self.builder_, build_conv_matmul(
+                channels_out, k, known, weights, windows=windows))
         if windows is not None:
             cols = self.builder_.emit(self._bordered(x, shape, windows, padding, batch, outs))
-        else:
-            source_key = ("by_channel", *key)
-            if source_key not in self.kernels:
-                self.kernels[source_key] = add_kernel(self.builder_, build_im2col_by_channel(*key))
-            cols = self.builder_.emit(relax.call_tir(
-                self.kernels[source_key], [x],
-                out_ty=relax.TensorType([batch, k, padded_positions(positions)], "float32")))
+        else:  # (pointwise, stride 1, no padding: x is read as it is)
+            cols = x
         stored = store_weights(w.reshape(channels_out, k), self.precision)
         args = [relax.const(stored.values.view(np.uint16), "uint16") if weights == "bfloat16"
                 else relax.const(stored.values, weights)]
