@@ -506,12 +506,13 @@ def build_depthwise(channels: int, outs: list, windows: Windows, epilogue=None) 
             def output(o, p):
                 return (n * i64(channels) + o) * count + p
 
+            places = _vector_places(grid, at, DEPTHWISE_VECTORS, lanes)
             for j, acc in enumerate(accs):
                 start = at + i64(j * lanes)
                 with T.If(start < i64(positions)):
                     with T.Then():
                         _store_shifted(flat, acc.__getitem__, c, start, lanes, positions, output,
-                                       finish, grid)
+                                       finish, grid, (places[j, 0], places[j, 1]))
     func = ib.get()
     geometry = [list(axis) for axis in windows.key()]
     return func.with_attr(CONV_MATMUL_ATTR, [channels, ntaps, [-1 if o is None else o for o in outs],
@@ -576,7 +577,8 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
             return acc[lane] if scales is None else acc[lane] * scales[o]
 
         if grid is not None:
-            _store_shifted(y, scaled, o, at, lanes, positions, output, finish, grid)
+            _store_shifted(y, scaled, o, at, lanes, positions, output, finish, grid,
+                           (places[j, 0], places[j, 1]))
             return
         value = scaled if finish is None else finish(scaled, o, lambda lane: output(o, at) + lane).__getitem__
 
@@ -613,6 +615,7 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
         firsts = T.alloc_buffer((grid.taps,), "int64")
         for t, offset in enumerate(grid.offsets):
             T.buffer_store(firsts, start + offset, [t])
+        places = _vector_places(grid, start, width, lanes)
 
         def window(ct, j, lane):
             c, t = ct
@@ -625,10 +628,31 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
                 register_block(first, i64(channels_out), k_loop, width, lanes, weight, window, store)
 
 
-def _store_shifted(y, scaled, o, at, lanes, positions, output, finish, grid):
-    """Store the vector of positions at ... at + lanes - 1 of the bordered grid: whole
-    where they are one row's stored columns, else lane by lane those that are."""
-    row, col = grid.row_col(at)
+def _vector_places(grid, start, vectors, lanes):
+    """A buffer [vectors, 2] of the (row, column) in ``grid`` of the first position of
+    each of the vectors from ``start`` on: one division, then steps (a division per
+    vector over a symbolic width cost more than a small K's sums)."""
+    places = T.alloc_buffer((vectors, 2), "int64")
+    at = T.alloc_buffer((2,), "int64")
+    row, col = grid.row_col(start)
+    T.buffer_store(at, row, [0])
+    T.buffer_store(at, col, [1])
+    for j in range(vectors):
+        T.buffer_store(places, at[0], [j, 0])
+        T.buffer_store(places, at[1], [j, 1])
+        if j + 1 < vectors:
+            T.buffer_store(at, at[1] + i64(lanes), [1])
+            with T.While(at[1] >= grid.width):
+                T.buffer_store(at, at[1] - grid.width, [1])
+                T.buffer_store(at, at[0] + i64(1), [0])
+    return places
+
+
+def _store_shifted(y, scaled, o, at, lanes, positions, output, finish, grid, place):
+    """Store the vector of positions at ... at + lanes - 1 of the bordered grid (its
+    first position at ``place``, a (row, column) pair): whole where they are one row's
+    stored columns, else lane by lane those that are."""
+    row, col = place
     first = output(o, row * grid.out_width + col)
     value = scaled
     if finish is not None and not finish.reads_tensors:  # (once, for both paths)
@@ -642,11 +666,21 @@ def _store_shifted(y, scaled, o, at, lanes, positions, output, finish, grid):
         with T.Else():
             if finish is not None and finish.reads_tensors:
                 value = finish(scaled, o, lambda lane: output(o, grid.stored(at + lane))).__getitem__
+            # (lane by lane, its row and column stepped on from the first lane's: a
+            # division per lane over a symbolic width cost more than a small K's sums)
+            at_lane = T.alloc_buffer((2,), "int64")
+            T.buffer_store(at_lane, row, [0])
+            T.buffer_store(at_lane, col, [1])
             with T.serial(0, lanes) as lane:
-                q = at + lane
-                with T.If(tirx.all(q < positions, grid.row_col(q)[1] < grid.out_width)):
+                with T.If(tirx.all(at + lane < positions, at_lane[1] < grid.out_width)):
                     with T.Then():
-                        T.buffer_store(y, value(lane), [output(o, grid.stored(q))])
+                        T.buffer_store(y, value(lane), [output(o, at_lane[0] * grid.out_width + at_lane[1])])
+                with T.If(at_lane[1] + i64(1) < grid.width):
+                    with T.Then():
+                        T.buffer_store(at_lane, at_lane[1] + i64(1), [1])
+                    with T.Else():
+                        T.buffer_store(at_lane, i64(0), [1])
+                        T.buffer_store(at_lane, at_lane[0] + i64(1), [0])
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvolutionsAsMatmuls")
