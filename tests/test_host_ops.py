@@ -647,6 +647,30 @@ def test_depthwise_convolutions(case):
         assert (np.abs(got - expected) <= bound).all(), (size, np.abs(got - expected).max())
 
 
+# Clip by constant bounds imports as Relax's clip (so that it can join a convolution's
+# epilogue): both bounds, one left out, a NaN bound (no bound, as onnxruntime), the
+# attributes of opset 6; a lower bound above the upper one keeps TVM's converter (ONNX
+# then gives the upper bound everywhere).  Each against onnxruntime, exactly.
+@pytest.mark.parametrize("opset,bounds", [(13, (0.0, 6.0)), (13, (None, 2.0)), (13, (np.nan, 1.0)),
+                                          (7, (-1.0, 1.5)), (13, (3.0, 1.0))])
+def test_clip_by_constant_bounds(opset, bounds):
+    inits, names = {}, ["x"]
+    for name, bound in zip(["lo", "hi"], bounds):
+        if opset >= 11:
+            if bound is not None:
+                inits[name] = np.array(bound, np.float32)
+            names.append(name if bound is not None else "")
+    attrs = {} if opset >= 11 else {"min": bounds[0], "max": bounds[1]}
+    model = _model([helper.make_node("Clip", names, ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])], inits, ["N", 5],
+                   opset=opset)
+    clips = [b.value for b in from_onnx(model).mod["main"].body.blocks[0].bindings
+             if isinstance(b.value, tvm.relax.Call) and b.value.op == tvm.ir.Op.get("relax.clip")]
+    assert len(clips) == (bounds[0] is None or not bounds[0] > bounds[1]), clips
+    x = (np.random.default_rng(0).standard_normal((3, 5)) * 4).astype(np.float32)
+    np.testing.assert_array_equal(memotvm.compile(model).run({"x": x})[0], run_onnxruntime(model, {"x": x})[0])
+
+
 def _epilogue_model(case):
     """A 3 x 3 convolution over a symbolic image (8 -> 8 channels) followed by the
     elementwise work of ``case``; the model's outputs and its extra initializers."""
