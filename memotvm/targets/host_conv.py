@@ -830,9 +830,6 @@ class _ConvRewriter(relax.PyExprMutator):
         precision (``outs``: the output sizes, some possibly symbolic)."""
         w = w.reshape(w.shape[0], -1)
         channels_out, k = w.shape
-        positions = outs[0]
-        for size in outs[1:]:
-            positions = positions * size
         weights = STORAGE[self.precision]
         shape, taps, strides, padding, dilation = key
         known = [o if isinstance(o, int) else None for o in outs]

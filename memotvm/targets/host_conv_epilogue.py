@@ -33,8 +33,8 @@ from .host_math import _LetMath
 
 #: The attribute of a :func:`.host_conv.build_conv_matmul` kernel that records how to
 #: build it again (:func:`.host_conv.rebuild_product`): [channels_out, k, output sizes
-#: (-1 where symbolic), weights' dtype, the shifted form's [taps, dilation] (empty for
-#: the im2col form), "dense" or "depthwise"].
+#: (-1 where symbolic), weights' dtype, the windows read in place as [taps, strides,
+#: dilation] (empty where x is read as it is), "dense" or "depthwise"].
 CONV_MATMUL_ATTR = "memotvm.conv_matmul"
 
 _BINARY = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply",
