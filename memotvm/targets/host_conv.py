@@ -603,11 +603,24 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
                     rest()
 
     if grid is None:
+        # The panel's columns of x copied together first: x's channels lie a whole
+        # image apart (100 KB at 160 x 160, a multiple of 4 KB), so read in place its
+        # K rows fell in the same few sets of the L1 cache and every block of output
+        # channels read them again from L2 (a 1 x 1 convolution of 32 to 64 channels at
+        # 160 x 160: 2.2 -> 1.3 ms).
         k_loop = k
+        span = width * lanes
+        packed = T.alloc_buffer((k * span,), "float32")
+        with T.serial(0, k) as kk:
+            for j in range(width):
+                with T.vectorized(0, lanes) as lane:
+                    p = start + i64(j * lanes) + lane
+                    T.buffer_store(packed, cols[(n * i64(k) + kk) * positions
+                                                + (p if whole else tirx.min(p, positions - i64(1)))],
+                                   [kk * i64(span) + i64(j * lanes) + lane])
 
         def window(kk, j, lane):
-            p = start + i64(j * lanes) + lane
-            return cols[(n * i64(k) + kk) * positions + (p if whole else tirx.min(p, positions - i64(1)))]
+            return packed[kk * i64(span) + i64(j * lanes) + lane]
     else:
         k_loop = (k // grid.taps, grid.taps)
         # (each tap's first position in a table: with the taps unrolled, their loads'

@@ -13,7 +13,7 @@ that keeps a block of outputs in registers:
   last vector zero-padded, so the kernel never loads outside W and never masks a load;
 * a task owns ``ROW_CHUNK`` rows and one panel; it computes ``ROW_BLOCK`` rows x the
   panel's vectors at a time, 4 x 6 = 24 accumulators where the target has 32 vector
-  registers (AVX-512, NEON), 4 x 3 = 12 where it has 16 (AVX2, SSE): per k one
+  registers (AVX-512, NEON), 4 x 2 = 8 where it has 16 (AVX2, SSE): per k one
   broadcast of each row's x and one load of each of the panel's vectors;
 * each output is the sum of its K products in order of k, as the legalized loop nest
   sums them (fused multiply-adds);
@@ -46,8 +46,10 @@ ROW_CHUNK = 64
 
 def panel_vectors() -> int:
     """Vectors of columns per panel: ROW_BLOCK x this many accumulators, plus the
-    panel's loads and a broadcast, fit in the target's vector registers."""
-    return 6 if vector_registers() >= 32 else 3
+    ROW_BLOCK broadcasts (LLVM loads them all before the step's FMAs) and a load, fit
+    in the target's vector registers: 24 + 4 + 1 of 32, 8 + 4 + 1 of 16.  (4 x 3 of 16
+    spilled accumulators to the stack every step: half the speed on AVX2.)"""
+    return 6 if vector_registers() >= 32 else 2
 
 
 def panel_widths(n: int) -> list[int]:
