@@ -14,7 +14,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from .row_blocks import BlockRow
-from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64
+from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64, vector_registers
 
 
 class DenseProducts:
@@ -43,14 +43,23 @@ class DenseProducts:
             with T.vectorized(0, self.lanes) as lane:
                 T.buffer_store(acc, self.m.const(0.0), [lane])
         full = n // self.lanes
-        if full:
+        if not full:
+            return accs
+        # The vectors in groups, one pass over k each, so that a group's accumulators,
+        # its vectors and the rows' values (LLVM loads them all first) fit in the
+        # target's registers: 4 rows x 4 vectors need 24 of AVX2's 16, and LLVM spilled
+        # accumulators to the stack on every k.  (Each product still sums in order of
+        # k: the values are the same.)
+        group = max(1, min(nv, (vector_registers() - nr) // (nr + 1)))
+        for first in range(0, nv, group):
+            part = range(first, min(nv, first + group))
             with T.serial(0, full) as k0:
                 with T.vectorized(0, self.lanes) as lane:
                     k = k0 * self.lanes + lane
-                    xs = [self.load(buf, pre + (k,)) for buf, pre in vecs]
+                    xs = {v: self.load(vecs[v][0], vecs[v][1] + (k,)) for v in part}
                     for r, row in enumerate(rows):
                         w = self._row_value(row, k, (k0, lane))
-                        for v in range(nv):
+                        for v in part:
                             acc = accs[v * nr + r]
                             T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
         return accs
