@@ -587,6 +587,53 @@ def test_conv_transpose_refusals_name_the_node_and_why():
         model.run({"x": np.ones((1, 4, 1, 4), np.float32)})
 
 
+# The zero-bordered copy that convolutions read their windows from
+# (memotvm.targets.host_conv.build_bordered), along strides 2 and 3: a vector of a
+# phase is read as one run of stride x lanes inputs and a shuffle, where that run lies
+# inside the input, so every width from 1 to past 5 runs is copied, with pads that start
+# a phase before, at and after the input's first position.  Against the phases taken
+# from a padded numpy copy, position by position (a copy: exact).
+@pytest.mark.parametrize("taps,strides,dilation,pads", [
+    ((3,), (2,), (1,), (1, 1)), ((3,), (3,), (2,), (0, 2)), ((5, 3), (1, 2), (1, 1), (2, 1, 2, 0)),
+    ((3, 3), (2, 3), (1, 2), (1, 2, 0, 1))], ids=["1d_s2", "1d_s3_dilated", "2d_s1x2", "2d_s2x3"])
+def test_bordered_copy_along_strides(taps, strides, dilation, pads):
+    from memotvm.targets.cpu import host_target
+    from memotvm.targets.host_conv import Windows, build_bordered, output_sizes
+
+    nd, channels = len(taps), 3
+    windows = Windows(taps, strides, dilation)
+    with host_target() as target:
+        lib = tvm.build(tvm.IRModule({"main": build_bordered([channels] + [None] * nd, windows, list(pads))}),
+                        target=target)
+    # (the copy's row length as the kernel computes it, over symbolic sizes)
+    sizes = [tvm.tirx.Var(f"size{a}", "int64") for a in range(nd)]
+    symbolic_length = windows.length(output_sizes(sizes, taps, strides, list(pads), dilation))
+    lanes, rng = vector_lanes(), np.random.default_rng(nd)
+    for width in range(1, 5 * 3 * lanes + 4, 3):
+        spatial = (5, width)[-nd:] if nd == 2 else (width,)
+        if any(o < 1 for o in output_sizes(list(spatial), taps, strides, list(pads), dilation)):
+            continue
+        x = rng.standard_normal((2, channels, *spatial)).astype(np.float32)
+        outs = output_sizes(list(spatial), taps, strides, list(pads), dilation)
+        qs = [int(q) for q in windows.phase_sizes(outs)]
+        analyzer = tvm.sym.Analyzer()
+        for var, size in zip(sizes, spatial):
+            analyzer.bind(var, size)
+        length = int(analyzer.simplify(symbolic_length))
+        padded = np.zeros((2, channels, *[s + pads[a] + pads[nd + a] + strides[a] * q
+                                          for a, (s, q) in enumerate(zip(spatial, qs))]), np.float32)
+        padded[(slice(None), slice(None), *[slice(pads[a], pads[a] + s) for a, s in enumerate(spatial)])] = x
+        expected = np.zeros((2, channels, length), np.float32)
+        plane = int(np.prod(qs))
+        for p, phase in enumerate(windows.phases):
+            picked = padded[(slice(None), slice(None), *[slice(phase[a], phase[a] + strides[a] * qs[a], strides[a])
+                                                         for a in range(nd)])]
+            expected[:, :, p * plane:(p + 1) * plane] = picked.reshape(2, channels, plane)
+        got = tvm.runtime.empty((2, channels, length), "float32")
+        lib["main"](tvm.runtime.tensor(x), got)
+        np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"width {width}")
+
+
 # Depthwise convolutions (memotvm.targets.host_conv.build_depthwise): a
 # 3 x 3 over a symbolic image down to 1 x 1 (every vector then holds columns that are
 # not stored) with its bias, batch normalization and hard-swish fused into its stores;

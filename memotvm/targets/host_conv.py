@@ -389,8 +389,9 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     the output width (2 of 162 for a 3 x 3 kernel of stride 1 at 160 x 160) are
     computed and not stored.  Without (a pointwise convolution of stride 1 and no
     padding, or the product of a transposed one) it reads x itself [N, C, *sizes] as
-    cols (the lanes of a last vector that would read past a channel's positions read
-    its last position instead; their sums are not stored).
+    cols, each task's panel of columns copied together first (the lanes of a last
+    vector that would read past a channel's positions read its last position instead;
+    their sums are not stored).
 
     An ``epilogue`` (:class:`.host_conv_epilogue.Epilogue`) is applied to each sum
     before it is stored; its constants per channel come as a [rows, channels_out]
