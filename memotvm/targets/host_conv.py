@@ -356,9 +356,10 @@ class _Axis:
         _copy_run(out, None, None, (*head, start), self.first)
         done = i64(0)
         if self.stride > 1 and vector is not None:
-            # Every stride-th of stride vectors read whole (a load of each position
-            # by itself ran at a third of a plain copy's speed), where they lie inside
-            # the input; the rest one by one below.
+            # A vector of the phase is every stride-th value of a run of stride
+            # vectors of the input, loaded whole and shuffled (a load of each position
+            # by itself ran at a third of a plain copy's speed), wherever the run lies
+            # inside the input; the positions after the last such run one by one below.
             lanes, run = vector_lanes(), self.stride * vector_lanes()
             done = tirx.max(tirx.min((self.end - self.first) // i64(lanes),
                                      (self.size - self.source(self.first)) // i64(run)), i64(0))
