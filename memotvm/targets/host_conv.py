@@ -627,8 +627,8 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
         # The panel's columns of x copied together first: x's channels lie a whole
         # image apart (100 KB at 160 x 160, a multiple of 4 KB), so read in place its
         # K rows fell in the same few sets of the L1 cache and every block of output
-        # channels read them again from L2 (a 1 x 1 convolution of 32 to 64 channels at
-        # 160 x 160: 2.2 -> 1.3 ms).
+        # channels read them again from L2 (1 x 1 convolutions at 160 x 160 on AVX2,
+        # 16 to 64 channels: 59 -> 136 GFLOPS, 64 to 32: 81 -> 93).
         k_loop = k
         span = width * lanes
         packed = T.alloc_buffer((k * span,), "float32")
