@@ -49,8 +49,10 @@ class DenseProducts:
         # its vectors and the rows' values (LLVM loads them all first) fit in the
         # target's registers: 4 rows x 4 vectors need 24 of AVX2's 16, and LLVM spilled
         # accumulators to the stack on every k.  (Each product still sums in order of
-        # k: the values are the same.)
-        group = max(1, min(nv, (vector_registers() - nr) // (nr + 1)))
+        # k: the values are the same.)  A loop of 8 vectors or fewer LLVM unrolls whole
+        # and then interleaves the passes again, so it stays one pass (split, GRU 64 at
+        # batch 1 took 163-192 us a call against 156-177 in one pass, one thread).
+        group = nv if full <= 8 else max(1, min(nv, (vector_registers() - nr) // (nr + 1)))
         for first in range(0, nv, group):
             part = range(first, min(nv, first + group))
             with T.serial(0, full) as k0:
