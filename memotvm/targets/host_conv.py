@@ -348,14 +348,14 @@ class _Axis:
     def source(self, m):
         return m * i64(self.stride) + i64(self.shift)
 
-    def copy(self, out, at, value, vector=None):
+    def copy(self, out, at, value, vector):
         """out[*at[:-1], at[-1] + m] for m < q: zeros, value(input position), zeros.
         ``vector(position, n)``: the n input values from ``position`` on, as a vector;
         along a stride, it reads whole runs of the input for vectors of the phase."""
         *head, start = at
         _copy_run(out, None, None, (*head, start), self.first)
         done = i64(0)
-        if self.stride > 1 and vector is not None:
+        if self.stride > 1:
             # A vector of the phase is every stride-th value of a run of stride
             # vectors of the input, loaded whole and shuffled (a load of each position
             # by itself ran at a third of a plain copy's speed), wherever the run lies
