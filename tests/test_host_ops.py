@@ -15,10 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 import memotvm
 from memotvm.frontend import from_onnx
 from memotvm.kernels import BlockRow, pack_row_blocks
-from memotvm.targets.recurrent_layout import PackRecurrentRows
+from memotvm.targets.recurrent_layout import PackRecurrentWeights
 from memotvm.testing import make_inputs, make_recurrent_model
 from memotvm.kernels.tiling import vector_lanes
-from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight, panel_vectors, panel_widths
+from memotvm.kernels.panels import panel_vectors, panel_widths
+from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight
 
 from conftest import run_onnxruntime
 
@@ -353,17 +354,25 @@ def test_row_blocks_hold_each_weight_once_where_the_kernel_reads_it(n, lanes):
     assert (seen == 1).all()
 
 
-def _with_run_time_r(model):
-    """The same model with R a graph input (kept as it is by the CPU target)."""
+def _with_run_time(model, name):
+    """The same model with the weight ``name`` a graph input (kept as it is by the CPU
+    target), and the weight's value."""
     from onnx import helper as oh
     out = type(model)()
     out.CopyFrom(model)
-    r = next(t for t in out.graph.initializer if t.name == "R")
-    out.graph.input.append(oh.make_tensor_value_info("R", r.data_type, list(r.dims)))
-    kept = [t for t in out.graph.initializer if t.name != "R"]
+    weight = next(t for t in out.graph.initializer if t.name == name)
+    out.graph.input.append(oh.make_tensor_value_info(name, weight.data_type, list(weight.dims)))
+    kept = [t for t in out.graph.initializer if t.name != name]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
-    return out, numpy_helper.to_array(r)
+    return out, numpy_helper.to_array(weight)
+
+
+def _packed_kernels(model, layout):
+    """Whether the CPU target gives a recurrent kernel of ``model`` the weight layout
+    ``layout`` ("_row_blocks" or "_input_panels", as the kernel's name says)."""
+    mod = PackRecurrentWeights()(from_onnx(model).mod)
+    return any(layout in str(f.attrs["global_symbol"]) for _, f in mod.functions_items() if f.attrs)
 
 
 @pytest.mark.parametrize("op,hidden,batch,kwargs", [
@@ -376,18 +385,46 @@ def _with_run_time_r(model):
     ("LSTM", 20, 1, {"dtype": "float16"}),
 ])
 def test_unmodified_kernels_read_r_in_row_blocks_with_the_same_arithmetic(op, hidden, batch, kwargs):
-    def packed(m):
-        return any(str(f.attrs["global_symbol"]).endswith("_row_blocks")
-                   for _, f in PackRecurrentRows()(from_onnx(m).mod).functions_items() if f.attrs)
-
     model = make_recurrent_model(op, 11, hidden, **kwargs)
-    as_input, r = _with_run_time_r(model)
-    assert packed(model) == (hidden % 4 == 0) and not packed(as_input)
+    as_input, r = _with_run_time(model, "R")
+    assert _packed_kernels(model, "_row_blocks") == (hidden % 4 == 0)
+    assert not _packed_kernels(as_input, "_row_blocks")
     feeds = make_inputs(model, 9, batch, seed=hidden)
     got = memotvm.compile(model).run(feeds)
     plain = memotvm.compile(as_input).run(dict(feeds, R=r))
     for a, b in zip(got, plain):
         np.testing.assert_array_equal(a, b)
+    if kwargs.get("dtype") != "float64":  # (onnxruntime has no float64 recurrent kernels)
+        atol = 1e-3 if kwargs.get("dtype") == "float16" else 1e-5
+        for a, b in zip(got, run_onnxruntime(model, feeds)):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("op,input_size,hidden,batch,kwargs", [
+    ("LSTM", 64, 64, 3, {}),  # whole panels of whole vectors
+    ("GRU", 11, 5, 2, {"direction": "bidirectional", "sequence_lens": True}),  # 15 rows
+    ("RNN", 3, 7, 1, {"direction": "reverse"}),  # 7 rows: one partial vector
+    ("LSTM", 40, 24, 5, {"direction": "bidirectional", "peepholes": True}),  # 96 rows
+    ("LSTM", 20, 20, 2, {"dtype": "float16"}),
+    ("GRU", 8, 8, 2, {"dtype": "float64"}),  # float64: W stays as it is
+])
+def test_input_projection_reads_w_in_panels(op, input_size, hidden, batch, kwargs):
+    """A constant W is packed in panels and the input projection is a register-tiled
+    product (each W_j . x_t summed in order of k); a W given at run time keeps the lane
+    sums.  Both agree with onnxruntime, and with each other within the rounding of two
+    orders of summation."""
+    model = make_recurrent_model(op, input_size, hidden, **kwargs)
+    as_input, w = _with_run_time(model, "W")
+    assert _packed_kernels(model, "_input_panels") == (kwargs.get("dtype") != "float64")
+    assert not _packed_kernels(as_input, "_input_panels")
+    feeds = make_inputs(model, 9, batch, seed=hidden)
+    got = memotvm.compile(model).run(feeds)
+    lanes_summed = memotvm.compile(as_input).run(dict(feeds, W=w))
+    # float32 sums of at most 64 products below 1 in magnitude: each order is within
+    # 64 x 2^-24 of the exact sum, and the gate functions do not enlarge differences.
+    close = 1e-3 if kwargs.get("dtype") == "float16" else 8e-6
+    for a, b in zip(got, lanes_summed):
+        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=close)
     if kwargs.get("dtype") != "float64":  # (onnxruntime has no float64 recurrent kernels)
         atol = 1e-3 if kwargs.get("dtype") == "float16" else 1e-5
         for a, b in zip(got, run_onnxruntime(model, feeds)):

@@ -11,11 +11,14 @@ Where things are:
   unmodified kernel, memoization with a predictor of :mod:`memotvm.predictors`, delta
   execution and the oracle;
 * :mod:`.tiling` -- vector lanes (from the target) and block sizes; :mod:`.row_blocks` -- R packed for the
-  unmodified kernel; :mod:`.tir_math` -- vectorizable exp, sigmoid and tanh;
+  unmodified kernel; :mod:`.input_panels` -- W packed for the input projection, which
+  then runs on the register tile of :mod:`.panels` (shared with the host's matrix
+  products); :mod:`.tir_math` -- vectorizable exp, sigmoid and tanh;
   :mod:`.sign_packer` -- the BNN predictor's sign bits of run-time weights.
 
-Every dot product, wherever it is computed, accumulates in the same lanes in the same
-order, so a memoized kernel at threshold 0 is bit-identical to the unmodified one.
+Every recurrent product, wherever it is computed, accumulates in the same lanes in the
+same order, and every scheme reads its input parts from the same projection, so a
+memoized kernel at threshold 0 is bit-identical to the unmodified one.
 """
 
 from .builder import WEIGHT_DTYPES, KernelBuilder, build_kernel, kernel_weights

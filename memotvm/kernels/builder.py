@@ -49,6 +49,7 @@ from .. import cells
 from .memo_table import TABLE_DTYPE, field_offsets, resumable, table_size
 from .plan import MemoPlan, kernel_name
 from .products import DenseProducts
+from .input_panels import has_input_panels, input_panels_shape
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for
 from .tiling import (MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
@@ -67,10 +68,12 @@ class KernelBuilder(DenseProducts):
     """Builds the PrimFunc of one :class:`RecurrentLoop`, plain or memoized."""
 
     def __init__(self, loop: RecurrentLoop, memo: MemoPlan | None = None,
-                 row_blocks: bool = False, weights: str | None = None):
+                 row_blocks: bool = False, weights: str | None = None, input_panels: bool = False):
         if row_blocks and (memo is not None or not has_row_blocks(loop)):
             raise ValueError("row_blocks: for the unmodified kernel of a hidden size "
                              f"divisible by {ROW_BLOCK}")
+        if input_panels and not has_input_panels(loop):
+            raise ValueError(f"input_panels: for float32 or float16 nodes, got {loop.dtype}")
         weights = loop.dtype if weights is None else weights
         if weights != loop.dtype and (loop.dtype != "float32" or weights not in WEIGHT_DTYPES):
             raise ValueError(f"weights: one of {WEIGHT_DTYPES} for a float32 node, got {weights} "
@@ -82,6 +85,8 @@ class KernelBuilder(DenseProducts):
         self.weights = weights
         # R comes as pack_row_blocks(R) (memoized kernels list arbitrary rows).
         self.row_blocks = row_blocks
+        # W comes as pack_input_panels(W): the projection is a register-tiled product.
+        self.input_panels = input_panels
         # Accumulate and apply the gate math in float32 at least.
         self.acc = "float64" if loop.dtype == "float64" else "float32"
         # Lanes of every accumulator: the vector width of the target compiled for.
@@ -99,9 +104,11 @@ class KernelBuilder(DenseProducts):
         with IRBuilder() as ib:
             with T.prim_func():
                 T.func_name(kernel_name(loop, self.memo) + ("_row_blocks" if self.row_blocks else "")
+                            + ("_input_panels" if self.input_panels else "")
                             + ("" if self.weights == loop.dtype else f"_{self.weights}"))
                 attrs = {"tir.noalias": True, "memotvm.recurrent": loop.to_json(),
-                         "memotvm.lanes": self.lanes, "memotvm.weights": self.weights}
+                         "memotvm.lanes": self.lanes, "memotvm.weights": self.weights,
+                         "memotvm.input_panels": self.input_panels}
                 if self.memo:
                     attrs["memotvm.memo"] = f"{self.memo.predictor}:{list(self.memo.thresholds)}"
                     attrs["memotvm.memo_plan"] = self.memo.to_json()
@@ -181,7 +188,7 @@ class KernelBuilder(DenseProducts):
         dt = loop.dtype
         wt = self.weights
         self.X = self.param("X", (seq, batch, D), dt)
-        self.W = self.param("W", (nd, G, D), wt)
+        self.W = self.param("W", input_panels_shape(loop) if self.input_panels else (nd, G, D), wt)
         self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), wt)
         self.B = self.param("B", (nd, 2 * G), dt) if loop.has("B") else None
         self.L = self.param("sequence_lens", (batch,), "int32") if loop.has("sequence_lens") else None
@@ -581,12 +588,15 @@ class KernelBuilder(DenseProducts):
 
 
 def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None,
-                 row_blocks: bool = False, weights: str | None = None) -> tirx.PrimFunc:
+                 row_blocks: bool = False, weights: str | None = None,
+                 input_panels: bool = False) -> tirx.PrimFunc:
     """The PrimFunc of ``loop``, memoized when ``memo`` is given; ``row_blocks``: the
     unmodified kernel reading R as :func:`~memotvm.kernels.row_blocks.pack_row_blocks`
     (see there); ``weights``: the dtype W and R come in (the node's, or for a float32
-    node bfloat16, or int8 followed by their per-row scales; :mod:`memotvm.precision`)."""
-    return KernelBuilder(loop, memo, row_blocks, weights).build()
+    node bfloat16, or int8 followed by their per-row scales; :mod:`memotvm.precision`);
+    ``input_panels``: reading W as
+    :func:`~memotvm.kernels.input_panels.pack_input_panels` (see there)."""
+    return KernelBuilder(loop, memo, row_blocks, weights, input_panels).build()
 
 
 def kernel_weights(kernel: tirx.PrimFunc) -> str:

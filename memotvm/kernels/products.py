@@ -1,11 +1,13 @@
 """The dense products of a kernel: dot products of weight rows with input vectors.
 
-Every product, wherever it is computed (the input projection, the recurrent products
-of the unmodified kernel, the rows a memoized kernel lists, the oracle's rows),
-accumulates lane k % L in order of k (L: the target's vector lanes,
-:func:`~memotvm.kernels.tiling.vector_lanes`), then sums the lanes by halving and adds
-the tail in order: a row's value does not depend on what it is computed with, which is
-what makes a memoized kernel at threshold 0 bit-identical to the unmodified one.
+Every recurrent product, wherever it is computed (the unmodified kernel's, the rows a
+memoized kernel lists, the oracle's rows), accumulates lane k % L in order of k (L: the
+target's vector lanes, :func:`~memotvm.kernels.tiling.vector_lanes`), then sums the
+lanes by halving and adds the tail in order: a row's value does not depend on what it
+is computed with.  The input parts all come from one projection of a chunk of steps,
+whichever scheme reads them: from W in panels (:mod:`.input_panels`, where W is a
+constant) each summed in order of k, else in lanes as above.  That is what makes a
+memoized kernel at threshold 0 bit-identical to the unmodified one.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
+from .panels import TILE_ROWS, for_panel, panel_count, panel_vectors, register_block
 from .row_blocks import BlockRow
 from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64, vector_registers
+
+# The projection's register tile takes TIME_BLOCK steps as its rows.
+assert TILE_ROWS == TIME_BLOCK
 
 
 class DenseProducts:
@@ -190,17 +196,8 @@ class DenseProducts:
 
     def _project_rows(self, d, b, s, j0, n, store):
         """store(j, tb, W_j . x + Wb_j) for the rows j0 .. j0+n-1 and steps s ..
-        s+TIME_BLOCK-1 of chain (d, b) (j may be a vector of rows); a step past the
-        element's length reads a clamped position (its value is never used)."""
-        vecs = []
-        for tb in range(TIME_BLOCK):
-            projected = self.scheme.projected_vector(d, b, s + tb)
-            if projected is not None:
-                vecs.append(projected)
-                continue
-            _, t = self.time_index(d, b, s + tb)
-            t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
-            vecs.append((self.X, (t, b)))
+        s+TIME_BLOCK-1 of chain (d, b) (j may be a vector of rows)."""
+        vecs = self._projected_vectors(d, b, s)
         D = self.loop.input_size
         if n > 1 and D < self.lanes:
             # No whole vectors of x: the products of the consecutive rows as vectors,
@@ -232,20 +229,43 @@ class DenseProducts:
             for tb in range(TIME_BLOCK):
                 store(j, tb, self.with_bias(sums[r][tb], d, j, "W"))
 
+    def _projected_vectors(self, d, b, s):
+        """(buffer, index prefix) of the vectors the projection of chain (d, b)
+        multiplies at steps s .. s+TIME_BLOCK-1: x_t (a step past the element's length
+        reads a clamped position, whose value is never used) or the scheme's."""
+        vecs = []
+        for tb in range(TIME_BLOCK):
+            projected = self.scheme.projected_vector(d, b, s + tb)
+            if projected is not None:
+                vecs.append(projected)
+                continue
+            _, t = self.time_index(d, b, s + tb)
+            t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
+            vecs.append((self.X, (t, b)))
+        return vecs
+
+    def _chunk_blocks(self, s):
+        """Blocks of TIME_BLOCK steps in the chunk of steps from s."""
+        return T.bind(tirx.min(self.chunk // TIME_BLOCK,
+                               (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
+
     def _input_projection(self, s):
         """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i of a chunk.
 
         A task owns 64 rows and computes them for all those steps, four rows times four
         steps per block: its weight rows stay in cache, so W is read from memory once
         per chunk.  Steps past an element's length (or the sequence)
-        read a clamped position and are never used.
+        read a clamped position and are never used.  With W in panels
+        (:mod:`.input_panels`), :meth:`_panel_projection` instead.
         """
+        if self.input_panels:
+            self._panel_projection(s)
+            return
         loop = self.loop
         nd, G = loop.num_directions, loop.rows
         per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
         ntasks = -(-G // per_task)
-        blocks = T.bind(tirx.min(self.chunk // TIME_BLOCK,
-                                 (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
+        blocks = self._chunk_blocks(s)
         with self.parallel(nd * ntasks) as task:
             d = T.bind(task // ntasks) if nd > 1 else i64(0)
             first = T.bind((task % ntasks) * per_task)
@@ -261,12 +281,62 @@ class DenseProducts:
                 self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
                     d, b, s + sb * TIME_BLOCK, j0, n, store), block)
 
-    def dense_rows(self, d, chains, base, count, input_from, x_ref=None, rows_buf=None,
-                    a_out=None, b_out=None, step=None, masked=False, whole_groups=False):
+    def _panel_projection(self, s):
+        """:meth:`_input_projection` from W in panels: the chunk's steps times W's
+        transpose on the register tile of :mod:`.panels`, four steps of one element by
+        a panel of rows at a time, each W_j . x_t summed in order of k.
+
+        A task owns the panels of 64 rows (at least one panel) of one direction and
+        computes them for every element and step of the chunk: their weights stay in
+        cache, and the four steps' x in L1 while the task's panels read them."""
+        loop = self.loop
+        nd, G, lanes = loop.num_directions, loop.rows, self.lanes
+        npanels = panel_count(G)
+        per_task = max(1, ROW_BLOCK * 16 // (panel_vectors() * lanes))
+        ntasks = -(-npanels // per_task)
+        blocks = self._chunk_blocks(s)
+        with self.parallel(nd * ntasks) as task:
+            d = T.bind(task // ntasks) if nd > 1 else i64(0)
+            first_panel = T.bind((task % ntasks) * per_task)
+            panels = T.bind(tirx.min(i64(per_task), i64(npanels) - first_panel))
+            with T.grid(self.batch, blocks, panels) as (b, sb, p):
+                step = T.bind(sb * TIME_BLOCK)
+                vecs = self._projected_vectors(d, b, s + step)
+                for_panel(first_panel + p, G, lambda col, width, _whole: self._project_panel(
+                    d, b, step, vecs, col, width))
+
+    def _project_panel(self, d, b, step, vecs, col, width):
+        """The projections of rows col .. col + width x lanes - 1 (those below the rows)
+        at the chunk's steps step .. step+TIME_BLOCK-1 of chain (d, b), multiplying
+        ``vecs`` (:meth:`_projected_vectors`)."""
+        G, D, lanes = self.loop.rows, self.loop.input_size, self.lanes
+        base = i64(col) * i64(D)  # the panel's offset in its direction's panels
+
+        def weight(k, v, lane):
+            return self.load(self.W, (d, base + k * i64(width * lanes) + i64(v * lanes) + lane))
+
+        def x_value(vec, k):
+            buf, prefix = vec
+            return self.load(buf, prefix + (k,))
+
+        def store(acc, row, v):
+            first = i64(col) + i64(v * lanes)
+            if isinstance(col, int) and col + (v + 1) * lanes > G:
+                lanes_inside = T.serial(0, G - col - v * lanes)  # the rows past G: none
+            else:
+                lanes_inside = T.vectorized(0, lanes)
+            with lanes_inside as lane:
+                j = first + lane
+                T.buffer_store(self.xproj, self.with_bias(acc[lane], d, j, "W"), [row, d, b, j])
+
+        register_block(step, step + i64(TILE_ROWS), D, width, lanes, x_value, weight, store,
+                       sources=vecs)
+
+    def dense_rows(self, d, chains, base, count, rows_buf=None, a_out=None, b_out=None,
+                   step=None, masked=False, whole_groups=False):
         """Compute neurons base .. base+count-1 (or rows_buf[base ..] when given) of
         the chains (d, b) of ``chains``, (b, u_ref) pairs, together, four at a time.
-        The input part comes from the input projection (unmodified and predictor
-        kernels) or is computed from ``x_ref`` (oracle).  Results go to
+        The input part comes from the input projection of step ``step``.  Results go to
         input_part/recurrent_part or to the ``a_out``/``b_out`` buffers.  ``masked``:
         rows_buf entries carry, above bit 32, the chains that store the row (bit c for
         chains[c]); the others keep their values.  ``whole_groups``: count is a
@@ -296,23 +366,18 @@ class DenseProducts:
             # Consecutive rows are stored as vectors: always without a list, and where a
             # block's listed rows happen to be consecutive (most of them, when any of
             # four elements computing a row lists it).
-            vector = input_from == "projection" and (rows_buf is None or masked) \
-                and self.vector_rows(n, len(chains), loop.hidden_size)
+            vector = (rows_buf is None or masked) and self.vector_rows(n, len(chains), loop.hidden_size)
             if vector:
                 rec = self.dot_vector(rows, vecs, loop.hidden_size)
             else:
                 rec = self.multi_dot(rows, vecs, loop.hidden_size)
-                if input_from == "x":
-                    inp = self.multi_dot([(self.W, (d, j)) for j in js], [x_ref], loop.input_size)
 
             def store_rows(r, j, mask=None):
                 """Store the parts of rows j (one row, or a vector of consecutive rows
                 when r is a lane index) for every chain c, where bit c of ``mask``
                 is set (for every chain without it)."""
                 for c, (cb, _) in enumerate(chains):
-                    if input_from == "x":
-                        a_val = self.with_bias(inp[r][0], d, j, "W")
-                    elif a_out is None:
+                    if a_out is None:
                         a_val = None  # read from the projection (input_part)
                     else:
                         a_val = self.input_projection(d, cb, step, j)

@@ -30,7 +30,7 @@ def host_target() -> tvm.target.Target:
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CPU pipeline with the recurrent kernels built for the target's vector
-    width and the unmodified ones' R in the layout they read it in
+    width and their weights in the layouts they read them in
     (:mod:`.recurrent_layout`), convolutions by constant weights as matrix products
     (:mod:`.host_conv`) with the elementwise work after them in their stores
     (:mod:`.host_conv_epilogue`), matrix products by constant weights packed
@@ -48,13 +48,13 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     from .host_gemm import PackConstantMatmuls
     from .host_math import VectorizableMath
     from .host_schedule import ScheduleHostOps
-    from .recurrent_layout import PackRecurrentRows, RetargetRecurrentKernels
+    from .recurrent_layout import PackRecurrentWeights, RetargetRecurrentKernels
 
     @tvm.transform.module_pass(opt_level=0, name="MemotvmCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                [SinkIntoBranches(), BindingsIntoDataflow(), RetargetRecurrentKernels(), PackRecurrentRows(),
+                [SinkIntoBranches(), BindingsIntoDataflow(), RetargetRecurrentKernels(), PackRecurrentWeights(),
                  ConvolutionsAsMatmuls(), FuseConvEpilogues(), PackConstantMatmuls()]
                 + generic.library_dispatch_passes(target) + [VectorizableMath()]
                 + generic.legalize_passes(target)

@@ -71,7 +71,8 @@ from ..passes.shape_checks import simplified
 from ..precision import STORAGE, store_weights
 from .host_conv_epilogue import CONV_MATMUL_ATTR
 from .host_conv_transpose import build_col2im
-from .host_gemm import ROW_BLOCK, ROW_CHUNK, for_panel, panel_count, register_block
+from ..kernels.panels import TILE_ROWS, for_panel, panel_count, register_block
+from .host_gemm import ROW_CHUNK
 from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
 
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW")}
@@ -379,7 +380,7 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), W the
     constant [O, K] (stored as ``weights``: float32, bfloat16, or int8 followed by the
     output channels' scales, which multiply their sums): the output channels are the
-    rows of :func:`.host_gemm.register_block` (W broadcast) and the positions p its
+    rows of :func:`memotvm.kernels.panels.register_block` (W broadcast) and the positions p its
     columns (one vector load of cols), so the result is NCW/NCHW as it is stored.
     ``outs``: the output sizes, None where symbolic.  (y is written in its own shape: a
     reshape after the kernel over a symbolic width failed in TVM's lowering.)
@@ -655,8 +656,8 @@ def _channel_panel(n, chunk, col, width, whole, lanes, channels_out, k, position
             c, t = ct
             return cols[n, c, firsts[t] + i64(j * lanes) + lane]
 
-    with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
-        first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
+    with T.serial(0, ROW_CHUNK // TILE_ROWS) as block:
+        first = chunk * i64(ROW_CHUNK) + block * i64(TILE_ROWS)
         with T.If(first < i64(channels_out)):
             with T.Then():
                 register_block(first, i64(channels_out), k_loop, width, lanes, weight, window, store)

@@ -8,10 +8,11 @@ per operation (the char LM's 97-way head ran at a third of onnxruntime's speed).
 ``PackConstantMatmuls`` replaces each ``matmul(x, W)`` with a constant W by a kernel
 that keeps a block of outputs in registers:
 
-* W is packed at compile time into panels of up to :func:`panel_vectors` vectors of
+* W is packed at compile time into panels of up to
+  :func:`~memotvm.kernels.panels.panel_vectors` vectors of
   columns (vectors of the target's width), each panel [K, width] contiguous and its
   last vector zero-padded, so the kernel never loads outside W and never masks a load;
-* a task owns ``ROW_CHUNK`` rows and one panel; it computes ``ROW_BLOCK`` rows x the
+* a task owns ``ROW_CHUNK`` rows and one panel; it computes ``TILE_ROWS`` rows x the
   panel's vectors at a time, 4 x 6 = 24 accumulators where the target has 32 vector
   registers (AVX-512, NEON), 4 x 2 = 8 where it has 16 (AVX2, SSE): per k one
   broadcast of each row's x and one load of each of the panel's vectors;
@@ -34,31 +35,14 @@ from tvm.ir import GenericConst
 from tvm.script.ir_builder import tirx as T
 
 from ..kernels import i64
-from ..kernels.tiling import vector_lanes, vector_registers
+from ..kernels.panels import TILE_ROWS, for_panel, panel_widths, register_block
+from ..kernels.tiling import vector_lanes
 from ..passes._relax_util import add_kernel, call_on_rows, float32_rows, rewrite_functions
 from ..passes.precision import PRODUCTS_ATTR
 from ..precision import STORAGE, store_weights
 from .host_schedule import host_kernel
 
-ROW_BLOCK = 4
 ROW_CHUNK = 64
-
-
-def panel_vectors() -> int:
-    """Vectors of columns per panel: ROW_BLOCK x this many accumulators, plus the
-    ROW_BLOCK broadcasts (LLVM loads them all before the step's FMAs) and a load, fit
-    in the target's vector registers: 24 + 4 + 1 of 32, 8 + 4 + 1 of 16.  (4 x 3 of 16
-    spilled accumulators to the stack every step: half the speed on AVX2.)"""
-    return 6 if vector_registers() >= 32 else 2
-
-
-def panel_widths(n: int) -> list[int]:
-    """Vectors per panel: as many full panels as fit, then the rest."""
-    vectors, full = -(-n // vector_lanes()), panel_vectors()
-    widths = [full] * (vectors // full)
-    if vectors % full:
-        widths.append(vectors % full)
-    return widths
 
 
 def pack_weight(w: np.ndarray, precision: str = "fp32") -> tuple:
@@ -101,48 +85,6 @@ def build_gemm(k: int, n: int, weights: str = "float32") -> tirx.PrimFunc:
     return ib.get()
 
 
-def panel_count(n):
-    """Panels over ``n`` columns: ``len(panel_widths(n))``; for a symbolic ``n`` (a TIR
-    expression), the full panels of whole vectors and one panel per vector after them."""
-    if isinstance(n, int):
-        return len(panel_widths(n))
-    lanes, full = vector_lanes(), panel_vectors()
-    uniform = n // i64(lanes) // i64(full)
-    return uniform + (n + i64(lanes - 1)) // i64(lanes) - uniform * i64(full)
-
-
-def for_panel(panel, n, body) -> None:
-    """Emit ``body(col, width, whole)`` for panel number ``panel`` (a TIR index below
-    :func:`panel_count` of ``n``): ``col`` its first column, ``width`` its vectors and
-    ``whole`` whether all of them lie inside the ``n`` columns.  Full panels of whole
-    vectors share one code path, their ``col`` computed from the index; the last panel
-    has its own where it is narrower or holds the partial vector (its ``col`` an int),
-    and a symbolic ``n``'s last vectors one path of one-vector panels.  (One path per
-    panel made a convolution over 2048 positions 86 copies of the micro-kernel.)"""
-    lanes, full = vector_lanes(), panel_vectors()
-    if not isinstance(n, int):
-        uniform = n // i64(lanes) // i64(full)
-        with T.If(panel < uniform):
-            with T.Then():
-                body(panel * i64(full * lanes), full, True)
-            with T.Else():
-                body(uniform * i64(full * lanes) + (panel - uniform) * i64(lanes), 1, False)
-        return
-    widths = panel_widths(n)
-    uniform = n // lanes // full  # (at most the last panel is not)
-    last_col = uniform * full * lanes
-    if uniform == 0:
-        body(last_col, widths[-1], False)
-    elif uniform == len(widths):
-        body(panel * i64(full * lanes), full, True)
-    else:
-        with T.If(panel < i64(uniform)):
-            with T.Then():
-                body(panel * i64(full * lanes), full, True)
-            with T.Else():
-                body(last_col, widths[-1], False)
-
-
 def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales=None):
     """Rows chunk * ROW_CHUNK ... of the output columns col ... col + width * lanes."""
     stride = width * lanes
@@ -155,50 +97,11 @@ def _panel(x, wp, y, rows, k, n, chunk, col, width, lanes, scales=None):
     def store(acc, row, j):
         _store(y, acc, row, col + j * lanes, n, lanes, scales)
 
-    with T.serial(0, ROW_CHUNK // ROW_BLOCK) as block:
-        first = chunk * i64(ROW_CHUNK) + block * i64(ROW_BLOCK)
+    with T.serial(0, ROW_CHUNK // TILE_ROWS) as block:
+        first = chunk * i64(ROW_CHUNK) + block * i64(TILE_ROWS)
         with T.If(first < rows):
             with T.Then():
                 register_block(first, rows, k, width, lanes, lambda row, kk: x[row, kk], weight, store)
-
-
-def register_block(first, rows, k, width, lanes, row_value, vector_value, store):
-    """The register-blocked product of rows ``first`` ... ``first + ROW_BLOCK - 1`` (of
-    ``rows``) by ``width`` vectors of columns: accumulator [i][j] sums, in order of
-    kk < k, ``row_value(row i, kk)`` (one broadcast) times ``vector_value(kk, j,
-    lane)`` (one vector load); then ``store(accumulator, row, j)`` for the rows that
-    exist.  Rows past the end repeat the last row (their results are not stored).
-
-    ``k`` may be a pair (outer, inner): kk = a * inner + b over two nested loops, and
-    ``vector_value`` is given (a, b) for kk (a convolution's channel and tap)."""
-    accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(ROW_BLOCK)]
-    for row in accs:
-        for acc in row:
-            with T.vectorized(0, lanes) as lane:
-                T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
-    src = [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(ROW_BLOCK)]
-
-    def step(kk, at):
-        xs = [T.bind(row_value(src[i], kk)) for i in range(ROW_BLOCK)]
-        with T.vectorized(0, lanes) as lane:
-            for j in range(width):
-                w = vector_value(at, j, lane)
-                for i in range(ROW_BLOCK):
-                    acc = accs[i][j]
-                    T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
-
-    if isinstance(k, tuple):  # (outer, inner): kk = a * inner + b
-        outer, inner = k
-        with T.serial(0, outer) as a, T.serial(0, inner) as b:
-            step(a * i64(inner) + b, (a, b))
-    else:
-        with T.serial(0, k) as kk:
-            step(kk, kk)
-    for i in range(ROW_BLOCK):
-        with T.If(first + i64(i) < rows):
-            with T.Then():
-                for j in range(width):
-                    store(accs[i][j], first + i64(i), j)
 
 
 def _store(y, acc, row, col, n, lanes, scales=None):

@@ -20,7 +20,7 @@ class Dense(Scheme):
         first, count = kb.units(ub)
         chains = [(b, kb.u_ref(u_buf, d, b, s)) for b in block[2]]
         for g in gates:
-            kb.dense_rows(d, chains, first + g * H, count, "projection", step=s,
+            kb.dense_rows(d, chains, first + g * H, count, step=s,
                            whole_groups=kb.row_blocks)
 
         def count_element(b):

@@ -243,5 +243,5 @@ class Memoization(Scheme):
                 for r in range(ROW_BLOCK - 1):
                     T.buffer_store(todo, pad, [n + r])
         kb.dense_rows(d, list(zip(elems, u_refs)), i64(0), (n + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK,
-                       "projection", step=s, rows_buf=todo, masked=nb > 1, whole_groups=True)
+                       step=s, rows_buf=todo, masked=nb > 1, whole_groups=True)
         return True

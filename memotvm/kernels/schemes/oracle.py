@@ -12,11 +12,10 @@ from .base import Scheme, buffer_field, small_change
 
 
 class Oracle(Scheme):
-    """Computes each neuron's input part from x_t (not the projection), one batch
-    element per task."""
+    """Computes each neuron's recurrent part and takes its input part from the
+    projection, one batch element per task."""
 
     keeps_input_parts = True
-    uses_projection = False
     blocks_batch = False
 
     def declare(self):
@@ -51,15 +50,13 @@ class Oracle(Scheme):
         todo = T.alloc_buffer((len(gates) * kb.unit_block,), "int64")
         ntodo = T.alloc_buffer((1,), "int64")
         T.buffer_store(ntodo, i64(0), [0])
-        x_ref = (kb.X, (t, b))
         new_a, new_b = self.new_a, self.new_b
         for g in gates:
             with T.serial(0, count) as u:
                 T.buffer_store(todo, g * H + first + u, [ntodo[0]])
                 T.buffer_store(ntodo, ntodo[0] + i64(1), [0])
         n = T.bind(ntodo[0])
-        kb.dense_rows(d, [(b, u_ref)], i64(0), n, "x", x_ref=x_ref, rows_buf=todo,
-                       a_out=new_a, b_out=new_b)
+        kb.dense_rows(d, [(b, u_ref)], i64(0), n, rows_buf=todo, a_out=new_a, b_out=new_b, step=s)
         for g in gates:
             reused = T.alloc_buffer((1,), "int64")
             T.buffer_store(reused, i64(0), [0])
