@@ -89,21 +89,22 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store,
     ``k`` may be a pair (outer, inner): kk = a * inner + b over two nested loops, and
     ``vector_value`` is given (a, b) for kk (a convolution's channel and tap).
     ``sources``: what ``row_value`` is given for each row instead of its number (the
-    rows' positions elsewhere; each must exist)."""
-    accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(TILE_ROWS)]
+    rows' positions elsewhere; each must exist), one row per source."""
+    tile = TILE_ROWS if sources is None else len(sources)
+    accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(tile)]
     for row in accs:
         for acc in row:
             with T.vectorized(0, lanes) as lane:
                 T.buffer_store(acc, tirx.const(0.0, "float32"), [lane])
     src = sources if sources is not None else \
-        [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(TILE_ROWS)]
+        [T.bind(tirx.min(first + i64(i), rows - i64(1))) for i in range(tile)]
 
     def step(kk, at):
-        xs = [T.bind(row_value(src[i], kk)) for i in range(TILE_ROWS)]
+        xs = [T.bind(row_value(src[i], kk)) for i in range(tile)]
         with T.vectorized(0, lanes) as lane:
             for j in range(width):
                 w = vector_value(at, j, lane)
-                for i in range(TILE_ROWS):
+                for i in range(tile):
                     acc = accs[i][j]
                     T.buffer_store(acc, acc[lane] + xs[i] * w, [lane])
 
@@ -114,7 +115,7 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store,
     else:
         with T.serial(0, k) as kk:
             step(kk, kk)
-    for i in range(TILE_ROWS):
+    for i in range(tile):
         with T.If(first + i64(i) < rows):
             with T.Then():
                 for j in range(width):

@@ -229,20 +229,19 @@ class DenseProducts:
             for tb in range(TIME_BLOCK):
                 store(j, tb, self.with_bias(sums[r][tb], d, j, "W"))
 
+    def _projected_vector(self, d, b, s):
+        """(buffer, index prefix) of the vector the projection of chain (d, b)
+        multiplies at step s: x_t (a step past the element's length reads a clamped
+        position, whose value is never used) or the scheme's."""
+        projected = self.scheme.projected_vector(d, b, s)
+        if projected is not None:
+            return projected
+        _, t = self.time_index(d, b, s)
+        return (self.X, (T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0))), b))
+
     def _projected_vectors(self, d, b, s):
-        """(buffer, index prefix) of the vectors the projection of chain (d, b)
-        multiplies at steps s .. s+TIME_BLOCK-1: x_t (a step past the element's length
-        reads a clamped position, whose value is never used) or the scheme's."""
-        vecs = []
-        for tb in range(TIME_BLOCK):
-            projected = self.scheme.projected_vector(d, b, s + tb)
-            if projected is not None:
-                vecs.append(projected)
-                continue
-            _, t = self.time_index(d, b, s + tb)
-            t = T.bind(tirx.max(tirx.min(t, self.seq - 1), i64(0)))
-            vecs.append((self.X, (t, b)))
-        return vecs
+        """:meth:`_projected_vector` of steps s .. s+TIME_BLOCK-1."""
+        return [self._projected_vector(d, b, s + tb) for tb in range(TIME_BLOCK)]
 
     def _chunk_blocks(self, s):
         """Blocks of TIME_BLOCK steps in the chunk of steps from s."""
@@ -302,13 +301,25 @@ class DenseProducts:
             with T.grid(self.batch, blocks, panels) as (b, sb, p):
                 step = T.bind(sb * TIME_BLOCK)
                 vecs = self._projected_vectors(d, b, s + step)
-                for_panel(first_panel + p, G, lambda col, width, _whole: self._project_panel(
-                    d, b, step, vecs, col, width))
+                left = T.bind(self.seq - s - step)
+
+                def project(first, sources):
+                    for_panel(first_panel + p, G, lambda col, width, _whole: self._project_panel(
+                        d, b, first, sources, col, width))
+
+                # The sequence's last steps one at a time (a call of one step, a
+                # stream's, computes one step, not four).
+                with T.If(left >= i64(TIME_BLOCK)):
+                    with T.Then():
+                        project(step, vecs)
+                    with T.Else():
+                        with T.serial(0, left) as r:
+                            project(step + r, [self._projected_vector(d, b, s + step + r)])
 
     def _project_panel(self, d, b, step, vecs, col, width):
         """The projections of rows col .. col + width x lanes - 1 (those below the rows)
-        at the chunk's steps step .. step+TIME_BLOCK-1 of chain (d, b), multiplying
-        ``vecs`` (:meth:`_projected_vectors`)."""
+        at the chunk's steps step, step + 1, ... of chain (d, b), multiplying ``vecs``
+        (one per step, :meth:`_projected_vectors`)."""
         G, D, lanes = self.loop.rows, self.loop.input_size, self.lanes
         base = i64(col) * i64(D)  # the panel's offset in its direction's panels
 
@@ -329,7 +340,7 @@ class DenseProducts:
                 j = first + lane
                 T.buffer_store(self.xproj, self.with_bias(acc[lane], d, j, "W"), [row, d, b, j])
 
-        register_block(step, step + i64(TILE_ROWS), D, width, lanes, x_value, weight, store,
+        register_block(step, step + i64(len(vecs)), D, width, lanes, x_value, weight, store,
                        sources=vecs)
 
     def dense_rows(self, d, chains, base, count, rows_buf=None, a_out=None, b_out=None,
