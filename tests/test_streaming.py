@@ -231,7 +231,7 @@ def test_a_streams_repeated_calls_still_check_what_may_change():
         session.run({"X": x[2:3], "Z": x[2:3]})
     strided = np.repeat(x[2:3], 2, axis=2)[:, :, ::2]
     assert not strided.flags.c_contiguous
-    got.append(session.run({"X": strided}))  # made contiguous: checked in full
+    got.append(session.run({"X": strided}))  # a view: copied to C order
     got.append(session.run({"X": x[3:6]}))  # another length
     got += [session.run({"X": x[t:t + 1]}) for t in range(6, 9)]
     np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), want[0])
@@ -242,6 +242,32 @@ def test_a_streams_repeated_calls_still_check_what_may_change():
     first = [plain.run({"X": x[t:t + 1]}) for t in range(3)][0]
     again = plain.run({"X": x[:1], "initial_h": np.zeros((1, 1, 24), np.float32)})
     np.testing.assert_array_equal(again[0], first[0])
+
+
+def test_a_stream_of_views_is_repeated_without_the_full_check(monkeypatch):
+    """Chunks sliced from a recording along a later axis are views, not C-contiguous:
+    after the first call they go the repeated call's way too (copied), with the
+    results of contiguous chunks."""
+    from memotvm.session import Session
+
+    model = memotvm.compile(stateful_layer("GRU"), memo=0.3)
+    x = smooth(9, 1, 10)
+    by_time_last = np.ascontiguousarray(x.transpose(1, 2, 0))  # [batch, features, time]
+    views = [by_time_last[:, :, t:t + 1].transpose(2, 0, 1) for t in range(9)]
+    assert not views[0].flags.c_contiguous
+    reference = model.session(state={"initial_h": "Y_h"})
+    want = [reference.run({"X": x[t:t + 1]}) for t in range(9)]
+    checked = []
+    full_check = Session._run_checked
+    monkeypatch.setattr(Session, "_run_checked",
+                        lambda self, *args: checked.append(1) or full_check(self, *args))
+    session = model.session(state={"initial_h": "Y_h"})
+    got = [session.run({"X": v}) for v in views]
+    assert len(checked) == 1
+    for a, b in zip(got, want):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    assert session.stats.per_gate == reference.stats.per_gate
 
 
 def test_state_pairs_found_by_name_or_refused_with_the_candidates():
