@@ -282,8 +282,11 @@ class DenseProducts:
 
     def _panel_projection(self, s):
         """:meth:`_input_projection` from W in panels: the chunk's steps times W's
-        transpose on the register tile of :mod:`.panels`, four steps of one element by
-        a panel of rows at a time, each W_j . x_t summed in order of k.
+        transpose on the register tile of :mod:`.panels`, each W_j . x_t summed in
+        order of k.  A tile is four steps of one element by a panel of rows; the steps
+        of the sequence after its last four (all of a call of one step, a stream's)
+        are taken four elements at a time instead, and the elements after the last
+        four one at a time.
 
         A task owns the panels of 64 rows (at least one panel) of one direction and
         computes them for every element and step of the chunk: their weights stay in
@@ -293,33 +296,40 @@ class DenseProducts:
         npanels = panel_count(G)
         per_task = max(1, ROW_BLOCK * 16 // (panel_vectors() * lanes))
         ntasks = -(-npanels // per_task)
-        blocks = self._chunk_blocks(s)
+        steps = T.bind(tirx.min(self.chunk, self.seq - s))
+        whole, tail = T.bind(steps // TIME_BLOCK), T.bind(steps % TIME_BLOCK)
+        batch = self.batch
         with self.parallel(nd * ntasks) as task:
             d = T.bind(task // ntasks) if nd > 1 else i64(0)
             first_panel = T.bind((task % ntasks) * per_task)
             panels = T.bind(tirx.min(i64(per_task), i64(npanels) - first_panel))
-            with T.grid(self.batch, blocks, panels) as (b, sb, p):
+
+            def project(at, vecs, first, rows, p):
+                for_panel(first_panel + p, G, lambda col, width, _whole: self._project_panel(
+                    d, at, vecs, first, rows, col, width))
+
+            with T.grid(batch, whole, panels) as (b, sb, p):
                 step = T.bind(sb * TIME_BLOCK)
-                vecs = self._projected_vectors(d, b, s + step)
-                left = T.bind(self.seq - s - step)
+                project(lambda row: (row, b), self._projected_vectors(d, b, s + step),
+                        step, step + i64(TIME_BLOCK), p)
+            groups = T.bind(batch // TILE_ROWS)
+            with T.grid(tail, panels) as (r, p):
+                step = T.bind(whole * TIME_BLOCK + r)
+                with T.serial(0, groups) as g:
+                    b0 = T.bind(g * TILE_ROWS)
+                    project(lambda row: (step, row),
+                            [self._projected_vector(d, b0 + i, s + step) for i in range(TILE_ROWS)],
+                            b0, b0 + i64(TILE_ROWS), p)
+                # (the last elements one at a time: a batch of one computes one row)
+                with T.serial(groups * TILE_ROWS, batch) as b:
+                    project(lambda row: (step, row), [self._projected_vector(d, b, s + step)],
+                            b, b + i64(1), p)
 
-                def project(first, sources):
-                    for_panel(first_panel + p, G, lambda col, width, _whole: self._project_panel(
-                        d, b, first, sources, col, width))
-
-                # The sequence's last steps one at a time (a call of one step, a
-                # stream's, computes one step, not four).
-                with T.If(left >= i64(TIME_BLOCK)):
-                    with T.Then():
-                        project(step, vecs)
-                    with T.Else():
-                        with T.serial(0, left) as r:
-                            project(step + r, [self._projected_vector(d, b, s + step + r)])
-
-    def _project_panel(self, d, b, step, vecs, col, width):
+    def _project_panel(self, d, at, vecs, first, rows, col, width):
         """The projections of rows col .. col + width x lanes - 1 (those below the rows)
-        at the chunk's steps step, step + 1, ... of chain (d, b), multiplying ``vecs``
-        (one per step, :meth:`_projected_vectors`)."""
+        of direction d for the tile rows first, first + 1, ... below ``rows``, each
+        multiplying its vector of ``vecs`` (:meth:`_projected_vector`) and stored at
+        the (step in the chunk, element) ``at(tile row)``."""
         G, D, lanes = self.loop.rows, self.loop.input_size, self.lanes
         base = i64(col) * i64(D)  # the panel's offset in its direction's panels
 
@@ -331,17 +341,17 @@ class DenseProducts:
             return self.load(buf, prefix + (k,))
 
         def store(acc, row, v):
-            first = i64(col) + i64(v * lanes)
+            step, b = at(row)
+            first_row = i64(col) + i64(v * lanes)
             if isinstance(col, int) and col + (v + 1) * lanes > G:
                 lanes_inside = T.serial(0, G - col - v * lanes)  # the rows past G: none
             else:
                 lanes_inside = T.vectorized(0, lanes)
             with lanes_inside as lane:
-                j = first + lane
-                T.buffer_store(self.xproj, self.with_bias(acc[lane], d, j, "W"), [row, d, b, j])
+                j = first_row + lane
+                T.buffer_store(self.xproj, self.with_bias(acc[lane], d, j, "W"), [step, d, b, j])
 
-        register_block(step, step + i64(len(vecs)), D, width, lanes, x_value, weight, store,
-                       sources=vecs)
+        register_block(first, rows, D, width, lanes, x_value, weight, store, sources=vecs)
 
     def dense_rows(self, d, chains, base, count, rows_buf=None, a_out=None, b_out=None,
                    step=None, masked=False, whole_groups=False):
