@@ -386,9 +386,9 @@ class RepeatedCall:
 
     After a call whose inputs were checked in full, a call from the same thread with
     the same input names, each an array of the same dtype and shape (a view is copied
-    to C order, as the checked call copies it), can differ from it only in the values: they are checked (finite, within an index
-    table) and the compiled function is called on them (with a session's carried
-    state and memo tables).  Any other call -- another shape, a state passed
+    to C order, as the checked call copies it), can differ from it only in the values:
+    they are checked (finite, within an index table) and the compiled function is
+    called on them (with a session's carried state and memo tables).  Any other call -- another shape, a state passed
     explicitly, something not an array -- is checked in full (and makes the next
     RepeatedCall), as is a repeat whose compiled function raises (the checked call
     then names the input's fault).

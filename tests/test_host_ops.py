@@ -17,8 +17,8 @@ from memotvm.frontend import from_onnx
 from memotvm.kernels import BlockRow, pack_row_blocks
 from memotvm.targets.recurrent_layout import PackRecurrentWeights
 from memotvm.testing import make_inputs, make_recurrent_model
-from memotvm.kernels.tiling import vector_lanes
 from memotvm.kernels.panels import panel_vectors, panel_widths
+from memotvm.kernels.tiling import vector_lanes
 from memotvm.targets.host_gemm import PackConstantMatmuls, pack_weight
 
 from conftest import run_onnxruntime

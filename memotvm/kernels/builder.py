@@ -46,10 +46,10 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
+from .input_panels import has_input_panels, input_panels_shape
 from .memo_table import TABLE_DTYPE, field_offsets, resumable, table_size
 from .plan import MemoPlan, kernel_name
 from .products import DenseProducts
-from .input_panels import has_input_panels, input_panels_shape
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for
 from .tiling import (MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,

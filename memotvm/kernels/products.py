@@ -243,11 +243,6 @@ class DenseProducts:
         """:meth:`_projected_vector` of steps s .. s+TIME_BLOCK-1."""
         return [self._projected_vector(d, b, s + tb) for tb in range(TIME_BLOCK)]
 
-    def _chunk_blocks(self, s):
-        """Blocks of TIME_BLOCK steps in the chunk of steps from s."""
-        return T.bind(tirx.min(self.chunk // TIME_BLOCK,
-                               (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
-
     def _input_projection(self, s):
         """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i of a chunk.
 
@@ -264,7 +259,8 @@ class DenseProducts:
         nd, G = loop.num_directions, loop.rows
         per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
         ntasks = -(-G // per_task)
-        blocks = self._chunk_blocks(s)
+        blocks = T.bind(tirx.min(self.chunk // TIME_BLOCK,
+                                 (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
         with self.parallel(nd * ntasks) as task:
             d = T.bind(task // ntasks) if nd > 1 else i64(0)
             first = T.bind((task % ntasks) * per_task)

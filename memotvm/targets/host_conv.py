@@ -64,14 +64,14 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..kernels import i64
-from ..passes._relax_util import add_kernel, rewrite_functions
+from ..kernels.panels import TILE_ROWS, for_panel, panel_count, register_block
 from ..kernels.tiling import vector_lanes
+from ..passes._relax_util import add_kernel, rewrite_functions
 from ..passes.precision import PRODUCTS_ATTR
 from ..passes.shape_checks import simplified
 from ..precision import STORAGE, store_weights
 from .host_conv_epilogue import CONV_MATMUL_ATTR
 from .host_conv_transpose import build_col2im
-from ..kernels.panels import TILE_ROWS, for_panel, panel_count, register_block
 from .host_gemm import ROW_CHUNK
 from .host_schedule import HOST_KERNEL, MIN_PARALLEL_WORK, host_kernel
 
@@ -380,8 +380,9 @@ def build_conv_matmul(channels_out: int, k: int, outs: list, weights: str = "flo
     """y[n, o, *p] = sum over kk of W[o, kk] * cols[n, kk, p] (in order of kk), W the
     constant [O, K] (stored as ``weights``: float32, bfloat16, or int8 followed by the
     output channels' scales, which multiply their sums): the output channels are the
-    rows of :func:`memotvm.kernels.panels.register_block` (W broadcast) and the positions p its
-    columns (one vector load of cols), so the result is NCW/NCHW as it is stored.
+    rows of :func:`memotvm.kernels.panels.register_block` (W broadcast) and the
+    positions p its columns (one vector load of cols), so the result is NCW/NCHW as it
+    is stored.
     ``outs``: the output sizes, None where symbolic.  (y is written in its own shape: a
     reshape after the kernel over a symbolic width failed in TVM's lowering.)
 
