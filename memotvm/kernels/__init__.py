@@ -21,7 +21,7 @@ same order, and every scheme reads its input parts from the same projection, so 
 memoized kernel at threshold 0 is bit-identical to the unmodified one.
 """
 
-from .builder import WEIGHT_DTYPES, KernelBuilder, build_kernel, kernel_weights
+from .builder import WEIGHT_DTYPES, KernelBuilder, build_kernel, kernel_memo_plan, kernel_weights
 from .plan import MemoPlan, kernel_name
 from .row_blocks import BlockRow, has_row_blocks, pack_row_blocks, row_blocks_shape
 from .schemes import weight_data
@@ -39,6 +39,7 @@ __all__ = [
     "build_sign_packer",
     "has_row_blocks",
     "i64",
+    "kernel_memo_plan",
     "kernel_name",
     "kernel_weights",
     "pack_row_blocks",

@@ -602,3 +602,10 @@ def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None,
 def kernel_weights(kernel: tirx.PrimFunc) -> str:
     """The dtype a recurrent-loop kernel takes its weights in."""
     return str(kernel.attrs["memotvm.weights"])
+
+
+def kernel_memo_plan(kernel: tirx.PrimFunc) -> MemoPlan | None:
+    """The memoization plan a recurrent-loop kernel was built with (None: unmodified),
+    to build it again."""
+    plan = kernel.attrs.get("memotvm.memo_plan")
+    return MemoPlan.from_json(str(plan)) if plan is not None else None

@@ -21,6 +21,8 @@ from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64, vector_registers
 
 # The projection's register tile takes TIME_BLOCK steps as its rows.
 assert TILE_ROWS == TIME_BLOCK
+# Rows of W per task of the input projection: enough to amortise the task's launch.
+PROJECTION_TASK_ROWS = ROW_BLOCK * 16
 
 
 class DenseProducts:
@@ -257,7 +259,7 @@ class DenseProducts:
             return
         loop = self.loop
         nd, G = loop.num_directions, loop.rows
-        per_task = ROW_BLOCK * 16  # rows per task: large enough to amortise the launch
+        per_task = PROJECTION_TASK_ROWS
         ntasks = -(-G // per_task)
         blocks = T.bind(tirx.min(self.chunk // TIME_BLOCK,
                                  (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
@@ -290,7 +292,7 @@ class DenseProducts:
         loop = self.loop
         nd, G, lanes = loop.num_directions, loop.rows, self.lanes
         npanels = panel_count(G)
-        per_task = max(1, ROW_BLOCK * 16 // (panel_vectors() * lanes))
+        per_task = max(1, PROJECTION_TASK_ROWS // (panel_vectors() * lanes))  # panels
         ntasks = -(-npanels // per_task)
         steps = T.bind(tirx.min(self.chunk, self.seq - s))
         whole, tail = T.bind(steps // TIME_BLOCK), T.bind(steps % TIME_BLOCK)

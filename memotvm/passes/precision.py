@@ -17,8 +17,7 @@ from tvm import relax
 from tvm.ir import GenericConst
 
 from ..errors import ConfigError, UnsupportedModelError
-from ..kernels import build_kernel, kernel_weights
-from ..kernels.plan import MemoPlan
+from ..kernels import build_kernel, kernel_memo_plan, kernel_weights
 from ..precision import (STORAGE, PrecisionConfig, node_storage, rounded_directions,
                          rounded_rows, store_weights)
 from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
@@ -112,9 +111,7 @@ class _WeightRewriter(relax.PyExprMutator):
         if storage == "int8":
             at = node_inputs(loop)
             args[at:at] = [relax.const(s.scales, "float32") for s in stored]
-        plan = kernel.attrs.get("memotvm.memo_plan")
-        memo = MemoPlan.from_json(str(plan)) if plan is not None else None
-        rebuilt = add_kernel(self.builder_, build_kernel(loop, memo, weights=dtype))
+        rebuilt = add_kernel(self.builder_, build_kernel(loop, kernel_memo_plan(kernel), weights=dtype))
         return relax.call_tir(rebuilt, args, out_ty=list(call.ty_args[0].fields))
 
 

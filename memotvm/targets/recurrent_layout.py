@@ -26,8 +26,8 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
-from ..kernels import (MemoPlan, build_kernel, has_row_blocks, kernel_weights, pack_row_blocks,
-                       vector_lanes)
+from ..kernels import (build_kernel, has_row_blocks, kernel_memo_plan, kernel_weights,
+                       pack_row_blocks, vector_lanes)
 from ..kernels.input_panels import has_input_panels, pack_input_panels
 from ..passes._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
 from ..passes.kernel_calls import recurrent_kernel
@@ -69,9 +69,8 @@ class _LanesRewriter(relax.PyExprMutator):
         if hit is None or int(hit[1].attrs["memotvm.lanes"]) == self.lanes:
             return call
         loop, kernel = hit
-        plan = kernel.attrs.get("memotvm.memo_plan")
-        memo = MemoPlan.from_json(str(plan)) if plan is not None else None
-        rebuilt = add_kernel(self.builder_, build_kernel(loop, memo, weights=kernel_weights(kernel)))
+        rebuilt = add_kernel(self.builder_, build_kernel(loop, kernel_memo_plan(kernel),
+                                                          weights=kernel_weights(kernel)))
         return relax.call_tir(rebuilt, list(call.args[1].fields), out_ty=list(call.ty_args[0].fields))
 
 
@@ -88,8 +87,7 @@ class _WeightLayoutRewriter(relax.PyExprMutator):
             return call
         loop, kernel = hit
         args = list(call.args[1].fields)
-        plan = kernel.attrs.get("memotvm.memo_plan")
-        memo = MemoPlan.from_json(str(plan)) if plan is not None else None
+        memo = kernel_memo_plan(kernel)
         panels = isinstance(args[1], GenericConst) and has_input_panels(loop)
         row_blocks = memo is None and isinstance(args[2], GenericConst) and has_row_blocks(loop)
         if not (panels or row_blocks):
