@@ -352,6 +352,41 @@ def test_folding_keeps_scalars_scalar_and_leaves_big_growth_to_run_time():
     assert [n.op_type for n in folded.graph.node] == ["ConstantOfShape", "Add", "Reshape"]
 
 
+def _computed_shape_chain(stages: int):
+    """x [1, 4, 3] through ``stages`` reshapes to [1, len(Range(Shape(x)[1])), -1] (GTCRN's
+    export computes its GRUs' input shapes so): ONNX shape inference does not see
+    through Range, so each reshape's shape is known only once folding has made the
+    Range before it a constant, and each step needs a round of its own.  Then a GRU over
+    the result (1 step, batch 4)."""
+    nodes, x = [], "x"
+    for k in range(stages):
+        nodes += [h.make_node("Shape", [x], [f"s{k}"]), h.make_node("Gather", [f"s{k}", "one"], [f"n{k}"]),
+                  h.make_node("Range", ["zero", f"n{k}", "one"], [f"r{k}"]),
+                  h.make_node("Shape", [f"r{k}"], [f"l{k}"]),
+                  h.make_node("Concat", ["one_1d", f"l{k}", "rest"], [f"shape{k}"], axis=0),
+                  h.make_node("Reshape", [x, f"shape{k}"], [f"x{k}"])]
+        x = f"x{k}"
+    rng = np.random.default_rng(7)
+    weights = [onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("W", (1, 15, 3)), ("R", (1, 15, 5)))]
+    nodes.append(h.make_node("GRU", [x, "W", "R"], ["Y", "Y_h"], hidden_size=5))
+    graph = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 3])],
+                         [h.make_tensor_value_info("Y", T.FLOAT, None)],
+                         weights + [h.make_tensor("zero", T.INT64, [], [0]), h.make_tensor("one", T.INT64, [], [1]),
+                                    h.make_tensor("one_1d", T.INT64, [1], [1]), h.make_tensor("rest", T.INT64, [1], [-1])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_folding_follows_a_chain_of_computed_shapes_to_its_end():
+    model = _computed_shape_chain(12)
+    folded = ConstantFolding()(model)
+    assert [n.op_type for n in folded.graph.node] == ["Reshape"] * 12 + ["GRU"]
+    x = np.random.default_rng(0).standard_normal((1, 4, 3)).astype(np.float32)
+    want = onnxruntime(model, {"x": x})
+    for memo in (None, 0.0):
+        assert max_diff(memotvm.compile(model, memo=memo).run({"x": x}), want) <= FLOAT_TOL
+
+
 def test_fixed_inputs_errors_name_the_input():
     with pytest.raises(ConfigError, match="'rate', which is not an input.*input, state, sr"):
         memotvm.compile(path("vad_stream"), fixed_inputs={"rate": 8000})

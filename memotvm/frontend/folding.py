@@ -115,12 +115,13 @@ class ConstantFolding:
     ``Shape``/``Size`` of tensors whose shape is static (as ONNX shape inference finds
     it).  An ``If`` with a constant condition becomes the nodes of its selected branch.
     Folding repeats until nothing changes, since inlined branches and newly static
-    shapes open more.  Subgraphs of run-time ``If``s are folded too, with the outer
-    constants visible.
+    shapes open more: each round re-runs ONNX shape inference, which stops at the first
+    operator whose output shape depends on a value it cannot see (a ``Range`` over a
+    ``Shape``), so a model that computes its shapes in a chain of such steps (GTCRN's
+    fourteen GRUs) needs one round per step.  Every round but the last folds at least
+    one node, so at most as many rounds run as there are nodes.  Subgraphs of run-time
+    ``If``s are folded too, with the outer constants visible.
     """
-
-    def __init__(self, max_rounds: int = 8):
-        self.max_rounds = max_rounds
 
     def __call__(self, model: onnx.ModelProto) -> onnx.ModelProto:
         folded = onnx.ModelProto()
@@ -128,7 +129,7 @@ class ConstantFolding:
         self._opsets = list(model.opset_import)
         self._ir_version = model.ir_version
         self._names = _all_names(folded.graph)
-        for _ in range(self.max_rounds):
+        while True:
             shapes = _static_shapes(folded)
             if not self._fold_graph(folded.graph, {}, shapes):
                 break
