@@ -7,10 +7,10 @@ import functools
 import warnings
 
 from .frontend import BUILD_LOCK, from_onnx
-from tvm import relax
 
 from .errors import ConfigError, MemoTVMError, NothingToMemoizeWarning, UnsupportedModelError
 from .passes import MemoConfig, MemoizeRecurrentLoops
+from .passes._relax_util import fold_constants
 from .passes.memoize import check_supported
 from .passes.precision import ReduceWeightPrecision, RoundProductWeights, check_precision
 from .precision import PrecisionConfig
@@ -64,7 +64,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
             reduced.check_nodes(imported.loops)
         if reduced is not None and reduced.reduced:
             # Before memoization: its predictors are derived from the rounded weights.
-            mod = relax.transform.FoldConstant()(mod)
+            mod = fold_constants(mod)
             check_precision(mod, reduced)
             mod = ReduceWeightPrecision(reduced)(mod)
             mod = RoundProductWeights(reduced.products_precision)(mod)
@@ -72,7 +72,7 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
             # Checked here: errors raised inside a TVM pass lose their type.  Folding first
             # turns weights computed from initializers into constants.
             config.check_nodes(imported.loops)
-            mod = relax.transform.FoldConstant()(mod)
+            mod = fold_constants(mod)
             check_supported(mod, config)
             mod = MemoizeRecurrentLoops(config, tunable=tunable)(mod)
         elif tunable:

@@ -462,11 +462,10 @@ def calibrate(model, inputs, labels, metric, holdout_inputs=None, holdout_labels
 def _reducible_nodes(imported) -> list:
     """The recurrent nodes whose weights can be stored below fp32: float32 layers with
     constant weights."""
-    from tvm import relax
-
+    from .passes._relax_util import fold_constants
     from .passes.kernel_calls import recurrent_calls, weights_are_constant
 
-    folded = relax.transform.FoldConstant()(imported.mod)
+    folded = fold_constants(imported.mod)
     return [loop.name for loop, call in recurrent_calls(folded)
             if loop.dtype == "float32" and weights_are_constant(call)]
 

@@ -387,6 +387,38 @@ def test_folding_follows_a_chain_of_computed_shapes_to_its_end():
         assert max_diff(memotvm.compile(model, memo=memo).run({"x": x}), want) <= FLOAT_TOL
 
 
+def _sliced_lstm_input():
+    """An LSTM whose X and initial_h are Slices to lengths given at run time: TVM knows
+    only their ranks."""
+    rng = np.random.default_rng(3)
+    weights = [onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+               for name, shape in (("W", (1, 32, 6)), ("R", (1, 32, 8)))]
+    nodes = [h.make_node("Slice", ["x", "zero", "features", "two"], ["X"]),
+             h.make_node("Slice", ["h0", "zero", "directions", "zero"], ["H0"]),
+             h.make_node("LSTM", ["X", "W", "R", "", "", "H0"], ["Y", "Y_h"], hidden_size=8)]
+    graph = h.make_graph(
+        nodes, "sliced",
+        [h.make_tensor_value_info("x", T.FLOAT, [12, 2, 8]), h.make_tensor_value_info("features", T.INT64, [1]),
+         h.make_tensor_value_info("h0", T.FLOAT, [2, 2, 8]), h.make_tensor_value_info("directions", T.INT64, [1])],
+        [h.make_tensor_value_info("Y", T.FLOAT, None), h.make_tensor_value_info("Y_h", T.FLOAT, None)],
+        weights + [h.make_tensor("zero", T.INT64, [1], [0]), h.make_tensor("two", T.INT64, [1], [2])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("memo", [None, 0.0])
+def test_recurrent_inputs_sliced_to_run_time_lengths_are_given_sizes_and_checked(memo):
+    model = _sliced_lstm_input()
+    rng = np.random.default_rng(4)
+    inputs = {"x": rng.standard_normal((12, 2, 8)).astype(np.float32), "features": np.array([6]),
+              "h0": rng.standard_normal((2, 2, 8)).astype(np.float32), "directions": np.array([1])}
+    compiled = memotvm.compile(model, memo=memo)
+    assert max_diff(compiled.run(inputs), onnxruntime(model, inputs)) <= FLOAT_TOL
+    with pytest.raises(memotvm.InputError, match=r"shapes do not fit.*\(5 where 6 is needed\)"):
+        compiled.run(dict(inputs, features=np.array([5])))
+    with pytest.raises(memotvm.InputError, match=r"shapes do not fit.*\(2 where 1 is needed\)"):
+        compiled.run(dict(inputs, directions=np.array([2])))
+
+
 def test_fixed_inputs_errors_name_the_input():
     with pytest.raises(ConfigError, match="'rate', which is not an input.*input, state, sr"):
         memotvm.compile(path("vad_stream"), fixed_inputs={"rate": 8000})

@@ -192,6 +192,7 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     f"{op} node '{name}': input {label} has type {expr.ty.dtype}, expected {want}"
                 )
 
+        x, present = self._with_sizes(op, name, loop, x, w, present)
         if loop.layout == 1:  # batch-major: make it time-major for the kernel
             x = bb.normalize(relax.op.permute_dims(x, [1, 0, 2]))
             for label in ("initial_h", "initial_c"):
@@ -235,6 +236,42 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         results = [y, y_h] + ([y_c] if y_c is not None else [])
         return relax.Tuple(results)
 
+
+    def _with_sizes(self, op, name, loop, x, w, present):
+        """x and the initial states and lengths with sizes where TVM knows only their
+        rank (a Slice to a length computed at run time): symbolic steps and batch, the
+        input size of W and the node's directions and hidden size.  The match checks them
+        at run time (an InputError, see :func:`memotvm.passes.native_checks.input_error_message`).
+        """
+        labels = ["X"] + [label for label in ("initial_h", "initial_c", "sequence_lens") if label in present]
+        operands = dict(present, X=x)
+        if all(isinstance(operands[k].ty.shape, relax.ShapeExpr) for k in labels):
+            return x, present
+        for label in labels:
+            if operands[label].ty.ndim != (1 if label == "sequence_lens" else 3):
+                raise UnsupportedModelError(
+                    f"{op} node '{name}': the rank of its input {label} is not known when "
+                    "compiling; fix the inputs' shapes (shapes=, --shape)")
+        if isinstance(x.ty.shape, relax.ShapeExpr):
+            steps, batch, size = x.ty.shape.values
+            if loop.layout == 1:
+                steps, batch = batch, steps
+        else:
+            steps, batch = (tirx.Var(f"{name}_{axis}", "int64") for axis in ("steps", "batch"))
+            size = (_static_shape(w) or [None] * 3)[2]
+            size = tirx.Var(f"{name}_input_size", "int64") if size is None else tirx.IntImm("int64", size)
+        nd, hidden = (tirx.IntImm("int64", v) for v in (loop.num_directions, loop.hidden_size))
+        wanted = {"X": [steps, batch, size], "initial_h": [nd, batch, hidden],
+                  "initial_c": [nd, batch, hidden], "sequence_lens": [batch]}
+        for label in labels:
+            expr = operands[label]
+            if isinstance(expr.ty.shape, relax.ShapeExpr):
+                continue
+            dims = wanted[label]
+            if loop.layout == 1 and label != "sequence_lens":
+                dims = [dims[1], dims[0], dims[2]]
+            operands[label] = self.bb.match_cast(expr, relax.TensorType(dims, expr.ty.dtype))
+        return operands.pop("X"), operands
 
     def _checked_shapes(self, op, name, loop, x, w, r, present):
         """x, w, r and the optional inputs, checked at run time where their shapes are

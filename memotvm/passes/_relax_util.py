@@ -42,6 +42,30 @@ def without_uncalled_kernels(mod):
     return tvm.IRModule(kept, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
+def fold_constants(mod):
+    """``mod`` after TVM's FoldConstant, or ``mod`` itself where folding would leave it
+    calling a function it does not define.
+
+    FoldConstant legalizes an operator to see whether it can evaluate it.  The
+    legalization of ``dynamic_strided_slice`` (a Slice to a length known only at run
+    time) binds a call of a shape function, which stays in the folded function while
+    the shape function is dropped, and the module no longer builds.  Unfolded, the
+    module still builds: the CPU pipeline folds again after legalizing every operator.
+    """
+    folded = relax.transform.FoldConstant()(mod)
+    defined = set(folded.get_global_vars())
+    undefined = []
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.GlobalVar) and expr not in defined:
+            undefined.append(expr)
+
+    for _, func in folded.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return mod if undefined else folded
+
+
 def elements(dims):
     """The product of dimensions (PrimExprs or ints) as an int64 PrimExpr."""
     out = tirx.const(1, "int64")

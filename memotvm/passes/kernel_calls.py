@@ -26,8 +26,9 @@ def recurrent_kernel(mod, call):
     kernels, else None."""
     if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.call_tir"):
         return None
-    kernel = mod[call.args[0]]
-    loop = kernel_loop(kernel)
+    if call.args[0] not in mod.functions:  # (a shape function TVM's legalization calls)
+        return None
+    loop = kernel_loop(kernel := mod[call.args[0]])
     return None if loop is None else (loop, kernel)
 
 

@@ -28,7 +28,7 @@ from ..kernels.memo_table import TABLE_DTYPE, table_size
 from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
 from ..per_node import checked_per_node, per_direction, short
 from ..predictors import BnnPredictor, get_predictor
-from ._relax_util import rewrite_functions, with_blocks, without_uncalled_kernels
+from ._relax_util import fold_constants, rewrite_functions, with_blocks, without_uncalled_kernels
 from .kernel_calls import kernel_loop, recurrent_calls, recurrent_kernel, weights_are_constant
 from .precision import effective_weights
 
@@ -192,9 +192,7 @@ class MemoizeRecurrentLoops:
             rewritten, outputs = _tables_of_branches(rewritten, rewriter.table_outputs,
                                                      rewriter.table_params)
             rewritten = _append_outputs(rewritten, outputs)
-        folded = tvm.transform.Sequential(
-            [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
-        )(rewritten)
+        folded = relax.transform.DeadCodeElimination()(fold_constants(rewritten))
         # The unmodified kernels the memoized ones replace (and sign packers that
         # folding ran) would otherwise be compiled too: half of a memoized model's code.
         return without_uncalled_kernels(folded)

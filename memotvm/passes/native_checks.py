@@ -13,12 +13,16 @@ time.
 from __future__ import annotations
 
 import itertools
+import re
 
 from tvm import relax, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 ERROR_PREFIX = "memotvm.InputError: "
+# TVM's message when a value fails a match_cast at run time.
+_MATCH_CAST_ERROR = re.compile(r"\((\d+) vs\. (\d+)\)\s*:\s*ErrorContext\(match_cast, ty=R\.Tensor\((.*?), "
+                               r"dtype=[^)]*\)\)\s*match_cast error,\s*([^\n]*?)\.?\s*$", re.MULTILINE)
 _names = itertools.count()
 
 
@@ -26,9 +30,17 @@ def input_error_message(err: BaseException) -> str | None:
     """The message of a failed check (None for any other error)."""
     text = str(err)
     at = text.find(ERROR_PREFIX)
-    if at < 0:
+    if at >= 0:
+        return text[at + len(ERROR_PREFIX):].splitlines()[0].strip()
+    # A size the importer gave a value TVM knew only the rank of (the input of a
+    # recurrent node after a Slice to a run-time length), which the input does not have.
+    match = _MATCH_CAST_ERROR.search(text)
+    if match is None:
         return None
-    return text[at + len(ERROR_PREFIX):].splitlines()[0].strip()
+    got, want, shape, detail = match.groups()
+    return (f"a tensor computed inside the model has a size its next operator cannot take "
+            f"(the model's shapes do not fit these inputs): it must have shape {shape}, "
+            f"but {detail} ({got} where {want} is needed)")
 
 
 def checked(builder: relax.BlockBuilder, x, values: list, emit_asserts, name: str):
