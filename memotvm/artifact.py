@@ -77,6 +77,7 @@ def metadata(model) -> dict:
         "precision": precision.to_dict() if precision is not None and precision.reduced else None,
         "tunable": bool(model.tunable), "loops": loops,
         "index_ranges": model.index_ranges,
+        "recurrent_state": model.recurrent_state,
         # compile(..., threads=N); null: the runner's default (memotvm: every CPU).
         "threads": model.threads,
     }
@@ -134,6 +135,7 @@ class _Imported:
         self.output_types = {o["name"]: (o["shape"], o["dtype"]) for o in meta["outputs"]}
         self.loops = [RecurrentLoop.from_json(json.dumps(lp["loop"])) for lp in meta["loops"]]
         self.index_ranges = dict(meta.get("index_ranges") or {})
+        self.recurrent_state = meta.get("recurrent_state")
 
 
 def load(path: str):

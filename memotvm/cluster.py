@@ -222,7 +222,7 @@ class ClusterWorker:
         plain = self._model(UNMODIFIED)
         return {"where": self.where(), "compile_s": seconds, "input_names": list(plain.input_names),
                 "input_types": dict(plain.input_types), "output_types": dict(plain.output_types),
-                "output_names": list(plain.output_names),
+                "output_names": list(plain.output_names), "recurrent_state": dict(plain.recurrent_state),
                 "modelled": hasattr(plain, "last_cost")}
 
     def run(self, model: list, variant, memo, shard: str, inputs, stream, keep):
@@ -278,7 +278,7 @@ class ClusterRunner:
         self.output_names = infos[0]["output_names"]
         # What cutting a stream into calls needs of the model (split_all, find_state_pairs).
         self.signature = SimpleNamespace(**{key: infos[0][key] for key in (
-            "input_names", "input_types", "output_names", "output_types")})
+            "input_names", "input_types", "output_names", "output_types", "recurrent_state")})
 
     def _prepare(self, variants):
         ray = _ray()

@@ -59,6 +59,7 @@ class CompiledModel:
         self.output_types = dict(getattr(imported, "output_types", {}))
         self.loops = list(imported.loops)
         self.index_ranges = dict(imported.index_ranges)
+        self.recurrent_state = dict(getattr(imported, "recurrent_state", None) or {"inputs": [], "outputs": []})
         self.target = target
         self.memo = memo
         # Compiled with tunable thresholds (``compile(..., tunable=True)``): each call

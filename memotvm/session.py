@@ -182,7 +182,11 @@ def find_state_pairs(model, state=None) -> dict:
     Given ``state``, each pair is checked (names, element types, ranks).  Otherwise an
     input is paired with the output of the same type and rank whose name has the same
     stem (``h0``/``hn``, ``state``/``stateN``, ``c_in``/``c_out``); an input with more
-    than one such output is an error listing them, as is finding no pair at all."""
+    than one such output is an error listing them.  Where no names pair, the inputs that
+    reach a recurrent node's initial state are paired with the outputs its final state
+    reaches (tf2onnx's DTLN: ``input_3`` -> ``tf_op_layer_stack_2``), where each has
+    exactly one of the other's type.  Finding no pair at all is an error listing the
+    candidates."""
     inputs, outputs = model.input_names, model.output_names
     if state is not None:
         if not isinstance(state, dict):
@@ -213,8 +217,27 @@ def find_state_pairs(model, state=None) -> dict:
         raise ConfigError(f"output(s) {', '.join(twice)} would feed several state inputs; "
                           "pass state={input: output} to say which")
     if not pairs:
+        pairs = _pairs_by_structure(model, candidates)
+    if not pairs:
         listed = "; ".join(f"{inp}: {', '.join(outs)}" for inp, outs in candidates.items() if outs)
         raise ConfigError("found no state input/output pair by name; pass "
                           "state={input: output} (or state={} for none)"
                           + (f". Inputs and the outputs of their type: {listed}" if listed else ""))
     return pairs
+
+
+def _pairs_by_structure(model, candidates: dict) -> dict:
+    """Input -> output where the input reaches a recurrent node's initial state, the
+    output comes from a recurrent node's final state, and each is the other's only
+    partner of its type among such inputs and outputs; {} unless every such input
+    pairs so."""
+    known = getattr(model, "recurrent_state", None) or {}
+    inputs, outputs = known.get("inputs", []), set(known.get("outputs", []))
+    partners = {inp: [out for out in candidates.get(inp, []) if out in outputs] for inp in inputs}
+    if not partners or any(len(outs) != 1 for outs in partners.values()):
+        return {}
+    fed = [outs[0] for outs in partners.values()]
+    if len(set(fed)) != len(fed):
+        return {}
+    return {inp: outs[0] for inp, outs in partners.items()}
+

@@ -46,6 +46,9 @@ class ImportedModel:
     index_ranges: dict  # input name -> size of the table it indexes (Gather), checked at run time
     output_types: dict = field(default_factory=dict)  # name -> (dims, dtype), as input_types
     operators: dict = field(default_factory=dict)  # op type -> count, after folding, branches included
+    # Graph inputs that reach a recurrent node's initial state, and graph outputs that
+    # its final state reaches: where a session's state pairs are (memotvm.session).
+    recurrent_state: dict = field(default_factory=lambda: {"inputs": [], "outputs": []})
 
 
 class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
@@ -399,7 +402,58 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
         loops=importer.loops,
         index_ranges=_gather_index_ranges(model.graph, set(input_names)),
         operators=_operator_counts(model.graph),
+        recurrent_state=_recurrent_state(model.graph, input_names),
     )
+
+
+def _recurrent_state(graph, input_names) -> dict:
+    """The graph inputs from which a recurrent node's initial_h or initial_c is computed,
+    and the graph outputs computed from a recurrent node's Y_h or Y_c (through any
+    operators: tf2onnx slices one state tensor into both LSTMs' h and c, and stacks
+    their finals into one output)."""
+    nodes = list(_all_nodes(graph))
+    consumers = {}
+    for node in nodes:
+        for name in _node_inputs(node):
+            consumers.setdefault(name, []).append(node)
+
+    def reached_from(start, edge):  # value names reachable from ``start`` along ``edge``
+        seen, todo = set(start), list(start)
+        while todo:
+            for name in edge(todo.pop()):
+                if name and name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+        return seen
+
+    producers = {out: node for node in nodes for out in node.output}
+    initial = [node.input[i] for node in nodes if node.op_type in RECURRENT_OPS
+               for i in (5, 6) if i < len(node.input) and node.input[i]]
+    final = [node.output[i] for node in nodes if node.op_type in RECURRENT_OPS
+             for i in (1, 2) if i < len(node.output) and node.output[i]]
+    upstream = reached_from(initial, lambda v: _node_inputs(producers[v]) if v in producers else [])
+    downstream = reached_from(final, lambda v: [o for n in consumers.get(v, []) for o in n.output])
+    return {"inputs": [name for name in input_names if name in upstream],
+            "outputs": [o.name for o in graph.output if o.name in downstream]}
+
+
+def _all_nodes(graph):
+    """The nodes of graph and of its If branches."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+
+
+def _node_inputs(node) -> list:
+    """A node's inputs, with the outer values its branches use counted as its own."""
+    names = list(node.input)
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            names += [n for inner in _all_nodes(attr.g) for n in inner.input]
+            names += [o.name for o in attr.g.output]
+    return names
 
 
 def _operator_counts(graph, counts=None) -> dict:
