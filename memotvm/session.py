@@ -155,12 +155,17 @@ class Session:
 
 
 _SUFFIXES = re.compile(r"(_?(in|out|next|new|prev|init|initial|n|0|1))+$", re.IGNORECASE)
+_PREFIXES = re.compile(r"^((input|output|in|out)_|(input|output)(?=\d))(?=.)", re.IGNORECASE)
 
 
 def _stem(name: str) -> str:
     """A state's name without the affixes exporters put on it (h0/hn, state/stateN,
-    c_in/c_out)."""
-    stem = _SUFFIXES.sub("", name)
+    c_in/c_out, in_h/out_h; input_2/output_2, as tf2onnx numbers Keras's inputs and
+    outputs: TEN VAD)."""
+    unprefixed = _PREFIXES.sub("", name)
+    if unprefixed.isdigit():  # input_1/output_1: the number is the name
+        return unprefixed
+    stem = _SUFFIXES.sub("", unprefixed)
     return (stem or name).lower()
 
 
@@ -203,8 +208,11 @@ def find_state_pairs(model, state=None) -> dict:
                                   f"({model.input_types[inp]} vs {model.output_types.get(out)})")
         return dict(state)
     candidates = {inp: [out for out in outputs if _compatible(model, inp, out)] for inp in inputs}
+    recurrent = getattr(model, "recurrent_state", None) or {}
     pairs = {}
     for inp, outs in candidates.items():
+        if _stem(inp).isdigit() and inp not in recurrent.get("inputs", ()):
+            continue  # input_2/output_2 say nothing by themselves: only a recurrent state's
         named = [out for out in outs if _stem(out) == _stem(inp)]
         if len(named) > 1:
             raise ConfigError(f"state input '{inp}' could be fed by {', '.join(named)}; "

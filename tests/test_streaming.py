@@ -281,10 +281,10 @@ def test_state_pairs_found_by_name_or_refused_with_the_candidates():
     assert layer.session(state={}).state_pairs == {}
 
 
-def _one_state_tensor_lstm(H=6):
+def _one_state_tensor_lstm(signal_out, state_out, H=6):
     """tf2onnx's shape of DTLN's LSTM core: one state input [2, 1, H] split into h and c,
-    the final h and c concatenated into one output, names that do not pair, and a
-    signal output of the signal input's shape."""
+    the final h and c concatenated into one output, and a signal output of the signal
+    input's shape."""
     from onnx import TensorProto as T
     from onnx import helper as h
     from onnx import numpy_helper
@@ -294,26 +294,30 @@ def _one_state_tensor_lstm(H=6):
                for name, shape in (("W", (1, 4 * H, H)), ("R", (1, 4 * H, H)))]
     nodes = [h.make_node("Split", ["input_3", "halves"], ["h0", "c0"], axis=0),
              h.make_node("LSTM", ["input_2", "W", "R", "", "", "h0", "c0"], ["Y", "Y_h", "Y_c"], hidden_size=H),
-             h.make_node("Squeeze", ["Y", "one"], ["activation_2"]),
-             h.make_node("Concat", ["Y_h", "Y_c"], ["tf_op_layer_stack_2"], axis=0)]
+             h.make_node("Squeeze", ["Y", "one"], [signal_out]),
+             h.make_node("Concat", ["Y_h", "Y_c"], [state_out], axis=0)]
     graph = h.make_graph(
         nodes, "core", [h.make_tensor_value_info("input_2", T.FLOAT, [1, 1, H]),
                         h.make_tensor_value_info("input_3", T.FLOAT, [2, 1, H])],
-        [h.make_tensor_value_info("activation_2", T.FLOAT, [1, 1, H]),
-         h.make_tensor_value_info("tf_op_layer_stack_2", T.FLOAT, [2, 1, H])],
+        [h.make_tensor_value_info(signal_out, T.FLOAT, [1, 1, H]),
+         h.make_tensor_value_info(state_out, T.FLOAT, [2, 1, H])],
         weights + [h.make_tensor("halves", T.INT64, [2], [1, 1]), h.make_tensor("one", T.INT64, [1], [1])])
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
-def test_state_pairs_found_from_the_recurrent_nodes_where_names_do_not_pair(tmp_path):
-    onnx_model = _one_state_tensor_lstm()
+# DTLN's names, which do not pair; TEN VAD's, numbered input_N/output_N, where input_2
+# and output_2 pair by name only if input_2 is a recurrent state (it is the signal here).
+@pytest.mark.parametrize("signal_out, state_out", [("activation_2", "tf_op_layer_stack_2"),
+                                                   ("output_2", "output_3")])
+def test_state_pairs_found_from_the_recurrent_nodes_where_names_do_not_pair(tmp_path, signal_out, state_out):
+    onnx_model = _one_state_tensor_lstm(signal_out, state_out)
     model = memotvm.compile(onnx_model, memo=0.0)
     reference = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     model.export(str(tmp_path / "core.so"))
     exported = memotvm.load(str(tmp_path / "core.so"))
     for compiled in (model, exported):
         session = compiled.session()
-        assert session.state_pairs == {"input_3": "tf_op_layer_stack_2"}
+        assert session.state_pairs == {"input_3": state_out}
         state = np.zeros((2, 1, 6), np.float32)
         for x in smooth(5, 1, 6)[:, None]:
             want = reference.run(None, {"input_2": x, "input_3": state})
