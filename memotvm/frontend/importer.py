@@ -22,6 +22,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from ..errors import ConfigError, MemoTVMError, UnsupportedModelError
 from ..kernels import build_kernel
 from ..log import captured_tvm_output
+from ..passes.constant_calls import FoldConstantCalls
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, with_shape_relations
 from .quantized import DequantizeRecurrentWeights
@@ -380,7 +381,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     if error is not None:
         raise error
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
-    mod = CheckShapeRelations()(BoundedGather()(mod))
+    mod = FoldConstantCalls()(CheckShapeRelations()(BoundedGather()(mod)))
     initializers = {t.name for t in graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in initializers]
     params = mod["main"].params

@@ -1,0 +1,135 @@
+"""FoldConstantCalls: evaluate, with numpy, the operators TVM's converters apply to
+constants, before they are lowered.
+
+TVM's ONNX importer leaves many operators over constants for a later FoldConstant: a
+Gather by a constant index becomes ``where(less(i, 0), add(i, n), i)``, a Reshape of a
+weight a ``reshape``, a shape becomes a tensor through ``shape_to_tensor``.  TVM's
+FoldConstant evaluates each by legalizing it and compiling the PrimFunc with LLVM, a
+tenth of a second or more apiece: GTCRN's export (32 Gathers, 37 Reshapes and 32
+shapes over constants) spent 12 of its 29 s of compile time there.  Here each such call
+is evaluated in numpy as it is met, for the operators whose numpy form is the ONNX
+result exactly: comparisons, integer arithmetic, ``where``, ``take``, forward
+``strided_slice``,
+``concat``, ``permute_dims`` and the operators that only reshape.  Anything else, and a
+result whose shape or type is not the call's, is left for FoldConstant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._relax_util import rewrite_functions
+
+_COMPARISONS = {"relax.less": np.less, "relax.less_equal": np.less_equal,
+                "relax.greater": np.greater, "relax.greater_equal": np.greater_equal,
+                "relax.equal": np.equal, "relax.not_equal": np.not_equal}
+# Integer arithmetic only: numpy wraps int64 as the compiled code does.
+_INTEGER_ARITHMETIC = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply}
+# Operators whose result is their input's elements in order, in the call's shape.
+_RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten"}
+# A folded result above this size stays to FoldConstant (which keeps it one constant too,
+# but an unfolded small op is cheap either way).
+_MAX_ELEMENTS = 1 << 22
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldConstantCalls")
+class FoldConstantCalls:
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        # (the bindings of the folded values, now unused, go: passes that match a
+        # constant operand look for it in place, as FoldConstant leaves it)
+        return relax.transform.DeadCodeElimination()(rewrite_functions(_ConstantCallFolder(mod), mod))
+
+
+@relax.expr_functor.mutator
+class _ConstantCallFolder(relax.PyExprMutator):
+    def visit_var_(self, var):  # a use of a folded value is the constant itself
+        bound = self.lookup_binding(var)
+        return bound if isinstance(bound, tvm.ir.GenericConst) else var
+
+    visit_dataflow_var_ = visit_var_
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        args = [self._constant(a) for a in call.args]
+        if any(a is None for a in args):
+            return call
+        try:
+            value = _evaluate(call, args)
+        except (ValueError, TypeError, IndexError):
+            return call
+        ty = call.ty if isinstance(call.ty, relax.TensorType) else None
+        if value is None or ty is None or not isinstance(ty.shape, relax.ShapeExpr):
+            return call
+        want = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in ty.shape.values]
+        if list(value.shape) != want or str(value.dtype) != str(ty.dtype) or value.size > _MAX_ELEMENTS:
+            return call
+        return relax.const(np.array(value, order="C"), str(ty.dtype))  # (ascontiguousarray makes 0-d 1-d)
+
+    def _constant(self, expr):
+        """expr as a numpy array (a list for a tuple, an int for an IntImm)
+        where it is a constant, a static shape (or the shape_of a tensor that has one)
+        or a variable bound to one; else None."""
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            return None if bound is None else self._constant(bound)
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr.value.numpy()
+        if isinstance(expr, relax.ShapeExpr):
+            if all(isinstance(d, tvm.tirx.IntImm) for d in expr.values):
+                return np.array([int(d) for d in expr.values], np.int64)
+            return None
+        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.shape_of"):
+            shape = expr.args[0].ty.shape  # a tensor whose shape is known when compiling
+            return self._constant(shape) if isinstance(shape, relax.ShapeExpr) else None
+        if isinstance(expr, tvm.tirx.IntImm):  # (a strided_slice's axes and bounds)
+            return int(expr.value)
+        if isinstance(expr, relax.Tuple):
+            fields = [self._constant(f) for f in expr.fields]
+            return None if any(f is None for f in fields) else fields
+        return None
+
+
+def _evaluate(call, args):
+    """The call's value, or None where it is not one of the operators folded here."""
+    name = call.op.name
+    if name in _COMPARISONS:
+        return _COMPARISONS[name](*args)
+    if name in _INTEGER_ARITHMETIC:
+        if all(a.dtype.kind in "iu" and a.dtype == args[0].dtype for a in args):
+            return _INTEGER_ARITHMETIC[name](*args)
+        return None
+    if name == "relax.where":
+        cond, a, b = args
+        return np.where(cond.astype(bool), a, b) if a.dtype == b.dtype else None
+    if name in _RESHAPES:
+        shape = call.ty.shape
+        if not isinstance(shape, relax.ShapeExpr) or \
+                not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values):
+            return None
+        return args[0].reshape([int(d) for d in shape.values])
+    if name == "relax.shape_to_tensor":
+        return args[0]
+    if name == "relax.permute_dims":
+        axes = call.attrs.axes
+        return np.transpose(args[0], None if axes is None else [int(a) for a in axes])
+    if name == "relax.concat" and isinstance(args[0], list):
+        return np.concatenate(args[0], axis=int(call.attrs.axis))
+    if name == "relax.strided_slice" and len(args) in (4, 5):
+        x, axes, begin, end = args[:4]
+        strides = args[4] if len(args) == 5 else [1] * len(axes)
+        if any(step <= 0 for step in strides):  # (numpy's reverse slices clamp otherwise)
+            return None
+        index = [slice(None)] * x.ndim
+        for axis, first, last, step in zip(axes, begin, end, strides):
+            index[axis] = slice(first, last, step)
+        return x[tuple(index)]
+    if name == "relax.take":  # "fast": indices out of range raise, and nothing is folded
+        mode = {"clip": "clip", "wrap": "wrap", "fast": "raise"}.get(str(call.attrs.mode))
+        axis = call.attrs.axis
+        return None if mode is None else np.take(
+            args[0], args[1].astype(np.int64), axis=None if axis is None else int(axis), mode=mode)
+    return None
