@@ -222,6 +222,64 @@ def test_quantized_lstm_computes_its_dequantized_weights_in_float():
     assert memoized.last_stats.reuse > 0
 
 
+def _statically_quantized(path, per_channel, reduce_range):
+    """A Conv -> LSTM -> MatMul model quantized by onnxruntime's quantize_static in the
+    operator format (QLinearConv, QLinearMatMul), the convolution's quantized output
+    made a graph output too."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(11)
+    tensors = {"cw": (8, 4, 3), "W": (1, 32, 8), "R": (1, 32, 8), "hw": (8, 5)}
+    nodes = [h.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1]), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("Transpose", ["r"], ["X"], perm=[2, 0, 1]),
+             h.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=8),
+             h.make_node("Squeeze", ["Y", "one"], ["Ys"]), h.make_node("MatMul", ["Ys", "hw"], ["out"])]
+    graph = h.make_graph(
+        nodes, "quantized", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 20])],
+        [h.make_tensor_value_info("out", T.FLOAT, None)],
+        [onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
+         for name, shape in tensors.items()] + [h.make_tensor("one", T.INT64, [1], [1])])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path + ".float.onnx")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rng.standard_normal((1, 4, 20)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(path + ".float.onnx", path, Batches(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=per_channel, reduce_range=reduce_range)
+    model = onnx.load(path)
+    assert {"QLinearConv", "QLinearMatMul"} <= {n.op_type for n in model.graph.node}
+    conv_out = next(n.output[0] for n in model.graph.node if n.op_type == "QLinearConv")
+    model.graph.output.append(h.make_tensor_value_info(conv_out, T.UINT8, None))
+    return model
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_statically_quantized_conv_and_matmul_requantize_as_onnxruntime(tmp_path, per_channel):
+    """QLinearConv and QLinearMatMul are int32 sums requantized in float32 as
+    onnxruntime computes them.  With reduce_range (7-bit weights) onnxruntime's integer
+    kernels are exact, and every quantized value is the same; with 8-bit weights its
+    AVX2 kernels saturate pairs of products to int16 (``vpmaddubsw``), so there the
+    convolution is checked against onnx's reference implementation (per tensor)."""
+    x = np.random.default_rng(12).standard_normal((1, 4, 20)).astype(np.float32)
+    model = _statically_quantized(str(tmp_path / "q7.onnx"), per_channel, reduce_range=True)
+    got, want = memotvm.compile(model).run({"x": x}), onnxruntime(model, {"x": x})
+    np.testing.assert_array_equal(got[1], want[1])  # the convolution's uint8 output
+    np.testing.assert_array_equal(got[0], want[0])
+    if per_channel:  # (onnx.reference's QLinearConv broadcasts per-channel scales wrongly)
+        return
+    model = _statically_quantized(str(tmp_path / "q8.onnx"), per_channel, reduce_range=False)
+    for entry in model.opset_import:  # (onnx.reference implements DequantizeLinear from 19)
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 21
+    conv = ReferenceEvaluator(model).run(None, {"x": x})[1]
+    np.testing.assert_array_equal(memotvm.compile(model).run({"x": x})[1], conv)
+
+
 def test_quantized_lstm_with_run_time_weights_is_refused_by_name():
     model = onnx.load(path("quantized_lstm"))
     node = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM")

@@ -37,7 +37,9 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * Operators TVM's frontend lacks (:data:`SPEC_ONLY_OPS`): ReverseSequence (which
   sequence models use around recurrent layers), Celu, LpNormalization, ConvInteger
   (what onnxruntime's dynamic quantization makes of Conv: the convolution of the
-  operands less their zero points, exact in int32).
+  operands less their zero points, exact in int32), and QLinearConv and QLinearMatMul
+  (what its static quantization makes of Conv and MatMul in the operator format: the
+  same int32 sums, requantized as onnxruntime does).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "S
                    "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze", "If"}
 AS_TENSOR = "::memotvm_as_tensor"
 # Operators only this module converts (TVM's frontend has no converter for them).
-SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization", "ConvInteger"}
+SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization", "ConvInteger", "QLinearConv", "QLinearMatMul"}
 # Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
 # INT64_MAX, torch.flip -INT64_MAX).
 _SLICE_BOUND = 1 << 62
@@ -443,12 +445,57 @@ class SpecConverters:
         if x_zero is not None:
             x = relax.op.subtract(x, relax.op.astype(x_zero, "int32"))
         if w_zero is not None:
-            zero = relax.op.astype(w_zero, "int32")
+            zero = self.bb.normalize(relax.op.astype(w_zero, "int32"))
             if w_zero.ty.ndim == 1:  # per output channel: [M] against w's [M, C, k...]
                 zero = relax.op.reshape(zero, [-1] + [1] * (inputs[1].ty.ndim - 1))
             w = relax.op.subtract(w, zero)
         return self._tvm_convert("Conv", _copied([self.bb.normalize(x), self.bb.normalize(w)]),
                                  attrs, opset)
+
+    def _qlinear_conv(self, op_name, name, inputs, attrs, opset):
+        """ConvInteger of x and w less their zero points, plus the int32 bias B,
+        requantized to y's scale and zero point (:meth:`_requantized`); w's scale and
+        zero point are scalars or one per output channel."""
+        x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero = (inputs[i] for i in range(8))
+        acc = self.bb.normalize(self._conv_integer("ConvInteger", name, [x, w, x_zero, w_zero], attrs, opset))
+        channels = [1, -1] + [1] * (acc.ty.ndim - 2)
+        if len(inputs) > 8 and inputs[8] is not None:
+            acc = relax.op.add(acc, relax.op.reshape(relax.op.astype(inputs[8], "int32"), channels))
+        return self._requantized(name, op_name, acc, (x_scale, w_scale, y_scale), y_zero, channels)
+
+    def _qlinear_matmul(self, op_name, name, inputs, attrs, opset):
+        """The int32 product of a and b less their zero points (b's per column or not),
+        requantized to y's scale and zero point (:meth:`_requantized`)."""
+        a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = (inputs[i] for i in range(8))
+        a = relax.op.subtract(relax.op.astype(a, "int32"), relax.op.astype(a_zero, "int32"))
+        b = relax.op.subtract(relax.op.astype(b, "int32"), relax.op.astype(b_zero, "int32"))
+        acc = relax.op.matmul(self.bb.normalize(a), self.bb.normalize(b), out_dtype="int32")
+        return self._requantized(name, op_name, acc, (a_scale, b_scale, y_scale), y_zero, [-1])
+
+    def _requantized(self, name, op_name, acc, scales, y_zero, per_channel_shape):
+        """int32 sums ``acc`` in y's type as onnxruntime computes them: each times the
+        float32 multiplier in_scale * weight_scale / y_scale (per channel, reshaped to
+        ``per_channel_shape``, where the weight's scale is), clamped to the type's range
+        less y's zero point, rounded half to even, plus the zero point."""
+        values = [self._constant(s) for s in scales] + [self._constant(y_zero)]
+        if any(v is None for v in values):
+            raise UnsupportedModelError(
+                f"node '{name}' ({op_name}): its scales and the output's zero point must be "
+                "constants (they are when onnxruntime's quantization writes the model)")
+        in_scale, weight_scale, y_scale, zero = values
+        multiplier = np.float32(in_scale.reshape(())) * weight_scale.astype(np.float32).reshape(-1) \
+            / np.float32(y_scale.reshape(()))
+        if multiplier.size > 1:
+            multiplier = multiplier.reshape(per_channel_shape)
+        else:
+            multiplier = multiplier.reshape(())
+        info = np.iinfo(zero.dtype)
+        zero = int(zero.reshape(()))
+        scaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(multiplier, "float32"))
+        clamped = relax.op.clip(scaled, float(info.min - zero), float(info.max - zero))
+        rounded = relax.op.astype(relax.op.round(clamped), "int32")
+        return self.bb.normalize(relax.op.astype(
+            relax.op.add(rounded, relax.const(zero, "int32")), str(y_zero.ty.dtype)))
 
     def _celu(self, op_name, name, inputs, attrs, opset):
         """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
@@ -785,7 +832,7 @@ _CONVERTERS = {
     "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
     "ConvInteger": "_conv_integer", "Cast": "_cast", "ConvTranspose": "_conv_transpose",
     "Softmax": "_coerced_to_2d", "LogSoftmax": "_coerced_to_2d", "Hardmax": "_coerced_to_2d",
-    "Clip": "_clip",
+    "Clip": "_clip", "QLinearConv": "_qlinear_conv", "QLinearMatMul": "_qlinear_matmul",
 }
 
 
