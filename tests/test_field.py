@@ -222,12 +222,30 @@ def test_quantized_lstm_computes_its_dequantized_weights_in_float():
     assert memoized.last_stats.reuse > 0
 
 
+def _quantize_static(model, path, **options):
+    """``model`` (input x [1, 4, 20]) quantized by onnxruntime's quantize_static in the
+    operator format, calibrated on 8 random inputs, written to ``path`` and loaded."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(13)
+    onnx.save(model, path + ".float.onnx")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rng.standard_normal((1, 4, 20)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(path + ".float.onnx", path, Batches(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
+    return onnx.load(path)
+
+
 def _statically_quantized(path, per_channel, reduce_range):
     """A Conv -> LSTM -> MatMul model quantized by onnxruntime's quantize_static in the
     operator format (QLinearConv, QLinearMatMul), the convolution's quantized output
     made a graph output too."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     rng = np.random.default_rng(11)
     tensors = {"cw": (8, 4, 3), "W": (1, 32, 8), "R": (1, 32, 8), "hw": (8, 5)}
     nodes = [h.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1]), h.make_node("Relu", ["c"], ["r"]),
@@ -239,19 +257,8 @@ def _statically_quantized(path, per_channel, reduce_range):
         [h.make_tensor_value_info("out", T.FLOAT, None)],
         [onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
          for name, shape in tensors.items()] + [h.make_tensor("one", T.INT64, [1], [1])])
-    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path + ".float.onnx")
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": rng.standard_normal((1, 4, 20)).astype(np.float32)} for _ in range(8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(path + ".float.onnx", path, Batches(), quant_format=QuantFormat.QOperator,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=per_channel, reduce_range=reduce_range)
-    model = onnx.load(path)
+    model = _quantize_static(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path,
+                             per_channel=per_channel, reduce_range=reduce_range)
     assert {"QLinearConv", "QLinearMatMul"} <= {n.op_type for n in model.graph.node}
     conv_out = next(n.output[0] for n in model.graph.node if n.op_type == "QLinearConv")
     model.graph.output.append(h.make_tensor_value_info(conv_out, T.UINT8, None))
@@ -278,6 +285,37 @@ def test_statically_quantized_conv_and_matmul_requantize_as_onnxruntime(tmp_path
             entry.version = 21
     conv = ReferenceEvaluator(model).run(None, {"x": x})[1]
     np.testing.assert_array_equal(memotvm.compile(model).run({"x": x})[1], conv)
+
+
+def test_quantized_contrib_operators_are_their_float_operators_between_quantizations(tmp_path):
+    """quantize_static's com.microsoft QLinearAdd, QLinearSigmoid, QLinearMul,
+    QLinearLeakyRelu, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat and
+    QLinearSoftmax compile as DequantizeLinear -> operator -> QuantizeLinear: every
+    quantized output within one level of onnxruntime's integer kernels (docs/field.md)."""
+    rng = np.random.default_rng(14)
+    node = h.make_node
+    nodes = [node("Conv", ["x", "cw"], ["c"], pads=[1, 1]), node("Add", ["c", "x"], ["a"]),
+             node("Sigmoid", ["a"], ["s"]), node("Mul", ["s", "a"], ["m"]), node("LeakyRelu", ["m"], ["l"]),
+             node("MaxPool", ["l"], ["p"], kernel_shape=[2], strides=[2]),
+             node("AveragePool", ["p"], ["ap"], kernel_shape=[2], strides=[2]),
+             node("GlobalAveragePool", ["ap"], ["g"]), node("Concat", ["g", "g"], ["cc"], axis=1),
+             node("Softmax", ["cc"], ["out"], axis=1)]
+    graph = h.make_graph(nodes, "contrib", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 20])],
+                         [h.make_tensor_value_info("out", T.FLOAT, None)],
+                         [onnx.numpy_helper.from_array((rng.standard_normal((4, 4, 3)) * 0.4).astype(np.float32), "cw")])
+    model = _quantize_static(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]),
+                             str(tmp_path / "contrib.onnx"), reduce_range=True)
+    contrib = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    assert contrib == {"QLinearAdd", "QLinearSigmoid", "QLinearMul", "QLinearLeakyRelu", "QLinearAveragePool",
+                       "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSoftmax"}
+    quantized = [n.output[0] for n in model.graph.node if n.domain == "com.microsoft"]
+    model.graph.output.extend(h.make_tensor_value_info(name, T.UINT8, None) for name in quantized)
+    compiled = memotvm.compile(model)
+    for _ in range(5):
+        x = rng.standard_normal((1, 4, 20)).astype(np.float32)
+        got, want = compiled.run({"x": x}), onnxruntime(model, {"x": x})
+        for name, g, w in zip(quantized, got[1:], want[1:]):  # (out dequantizes the last)
+            assert np.max(np.abs(np.asarray(g, np.int32) - w.astype(np.int32))) <= 1, name
 
 
 def test_quantized_lstm_with_run_time_weights_is_refused_by_name():

@@ -25,6 +25,7 @@ from ..log import captured_tvm_output
 from ..passes.constant_calls import FoldConstantCalls
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, with_shape_relations
+from .qlinear_contrib import DequantizeContribOps
 from .quantized import DequantizeRecurrentWeights
 from .folding import ConstantFolding, bind_inputs, with_input_shapes
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
@@ -355,7 +356,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     _check_input_types(model.graph)
     model = _unknown_sizes_named(model)
     shapes = checked_shape_overrides(model.graph, shapes)
-    model = DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs))
+    model = DequantizeContribOps()(DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs)))
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
     model = ConstantFolding()(with_input_shapes(model, shapes))
     graph = onnx.GraphProto()
