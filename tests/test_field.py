@@ -318,6 +318,34 @@ def test_quantized_contrib_operators_are_their_float_operators_between_quantizat
             assert np.max(np.abs(np.asarray(g, np.int32) - w.astype(np.int32))) <= 1, name
 
 
+@pytest.mark.parametrize("per_channel, trans_b", [(False, 0), (True, 1)])
+def test_quantized_gemm_head(tmp_path, per_channel, trans_b):
+    """quantize_static's com.microsoft QGemm (a classifier head, its bias int32 in the
+    scale a_scale * b_scale, per column where B's scale is): within one quantization
+    level of onnxruntime."""
+    rng = np.random.default_rng(15)
+    weight = (rng.standard_normal((4, 3)) * 0.4).astype(np.float32)
+    nodes = [h.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1]),
+             h.make_node("ReduceMean", ["c"], ["r"], keepdims=0, axes=[2]),
+             h.make_node("Gemm", ["r", "gw", "gb"], ["out"], transB=trans_b)]
+    graph = h.make_graph(nodes, "head", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 20])],
+                         [h.make_tensor_value_info("out", T.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(v, k) for k, v in {
+                             "cw": (rng.standard_normal((4, 4, 3)) * 0.4).astype(np.float32),
+                             "gw": np.ascontiguousarray(weight.T) if trans_b else weight,
+                             "gb": rng.standard_normal(3).astype(np.float32)}.items()])
+    model = _quantize_static(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]),
+                             str(tmp_path / "head.onnx"), reduce_range=True, per_channel=per_channel)
+    assert "QGemm" in {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    compiled = memotvm.compile(model)
+    for _ in range(5):
+        x = rng.standard_normal((1, 4, 20)).astype(np.float32)
+        got, want = compiled.run({"x": x}), onnxruntime(model, {"x": x})
+        step = float(onnx.numpy_helper.to_array(next(
+            t for t in model.graph.initializer if t.name == model.graph.node[-1].input[1])))
+        assert np.max(np.abs(got[0] - want[0])) <= step * 1.001
+
+
 def test_quantized_lstm_with_run_time_weights_is_refused_by_name():
     model = onnx.load(path("quantized_lstm"))
     node = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM")

@@ -5,10 +5,10 @@ standard operators they quantize.
 writes, next to the standard QLinearConv and QLinearMatMul, contrib operators for the
 elementwise work, pools, concatenations and softmax between them: ``QLinearAdd``,
 ``QLinearMul``, ``QLinearSigmoid``, ``QLinearLeakyRelu``, ``QLinearAveragePool``,
-``QLinearGlobalAveragePool``, ``QLinearConcat``, ``QLinearSoftmax`` and
-``QLinearReduceMean``.  Each is defined as its float operator between dequantized
-inputs and a quantized output; :class:`DequantizeContribOps` writes it so
-(DequantizeLinear -> operator -> QuantizeLinear), which TVM's converters compile.
+``QLinearGlobalAveragePool``, ``QLinearConcat`` and ``QLinearSoftmax``, and ``QGemm``
+for Gemm.  Each is defined as its float operator between dequantized inputs and a
+quantized output; :class:`DequantizeContribOps` writes it so (DequantizeLinear ->
+operator -> QuantizeLinear), which TVM's converters compile.
 onnxruntime computes some of them in other float orders (QLinearAdd scales each input by
 its ratio to the output's scale) or from tables of the 256 possible inputs, so a value
 may round to the neighbouring quantization level where the exact result lies at a half.
@@ -16,8 +16,9 @@ may round to the neighbouring quantization level where the exact result lies at 
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from .quantized import MS_DOMAIN
@@ -33,17 +34,16 @@ _OPERATORS = {
     "QLinearAveragePool": ("AveragePool", *_UNARY),
     "QLinearGlobalAveragePool": ("GlobalAveragePool", *_UNARY),
     "QLinearSoftmax": ("Softmax", *_UNARY),
-    "QLinearReduceMean": ("ReduceMean", *_UNARY),
 }
 
 
 class DequantizeContribOps:
-    """Rewrite the ``com.microsoft.QLinear*`` operators above (and ``QLinearConcat``) into
-    DequantizeLinear -> the float operator -> QuantizeLinear (see the module's
-    docstring)."""
+    """Rewrite the ``com.microsoft.QLinear*`` operators above, ``QLinearConcat`` and
+    ``QGemm`` into DequantizeLinear -> the float operator -> QuantizeLinear (see the
+    module's docstring)."""
 
     def __call__(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        wanted = set(_OPERATORS) | {"QLinearConcat"}
+        wanted = set(_OPERATORS) | {"QLinearConcat", "QGemm"}
         if not any(n.domain == MS_DOMAIN and n.op_type in wanted for n in model.graph.node):
             return model
         self._opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
@@ -78,6 +78,8 @@ class DequantizeContribOps:
         if attrs.pop("channels_last", 0):
             raise UnsupportedModelError(f"{where}: channels_last layouts are not supported")
         inputs = list(node.input)
+        if node.op_type == "QGemm":
+            return self._gemm(node, graph, attrs, where)
         if node.op_type == "QLinearConcat":  # Y scale, Y zero point, then (X, scale, zero point)...
             op, triples, output = "Concat", [(k, k + 1, k + 2) for k in range(2, len(inputs), 3)], (0, 1)
         else:
@@ -91,21 +93,67 @@ class DequantizeContribOps:
                                           + ([inputs[zero]] if zero < len(inputs) and inputs[zero] else []),
                                           [floats[-1]], name=self._fresh(f"{node.name}_dequantize")))
         result = self._fresh(f"{node.output[0]}_float")
-        extra_inputs = []
         if op == "Softmax":
             attrs = self._softmax_attrs(attrs, where)
-        if op == "ReduceMean" and self._opset >= 18 and "axes" in attrs:
-            axes = self._fresh(f"{node.name}_axes")
-            graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64,
-                                                        [len(attrs["axes"])], attrs.pop("axes")))
-            extra_inputs.append(axes)
-        nodes.append(helper.make_node(op, floats + extra_inputs, [result],
+        nodes.append(helper.make_node(op, floats, [result],
                                       name=self._fresh(f"{node.name}_float"), **attrs))
         scale, zero = output
         nodes.append(helper.make_node("QuantizeLinear", [result, inputs[scale]]
                                       + ([inputs[zero]] if zero < len(inputs) and inputs[zero] else []),
                                       [node.output[0]], name=node.name))
         return nodes
+
+    def _gemm(self, node, graph, attrs, where) -> list:
+        """QGemm(A, a_scale, a_zero, B, b_scale, b_zero, C, y_scale, y_zero): Gemm of the
+        dequantized A and B plus C, an int32 bias in the scale a_scale * b_scale (one per
+        column of the result where B's scale is), quantized to y where y_scale is given
+        (else the float result)."""
+        inputs = list(node.input) + [""] * (9 - len(node.input))
+        b_scale = self._constant(graph, inputs[4])
+        per_column = b_scale is not None and b_scale.size > 1
+        if per_column and self._opset < 13:
+            raise UnsupportedModelError(f"{where}: a scale per column of B needs opset 13")
+        # B is [K, N], or [N, K] with transB: its columns of the result lie on axis 1 or 0.
+        b_axis = {"axis": 0 if attrs.get("transB", 0) else 1} if per_column else {}
+        a, b = self._fresh(f"{inputs[0]}_dequantized"), self._fresh(f"{inputs[3]}_dequantized")
+        nodes = [helper.make_node("DequantizeLinear", [inputs[0], inputs[1]] + [inputs[2]] * bool(inputs[2]), [a],
+                                  name=self._fresh(f"{node.name}_dequantize_a")),
+                 helper.make_node("DequantizeLinear", [inputs[3], inputs[4]] + [inputs[5]] * bool(inputs[5]), [b],
+                                  name=self._fresh(f"{node.name}_dequantize_b"), **b_axis)]
+        gemm_inputs = [a, b]
+        if inputs[6]:
+            a_scale = self._constant(graph, inputs[1])
+            if a_scale is None or b_scale is None:
+                raise UnsupportedModelError(f"{where}: the scales of A and B must be constants "
+                                            "(they set the bias's scale)")
+            bias_scale = self._fresh(f"{node.name}_bias_scale")
+            graph.initializer.append(numpy_helper.from_array(
+                (a_scale.astype(np.float32).reshape(()) * b_scale.astype(np.float32)).reshape(b_scale.shape),
+                bias_scale))
+            gemm_inputs.append(self._fresh(f"{inputs[6]}_dequantized"))
+            nodes.append(helper.make_node("DequantizeLinear", [inputs[6], bias_scale], [gemm_inputs[-1]],
+                                          name=self._fresh(f"{node.name}_dequantize_bias"),
+                                          **({"axis": 0} if per_column else {})))
+        if not inputs[7]:
+            return nodes + [helper.make_node("Gemm", gemm_inputs, [node.output[0]], name=node.name, **attrs)]
+        result = self._fresh(f"{node.output[0]}_float")
+        nodes.append(helper.make_node("Gemm", gemm_inputs, [result], name=self._fresh(f"{node.name}_float"),
+                                      **attrs))
+        nodes.append(helper.make_node("QuantizeLinear", [result, inputs[7]] + [inputs[8]] * bool(inputs[8]),
+                                      [node.output[0]], name=node.name))
+        return nodes
+
+    @staticmethod
+    def _constant(graph, name):
+        """The value of an initializer or Constant node's output ``name``, else None."""
+        for tensor in graph.initializer:
+            if tensor.name == name:
+                return numpy_helper.to_array(tensor)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output[0] == name:
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                return None if value is None else numpy_helper.to_array(value)
+        return None
 
     def _softmax_attrs(self, attrs, where):
         """Softmax's attributes for this model's opset: the contrib operator names the
