@@ -9,9 +9,9 @@ tenth of a second or more apiece: GTCRN's export (32 Gathers, 37 Reshapes and 32
 shapes over constants) spent 12 of its 29 s of compile time there.  Here each such call
 is evaluated in numpy as it is met, for the operators whose numpy form is the ONNX
 result exactly: comparisons, integer arithmetic, ``where``, ``take``, forward
-``strided_slice``,
-``concat``, ``permute_dims`` and the operators that only reshape.  Anything else, and a
-result whose shape or type is not the call's, is left for FoldConstant.
+``strided_slice``, ``concat``, ``permute_dims`` and the operators that only reshape.
+Anything else, and a result whose shape or type is not the call's, is left for
+FoldConstant.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ _COMPARISONS = {"relax.less": np.less, "relax.less_equal": np.less_equal,
 _INTEGER_ARITHMETIC = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply}
 # Operators whose result is their input's elements in order, in the call's shape.
 _RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten"}
-# A folded result above this size stays to FoldConstant (which keeps it one constant too,
-# but an unfolded small op is cheap either way).
+# Results larger than this are left to FoldConstant, which weighs a constant's growth
+# against its inputs itself.
 _MAX_ELEMENTS = 1 << 22
 
 
