@@ -77,7 +77,7 @@ def metadata(model) -> dict:
         "precision": precision.to_dict() if precision is not None and precision.reduced else None,
         "tunable": bool(model.tunable), "loops": loops,
         "index_ranges": model.index_ranges,
-        "recurrent_state": model.recurrent_state,
+        "recurrent_state": model.recurrent_state, "implied_sizes": model.implied_sizes,
         # compile(..., threads=N); null: the runner's default (memotvm: every CPU).
         "threads": model.threads,
     }
@@ -136,6 +136,7 @@ class _Imported:
         self.loops = [RecurrentLoop.from_json(json.dumps(lp["loop"])) for lp in meta["loops"]]
         self.index_ranges = dict(meta.get("index_ranges") or {})
         self.recurrent_state = meta.get("recurrent_state")
+        self.implied_sizes = meta.get("implied_sizes")
 
 
 def load(path: str):

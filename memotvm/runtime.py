@@ -60,6 +60,7 @@ class CompiledModel:
         self.loops = list(imported.loops)
         self.index_ranges = dict(imported.index_ranges)
         self.recurrent_state = dict(getattr(imported, "recurrent_state", None) or {"inputs": [], "outputs": []})
+        self.implied_sizes = dict(getattr(imported, "implied_sizes", None) or {})
         self.target = target
         self.memo = memo
         # Compiled with tunable thresholds (``compile(..., tunable=True)``): each call

@@ -131,7 +131,8 @@ class Session:
 
     def _zero_state(self, name, feeds):
         """Zeros of state input ``name``'s declared shape, its symbolic dimensions taken
-        from the inputs given with the same symbol."""
+        from the inputs given with the same symbol, else from what the recurrent node it
+        feeds requires of them (the model's ``implied_sizes``)."""
         dims, dtype = self.model.input_types[name]
         if dims is None:
             raise InputError(f"state input '{name}' has no declared shape: pass its first value")
@@ -142,8 +143,10 @@ class Session:
                 for d, size in zip(other_dims, np.shape(value)):
                     if isinstance(d, str):
                         sizes.setdefault(d, size)
+        implied = getattr(self.model, "implied_sizes", None) or {}
         shape = []
         for d in dims:
+            d = implied.get(d, d) if isinstance(d, str) and d not in sizes else d
             if isinstance(d, int):
                 shape.append(d)
             elif isinstance(d, str) and d in sizes:

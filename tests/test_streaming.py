@@ -326,6 +326,38 @@ def test_state_pairs_found_from_the_recurrent_nodes_where_names_do_not_pair(tmp_
             state = want[1]
 
 
+@pytest.mark.parametrize("batch", [1, "batch"])
+def test_zero_state_sizes_come_from_what_the_recurrent_node_requires(batch):
+    """TEN VAD's state inputs name their batch dimension apart from every other input
+    (tf2onnx's unk__N); the LSTM they feed fixes it: to X's batch of 1, or to X's
+    symbolic batch, which the call's input then gives."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(6)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
+               for name, shape in (("W", (1, 18, 5)), ("R", (1, 18, 6)))]
+    graph = h.make_graph(
+        [h.make_node("GRU", ["x", "W", "R", "", "", "h_in"], ["Y", "h_out"], hidden_size=6)], "gru",
+        [h.make_tensor_value_info("x", T.FLOAT, ["frames", batch, 5]),
+         h.make_tensor_value_info("h_in", T.FLOAT, [1, "unk__188", 6])],
+        [h.make_tensor_value_info("Y", T.FLOAT, None), h.make_tensor_value_info("h_out", T.FLOAT, [1, "unk__196", 6])],
+        weights)
+    onnx_model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model = memotvm.compile(onnx_model)
+    assert model.implied_sizes == {"unk__188": 1 if batch == 1 else "batch"}
+    size = 1 if batch == 1 else 3
+    session = model.session()
+    reference = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    state = np.zeros((1, size, 6), np.float32)
+    for x in smooth(4, size, 5)[:, None]:
+        want = reference.run(None, {"x": x, "h_in": state})
+        got = session.run({"x": x})
+        assert max(float(np.max(np.abs(np.asarray(g) - w))) for g, w in zip(got, want)) <= 1e-6
+        state = want[1]
+
+
 def test_vad_session_matches_onnxruntime_call_by_call_and_reuses_across_chunks():
     """The streaming detector, one chunk of samples per call: the unmodified session
     equals onnxruntime fed its own state back; memoized, the LSTM reuses from the

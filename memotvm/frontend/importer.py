@@ -51,6 +51,10 @@ class ImportedModel:
     # Graph inputs that reach a recurrent node's initial state, and graph outputs that
     # its final state reaches: where a session's state pairs are (memotvm.session).
     recurrent_state: dict = field(default_factory=lambda: {"inputs": [], "outputs": []})
+    # Symbol of an initial state's dimension -> the size (int) or symbol (str) a recurrent
+    # node requires of it (TEN VAD's states name their batch apart from everything else;
+    # its LSTMs' batch is 1): what a session's zero state takes where no input tells.
+    implied_sizes: dict = field(default_factory=dict)
 
 
 class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
@@ -61,6 +65,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loops: list[RecurrentLoop] = []
+        # Symbolic sizes of initial states that the recurrent nodes fix (see implied_sizes).
+        self.implied_sizes: dict = {}
         self._node_names: dict[int, str] = {}
         # If branches: key of the branch graph -> (name of the If's condition, whether
         # the branch is taken when it is true); the conditions of the branches being
@@ -309,6 +315,11 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                 raise UnsupportedModelError(
                     f"{op} node '{name}': input {labels[j]} has {axis} {int(db)}, but "
                     f"{labels[i]} has {int(da)}")
+        for (i, a), (j, b) in want:  # a state's own batch symbol is X's batch
+            if j >= 3 and isinstance(shapes[j][b], tirx.Var):
+                known = shapes[i][a]
+                if isinstance(known, (tirx.IntImm, tirx.Var)):
+                    self.implied_sizes.setdefault(shapes[j][b].name, _dim(known))
         equal = [pair for first, second in want if (pair := unproven(shapes, first, second))]
         if not equal:
             return x, w, r, present
@@ -405,6 +416,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
         index_ranges=_gather_index_ranges(model.graph, set(input_names)),
         operators=_operator_counts(model.graph),
         recurrent_state=_recurrent_state(model.graph, input_names),
+        implied_sizes=dict(importer.implied_sizes),
     )
 
 
