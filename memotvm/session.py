@@ -231,8 +231,8 @@ def find_state_pairs(model, state=None) -> dict:
         pairs = _pairs_by_structure(model, candidates)
     if not pairs:
         listed = "; ".join(f"{inp}: {', '.join(outs)}" for inp, outs in candidates.items() if outs)
-        raise ConfigError("found no state input/output pair by name; pass "
-                          "state={input: output} (or state={} for none)"
+        raise ConfigError("found no state input/output pair by name or from the recurrent "
+                          "nodes; pass state={input: output} (or state={} for none)"
                           + (f". Inputs and the outputs of their type: {listed}" if listed else ""))
     return pairs
 
