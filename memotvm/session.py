@@ -228,7 +228,7 @@ def find_state_pairs(model, state=None) -> dict:
         raise ConfigError(f"output(s) {', '.join(twice)} would feed several state inputs; "
                           "pass state={input: output} to say which")
     if not pairs:
-        pairs = _pairs_by_structure(model, candidates)
+        pairs = _pairs_by_structure(recurrent, candidates)
     if not pairs:
         listed = "; ".join(f"{inp}: {', '.join(outs)}" for inp, outs in candidates.items() if outs)
         raise ConfigError("found no state input/output pair by name or from the recurrent "
@@ -237,13 +237,12 @@ def find_state_pairs(model, state=None) -> dict:
     return pairs
 
 
-def _pairs_by_structure(model, candidates: dict) -> dict:
+def _pairs_by_structure(recurrent: dict, candidates: dict) -> dict:
     """Input -> output where the input reaches a recurrent node's initial state, the
-    output comes from a recurrent node's final state, and each is the other's only
-    partner of its type among such inputs and outputs; {} unless every such input
-    pairs so."""
-    known = getattr(model, "recurrent_state", None) or {}
-    inputs, outputs = known.get("inputs", []), set(known.get("outputs", []))
+    output comes from a recurrent node's final state (``recurrent``, the model's
+    ``recurrent_state``), and the output is the only one of the input's type among such
+    outputs, fed to no other input; {} unless every such input pairs so."""
+    inputs, outputs = recurrent.get("inputs", []), set(recurrent.get("outputs", []))
     partners = {inp: [out for out in candidates.get(inp, []) if out in outputs] for inp in inputs}
     if not partners or any(len(outs) != 1 for outs in partners.values()):
         return {}

@@ -485,10 +485,7 @@ class SpecConverters:
         in_scale, weight_scale, y_scale, zero = values
         multiplier = np.float32(in_scale.reshape(())) * weight_scale.astype(np.float32).reshape(-1) \
             / np.float32(y_scale.reshape(()))
-        if multiplier.size > 1:
-            multiplier = multiplier.reshape(per_channel_shape)
-        else:
-            multiplier = multiplier.reshape(())
+        multiplier = multiplier.reshape(per_channel_shape if multiplier.size > 1 else ())
         info = np.iinfo(zero.dtype)
         zero = int(zero.reshape(()))
         scaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(multiplier, "float32"))
