@@ -390,10 +390,10 @@ class RepeatedCall:
     the same input names, each an array of the same dtype and shape (a view is copied
     to C order, as the checked call copies it), can differ from it only in the values:
     they are checked (finite, within an index table) and the compiled function is
-    called on them (with a session's carried state and memo tables).  Any other call -- another shape, a state passed
-    explicitly, something not an array -- is checked in full (and makes the next
-    RepeatedCall), as is a repeat whose compiled function raises (the checked call
-    then names the input's fault).
+    called on them (with a session's carried state and memo tables).  Any other call
+    -- another shape, a state passed explicitly, something not an array -- is checked
+    in full (and makes the next RepeatedCall), as is a repeat whose compiled function
+    raises (the checked call then names the input's fault).
 
     A small model's call is mostly Python on a slow core (the denoiser-shaped
     stream's compiled function took 11-16 us of a 45-60 us session call on a 2-core

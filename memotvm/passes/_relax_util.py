@@ -22,10 +22,8 @@ def with_blocks(func: relax.Function, blocks: list) -> relax.Function:
     return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
 
 
-def without_uncalled_kernels(mod):
-    """``mod`` without the PrimFuncs no Relax function refers to any more (a kernel a
-    pass replaced).  TVM's dead-code elimination keeps every function with a global
-    symbol, so a replaced kernel would still be lowered and compiled."""
+def called_functions(mod) -> set:
+    """The GlobalVars mod's Relax functions refer to."""
     called = set()
 
     def visit(expr):
@@ -35,6 +33,14 @@ def without_uncalled_kernels(mod):
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
+    return called
+
+
+def without_uncalled_kernels(mod):
+    """``mod`` without the PrimFuncs no Relax function refers to any more (a kernel a
+    pass replaced).  TVM's dead-code elimination keeps every function with a global
+    symbol, so a replaced kernel would still be lowered and compiled."""
+    called = called_functions(mod)
     kept = {gv: func for gv, func in mod.functions_items()
             if not isinstance(func, tirx.PrimFunc) or gv in called}
     if len(kept) == len(mod.functions_items()):
@@ -53,17 +59,7 @@ def fold_constants(mod):
     module still builds: the CPU pipeline folds again after legalizing every operator.
     """
     folded = relax.transform.FoldConstant()(mod)
-    defined = set(folded.get_global_vars())
-    undefined = []
-
-    def visit(expr):
-        if isinstance(expr, tvm.ir.GlobalVar) and expr not in defined:
-            undefined.append(expr)
-
-    for _, func in folded.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return mod if undefined else folded
+    return folded if called_functions(folded) <= set(folded.get_global_vars()) else mod
 
 
 def elements(dims):
