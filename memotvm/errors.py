@@ -34,3 +34,9 @@ class ClusterError(MemoTVMError):
 
 class NothingToMemoizeWarning(UserWarning):
     """Memoization was asked for, but the model has no recurrent node to apply it to."""
+
+
+class UnreachableBranchWarning(UserWarning):
+    """A branch of an If could not be compiled for the inputs' shapes (a detector's
+    8 kHz path given 16 kHz chunks): the model compiles, and a call that takes the
+    branch stops with an :class:`InputError` saying why."""

@@ -137,6 +137,19 @@ def _matches_onnxruntime_counting_the_taken_branch(compiled, model):
         assert nodes == {counted}
 
 
+def _recurrent_calls_by_function(mod) -> dict:
+    """Relax function name -> how many recurrent kernels it calls itself."""
+    from memotvm.passes.kernel_calls import recurrent_calls
+
+    where = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            single = tvm.IRModule({gvar: func, **{g: f for g, f in mod.functions_items()
+                                                 if not isinstance(f, relax.Function)}})
+            where[gvar.name_hint] = len(recurrent_calls(single))
+    return where
+
+
 def test_if_with_recurrent_nodes_matches_onnxruntime_for_each_condition():
     model = _if_model()
     _matches_onnxruntime_counting_the_taken_branch(memotvm.compile(model, memo=0.0), model)
@@ -148,16 +161,9 @@ def test_only_the_taken_branch_runs_its_recurrent_node():
     branch calls, and the results stay onnxruntime's for either condition."""
     from memotvm.frontend import from_onnx
     from memotvm.passes.branches import SinkIntoBranches
-    from memotvm.passes.kernel_calls import recurrent_calls
 
     model = _if_model()
-    mod = SinkIntoBranches()(from_onnx(model).mod)
-    where = {}
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            single = tvm.IRModule({gvar: func, **{g: f for g, f in mod.functions_items()
-                                                 if not isinstance(f, relax.Function)}})
-            where[gvar.name_hint] = len(recurrent_calls(single))
+    where = _recurrent_calls_by_function(SinkIntoBranches()(from_onnx(model).mod))
     assert where["main"] == 0 and sorted(v for k, v in where.items() if k.startswith("branch_")) == [1, 1]
     _matches_onnxruntime_counting_the_taken_branch(memotvm.compile(model), model)
 
@@ -399,39 +405,131 @@ def test_squeeze_of_a_symbolic_axis_is_checked_at_run_time(opset):
         compiled.run({"x": np.zeros((3, 1, 4), np.float32)})
 
 
-def test_a_value_of_unknown_rank_names_the_fix():
-    """torch's scripted squeeze exports an If whose branches give different ranks,
-    decided by an input's shape: with symbolic shapes the If's output has no rank and
-    what needs one is refused with the way out (static shapes), which then compiles
-    and agrees with onnxruntime."""
-    squeeze = h.make_graph([h.make_node("Squeeze", ["x", "one"], ["s"])], "then", [],
-                           [h.make_tensor_value_info("s", T.FLOAT, None)])
-    keep = h.make_graph([h.make_node("Identity", ["x"], ["k"])], "else", [],
-                        [h.make_tensor_value_info("k", T.FLOAT, None)])
-    nodes = [h.make_node("Shape", ["x"], ["shape"]),
-             h.make_node("Gather", ["shape", "one"], ["last"], axis=0),
-             h.make_node("Equal", ["last", "one_value"], ["is_one"]),
-             h.make_node("If", ["is_one"], ["v"], then_branch=squeeze, else_branch=keep),
-             h.make_node("Unsqueeze", ["v", "zero"], ["u"], name="unsqueeze_after_if"),
-             h.make_node("Relu", ["u"], ["y"])]
-    inits = [onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
-             onnx.numpy_helper.from_array(np.array([1], np.int64), "one_value"),
-             onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")]
+def _squeeze_if(x, tag):
+    """torch's export of a scripted ``x.squeeze(-1)``: an If on whether x's last axis is
+    1, whose branches give different ranks; nodes named with ``tag``."""
+    squeeze = h.make_graph([h.make_node("Squeeze", [x, "last_axis"], [f"{tag}_s"])], f"{tag}_then", [],
+                           [h.make_tensor_value_info(f"{tag}_s", T.FLOAT, None)])
+    keep = h.make_graph([h.make_node("Identity", [x], [f"{tag}_k"])], f"{tag}_else", [],
+                        [h.make_tensor_value_info(f"{tag}_k", T.FLOAT, None)])
+    return [h.make_node("Shape", [x], [f"{tag}_shape"]),
+            h.make_node("Gather", [f"{tag}_shape", "last_axis"], [f"{tag}_last"], axis=0),
+            h.make_node("Equal", [f"{tag}_last", "one"], [f"{tag}_is_one"]),
+            h.make_node("If", [f"{tag}_is_one"], [f"{tag}_v"], then_branch=squeeze, else_branch=keep,
+                        name=f"{tag}_if")]
+
+
+_RANK_CONSTANTS = [onnx.numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
+                   onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+                   onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")]
+
+
+def test_an_if_whose_branches_give_different_ranks_compiles_with_symbolic_shapes():
+    """The nodes after a rank-changing If (which need its result's rank) are computed
+    in each of its branches, so the model compiles with symbolic shapes and agrees
+    with onnxruntime whichever branch the input's shape selects.  TVM compared the
+    symbolic last axis with 1 by the form of its expression (never equal)."""
+    nodes = _squeeze_if("x", "sq") + [h.make_node("Unsqueeze", ["sq_v", "zero"], ["u"], name="unsqueeze_after_if"),
+                                      h.make_node("Relu", ["u"], ["y"])]
     graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", "frames"])],
-                         [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+                         [h.make_tensor_value_info("y", T.FLOAT, None)], _RANK_CONSTANTS)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    with pytest.raises(UnsupportedModelError, match=r"node 'unsqueeze_after_if' \(Unsqueeze\).*"
-                       r"no known rank.*compile with the inputs' shapes fixed"):
-        memotvm.compile(model)
-    x = np.linspace(-1, 1, 4, dtype=np.float32).reshape(4, 1)
-    got = memotvm.compile(model, shapes={"x": [4, 1]}).run({"x": x})
-    np.testing.assert_array_equal(got[0], onnxruntime(model, {"x": x})[0])
+    compiled = memotvm.compile(model)
+    for frames in (1, 3):
+        x = np.linspace(-1, 1, 4 * frames, dtype=np.float32).reshape(4, frames)
+        got, want = compiled.run({"x": x})[0], onnxruntime(model, {"x": x})[0]
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def _detector_with_rank_if(rng):
+    """silero-vad's shape: on a run-time flag (its sample rate) one of two paths, each
+    taking the chunk's frames with its own stride, squeezing a single frame (a
+    rank-changing If) and running an LSTM over it, which fails (in onnxruntime too)
+    where a chunk makes several frames; an unbatched-input test after the LSTM is
+    folded once the ranks are known."""
+    def path(tag, stride):
+        weights = [onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 3,
+                                                f"{tag}_{name}")
+                   for name, shape in (("W", (1, 12, 4)), ("R", (1, 12, 3)))]
+        weights.append(onnx.numpy_helper.from_array(np.array([stride], np.int64), f"{tag}_stride"))
+        frames = h.make_node("Slice", ["x", "zero", "end", "last_axis", f"{tag}_stride"], [f"{tag}_frames"])
+        nodes = [frames] + _squeeze_if(f"{tag}_frames", tag) + [
+            h.make_node("Unsqueeze", [f"{tag}_v", "zero"], [f"{tag}_x3"]),
+            h.make_node("LSTM", [f"{tag}_x3", f"{tag}_W", f"{tag}_R", "", "", "h0"], ["", f"{tag}_h"],
+                        hidden_size=3, name=f"{tag}_lstm"),
+            h.make_node("Shape", [f"{tag}_h"], [f"{tag}_hs"]),
+            h.make_node("Size", [f"{tag}_hs"], [f"{tag}_rank"]),
+            h.make_node("Equal", [f"{tag}_rank", "three"], [f"{tag}_batched"]),
+            h.make_node("If", [f"{tag}_batched"], [f"{tag}_out"], name=f"{tag}_batched_if",
+                        then_branch=h.make_graph([h.make_node("Identity", [f"{tag}_h"], [f"{tag}_b"])],
+                                                 f"{tag}_b", [], [h.make_tensor_value_info(f"{tag}_b", T.FLOAT, None)]),
+                        else_branch=h.make_graph([h.make_node("Unsqueeze", [f"{tag}_h", "zero"], [f"{tag}_u"])],
+                                                 f"{tag}_u", [], [h.make_tensor_value_info(f"{tag}_u", T.FLOAT, None)])),
+            h.make_node("Tanh", [f"{tag}_out"], [f"{tag}_y"])]
+        return nodes, weights, f"{tag}_y"
+
+    fast, fast_weights, fast_y = path("fast", 1)
+    slow, slow_weights, slow_y = path("slow", 2)
+    branches = [h.make_graph(nodes, f"{tag}_path", [], [h.make_tensor_value_info(y, T.FLOAT, None)])
+                for tag, nodes, y in (("fast", fast, fast_y), ("slow", slow, slow_y))]
+    graph = h.make_graph(
+        [h.make_node("If", ["flag"], ["y"], then_branch=branches[0], else_branch=branches[1], name="rate_if")],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 4, "frames"]),
+              h.make_tensor_value_info("h0", T.FLOAT, [1, "n", 3]),
+              h.make_tensor_value_info("flag", T.BOOL, [])],
+        [h.make_tensor_value_info("y", T.FLOAT, None)],
+        _RANK_CONSTANTS + fast_weights + slow_weights
+        + [onnx.numpy_helper.from_array(np.array(3, np.int64), "three"),
+           onnx.numpy_helper.from_array(np.array([2**63 - 1], np.int64), "end")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_a_branch_that_cannot_be_built_stops_the_call_that_takes_it():
+    """Each path's copy after its squeeze-If for several frames gives its LSTM a 4-d
+    input and cannot be built: the model compiles with a warning naming the node, runs
+    as onnxruntime does wherever the selected path makes one frame (counting only the
+    LSTM that ran), and a call where it makes several stops with an InputError naming
+    the If and the reason, where onnxruntime fails too."""
+    from memotvm.errors import UnreachableBranchWarning
+
+    rng = np.random.default_rng(0)
+    model = _detector_with_rank_if(rng)
+    with pytest.warns(UnreachableBranchWarning, match=r"fast_lstm.*X must be 3-d"):
+        compiled = memotvm.compile(model, memo=0.0)
+    names = [loop.name for loop in compiled.loops]
+    assert len(names) == 2 and names[0].startswith("fast_lstm") and names[1].startswith("slow_lstm")
+    h0 = rng.standard_normal((1, 2, 3)).astype(np.float32)
+    # (Two frames make one on the slow path: the fast path's check that its squeezed
+    # axis is 1 must not run when the flag selects the slow one.)
+    for flag, frames in ((True, 1), (False, 1), (False, 2)):
+        x = rng.standard_normal((2, 4, frames)).astype(np.float32)
+        inputs = {"x": x, "h0": h0, "flag": np.array(flag)}
+        got = compiled.run(inputs)
+        assert max_diff(got, onnxruntime(model, inputs)) < FLOAT_TOL
+        counted = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
+        assert counted == {names[0] if flag else names[1]}
+    # Each kernel runs only in the innermost branch that holds it (its path's, then
+    # its one-frame copy's).
+    from memotvm.passes.branches import SinkIntoBranches
+
+    where = _recurrent_calls_by_function(SinkIntoBranches()(from_onnx(model).mod))
+    assert where["main"] == 0 and sum(where.values()) == 2
+    several = {"x": rng.standard_normal((2, 4, 2)).astype(np.float32), "h0": h0, "flag": np.array(True)}
+    with pytest.raises(Exception):
+        onnxruntime(model, several)
+    with pytest.raises(memotvm.InputError, match=r"the else branch of If 'fast_if' is taken for these "
+                       r"inputs, but it could not be compiled: LSTM node 'fast_lstm.*X must be 3-d"):
+        compiled.run(several)
 
 
 def test_a_branch_that_cannot_be_built_names_the_fix():
     """A detector's 8 kHz branch, given the shapes of a 16 kHz chunk, cannot be built
-    (its LSTM would get a 4-d input); the error says that the node is in a branch and
-    how to fold the If away, and doing so compiles the branch that is taken."""
+    (its LSTM would get a 4-d input): the model compiles with a warning that says how to
+    fold the If away, a call that takes the branch stops, and fixing the flag compiles
+    the branch that is taken alone."""
+    from memotvm.errors import UnreachableBranchWarning
+
     rng = np.random.default_rng(0)
     weights = [onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 3, name)
                for name, shape in (("W", (1, 12, 4)), ("R", (1, 12, 3)))]
@@ -443,21 +541,24 @@ def test_a_branch_that_cannot_be_built_names_the_fix():
         return h.make_graph(nodes, name, [], [h.make_tensor_value_info(f"{name}_h", T.FLOAT, None)])
 
     nodes = [h.make_node("If", ["flag"], ["y"], then_branch=branch("fits", "x"),
-                         else_branch=branch("other", "x4"))]
+                         else_branch=branch("other", "x4"), name="rate")]
     graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [5, 1, 4]),
                                       h.make_tensor_value_info("flag", T.BOOL, [])],
                          [h.make_tensor_value_info("y", T.FLOAT, None)],
                          weights + [onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")])
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    with pytest.raises(UnsupportedModelError, match=r"other_lstm.*in a branch of an If.*--fix NAME=VALUE"):
-        memotvm.compile(model)
     x = rng.standard_normal((5, 1, 4)).astype(np.float32)
-    got = memotvm.compile(model, fixed_inputs={"flag": True}).run({"x": x})
     # (onnxruntime refuses the whole model: its shape inference reaches the 4-d LSTM
     # input too; the branch taken alone is the reference.)
     taken = h.make_graph(list(branch("fits", "x").node), "taken", [graph.input[0]],
                          [h.make_tensor_value_info("fits_h", T.FLOAT, None)], weights)
     want = onnxruntime(h.make_model(taken, opset_imports=[h.make_opsetid("", 17)]), {"x": x})
+    with pytest.warns(UnreachableBranchWarning, match=r"other_lstm.*in a branch of an If.*--fix NAME=VALUE"):
+        both = memotvm.compile(model)
+    assert max_diff(both.run({"x": x, "flag": np.array(True)}), want) < FLOAT_TOL
+    with pytest.raises(memotvm.InputError, match=r"the else branch of If 'rate' is taken"):
+        both.run({"x": x, "flag": np.array(False)})
+    got = memotvm.compile(model, fixed_inputs={"flag": True}).run({"x": x})
     assert max_diff(got, want) < FLOAT_TOL
 
 

@@ -28,6 +28,8 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * Max and Min of floats propagate NaN, as onnx.reference and onnxruntime do (TVM's
   compare-and-select drops a NaN first operand).
 * Conv and pools with auto_pad SAME over dynamic axes at stride 1 (explicit pads).
+* Equal of shape values: decided where the dimensions' expressions prove it, else at
+  run time (TVM compared the expressions' forms: a symbolic size was never equal to 1).
 * Cast to bool of a shape value: true where non-zero (TVM made a bool constant of each
   dimension and failed on 2).
 * Dropout at inference: its mask is boolean (TVM's has the data's type).
@@ -398,6 +400,34 @@ class SpecConverters:
         else:  # tensors: TVM's astype is right (and keeps NaN true, which != 0 would not)
             return None
         return relax.op.not_equal(value, relax.const(0, value.ty.dtype))
+
+    def _equal(self, op_name, name, inputs, attrs, opset):
+        """Equal of shape values (a dimension gathered from a Shape against a number):
+        true or false where the dimensions' expressions prove it, else compared when
+        the model runs.  TVM compared the expressions' forms, so that a symbolic frame
+        count was never equal to 1, even where the inputs make it 1 (silero-vad squeezes
+        a chunk's single frame when it is 1)."""
+        if not all(isinstance(v, (relax.ShapeExpr, tvm.ir.GenericConst)) for v in inputs) \
+                or not any(isinstance(v, relax.ShapeExpr) for v in inputs):
+            return None
+        lhs, rhs = (list(onnx_frontend.get_prim_expr_list(v)) for v in inputs)
+        if len(lhs) != len(rhs) and 1 not in (len(lhs), len(rhs)):
+            raise UnsupportedModelError(f"node '{name}' (Equal): its operands have {len(lhs)} "
+                                        f"and {len(rhs)} elements")
+        size = max(len(lhs), len(rhs))
+        lhs, rhs = (side * size if len(side) == 1 else side for side in (lhs, rhs))
+        decided = []
+        for a, b in zip(lhs, rhs):
+            a, b = (tvm.tirx.IntImm("int64", v) if isinstance(v, int) else v for v in (a, b))
+            if provably_equal(a, b):
+                decided.append(True)
+            elif proven(a != b):
+                decided.append(False)
+            else:
+                operands = [self.bb.normalize(relax.op.shape_to_tensor(relax.ShapeExpr(side)))
+                            for side in (lhs, rhs)]
+                return relax.op.equal(*operands)
+        return relax.const(np.array(decided, bool), "bool")
 
     def _coerced_to_2d(self, op_name, name, inputs, attrs, opset):
         """Softmax, LogSoftmax and Hardmax before opset 13: over the input coerced to
@@ -829,7 +859,7 @@ _CONVERTERS = {
     "Celu": "_celu", "LpNormalization": "_lp_normalization", "Concat": "_concat",
     "ConvInteger": "_conv_integer", "Cast": "_cast", "ConvTranspose": "_conv_transpose",
     "Softmax": "_coerced_to_2d", "LogSoftmax": "_coerced_to_2d", "Hardmax": "_coerced_to_2d",
-    "Clip": "_clip", "QLinearConv": "_qlinear_conv", "QLinearMatMul": "_qlinear_matmul",
+    "Clip": "_clip", "Equal": "_equal", "QLinearConv": "_qlinear_conv", "QLinearMatMul": "_qlinear_matmul",
 }
 
 

@@ -128,9 +128,9 @@ class ConstantFolding:
         folded.CopyFrom(model)
         self._opsets = list(model.opset_import)
         self._ir_version = model.ir_version
-        self._names = _all_names(folded.graph)
+        self._names = all_names(folded.graph)
         while True:
-            shapes = _static_shapes(folded)
+            shapes = static_shapes(folded)
             if not self._fold_graph(folded.graph, {}, shapes):
                 break
         _drop_unused_initializers(folded.graph)
@@ -181,9 +181,9 @@ class ConstantFolding:
         which = "then_branch" if bool(cond.reshape(())) else "else_branch"
         branch = next(a.g for a in node.attribute if a.name == which)
         rename = {}
-        for name in _defined_names(branch):
+        for name in defined_names(branch):
             if name in self._names:
-                fresh = _fresh(name, self._names)
+                fresh = fresh_name(name, self._names)
                 rename[name] = fresh
         nodes = []
         for tensor in branch.initializer:
@@ -193,7 +193,7 @@ class ConstantFolding:
         for inner in branch.node:
             copy = onnx.NodeProto()
             copy.CopyFrom(inner)
-            _rename_node(copy, rename)
+            rename_node(copy, rename)
             nodes.append(copy)
         for out, inner in zip(node.output, branch.output):
             if out:
@@ -281,15 +281,16 @@ def _gather_static_dims(node, dims: list, known: dict):
     return [np.array(picked, np.int64).reshape(indices.shape)]
 
 
-def _static_shapes(model) -> _Shapes:
+def static_shapes(model) -> _Shapes:
     """Value name -> its static shape (a list of ints), where ONNX shape inference finds
     every dimension; names of all graphs, subgraphs included."""
     shapes = _Shapes()
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_with_outer_constants(model), strict_mode=False,
+                                                     data_prop=True)
     except Exception:  # inference gave up on something: no shapes, no Shape folding
         return shapes
-    for graph in _graphs(inferred.graph):
+    for graph in graphs(inferred.graph):
         for value in itertools.chain(graph.input, graph.value_info, graph.output):
             tensor_type = value.type.tensor_type
             if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
@@ -304,20 +305,70 @@ def _static_shapes(model) -> _Shapes:
     return shapes
 
 
-def _graphs(graph):
+# The largest outer constant copied into a subgraph for shape inference (axes, shapes).
+_OUTER_CONSTANT_LIMIT = 64
+
+
+def _with_outer_constants(model):
+    """A copy of ``model`` for shape inference, with the small constants of enclosing
+    graphs that a subgraph reads copied into it.  ONNX shape inference gives a subgraph
+    the types of outer values but not their contents, so an ``Unsqueeze`` in an If
+    branch whose axes are an outer constant (as folding leaves them) would get no rank."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+
+    def push(graph, outer):
+        visible = dict(outer)
+        visible.update({t.name: t for t in graph.initializer})
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type != onnx.AttributeProto.GRAPH:
+                    continue
+                sub = attr.g
+                have = {t.name for t in sub.initializer}
+                for name in sorted({i for inner in sub.node for i in inner.input} - have):
+                    tensor = visible.get(name)
+                    if tensor is not None and np.prod(tensor.dims, dtype=np.int64) <= _OUTER_CONSTANT_LIMIT:
+                        sub.initializer.append(tensor)
+                push(sub, visible)
+
+    push(copy.graph, {})
+    return copy
+
+
+def graphs(graph):
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
+                yield from graphs(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _graphs(g)
+                    yield from graphs(g)
 
 
-def _all_names(graph) -> set:
+def all_nodes(graph):
+    """The nodes of graph and of its If branches."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from all_nodes(attr.g)
+
+
+def node_inputs(node) -> list:
+    """A node's inputs, with the outer values its branches use counted as its own."""
+    names = list(node.input)
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            names += [n for inner in all_nodes(attr.g) for n in inner.input]
+            names += [o.name for o in attr.g.output]
+    return names
+
+
+def all_names(graph) -> set:
     names = set()
-    for g in _graphs(graph):
+    for g in graphs(graph):
         names.update(v.name for v in g.input)
         names.update(t.name for t in g.initializer)
         for node in g.node:
@@ -325,36 +376,36 @@ def _all_names(graph) -> set:
     return names
 
 
-def _defined_names(graph) -> set:
+def defined_names(graph) -> set:
     """Names a branch defines (its initializers and node outputs, nested ones included)."""
     names = {t.name for t in graph.initializer}
-    for g in _graphs(graph):
+    for g in graphs(graph):
         names.update(t.name for t in g.initializer)
         for node in g.node:
             names.update(n for n in node.output if n)
     return names
 
 
-def _rename_node(node, rename: dict) -> None:
+def rename_node(node, rename: dict) -> None:
     for i, name in enumerate(node.input):
         node.input[i] = rename.get(name, name)
     for i, name in enumerate(node.output):
         node.output[i] = rename.get(name, name)
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
-            _rename_graph(attr.g, rename)
+            rename_graph(attr.g, rename)
 
 
-def _rename_graph(graph, rename: dict) -> None:
+def rename_graph(graph, rename: dict) -> None:
     for tensor in graph.initializer:
         tensor.name = rename.get(tensor.name, tensor.name)
     for node in graph.node:
-        _rename_node(node, rename)
+        rename_node(node, rename)
     for value in graph.output:
         value.name = rename.get(value.name, value.name)
 
 
-def _fresh(name: str, taken: set) -> str:
+def fresh_name(name: str, taken: set) -> str:
     for k in itertools.count(1):
         candidate = f"{name}::inlined{k}"
         if candidate not in taken:
@@ -365,7 +416,7 @@ def _fresh(name: str, taken: set) -> str:
 
 def _drop_unused_initializers(graph) -> None:
     used = {o.name for o in graph.output}
-    for g in _graphs(graph):
+    for g in graphs(graph):
         for node in g.node:
             used.update(node.input)
         used.update(o.name for o in g.output)

@@ -11,6 +11,7 @@ out-of-range sequence lengths.
 from __future__ import annotations
 
 import gc
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,15 +20,17 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from ..errors import ConfigError, MemoTVMError, UnsupportedModelError
+from ..errors import ConfigError, MemoTVMError, UnreachableBranchWarning, UnsupportedModelError
 from ..kernels import build_kernel
 from ..log import captured_tvm_output
 from ..passes.constant_calls import FoldConstantCalls
+from ..passes.native_checks import stop_if
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, with_shape_relations
 from .qlinear_contrib import DequantizeContribOps
 from .quantized import DequantizeRecurrentWeights
-from .folding import ConstantFolding, bind_inputs, with_input_shapes
+from .rank_branches import SplitOnRankChangingIfs
+from .folding import ConstantFolding, all_nodes, bind_inputs, node_inputs, with_input_shapes
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -62,7 +65,7 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
     of :mod:`.converters` where TVM's frontend refuses valid models or departs from the
     ONNX spec."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, unreachable: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loops: list[RecurrentLoop] = []
         # Symbolic sizes of initial states that the recurrent nodes fix (see implied_sizes).
@@ -74,6 +77,12 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         self._branches: dict[tuple, tuple[str, bool]] = {}
         self._conditions: list = []
         self._kernel_outputs: dict = {}
+        # Branches that could not be built for the inputs' shapes (key -> why), each
+        # branch's sibling and If, and the converted branches (an unreachable branch
+        # takes its sibling's types).
+        self._unreachable: dict = dict(unreachable or {})
+        self._siblings: dict[tuple, tuple] = {}
+        self._converted: dict[tuple, relax.Expr] = {}
 
     def _check_for_unsupported_ops(self, graph):
         convert_map = onnx_frontend._get_convert_map()
@@ -91,30 +100,81 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     "(neither a recurrent op nor one TVM's ONNX frontend converts)"
                 )
             if op == "If":
-                for attr in node.attribute:
-                    if attr.name in ("then_branch", "else_branch"):
-                        self._branches[_branch_key(attr.g)] = (node.input[0], attr.name == "then_branch")
-                        self._check_for_unsupported_ops(attr.g)
+                branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+                for label, branch in branches.items():
+                    self._branches[_branch_key(branch)] = (node.input[0], label == "then_branch")
+                    other = branches.get("else_branch" if label == "then_branch" else "then_branch")
+                    self._siblings[_branch_key(branch)] = (other, node.name, label.split("_")[0])
+                    self._check_for_unsupported_ops(branch)
 
     def _convert_subgraph(self, bb, graph):
         """An If branch.  TVM's importer computes both branches before the If selects
         one, so a recurrent node in a branch runs whatever the condition; its counts are
-        kept only when its branch is the one taken (:meth:`_convert_recurrent`)."""
-        cond_name, taken_when = self._branches[_branch_key(graph)]
-        cond = self._nodes[cond_name]
-        cond = self.bb.normalize(relax.op.reshape(relax.op.astype(cond, "bool"), []))
-        if not taken_when:
-            cond = self.bb.normalize(relax.op.logical_not(cond))
-        self._conditions.append(cond)
+        kept only when its branch is the one taken (:meth:`_convert_recurrent`).  A
+        branch that cannot be converted raises :class:`BranchFailure` (the import is
+        then redone with the branch unreachable, :meth:`_unreachable_branch`)."""
+        key = _branch_key(graph)
+        if key in self._converted:
+            return self._converted[key]
+        if key in self._unreachable:
+            return self._unreachable_branch(bb, key)
+        self._conditions.append(self._branch_condition(key))
         try:
             result = super()._convert_subgraph(bb, graph)
+        except BranchFailure:
+            raise
+        except UnsupportedModelError as err:
+            raise BranchFailure(str(err), key) from err
         finally:
             self._conditions.pop()
         # TVM restores the outer table of values after a branch; the counts of the
         # branch's kernels are outputs of main.
         for name, value in self._kernel_outputs.items():
             self._nodes[name] = value
+        self._converted[key] = result
         return result
+
+    def _branch_condition(self, key):
+        """The condition under which the branch ``key`` is taken (given its If is
+        reached), a bool scalar."""
+        cond_name, taken_when = self._branches[key]
+        # Bound here, before the If, where SinkIntoBranches looks for what stands for
+        # the If's condition.
+        cond = self.bb.emit(relax.op.astype(self._nodes[cond_name], "bool"))
+        cond = self.bb.emit(relax.op.reshape(cond, []))
+        if not taken_when:
+            cond = self.bb.emit(relax.op.logical_not(cond))
+        return cond
+
+    def _unreachable_branch(self, bb, key):
+        """A branch that could not be built for the inputs' shapes (the 8 kHz path of a
+        detector compiled for 16 kHz chunks, or the path for chunks of several frames of
+        one that squeezes a single frame): values of its sibling's types, behind a check
+        that stops the call, with the reason, where the branch is taken.  onnxruntime
+        runs such a model until an input takes the branch, and so does memotvm."""
+        sibling, if_name, label = self._siblings[key]
+        why = self._unreachable[key]
+        if sibling is None or _branch_key(sibling) in self._unreachable:
+            raise UnsupportedModelError(why)
+        other = self._convert_subgraph(bb, sibling)
+        taken = self._branch_condition(key)
+        for cond in self._conditions:
+            taken = bb.normalize(relax.op.logical_and(cond, taken))
+        message = (f"the {label} branch of If '{if_name}' is taken for these inputs, but it "
+                   f"could not be compiled: {_first_sentence(why)}")
+        fields = list(other.fields) if isinstance(other, relax.Tuple) else [other]
+        values = []
+        for value in fields:
+            ty = value.ty
+            if not isinstance(ty, relax.TensorType):
+                raise UnsupportedModelError(why)
+            if isinstance(ty.shape, relax.ShapeExpr):
+                shape = ty.shape
+            else:  # (an unknown rank is what the If's result then has)
+                shape = relax.ShapeExpr([0] * ty.ndim if ty.ndim >= 0 else [0])
+            zeros = bb.emit(relax.op.zeros(shape, ty.dtype))
+            values.append(stop_if(bb, zeros, taken, message))
+        return values[0] if not isinstance(other, relax.Tuple) else relax.Tuple(values)
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         name = attrs["tvm_custom"]["name"]
@@ -236,12 +296,15 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                 y_c = bb.normalize(relax.op.permute_dims(y_c, [1, 0, 2]))
         self.loops.append(loop)
         stats, status = outs[-2], outs[-1]
-        if self._conditions:  # in an If branch: counted only when the branch is taken
-            taken = self._conditions[0]
-            for cond in self._conditions[1:]:
-                taken = bb.normalize(relax.op.logical_and(taken, cond))
-            stats = bb.normalize(relax.op.where(taken, stats, _zeros_of_type(stats)))
-            status = bb.normalize(relax.op.where(taken, status, _zeros_of_type(status)))
+        # In an If branch: counted only when the branch is taken.  One select per
+        # enclosing If, the innermost first, left unbound so that each is bound after
+        # its If (with the graph's outputs): SinkIntoBranches then takes each into its
+        # If, and the kernel moves into its innermost branch.
+        if self._conditions:
+            no_stats, no_status = bb.emit(_zeros_of_type(stats)), bb.emit(_zeros_of_type(status))
+        for cond in reversed(self._conditions):
+            stats = relax.op.where(cond, stats, no_stats)
+            status = relax.op.where(cond, status, no_status)
         for key, value in ((STATS_PREFIX + name, stats), (STATUS_PREFIX + name, status)):
             self._nodes[key] = self._kernel_outputs[key] = value
         results = [y, y_h] + ([y_c] if y_c is not None else [])
@@ -369,29 +432,8 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     shapes = checked_shape_overrides(model.graph, shapes)
     model = DequantizeContribOps()(DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs)))
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
-    model = ConstantFolding()(with_input_shapes(model, shapes))
-    graph = onnx.GraphProto()
-    graph.CopyFrom(model.graph)
-    shapes_as_tensors(graph)
-    rec_names = _recurrent_node_names(graph)
-    for name in rec_names:  # extra outputs: each kernel's stats and status
-        graph.output.add().name = STATS_PREFIX + name
-        graph.output.add().name = STATUS_PREFIX + name
-    importer = RecurrentGraphImporter(shapes, "float32", keep_params_in_input=False)
-    error = None
-    with captured_tvm_output("import"):
-        try:
-            mod = importer.from_onnx(graph, _opset(model))
-        except MemoTVMError as err:
-            # Raised again without the frames that hold the importer: its block builder,
-            # destroyed mid-build, prints a warning from C++, which is to be captured
-            # here rather than land on the user's terminal later.
-            error = type(err)(str(err))
-        if error is not None:
-            del importer
-            gc.collect()
-    if error is not None:
-        raise error
+    model = SplitOnRankChangingIfs()(ConstantFolding()(with_input_shapes(model, shapes)))
+    mod, importer, graph, rec_names = _converted(model, shapes)
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
     mod = FoldConstantCalls()(CheckShapeRelations()(BoundedGather()(mod)))
     initializers = {t.name for t in graph.initializer}
@@ -420,15 +462,66 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     )
 
 
+# At most this many If branches of a model are compiled as unreachable.
+_MAX_UNREACHABLE = 16
+
+
+def _converted(model: onnx.ModelProto, shapes: dict):
+    """The Relax module of ``model`` (folded), its importer, the graph it converted
+    (with the kernels' counts as extra outputs) and the recurrent nodes' names.
+
+    A branch of an If that cannot be converted for the inputs' shapes is compiled as
+    unreachable (a run-time stop where it is taken, with a warning now), and the
+    import redone: its recurrent nodes are then not kernels of the model."""
+    unreachable = {}
+    while True:
+        graph = onnx.GraphProto()
+        graph.CopyFrom(model.graph)
+        shapes_as_tensors(graph)
+        rec_names = _recurrent_node_names(graph, skipped=set(unreachable))
+        for name in rec_names:  # extra outputs: each kernel's stats and status
+            graph.output.add().name = STATS_PREFIX + name
+            graph.output.add().name = STATUS_PREFIX + name
+        importer = RecurrentGraphImporter(shapes, "float32", keep_params_in_input=False,
+                                          unreachable=unreachable)
+        error = None
+        with captured_tvm_output("import"):
+            try:
+                mod = importer.from_onnx(graph, _opset(model))
+            except BranchFailure as err:
+                error = BranchFailure(str(err), err.key)
+            except MemoTVMError as err:
+                # Raised again without the frames that hold the importer: its block
+                # builder, destroyed mid-build, prints a warning from C++, which is to be
+                # captured here rather than land on the user's terminal later.
+                error = type(err)(str(err))
+            if error is not None:
+                del importer
+                gc.collect()
+        if isinstance(error, BranchFailure):
+            if error.key in unreachable or len(unreachable) >= _MAX_UNREACHABLE:
+                raise UnsupportedModelError(str(error))
+            unreachable[error.key] = str(error)
+            warnings.warn(f"{_first_sentence(str(error))}. The node is in a branch of an If: "
+                          "the model compiles without that branch, and a call that takes it stops "
+                          "with an InputError; where your inputs never take it, bind the input its "
+                          "condition depends on (compile(..., fixed_inputs={name: value}), CLI --fix "
+                          "NAME=VALUE) so that the If folds away", UnreachableBranchWarning, stacklevel=4)
+            continue
+        if error is not None:
+            raise error
+        return mod, importer, graph, rec_names
+
+
 def _recurrent_state(graph, input_names) -> dict:
     """The graph inputs from which a recurrent node's initial_h or initial_c is computed,
     and the graph outputs computed from a recurrent node's Y_h or Y_c (through any
     operators: tf2onnx slices one state tensor into both LSTMs' h and c, and stacks
     their finals into one output)."""
-    nodes = list(_all_nodes(graph))
+    nodes = list(all_nodes(graph))
     consumers = {}
     for node in nodes:
-        for name in _node_inputs(node):
+        for name in node_inputs(node):
             consumers.setdefault(name, []).append(node)
 
     def reached_from(start, edge):  # value names reachable from ``start`` along ``edge``
@@ -445,29 +538,10 @@ def _recurrent_state(graph, input_names) -> dict:
                for i in (5, 6) if i < len(node.input) and node.input[i]]
     final = [node.output[i] for node in nodes if node.op_type in RECURRENT_OPS
              for i in (1, 2) if i < len(node.output) and node.output[i]]
-    upstream = reached_from(initial, lambda v: _node_inputs(producers[v]) if v in producers else [])
+    upstream = reached_from(initial, lambda v: node_inputs(producers[v]) if v in producers else [])
     downstream = reached_from(final, lambda v: [o for n in consumers.get(v, []) for o in n.output])
     return {"inputs": [name for name in input_names if name in upstream],
             "outputs": [o.name for o in graph.output if o.name in downstream]}
-
-
-def _all_nodes(graph):
-    """The nodes of graph and of its If branches."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-
-
-def _node_inputs(node) -> list:
-    """A node's inputs, with the outer values its branches use counted as its own."""
-    names = list(node.input)
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            names += [n for inner in _all_nodes(attr.g) for n in inner.input]
-            names += [o.name for o in attr.g.output]
-    return names
 
 
 def _operator_counts(graph, counts=None) -> dict:
@@ -586,16 +660,17 @@ def _gather_index_ranges(graph, inputs) -> dict:
     return ranges
 
 
-def _recurrent_node_names(graph, names=None) -> list:
+def _recurrent_node_names(graph, names=None, skipped=frozenset()) -> list:
     """The names the importer will give the recurrent nodes (unique, never empty), in
-    the order it converts them: graph order, an If's then branch before its else."""
+    the order it converts them: graph order, an If's then branch before its else;
+    none from the branches whose keys are ``skipped`` (unreachable)."""
     names = [] if names is None else names
     for node in graph.node:
         if node.op_type == "If":
             for label in ("then_branch", "else_branch"):
                 branch = next((a.g for a in node.attribute if a.name == label), None)
-                if branch is not None:
-                    _recurrent_node_names(branch, names)
+                if branch is not None and _branch_key(branch) not in skipped:
+                    _recurrent_node_names(branch, names, skipped)
         if node.op_type in RECURRENT_OPS:
             index = len(names)
             name = node.name or f"{node.op_type}_{index}"
@@ -603,6 +678,20 @@ def _recurrent_node_names(graph, names=None) -> list:
                 name = f"{name}_{index}"
             names.append(name)
     return names
+
+
+class BranchFailure(UnsupportedModelError):
+    """A node of an If branch could not be converted; ``key`` is the branch's
+    (:func:`_branch_key`)."""
+
+    def __init__(self, message: str, key: tuple):
+        super().__init__(message)
+        self.key = key
+
+
+def _first_sentence(message: str) -> str:
+    """A conversion error without the way out appended to it (:data:`_BRANCH_HINT`)."""
+    return message.split(_BRANCH_HINT)[0].split(_UNKNOWN_RANK_HINT)[0]
 
 
 def _branch_key(graph) -> tuple:

@@ -12,7 +12,7 @@ select becomes an output of the ``If`` itself (its operands computed in the bran
 so that the counted kernel can move into its branch too.
 
 What stays before the ``If``: what both branches or anything after the ``If`` read,
-``match_cast`` bindings (they bind symbolic sizes that later types may name) and
+``match_cast`` bindings that bind symbolic sizes (later types may name them) and
 impure calls.  A memoized kernel's table reaches the results through the same kind of
 select (:func:`memotvm.passes.memoize._tables_of_branches`), so it moves too.  Moving a pure computation into the branch
 that uses it changes no result; a check compiled into the other branch no longer runs,
@@ -132,7 +132,8 @@ def _sink(bindings, position, later_blocks, result, outline):
     for p in range(position - 1, -1, -1):
         binding = bindings[p]
         sides = readers.get(binding.var, set())
-        movable = isinstance(binding, relax.VarBinding) and not isinstance(binding.value, relax.If) \
+        movable = (isinstance(binding, relax.VarBinding) or _checks_only(binding)) \
+            and not isinstance(binding.value, relax.If) \
             and not relax.analysis.contains_impure_call(binding.value)
         if movable and not sides:
             unread.append(p)
@@ -177,6 +178,15 @@ def _sink(bindings, position, later_blocks, result, outline):
     after = len(rewritten)
     rewritten += [b for p, b in enumerate(bindings) if p > position and p not in selects]
     return rewritten, after
+
+
+def _checks_only(binding) -> bool:
+    """Whether ``binding`` is a match_cast that defines no size (it only checks, as the
+    run-time check that a squeezed axis is 1 does): it can move with what reads it."""
+    if not isinstance(binding, relax.MatchCast):
+        return False
+    known = set(relax.analysis.tir_vars_in_type(binding.value.ty))
+    return all(v in known for v in relax.analysis.tir_vars_in_type(binding.ty))
 
 
 def _branch(seq: relax.SeqExpr, sunk: list, extra: list) -> relax.SeqExpr:

@@ -81,3 +81,21 @@ def each_element(buf, body) -> None:
             index.append(rest % dim)
             rest = rest // dim
         body(buf[tuple(reversed(index))] if buf.shape else buf[()])
+
+
+def stop_if(builder: relax.BlockBuilder, x, condition, message: str):
+    """``x`` after a check that stops the call with ``message`` where ``condition`` (a
+    bool scalar tensor) is true: what an If branch that could not be compiled returns
+    (:meth:`memotvm.frontend.importer.RecurrentGraphImporter._unreachable_branch`)."""
+    x_ty = x.ty
+    name = f"unreachable_{next(_names)}"
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tir.noalias": True, "op_pattern": 8})
+            dims = [tirx.Var(f"d{i}", "int64") for i in range(x_ty.ndim)]
+            T.match_buffer(T.arg("x", T.handle()), dims, str(x_ty.dtype))
+            cond = T.match_buffer(T.arg("condition", T.handle()), (), "bool")
+            assert_that(tirx.Not(cond[()]), message)
+    kernel = builder.add_func(ib.get(), name)
+    return builder.emit(relax.call_tir_inplace(kernel, [x, condition], inplace_indices=[0], out_ty=x_ty))
