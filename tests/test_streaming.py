@@ -326,11 +326,12 @@ def test_state_pairs_found_from_the_recurrent_nodes_where_names_do_not_pair(tmp_
             state = want[1]
 
 
-@pytest.mark.parametrize("batch", [1, "batch"])
+@pytest.mark.parametrize("batch", [1, "batch", "gathered"])
 def test_zero_state_sizes_come_from_what_the_recurrent_node_requires(batch):
     """TEN VAD's state inputs name their batch dimension apart from every other input
     (tf2onnx's unk__N); the LSTM they feed fixes it: to X's batch of 1, or to X's
-    symbolic batch, which the call's input then gives."""
+    symbolic batch, which the call's input then gives, also where X is an input's
+    slice over all of its batch (silero-vad's: its batch becomes max(batch, 0))."""
     from onnx import TensorProto as T
     from onnx import helper as h
     from onnx import numpy_helper
@@ -338,9 +339,16 @@ def test_zero_state_sizes_come_from_what_the_recurrent_node_requires(batch):
     rng = np.random.default_rng(6)
     weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
                for name, shape in (("W", (1, 18, 5)), ("R", (1, 18, 6)))]
+    nodes = [h.make_node("GRU", ["x", "W", "R", "", "", "h_in"], ["Y", "h_out"], hidden_size=6)]
+    if batch == "gathered":
+        batch = "batch"
+        nodes[:0] = [h.make_node("Slice", ["x_in", "start", "end", "axis"], ["x"])]
+        weights += [numpy_helper.from_array(np.array([v], np.int64), name)
+                    for name, v in (("start", 0), ("end", 2**63 - 1), ("axis", 1))]
+    x_name = nodes[0].input[0] if nodes[0].op_type == "Slice" else "x"
     graph = h.make_graph(
-        [h.make_node("GRU", ["x", "W", "R", "", "", "h_in"], ["Y", "h_out"], hidden_size=6)], "gru",
-        [h.make_tensor_value_info("x", T.FLOAT, ["frames", batch, 5]),
+        nodes, "gru",
+        [h.make_tensor_value_info(x_name, T.FLOAT, ["frames", batch, 5]),
          h.make_tensor_value_info("h_in", T.FLOAT, [1, "unk__188", 6])],
         [h.make_tensor_value_info("Y", T.FLOAT, None), h.make_tensor_value_info("h_out", T.FLOAT, [1, "unk__196", 6])],
         weights)
@@ -352,8 +360,8 @@ def test_zero_state_sizes_come_from_what_the_recurrent_node_requires(batch):
     reference = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     state = np.zeros((1, size, 6), np.float32)
     for x in smooth(4, size, 5)[:, None]:
-        want = reference.run(None, {"x": x, "h_in": state})
-        got = session.run({"x": x})
+        want = reference.run(None, {x_name: x, "h_in": state})
+        got = session.run({x_name: x})
         assert max(float(np.max(np.abs(np.asarray(g) - w))) for g, w in zip(got, want)) <= 1e-6
         state = want[1]
 

@@ -380,7 +380,7 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     f"{labels[i]} has {int(da)}")
         for (i, a), (j, b) in want:  # a state's own batch symbol is X's batch
             if j >= 3 and isinstance(shapes[j][b], tirx.Var):
-                known = shapes[i][a]
+                known = _as_size(shapes[i][a])
                 if isinstance(known, (tirx.IntImm, tirx.Var)):
                     self.implied_sizes.setdefault(shapes[j][b].name, _dim(known))
         equal = [pair for first, second in want if (pair := unproven(shapes, first, second))]
@@ -400,6 +400,17 @@ def _static_shape(expr):
     if shape is None or not hasattr(shape, "values"):
         return [None]
     return [int(v) if isinstance(v, tvm.tirx.IntImm) else None for v in shape.values]
+
+
+def _as_size(v):
+    """A dimension simplified knowing that the sizes it is computed from are not
+    negative (TVM's converters leave a batch as ``T.max(n, 0)``)."""
+    if isinstance(v, (tirx.IntImm, tirx.Var)):
+        return v
+    analyzer = tvm.sym.Analyzer()
+    for var in tirx.analysis.undefined_vars(v):
+        analyzer.update(var, tvm.sym.ConstIntBound(0, tvm.sym.ConstIntBound.POS_INF))
+    return analyzer.simplify(v)
 
 
 def _dim(v):
