@@ -27,6 +27,7 @@ import re
 from contextlib import contextmanager
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
@@ -90,12 +91,14 @@ def _worth_threads(sch, loops) -> bool:
 def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
-    blocks = _inline_elementwise(sch, blocks)
+    # By name: scheduling a block can leave another's handle stale (a consumer moved
+    # into a reduction's loop).
+    names = [sch.get(block).name_hint for block in _inline_elementwise(sch, blocks)]
     done = set()
-    for block in blocks:
-        name = sch.get(block).name_hint
+    for name in names:
         if name in done:
             continue
+        block = sch.get_sblock(name)
         kinds = _kinds(sch, block)
         loops = sch.get_loops(block)
         if len(loops) != len(kinds) or len(loops) < 2:
@@ -178,10 +181,10 @@ def _inline_elementwise(sch, blocks) -> list:
 
 def _cheap(sch, block) -> bool:
     """Whether ``block`` computes its value without a Let or a call (no exp, sigmoid,
-    erf... formula): then a consumer may compute it as many times as it reads it."""
+    erf, round... formula): then a consumer may compute it as many times as it reads it."""
     found = []
-    tirx.stmt_functor.post_order_visit(sch.get(block).body, lambda node: found.append(
-        node) if isinstance(node, (tirx.Let, tirx.Call)) else None)
+    _visit(sch.get(block).body, lambda node: found.append(node)
+           if isinstance(node, (tirx.Let, tvm.ir.Call)) else None)
     return not found
 
 
@@ -190,15 +193,38 @@ def _loads_of(sch, consumer, block) -> int:
     reads its input more than once (leaky ReLU's Select(x > 0, x, alpha * x)) would
     compute an inlined formula that often: a sigmoid inlined into a leaky ReLU inlined
     into a tanh took LLVM about two minutes to compile."""
-    written = {region.buffer for region in sch.get(block).writes}
+    written = [region.source for region in sch.get(block).writes]
     count = [0]
 
     def visit(node):
-        if isinstance(node, tirx.BufferLoad) and node.buffer in written:
+        if isinstance(node, tvm.ir.expr.TensorLoad) and any(node.source.same_as(w) for w in written):
             count[0] += 1
 
-    tirx.stmt_functor.post_order_visit(sch.get(consumer).body, visit)
+    _visit(sch.get(consumer).body, visit)
     return count[0]
+
+
+# Fields not followed by _visit: where a node is and what type it has, and what a store
+# writes to and a load reads from (a buffer: not what a block computes).
+_NOT_VISITED = {"span", "ty", "buffer", "source"}
+
+
+def _visit(node, visit) -> None:
+    """``visit`` every statement and expression under ``node`` (TVM's Python API has no
+    TIR visitor here): the fields TVM's FFI reflects, followed depth first."""
+    todo = [node]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, (tvm_ffi.Array, list, tuple)):
+            todo.extend(obj)
+            continue
+        if not isinstance(obj, tvm_ffi.Object):
+            continue
+        visit(obj)
+        info = getattr(type(obj), "__tvm_ffi_type_info__", None)
+        while info is not None:
+            todo.extend(getattr(obj, f.name) for f in info.fields if f.name not in _NOT_VISITED)
+            info = info.parent_type_info
 
 
 def _has_root(sch):
@@ -237,6 +263,10 @@ class ScheduleHostOps:
                 continue
             try:
                 out[gv] = schedule_func(func)
+            except (AttributeError, NameError, ImportError, TypeError):
+                # memotvm's own mistake (an API this TVM does not have), never to be
+                # hidden: every function would silently keep TVM's loops.
+                raise
             except Exception:  # noqa: BLE001 - an unrecognised shape keeps TVM's loops
                 continue
         return out
