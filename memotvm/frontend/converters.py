@@ -177,11 +177,14 @@ class SpecConverters:
 
     def _reshape(self, op_name, name, inputs, attrs, opset):
         """Reshape to a tensor whose values derive from shapes (TVM takes only a shape
-        value or a constant there)."""
-        if not isinstance(inputs[1].ty, relax.TensorType) or attrs.get("allowzero", 0):
+        value or a constant there).  ``allowzero`` (torch's dynamo exporter sets it)
+        changes only what a 0 means, so it is taken where no value is 0."""
+        if not isinstance(inputs[1].ty, relax.TensorType):
             return None
         values = _shape_values(self.bb, inputs[1])
         if values is None:
+            return None
+        if attrs.get("allowzero", 0) and any(isinstance(v, tvm.tirx.IntImm) and int(v) == 0 for v in values):
             return None
         data = inputs[0]
         if isinstance(data, relax.ShapeExpr):

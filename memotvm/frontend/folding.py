@@ -34,6 +34,14 @@ _NEVER_FOLDED = {"LSTM", "GRU", "RNN", "RandomNormal", "RandomUniform", "RandomN
 # but an operator that makes a big tensor out of small ones (ConstantOfShape, Expand,
 # Tile, Range) is left to run: folding it would only grow the artifact.
 _GROWTH_LIMIT_BYTES = 1 << 20
+# ... except the dequantization of a quantized weight (the QDQ format): folded, the
+# weight is a float constant, which the matrix products and convolutions after it are
+# compiled for (unfolded, every call dequantizes it and multiplies by a weight that is
+# not constant, a hundred times slower on a quantized transformer).
+_FOLDED_AT_ANY_SIZE = {"DequantizeLinear"}
+# onnx.reference implements these operators only from this opset on; the versions
+# before it mean the same for the integer types they take (19 added float8 types).
+_REFERENCE_OPSET_FLOOR = {"DequantizeLinear": 19, "QuantizeLinear": 19}
 
 
 def bind_inputs(model: onnx.ModelProto, values: dict | None) -> onnx.ModelProto:
@@ -224,7 +232,8 @@ class ConstantFolding:
         if not all(isinstance(r, np.ndarray) for r in results):
             return None
         size_in = sum(a.nbytes for a in feeds.values())
-        if sum(r.nbytes for r in results) > max(size_in, _GROWTH_LIMIT_BYTES):
+        if sum(r.nbytes for r in results) > max(size_in, _GROWTH_LIMIT_BYTES) \
+                and node.op_type not in _FOLDED_AT_ANY_SIZE:
             return None
         return [np.array(r, order="C") for r in results]  # (ascontiguousarray makes 0-d 1-d)
 
@@ -233,7 +242,13 @@ class ConstantFolding:
                   for name, a in feeds.items()]
         outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in node.output if name]
         graph = helper.make_graph([node], "fold", inputs, outputs)
-        return helper.make_model(graph, opset_imports=self._opsets, ir_version=self._ir_version)
+        opsets, ir_version = self._opsets, self._ir_version
+        floor = _REFERENCE_OPSET_FLOOR.get(node.op_type)
+        if floor is not None:
+            opsets = [helper.make_opsetid("", max(e.version, floor)) if e.domain in ("", "ai.onnx") else e
+                      for e in opsets]
+            ir_version = max(ir_version, 9)  # (what opset 19 needs)
+        return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
 
 
 class _Shapes(dict):
