@@ -61,12 +61,9 @@ def _first_rank_changing_if(model):
             branches = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
             if set(branches) != {"then_branch", "else_branch"}:
                 continue
-            changing = False
-            for k, out in enumerate(node.output):
-                ranks = [_rank(branches[label].output[k], shapes) for label in ("then_branch", "else_branch")]
-                if out and None not in ranks and ranks[0] != ranks[1]:
-                    changing = True
-            if not changing:
+            ranks = [(_rank(then, shapes), _rank(other, shapes)) for out, then, other
+                     in zip(node.output, branches["then_branch"].output, branches["else_branch"].output) if out]
+            if not any(None not in pair and pair[0] != pair[1] for pair in ranks):
                 continue
             outputs = {o for o in node.output if o}
             if any(outputs & set(node_inputs(later)) for later in graph.node[index + 1:]):
@@ -109,10 +106,8 @@ def _split(graph, index: int, names: set) -> None:
         branch = onnx.GraphProto()
         branch.CopyFrom(attr.g)
         rename = {out: inner.name for out, inner in zip(node.output, attr.g.output) if out}
-        copied = onnx.GraphProto()
-        copied.node.extend(dependent)
-        for name in defined_names(copied):
-            rename[name] = fresh_name(name, names)
+        rename.update((name, fresh_name(name, names)) for name in defined_names(helper.make_graph(
+            dependent, "dependent", [], [])))
         for later in dependent:
             copy = branch.node.add()
             copy.CopyFrom(later)
