@@ -346,3 +346,26 @@ def test_a_failure_inside_tvms_lowering_is_named(lstm):
                            r"after importing it \(InternalError: Check failed: .*Inconsistent buffers\)") as info:
             memotvm.compile(lstm[0])
     assert info.value.__cause__ is failure
+
+
+@pytest.mark.parametrize("kind", ["sequence", "optional"])
+def test_an_output_that_is_not_a_tensor_is_refused_by_name(kind):
+    """An If whose branches give a sequence (or an optional sequence) as the graph's
+    output: refused naming the output, rather than returned as a tensor (an optional
+    sequence's one element came back as a bare tensor) or a crash inside TVM."""
+    seq_type = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [3]))
+    out_type = seq_type if kind == "sequence" else helper.make_optional_type_proto(seq_type)
+
+    def branch(name):
+        return helper.make_graph([helper.make_node("SequenceConstruct", ["x"], [f"{name}_s"])], name, [],
+                                 [helper.make_value_info(f"{name}_s", seq_type)])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["res"], then_branch=branch("a"), else_branch=branch("b"))], "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_value_info("res", out_type)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(memotvm.UnsupportedModelError,
+                       match=rf"output 'res' has {kind} type, not tensor type"):
+        memotvm.compile(model)

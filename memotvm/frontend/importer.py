@@ -125,6 +125,13 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             raise
         except UnsupportedModelError as err:
             raise BranchFailure(str(err), key) from err
+        except MemoTVMError:
+            raise
+        except Exception as err:  # TVM's loop over a branch's nodes (an optional value)
+            lines = str(err).strip().splitlines()
+            detail = lines[-1] if lines else type(err).__name__
+            raise BranchFailure(f"a node of If branch '{graph.name}' could not be converted: "
+                                f"{detail}", key) from err
         finally:
             self._conditions.pop()
         # TVM restores the outer table of values after a branch; the counts of the
@@ -579,6 +586,13 @@ def _graph_inputs(graph) -> list:
 
 
 def _check_input_types(graph) -> None:
+    """Inputs must be tensors of the types memotvm supports, and outputs declared with a
+    type tensors (a sequence or optional output would be returned as something else)."""
+    for value in graph.output:
+        kind = value.type.WhichOneof("value")
+        if kind not in (None, "tensor_type"):
+            raise UnsupportedModelError(f"output '{value.name}' has {kind.replace('_type', '')} type, "
+                                        "not tensor type; memotvm compiles models whose outputs are tensors")
     for value in _graph_inputs(graph):
         kind = value.type.WhichOneof("value")
         if kind != "tensor_type":
