@@ -128,10 +128,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         except MemoTVMError:
             raise
         except Exception as err:  # TVM's loop over a branch's nodes (an optional value)
-            lines = str(err).strip().splitlines()
-            detail = lines[-1] if lines else type(err).__name__
             raise BranchFailure(f"a node of If branch '{graph.name}' could not be converted: "
-                                f"{detail}", key) from err
+                                f"{_last_line(err)}", key) from err
         finally:
             self._conditions.pop()
         # TVM restores the outer table of values after a branch; the counts of the
@@ -200,10 +198,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         except MemoTVMError:
             raise
         except Exception as err:  # TVM's converters raise anything: name the node
-            first = str(err).strip().splitlines()
-            detail = first[-1] if first else type(err).__name__
             raise UnsupportedModelError(self._with_way_out(
-                f"node '{name}' ({op_name}) could not be converted: {detail}", inputs)) from err
+                f"node '{name}' ({op_name}) could not be converted: {_last_line(err)}", inputs)) from err
 
     def _shape_known(self, value):
         """``value``, an operator's result whose shape TVM could not infer because it
@@ -445,7 +441,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     to values (name -> array or number): they become constants and are no longer inputs.
     Values computable from constants are folded first (:mod:`.folding`).
     """
-    _check_input_types(model.graph)
+    _check_value_types(model.graph)
     model = _unknown_sizes_named(model)
     shapes = checked_shape_overrides(model.graph, shapes)
     model = DequantizeContribOps()(DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs)))
@@ -585,7 +581,7 @@ def _graph_inputs(graph) -> list:
     return [i for i in graph.input if i.name not in initializers]
 
 
-def _check_input_types(graph) -> None:
+def _check_value_types(graph) -> None:
     """Inputs must be tensors of the types memotvm supports, and outputs declared with a
     type tensors (a sequence or optional output would be returned as something else)."""
     for value in graph.output:
@@ -712,6 +708,12 @@ class BranchFailure(UnsupportedModelError):
     def __init__(self, message: str, key: tuple):
         super().__init__(message)
         self.key = key
+
+
+def _last_line(err: BaseException) -> str:
+    """What an error TVM raised says last (its traceback lines come before)."""
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
 
 
 def _first_sentence(message: str) -> str:

@@ -46,6 +46,14 @@ def input_error_message(err: BaseException) -> str | None:
 def checked(builder: relax.BlockBuilder, x, values: list, emit_asserts, name: str):
     """``x`` after a check kernel ``name``: ``emit_asserts(x_buffer, values_buffer)``
     emits the TIR assertions over the tensor and ``values`` (PrimExprs, passed as int64)."""
+    shown = values or [tirx.const(0, "int64")]
+    tensor = builder.emit(relax.op.shape_to_tensor(relax.ShapeExpr(shown)))
+    return _in_place_check(builder, x, tensor, (len(shown),), "int64", emit_asserts, name)
+
+
+def _in_place_check(builder, x, operand, operand_shape, operand_dtype, emit_asserts, name):
+    """``x`` after a kernel ``name`` that takes it and ``operand`` (a tensor of
+    ``operand_shape``) and runs ``emit_asserts(x_buffer, operand_buffer)``."""
     x_ty = x.ty
     name = f"{name}_{next(_names)}"  # each check its own symbol
     with IRBuilder() as ib:
@@ -55,13 +63,10 @@ def checked(builder: relax.BlockBuilder, x, values: list, emit_asserts, name: st
             T.func_attr({"tir.noalias": True, "op_pattern": 8})
             dims = [tirx.Var(f"d{i}", "int64") for i in range(x_ty.ndim)]
             x_buf = T.match_buffer(T.arg("x", T.handle()), dims, str(x_ty.dtype))
-            v_buf = T.match_buffer(T.arg("values", T.handle()), (max(len(values), 1),), "int64")
-            emit_asserts(x_buf, v_buf)
-    func = ib.get()
-    kernel = builder.add_func(func, name)
-    shown = values or [tirx.const(0, "int64")]
-    tensor = builder.emit(relax.op.shape_to_tensor(relax.ShapeExpr(shown)))
-    return builder.emit(relax.call_tir_inplace(kernel, [x, tensor], inplace_indices=[0], out_ty=x_ty))
+            operand_buf = T.match_buffer(T.arg("operand", T.handle()), operand_shape, operand_dtype)
+            emit_asserts(x_buf, operand_buf)
+    kernel = builder.add_func(ib.get(), name)
+    return builder.emit(relax.call_tir_inplace(kernel, [x, operand], inplace_indices=[0], out_ty=x_ty))
 
 
 def assert_that(condition, message: str) -> None:
@@ -87,15 +92,5 @@ def stop_if(builder: relax.BlockBuilder, x, condition, message: str):
     """``x`` after a check that stops the call with ``message`` where ``condition`` (a
     bool scalar tensor) is true: what an If branch that could not be compiled returns
     (:meth:`memotvm.frontend.importer.RecurrentGraphImporter._unreachable_branch`)."""
-    x_ty = x.ty
-    name = f"unreachable_{next(_names)}"
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(name)
-            T.func_attr({"tir.noalias": True, "op_pattern": 8})
-            dims = [tirx.Var(f"d{i}", "int64") for i in range(x_ty.ndim)]
-            T.match_buffer(T.arg("x", T.handle()), dims, str(x_ty.dtype))
-            cond = T.match_buffer(T.arg("condition", T.handle()), (), "bool")
-            assert_that(tirx.Not(cond[()]), message)
-    kernel = builder.add_func(ib.get(), name)
-    return builder.emit(relax.call_tir_inplace(kernel, [x, condition], inplace_indices=[0], out_ty=x_ty))
+    return _in_place_check(builder, x, condition, (), "bool",
+                           lambda _x, cond: assert_that(tirx.Not(cond[()]), message), "unreachable")
