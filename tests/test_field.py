@@ -168,6 +168,81 @@ def test_only_the_taken_branch_runs_its_recurrent_node():
     _matches_onnxruntime_counting_the_taken_branch(memotvm.compile(model), model)
 
 
+def _nested_if_model(hidden=5, inp=3):
+    """y = flag ? (g ? LSTM_a(x) : LSTM_b(x)) : (g ? GRU_a(x) : GRU_b(x)), each Y_h: an
+    outer If whose branches branch again (silero's sample rate, then a frame count)."""
+    rng = np.random.default_rng(0)
+
+    def recurrent(op, tag):
+        gates = {"LSTM": 4, "GRU": 3}[op]
+        w = h.make_tensor(f"W_{tag}", T.FLOAT, [1, gates * hidden, inp],
+                          rng.normal(0, 0.5, gates * hidden * inp).astype(np.float32))
+        r = h.make_tensor(f"R_{tag}", T.FLOAT, [1, gates * hidden, hidden],
+                          rng.normal(0, 0.5, gates * hidden * hidden).astype(np.float32))
+        outs = [f"Y_{tag}", f"Yh_{tag}"] + ([f"Yc_{tag}"] if op == "LSTM" else [])
+        node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=tag)
+        return h.make_graph([node], tag, [], [h.make_tensor_value_info(f"Yh_{tag}", T.FLOAT, None)], [w, r])
+
+    def inner(op, side):
+        # (Names unique in the model, as exporters give them.)
+        node = h.make_node("If", ["g"], [f"y_{side}"], then_branch=recurrent(op, f"{side}_a"),
+                           else_branch=recurrent(op, f"{side}_b"))
+        return h.make_graph([node], side, [], [h.make_tensor_value_info(f"y_{side}", T.FLOAT, None)])
+
+    node = h.make_node("If", ["flag"], ["y"], then_branch=inner("LSTM", "lstm"),
+                       else_branch=inner("GRU", "gru"))
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info("flag", T.BOOL, []),
+                                       h.make_tensor_value_info("g", T.BOOL, []),
+                                       h.make_tensor_value_info("x", T.FLOAT, ["T", 2, inp])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_an_if_inside_a_branch_runs_only_when_its_branch_is_taken():
+    """TVM's importer computes both branches of the outer If before it, each with its own
+    If; both inner Ifs ran on every call (the untaken side's kernels included).
+    SinkIntoBranches moves each inner If into the outer branch that reads it: main holds
+    the outer If alone, each side's function reaches only its own recurrent kernels, and
+    every combination of conditions matches onnxruntime, counting only the node that ran."""
+    from memotvm.passes.branches import SinkIntoBranches
+
+    model = _nested_if_model()
+    mod = SinkIntoBranches()(from_onnx(model).mod)
+    ifs = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: ifs.append(e) if isinstance(e, relax.If) else None)
+    assert len(ifs) == 1
+
+    def reached(expr) -> set:
+        """The recurrent kernels that calling ``expr``'s functions may run."""
+        names, seen, todo = set(), set(), [expr]
+        while todo:
+            called = []
+            relax.analysis.post_order_visit(todo.pop(), lambda e: called.append(e)
+                                            if isinstance(e, tvm.ir.GlobalVar) else None)
+            for gvar in called:
+                if gvar.name_hint not in seen:
+                    seen.add(gvar.name_hint)
+                    func = mod[gvar]
+                    if isinstance(func, relax.Function):
+                        todo.append(func.body)
+                    elif func.attrs is not None and "memotvm.recurrent" in func.attrs:
+                        names.add(gvar.name_hint)
+        return names
+
+    then_side, else_side = reached(ifs[0].true_branch), reached(ifs[0].false_branch)
+    assert len(then_side) == len(else_side) == 2 and not then_side & else_side
+    assert all("lstm" in name.lower() for name in then_side)
+    assert all("gru" in name.lower() for name in else_side)
+    compiled = memotvm.compile(model, memo=0.0)
+    x = np.cumsum(np.random.default_rng(1).normal(0, 0.3, (6, 2, 3)), axis=0).astype(np.float32)
+    for flag in (True, False):
+        for g in (True, False):
+            call = {"flag": np.array(flag), "g": np.array(g), "x": x}
+            assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
+            ran = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
+            assert ran == {("lstm_" if flag else "gru_") + ("a" if g else "b")}
+
+
 def test_vad_with_its_sample_rate_at_run_time_matches_onnxruntime_for_each_rate():
     inputs = feeds("vad_stream")
     plain = memotvm.compile(path("vad_stream"))

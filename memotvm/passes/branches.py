@@ -11,6 +11,9 @@ through a select on the branch's condition after the ``If``
 select becomes an output of the ``If`` itself (its operands computed in the branches),
 so that the counted kernel can move into its branch too.
 
+An ``If`` before it moves like any other binding: a model that branches on its sample
+rate and then, in each path, on a frame count, runs only the taken path's inner ``If``.
+
 What stays before the ``If``: what both branches or anything after the ``If`` read,
 ``match_cast`` bindings that bind symbolic sizes (later types may name them) and
 impure calls.  A memoized kernel's table reaches the results through the same kind of
@@ -47,7 +50,8 @@ class SinkIntoBranches:
                 while position < len(bindings):
                     sunk = None
                     if isinstance(bindings[position].value, relax.If):
-                        sunk = _sink(bindings, position, blocks[i + 1:], func.body.body, outline)
+                        sunk = _sink(bindings, position, blocks[i + 1:], func.body.body, outline,
+                                     _sizes_defined(func.params, blocks[:i]))
                     if sunk is None:
                         position += 1
                     else:
@@ -98,10 +102,10 @@ def _selects(bindings, position, aliases) -> dict:
     return out
 
 
-def _sink(bindings, position, later_blocks, result, outline):
+def _sink(bindings, position, later_blocks, result, outline, defined):
     """``bindings`` with what only one branch of the If at ``position`` reads moved
     into it, and the position of the first binding after the rewritten If; None where
-    nothing moves."""
+    nothing moves.  ``defined``: the sizes the parameters and earlier blocks define."""
     if_binding = bindings[position]
     branch = if_binding.value
     if not isinstance(branch.cond, relax.Var):
@@ -129,11 +133,13 @@ def _sink(bindings, position, later_blocks, result, outline):
     read(branch.cond, _OUT)
     sink = {}  # position -> the branch it moves into
     unread = []  # positions of pure bindings that nothing reads
+    known = [set(defined)]  # known[p]: the sizes defined before bindings[p]
+    for binding in bindings[:position]:
+        known.append(known[-1] | set(relax.analysis.tir_vars_in_type(binding.var.ty)))
     for p in range(position - 1, -1, -1):
         binding = bindings[p]
         sides = readers.get(binding.var, set())
-        movable = (isinstance(binding, relax.VarBinding) or _checks_only(binding)) \
-            and not isinstance(binding.value, relax.If) \
+        movable = (isinstance(binding, relax.VarBinding) or _checks_only(binding, known[p])) \
             and not relax.analysis.contains_impure_call(binding.value)
         if movable and not sides:
             unread.append(p)
@@ -180,13 +186,26 @@ def _sink(bindings, position, later_blocks, result, outline):
     return rewritten, after
 
 
-def _checks_only(binding) -> bool:
+def _checks_only(binding, defined: set) -> bool:
     """Whether ``binding`` is a match_cast that defines no size (it only checks, as the
-    run-time check that a squeezed axis is 1 does): it can move with what reads it."""
+    run-time check that a squeezed axis is 1 does, or a state's batch that must be the
+    input's): it can move with what reads it.  ``defined``: the sizes defined before it."""
     if not isinstance(binding, relax.MatchCast):
         return False
-    known = set(relax.analysis.tir_vars_in_type(binding.value.ty))
+    known = set(defined) | set(relax.analysis.tir_vars_in_type(binding.value.ty))
     return all(v in known for v in relax.analysis.tir_vars_in_type(binding.ty))
+
+
+def _sizes_defined(params, blocks) -> set:
+    """The sizes that ``params`` and the bindings of ``blocks`` define (every binding's
+    type names only sizes defined by then; a match_cast may define new ones)."""
+    sizes = set()
+    for param in params:
+        sizes.update(relax.analysis.tir_vars_in_type(param.ty))
+    for block in blocks:
+        for binding in block.bindings:
+            sizes.update(relax.analysis.tir_vars_in_type(binding.var.ty))
+    return sizes
 
 
 def _branch(seq: relax.SeqExpr, sunk: list, extra: list) -> relax.SeqExpr:
