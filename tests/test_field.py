@@ -803,6 +803,48 @@ def test_operators_over_constants_are_evaluated_when_importing():
     assert max_diff(memotvm.compile(model).run({"x": x}), onnxruntime(model, {"x": x})) <= FLOAT_TOL
 
 
+def test_whole_axis_slices_and_constant_gathers_on_symbolic_axes_leave_no_run_time_indexing():
+    """torch writes ``x[0:INT64_MAX]`` for a batch and ``state[0]`` for a layer of a
+    state whose batch is symbolic.  The slice of a whole axis is no slice, and the
+    Gather's index is a constant even though ``where(i < 0, i + n, i)`` cannot fold: left
+    as gathers by computed indices, each kept the operators after it from fusing and
+    made every call compute and check indices (silero: 30 kernels before its branches,
+    10 kernels in its STFT where 1 does with static shapes).  Negative indices, and
+    slices that are not whole, keep their meaning."""
+    big = 2 ** 63 - 1
+    consts = {"zero": [0], "end": [big], "c129": [129], "one": [1], "two": [2], "minus": [-1]}
+    nodes = [h.make_node("Constant", [], [k], value=h.make_tensor(k, T.INT64, [1], v)) for k, v in consts.items()]
+    nodes += [h.make_node("Slice", ["spec", "zero", "end", "zero"], ["s0"]),  # whole batch
+              h.make_node("Slice", ["s0", "zero", "c129", "one"], ["s1"]),  # 129 of 258 bins
+              h.make_node("Slice", ["s1", "zero", "end", "two"], ["s2"]),  # whole time axis
+              h.make_node("Mul", ["s2", "s2"], ["power"]),
+              h.make_node("Gather", ["state", "zero"], ["first"], axis=0),
+              h.make_node("Gather", ["state", "minus"], ["last"], axis=0),
+              h.make_node("Sub", ["first", "last"], ["change"]),
+              h.make_node("Slice", ["state", "zero", "minus", "zero"], ["but_last"])]
+    graph = h.make_graph(nodes, "stft", [h.make_tensor_value_info("spec", T.FLOAT, ["n", 258, "t"]),
+                                         h.make_tensor_value_info("state", T.FLOAT, ["layers", "n", 4])],
+                         [h.make_tensor_value_info(o, T.FLOAT, None) for o in ("power", "change", "but_last")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    calls, main = [], from_onnx(model).mod["main"]
+    model_spec = main.params[0]
+    relax.analysis.post_order_visit(main.body,
+                                    lambda e: calls.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) else None)
+    ops = [c.op.name for c in calls]
+    # One index checked (-1: computed from the size), one range gathered (the slice
+    # that stops before the end); the whole axes and state[0] need neither.
+    assert "relax.where" not in ops and ops.count("relax.call_tir_inplace") == 1
+    assert ops.count("relax.arange") == 1
+    assert not any(c.op.name == "relax.take" and c.args[0].same_as(model_spec) for c in calls)
+    compiled = memotvm.compile(model)
+    rng = np.random.default_rng(4)
+    for n, t, layers in ((1, 5, 2), (3, 1, 3)):
+        call = {"spec": rng.standard_normal((n, 258, t)).astype(np.float32),
+                "state": rng.standard_normal((layers, n, 4)).astype(np.float32)}
+        assert max_diff(compiled.run(call), onnxruntime(model, call)) <= FLOAT_TOL
+
+
 def test_fixed_inputs_errors_name_the_input():
     with pytest.raises(ConfigError, match="'rate', which is not an input.*input, state, sr"):
         memotvm.compile(path("vad_stream"), fixed_inputs={"rate": 8000})

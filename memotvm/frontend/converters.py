@@ -797,31 +797,33 @@ class SpecConverters:
         if not (len(starts) == len(ends) == len(axes) == len(steps)) or 0 in steps:
             return None  # TVM's converter reports it
         zero, one = tvm.tirx.const(0, "int64"), tvm.tirx.const(1, "int64")
-
-        def clamped(v, dim, low, high):
-            """Bound v made non-negative and clamped into [low, high]; a bound beyond
-            _SLICE_BOUND is an end of the axis (no huge constant: TVM's simplifier
-            overflows on them)."""
-            if v >= _SLICE_BOUND:
-                return high
-            if v <= -_SLICE_BOUND:
-                return low
-            value = tvm.tirx.const(v, "int64") + (dim if v < 0 else zero)
-            return tvm.tirx.min(tvm.tirx.max(value, low), high)
-
         sliced = []
         for axis, start, end, step in zip(axes, starts, ends, steps):
             dim = shape[axis % len(shape)]
+            # A whole axis (torch writes x[0:INT64_MAX] for a batch) is no slice at all:
+            # left out rather than gathered, which would keep every later operator
+            # from fusing with it (silero's STFT with a symbolic batch).
+            if _whole_axis(dim, start, end, step):
+                continue
             if step > 0:
-                first, stop = clamped(start, dim, zero, dim), clamped(end, dim, zero, dim)
+                first, stop = _clamped_bound(start, dim, zero, dim), _clamped_bound(end, dim, zero, dim)
                 count = (stop - first + step - 1) // step
             else:
-                first, stop = clamped(start, dim, zero, dim - one), clamped(end, dim, -one, dim - one)
+                first = _clamped_bound(start, dim, zero, dim - one)
+                stop = _clamped_bound(end, dim, -one, dim - one)
                 count = (first - stop - step - 1) // -step
             count = simplified(tvm.tirx.max(count, zero))
             sliced.append((axis % len(shape), simplified(first), count, step))
+        if not sliced:
+            return data
         if all(step > 0 and proven(count > 0) for _, _, count, step in sliced):
-            return None
+            if len(sliced) == len(axes):
+                return None
+            # (The whole axes left out; the others end just after their last element.)
+            return self.bb.normalize(relax.op.strided_slice(
+                data, [a for a, *_ in sliced], [f for _, f, _, _ in sliced],
+                [simplified(f + (c - 1) * s + 1) for _, f, c, s in sliced], [s for *_, s in sliced],
+                assume_inbound=True))
         out = data
         for axis, first, count, step in sliced:
             index = relax.op.arange(zero, count, tvm.tirx.const(1, "int64"), dtype="int64")
@@ -849,6 +851,33 @@ class SpecConverters:
         order = self.bb.normalize(relax.op.argsort(data, axis=axis, descending=bool(attrs.get("largest", 1)),
                                                    dtype="int64"))
         return relax.Tuple([self.bb.normalize(relax.op.gather_elements(data, order, axis)), order])
+
+
+def _clamped_bound(v: int, dim, low, high):
+    """A Slice bound ``v`` on an axis of size ``dim`` made non-negative and clamped into
+    [low, high]; a bound beyond _SLICE_BOUND is an end of the axis (no huge constant:
+    TVM's simplifier overflows on them)."""
+    if v >= _SLICE_BOUND:
+        return high
+    if v <= -_SLICE_BOUND:
+        return low
+    value = tvm.tirx.const(v, "int64") + (dim if v < 0 else tvm.tirx.const(0, "int64"))
+    return tvm.tirx.min(tvm.tirx.max(value, low), high)
+
+
+def _whole_axis(dim, start: int, end: int, step: int) -> bool:
+    """Whether a Slice from ``start`` to ``end`` by ``step`` takes an axis of size
+    ``dim`` whole, in order, for every size it may have (a size is never negative,
+    whatever the expression TVM gives it: a convolution's ``(n - 192) // 128 + 1``)."""
+    if step != 1:
+        return False
+    size = dim if isinstance(dim, tvm.tirx.IntImm) else tvm.tirx.Var("size", "int64")
+    zero = tvm.tirx.const(0, "int64")
+    analyzer = tvm.sym.Analyzer()
+    if isinstance(size, tvm.tirx.Var):
+        analyzer.update(size, tvm.sym.ConstIntBound(0, tvm.sym.ConstIntBound.POS_INF))
+    first, stop = _clamped_bound(start, size, zero, size), _clamped_bound(end, size, zero, size)
+    return bool(analyzer.can_prove(first == 0) and analyzer.can_prove(stop == size))
 
 
 # ONNX operator -> the SpecConverters method that converts it (op_name, node name,

@@ -449,7 +449,8 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     model = SplitOnRankChangingIfs()(ConstantFolding()(with_input_shapes(model, shapes)))
     mod, importer, graph, rec_names = _converted(model, shapes)
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
-    mod = FoldConstantCalls()(CheckShapeRelations()(BoundedGather()(mod)))
+    # (Folded before BoundedGather too: an index that folds needs no run-time check.)
+    mod = FoldConstantCalls()(CheckShapeRelations()(BoundedGather()(FoldConstantCalls()(mod))))
     initializers = {t.name for t in graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in initializers]
     params = mod["main"].params

@@ -9,7 +9,8 @@ tenth of a second or more apiece: GTCRN's export (32 Gathers, 37 Reshapes and 32
 shapes over constants) spent 12 of its 29 s of compile time there.  Here each such call
 is evaluated in numpy as it is met, for the operators whose numpy form is the ONNX
 result exactly: comparisons, integer arithmetic, ``where``, ``take``, forward
-``strided_slice``, ``concat``, ``permute_dims`` and the operators that only reshape.
+``strided_slice``, ``concat``, ``permute_dims`` and the operators that only reshape;
+and a ``where`` whose condition alone is constant becomes the operand it selects.
 Anything else, and a result whose shape or type is not the call's, is left for
 FoldConstant.
 """
@@ -33,6 +34,8 @@ _RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatt
 # against its inputs itself.
 _MAX_ELEMENTS = 1 << 22
 
+_analyzer = tvm.sym.Analyzer()
+
 
 @tvm.transform.module_pass(opt_level=0, name="FoldConstantCalls")
 class FoldConstantCalls:
@@ -54,6 +57,10 @@ class _ConstantCallFolder(relax.PyExprMutator):
         call = self.visit_expr_post_order(call)
         if not isinstance(call.op, tvm.ir.Op):
             return call
+        if call.op.name == "relax.where":
+            chosen = self._chosen_by_constant_condition(call)
+            if chosen is not None:
+                return chosen
         args = [self._constant(a) for a in call.args]
         if any(a is None for a in args):
             return call
@@ -68,6 +75,29 @@ class _ConstantCallFolder(relax.PyExprMutator):
         if list(value.shape) != want or str(value.dtype) != str(ty.dtype) or value.size > _MAX_ELEMENTS:
             return call
         return relax.const(np.array(value, order="C"), str(ty.dtype))  # (ascontiguousarray makes 0-d 1-d)
+
+    def _chosen_by_constant_condition(self, call):
+        """The operand a ``where`` whose condition is a constant, the same everywhere,
+        always selects, where it has the call's type (no broadcast); else None.  A
+        Gather by a constant index over an axis of symbolic size is ``where(i < 0, i +
+        n, i)``: the condition folds, the sum does not, and the index is then computed
+        (and checked) at run time on every call."""
+        cond = self._constant(call.args[0])
+        if not isinstance(cond, np.ndarray) or cond.size == 0:
+            return None
+        flat = cond.astype(bool).ravel()
+        if flat.any() and not flat.all():
+            return None
+        chosen = call.args[1] if flat[0] else call.args[2]
+        have, want = chosen.ty, call.ty
+        if not isinstance(have, relax.TensorType) or not isinstance(want, relax.TensorType) \
+                or str(have.dtype) != str(want.dtype) or not isinstance(have.shape, relax.ShapeExpr) \
+                or not isinstance(want.shape, relax.ShapeExpr) \
+                or len(have.shape.values) != len(want.shape.values) \
+                or not all(_analyzer.can_prove(a == b) for a, b in zip(have.shape.values, want.shape.values)):
+            return None
+        bound = self._constant(chosen)
+        return relax.const(bound, str(want.dtype)) if isinstance(bound, np.ndarray) else chosen
 
     def _constant(self, expr):
         """expr as a numpy array (a list for a tuple, an int for an IntImm)
