@@ -168,9 +168,12 @@ def test_only_the_taken_branch_runs_its_recurrent_node():
     _matches_onnxruntime_counting_the_taken_branch(memotvm.compile(model), model)
 
 
-def _nested_if_model(hidden=5, inp=3):
+def _nested_if_model(names_apart=True, hidden=5, inp=3):
     """y = flag ? (g ? LSTM_a(x) : LSTM_b(x)) : (g ? GRU_a(x) : GRU_b(x)), each Y_h: an
-    outer If whose branches branch again (silero's sample rate, then a frame count)."""
+    outer If whose branches branch again (silero's sample rate, then a frame count).
+    ``names_apart``: the inner branches named for their side, as exporters name them;
+    else the two inner Ifs have branches of the same names, sizes and outputs (and
+    initializers of the same names), which ONNX allows."""
     rng = np.random.default_rng(0)
 
     def recurrent(op, tag):
@@ -180,13 +183,13 @@ def _nested_if_model(hidden=5, inp=3):
         r = h.make_tensor(f"R_{tag}", T.FLOAT, [1, gates * hidden, hidden],
                           rng.normal(0, 0.5, gates * hidden * hidden).astype(np.float32))
         outs = [f"Y_{tag}", f"Yh_{tag}"] + ([f"Yc_{tag}"] if op == "LSTM" else [])
-        node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=tag)
+        node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=f"{op}_{tag}")
         return h.make_graph([node], tag, [], [h.make_tensor_value_info(f"Yh_{tag}", T.FLOAT, None)], [w, r])
 
     def inner(op, side):
-        # (Names unique in the model, as exporters give them.)
-        node = h.make_node("If", ["g"], [f"y_{side}"], then_branch=recurrent(op, f"{side}_a"),
-                           else_branch=recurrent(op, f"{side}_b"))
+        prefix = f"{side}_" if names_apart else ""
+        node = h.make_node("If", ["g"], [f"y_{side}"], then_branch=recurrent(op, prefix + "a"),
+                           else_branch=recurrent(op, prefix + "b"))
         return h.make_graph([node], side, [], [h.make_tensor_value_info(f"y_{side}", T.FLOAT, None)])
 
     node = h.make_node("If", ["flag"], ["y"], then_branch=inner("LSTM", "lstm"),
@@ -198,15 +201,17 @@ def _nested_if_model(hidden=5, inp=3):
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
-def test_an_if_inside_a_branch_runs_only_when_its_branch_is_taken():
+@pytest.mark.parametrize("names_apart", [True, False])
+def test_an_if_inside_a_branch_runs_only_when_its_branch_is_taken(names_apart):
     """TVM's importer computes both branches of the outer If before it, each with its own
     If; both inner Ifs ran on every call (the untaken side's kernels included).
     SinkIntoBranches moves each inner If into the outer branch that reads it: main holds
     the outer If alone, each side's function reaches only its own recurrent kernels, and
-    every combination of conditions matches onnxruntime, counting only the node that ran."""
+    every combination of conditions matches onnxruntime, counting only the node that ran
+    (also where the two inner Ifs' branches have the same names: the import failed)."""
     from memotvm.passes.branches import SinkIntoBranches
 
-    model = _nested_if_model()
+    model = _nested_if_model(names_apart)
     mod = SinkIntoBranches()(from_onnx(model).mod)
     ifs = []
     relax.analysis.post_order_visit(mod["main"].body, lambda e: ifs.append(e) if isinstance(e, relax.If) else None)
@@ -240,7 +245,8 @@ def test_an_if_inside_a_branch_runs_only_when_its_branch_is_taken():
             call = {"flag": np.array(flag), "g": np.array(g), "x": x}
             assert max_diff(compiled.run(call), onnxruntime(model, call)) < FLOAT_TOL
             ran = {node for (node, *_), c in compiled.last_stats.per_gate.items() if c.computed + c.reused}
-            assert ran == {("lstm_" if flag else "gru_") + ("a" if g else "b")}
+            side = "lstm" if flag else "gru"
+            assert ran == {f"{side.upper()}_" + (f"{side}_" if names_apart else "") + ("a" if g else "b")}
 
 
 def test_vad_with_its_sample_rate_at_run_time_matches_onnxruntime_for_each_rate():

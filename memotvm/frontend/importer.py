@@ -493,6 +493,7 @@ def _converted(model: onnx.ModelProto, shapes: dict):
         graph = onnx.GraphProto()
         graph.CopyFrom(model.graph)
         shapes_as_tensors(graph)
+        _name_branches_apart(graph)
         rec_names = _recurrent_node_names(graph, skipped=set(unreachable))
         for name in rec_names:  # extra outputs: each kernel's stats and status
             graph.output.add().name = STATS_PREFIX + name
@@ -720,6 +721,24 @@ def _last_line(err: BaseException) -> str:
 def _first_sentence(message: str) -> str:
     """A conversion error without the way out appended to it (:data:`_BRANCH_HINT`)."""
     return message.split(_BRANCH_HINT)[0].split(_UNKNOWN_RANK_HINT)[0]
+
+
+def _name_branches_apart(graph, names=None) -> None:
+    """Give every If branch of ``graph`` (at any depth) a name no other branch has, so
+    that :func:`_branch_key` tells them apart: two Ifs may have branches of the same
+    name, size and outputs (names need only be unique within a graph and its own
+    subgraphs), which took each other's condition."""
+    names = set() if names is None else names
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type != onnx.AttributeProto.GRAPH:
+                continue
+            base, count = attr.g.name, 1
+            while attr.g.name in names:
+                count += 1
+                attr.g.name = f"{base}_{count}"
+            names.add(attr.g.name)
+            _name_branches_apart(attr.g, names)
 
 
 def _branch_key(graph) -> tuple:
