@@ -106,22 +106,24 @@ def test_recurrent_nodes_in_if_branches_run_with_a_run_time_condition():
         assert {k: v for k, v in stats.items() if k[0] == taken} == dict(fixed.last_stats.per_gate)
 
 
+def _recurrent_branch(rng, op, tag, hidden, inp):
+    """An If branch (named ``tag``) whose value is ``op``(x).Y_h, with random weights;
+    the node is named ``{op}_{tag}``."""
+    gates = {"LSTM": 4, "GRU": 3}[op]
+    w = h.make_tensor(f"W_{tag}", T.FLOAT, [1, gates * hidden, inp],
+                      rng.normal(0, 0.5, gates * hidden * inp).astype(np.float32))
+    r = h.make_tensor(f"R_{tag}", T.FLOAT, [1, gates * hidden, hidden],
+                      rng.normal(0, 0.5, gates * hidden * hidden).astype(np.float32))
+    outs = [f"Y_{tag}", f"Yh_{tag}"] + ([f"Yc_{tag}"] if op == "LSTM" else [])
+    node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=f"{op}_{tag}")
+    return h.make_graph([node], tag, [], [h.make_tensor_value_info(f"Yh_{tag}", T.FLOAT, None)], [w, r])
+
+
 def _if_model(op_then="LSTM", op_else="GRU", hidden=5, inp=3):
     """y = (flag ? LSTM(x) : GRU(x)).Y_h, the condition an input."""
     rng = np.random.default_rng(0)
-
-    def branch(op, tag):
-        gates = {"LSTM": 4, "GRU": 3}[op]
-        w = h.make_tensor(f"W_{tag}", T.FLOAT, [1, gates * hidden, inp],
-                          rng.normal(0, 0.5, gates * hidden * inp).astype(np.float32))
-        r = h.make_tensor(f"R_{tag}", T.FLOAT, [1, gates * hidden, hidden],
-                          rng.normal(0, 0.5, gates * hidden * hidden).astype(np.float32))
-        outs = [f"Y_{tag}", f"Yh_{tag}"] + ([f"Yc_{tag}"] if op == "LSTM" else [])
-        node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=f"{op}_{tag}")
-        return h.make_graph([node], tag, [], [h.make_tensor_value_info(f"Yh_{tag}", T.FLOAT, None)], [w, r])
-
-    node = h.make_node("If", ["flag"], ["y"], then_branch=branch(op_then, "then"),
-                       else_branch=branch(op_else, "else"))
+    node = h.make_node("If", ["flag"], ["y"], then_branch=_recurrent_branch(rng, op_then, "then", hidden, inp),
+                       else_branch=_recurrent_branch(rng, op_else, "else", hidden, inp))
     graph = h.make_graph([node], "g", [h.make_tensor_value_info("flag", T.BOOL, []),
                                        h.make_tensor_value_info("x", T.FLOAT, ["T", 2, inp])],
                          [h.make_tensor_value_info("y", T.FLOAT, None)])
@@ -176,20 +178,11 @@ def _nested_if_model(names_apart=True, hidden=5, inp=3):
     initializers of the same names), which ONNX allows."""
     rng = np.random.default_rng(0)
 
-    def recurrent(op, tag):
-        gates = {"LSTM": 4, "GRU": 3}[op]
-        w = h.make_tensor(f"W_{tag}", T.FLOAT, [1, gates * hidden, inp],
-                          rng.normal(0, 0.5, gates * hidden * inp).astype(np.float32))
-        r = h.make_tensor(f"R_{tag}", T.FLOAT, [1, gates * hidden, hidden],
-                          rng.normal(0, 0.5, gates * hidden * hidden).astype(np.float32))
-        outs = [f"Y_{tag}", f"Yh_{tag}"] + ([f"Yc_{tag}"] if op == "LSTM" else [])
-        node = h.make_node(op, ["x", f"W_{tag}", f"R_{tag}"], outs, hidden_size=hidden, name=f"{op}_{tag}")
-        return h.make_graph([node], tag, [], [h.make_tensor_value_info(f"Yh_{tag}", T.FLOAT, None)], [w, r])
-
     def inner(op, side):
         prefix = f"{side}_" if names_apart else ""
-        node = h.make_node("If", ["g"], [f"y_{side}"], then_branch=recurrent(op, prefix + "a"),
-                           else_branch=recurrent(op, prefix + "b"))
+        node = h.make_node("If", ["g"], [f"y_{side}"],
+                           then_branch=_recurrent_branch(rng, op, prefix + "a", hidden, inp),
+                           else_branch=_recurrent_branch(rng, op, prefix + "b", hidden, inp))
         return h.make_graph([node], side, [], [h.make_tensor_value_info(f"y_{side}", T.FLOAT, None)])
 
     node = h.make_node("If", ["flag"], ["y"], then_branch=inner("LSTM", "lstm"),

@@ -22,6 +22,7 @@ import tvm
 from tvm import relax
 
 from ._relax_util import rewrite_functions
+from .shape_checks import provably_equal
 
 _COMPARISONS = {"relax.less": np.less, "relax.less_equal": np.less_equal,
                 "relax.greater": np.greater, "relax.greater_equal": np.greater_equal,
@@ -33,8 +34,6 @@ _RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatt
 # Results larger than this are left to FoldConstant, which weighs a constant's growth
 # against its inputs itself.
 _MAX_ELEMENTS = 1 << 22
-
-_analyzer = tvm.sym.Analyzer()
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldConstantCalls")
@@ -94,7 +93,7 @@ class _ConstantCallFolder(relax.PyExprMutator):
                 or str(have.dtype) != str(want.dtype) or not isinstance(have.shape, relax.ShapeExpr) \
                 or not isinstance(want.shape, relax.ShapeExpr) \
                 or len(have.shape.values) != len(want.shape.values) \
-                or not all(_analyzer.can_prove(a == b) for a, b in zip(have.shape.values, want.shape.values)):
+                or not all(provably_equal(a, b) for a, b in zip(have.shape.values, want.shape.values)):
             return None
         bound = self._constant(chosen)
         return relax.const(bound, str(want.dtype)) if isinstance(bound, np.ndarray) else chosen
