@@ -6,7 +6,7 @@ import ctypes
 import functools
 import warnings
 
-from .frontend import BUILD_LOCK, from_onnx
+from .frontend import BUILD_LOCK, from_onnx, hand_written_cell
 
 from .errors import ConfigError, MemoTVMError, NothingToMemoizeWarning, UnsupportedModelError
 from .passes import MemoConfig, MemoizeRecurrentLoops
@@ -113,15 +113,14 @@ def with_file_precision(memo, precision):
 
 def _warn_nothing_to_memoize(operators: dict) -> None:
     """Memoization applies to LSTM, GRU and RNN nodes; a model without one (a cell
-    unrolled into matrix products, a recurrence in a Loop or Scan body) compiles
-    unmodified, which the user is told rather than shown a reuse of 0."""
+    unrolled into matrix products) compiles unmodified, which the user is told rather
+    than shown a reuse of 0.  (A model with a Loop or Scan does not compile.)"""
     found = ", ".join(f"{op} x{n}" for op, n in sorted(operators.items(), key=lambda kv: -kv[1])[:8])
     hint = ""
-    if {"Loop", "Scan"} & set(operators):
-        hint = "; a recurrence written as a Loop or Scan body is not memoized"
-    elif {"Gemm", "MatMul"} & set(operators) and {"Sigmoid", "Tanh"} & set(operators):
-        hint = ("; matrix products with Sigmoid and Tanh look like a recurrent cell unrolled "
-                "by the exporter (export the layer as torch.nn.LSTM/GRU/RNN to memoize it)")
+    cell = hand_written_cell(operators)
+    if cell:
+        hint = (f"; {', '.join(cell)} look like a recurrent cell unrolled by the exporter "
+                "(export the layer as torch.nn.LSTM/GRU/RNN to memoize it)")
     warnings.warn(f"memoization requested, but the model has no LSTM, GRU or RNN node, so "
                   f"nothing is memoized (it has {found or 'no nodes'}){hint}",
                   NothingToMemoizeWarning, stacklevel=3)

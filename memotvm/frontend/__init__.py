@@ -3,7 +3,7 @@ through TVM's Relax ONNX frontend."""
 
 import threading
 
-from .importer import RECURRENT_OPS, ImportedModel, import_onnx
+from .importer import RECURRENT_OPS, ImportedModel, hand_written_cell, import_onnx
 from .loader import load_model
 from .recurrent import RecurrentLoop
 
@@ -25,6 +25,7 @@ __all__ = [
     "ImportedModel",
     "RecurrentLoop",
     "from_onnx",
+    "hand_written_cell",
     "import_onnx",
     "load_model",
 ]

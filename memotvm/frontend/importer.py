@@ -93,6 +93,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     f"node '{node.name}': operator {node.domain}.{op} is not an ai.onnx "
                     "operator and cannot be converted"
                 )
+            if op in LOOP_OPS:
+                raise UnsupportedModelError(_loop_message(node))
             if op not in convert_map and op not in RECURRENT_OPS and op not in SPEC_ONLY_OPS \
                     and op not in ("If", "Constant"):
                 raise UnsupportedModelError(
@@ -739,6 +741,48 @@ def _name_branches_apart(graph, names=None) -> None:
                 attr.g.name = f"{base}_{count}"
             names.add(attr.g.name)
             _name_branches_apart(attr.g, names)
+
+
+# ONNX's loops, which neither TVM's ONNX frontend nor memotvm compiles (If is the only
+# control flow converted).
+LOOP_OPS = ("Loop", "Scan")
+# A recurrent cell written out by hand: a matrix product and a gate function.
+_PRODUCT_OPS = {"MatMul", "Gemm"}
+_GATE_OPS = {"Sigmoid", "Tanh", "HardSigmoid"}
+
+
+def hand_written_cell(operators) -> list:
+    """The operators among ``operators`` that make what looks like a recurrent cell
+    written out by hand (a matrix product and a gate function, as exporters unroll a
+    cell), or [] where they do not."""
+    ops = set(operators)
+    if ops & _PRODUCT_OPS and ops & _GATE_OPS:
+        return sorted(ops & (_PRODUCT_OPS | _GATE_OPS))
+    return []
+
+
+def _loop_message(node) -> str:
+    """Why a Loop or Scan node is refused, and what to export instead where its body
+    steps a recurrent layer (a cell called in a Python loop, as torch.jit.script,
+    Paddle2ONNX and tf2onnx export it)."""
+    ops = {inner.op_type for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
+           for inner in all_nodes(attr.g)}
+    message = (f"node '{node.name}': operator '{node.op_type}' is not supported by memotvm "
+               "(ONNX loops are not compiled: If is the only control flow converted)")
+    recurrent = sorted(ops & set(RECURRENT_OPS))
+    if recurrent:
+        return message + (f". Its body runs {' and '.join(recurrent)} once per iteration. "
+                          "Where the layer's inputs are known before the loop, export it over "
+                          "the whole sequence instead (one node, the sequence as its first "
+                          "axis): memotvm then compiles and memoizes it")
+    cell = hand_written_cell(ops)
+    if cell:
+        return message + (f". Its body looks like a recurrent cell written out by hand ({', '.join(cell)}). "
+                          "Where the cell's inputs are known before the loop (not a decoder fed "
+                          "its own predictions), export the layer as the ONNX LSTM, GRU or RNN "
+                          "operator instead (torch.nn.LSTM, GRU or RNN, paddle.nn.LSTM or GRU, "
+                          "not a cell called in a loop): memotvm then compiles and memoizes it")
+    return message
 
 
 def _branch_key(graph) -> tuple:
