@@ -11,6 +11,8 @@ from tvm.ir.instrument import pass_instrument
 import memotvm
 from memotvm.frontend import from_onnx
 from memotvm.kernels import MemoPlan, build_kernel
+from memotvm.kernels.builder import KernelBuilder
+from memotvm.kernels.tiling import STREAM_WEIGHT_BYTES
 from memotvm.targets.cpu import _KERNEL_SKIPPED_PASSES, host_target
 from memotvm.testing import make_inputs, make_recurrent_model
 
@@ -84,6 +86,45 @@ def test_no_store_inside_the_launch_is_outside_a_parallel_loop(op, hidden, direc
     loop = from_onnx(model).loops[0]
     plan = MemoPlan(predictor, (0.3,) * loop.num_directions) if predictor else None
     assert stores_outside_parallel_loops(lowered(build_kernel(loop, plan))) == []
+
+
+# Batches around the blocks of two elements (one block, a repeated last element,
+# several blocks); hidden 40 (one unit block), 100 (two, R of 160 KB: still streams);
+# input 60 > hidden 40 (a single chain keeps its projection's tasks in parallel).
+@pytest.mark.parametrize("op,input_size,hidden,direction,batches", [
+    ("LSTM", 24, 40, "forward", (1, 2, 3, 8)),
+    ("GRU", 24, 40, "reverse", (2, 5)),
+    ("RNN", 24, 40, "bidirectional", (1, 3)),
+    ("LSTM", 60, 40, "forward", (1, 3)),
+    ("GRU", 24, 100, "forward", (1, 2, 5)),
+])
+def test_streams_give_the_step_by_step_kernels_bits(op, input_size, hidden, direction, batches):
+    """Where the unmodified kernel runs its chains as independent streams (each worker
+    all the steps of its blocks of elements, no barrier per step), its results are
+    those of the memoized kernel at threshold 0, which keeps the step-by-step tasks,
+    bit for bit, and onnxruntime's; on every worker of the pool."""
+    attrs = {"linear_before_reset": 0} if op == "GRU" else None
+    model = make_recurrent_model(op, input_size, hidden, direction=direction, sequence_lens=True,
+                                 initial_h=True, attrs=attrs, seed=hidden)
+    loop = from_onnx(model).loops[0]
+    assert KernelBuilder(loop).has_streams
+    assert not KernelBuilder(loop, MemoPlan("bnn", (0.0,) * loop.num_directions)).has_streams
+    plain = memotvm.compile(model, adaptive_threads=False)
+    stepwise = memotvm.compile(model, memo=0.0, adaptive_threads=False)
+    for batch in batches:
+        feeds = make_inputs(model, 11, batch, seed=batch)
+        got = plain.run(feeds)
+        assert_outputs_close(got, run_onnxruntime(model, feeds), atol=1e-5)
+        for a, b in zip(got, stepwise.run(feeds)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_streams_only_where_each_worker_can_keep_r_in_its_cache():
+    """A stream reads all of R every step: layers whose R exceeds STREAM_WEIGHT_BYTES
+    (LSTM 256: 1 MiB) keep the tasks that split it by unit blocks."""
+    small, large = (from_onnx(make_recurrent_model("LSTM", 8, h)).loops[0] for h in (128, 256))
+    assert KernelBuilder(small).has_streams and not KernelBuilder(large).has_streams
+    assert 4 * 128 * 128 * 4 <= STREAM_WEIGHT_BYTES < 4 * 256 * 256 * 4
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])

@@ -41,6 +41,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import tvm
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
@@ -53,8 +54,8 @@ from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for
 from .tiling import (MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
-                     SCALAR_ACTIVATIONS, TIME_BLOCK, batch_block, blocks_batch_from, i64,
-                     unit_block, vector_lanes)
+                     SCALAR_ACTIVATIONS, STREAM_WEIGHT_BYTES, TIME_BLOCK, batch_block,
+                     blocks_batch_from, i64, unit_block, vector_lanes)
 from .tir_math import TirMath
 
 # The dtypes a float32 node's kernel may take W and R in.
@@ -125,8 +126,88 @@ class KernelBuilder(DenseProducts):
         return ib.get()
 
     def _time_loop(self):
-        """The steps, run by every worker of one parallel launch (see parallel)."""
+        """The steps, run by every worker of one parallel launch (see parallel): as
+        independent streams where the kernel has them (see stream_loop), else task by
+        task within each step."""
+        if not self.has_streams:
+            self._step_loop()
+            return
+        loop = self.loop
+        if self.unit_blocks == 1 and loop.input_size <= loop.hidden_size:
+            # A single chain's step is one task, and its projection no larger: one
+            # stream (two threads did not pay at batch 1, H <= 64).
+            self.stream_loop()
+            return
+        # A single chain's unit blocks (or its projection's rows) are tasks in parallel.
+        with T.If(i64(self.loop.num_directions) * self.batch >= i64(2)):
+            with T.Then():
+                self.stream_loop()
+            with T.Else():
+                self._step_loop(single=True)
+
+    @property
+    def has_streams(self):
+        """Whether chains may run as independent streams (see stream_loop): where the
+        scheme allows it and R is small enough for each worker to read all of it
+        (STREAM_WEIGHT_BYTES)."""
+        loop = self.loop
+        r_bytes = loop.rows * loop.hidden_size * tvm.DataType(self.weights).bits // 8
+        return self.scheme.streams and r_bytes <= STREAM_WEIGHT_BYTES
+
+    def stream_loop(self):
+        """The chains as independent streams: each worker takes whole blocks of
+        elements of a direction (those a step's tasks would take) and runs all their
+        steps, their input projections included, without waiting for the others.
+
+        A step's tasks waited at a barrier for the slowest (and for a worker the OS
+        descheduled) every step; chains never read each other's state, so streams
+        need none.  A stream reads all of R every step, where a task reads its unit
+        block's rows: hence only for R of at most STREAM_WEIGHT_BYTES, which stays in
+        a core's own cache.  A stream projects only its own chains' inputs, task after
+        task, each task's rows for all the stream's elements while they are in cache."""
+        block, batch = batch_block(), self.batch
+        # Blocks of elements where they make two streams or more, else one element each.
+        blocks = (batch + block - 1) // block
+        with T.If(tirx.And(batch >= i64(blocks_batch_from(block)),
+                           i64(self.loop.num_directions) * blocks >= i64(2))):
+            with T.Then():
+                self._streams_of(block)
+            with T.Else():
+                self._streams_of(1)
+
+    def _streams_of(self, nb):
+        """:meth:`_stream_loop` with blocks of ``nb`` elements."""
+        nd, batch = self.loop.num_directions, self.batch
+        blocks = T.bind((batch + nb - 1) // nb) if nb > 1 else batch
+        with self.parallel(nd * blocks) as task:
+            d = T.bind(task // blocks) if nd > 1 else i64(0)
+            b0 = T.bind((task % blocks) * nb) if nd > 1 else T.bind(task * nb)
+            elems = [b0] if nb == 1 else [T.bind(tirx.min(b0 + i, batch - 1)) for i in range(nb)]
+            block = (b0, nb, elems)
+            elements = T.bind(tirx.min(i64(nb), batch - b0))
+            with T.serial(0, self.seq) as s:
+                self.named("step", s)
+                with T.If(s % self.chunk == 0):
+                    with T.Then():
+                        self._input_projection(s, stream=(d, b0, elements))
+                # A stream computes every unit block of its chains, in turn.
+                if self.gru_reset_first:
+                    with T.serial(0, self.unit_blocks) as ub:
+                        self._gru_reset_phase(d, ub, block, s)
+                with T.serial(0, self.unit_blocks) as ub:
+                    self._main_phase(d, ub, block, s)
+
+    def _step_loop(self, single=False):
+        """The steps one after another, each a parallel loop of tasks (``single``: of
+        a batch of one element)."""
         scheme = self.scheme
+
+        def tasks(s, phase):
+            if single:
+                self._task_loop(s, phase, 1, None)
+            else:
+                self.parallel_tasks(s, phase)
+
         with T.serial(0, self.seq) as s:
             self.named("step", s)
             if scheme.uses_projection:
@@ -136,9 +217,9 @@ class KernelBuilder(DenseProducts):
                         self._input_projection(s)
             scheme.begin_step(s)
             if self.gru_reset_first:
-                self.parallel_tasks(s, self._gru_reset_phase)
+                tasks(s, self._gru_reset_phase)
                 scheme.after_reset_phase(s)
-            self.parallel_tasks(s, self._main_phase)
+            tasks(s, self._main_phase)
 
     @staticmethod
     @contextmanager

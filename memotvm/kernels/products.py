@@ -245,29 +245,33 @@ class DenseProducts:
         """:meth:`_projected_vector` of steps s .. s+TIME_BLOCK-1."""
         return [self._projected_vector(d, b, s + tb) for tb in range(TIME_BLOCK)]
 
-    def _input_projection(self, s):
+    def _input_projection(self, s, stream=None):
         """input_projection[i, d, b, j] = W_j . x_t + Wb_j for steps s + i of a chunk.
 
         A task owns 64 rows and computes them for all those steps, four rows times four
         steps per block: its weight rows stay in cache, so W is read from memory once
         per chunk.  Steps past an element's length (or the sequence)
         read a clamped position and are never used.  With W in panels
-        (:mod:`.input_panels`), :meth:`_panel_projection` instead.
+        (:mod:`.input_panels`), :meth:`_panel_projection` instead.  ``stream``: the
+        (direction, first element, elements) of an independent stream
+        (:meth:`~memotvm.kernels.builder.KernelBuilder.stream_loop`), whose worker
+        computes its chains' rows, task after task.
         """
         if self.input_panels:
-            self._panel_projection(s)
+            self._panel_projection(s, stream)
             return
         loop = self.loop
-        nd, G = loop.num_directions, loop.rows
+        G = loop.rows
         per_task = PROJECTION_TASK_ROWS
         ntasks = -(-G // per_task)
         blocks = T.bind(tirx.min(self.chunk // TIME_BLOCK,
                                  (self.seq - s + TIME_BLOCK - 1) // TIME_BLOCK))
-        with self.parallel(nd * ntasks) as task:
-            d = T.bind(task // ntasks) if nd > 1 else i64(0)
-            first = T.bind((task % ntasks) * per_task)
+
+        def task(d, t, first_element, elements):
+            first = T.bind(t * per_task)
             last = T.bind(tirx.min(first + per_task, i64(G)))
-            with T.grid(self.batch, blocks) as (b, sb):
+            with T.grid(elements, blocks) as (e, sb):
+                b = first_element + e
 
                 def store(j, tb, value):
                     T.buffer_store(self.xproj, value, [sb * TIME_BLOCK + tb, d, b, j])
@@ -278,7 +282,22 @@ class DenseProducts:
                 self._in_row_blocks(first, last, lambda j0, n: self._project_rows(
                     d, b, s + sb * TIME_BLOCK, j0, n, store), block)
 
-    def _panel_projection(self, s):
+        self._projection_tasks(ntasks, task, stream)
+
+    def _projection_tasks(self, ntasks, task, stream):
+        """task(d, t, first element, elements) for every direction d and task t <
+        ntasks: in parallel over every element, or one after another over a stream's."""
+        nd = self.loop.num_directions
+        if stream is None:
+            with self.parallel(nd * ntasks) as i:
+                d = T.bind(i // ntasks) if nd > 1 else i64(0)
+                task(d, T.bind(i % ntasks), i64(0), self.batch)
+            return
+        d, first_element, elements = stream
+        with T.serial(0, ntasks) as t:
+            task(d, t, first_element, elements)
+
+    def _panel_projection(self, s, stream=None):
         """:meth:`_input_projection` from W in panels: the chunk's steps times W's
         transpose on the register tile of :mod:`.panels`, each W_j . x_t summed in
         order of k.  A tile is four steps of one element by a panel of rows; the steps
@@ -290,38 +309,40 @@ class DenseProducts:
         computes them for every element and step of the chunk: their weights stay in
         cache, and the four steps' x in L1 while the task's panels read them."""
         loop = self.loop
-        nd, G, lanes = loop.num_directions, loop.rows, self.lanes
+        G = loop.rows
         npanels = panel_count(G)
-        per_task = max(1, PROJECTION_TASK_ROWS // (panel_vectors() * lanes))  # panels
+        per_task = max(1, PROJECTION_TASK_ROWS // (panel_vectors() * self.lanes))  # panels
         ntasks = -(-npanels // per_task)
         steps = T.bind(tirx.min(self.chunk, self.seq - s))
         whole, tail = T.bind(steps // TIME_BLOCK), T.bind(steps % TIME_BLOCK)
-        batch = self.batch
-        with self.parallel(nd * ntasks) as task:
-            d = T.bind(task // ntasks) if nd > 1 else i64(0)
-            first_panel = T.bind((task % ntasks) * per_task)
+
+        def task(d, t, first_element, elements):
+            first_panel = T.bind(t * per_task)
             panels = T.bind(tirx.min(i64(per_task), i64(npanels) - first_panel))
 
             def project(at, vecs, first, rows, p):
                 for_panel(first_panel + p, G, lambda col, width, _whole: self._project_panel(
                     d, at, vecs, first, rows, col, width))
 
-            with T.grid(batch, whole, panels) as (b, sb, p):
+            with T.grid(elements, whole, panels) as (e, sb, p):
+                b = T.bind(first_element + e)
                 step = T.bind(sb * TIME_BLOCK)
                 project(lambda row: (row, b), self._projected_vectors(d, b, s + step),
                         step, step + i64(TIME_BLOCK), p)
-            groups = T.bind(batch // TILE_ROWS)
+            groups = T.bind(elements // TILE_ROWS)
             with T.grid(tail, panels) as (r, p):
                 step = T.bind(whole * TIME_BLOCK + r)
                 with T.serial(0, groups) as g:
-                    b0 = T.bind(g * TILE_ROWS)
+                    b0 = T.bind(first_element + g * TILE_ROWS)
                     project(lambda row: (step, row),
                             [self._projected_vector(d, b0 + i, s + step) for i in range(TILE_ROWS)],
                             b0, b0 + i64(TILE_ROWS), p)
                 # (the last elements one at a time: a batch of one computes one row)
-                with T.serial(groups * TILE_ROWS, batch) as b:
+                with T.serial(first_element + groups * TILE_ROWS, first_element + elements) as b:
                     project(lambda row: (step, row), [self._projected_vector(d, b, s + step)],
                             b, b + i64(1), p)
+
+        self._projection_tasks(ntasks, task, stream)
 
     def _project_panel(self, d, at, vecs, first, rows, col, width):
         """The projections of rows col .. col + width x lanes - 1 (those below the rows)

@@ -29,6 +29,11 @@ PROJECTION_BYTES = 16 << 20
 MIN_PROJECTION_STEPS = 32
 # Hidden units per task.
 UNIT_BLOCK = 64
+# R of at most this many bytes per direction lets the unmodified kernel's chains run as
+# independent streams, each worker reading all of R every step
+# (KernelBuilder.stream_loop): it then stays in a core's own L2 cache (512 KiB on Zen 3,
+# 1-2 MiB on recent Intel cores).
+STREAM_WEIGHT_BYTES = 256 << 10
 # Activations whose float32 form calls a math function (not vectorized).
 SCALAR_ACTIVATIONS = {"Softplus"}
 # The row index in an entry of a memoized block's list of rows (the bits above 32 say

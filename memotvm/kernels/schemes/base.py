@@ -28,6 +28,10 @@ class Scheme:
     # A task takes a block of batch elements (tiling.batch_block) whose products share their
     # weight loads (else one element).
     blocks_batch = True
+    # Chains may run as independent streams, each worker all the steps of its own
+    # (KernelBuilder.stream_loop): the scheme emits nothing per step outside a task's
+    # chains (no begin_step, before_projection or after_reset_phase).
+    streams = False
 
     def __init__(self, kb):
         self.kb = kb

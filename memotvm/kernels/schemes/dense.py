@@ -10,6 +10,8 @@ from .base import Scheme
 class Dense(Scheme):
     """Every neuron, for a task's whole block of batch elements together."""
 
+    streams = True
+
     def evaluate_block(self, d, ub, block, s, gates, u_buf):
         """Evaluate the neurons of unit block ub in ``gates`` for the task's batch
         elements together, reading u from ``u_buf`` (h of the previous step or r (.) h).
