@@ -13,6 +13,7 @@ from memotvm.frontend import from_onnx
 from memotvm.kernels import MemoPlan, build_kernel
 from memotvm.kernels.builder import KernelBuilder
 from memotvm.kernels.tiling import STREAM_WEIGHT_BYTES
+from memotvm.passes import MemoConfig
 from memotvm.targets.cpu import _KERNEL_SKIPPED_PASSES, host_target
 from memotvm.testing import make_inputs, make_recurrent_model
 
@@ -99,24 +100,30 @@ def test_no_store_inside_the_launch_is_outside_a_parallel_loop(op, hidden, direc
     ("GRU", 24, 100, "forward", (1, 2, 5)),
 ])
 def test_streams_give_the_step_by_step_kernels_bits(op, input_size, hidden, direction, batches):
-    """Where the unmodified kernel runs its chains as independent streams (each worker
-    all the steps of its blocks of elements, no barrier per step), its results are
-    those of the memoized kernel at threshold 0, which keeps the step-by-step tasks,
-    bit for bit, and onnxruntime's; on every worker of the pool."""
+    """Where the unmodified and memoized kernels run their chains as independent
+    streams (each worker all the steps of its blocks of elements, no barrier per
+    step), their results are those of the oracle at threshold 0, which keeps the
+    step-by-step tasks, bit for bit (and the unmodified kernel's are onnxruntime's);
+    on every worker of the pool."""
     attrs = {"linear_before_reset": 0} if op == "GRU" else None
     model = make_recurrent_model(op, input_size, hidden, direction=direction, sequence_lens=True,
                                  initial_h=True, attrs=attrs, seed=hidden)
     loop = from_onnx(model).loops[0]
-    assert KernelBuilder(loop).has_streams
-    assert not KernelBuilder(loop, MemoPlan("bnn", (0.0,) * loop.num_directions)).has_streams
+    thresholds = (0.0,) * loop.num_directions
+    assert KernelBuilder(loop).has_streams and KernelBuilder(loop, MemoPlan("bnn", thresholds)).has_streams
+    assert not KernelBuilder(loop, MemoPlan("oracle", thresholds)).has_streams
     plain = memotvm.compile(model, adaptive_threads=False)
-    stepwise = memotvm.compile(model, memo=0.0, adaptive_threads=False)
+    memoized = memotvm.compile(model, memo=MemoConfig(threshold=0.0), adaptive_threads=False)
+    stepwise = memotvm.compile(model, memo=MemoConfig(threshold=0.0, predictor="oracle"),
+                               adaptive_threads=False)
     for batch in batches:
         feeds = make_inputs(model, 11, batch, seed=batch)
         got = plain.run(feeds)
         assert_outputs_close(got, run_onnxruntime(model, feeds), atol=1e-5)
-        for a, b in zip(got, stepwise.run(feeds)):
-            np.testing.assert_array_equal(a, b)
+        want = stepwise.run(feeds)
+        for outputs in (got, memoized.run(feeds)):
+            for a, b in zip(outputs, want):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_streams_only_where_each_worker_can_keep_r_in_its_cache():

@@ -24,6 +24,7 @@ class Memoization(Scheme):
     """Memoization guarded by ``predictor`` (:mod:`memotvm.predictors`)."""
 
     keeps_input_parts = True
+    streams = True
 
     def __init__(self, kb, predictor):
         super().__init__(kb)
