@@ -139,7 +139,7 @@ class KernelBuilder(DenseProducts):
             self.stream_loop()
             return
         # A single chain's unit blocks (or its projection's rows) are tasks in parallel.
-        with T.If(i64(self.loop.num_directions) * self.batch >= i64(2)):
+        with T.If(i64(loop.num_directions) * self.batch >= i64(2)):
             with T.Then():
                 self.stream_loop()
             with T.Else():
@@ -176,7 +176,7 @@ class KernelBuilder(DenseProducts):
                 self._streams_of(1)
 
     def _streams_of(self, nb):
-        """:meth:`_stream_loop` with blocks of ``nb`` elements."""
+        """:meth:`stream_loop` with blocks of ``nb`` elements."""
         nd, batch = self.loop.num_directions, self.batch
         blocks = T.bind((batch + nb - 1) // nb) if nb > 1 else batch
         with self.parallel(nd * blocks) as task:
@@ -187,9 +187,10 @@ class KernelBuilder(DenseProducts):
             elements = T.bind(tirx.min(i64(nb), batch - b0))
             with T.serial(0, self.seq) as s:
                 self.named("step", s)
-                with T.If(s % self.chunk == 0):
-                    with T.Then():
-                        self._input_projection(s, stream=(d, b0, elements))
+                if self.scheme.uses_projection:
+                    with T.If(s % self.chunk == 0):
+                        with T.Then():
+                            self._input_projection(s, stream=(d, b0, elements))
                 # A stream computes every unit block of its chains, in turn.
                 if self.gru_reset_first:
                     with T.serial(0, self.unit_blocks) as ub:
