@@ -114,11 +114,15 @@ def with_file_precision(memo, precision):
 def _warn_nothing_to_memoize(operators: dict) -> None:
     """Memoization applies to LSTM, GRU and RNN nodes; a model without one (a cell
     unrolled into matrix products) compiles unmodified, which the user is told rather
-    than shown a reuse of 0.  (A model with a Loop or Scan does not compile.)"""
+    than shown a reuse of 0."""
     found = ", ".join(f"{op} x{n}" for op, n in sorted(operators.items(), key=lambda kv: -kv[1])[:8])
     hint = ""
     cell = hand_written_cell(operators)
-    if cell:
+    if cell and "Loop" in operators:
+        hint = (f"; {', '.join(cell)} in a Loop look like a recurrent cell stepped by the loop, "
+                "compiled as written (where the cell's inputs are known before the loop, export "
+                "the layer as torch.nn.LSTM/GRU/RNN to memoize it)")
+    elif cell:
         hint = (f"; {', '.join(cell)} look like a recurrent cell unrolled by the exporter "
                 "(export the layer as torch.nn.LSTM/GRU/RNN to memoize it)")
     warnings.warn(f"memoization requested, but the model has no LSTM, GRU or RNN node, so "

@@ -14,6 +14,8 @@ backend_test.include(r"^test_(lstm|gru|simple_rnn|rnn)_.*_cpu$")
 # Operators memotvm converts or lowers itself around the recurrent layers: Slice and
 # Expand (frontend/converters.py), products by constants and softmax (targets/host_*).
 backend_test.include(r"^test_(slice|expand|matmul|gemm|softmax|logsoftmax)_.*_cpu$")
+# Loop (frontend/loops.py), and Range as its function body expands it (a Loop).
+backend_test.include(r"^test_(loop11|range_(float|int32)_type_\w+)_cpu$")
 globals().update(backend_test.test_cases)
 
 

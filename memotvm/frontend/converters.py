@@ -126,6 +126,8 @@ class SpecConverters:
         """Expand to a shape held in a tensor, or to a constant shape where x has
         dynamic dimensions; TVM's converter for the rest."""
         target = self._constant(inputs[1])
+        if target is None and isinstance(inputs[1].ty, relax.ShapeType):  # (in a loop's body)
+            inputs = _copied([inputs[0], self.bb.normalize(relax.op.shape_to_tensor(inputs[1]))])
         if target is None and isinstance(inputs[1].ty, relax.TensorType):
             return self._expand_to_tensor_shape(inputs, attrs, opset)
         if target is not None and _dynamic_dims(inputs[0]):
@@ -527,6 +529,48 @@ class SpecConverters:
         return self.bb.normalize(relax.op.astype(
             relax.op.add(rounded, relax.const(zero, "int32")), str(y_zero.ty.dtype)))
 
+    def _resize(self, op_name, name, inputs, attrs, opset):
+        """Resize whose scales (or sizes) input is an empty tensor, which ONNX reads as
+        not given (Paddle2ONNX passes empty roi and scales with sizes); TVM's converter
+        took it for given, and refused the node for having both."""
+        empty = [k for k in (2, 3) if k < len(inputs) and inputs[k] is not None
+                 and (value := self._constant(inputs[k])) is not None and value.size == 0]
+        if empty:
+            inputs = _copied(inputs)
+            for k in empty:
+                inputs[k] = None
+        sizes = inputs[3] if len(inputs) > 3 else None
+        if sizes is not None and self._constant(sizes) is None and inputs[0].ty.ndim == 4:
+            return self._resize_to_sizes_known_at_run_time(name, inputs, attrs)
+        return self._tvm_convert(op_name, inputs, attrs, opset) if empty else None
+
+    def _resize_to_sizes_known_at_run_time(self, name, inputs, attrs):
+        """A 2-d Resize to ``sizes`` computed when the model runs (a feature pyramid
+        upsamples a map to its neighbour's size, over an image of symbolic size), which
+        TVM's converter refuses: the sizes become symbols that the match defines, and
+        checks against the input's batch and channels (ONNX resizes those too; a
+        network that does is refused at run time)."""
+        x, sizes = inputs[0], inputs[3]
+        roi = self._constant(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None
+        if len(inputs) > 1 and inputs[1] is not None and (roi is None or roi.size not in (0, 8)):
+            return None  # (TVM's converter says why)
+        if isinstance(sizes.ty, relax.TensorType):
+            sizes = self.bb.normalize(relax.op.tensor_to_shape(relax.op.astype(sizes, "int64")))
+        n, c = x.ty.shape.values[:2] if isinstance(x.ty.shape, relax.ShapeExpr) else (None, None)
+        if n is None:
+            return None
+        h, w = (tvm.tirx.Var(f"{name}_{axis}", "int64") for axis in ("height", "width"))
+        self.bb.match_cast(sizes, relax.ShapeType([n, c, h, w]))
+        mode = attrs.get("mode", b"nearest").decode("ascii")
+        roi = [0.0] * 4 if roi is None or roi.size == 0 else [float(v) for v in (roi[2], roi[3], roi[6], roi[7])]
+        return self.bb.normalize(relax.op.image.resize2d(
+            x, size=relax.ShapeExpr([h, w]), roi=roi, layout="NCHW",
+            method="nearest_neighbor" if mode == "nearest" else mode,
+            coordinate_transformation_mode=attrs.get("coordinate_transformation_mode", b"half_pixel").decode("ascii"),
+            rounding_method=attrs.get("nearest_mode", b"round_prefer_floor").decode("ascii"),
+            cubic_alpha=attrs.get("cubic_coeff_a", -0.75), cubic_exclude=attrs.get("exclude_outside", 0),
+            extrapolation_value=attrs.get("extrapolation_value", 0.0)))
+
     def _celu(self, op_name, name, inputs, attrs, opset):
         """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
         x, alpha = inputs[0], float(attrs.get("alpha", 1.0))
@@ -892,6 +936,7 @@ _CONVERTERS = {
     "ConvInteger": "_conv_integer", "Cast": "_cast", "ConvTranspose": "_conv_transpose",
     "Softmax": "_coerced_to_2d", "LogSoftmax": "_coerced_to_2d", "Hardmax": "_coerced_to_2d",
     "Clip": "_clip", "Equal": "_equal", "QLinearConv": "_qlinear_conv", "QLinearMatMul": "_qlinear_matmul",
+    "Resize": "_resize",
 }
 
 
@@ -1027,11 +1072,16 @@ def _elementwise(args, op):
     return [simplified(op(*[a[i] if len(a) > 1 else a[0] for a in args])) for i in range(n)]
 
 
-def shapes_as_tensors(graph) -> None:
+def shapes_as_tensors(graph, produced=frozenset()) -> None:
     """Rename the inputs of operators that cannot take a shape value (not in
-    SHAPE_INPUT_OPS) to ``name + AS_TENSOR`` where another node produces them."""
-    produced = {out for node in graph.node for out in node.output if out}
+    SHAPE_INPUT_OPS) to ``name + AS_TENSOR`` where another node produces them, in
+    ``graph`` and in its loops' bodies (converted as graphs are, node by node)."""
+    produced = set(produced) | {out for node in graph.node for out in node.output if out}
     for node in graph.node:
+        if node.op_type == "Loop":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    shapes_as_tensors(attr.g, produced)
         if node.op_type in SHAPE_INPUT_OPS or node.domain not in ("", "ai.onnx"):
             continue
         for i, name in enumerate(node.input):

@@ -31,6 +31,7 @@ from .qlinear_contrib import DequantizeContribOps
 from .quantized import DequantizeRecurrentWeights
 from .rank_branches import SplitOnRankChangingIfs
 from .folding import ConstantFolding, all_nodes, bind_inputs, node_inputs, with_input_shapes
+from .loops import LoopConverter
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -60,10 +61,10 @@ class ImportedModel:
     implied_sizes: dict = field(default_factory=dict)
 
 
-class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
-    """TVM's ONNX importer that also converts LSTM, GRU and RNN nodes, and the operators
-    of :mod:`.converters` where TVM's frontend refuses valid models or departs from the
-    ONNX spec."""
+class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGraphImporter):
+    """TVM's ONNX importer that also converts LSTM, GRU and RNN nodes, ONNX loops
+    (:mod:`.loops`), and the operators of :mod:`.converters` where TVM's frontend
+    refuses valid models or departs from the ONNX spec."""
 
     def __init__(self, *args, unreachable: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -93,10 +94,10 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     f"node '{node.name}': operator {node.domain}.{op} is not an ai.onnx "
                     "operator and cannot be converted"
                 )
-            if op in LOOP_OPS:
+            if op in UNCOMPILED_LOOP_OPS or (op == "Loop" and _runs_recurrent_node(node)):
                 raise UnsupportedModelError(_loop_message(node))
             if op not in convert_map and op not in RECURRENT_OPS and op not in SPEC_ONLY_OPS \
-                    and op not in ("If", "Constant"):
+                    and op not in ("If", "Constant", "Loop"):
                 raise UnsupportedModelError(
                     f"node '{node.name}': operator '{op}' is not supported by memotvm "
                     "(neither a recurrent op nor one TVM's ONNX frontend converts)"
@@ -108,6 +109,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
                     other = branches.get("else_branch" if label == "then_branch" else "then_branch")
                     self._siblings[_branch_key(branch)] = (other, node.name, label.split("_")[0])
                     self._check_for_unsupported_ops(branch)
+            if op == "Loop":
+                self._check_for_unsupported_ops(next(a.g for a in node.attribute if a.name == "body"))
 
     def _convert_subgraph(self, bb, graph):
         """An If branch.  TVM's importer computes both branches before the If selects
@@ -188,6 +191,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
         try:
             if op_name in RECURRENT_OPS:
                 return self._convert_recurrent(op_name, inputs, attrs)
+            if op_name == "Loop":
+                return self._convert_loop(inputs, attrs)
             converted = self.convert_by_spec(op_name, inputs, attrs, opset)
             if converted is None:
                 converted = super()._convert_operator(op_name, inputs, attrs, opset)
@@ -215,6 +220,8 @@ class RecurrentGraphImporter(SpecConverters, onnx_frontend.ONNXGraphImporter):
             rebuilt = with_shape_relations(self.bb, value)
             if rebuilt is not value:
                 return self.bb.normalize(rebuilt)
+            if self._loop_depth:
+                return self._sized(value)
         return value
 
     def _with_way_out(self, message: str, inputs) -> str:
@@ -743,9 +750,8 @@ def _name_branches_apart(graph, names=None) -> None:
             _name_branches_apart(attr.g, names)
 
 
-# ONNX's loops, which neither TVM's ONNX frontend nor memotvm compiles (If is the only
-# control flow converted).
-LOOP_OPS = ("Loop", "Scan")
+# ONNX's loops that memotvm does not compile (a Loop is a recursive function, :mod:`.loops`).
+UNCOMPILED_LOOP_OPS = ("Scan",)
 # A recurrent cell written out by hand: a matrix product and a gate function.
 _PRODUCT_OPS = {"MatMul", "Gemm"}
 _GATE_OPS = {"Sigmoid", "Tanh", "HardSigmoid"}
@@ -761,15 +767,29 @@ def hand_written_cell(operators) -> list:
     return []
 
 
+def _body_operators(node) -> set:
+    return {inner.op_type for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
+            for inner in all_nodes(attr.g)}
+
+
+def _runs_recurrent_node(node) -> bool:
+    return bool(_body_operators(node) & set(RECURRENT_OPS))
+
+
 def _loop_message(node) -> str:
-    """Why a Loop or Scan node is refused, and what to export instead where its body
-    steps a recurrent layer (a cell called in a Python loop, as torch.jit.script,
-    Paddle2ONNX and tf2onnx export it)."""
-    ops = {inner.op_type for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
-           for inner in all_nodes(attr.g)}
-    message = (f"node '{node.name}': operator '{node.op_type}' is not supported by memotvm "
-               "(ONNX loops are not compiled: If is the only control flow converted)")
+    """Why a Scan, or a Loop whose body runs a recurrent node, is refused, and what to
+    export instead where its body steps a recurrent layer (a cell called in a Python
+    loop, as torch.jit.script, Paddle2ONNX and tf2onnx export it)."""
+    ops = _body_operators(node)
     recurrent = sorted(ops & set(RECURRENT_OPS))
+    if node.op_type == "Loop":
+        return (f"node '{node.name}': a Loop whose body runs {' and '.join(recurrent)} is not "
+                "supported by memotvm (a recurrent node is compiled as a kernel over a whole "
+                "sequence, not once per iteration). Where the layer's inputs are known before "
+                "the loop, export it over the whole sequence instead (one node, the sequence as "
+                "its first axis): memotvm then compiles and memoizes it")
+    message = (f"node '{node.name}': operator '{node.op_type}' is not supported by memotvm "
+               "(Loop and If are the control flow it compiles)")
     if recurrent:
         return message + (f". Its body runs {' and '.join(recurrent)} once per iteration. "
                           "Where the layer's inputs are known before the loop, export it over "

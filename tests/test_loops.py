@@ -1,0 +1,250 @@
+"""ONNX Loop compiled as a recursive function (memotvm/frontend/loops.py), checked
+against onnxruntime: trip counts and conditions, scan outputs, loop-carried values that
+grow, bodies that read outer values, Ifs and loops inside bodies, and the bound on
+iterations."""
+
+import concurrent.futures
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import memotvm
+from memotvm.errors import NothingToMemoizeWarning
+from memotvm.frontend import from_onnx
+from memotvm.frontend.loops import MAX_ITERATIONS, UNROLL
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+RNG = np.random.default_rng(7)
+W = (RNG.standard_normal((8, 8)) * 0.5).astype(np.float32)
+U = RNG.standard_normal((8, 5)).astype(np.float32)
+EOS = 3
+
+
+def _info(name, elem, dims):
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def decoder(trip=True, cond=True, stop_at_eos=True, scan=True, grow=False, body_if=False):
+    """A greedy decoder: h = tanh(h W + x) (x read from the enclosing graph, W carried
+    unchanged as Paddle2ONNX carries weights), its token argmax(h U) appended to a
+    growing sequence, its logits plus the iteration number stacked as a scan output,
+    and the loop stopped at the end token."""
+    nodes = [
+        helper.make_node("MatMul", ["h_in", "w_in"], ["hw"]),
+        helper.make_node("Add", ["hw", "x"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["h_out"]),
+        helper.make_node("MatMul", ["h_out", "U"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["token"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["iteration"], ["iteration_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["logits", "iteration_f"], ["scan_value"]),
+    ]
+    if stop_at_eos:
+        nodes += [helper.make_node("Constant", [], ["eos"], value=numpy_helper.from_array(np.array([EOS], np.int64))),
+                  helper.make_node("Equal", ["token", "eos"], ["at_eos"]),
+                  helper.make_node("Not", ["at_eos"], ["going"]),
+                  helper.make_node("Squeeze", ["going"], ["cond_out"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    if body_if:  # the first iteration's scan value doubled, in an If on the iteration number
+        zero = numpy_helper.from_array(np.array(0, np.int64))
+        then = helper.make_graph([helper.make_node("Add", ["scan_value", "scan_value"], ["doubled"])], "then",
+                                 [], [_info("doubled", TensorProto.FLOAT, [1, 5])])
+        other = helper.make_graph([helper.make_node("Identity", ["scan_value"], ["same"])], "else",
+                                  [], [_info("same", TensorProto.FLOAT, [1, 5])])
+        nodes += [helper.make_node("Constant", [], ["zero"], value=zero),
+                  helper.make_node("Equal", ["iteration", "zero"], ["first"]),
+                  helper.make_node("If", ["first"], ["scan_final"], then_branch=then, else_branch=other)]
+    scanned = "scan_final" if body_if else "scan_value"
+    inputs = [_info("iteration", TensorProto.INT64, []), _info("cond_in", TensorProto.BOOL, []),
+              _info("h_in", TensorProto.FLOAT, [1, 8]), _info("w_in", TensorProto.FLOAT, [8, 8])]
+    outputs = [_info("cond_out", TensorProto.BOOL, []), _info("h_out", TensorProto.FLOAT, [1, 8]),
+               _info("w_in", TensorProto.FLOAT, [8, 8])]
+    if grow:
+        nodes.append(helper.make_node("Concat", ["tokens_in", "token"], ["tokens_out"], axis=0))
+        inputs.append(_info("tokens_in", TensorProto.INT64, ["n"]))
+        outputs.append(_info("tokens_out", TensorProto.INT64, ["m"]))
+    if scan:
+        outputs.append(_info(scanned, TensorProto.FLOAT, [1, 5]))
+    body = helper.make_graph(nodes, "body", inputs, outputs, initializer=[numpy_helper.from_array(U, "U")])
+    loop_inputs = ["M" if trip else "", "cond0" if cond else "", "h0", "W"] + (["tokens0"] if grow else [])
+    loop_outputs = ["h_final", "W_final"] + (["tokens"] if grow else []) + (["scans"] if scan else [])
+    graph_inputs = [_info("x", TensorProto.FLOAT, [1, 8]), _info("h0", TensorProto.FLOAT, [1, 8])]
+    graph_inputs += [_info("M", TensorProto.INT64, [])] if trip else []
+    graph_inputs += [_info("cond0", TensorProto.BOOL, [])] if cond else []
+    initializers = [numpy_helper.from_array(W, "W")]
+    initializers += [numpy_helper.from_array(np.zeros((0,), np.int64), "tokens0")] if grow else []
+    graph_outputs = [_info("h_final", TensorProto.FLOAT, [1, 8])]
+    graph_outputs += [_info("tokens", TensorProto.INT64, ["k"])] if grow else []
+    graph_outputs += [_info("scans", TensorProto.FLOAT, ["t", 1, 5])] if scan else []
+    graph = helper.make_graph([helper.make_node("Loop", loop_inputs, loop_outputs, name="decoder", body=body)],
+                              "g", graph_inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _feeds(model, seed, trips=None, cond=True):
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal((1, 8)).astype(np.float32),
+             "h0": rng.standard_normal((1, 8)).astype(np.float32)}
+    names = {i.name for i in model.graph.input}
+    if "M" in names:
+        feeds["M"] = np.array(trips, np.int64)
+    if "cond0" in names:
+        feeds["cond0"] = np.array(cond)
+    return feeds
+
+
+def _check(model, compiled, feeds):
+    expected = onnxruntime.InferenceSession(model.SerializeToString()).run(None, feeds)
+    got = compiled.run(feeds)
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        assert e.shape == g.shape and e.dtype == g.dtype
+        # float32 matrix products in another summation order, over up to 40 steps of a
+        # contracting recurrence (tanh): a few ulp of values up to 45.
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=2e-6)
+    return got
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(stop_at_eos=False),
+    dict(grow=True),
+    dict(cond=False, stop_at_eos=False, body_if=True),
+])
+def test_a_loop_gives_what_onnxruntime_gives(options):
+    """Trip counts of 0, 1, one call's unrolled iterations and more, with and without
+    the end token stopping the loop (the seeds include runs that stop early)."""
+    model = decoder(**options)
+    compiled = memotvm.compile(model)
+    stopped_early = False
+    for seed, trips in enumerate([0, 1, UNROLL - 1, UNROLL, UNROLL + 1, 3 * UNROLL + 2, 40]):
+        got = _check(model, compiled, _feeds(model, seed, trips))
+        if "scans" in [o.name for o in model.graph.output]:
+            stopped_early |= got[-1].shape[0] < trips
+    if options.get("stop_at_eos", True):
+        assert stopped_early
+
+
+def test_a_loop_without_trip_count_runs_until_its_condition_fails():
+    """Seeds whose decoding reaches the end token after 1, 2 and 10 steps; one that
+    never does stops at the bound with an error (onnxruntime runs it forever)."""
+    model = decoder(trip=False)
+    compiled = memotvm.compile(model)
+    lengths = [_check(model, compiled, _feeds(model, seed))[-1].shape[0] for seed in (0, 7, 8)]
+    assert lengths == [1, 2, 10]
+    _check(model, compiled, _feeds(model, 0, cond=False))  # (no iteration)
+    with pytest.raises(memotvm.InputError, match="would run more than"):
+        compiled.run(_feeds(model, 1))
+
+
+def test_weights_a_loop_carries_unchanged_are_constants_of_its_body():
+    """Paddle2ONNX carries every weight of a decoder through its Loop: the body reads
+    the initial value (here a constant) instead of a parameter."""
+    mod = from_onnx(decoder()).mod
+    body = next(f for gv, f in mod.functions.items() if gv.name_hint == "decoder_body")
+    shapes = [[int(d) for d in p.ty.shape.values] for p in body.params]
+    assert [8, 8] not in shapes  # iteration, condition, h and x only
+    assert len(body.params) == 4
+
+
+def test_a_loop_past_its_bound_stops_with_an_input_error():
+    """Each call of the loop function takes C stack of the calling thread, so the
+    iterations are bounded; the bound itself runs."""
+    model = decoder(stop_at_eos=False, scan=False)
+    compiled = memotvm.compile(model)
+    feeds = _feeds(model, 0, MAX_ITERATIONS)
+    _check(model, compiled, feeds)
+    with pytest.raises(memotvm.InputError, match=r"node 'decoder' \(Loop\) would run more than 8192 iterations"):
+        compiled.run({**feeds, "M": np.array(MAX_ITERATIONS + 1, np.int64)})
+    _check(model, compiled, _feeds(model, 1, 5))  # (the model still runs after the error)
+
+
+def test_a_loop_runs_from_several_threads():
+    model = decoder()
+    compiled = memotvm.compile(model)
+    feeds = [_feeds(model, seed, trips) for seed, trips in enumerate([3, 17, 0, 40, 9, 25])]
+    expected = [compiled.run(f) for f in feeds]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for got, want in zip(pool.map(compiled.run, feeds * 3), expected * 3):
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+
+
+def _loop_over_rows():
+    """A Loop over the rows of a run-time input: each iteration slices row i (a size
+    TVM knows only when it runs), adds it to a running sum and emits the sum, inside a
+    nested Loop that doubles it twice.  The trip count is the input's row count."""
+    inner_body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "v_in"], ["v_out"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"])], "inner",
+        [_info("j", TensorProto.INT64, []), _info("c_in", TensorProto.BOOL, []),
+         _info("v_in", TensorProto.FLOAT, [1, 3])],
+        [_info("c_out", TensorProto.BOOL, []), _info("v_out", TensorProto.FLOAT, [1, 3])])
+    two = numpy_helper.from_array(np.array(2, np.int64), "two")
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "zero_axis")
+    body = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["i", "zero_axis"], ["start"]),
+         helper.make_node("Add", ["start", "one"], ["end"]),
+         helper.make_node("Slice", ["rows", "start", "end", "zero_axis"], ["row"]),
+         helper.make_node("Add", ["sum_in", "row"], ["sum_out"]),
+         helper.make_node("Loop", ["two", "", "sum_out"], ["doubled"], body=inner_body, name="inner"),
+         helper.make_node("Identity", ["c"], ["c_next"])], "body",
+        [_info("i", TensorProto.INT64, []), _info("c", TensorProto.BOOL, []),
+         _info("sum_in", TensorProto.FLOAT, [1, 3])],
+        [_info("c_next", TensorProto.BOOL, []), _info("sum_out", TensorProto.FLOAT, [1, 3]),
+         _info("doubled", TensorProto.FLOAT, [1, 3])],
+        initializer=[two, one, axes])
+    nodes = [helper.make_node("Shape", ["rows"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["count"], axis=0),
+             helper.make_node("Loop", ["count", "", "sum0"], ["total", "doubles"], body=body, name="rows_loop")]
+    graph = helper.make_graph(
+        nodes, "g", [_info("rows", TensorProto.FLOAT, ["n", 3])],
+        [_info("total", TensorProto.FLOAT, [1, 3]), _info("doubles", TensorProto.FLOAT, ["n", 1, 3])],
+        [numpy_helper.from_array(np.zeros((1, 3), np.float32), "sum0"),
+         numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_loop_over_a_run_time_size_with_a_loop_inside():
+    model = _loop_over_rows()
+    compiled = memotvm.compile(model)
+    for n in (1, 5, 19):
+        _check(model, compiled, {"rows": RNG.standard_normal((n, 3)).astype(np.float32)})
+
+
+def test_memoization_asked_of_a_decoder_loop_warns_that_it_has_no_recurrent_node():
+    with pytest.warns(NothingToMemoizeWarning, match=r"no LSTM, GRU or RNN node.*Loop"):
+        compiled = memotvm.compile(decoder(), memo=0.2)
+    model = decoder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _check(model, compiled, _feeds(model, 2, 12))
+
+
+def test_a_loop_whose_carried_value_changes_rank_is_refused_by_name():
+    body = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["v", "zero_axis"], ["v_out"]),
+         helper.make_node("Identity", ["c"], ["c_out"])], "body",
+        [_info("i", TensorProto.INT64, []), _info("c", TensorProto.BOOL, []), _info("v", TensorProto.FLOAT, None)],
+        [_info("c_out", TensorProto.BOOL, []), _info("v_out", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([0], np.int64), "zero_axis")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "x"], ["y"], body=body, name="growing")], "g",
+        [_info("x", TensorProto.FLOAT, [2])], [_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(2, np.int64), "M")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(memotvm.UnsupportedModelError,
+                       match=r"node 'growing' \(Loop\): loop-carried value 'v' enters the body as a float32 "
+                             r"tensor of shape \[2\] and leaves it as a float32 tensor of shape \[1, 2\]"):
+        memotvm.compile(model)
