@@ -113,7 +113,7 @@ def test_a_loop_that_steps_a_recurrent_node_is_refused_with_what_to_export_inste
     onnxruntime = pytest.importorskip("onnxruntime")
     onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"s0": np.ones((1, 2), np.float32)})
     with pytest.raises(memotvm.UnsupportedModelError,
-                       match=r"node 'decoder': a Loop whose body runs RNN is not supported.*"
+                       match=r"node 'decoder': a Loop or Scan whose body runs RNN is not supported.*"
                              r"export it over the whole sequence instead"):
         memotvm.compile(model)
 

@@ -1026,3 +1026,39 @@ def test_pointwise_convolution_then_hard_swish_over_symbolic_sizes_compiles():
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     x = np.random.default_rng(4).standard_normal((2, 2, 9, 12)).astype(np.float32)
     assert max_diff(memotvm.compile(model).run({"x": x}), onnxruntime(model, {"x": x})) < FLOAT_TOL
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_to_a_neighbours_size_known_at_run_time(mode):
+    """Paddle2ONNX resizes a feature map to its neighbour's size (sizes from Shape and
+    Concat over symbolic sizes) and passes empty roi and scales; TVM's converter took
+    the empty scales for given, and wanted the sizes when compiling (sizes whose
+    batch or channels differ from the input's are refused when the model runs)."""
+    empty = h.make_tensor("empty", T.FLOAT, [0], [])
+    nodes = [h.make_node("Shape", ["x"], ["x_shape"]), h.make_node("Shape", ["y"], ["y_shape"]),
+             h.make_node("Slice", ["x_shape", "zero", "two"], ["batch_channels"]),
+             h.make_node("Slice", ["y_shape", "two", "four"], ["spatial"]),
+             h.make_node("Concat", ["batch_channels", "spatial"], ["sizes"], axis=0),
+             h.make_node("Resize", ["x", "empty", "empty", "sizes"], ["up"], mode=mode,
+                         **({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"} if mode == "nearest" else {})),
+             h.make_node("Add", ["up", "y"], ["out"])]
+    graph = h.make_graph(nodes, "fpn", [h.make_tensor_value_info("x", T.FLOAT, [1, 2, "h", "w"]),
+                                        h.make_tensor_value_info("y", T.FLOAT, [1, 2, "H", "W"])],
+                         [h.make_tensor_value_info("out", T.FLOAT, [1, 2, "H", "W"])],
+                         [empty] + [onnx.numpy_helper.from_array(np.array([v], np.int64), n)
+                                    for n, v in (("zero", 0), ("two", 2), ("four", 4))])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    compiled = memotvm.compile(model)
+    session = ort.InferenceSession(model.SerializeToString())
+    rng = np.random.default_rng(0)
+    if mode == "linear":  # (where TVM's resize fails over symbolic sizes, said by name)
+        nodes[5].attribute.append(h.make_attribute("coordinate_transformation_mode", "align_corners"))
+        with pytest.raises(UnsupportedModelError, match=r"node '' \(Resize\): linear resizing with "
+                           r"coordinate_transformation_mode align_corners to sizes known only when"):
+            memotvm.compile(h.make_model(h.make_graph(nodes, "fpn", graph.input, graph.output, graph.initializer),
+                                         opset_imports=[h.make_opsetid("", 13)]))
+    for hw, HW in (((3, 5), (6, 10)), ((4, 4), (7, 9))):
+        feeds = {"x": rng.standard_normal((1, 2, *hw)).astype(np.float32),
+                 "y": rng.standard_normal((1, 2, *HW)).astype(np.float32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], session.run(None, feeds)[0], rtol=1e-6, atol=1e-6)

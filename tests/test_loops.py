@@ -179,8 +179,9 @@ def test_a_loop_runs_from_several_threads():
 
 def _loop_over_rows():
     """A Loop over the rows of a run-time input: each iteration slices row i (a size
-    TVM knows only when it runs), adds it to a running sum and emits the sum, inside a
-    nested Loop that doubles it twice.  The trip count is the input's row count."""
+    TVM knows only when it runs), adds it and 0.5 expanded to its shape to a running
+    sum, and emits the sum doubled twice by a nested Loop.  The trip count is the
+    input's row count."""
     inner_body = helper.make_graph(
         [helper.make_node("Add", ["v_in", "v_in"], ["v_out"]),
          helper.make_node("Identity", ["c_in"], ["c_out"])], "inner",
@@ -194,14 +195,17 @@ def _loop_over_rows():
         [helper.make_node("Unsqueeze", ["i", "zero_axis"], ["start"]),
          helper.make_node("Add", ["start", "one"], ["end"]),
          helper.make_node("Slice", ["rows", "start", "end", "zero_axis"], ["row"]),
-         helper.make_node("Add", ["sum_in", "row"], ["sum_out"]),
+         helper.make_node("Shape", ["row"], ["row_shape"]),
+         helper.make_node("Expand", ["half", "row_shape"], ["halves"]),
+         helper.make_node("Add", ["row", "halves"], ["row_plus"]),
+         helper.make_node("Add", ["sum_in", "row_plus"], ["sum_out"]),
          helper.make_node("Loop", ["two", "", "sum_out"], ["doubled"], body=inner_body, name="inner"),
          helper.make_node("Identity", ["c"], ["c_next"])], "body",
         [_info("i", TensorProto.INT64, []), _info("c", TensorProto.BOOL, []),
          _info("sum_in", TensorProto.FLOAT, [1, 3])],
         [_info("c_next", TensorProto.BOOL, []), _info("sum_out", TensorProto.FLOAT, [1, 3]),
          _info("doubled", TensorProto.FLOAT, [1, 3])],
-        initializer=[two, one, axes])
+        initializer=[two, one, axes, numpy_helper.from_array(np.array(0.5, np.float32), "half")])
     nodes = [helper.make_node("Shape", ["rows"], ["shape"]),
              helper.make_node("Gather", ["shape", "zero"], ["count"], axis=0),
              helper.make_node("Loop", ["count", "", "sum0"], ["total", "doubles"], body=body, name="rows_loop")]
@@ -248,3 +252,51 @@ def test_a_loop_whose_carried_value_changes_rank_is_refused_by_name():
                        match=r"node 'growing' \(Loop\): loop-carried value 'v' enters the body as a float32 "
                              r"tensor of shape \[2\] and leaves it as a float32 tensor of shape \[1, 2\]"):
         memotvm.compile(model)
+
+
+def _scan(reverse_in=0, reverse_out=0, in_axis=0, out_axis=0):
+    """A Scan (opset 16) carrying a running sum and a step count over the rows of x (or
+    its columns, in_axis=1) and, reversed where asked, of y (its length declared apart:
+    ONNX requires the two to be equal); it emits the running sum times y's slice,
+    stacked along out_axis and reversed where asked."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "x_t"], ["sum_out"]),
+         helper.make_node("Add", ["count_in", "one"], ["count_out"]),
+         helper.make_node("Mul", ["sum_out", "y_t"], ["product"])], "body",
+        [_info("sum_in", TensorProto.FLOAT, [3]), _info("count_in", TensorProto.FLOAT, []),
+         _info("x_t", TensorProto.FLOAT, [3]), _info("y_t", TensorProto.FLOAT, [3])],
+        [_info("sum_out", TensorProto.FLOAT, [3]), _info("count_out", TensorProto.FLOAT, []),
+         _info("product", TensorProto.FLOAT, [3])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    scan = helper.make_node("Scan", ["sum0", "count0", "x", "y"], ["total", "count", "products"], name="scanner",
+                            body=body, num_scan_inputs=2, scan_input_axes=[in_axis, 0],
+                            scan_input_directions=[0, reverse_in], scan_output_axes=[out_axis],
+                            scan_output_directions=[reverse_out])
+    x_shape = ["n", 3] if in_axis == 0 else [3, "n"]
+    graph = helper.make_graph(
+        [scan], "g", [_info("x", TensorProto.FLOAT, x_shape), _info("y", TensorProto.FLOAT, ["m", 3])],
+        [_info("total", TensorProto.FLOAT, [3]), _info("count", TensorProto.FLOAT, []),
+         _info("products", TensorProto.FLOAT, ["n", 3] if out_axis == 0 else [3, "n"])],
+        [numpy_helper.from_array(np.zeros(3, np.float32), "sum0"),
+         numpy_helper.from_array(np.array(0.0, np.float32), "count0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("reverse_in,reverse_out,in_axis,out_axis",
+                         [(0, 0, 0, 0), (1, 0, 0, 0), (0, 1, 0, 1), (1, 1, 1, -1)])
+def test_a_scan_gives_what_onnxruntime_gives(reverse_in, reverse_out, in_axis, out_axis):
+    """A Scan runs as the Loop it is rewritten into (memotvm/frontend/scan.py), its
+    directions and axes included; scan inputs of different lengths are refused when
+    the model runs, as onnxruntime refuses them."""
+    model = _scan(reverse_in, reverse_out, in_axis, out_axis)
+    compiled = memotvm.compile(model)
+    for n in (1, 4, 11):
+        x = RNG.standard_normal((n, 3) if in_axis == 0 else (3, n)).astype(np.float32)
+        _check(model, compiled, {"x": x, "y": RNG.standard_normal((n, 3)).astype(np.float32)})
+    x = RNG.standard_normal((5, 3) if in_axis == 0 else (3, 5)).astype(np.float32)
+    for m in (4, 6):
+        with pytest.raises(memotvm.InputError, match=r"reshape: cannot reshape input 0 of shape \(\d,\) to \(5,\)"):
+            compiled.run({"x": x, "y": np.ones((m, 3), np.float32)})

@@ -14,8 +14,9 @@ backend_test.include(r"^test_(lstm|gru|simple_rnn|rnn)_.*_cpu$")
 # Operators memotvm converts or lowers itself around the recurrent layers: Slice and
 # Expand (frontend/converters.py), products by constants and softmax (targets/host_*).
 backend_test.include(r"^test_(slice|expand|matmul|gemm|softmax|logsoftmax)_.*_cpu$")
-# Loop (frontend/loops.py), and Range as its function body expands it (a Loop).
-backend_test.include(r"^test_(loop11|range_(float|int32)_type_\w+)_cpu$")
+# Loop (frontend/loops.py), Range as its function body expands it (a Loop), and Scan
+# from opset 9 on (frontend/scan.py).
+backend_test.include(r"^test_(loop11|range_(float|int32)_type_\w+|scan9_\w+)_cpu$")
 globals().update(backend_test.test_cases)
 
 

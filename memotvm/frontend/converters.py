@@ -127,6 +127,9 @@ class SpecConverters:
         dynamic dimensions; TVM's converter for the rest."""
         target = self._constant(inputs[1])
         if target is None and isinstance(inputs[1].ty, relax.ShapeType):  # (in a loop's body)
+            expanded = self._expand_to_symbolic_shape(inputs[0], inputs[1])
+            if expanded is not None:
+                return expanded
             inputs = _copied([inputs[0], self.bb.normalize(relax.op.shape_to_tensor(inputs[1]))])
         if target is None and isinstance(inputs[1].ty, relax.TensorType):
             return self._expand_to_tensor_shape(inputs, attrs, opset)
@@ -562,11 +565,18 @@ class SpecConverters:
         h, w = (tvm.tirx.Var(f"{name}_{axis}", "int64") for axis in ("height", "width"))
         self.bb.match_cast(sizes, relax.ShapeType([n, c, h, w]))
         mode = attrs.get("mode", b"nearest").decode("ascii")
+        transformation = attrs.get("coordinate_transformation_mode", b"half_pixel").decode("ascii")
+        if mode != "nearest" and transformation in ("asymmetric", "align_corners"):
+            # (TVM's resize then makes a float IntImm from the symbolic sizes)
+            raise UnsupportedModelError(
+                f"node '{name}' (Resize): {mode} resizing with coordinate_transformation_mode "
+                f"{transformation} to sizes known only when the model runs is not supported; "
+                "fix the inputs' shapes (shapes=, --shape) so that the sizes are known when compiling")
         roi = [0.0] * 4 if roi is None or roi.size == 0 else [float(v) for v in (roi[2], roi[3], roi[6], roi[7])]
         return self.bb.normalize(relax.op.image.resize2d(
             x, size=relax.ShapeExpr([h, w]), roi=roi, layout="NCHW",
             method="nearest_neighbor" if mode == "nearest" else mode,
-            coordinate_transformation_mode=attrs.get("coordinate_transformation_mode", b"half_pixel").decode("ascii"),
+            coordinate_transformation_mode=transformation,
             rounding_method=attrs.get("nearest_mode", b"round_prefer_floor").decode("ascii"),
             cubic_alpha=attrs.get("cubic_coeff_a", -0.75), cubic_exclude=attrs.get("exclude_outside", 0),
             extrapolation_value=attrs.get("extrapolation_value", 0.0)))
@@ -792,6 +802,27 @@ class SpecConverters:
         else:
             norm = relax.op.sqrt(relax.op.sum(relax.op.multiply(x, x), axis=[axis], keepdims=True))
         return self.bb.normalize(relax.op.divide(x, norm))
+
+    def _expand_to_symbolic_shape(self, data, shape):
+        """Expand to a shape of symbolic sizes (the shape of a value whose sizes depend
+        on values), where each axis's size follows from the sizes alone: a 1 (or a
+        missing axis) of x takes the shape's size, a 1 of the shape keeps x's.  The
+        result keeps the shape's symbols, so that it adds to the value it was shaped
+        after without a run-time check.  None where an axis is undecided."""
+        dims = data.ty.shape.values if isinstance(data.ty.shape, relax.ShapeExpr) else None
+        target = shape.values if isinstance(shape, relax.ShapeExpr) else getattr(shape.ty, "values", None)
+        if dims is None or target is None or len(dims) > len(target):
+            return None
+        dims = [tvm.tirx.IntImm("int64", 1)] * (len(target) - len(dims)) + list(dims)
+        out = []
+        for d, t in zip(dims, target):
+            if isinstance(d, tvm.tirx.IntImm) and int(d) == 1:
+                out.append(t)
+            elif isinstance(t, tvm.tirx.IntImm) and int(t) == 1 or d.same_as(t):
+                out.append(d)
+            else:
+                return None
+        return self.bb.normalize(relax.op.broadcast_to(data, relax.ShapeExpr(out)))
 
     def _expand_to_tensor_shape(self, inputs, attrs, opset):
         """Expand to a shape held in a tensor: TVM broadcasts x to the shape as given,

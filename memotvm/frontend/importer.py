@@ -32,6 +32,7 @@ from .quantized import DequantizeRecurrentWeights
 from .rank_branches import SplitOnRankChangingIfs
 from .folding import ConstantFolding, all_nodes, bind_inputs, node_inputs, with_input_shapes
 from .loops import LoopConverter
+from .scan import ScanAsLoop
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
 
@@ -94,7 +95,7 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
                     f"node '{node.name}': operator {node.domain}.{op} is not an ai.onnx "
                     "operator and cannot be converted"
                 )
-            if op in UNCOMPILED_LOOP_OPS or (op == "Loop" and _runs_recurrent_node(node)):
+            if op == "Loop" and _runs_recurrent_node(node):
                 raise UnsupportedModelError(_loop_message(node))
             if op not in convert_map and op not in RECURRENT_OPS and op not in SPEC_ONLY_OPS \
                     and op not in ("If", "Constant", "Loop"):
@@ -454,6 +455,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     model = _unknown_sizes_named(model)
     shapes = checked_shape_overrides(model.graph, shapes)
     model = DequantizeContribOps()(DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs)))
+    model = ScanAsLoop()(model)
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
     model = SplitOnRankChangingIfs()(ConstantFolding()(with_input_shapes(model, shapes)))
     mod, importer, graph, rec_names = _converted(model, shapes)
@@ -750,8 +752,6 @@ def _name_branches_apart(graph, names=None) -> None:
             _name_branches_apart(attr.g, names)
 
 
-# ONNX's loops that memotvm does not compile (a Loop is a recursive function, :mod:`.loops`).
-UNCOMPILED_LOOP_OPS = ("Scan",)
 # A recurrent cell written out by hand: a matrix product and a gate function.
 _PRODUCT_OPS = {"MatMul", "Gemm"}
 _GATE_OPS = {"Sigmoid", "Tanh", "HardSigmoid"}
@@ -777,32 +777,14 @@ def _runs_recurrent_node(node) -> bool:
 
 
 def _loop_message(node) -> str:
-    """Why a Scan, or a Loop whose body runs a recurrent node, is refused, and what to
-    export instead where its body steps a recurrent layer (a cell called in a Python
-    loop, as torch.jit.script, Paddle2ONNX and tf2onnx export it)."""
-    ops = _body_operators(node)
-    recurrent = sorted(ops & set(RECURRENT_OPS))
-    if node.op_type == "Loop":
-        return (f"node '{node.name}': a Loop whose body runs {' and '.join(recurrent)} is not "
-                "supported by memotvm (a recurrent node is compiled as a kernel over a whole "
-                "sequence, not once per iteration). Where the layer's inputs are known before "
-                "the loop, export it over the whole sequence instead (one node, the sequence as "
-                "its first axis): memotvm then compiles and memoizes it")
-    message = (f"node '{node.name}': operator '{node.op_type}' is not supported by memotvm "
-               "(Loop and If are the control flow it compiles)")
-    if recurrent:
-        return message + (f". Its body runs {' and '.join(recurrent)} once per iteration. "
-                          "Where the layer's inputs are known before the loop, export it over "
-                          "the whole sequence instead (one node, the sequence as its first "
-                          "axis): memotvm then compiles and memoizes it")
-    cell = hand_written_cell(ops)
-    if cell:
-        return message + (f". Its body looks like a recurrent cell written out by hand ({', '.join(cell)}). "
-                          "Where the cell's inputs are known before the loop (not a decoder fed "
-                          "its own predictions), export the layer as the ONNX LSTM, GRU or RNN "
-                          "operator instead (torch.nn.LSTM, GRU or RNN, paddle.nn.LSTM or GRU, "
-                          "not a cell called in a loop): memotvm then compiles and memoizes it")
-    return message
+    """Why a Loop (or a Scan, rewritten as one) whose body runs a recurrent node is
+    refused, and what to export instead."""
+    recurrent = sorted(_body_operators(node) & set(RECURRENT_OPS))
+    return (f"node '{node.name}': a Loop or Scan whose body runs {' and '.join(recurrent)} is not "
+            "supported by memotvm (a recurrent node is compiled as a kernel over a whole "
+            "sequence, not once per iteration). Where the layer's inputs are known before "
+            "the loop, export it over the whole sequence instead (one node, the sequence as "
+            "its first axis): memotvm then compiles and memoizes it")
 
 
 def _branch_key(graph) -> tuple:
