@@ -154,6 +154,7 @@ def test_shards_cut_whole_batch_elements_or_sequences_and_never_time():
 
 
 # ---------------------------------------------------------------- local Ray
+@pytest.mark.slow  # (starts a local Ray cluster: 40 s)
 def test_calibration_on_local_ray_workers_equals_the_single_machine_run():
     inputs, labels = small_co2()
     alone = calibrate(CO2, inputs, labels, "mse", **CO2_ARGS)

@@ -885,7 +885,8 @@ def test_memoizing_a_model_without_recurrent_nodes_warns_with_what_it_found():
         memotvm.compile(model)  # nothing asked, nothing said
 
 
-@pytest.mark.parametrize("name, operators_apart", [("crnn_recognizer", False), ("gru_denoiser", True)])
+@pytest.mark.parametrize("name, operators_apart", [pytest.param("crnn_recognizer", False, marks=pytest.mark.slow),
+                                                    ("gru_denoiser", True)])
 def test_kernels_compiled_apart_give_one_modules_results_bit_for_bit(name, operators_apart):
     """The kernels are compiled as modules of their own on a pool of threads (parallel
     build), and TVM's operators in groups of their own where a model has many; built

@@ -862,8 +862,12 @@ def _epilogue_model(case):
 # compile's up to the rounding of a multiply and an add contracted into one fused
 # multiply-add in one and not the other, and agree with onnxruntime to float32
 # rounding.
-@pytest.mark.parametrize("case,fused", [("gelu", 7), ("hardswish", 6), ("affine_relu", 5), ("batch_norm", 4), ("residual", 4),
-                                        ("silu_leaky", 6), ("used_elsewhere", 3), ("computed_operand", 2)])
+# (Four of the epilogues run with the slow tests: each case compiles a network.)
+@pytest.mark.parametrize("case,fused", [("gelu", 7), pytest.param("hardswish", 6, marks=pytest.mark.slow),
+                                        pytest.param("affine_relu", 5, marks=pytest.mark.slow),
+                                        pytest.param("batch_norm", 4, marks=pytest.mark.slow), ("residual", 4),
+                                        pytest.param("silu_leaky", 6, marks=pytest.mark.slow),
+                                        ("used_elsewhere", 3), ("computed_operand", 2)])
 def test_conv_epilogues(case, fused, monkeypatch):
     from memotvm.targets import host_conv_epilogue
     from memotvm.targets.cpu import host_target
