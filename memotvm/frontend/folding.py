@@ -420,6 +420,16 @@ def rename_graph(graph, rename: dict) -> None:
         value.name = rename.get(value.name, value.name)
 
 
+def unique_name(base: str, taken: set) -> str:
+    """``base``, or ``base_k`` for the smallest k that is not ``taken``; now taken."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def fresh_name(name: str, taken: set) -> str:
     for k in itertools.count(1):
         candidate = f"{name}::inlined{k}"

@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
+from .folding import unique_name
 from .quantized import MS_DOMAIN
 
 # Contrib operator -> (the float operator, its quantized inputs as (value, scale, zero
@@ -64,13 +65,8 @@ class DequantizeContribOps:
         out.graph.node.extend(nodes)
         return out
 
-    def _fresh(self, base):
-        name, k = base, 0
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+    def _fresh(self, base: str) -> str:
+        return unique_name(base, self._names)
 
     def _dequantized(self, node, graph) -> list:
         where = f"node '{node.name}' (com.microsoft.{node.op_type})"

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from .folding import all_names
+from .folding import all_names, unique_name
 
 
 class ScanAsLoop:
@@ -48,12 +48,7 @@ class ScanAsLoop:
         graph.node.extend(nodes)
 
     def _fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+        return unique_name(base, self._names)
 
     def _as_loop(self, node) -> list:
         attrs = {a.name: a for a in node.attribute}
