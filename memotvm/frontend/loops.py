@@ -308,7 +308,7 @@ class LoopBody:
     changes (``carried``)."""
 
     def __init__(self, spec, gv, carried, carried_vars, out_types, outer_args, outer_params):
-        self.spec, self.gv, self.carried = spec, gv, carried
+        self.gv, self.carried = gv, carried
         self.param_types = {j: var.ty for j, var in carried_vars.items()}
         self.out_types = out_types
         self.outer_args, self.outer_params = outer_args, outer_params
