@@ -58,7 +58,9 @@ def compile(model, target: str = "cpu", memo=None, shapes: dict | None = None,  
         config = MemoConfig.coerce(memo) if memo is not None else None
         imported = from_onnx(model, shapes, fixed_inputs)
         mod = imported.mod
-        if config is not None and not imported.loops:
+        if (config is not None or reduced is not None) and imported.loop_body_nodes:
+            _warn_loop_body_nodes(imported.loop_body_nodes, config is not None)
+        if config is not None and not imported.loops and not imported.loop_body_nodes:
             _warn_nothing_to_memoize(imported.operators)
         if reduced is not None:
             reduced.check_nodes(imported.loops)
@@ -128,6 +130,20 @@ def _warn_nothing_to_memoize(operators: dict) -> None:
     warnings.warn(f"memoization requested, but the model has no LSTM, GRU or RNN node, so "
                   f"nothing is memoized (it has {found or 'no nodes'}){hint}",
                   NothingToMemoizeWarning, stacklevel=3)
+
+
+def _warn_loop_body_nodes(names: list, memo: bool) -> None:
+    """A recurrent node that a Loop's body runs is called once per iteration, each call
+    a sequence of its own whose memo table starts empty (docs/spec.md): memoization
+    could reuse nothing there, so such nodes compile unmodified, at fp32."""
+    listed = ", ".join(f"'{name}'" for name in names)
+    what = "memoization" if memo else "reduced precision"
+    category = NothingToMemoizeWarning if memo else UserWarning
+    warnings.warn(f"{what} requested, but node(s) {listed} run in the body of a Loop, once per "
+                  "iteration: each iteration's call is a sequence of its own whose memo table "
+                  "starts empty, so they are compiled unmodified, at fp32 (where the layer's "
+                  "inputs are known before the loop, export it over the whole sequence, one node "
+                  "with the sequence as its first axis, to memoize it)", category, stacklevel=3)
 
 
 def _release_freed_memory() -> None:

@@ -466,7 +466,7 @@ def _reducible_nodes(imported) -> list:
     from .passes.kernel_calls import recurrent_calls, weights_are_constant
 
     folded = fold_constants(imported.mod)
-    return [loop.name for loop, call in recurrent_calls(folded)
+    return [loop.name for loop, call in recurrent_calls(folded, loop_bodies=False)
             if loop.dtype == "float32" and weights_are_constant(call)]
 
 

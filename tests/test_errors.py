@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import memotvm
 from memotvm.cli import main
@@ -73,49 +73,6 @@ def _one_node_model(op_type, domain=""):
 def test_unsupported_op_names_op_and_node(op, domain):
     with pytest.raises(memotvm.UnsupportedModelError, match=f"strange_node.*{op}"):
         memotvm.compile(_one_node_model(op, domain))
-
-
-def _loop_model(body_ops):
-    """A Loop of 3 iterations whose body applies ``body_ops`` ((op, extra inputs,
-    attributes), chained) to the carried state s [1, 2]."""
-    nodes, value = [], "s_in"
-    for i, (op, extra, attrs) in enumerate(body_ops):
-        nodes.append(helper.make_node(op, [value, *extra], [f"v{i}"], **attrs))
-        value = f"v{i}"
-    nodes += [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-              helper.make_node("Identity", [value], ["s_out"])]
-    body = helper.make_graph(
-        nodes, "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 2])])
-    loop = helper.make_node("Loop", ["trips", "", "s0"], ["s"], name="decoder", body=body)
-    constants = {"trips": np.array(3, np.int64), "w": np.eye(2, dtype=np.float32),
-                 "axes": np.array([0], np.int64), "shape": np.array([1, 2], np.int64),
-                 "rw": np.ones((1, 2, 2), np.float32), "rr": np.ones((1, 2, 2), np.float32)}
-    graph = helper.make_graph(
-        [loop], "g", [helper.make_tensor_value_info("s0", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(v, k) for k, v in constants.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def test_a_loop_that_steps_a_recurrent_node_is_refused_with_what_to_export_instead():
-    """A Loop compiles (tests/test_loops.py), but not one whose body runs an LSTM, GRU
-    or RNN node once per iteration: the message names the node and says how to export
-    the layer as one node over the sequence.  The model itself is valid: onnxruntime
-    runs it."""
-    model = _loop_model([("Unsqueeze", ["axes"], {}), ("RNN", ["rw", "rr"], {"hidden_size": 2}),
-                         ("Reshape", ["shape"], {})])
-    onnx.checker.check_model(model, full_check=True)
-    onnxruntime = pytest.importorskip("onnxruntime")
-    onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"s0": np.ones((1, 2), np.float32)})
-    with pytest.raises(memotvm.UnsupportedModelError,
-                       match=r"node 'decoder': a Loop or Scan whose body runs RNN is not supported.*"
-                             r"export it over the whole sequence instead"):
-        memotvm.compile(model)
 
 
 def test_unsupported_recurrent_attribute():

@@ -1,7 +1,7 @@
 """ONNX Loop compiled as a recursive function (memotvm/frontend/loops.py), checked
 against onnxruntime: trip counts and conditions, scan outputs, loop-carried values that
-grow, bodies that read outer values, Ifs and loops inside bodies, and the bound on
-iterations."""
+grow, bodies that read outer values, Ifs, loops and recurrent nodes inside bodies, and
+the bound on iterations."""
 
 import concurrent.futures
 import warnings
@@ -234,6 +234,90 @@ def test_memoization_asked_of_a_decoder_loop_warns_that_it_has_no_recurrent_node
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _check(model, compiled, _feeds(model, 2, 12))
+
+
+def stepped_cell(op, seq_lens=False, hidden=6, inputs=4):
+    """A decoder that steps a recurrent node once per iteration: x [batch, D] becomes a
+    sequence of one step, the node runs it from the carried state (h, and c for an
+    LSTM), and h projected back is the next x (stacked as a scan output).  With
+    ``seq_lens``, the node reads a graph input as its sequence_lens."""
+    rng = np.random.default_rng(len(op) + 10 * seq_lens)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    weights = {"W": rng.standard_normal((1, gates * hidden, inputs)) * 0.4,
+               "R": rng.standard_normal((1, gates * hidden, hidden)) * 0.4,
+               "B": rng.standard_normal((1, 2 * gates * hidden)) * 0.1,
+               "P": rng.standard_normal((hidden, inputs)) * 0.3}
+    states = ["h", "c"] if op == "LSTM" else ["h"]
+    body = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["x_in", "first_axis"], ["step"]),
+         helper.make_node(op, ["step", "W", "R", "B", "lens" if seq_lens else ""]
+                          + [f"{s}_in" for s in states], ["Y"] + [f"{s}_out" for s in states],
+                          hidden_size=hidden, name="cell"),
+         helper.make_node("Squeeze", ["h_out", "first_axis"], ["h_flat"]),
+         helper.make_node("MatMul", ["h_flat", "P"], ["x_out"]),
+         helper.make_node("Identity", ["x_out"], ["x_scan"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [_info("i", TensorProto.INT64, []), _info("cond_in", TensorProto.BOOL, []),
+         _info("x_in", TensorProto.FLOAT, ["batch", inputs])]
+        + [_info(f"{s}_in", TensorProto.FLOAT, [1, "batch", hidden]) for s in states],
+        [_info("cond_out", TensorProto.BOOL, []), _info("x_out", TensorProto.FLOAT, ["batch", inputs])]
+        + [_info(f"{s}_out", TensorProto.FLOAT, [1, "batch", hidden]) for s in states]
+        + [_info("x_scan", TensorProto.FLOAT, ["batch", inputs])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "x0"] + [f"{s}0" for s in states],
+                          ["x_last"] + [f"{s}_last" for s in states] + ["xs"], body=body, name="decode")],
+        "g", [_info("M", TensorProto.INT64, []), _info("x0", TensorProto.FLOAT, ["batch", inputs])]
+        + [_info(f"{s}0", TensorProto.FLOAT, [1, "batch", hidden]) for s in states]
+        + ([_info("lens", TensorProto.INT32, ["batch"])] if seq_lens else []),
+        [_info("h_last", TensorProto.FLOAT, None), _info("xs", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+        + [numpy_helper.from_array(np.array([0], np.int64), "first_axis")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _cell_feeds(model, seed, trips, batch=3):
+    rng = np.random.default_rng(seed)
+    feeds = {"M": np.array(trips, np.int64)}
+    for value in model.graph.input[1:]:
+        dims = [batch if d.dim_param else d.dim_value for d in value.type.tensor_type.shape.dim]
+        feeds[value.name] = (np.ones(dims, np.int32) if value.name == "lens"
+                             else rng.standard_normal(dims).astype(np.float32))
+    return feeds
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_a_loop_that_steps_a_recurrent_node_gives_what_onnxruntime_gives(op):
+    """The node's kernel runs once per iteration, inside the body's function: trip
+    counts of 0, 1 and across several calls of the loop function, batches of 1 and 3."""
+    model = stepped_cell(op)
+    compiled = memotvm.compile(model)
+    assert not compiled.loops  # (a body's kernel is not one of the memoizable layers)
+    for seed, (trips, batch) in enumerate([(0, 3), (1, 1), (UNROLL + 3, 3), (30, 2)]):
+        _check(model, compiled, _cell_feeds(model, seed, trips, batch))
+
+
+def test_memoization_asked_of_a_loop_that_steps_a_recurrent_node_warns_and_compiles_it_unmodified():
+    """Each iteration's call of the node is a sequence of one step whose memo table
+    starts empty (docs/spec.md): nothing could be reused, and the user is told so."""
+    model = stepped_cell("LSTM")
+    with pytest.warns(NothingToMemoizeWarning, match=r"node\(s\) 'cell' run in the body of a Loop"):
+        compiled = memotvm.compile(model, memo=0.5)
+    with pytest.warns(UserWarning, match=r"reduced precision requested, but node\(s\) 'cell'"):
+        memotvm.compile(model, precision="int8")
+    feeds = _cell_feeds(model, 4, 9)
+    _check(model, compiled, feeds)
+    assert compiled.last_stats.per_gate == {}  # (no memoizable layer to count)
+
+
+def test_a_stepped_node_with_sequence_lens_out_of_range_stops_with_an_input_error():
+    model = stepped_cell("GRU", seq_lens=True)
+    compiled = memotvm.compile(model)
+    feeds = _cell_feeds(model, 5, 4)
+    _check(model, compiled, feeds)
+    feeds["lens"][1] = 2  # a sequence of one step
+    with pytest.raises(memotvm.InputError, match=r"GRU node 'cell' \(in a Loop's body\): a "
+                                                 r"sequence_lens is outside \[0, seq_length\]"):
+        compiled.run(feeds)
 
 
 def test_a_loop_whose_carried_value_changes_rank_is_refused_by_name():

@@ -24,6 +24,7 @@ from ..errors import ConfigError, MemoTVMError, UnreachableBranchWarning, Unsupp
 from ..kernels import build_kernel
 from ..log import captured_tvm_output
 from ..passes.constant_calls import FoldConstantCalls
+from ..passes.kernel_calls import LOOP_BODY_ATTR
 from ..passes.native_checks import stop_if
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, with_shape_relations
@@ -50,6 +51,7 @@ class ImportedModel:
     input_types: dict  # name -> (shape with ints / None for dynamic dims, dtype)
     output_names: list  # ONNX graph outputs, in order
     loops: list  # RecurrentLoop per recurrent node, in graph order
+    loop_body_nodes: list  # names of the recurrent nodes that Loop bodies run (not in loops)
     index_ranges: dict  # input name -> size of the table it indexes (Gather), checked at run time
     output_types: dict = field(default_factory=dict)  # name -> (dims, dtype), as input_types
     operators: dict = field(default_factory=dict)  # op type -> count, after folding, branches included
@@ -70,6 +72,8 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
     def __init__(self, *args, unreachable: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loops: list[RecurrentLoop] = []
+        # Recurrent nodes that Loop bodies run (not memoized: see _in_loop_body).
+        self.loop_body_nodes: list[RecurrentLoop] = []
         # Symbolic sizes of initial states that the recurrent nodes fix (see implied_sizes).
         self.implied_sizes: dict = {}
         self._node_names: dict[int, str] = {}
@@ -95,8 +99,6 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
                     f"node '{node.name}': operator {node.domain}.{op} is not an ai.onnx "
                     "operator and cannot be converted"
                 )
-            if op == "Loop" and _runs_recurrent_node(node):
-                raise UnsupportedModelError(_loop_message(node))
             if op not in convert_map and op not in RECURRENT_OPS and op not in SPEC_ONLY_OPS \
                     and op not in ("If", "Constant", "Loop"):
                 raise UnsupportedModelError(
@@ -296,7 +298,10 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
         out_types.append(relax.TensorType([nd, batch, loop.num_gates, 2], "int64"))
         out_types.append(relax.TensorType([nd, batch], "int32"))
 
-        kernel = bb.add_func(build_kernel(loop), f"{op.lower()}_kernel")
+        kernel = build_kernel(loop)
+        if self._loop_depth:
+            kernel = kernel.with_attr(LOOP_BODY_ATTR, True)
+        kernel = bb.add_func(kernel, f"{op.lower()}_kernel")
         args = [x, w, r] + [present[label] for label in OPTIONAL_INPUTS.values() if label in present]
         call = bb.emit(relax.call_tir(kernel, args, out_ty=out_types))
         outs = [bb.emit(relax.TupleGetItem(call, i)) for i in range(len(out_types))]
@@ -307,6 +312,9 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
             y_h = bb.normalize(relax.op.permute_dims(y_h, [1, 0, 2]))
             if y_c is not None:
                 y_c = bb.normalize(relax.op.permute_dims(y_c, [1, 0, 2]))
+        results = [y, y_h] + ([y_c] if y_c is not None else [])
+        if self._loop_depth:
+            return self._in_loop_body(loop, results, outs[-1])
         self.loops.append(loop)
         stats, status = outs[-2], outs[-1]
         # In an If branch: counted only when the branch is taken.  One select per
@@ -320,8 +328,20 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
             status = relax.op.where(cond, status, no_status)
         for key, value in ((STATS_PREFIX + name, stats), (STATUS_PREFIX + name, status)):
             self._nodes[key] = self._kernel_outputs[key] = value
-        results = [y, y_h] + ([y_c] if y_c is not None else [])
         return relax.Tuple(results)
+
+    def _in_loop_body(self, loop, results, status):
+        """The results of a recurrent node that a Loop's body runs, once per iteration.
+        Its kernel is not one of the model's memoizable loops (each call is a sequence
+        of its own, whose memo table starts empty) and has no counts among main's
+        outputs; a sequence_lens out of range stops the call where it happens."""
+        self.loop_body_nodes.append(loop)
+        if not loop.has("sequence_lens"):
+            return relax.Tuple(results)
+        bad = self.bb.normalize(relax.op.not_equal(relax.op.max(status), relax.const(0, "int32")))
+        message = f"{loop.op} node '{loop.name}' (in a Loop's body): a sequence_lens is outside [0, seq_length]"
+        # Each result checked: the body may use any one of them (dead code goes).
+        return relax.Tuple([self.bb.normalize(stop_if(self.bb, value, bad, message)) for value in results])
 
 
     def _with_sizes(self, op, name, loop, x, w, present):
@@ -481,6 +501,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
         output_names=output_names,
         output_types=output_types,
         loops=importer.loops,
+        loop_body_nodes=list(dict.fromkeys(loop.name for loop in importer.loop_body_nodes)),
         index_ranges=_gather_index_ranges(model.graph, set(input_names)),
         operators=_operator_counts(model.graph),
         recurrent_state=_recurrent_state(model.graph, input_names),
@@ -765,26 +786,6 @@ def hand_written_cell(operators) -> list:
     if ops & _PRODUCT_OPS and ops & _GATE_OPS:
         return sorted(ops & (_PRODUCT_OPS | _GATE_OPS))
     return []
-
-
-def _body_operators(node) -> set:
-    return {inner.op_type for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
-            for inner in all_nodes(attr.g)}
-
-
-def _runs_recurrent_node(node) -> bool:
-    return bool(_body_operators(node) & set(RECURRENT_OPS))
-
-
-def _loop_message(node) -> str:
-    """Why a Loop (or a Scan, rewritten as one) whose body runs a recurrent node is
-    refused, and what to export instead."""
-    recurrent = sorted(_body_operators(node) & set(RECURRENT_OPS))
-    return (f"node '{node.name}': a Loop or Scan whose body runs {' and '.join(recurrent)} is not "
-            "supported by memotvm (a recurrent node is compiled as a kernel over a whole "
-            "sequence, not once per iteration). Where the layer's inputs are known before "
-            "the loop, export it over the whole sequence instead (one node, the sequence as "
-            "its first axis): memotvm then compiles and memoizes it")
 
 
 def _branch_key(graph) -> tuple:

@@ -29,7 +29,7 @@ from ..frontend.recurrent import OPTIONAL_INPUTS, RecurrentLoop
 from ..per_node import checked_per_node, per_direction, short
 from ..predictors import BnnPredictor, get_predictor
 from ._relax_util import fold_constants, rewrite_functions, with_blocks, without_uncalled_kernels
-from .kernel_calls import kernel_loop, recurrent_calls, recurrent_kernel, weights_are_constant
+from .kernel_calls import in_loop_body, kernel_loop, recurrent_calls, recurrent_kernel, weights_are_constant
 from .precision import effective_weights
 
 def _check_threshold(value, where):
@@ -181,7 +181,8 @@ class MemoizeRecurrentLoops:
         self.tunable = tunable
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        loops = [loop for _, func in mod.functions_items() if (loop := kernel_loop(func))]
+        loops = [loop for _, func in mod.functions_items()
+                 if (loop := kernel_loop(func)) and not in_loop_body(func)]
         self.config.check_nodes(loops)
         rewriter = _KernelCallRewriter(mod, self.config, self.tunable)
         rewritten = rewrite_functions(rewriter, mod)
@@ -296,7 +297,7 @@ def _append_outputs(mod, outputs):
 def check_supported(mod, config: MemoConfig) -> None:
     """Raise ConfigError where a node's predictor needs constant weights it lacks
     (called before the pass: errors raised inside a TVM pass lose their type)."""
-    for loop, call in recurrent_calls(mod):
+    for loop, call in recurrent_calls(mod, loop_bodies=False):
         spec = config.plan_for(loop).predictor
         predictor = get_predictor(spec)
         if predictor is not None and not isinstance(predictor, BnnPredictor) \
@@ -333,8 +334,8 @@ class _KernelCallRewriter(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         hit = recurrent_kernel(self.mod_, call)
-        if hit is None or "memotvm.memo" in hit[1].attrs:  # (already memoized)
-            return call
+        if hit is None or "memotvm.memo" in hit[1].attrs or in_loop_body(hit[1]):
+            return call  # (already memoized, or run once per iteration of a Loop)
         loop, plain = hit
         plan = self.config.plan_for(loop)
         args = list(call.args[1].fields)

@@ -21,7 +21,7 @@ from ..kernels import build_kernel, kernel_memo_plan, kernel_weights
 from ..precision import (STORAGE, PrecisionConfig, node_storage, rounded_directions,
                          rounded_rows, store_weights)
 from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
-from .kernel_calls import recurrent_calls, recurrent_kernel
+from .kernel_calls import in_loop_body, recurrent_calls, recurrent_kernel
 
 
 def node_inputs(loop) -> int:
@@ -50,7 +50,7 @@ def effective_weights(loop, kernel, args):
 def check_precision(mod, config: PrecisionConfig) -> None:
     """Raise ConfigError where a node put below fp32 cannot be (called before the pass:
     errors raised inside a TVM pass lose their type)."""
-    for loop, call in recurrent_calls(mod):
+    for loop, call in recurrent_calls(mod, loop_bodies=False):
         wanted = config.for_loop(loop)
         if all(p == "fp32" for p in wanted):
             continue
@@ -90,8 +90,8 @@ class _WeightRewriter(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         hit = recurrent_kernel(self.mod_, call)
-        if hit is None or kernel_weights(hit[1]) != "float32":  # (float64, or already reduced)
-            return call
+        if hit is None or kernel_weights(hit[1]) != "float32" or in_loop_body(hit[1]):
+            return call  # (float64, already reduced, or in a Loop's body: fp32 there)
         loop, kernel = hit
         wanted = self.config.for_loop(loop)
         if all(p == "fp32" for p in wanted):
