@@ -236,11 +236,13 @@ def test_memoization_asked_of_a_decoder_loop_warns_that_it_has_no_recurrent_node
         _check(model, compiled, _feeds(model, 2, 12))
 
 
-def stepped_cell(op, seq_lens=False, hidden=6, inputs=4):
+def stepped_cell(op, seq_lens=False, hidden=6, inputs=4, every_other=False):
     """A decoder that steps a recurrent node once per iteration: x [batch, D] becomes a
     sequence of one step, the node runs it from the carried state (h, and c for an
     LSTM), and h projected back is the next x (stacked as a scan output).  With
-    ``seq_lens``, the node reads a graph input as its sequence_lens."""
+    ``seq_lens``, the node reads a graph input as its sequence_lens; with
+    ``every_other`` (GRU or RNN), it runs in an If's branch on even iterations only,
+    the other branch passing h on unchanged."""
     rng = np.random.default_rng(len(op) + 10 * seq_lens)
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     weights = {"W": rng.standard_normal((1, gates * hidden, inputs)) * 0.4,
@@ -248,11 +250,20 @@ def stepped_cell(op, seq_lens=False, hidden=6, inputs=4):
                "B": rng.standard_normal((1, 2 * gates * hidden)) * 0.1,
                "P": rng.standard_normal((hidden, inputs)) * 0.3}
     states = ["h", "c"] if op == "LSTM" else ["h"]
+    cell = [helper.make_node(op, ["step", "W", "R", "B", "lens" if seq_lens else ""]
+                             + [f"{s}_in" for s in states], ["Y"] + [f"{s}_out" for s in states],
+                             hidden_size=hidden, name="cell")]
+    if every_other:
+        assert op != "LSTM"
+        cell[0].output[:] = ["", "h_cell"]
+        then = helper.make_graph(cell, "then", [], [_info("h_cell", TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Identity", ["h_in"], ["h_kept"])], "else", [],
+                                  [_info("h_kept", TensorProto.FLOAT, None)])
+        cell = [helper.make_node("Mod", ["i", "two"], ["parity"]),
+                helper.make_node("Equal", ["parity", "zero"], ["even"]),
+                helper.make_node("If", ["even"], ["h_out"], then_branch=then, else_branch=other)]
     body = helper.make_graph(
-        [helper.make_node("Unsqueeze", ["x_in", "first_axis"], ["step"]),
-         helper.make_node(op, ["step", "W", "R", "B", "lens" if seq_lens else ""]
-                          + [f"{s}_in" for s in states], ["Y"] + [f"{s}_out" for s in states],
-                          hidden_size=hidden, name="cell"),
+        [helper.make_node("Unsqueeze", ["x_in", "first_axis"], ["step"]), *cell,
          helper.make_node("Squeeze", ["h_out", "first_axis"], ["h_flat"]),
          helper.make_node("MatMul", ["h_flat", "P"], ["x_out"]),
          helper.make_node("Identity", ["x_out"], ["x_scan"]),
@@ -271,7 +282,9 @@ def stepped_cell(op, seq_lens=False, hidden=6, inputs=4):
         + ([_info("lens", TensorProto.INT32, ["batch"])] if seq_lens else []),
         [_info("h_last", TensorProto.FLOAT, None), _info("xs", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
-        + [numpy_helper.from_array(np.array([0], np.int64), "first_axis")])
+        + [numpy_helper.from_array(np.array([0], np.int64), "first_axis"),
+           numpy_helper.from_array(np.array(2, np.int64), "two"),
+           numpy_helper.from_array(np.array(0, np.int64), "zero")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -285,11 +298,15 @@ def _cell_feeds(model, seed, trips, batch=3):
     return feeds
 
 
-@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-def test_a_loop_that_steps_a_recurrent_node_gives_what_onnxruntime_gives(op):
+@pytest.mark.parametrize("op,options", [
+    pytest.param("LSTM", {}, id="LSTM"), pytest.param("GRU", {}, id="GRU"), pytest.param("RNN", {}, id="RNN"),
+    pytest.param("GRU", {"every_other": True}, id="GRU-in-an-If")])
+def test_a_loop_that_steps_a_recurrent_node_gives_what_onnxruntime_gives(op, options):
     """The node's kernel runs once per iteration, inside the body's function: trip
-    counts of 0, 1 and across several calls of the loop function, batches of 1 and 3."""
-    model = stepped_cell(op)
+    counts of 0, 1 and across several calls of the loop function, batches of 1 and 3;
+    and in an If of the body (its final state typed as the carried one it started
+    from, which the other branch passes on)."""
+    model = stepped_cell(op, **options)
     compiled = memotvm.compile(model)
     assert not compiled.loops  # (a body's kernel is not one of the memoizable layers)
     for seed, (trips, batch) in enumerate([(0, 3), (1, 1), (UNROLL + 3, 3), (30, 2)]):

@@ -284,17 +284,19 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
             for label in ("initial_h", "initial_c"):
                 if label in present:
                     present[label] = bb.normalize(relax.op.permute_dims(present[label], [1, 0, 2]))
+        given = dict(present)  # (before the checks cast the states to X's batch)
         x, w, r, present = self._checked_shapes(op, name, loop, x, w, r, present)
         if "sequence_lens" in present and str(present["sequence_lens"].ty.dtype) != "int32":
             present["sequence_lens"] = bb.normalize(relax.op.astype(present["sequence_lens"], "int32"))
         seq, batch, _ = x.ty.shape.values
         nd, hidden = loop.num_directions, loop.hidden_size
-        out_types = [
-            relax.TensorType([seq, nd, batch, hidden], dtype),
-            relax.TensorType([nd, batch, hidden], dtype),
-        ]
-        if op == "LSTM":
-            out_types.append(relax.TensorType([nd, batch, hidden], dtype))
+        # The final states sized as the initial ones where given (checked equal to X's
+        # batch above): a state carried through a Loop or passed around an If's other
+        # branch then keeps one type.
+        states = ["initial_h"] + (["initial_c"] if op == "LSTM" else [])
+        out_types = [relax.TensorType([seq, nd, batch, hidden], dtype)] + [
+            relax.TensorType(_state_shape(given.get(label), [nd, batch, hidden]), dtype)
+            for label in states]
         out_types.append(relax.TensorType([nd, batch, loop.num_gates, 2], "int64"))
         out_types.append(relax.TensorType([nd, batch], "int32"))
 
@@ -786,6 +788,14 @@ def hand_written_cell(operators) -> list:
     if ops & _PRODUCT_OPS and ops & _GATE_OPS:
         return sorted(ops & (_PRODUCT_OPS | _GATE_OPS))
     return []
+
+
+def _state_shape(initial, shape: list) -> list:
+    """The shape of a recurrent node's final state: its initial state's where that is
+    given with a known shape (the same sizes, proven so), else ``shape``."""
+    if initial is not None and isinstance(initial.ty.shape, relax.ShapeExpr):
+        return list(initial.ty.shape.values)
+    return shape
 
 
 def _branch_key(graph) -> tuple:
