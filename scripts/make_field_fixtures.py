@@ -23,6 +23,11 @@ Writes into tests/fixtures/field/ (weights random, fixed by the seeds):
   ``onnxruntime.quantization.quantize_dynamic``: the LSTM becomes
   ``com.microsoft.DynamicQuantizeLSTM``, the convolution ``ConvInteger`` and the matrix
   products ``MatMulInteger``, each with ``DynamicQuantizeLinear``.
+* ``greedy_decoder.onnx``: a scripted greedy decoder (``torch.jit.script``): from a
+  state (h, c) it embeds the last token, steps an LSTM one token, and feeds back the
+  argmax of a linear head, ``steps`` times (a ``Loop`` whose body runs the LSTM node);
+  it collects the logits and the LSTM's outputs in Python lists, which export as ONNX
+  sequences, and returns them stacked and concatenated (``ConcatFromSequence``).
 
 and ``inputs.npz`` beside them: one sample input set per model (``<model>/<input>``).
 """
@@ -123,6 +128,25 @@ class Tagger(nn.Module):
         return self.head(y)
 
 
+class GreedyDecoder(nn.Module):
+    def __init__(self, vocab=20, embedding=16, hidden=32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, h, c, steps: int):
+        token = torch.zeros(h.shape[1], 1, dtype=torch.long)
+        logits, outputs = [], []
+        for _ in range(steps):
+            y, (h, c) = self.lstm(self.embed(token), (h, c))
+            step_logits = self.head(y[:, -1])
+            token = step_logits.argmax(-1, keepdim=True)
+            logits.append(step_logits)
+            outputs.append(y)
+        return torch.stack(logits, 1), torch.cat(outputs, 1), h, c
+
+
 def _export(net, args, name, **kwargs):
     path = os.path.join(OUT, name)
     torch.onnx.export(net, args, path, dynamo=False, opset_version=17, **kwargs)
@@ -183,6 +207,15 @@ def main():
     quantize_dynamic(float_path, path, weight_type=QuantType.QInt8)
     print("wrote", path)
     inputs["quantized_lstm/x"] = x
+
+    torch.manual_seed(4)
+    h, c = (rng.normal(0, 0.5, (1, 2, 32)).astype(np.float32) for _ in range(2))
+    decoder = torch.jit.script(GreedyDecoder().eval())
+    _export(decoder, (torch.from_numpy(h), torch.from_numpy(c), 12), "greedy_decoder.onnx",
+            input_names=["h", "c", "steps"], output_names=["logits", "outputs", "hN", "cN"],
+            dynamic_axes={"h": {1: "batch"}, "c": {1: "batch"}})
+    inputs.update({"greedy_decoder/h": h, "greedy_decoder/c": c,
+                   "greedy_decoder/steps": np.array(12, np.int64)})
 
     np.savez(os.path.join(OUT, "inputs.npz"), **inputs)
 

@@ -1,7 +1,7 @@
 """Models shaped like the ones packages ship (tests/fixtures/field, made by
 scripts/make_field_fixtures.py), each against onnxruntime; and the preparation steps
 that make them compile: constant folding, fixed inputs, If with recurrent branches,
-quantized recurrent layers, Cast of shapes to bool.
+quantized recurrent layers, Cast of shapes to bool, a scripted decoder's loop.
 
 Tolerances: 1e-5 absolute where memotvm and onnxruntime compute the same float32 graph
 (outputs are O(1); the two sum products in different orders, measured differences are
@@ -59,6 +59,23 @@ def test_field_model_matches_onnxruntime(name):
     memoized = memotvm.compile(path(name), memo=0.2)
     memoized.run(inputs)
     assert memoized.last_stats.reuse > 0
+
+
+def test_a_scripted_greedy_decoder_matches_onnxruntime():
+    """torch.jit.script's export of a decoder that steps an LSTM per token and collects
+    its logits and outputs in lists: a Loop whose body runs the LSTM node, and ONNX
+    sequences stacked and concatenated after it (rewritten as scan outputs)."""
+    inputs = feeds("greedy_decoder")
+    model = memotvm.compile(path("greedy_decoder"))
+    rng = np.random.default_rng(3)
+    for steps, batch in [(12, 2), (1, 1), (25, 3)]:
+        if batch != 2:
+            inputs = {"h": rng.normal(0, 0.5, (1, batch, 32)).astype(np.float32),
+                      "c": rng.normal(0, 0.5, (1, batch, 32)).astype(np.float32)}
+        inputs["steps"] = np.array(steps, np.int64)
+        got, want = model.run(inputs), onnxruntime(path("greedy_decoder"), inputs)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert max_diff(got, want) < FLOAT_TOL
 
 
 @pytest.mark.parametrize("name", ["vad_stream", "crnn_recognizer", "gru_denoiser", "quantized_lstm"])

@@ -337,6 +337,58 @@ def test_a_stepped_node_with_sequence_lens_out_of_range_stops_with_an_input_erro
         compiled.run(feeds)
 
 
+def _collecting_loop(concats, read_inside=False):
+    """A Loop that appends h [2, 3] (h = tanh(h W) + i) to a sequence each iteration,
+    then ``concats`` ((axis, new_axis) of a ConcatFromSequence each) of the final
+    sequence; with ``read_inside``, the body also reads the sequence's length."""
+    w = (RNG.standard_normal((3, 3)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["h_in", "w"], ["hw"]), helper.make_node("Tanh", ["hw"], ["t"]),
+             helper.make_node("Cast", ["i"], ["i_f"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["t", "i_f"], ["h_out"]),
+             helper.make_node("SequenceInsert", ["seq_in", "h_out"], ["seq_out"]),
+             helper.make_node("Identity", ["cond_in"], ["cond_out"])]
+    outputs = [_info("cond_out", TensorProto.BOOL, []), _info("h_out", TensorProto.FLOAT, [2, 3]),
+               helper.make_tensor_sequence_value_info("seq_out", TensorProto.FLOAT, [2, 3])]
+    if read_inside:
+        nodes.append(helper.make_node("SequenceLength", ["seq_in"], ["length"]))
+        outputs.append(_info("length", TensorProto.INT64, []))
+    body = helper.make_graph(nodes, "body", [
+        _info("i", TensorProto.INT64, []), _info("cond_in", TensorProto.BOOL, []),
+        _info("h_in", TensorProto.FLOAT, [2, 3]),
+        helper.make_tensor_sequence_value_info("seq_in", TensorProto.FLOAT, [2, 3])], outputs,
+        [numpy_helper.from_array(w, "w")])
+    loop_outputs = ["h", "seq"] + (["lengths"] if read_inside else [])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceEmpty", [], ["empty"], dtype=TensorProto.FLOAT),
+         helper.make_node("Loop", ["M", "", "h0", "empty"], loop_outputs, body=body, name="collect")]
+        + [helper.make_node("ConcatFromSequence", ["seq"], [f"out{k}"], axis=axis, new_axis=new_axis)
+           for k, (axis, new_axis) in enumerate(concats)],
+        "g", [_info("M", TensorProto.INT64, []), _info("h0", TensorProto.FLOAT, [2, 3])],
+        [_info("h", TensorProto.FLOAT, [2, 3])] + [_info(f"out{k}", TensorProto.FLOAT, None)
+                                                  for k in range(len(concats))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_sequence_a_loop_appends_to_is_stacked_and_concatenated_as_onnxruntime_does():
+    """torch's list.append in a scripted loop: SequenceEmpty, SequenceInsert in the body,
+    ConcatFromSequence after it, compiled as a scan output moved (stack) or merged
+    (concatenation) to every axis, negative axes included."""
+    concats = [(0, 1), (1, 1), (2, 1), (-1, 1), (0, 0), (1, 0), (-1, 0), (-2, 0)]
+    model = _collecting_loop(concats)
+    compiled = memotvm.compile(model)
+    for trips in (1, 2, UNROLL + 3):
+        feeds = {"M": np.array(trips, np.int64), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
+        got = _check(model, compiled, feeds)
+        assert [g.shape for g in got[1:5]] == [(trips, 2, 3), (2, trips, 3), (2, 3, trips), (2, 3, trips)]
+
+
+def test_a_sequence_read_inside_its_loop_is_refused_by_name():
+    with pytest.raises(memotvm.UnsupportedModelError,
+                       match=r"node 'seq_out' \(SequenceInsert\) in the body of Loop 'collect': ONNX "
+                             r"sequences in a loop are supported only as a list the loop appends"):
+        memotvm.compile(_collecting_loop([(0, 1)], read_inside=True))
+
+
 def test_a_loop_whose_carried_value_changes_rank_is_refused_by_name():
     body = helper.make_graph(
         [helper.make_node("Unsqueeze", ["v", "zero_axis"], ["v_out"]),

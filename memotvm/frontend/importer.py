@@ -33,6 +33,7 @@ from .quantized import DequantizeRecurrentWeights
 from .rank_branches import SplitOnRankChangingIfs
 from .folding import ConstantFolding, all_nodes, bind_inputs, node_inputs, with_input_shapes
 from .loops import LoopConverter
+from .loop_sequences import SequencesAsScanOutputs
 from .scan import ScanAsLoop
 from .converters import SPEC_ONLY_OPS, SpecConverters, shapes_as_tensors
 from .recurrent import OPTIONAL_INPUTS, RecurrentLoop, parse_recurrent_node
@@ -113,7 +114,11 @@ class RecurrentGraphImporter(LoopConverter, SpecConverters, onnx_frontend.ONNXGr
                     self._siblings[_branch_key(branch)] = (other, node.name, label.split("_")[0])
                     self._check_for_unsupported_ops(branch)
             if op == "Loop":
-                self._check_for_unsupported_ops(next(a.g for a in node.attribute if a.name == "body"))
+                body = next(a.g for a in node.attribute if a.name == "body")
+                for inner in all_nodes(body):
+                    if inner.op_type in SEQUENCE_OPS:
+                        raise UnsupportedModelError(_sequence_message(node, inner))
+                self._check_for_unsupported_ops(body)
 
     def _convert_subgraph(self, bb, graph):
         """An If branch.  TVM's importer computes both branches before the If selects
@@ -477,7 +482,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     model = _unknown_sizes_named(model)
     shapes = checked_shape_overrides(model.graph, shapes)
     model = DequantizeContribOps()(DequantizeRecurrentWeights()(bind_inputs(model, fixed_inputs)))
-    model = ScanAsLoop()(model)
+    model = SequencesAsScanOutputs()(ScanAsLoop()(model))
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
     model = SplitOnRankChangingIfs()(ConstantFolding()(with_input_shapes(model, shapes)))
     mod, importer, graph, rec_names = _converted(model, shapes)
@@ -788,6 +793,22 @@ def hand_written_cell(operators) -> list:
     if ops & _PRODUCT_OPS and ops & _GATE_OPS:
         return sorted(ops & (_PRODUCT_OPS | _GATE_OPS))
     return []
+
+
+# ONNX's operators on sequences (a list of tensors, as torch exports a Python list).
+SEQUENCE_OPS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase",
+                "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence"}
+
+
+def _sequence_message(loop, node) -> str:
+    """Why a Loop that works on an ONNX sequence in its body is refused: the one use of
+    sequences that compiles was rewritten (:mod:`.loop_sequences`), and this is another."""
+    return (f"node '{node.name or node.output[0]}' ({node.op_type}) in the body of Loop "
+            f"'{loop.name}': ONNX sequences in a loop are supported only as a list the loop "
+            "appends one tensor to per iteration (SequenceEmpty before it, one SequenceInsert "
+            "at the end in its body) and that is only concatenated or stacked after it "
+            "(ConcatFromSequence); this one is used otherwise. Where you can, collect the "
+            "values by concatenating tensors instead, or return the list stacked")
 
 
 def _state_shape(initial, shape: list) -> list:

@@ -113,7 +113,7 @@ class ScanAsLoop:
                                 list(node.output[:n]) + stacked, name=node.name, body=loop_body)
         # The stacked outputs reversed and moved to their axes.
         for q, (value, final) in enumerate(zip(stacked, node.output[n:])):
-            rank = _rank(body.output[n + q], None)
+            rank = declared_rank(body.output[n + q], None)
             axis = out_axes[q] if out_axes[q] >= 0 else (None if rank is None else out_axes[q] + rank + 1)
             if axis is None:
                 raise UnsupportedModelError(f"node '{label}' (Scan): a negative scan_output_axes "
@@ -161,7 +161,7 @@ def _has_scan(graph) -> bool:
         a.type == onnx.AttributeProto.GRAPH and _has_scan(a.g) for a in node.attribute) for node in graph.node)
 
 
-def _rank(value_info, default):
+def declared_rank(value_info, default):
     """The rank a value declares, else ``default``."""
     tensor = value_info.type.tensor_type
     return len(tensor.shape.dim) if tensor.HasField("shape") else default
