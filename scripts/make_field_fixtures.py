@@ -28,6 +28,10 @@ Writes into tests/fixtures/field/ (weights random, fixed by the seeds):
   argmax of a linear head, ``steps`` times (a ``Loop`` whose body runs the LSTM node);
   it collects the logits and the LSTM's outputs in Python lists, which export as ONNX
   sequences, and returns them stacked and concatenated (``ConcatFromSequence``).
+* ``seq2seq_attention.onnx``: a scripted translator: a bidirectional GRU encoder over
+  the source tokens, then a GRU decoder stepped one token at a time with attention over
+  the encoder's outputs, its argmax appended to a growing token tensor, stopping early
+  when every sequence has produced the end token (a ``Loop`` with a condition).
 
 and ``inputs.npz`` beside them: one sample input set per model (``<model>/<input>``).
 """
@@ -147,6 +151,33 @@ class GreedyDecoder(nn.Module):
         return torch.stack(logits, 1), torch.cat(outputs, 1), h, c
 
 
+class Seq2SeqAttention(nn.Module):
+    def __init__(self, vocab=30, embedding=16, hidden=32):
+        super().__init__()
+        self.source_embed = nn.Embedding(vocab, embedding)
+        self.encoder = nn.GRU(embedding, hidden, batch_first=True, bidirectional=True)
+        self.bridge = nn.Linear(2 * hidden, hidden)
+        self.target_embed = nn.Embedding(vocab, embedding)
+        self.decoder = nn.GRU(embedding + 2 * hidden, hidden, batch_first=True)
+        self.query = nn.Linear(hidden, 2 * hidden)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, source, max_length: int):
+        encoded, final = self.encoder(self.source_embed(source))  # [batch, length, 2 hidden]
+        h = torch.tanh(self.bridge(torch.cat([final[0], final[1]], -1))).unsqueeze(0)
+        token = torch.zeros(source.shape[0], 1, dtype=torch.long)
+        tokens = token
+        for _ in range(max_length):
+            weights = torch.softmax(torch.bmm(encoded, self.query(h[-1]).unsqueeze(2)), 1)
+            context = (weights * encoded).sum(1, keepdim=True)
+            y, h = self.decoder(torch.cat([self.target_embed(token), context], -1), h)
+            token = self.head(y[:, -1]).argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, token], 1)
+            if bool((token == 1).all()):  # (token 1 ends a sequence)
+                break
+        return tokens
+
+
 def _export(net, args, name, **kwargs):
     path = os.path.join(OUT, name)
     torch.onnx.export(net, args, path, dynamo=False, opset_version=17, **kwargs)
@@ -216,6 +247,15 @@ def main():
             dynamic_axes={"h": {1: "batch"}, "c": {1: "batch"}})
     inputs.update({"greedy_decoder/h": h, "greedy_decoder/c": c,
                    "greedy_decoder/steps": np.array(12, np.int64)})
+
+    torch.manual_seed(5)
+    source = rng.integers(2, 30, (2, 9)).astype(np.int64)
+    translator = torch.jit.script(Seq2SeqAttention().eval())
+    _export(translator, (torch.from_numpy(source), 16), "seq2seq_attention.onnx",
+            input_names=["source", "max_length"], output_names=["tokens"],
+            dynamic_axes={"source": {0: "batch", 1: "length"}})
+    inputs.update({"seq2seq_attention/source": source,
+                   "seq2seq_attention/max_length": np.array(16, np.int64)})
 
     np.savez(os.path.join(OUT, "inputs.npz"), **inputs)
 

@@ -78,6 +78,25 @@ def test_a_scripted_greedy_decoder_matches_onnxruntime():
         assert max_diff(got, want) < FLOAT_TOL
 
 
+def test_a_scripted_translator_with_attention_matches_onnxruntime():
+    """A bidirectional GRU encoder (memoizable) and a GRU decoder stepped per token in a
+    Loop with attention over the encoder's outputs, tokens appended to a growing tensor,
+    stopping early where every sequence has ended: the same tokens as onnxruntime."""
+    name = "seq2seq_attention"
+    model = memotvm.compile(path(name))
+    rng = np.random.default_rng(4)
+    cases = [feeds(name)] + [{"source": rng.integers(2, 30, (batch, length)).astype(np.int64),
+                              "max_length": np.array(steps, np.int64)}
+                             for batch, length, steps in [(1, 12, 20), (3, 5, 0), (4, 30, 40)]]
+    for inputs in cases:
+        got, want = model.run(inputs), onnxruntime(path(name), inputs)
+        np.testing.assert_array_equal(got[0], want[0])
+    with pytest.warns(NothingToMemoizeWarning, match=r"node\(s\) '/GRU_1' run in the body of a Loop"):
+        memoized = memotvm.compile(path(name), memo=0.2)
+    memoized.run(cases[0])
+    assert [loop.name for loop in memoized.loops] == ["/GRU"] and memoized.last_stats.reuse > 0
+
+
 @pytest.mark.parametrize("name", ["vad_stream", "crnn_recognizer", "gru_denoiser", "quantized_lstm"])
 def test_folding_keeps_the_models_meaning(name):
     """The folded model, run by onnxruntime, gives what the original gives: folding
