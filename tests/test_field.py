@@ -880,6 +880,38 @@ def test_whole_axis_slices_and_constant_gathers_on_symbolic_axes_leave_no_run_ti
         assert max_diff(compiled.run(call), onnxruntime(model, call)) <= FLOAT_TOL
 
 
+def test_an_index_computed_from_a_size_known_when_compiling_is_a_constant():
+    """torchscript writes ``y[:, -1]`` as a Gather at index -1, which TVM's converter
+    makes ``-1 + shape(y)[1]``.  In a loop's body (where the ONNX-level folding has no
+    shapes) that size, 1 for a decoder's one step, is known to TVM though the batch is
+    symbolic: the index is then a constant, not a shape, arithmetic and an index check
+    at every iteration."""
+    nodes = [h.make_node("Unsqueeze", ["y_in", "axis1"], ["steps_y"]),
+             h.make_node("Gather", ["steps_y", "minus_one"], ["last"], axis=1),
+              h.make_node("Tanh", ["last"], ["y_out"]), h.make_node("Identity", ["cond_in"], ["cond_out"])]
+    body = h.make_graph(nodes, "body", [h.make_tensor_value_info("i", T.INT64, []),
+                                        h.make_tensor_value_info("cond_in", T.BOOL, []),
+                                        h.make_tensor_value_info("y_in", T.FLOAT, ["n", 4])],
+                        [h.make_tensor_value_info("cond_out", T.BOOL, []),
+                         h.make_tensor_value_info("y_out", T.FLOAT, ["n", 4])])
+    graph = h.make_graph([h.make_node("Loop", ["trips", "", "y"], ["y_last"], body=body)], "steps",
+                         [h.make_tensor_value_info("y", T.FLOAT, ["n", 4])],
+                         [h.make_tensor_value_info("y_last", T.FLOAT, None)],
+                         [h.make_tensor("trips", T.INT64, [], [3]), h.make_tensor("axis1", T.INT64, [1], [1]),
+                          h.make_tensor("minus_one", T.INT64, [], [-1])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    mod = from_onnx(model).mod
+    body_function = next(f for gv, f in mod.functions_items() if gv.name_hint.endswith("_body"))
+    calls = []
+    relax.analysis.post_order_visit(body_function.body, lambda e: calls.append(e.op.name) if isinstance(
+        e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
+    assert "relax.shape_of" not in calls and "relax.call_tir_inplace" not in calls, calls
+    compiled = memotvm.compile(model)
+    for n in (1, 3):
+        y = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+        assert max_diff(compiled.run({"y": y}), onnxruntime(model, {"y": y})) <= FLOAT_TOL
+
+
 def test_fixed_inputs_errors_name_the_input():
     with pytest.raises(ConfigError, match="'rate', which is not an input.*input, state, sr"):
         memotvm.compile(path("vad_stream"), fixed_inputs={"rate": 8000})

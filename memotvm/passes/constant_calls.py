@@ -60,6 +60,10 @@ class _ConstantCallFolder(relax.PyExprMutator):
             chosen = self._chosen_by_constant_condition(call)
             if chosen is not None:
                 return chosen
+        if call.op.name == "relax.take":
+            picked = self._known_sizes_taken(call)
+            if picked is not None:
+                return picked
         args = [self._constant(a) for a in call.args]
         if any(a is None for a in args):
             return call
@@ -97,6 +101,48 @@ class _ConstantCallFolder(relax.PyExprMutator):
             return None
         bound = self._constant(chosen)
         return relax.const(bound, str(want.dtype)) if isinstance(bound, np.ndarray) else chosen
+
+    def _known_sizes_taken(self, call):
+        """A ``take`` of a shape made a tensor (some of its sizes symbolic) that picks only
+        sizes known when compiling, as a constant: ``y[:, -1]`` over a loop body's
+        [batch, 1, d] becomes the index 0 instead of shape_of, take, add and a run-time
+        check on every call.  Else None."""
+        sizes = self._sizes(call.args[0])
+        indices = self._constant(call.args[1])
+        if sizes is None or not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu" \
+                or call.attrs.axis is None or int(call.attrs.axis) != 0 \
+                or not isinstance(call.ty, relax.TensorType) or not isinstance(call.ty.shape, relax.ShapeExpr):
+            return None
+        n = len(sizes)
+        flat = indices.astype(np.int64).ravel()
+        if str(call.attrs.mode) == "wrap":
+            flat = flat % max(n, 1)
+        elif str(call.attrs.mode) == "clip":
+            flat = np.clip(flat, 0, n - 1)
+        if n == 0 or flat.size == 0 or flat.min() < 0 or flat.max() >= n \
+                or not all(isinstance(sizes[i], tvm.tirx.IntImm) for i in flat):
+            return None
+        value = np.array([int(sizes[i]) for i in flat], np.int64).reshape(indices.shape)
+        if str(call.ty.dtype) != "int64" or list(value.shape) != [
+                int(d) if isinstance(d, tvm.tirx.IntImm) else -1 for d in call.ty.shape.values]:
+            return None
+        return relax.const(value, "int64")
+
+    def _sizes(self, expr):
+        """The sizes (some symbolic) of a shape made a tensor (``shape_to_tensor`` of a
+        shape, or of a tensor's ``shape_of``), else None."""
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            return None if bound is None else self._sizes(bound)
+        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.shape_to_tensor"):
+            shape = expr.args[0]
+            if isinstance(shape, relax.Var):
+                shape = self.lookup_binding(shape)
+            if isinstance(shape, relax.Call) and shape.op == tvm.ir.Op.get("relax.shape_of"):
+                shape = shape.args[0].ty.shape
+            if isinstance(shape, relax.ShapeExpr):
+                return list(shape.values)
+        return None
 
     def _constant(self, expr):
         """expr as a numpy array (a list for a tuple, an int for an IntImm)
