@@ -41,7 +41,8 @@ def zoo_cases():
 
 def field_cases():
     data = np.load(os.path.join(FIELD, "inputs.npz"))
-    for name in ("crnn_recognizer", "gru_denoiser", "quantized_lstm", "vad_stream"):
+    for name in ("crnn_recognizer", "gru_denoiser", "quantized_lstm", "vad_stream", "greedy_decoder",
+                 "seq2seq_attention"):
         feeds = {k.split("/", 1)[1]: data[k] for k in data if k.startswith(name + "/")}
         yield name, os.path.join(FIELD, f"{name}.onnx"), feeds, FIXTURE_MEMO
 
