@@ -97,6 +97,14 @@ def test_a_scripted_translator_with_attention_matches_onnxruntime():
     assert [loop.name for loop in memoized.loops] == ["/GRU"] and memoized.last_stats.reuse > 0
 
 
+def test_on_the_accelerator_a_translators_stepped_decoder_stays_on_the_host():
+    inputs = feeds("seq2seq_attention")
+    model = memotvm.compile(path("seq2seq_attention"), target="accel")
+    np.testing.assert_array_equal(model.run(inputs)[0], onnxruntime(path("seq2seq_attention"), inputs)[0])
+    assert [program.loop.name for program in model.programs] == ["/GRU"]
+    assert [layer.name for layer in model.last_cost.layers] == ["/GRU"]
+
+
 @pytest.mark.parametrize("name", ["vad_stream", "crnn_recognizer", "gru_denoiser", "quantized_lstm"])
 def test_folding_keeps_the_models_meaning(name):
     """The folded model, run by onnxruntime, gives what the original gives: folding

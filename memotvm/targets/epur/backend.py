@@ -38,8 +38,9 @@ _trace = threading.local()  # the layer costs of the call running on this thread
 
 
 def partition(mod: tvm.IRModule) -> tvm.IRModule:
-    """Wrap every recurrent-kernel call in a function annotated ``Codegen="epur"``."""
-    kernels = sorted({str(call.args[0].name_hint) for _, call in recurrent_calls(mod)})
+    """Wrap every recurrent-kernel call in a function annotated ``Codegen="epur"`` (but
+    those in ONNX Loop bodies, which run on the host)."""
+    kernels = sorted({str(call.args[0].name_hint) for _, call in recurrent_calls(mod, loop_bodies=False)})
     patterns = [FusionPattern(f"{CODEGEN}.{k}", is_call_tir(k)) for k in kernels]
     if not patterns:
         return mod
