@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
-from .folding import all_names, all_nodes, node_inputs, unique_name
+from .folding import all_names, all_nodes, graphs, node_inputs, unique_name
 from .scan import declared_rank
 
 
@@ -40,7 +40,7 @@ class SequencesAsScanOutputs:
             inferred = onnx.shape_inference.infer_shapes(out)
         except Exception:  # (a model shape inference rejects: ranks then from declarations)
             inferred = out
-        self._ranks = {v.name: declared_rank(v, None) for g in _graphs(inferred.graph)
+        self._ranks = {v.name: declared_rank(v, None) for g in graphs(inferred.graph)
                        for v in list(g.value_info) + list(g.output) + list(g.input)}
         self._names = all_names(out.graph)
         self._rewrite(out.graph)
@@ -155,14 +155,6 @@ class SequencesAsScanOutputs:
             helper.make_node("Reshape", [last, shape], [merged]),
             helper.make_node("Transpose", [merged], [out], perm=back),
         ]
-
-
-def _graphs(graph):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
 
 
 def _uses(graph) -> dict:
