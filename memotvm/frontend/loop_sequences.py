@@ -52,10 +52,13 @@ class SequencesAsScanOutputs:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     self._rewrite(attr.g)
         # One sequence at a time: a rewrite replaces the graph's nodes (protobuf copies
-        # them), so the loops are looked up again after each.
-        while any(self._as_scan_output(graph, loop, j) for loop in graph.node if loop.op_type == "Loop"
-                  for j in range(len(loop.input) - 2)):
-            pass
+        # them), so the loops are looked up again after each.  Only carried values that
+        # start as an empty sequence are looked at (a decoder carries its weights too).
+        while True:
+            empty = {name for node in graph.node if node.op_type == "SequenceEmpty" for name in node.output}
+            if not any(self._as_scan_output(graph, loop, j) for loop in graph.node if loop.op_type == "Loop"
+                       for j in range(len(loop.input) - 2) if loop.input[2 + j] in empty):
+                break
 
     def _as_scan_output(self, graph, loop, j) -> bool:
         """Rewrite loop-carried value j of ``loop`` where it is such a sequence (True
