@@ -97,6 +97,7 @@ def test_a_scripted_translator_with_attention_matches_onnxruntime():
     assert [loop.name for loop in memoized.loops] == ["/GRU"] and memoized.last_stats.reuse > 0
 
 
+@pytest.mark.slow
 def test_on_the_accelerator_a_translators_stepped_decoder_stays_on_the_host():
     inputs = feeds("seq2seq_attention")
     model = memotvm.compile(path("seq2seq_attention"), target="accel")

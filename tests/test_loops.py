@@ -299,7 +299,8 @@ def _cell_feeds(model, seed, trips, batch=3):
 
 
 @pytest.mark.parametrize("op,options", [
-    pytest.param("LSTM", {}, id="LSTM"), pytest.param("GRU", {}, id="GRU"), pytest.param("RNN", {}, id="RNN"),
+    pytest.param("LSTM", {}, id="LSTM"), pytest.param("GRU", {}, id="GRU", marks=pytest.mark.slow),
+    pytest.param("RNN", {}, id="RNN", marks=pytest.mark.slow),
     pytest.param("GRU", {"every_other": True}, id="GRU-in-an-If")])
 def test_a_loop_that_steps_a_recurrent_node_gives_what_onnxruntime_gives(op, options):
     """The node's kernel runs once per iteration, inside the body's function: trip
