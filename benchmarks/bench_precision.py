@@ -3,7 +3,7 @@ onnxruntime and OpenVINO.
 
     python benchmarks/bench_precision.py [--max-loss 1%] [--rounds 10] [--json bench_precision.json]
 
-For each zoo model: ``calibrate`` with the precisions fp32, bf16 and int8 and the
+For each zoo model: ``calibrate`` with the precisions fp32, bf16, bf16-act and int8 and the
 predictors bnn, lowrank:8 and delta, for the time objective (the fastest configuration
 within the loss bound, confirmed on the held-out split); then memotvm unmodified, memotvm
 with the committed memoization configuration (fp32), memotvm with the calibrated
@@ -40,7 +40,7 @@ def main(argv=None):
         result = calibrate(path, cal_in, cal_y, info["metric"], test_in, test_y,
                            max_loss=parse_loss(args.max_loss), output=info["output"],
                            predictors=("bnn", "lowrank:8", "delta"),
-                           precisions=("fp32", "bf16", "int8"), objective="time", progress=False)
+                           precisions=("fp32", "bf16", "bf16-act", "int8"), objective="time", progress=False)
         print(f"\n{name}: {result.format()}", flush=True)
         committed = MemoConfig.load(os.path.join(MODELS, f"{name}_memo.json"))
         res = bench_model(path, test_in, thresholds=(), rounds=args.rounds, openvino=True,

@@ -48,6 +48,7 @@ from .evaluation import Job, LocalRunner, Variant, make_runner
 from .frontend import from_onnx, load_model
 from .passes import MemoConfig
 from .precision import PRECISIONS, WEIGHT_BYTES, PrecisionConfig
+from .predictors import get_predictor
 from .sequences import join_labels
 from .validate import pick_output
 
@@ -314,19 +315,22 @@ def _fp32_twins(candidates: dict, evaluate, bound) -> dict:
 
 
 def _precision_alone(paths: dict, evaluate, bound) -> dict:
-    """label -> Trial: the precision each predictor's search ended at, with memoization
-    off, where it stays within the bound (a candidate of the time and energy
-    objectives: the memo tables' upkeep may cost more than the reuse saves)."""
+    """label -> Trial: every precision the predictors' searches passed through, with
+    memoization off, where it stays within the bound (a candidate of the time and energy
+    objectives: the memo tables' upkeep may cost more than the reuse saves, and the
+    search, which weighs weight traffic, passes through bf16-act, as fast as it gets on
+    a CPU with bfloat16 dot products, on its way to int8)."""
     out = {}
     for path in paths.values():
-        precision = path[-1].precision if path else {}
-        label = "precision only (" + ", ".join(f"{n} {p}" for n, p in precision.items()) + ")"
-        if not precision or label in out:
-            continue
-        value, loss, avoided, reuse, work = evaluate(None, precision)
-        if loss <= bound:
-            out[label] = Trial(path[-1].predictor, {u: 0.0 for u in path[-1].thresholds}, loss,
-                               avoided, reuse, value, precision, work, plain=True)
+        for trial in path:
+            precision = trial.precision
+            label = "precision only (" + ", ".join(f"{n} {p}" for n, p in precision.items()) + ")"
+            if not precision or label in out:
+                continue
+            value, loss, avoided, reuse, work = evaluate(None, precision)
+            if loss <= bound:
+                out[label] = Trial(trial.predictor, {u: 0.0 for u in trial.thresholds}, loss,
+                                   avoided, reuse, value, precision, work, plain=True)
     return out
 
 
@@ -487,6 +491,9 @@ class _Search:
         """(move, thresholds, precision) of each unit raised by one step of the grid and
         each node lowered by one step of the ladder."""
         out = []
+        predictor = get_predictor(self.predictor)
+        if predictor is not None and predictor.scheme == "delta":
+            ladder = [p for p in ladder if p != "bf16-act"]  # (delta does not run there)
         thresholds = {v: grid[self.level[v]] for v in units}
         precision = {n: ladder[self.level[("precision", n)]] for n in nodes
                      if self.level[("precision", n)]}

@@ -358,7 +358,7 @@ def cmd_validate(args):
     memo = _memo_from_args(args)
     precision = _precision_from_args(args)
     if memo is None and (precision is None or not precision.reduced):
-        raise ConfigError("validate needs --threshold T, --config FILE or --precision bf16|int8")
+        raise ConfigError("validate needs --threshold T, --config FILE or --precision bf16|bf16-act|int8")
     if labels is not None and not args.metric:
         raise ConfigError("--labels needs --metric")
     report = validate(_model(args), inputs, memo, labels=labels, metric=args.metric,
@@ -599,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "calibrate, with the precision it chose)")
         if memo and precision:
             p.add_argument("--precision", help="store the recurrent layers' weights at fp32 "
-                           "(default), bf16 or int8 (per-row scales), or as a JSON file says "
+                           "(default), bf16 or int8 (per-row scales), or bf16-act (bf16, and the "
+                           "activations they multiply rounded too), or as a JSON file says "
                            "(per node and direction); a --config file's precision applies "
                            "unless this is given (docs/precision.md)")
 
@@ -697,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictors", default="bnn", help="comma-separated predictors to search over")
     p.add_argument("--precision", metavar="LIST", default="fp32",
                    help="precisions the recurrent weights may be stored at, searched together "
-                        "with the thresholds: e.g. fp32,bf16,int8 (default fp32: thresholds "
+                        "with the thresholds: e.g. fp32,bf16,bf16-act,int8 (default fp32: thresholds "
                         "only; docs/precision.md)")
     p.add_argument("--objective", default="computations", choices=["computations", "time", "energy"],
                    help="what the chosen configuration is best at, within the loss bound: "
@@ -732,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="also time this JSON memo configuration (e.g. from calibrate, "
                    "with the precision it chose)")
     p.add_argument("--precision", metavar="LIST", help="also time the unmodified model with its "
-                   "recurrent weights at each of these precisions: bf16, int8 (comma-separated)")
+                   "recurrent weights at each of these precisions: bf16, bf16-act, int8 (comma-separated)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--ort-threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--openvino", action="store_true",

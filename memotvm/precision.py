@@ -5,12 +5,17 @@ A recurrent node's W and R are stored at a *precision*, per node and direction:
 * ``fp32`` -- as the model gives them;
 * ``bf16`` -- each weight rounded to bfloat16 (round to nearest, ties to even): 8 bits of
   mantissa, the range of float32;
+* ``bf16-act`` -- the weights as at ``bf16``, and the activations they multiply (the
+  layer's input x and the previous state h) rounded to bfloat16 the same way before
+  each product, which is what the bfloat16 dot-product instructions (AVX512-BF16's
+  ``vdpbf16ps``) take; the recurrent products then sum in the order of
+  :mod:`memotvm.kernels.bf16_dot`;
 * ``int8`` -- each row r (one neuron's weights of W, and separately of R) quantized
   symmetrically: ``s_r = max_k |w_rk| / 127`` (1 for a row of zeros) and
   ``q_rk = round_half_even(w_rk / s_r)``, an integer in [-127, 127]; the weight stands
   for ``q_rk * s_r``.
 
-Only the weights change.  Biases, peepholes, activations and the cell state stay float32
+Apart from ``bf16-act``'s rounded operands, only the weights change.  Biases, peepholes, activations and the cell state stay float32
 and every dot product accumulates in float32, so a layer at reduced precision computes
 exactly what the unmodified layer computes with the rounded weights
 (:func:`rounded_weights`), up to float32 rounding -- which is how the tests check it.
@@ -23,9 +28,11 @@ rounded values (the loss is as configured, the speed that of float32).
 
 The matrix products and convolutions around the recurrent layers (ONNX MatMul, Gemm and
 Conv, wherever their weight is a constant once constants are folded) take the
-``products`` precision (by default the configuration's ``default``): their weights are
-rounded the same way, a "row" being one output's weights (a column of MatMul's B, an
-output channel of Conv's W), and the products accumulate in float32.
+``products`` precision (by default the configuration's ``default``, with ``bf16`` for
+``bf16-act``): their weights are rounded the same way, a "row" being one output's
+weights (a column of MatMul's B, an output channel of Conv's W), and the products
+accumulate in float32.  They do not round their inputs: ``bf16-act`` applies to the
+recurrent layers.
 """
 
 from __future__ import annotations
@@ -40,12 +47,15 @@ import numpy as np
 from .errors import ConfigError
 from .per_node import checked_per_node, per_direction
 
-# Precision name -> the dtype a kernel stores its weights in.
-STORAGE = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+# Precision name -> how a kernel stores its weights: a dtype, or "bfloat16_pairs" (W
+# bfloat16, R as bf16_pairs int32 words, and the activations rounded: bf16-act).
+STORAGE = {"fp32": "float32", "bf16": "bfloat16", "bf16-act": "bfloat16_pairs", "int8": "int8"}
 # The widest first: a node whose directions differ is stored at the first that any asks.
 PRECISIONS = tuple(STORAGE)
+# The precisions of the products around the recurrent layers (their inputs unrounded).
+PRODUCT_PRECISIONS = ("fp32", "bf16", "int8")
 # Bytes one weight takes in memory at each precision (int8's per-row scale aside).
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "bf16-act": 2, "int8": 1}
 INT8_MAX = 127
 
 
@@ -69,7 +79,7 @@ def store_weights(weights: np.ndarray, precision: str) -> StoredWeights:
     w = np.asarray(weights, np.float32)
     if precision == "fp32":
         return StoredWeights(w)
-    if precision == "bf16":
+    if precision in ("bf16", "bf16-act"):
         return StoredWeights(w.astype(ml_dtypes.bfloat16))
     if precision == "int8":
         amax = np.abs(w).max(axis=-1).astype(np.float64)
@@ -77,6 +87,27 @@ def store_weights(weights: np.ndarray, precision: str) -> StoredWeights:
         q = np.rint(w.astype(np.float64) / scales[..., None].astype(np.float64))
         return StoredWeights(np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scales)
     raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def rounded_activations(values: np.ndarray) -> np.ndarray:
+    """The float32 values of ``values`` rounded to bfloat16 (nearest, ties to even): the
+    operands a ``bf16-act`` layer multiplies."""
+    return np.asarray(values, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def bf16_pairs(weights: np.ndarray) -> np.ndarray:
+    """bfloat16 ``weights`` [..., n] as int32 words [..., ceil(n / 2)]: element 2i in the
+    low half of word i, 2i + 1 in its high half (a zero after an odd n's last)."""
+    w = np.asarray(weights, ml_dtypes.bfloat16)
+    if w.shape[-1] % 2:
+        w = np.concatenate([w, np.zeros(w.shape[:-1] + (1,), w.dtype)], axis=-1)
+    return np.ascontiguousarray(w).view(np.uint16).view(np.int32)
+
+
+def unpack_bf16_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """The float32 values of :func:`bf16_pairs`'s words, the first ``n`` of each row."""
+    halves = np.ascontiguousarray(pairs, np.int32).view(np.uint16)
+    return (halves.astype(np.uint32) << 16).view(np.float32)[..., :n]
 
 
 def rounded_weights(weights: np.ndarray, precision: str) -> np.ndarray:
@@ -139,6 +170,10 @@ class PrecisionConfig:
         self.default = _check_precision(self.default, "(default)")
         if self.products is not None:
             self.products = _check_precision(self.products, "of the products")
+            if self.products not in PRODUCT_PRECISIONS:
+                raise ConfigError(f"precision of the products must be one of "
+                                  f"{', '.join(PRODUCT_PRECISIONS)}, got {self.products!r} "
+                                  "(bf16-act applies to the recurrent layers)")
         self.per_node = checked_per_node(self.per_node, _check_precision, "precisions")
 
     @classmethod
@@ -198,7 +233,9 @@ class PrecisionConfig:
     @property
     def products_precision(self) -> str:
         """The precision of the matrix products and convolutions by constant weights."""
-        return self.default if self.products is None else self.products
+        if self.products is not None:
+            return self.products
+        return "bf16" if self.default == "bf16-act" else self.default
 
     @property
     def reduced(self) -> bool:

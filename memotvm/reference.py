@@ -19,6 +19,7 @@ from .cells import NumpyMath, gru_cell, gru_reset, lstm_cell, rnn_cell
 from .kernels import MemoPlan
 from .kernels.memo_table import field_offsets, resumable, table_size
 from .frontend.recurrent import RecurrentLoop
+from .precision import rounded_activations
 from .predictors import get_predictor
 
 
@@ -76,8 +77,12 @@ def predictor_data(predictor, loop: RecurrentLoop, W, R) -> dict:
 
 def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_h=None,
               initial_c=None, P=None, memo: MemoPlan | None = None,
-              pred_data: dict | None = None, table=None) -> LayerResult:
+              pred_data: dict | None = None, table=None,
+              rounded_operands: bool = False) -> LayerResult:
     """Evaluate one recurrent node; arrays as the ONNX node receives them.
+
+    ``rounded_operands``: x and h rounded to bfloat16 where W and R multiply them
+    (precision ``bf16-act``; W and R given rounded).
 
     ``pred_data`` may pass :func:`predictor_data` of these weights, computed before.
     ``table`` (memoized): the memo tables an earlier call returned (``LayerResult.table``),
@@ -119,6 +124,7 @@ def run_layer(loop: RecurrentLoop, X, W, R, B=None, sequence_lens=None, initial_
                 before = stats[d, b, :, 0].copy()
                 chain = (_DeltaChain if delta else _Chain)(loop, d, Wd, Rd, Wb, Rb, memo, thr,
                                                            chain_table, stats[d, b], predictor, pred_data)
+                chain.rounded_operands = rounded_operands
                 h, c = chain.step(X[t, b], h, c, Pd)
                 computed[d, b, t] = stats[d, b, :, 0] - before
                 Y[t, d, b] = h
@@ -178,12 +184,15 @@ class _Chain:
         self.memo, self.thr, self.table, self.counts = memo, thr, table, counts
         self.predictor, self.pred_data = predictor, pred_data
         self.m = NumpyMath(W.dtype)
+        self.rounded_operands = False  # (bf16-act: see run_layer)
 
     def neurons(self, rows, x, u):
         """Fill table.a/b for ``rows`` (a slice), computing or reusing each neuron."""
         W, R = self.W[rows], self.R[rows]
-        a = W @ x + self.Wb[rows]
-        b = R @ u + self.Rb[rows]
+        x_op, u_op = (rounded_activations(x), rounded_activations(u)) if self.rounded_operands \
+            else (x, u)
+        a = W @ x_op + self.Wb[rows]
+        b = R @ u_op + self.Rb[rows]
         n = a.shape[0]
         reuse = np.zeros(n, bool)
         if self.memo is not None:
@@ -355,10 +364,13 @@ def _reference_op(op_type, session, names):
         loop = parse_recurrent_node(op_type, name, attrs, present, list(W.shape), list(R.shape),
                                     str(X.dtype))
         plan = session.config.plan_for(loop) if session.config is not None else None
+        rounded_operands = False
         if session.precision is not None:
             wanted = session.precision.for_loop(loop)
             W, R = (rounded_directions(w, wanted).astype(w.dtype) for w in (W, R))
-        result = run_layer(loop, X, W, R, B, sequence_lens, initial_h, initial_c, P, memo=plan)
+            rounded_operands = "bf16-act" in wanted
+        result = run_layer(loop, X, W, R, B, sequence_lens, initial_h, initial_c, P, memo=plan,
+                           rounded_operands=rounded_operands)
         session.loops[name] = loop
         session._counts[name] = result.stats
         outs = (result.Y, result.Y_h, result.Y_c)

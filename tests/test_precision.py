@@ -16,7 +16,8 @@ from memotvm.frontend import from_onnx
 from memotvm.kernels import kernel_weights
 from memotvm.passes.kernel_calls import recurrent_calls
 from memotvm.passes.precision import ReduceWeightPrecision
-from memotvm.precision import PrecisionConfig, rounded_weights, store_weights
+from memotvm.precision import (PrecisionConfig, bf16_pairs, rounded_weights, store_weights,
+                               unpack_bf16_pairs)
 from memotvm.reference import ReferenceSession
 from memotvm.testing import make_inputs, make_recurrent_model
 from memotvm.validate import validate
@@ -133,14 +134,16 @@ def _stored(model, precision):
     return mod[call.args[0]], list(call.args[1].fields)
 
 
-@pytest.mark.parametrize("precision,dtype", [("bf16", "bfloat16"), ("int8", "int8")])
-def test_the_kernel_reads_narrow_weights(precision, dtype):
+@pytest.mark.parametrize("precision,dtype,stored", [
+    ("bf16", "bfloat16", ["bfloat16", "bfloat16"]), ("int8", "int8", ["int8", "int8"]),
+    ("bf16-act", "bfloat16_pairs", ["bfloat16", "int32"])])
+def test_the_kernel_reads_narrow_weights(precision, dtype, stored):
     """The weights are stored narrow, not rounded and kept as float32 (the point is the
-    memory traffic)."""
+    memory traffic); at bf16-act R in pairs of bfloat16 per int32 word."""
     model = make_recurrent_model("LSTM", 8, 16, initial_h=True)
     kernel, args = _stored(model, precision)
     assert kernel_weights(kernel) == dtype
-    assert [str(a.ty.dtype) for a in args[1:3]] == [dtype, dtype]
+    assert [str(a.ty.dtype) for a in args[1:3]] == stored
     if precision == "int8":  # after B and initial_h: the per-row scales of W and R
         assert [str(a.ty.dtype) for a in args[5:7]] == ["float32", "float32"]
         assert [tuple(int(x) for x in a.ty.shape) for a in args[5:7]] == [(1, 64), (1, 64)]
@@ -173,11 +176,12 @@ def test_accelerator_prices_narrower_weights():
     model = make_recurrent_model("LSTM", 64, 128)
     feeds = make_inputs(model, 10, 1, seed=8)
     cost = {}
-    for precision in ("fp32", "bf16", "int8"):
+    for precision in ("fp32", "bf16", "bf16-act", "int8"):
         compiled, _ = check(model, feeds, precision, memo=0.05, target="epur")
         cost[precision] = compiled.last_cost
-    # bf16 weights are as wide as the accelerator's native FP16: the same cost.
-    assert cost["bf16"].seconds == cost["fp32"].seconds
+    # bf16 weights are as wide as the accelerator's native FP16: the same cost (and
+    # rounding the activations too costs nothing more there).
+    assert cost["bf16"].seconds == cost["fp32"].seconds == cost["bf16-act"].seconds
     assert cost["int8"].seconds < cost["fp32"].seconds
     assert cost["int8"].energy_total_pj < cost["fp32"].energy_total_pj
     dram = {p: sum(layer.dram_bytes for layer in c.layers) for p, c in cost.items()}
@@ -185,7 +189,8 @@ def test_accelerator_prices_narrower_weights():
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("fp16", "precision must be one of fp32, bf16, int8, got 'fp16'"),
+    ("fp16", "precision must be one of fp32, bf16, bf16-act, int8, got 'fp16'"),
+    ({"products": "bf16-act"}, "bf16-act applies to the recurrent layers"),
     ({"default": "int4"}, "must be one of"),
     ({"per_node": {"nope": "bf16"}}, "names node\\(s\\) not in the model: nope"),
     ({"per_node": {"rnn": {"sideways": "bf16"}}}, "directions must be 'forward' or 'reverse'"),
@@ -271,7 +276,7 @@ def test_calibration_without_reduced_precisions_writes_what_it_wrote_before():
                        grid=(0, 0.05), progress=False)
     assert result.precision is None and "precision" not in result.to_dict()
     assert "weight_traffic_avoided" not in result.chosen["calibration"]
-    with pytest.raises(memotvm.ConfigError, match="must be one of fp32, bf16, int8, got 'fp16'"):
+    with pytest.raises(memotvm.ConfigError, match="must be one of fp32, bf16, bf16-act, int8, got 'fp16'"):
         calibrate(CO2, inputs, labels, "mse", precisions=("fp16",), progress=False)
 
 
@@ -383,3 +388,96 @@ def test_precision_files(tmp_path):
         PrecisionConfig.load(str(path))
     path.write_text(json.dumps({"precision": "bf16"}))
     assert PrecisionConfig.coerce(str(path)).default == "bf16"
+
+
+# -- bf16-act: the activations rounded too ------------------------------------------------
+
+@pytest.mark.parametrize("op,H,kwargs", [
+    ("LSTM", 37, dict(direction="bidirectional", initial_h=True, peepholes=True)),
+    ("GRU", 64, dict(initial_h=True)),
+    pytest.param("GRU", 40, dict(initial_h=True, attrs={"linear_before_reset": 1}), marks=SLOW),
+    pytest.param("RNN", 33, dict(direction="reverse", initial_h=True), marks=SLOW),
+])
+def test_bf16_act_rounds_the_operands_of_every_product(op, H, kwargs):
+    """One step from a given state: every product multiplies x and h rounded to bfloat16
+    (the reference rounds them with ml_dtypes), so the kernel agrees with the reference
+    within float32 rounding (check's 1e-5), and differs from bf16, which does not round
+    them.  (H = 37 and 33 leave a tail after the pairs' blocks; 64 has none.)"""
+    model = make_recurrent_model(op, 21, H, **kwargs)
+    feeds = make_inputs(model, 1, 5, seed=7)
+    _, got = check(model, feeds, "bf16-act")
+    weights_only = ReferenceSession(model, precision="bf16").run(feeds)
+    assert max(np.abs(g - w).max() for g, w in zip(got, weights_only)) > 1e-4
+
+
+@pytest.mark.parametrize("op", ["LSTM", pytest.param("GRU", marks=SLOW)])
+def test_bf16_act_over_a_sequence(op):
+    """Over many steps the kernel and the reference compute h in float32 in different
+    orders; a last-bit difference can move an operand to the neighbouring bfloat16
+    (2^-8 relative), after which the two drift apart by about that much.  So most
+    outputs agree to float32 rounding and all within 2^-8."""
+    model = make_recurrent_model(op, 12, 48, direction="bidirectional", initial_h=True)
+    feeds = make_inputs(model, 30, 4, seed=8)
+    got = memotvm.compile(model, precision="bf16-act").run(feeds)
+    expected = ReferenceSession(model, precision="bf16-act").run(feeds)
+    for g, e in zip(got, expected):
+        err = np.abs(g - e)
+        assert err.max() < 2 ** -8 and np.mean(err < 1e-5) > 0.9
+
+
+@pytest.mark.parametrize("predictor", ["bnn", pytest.param("lowrank:4", marks=SLOW)])
+def test_bf16_act_memoized_at_threshold_zero_is_the_unmodified_kernel(predictor):
+    """Memoized kernels list rows and compute them with the same pair products: at
+    threshold 0 their outputs are the unmodified kernel's bit for bit; above it they
+    make the reference's decisions."""
+    model = make_recurrent_model("LSTM", 20, 36, direction="bidirectional", initial_h=True)
+    feeds = make_inputs(model, 10, 5, seed=9)
+    plain = memotvm.compile(model, precision="bf16-act").run(feeds)
+    memoized = memotvm.compile(model, memo={"threshold": 0.0, "predictor": predictor},
+                               precision="bf16-act").run(feeds)
+    for p, m in zip(plain, memoized):
+        np.testing.assert_array_equal(p, m)
+    one_step = make_inputs(model, 1, 3, seed=10, smooth=True)
+    check(model, one_step, "bf16-act", memo={"threshold": 0.1, "predictor": predictor})
+
+
+@pytest.mark.parametrize("target", ["llvm -mcpu=haswell", pytest.param("llvm -mcpu=x86-64", marks=SLOW)])
+def test_bf16_act_without_avx512(target):
+    """Without AVX512-BF16 the same pair products run as float32 multiply-adds, at the
+    target's vector width (8 and 4 lanes: tails after 16- and 8-element blocks)."""
+    model = make_recurrent_model("GRU", 9, 40, direction="bidirectional", initial_h=True)
+    check(model, make_inputs(model, 1, 3, seed=11), "bf16-act", target=target)
+
+
+def test_bf16_dot_instruction_and_portable_code_agree_bit_for_bit():
+    """vdpbf16ps (where the CPU has AVX512-BF16) and the portable multiply-adds at the
+    same 16 lanes (an AVX-512 target without it) sum the same exact products in the
+    same order: the same outputs, bit for bit."""
+    from tvm.target import codegen
+    host = tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    if not codegen.target_has_features("avx512bf16", host):
+        pytest.skip("this CPU has no AVX512-BF16")
+    model = make_recurrent_model("LSTM", 33, 70, direction="bidirectional", initial_h=True)
+    feeds = make_inputs(model, 12, 6, seed=12)
+    native = memotvm.compile(model, precision="bf16-act").run(feeds)
+    portable = memotvm.compile(model, precision="bf16-act",
+                               target="llvm -mcpu=skylake-avx512").run(feeds)
+    for n, p in zip(native, portable):
+        np.testing.assert_array_equal(n, p)
+
+
+def test_bf16_act_refusals():
+    model = make_recurrent_model("GRU", 6, 8, direction="bidirectional")
+    with pytest.raises(memotvm.ConfigError, match="delta execution does not run at precision bf16-act"):
+        memotvm.compile(model, memo={"threshold": 0.1, "predictor": "delta"}, precision="bf16-act")
+    with pytest.raises(memotvm.ConfigError, match="every direction of a node or to none"):
+        memotvm.compile(model, precision={"per_node": {"rnn": {"forward": "bf16-act"}}})
+
+
+def test_bf16_pairs_round_trip():
+    w = np.arange(-7, 8, dtype=np.float32).reshape(1, 3, 5) / 4  # (odd rows: a zero pad)
+    pairs = bf16_pairs(w.astype(ml_dtypes.bfloat16))
+    assert pairs.dtype == np.int32 and pairs.shape == (1, 3, 3)
+    np.testing.assert_array_equal(unpack_bf16_pairs(pairs, 5), w)
+    # element 2i in the low half of word i
+    assert (int(pairs[0, 0, 0]) & 0xFFFF) == int(np.float32(w[0, 0, 0]).view(np.uint32) >> 16)

@@ -38,7 +38,7 @@ and, memoized, ``memo_table_out`` (the table at the end of the call).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import tvm
@@ -47,19 +47,22 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
+from .bf16_dot import linked
 from .input_panels import has_input_panels, input_panels_shape
 from .memo_table import TABLE_DTYPE, field_offsets, resumable, table_size
 from .plan import MemoPlan, kernel_name
 from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
-from .schemes import scheme_for
+from .schemes import scheme_for, scheme_kind
 from .tiling import (MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
                      SCALAR_ACTIVATIONS, STREAM_WEIGHT_BYTES, TIME_BLOCK, batch_block,
                      blocks_batch_from, i64, unit_block, vector_lanes)
 from .tir_math import TirMath
 
-# The dtypes a float32 node's kernel may take W and R in.
-WEIGHT_DTYPES = ("float32", "bfloat16", "int8")
+# How a float32 node's kernel may take W and R: a dtype, or "bfloat16_pairs" (W
+# bfloat16, R as bfloat16 pairs in int32 words, the activations rounded: precision
+# bf16-act, :mod:`.bf16_dot`).
+WEIGHT_DTYPES = ("float32", "bfloat16", "bfloat16_pairs", "int8")
 
 if TYPE_CHECKING:
     from ..frontend.recurrent import RecurrentLoop
@@ -84,6 +87,11 @@ class KernelBuilder(DenseProducts):
         # The dtype W and R come in (memotvm.precision): bfloat16 or int8 with per-row
         # scales halve or quarter the weight traffic; products still accumulate in acc.
         self.weights = weights
+        # bf16-act: R in pairs, multiplied by h rounded to bfloat16 (see bf16_dot); the
+        # input projection multiplies W by x rounded the same way.
+        self.pairs = weights == "bfloat16_pairs"
+        if self.pairs and memo is not None and scheme_kind(memo) == "delta":
+            raise ValueError("delta execution does not run at precision bf16-act")
         # R comes as pack_row_blocks(R) (memoized kernels list arbitrary rows).
         self.row_blocks = row_blocks
         # W comes as pack_input_panels(W): the projection is a register-tiled product.
@@ -92,6 +100,8 @@ class KernelBuilder(DenseProducts):
         self.acc = "float64" if loop.dtype == "float64" else "float32"
         # Lanes of every accumulator: the vector width of the target compiled for.
         self.lanes = vector_lanes()
+        # bf16-act: R's rows in int32 words of two bfloat16 values.
+        self.r_words = -(-loop.hidden_size // 2)
         self.m = TirMath(self.acc)
         self.unit_block = unit_block(loop)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
@@ -117,13 +127,17 @@ class KernelBuilder(DenseProducts):
                 self._declare_params()
                 # An empty batch has nothing to compute (and its tasks would divide by 0).
                 with T.If(self.batch > i64(0)):
-                    with T.Then():
+                    with T.Then(), self._linked():
                         self._allocate_state()
                         self._initialise()
                         with T.attr(0, "pragma_parallel_launch_point", 1):
                             self._time_loop()
                         self._finish()
         return ib.get()
+
+    def _linked(self):
+        """The LLVM functions the kernel calls (the pair dot at bf16-act)."""
+        return linked(self.lanes) if self.pairs else nullcontext()
 
     def _time_loop(self):
         """The steps, run by every worker of one parallel launch (see parallel): as
@@ -151,7 +165,7 @@ class KernelBuilder(DenseProducts):
         scheme allows it and R is small enough for each worker to read all of it
         (STREAM_WEIGHT_BYTES)."""
         loop = self.loop
-        r_bytes = loop.rows * loop.hidden_size * tvm.DataType(self.weights).bits // 8
+        r_bytes = loop.rows * loop.hidden_size * tvm.DataType(self.R.dtype).bits * (2 if self.pairs else 1) // 8
         return self.scheme.streams and r_bytes <= STREAM_WEIGHT_BYTES
 
     def stream_loop(self):
@@ -268,10 +282,14 @@ class KernelBuilder(DenseProducts):
         self.seq = seq = tirx.Var("seq_length", "int64")
         self.batch = batch = tirx.Var("batch_size", "int64")
         dt = loop.dtype
-        wt = self.weights
+        wt = "bfloat16" if self.pairs else self.weights
         self.X = self.param("X", (seq, batch, D), dt)
         self.W = self.param("W", input_panels_shape(loop) if self.input_panels else (nd, G, D), wt)
-        self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), wt)
+        if self.pairs:  # (nd, G, ceil(H / 2)) words
+            self.R = self.param("R", row_blocks_shape(loop, self.r_words) if self.row_blocks
+                                else (nd, G, self.r_words), "int32")
+        else:
+            self.R = self.param("R", row_blocks_shape(loop) if self.row_blocks else (nd, G, H), wt)
         self.B = self.param("B", (nd, 2 * G), dt) if loop.has("B") else None
         self.L = self.param("sequence_lens", (batch,), "int32") if loop.has("sequence_lens") else None
         self.H0 = self.param("initial_h", (nd, batch, H), dt) if loop.has("initial_h") else None
@@ -675,7 +693,8 @@ def build_kernel(loop: RecurrentLoop, memo: MemoPlan | None = None,
     """The PrimFunc of ``loop``, memoized when ``memo`` is given; ``row_blocks``: the
     unmodified kernel reading R as :func:`~memotvm.kernels.row_blocks.pack_row_blocks`
     (see there); ``weights``: the dtype W and R come in (the node's, or for a float32
-    node bfloat16, or int8 followed by their per-row scales; :mod:`memotvm.precision`);
+    node bfloat16, "bfloat16_pairs" (bf16-act), or int8 followed by their per-row scales;
+    :mod:`memotvm.precision`);
     ``input_panels``: reading W as
     :func:`~memotvm.kernels.input_panels.pack_input_panels` (see there)."""
     return KernelBuilder(loop, memo, row_blocks, weights, input_panels).build()

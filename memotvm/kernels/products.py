@@ -8,6 +8,11 @@ is computed with.  The input parts all come from one projection of a chunk of st
 whichever scheme reads them: from W in panels (:mod:`.input_panels`, where W is a
 constant) each summed in order of k, else in lanes as above.  That is what makes a
 memoized kernel at threshold 0 bit-identical to the unmodified one.
+
+At precision bf16-act the recurrent products sum in the order of :mod:`.bf16_dot`
+instead (pairs of k per lane, 2L per vector of accumulators), again whatever computes
+them, and every product of W or R multiplies x or h rounded to bfloat16; a predictor's
+own products (the low-rank factors') read them unrounded.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
+from .bf16_dot import pair_dot, pair_value, rounded
 from .panels import TILE_ROWS, for_panel, panel_count, panel_vectors, register_block
 from .row_blocks import BlockRow
 from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64, vector_registers
@@ -39,10 +45,30 @@ class DenseProducts:
             value = tirx.Cast(buf.dtype, value)
         T.buffer_store(buf, value, list(idx))
 
+    def operand(self, buf, idx, rows=None):
+        """A value that rows of W or R multiply (of x or h, ``rows`` None: W's): rounded
+        to bfloat16 at bf16-act.  (A predictor's rows multiply it as it is.)"""
+        value = self.load(buf, idx)
+        weights = rows is None or self._row_buffer(rows).same_as(self.W) or self.paired(rows)
+        return rounded(value) if self.pairs and weights else value
+
+    @staticmethod
+    def _row_buffer(rows):
+        row = rows[0]
+        return row.buf if isinstance(row, BlockRow) else row[0]
+
+    def paired(self, rows) -> bool:
+        """Whether ``rows`` are rows of R in bfloat16 pairs (bf16-act, :mod:`.bf16_dot`)."""
+        return self.pairs and self._row_buffer(rows).same_as(self.R)
+
+    def dot_width(self, rows) -> int:
+        """Elements of a row per block of its accumulators: a vector, or a vector of pairs."""
+        return 2 * self.lanes if self.paired(rows) else self.lanes
+
     def _lane_sums(self, rows, vecs, n):
         """The accumulators of ``rows`` x ``vecs`` (see :meth:`multi_dot`) over the
-        whole vectors of the last axis, vector-major: row r . vec v is in
-        ``accs[v * len(rows) + r]``."""
+        whole vectors (:meth:`dot_width` elements) of the last axis, vector-major: row r
+        . vec v is in ``accs[v * len(rows) + r]``."""
         nr, nv = len(rows), len(vecs)
         # One small buffer per accumulator: each stays on the stack (TVM moves buffers
         # of 1 KiB and more to the heap) and LLVM keeps it in a register.
@@ -50,7 +76,7 @@ class DenseProducts:
         for acc in accs:
             with T.vectorized(0, self.lanes) as lane:
                 T.buffer_store(acc, self.m.const(0.0), [lane])
-        full = n // self.lanes
+        full = n // self.dot_width(rows)
         if not full:
             return accs
         # The vectors in groups, one pass over k each, so that a group's accumulators,
@@ -63,10 +89,13 @@ class DenseProducts:
         group = nv if full <= 8 else max(1, min(nv, (vector_registers() - nr) // (nr + 1)))
         for first in range(0, nv, group):
             part = range(first, min(nv, first + group))
+            if self.paired(rows):
+                self._pair_pass(rows, vecs, part, accs, full)
+                continue
             with T.serial(0, full) as k0:
                 with T.vectorized(0, self.lanes) as lane:
                     k = k0 * self.lanes + lane
-                    xs = {v: self.load(vecs[v][0], vecs[v][1] + (k,)) for v in part}
+                    xs = {v: self.operand(vecs[v][0], vecs[v][1] + (k,), rows) for v in part}
                     for r, row in enumerate(rows):
                         w = self._row_value(row, k, (k0, lane))
                         for v in part:
@@ -74,9 +103,35 @@ class DenseProducts:
                             T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
         return accs
 
+    def _pair_pass(self, rows, vecs, part, accs, full):
+        """:meth:`_lane_sums`' pass over the vectors ``part`` for rows of R in pairs:
+        per block of 2 x lanes elements one :func:`~.bf16_dot.pair_dot` per row and
+        vector."""
+        L, nr = self.lanes, len(rows)
+        whole = tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), L)
+        with T.serial(0, full) as k0:
+            xs = {}
+            for v in part:
+                buf, prefix = vecs[v]
+                start = k0 * i64(2 * L)
+                xs[v] = (T.bind(buf.vload(list(prefix) + [start], f"float32x{L}")),
+                         T.bind(buf.vload(list(prefix) + [start + i64(L)], f"float32x{L}")))
+            for r, row in enumerate(rows):
+                at = list(row.index((k0, i64(0)))) if isinstance(row, BlockRow) \
+                    else list(row[1]) + [k0 * i64(L)]
+                w = T.bind(row.buf.vload(at, f"int32x{L}") if isinstance(row, BlockRow)
+                           else row[0].vload(at, f"int32x{L}"))
+                for v in part:
+                    acc = accs[v * nr + r]
+                    T.buffer_store(acc, pair_dot(acc.vload([0], f"float32x{L}"), w, *xs[v], L),
+                                   [whole])
+
     def _row_value(self, row, k, vector_k=None):
         """Column k of a row operand: a (buffer, index prefix) pair, or a
         :class:`BlockRow` (``vector_k``: k as (whole vector, lane))."""
+        if self.paired([row]):  # (only ever scalar: the vectors go through pair_dot)
+            word = row.buf[row.index(k // 2)] if isinstance(row, BlockRow) else row[0][row[1] + (k // 2,)]
+            return pair_value(word, k)
         if isinstance(row, BlockRow):
             return self.load(row.buf, row.index(vector_k if vector_k is not None else k))
         buf, prefix = row
@@ -94,18 +149,19 @@ class DenseProducts:
         """
         nr = len(rows)
         totals, _ = self._lane_totals(self._lane_sums(rows, vecs, n))
-        full = n // self.lanes
+        width = self.dot_width(rows)
+        full = n // width
         out = []
         for r, row in enumerate(rows):
             row_out = []
             for v, (vbuf, vpre) in enumerate(vecs):
                 total = totals[v * nr + r]
-                if n % self.lanes:
+                if n % width:
                     # The tail, added in order (a loop: unrolled it bloats the code).
                     tail = T.alloc_buffer((1,), self.acc)
                     T.buffer_store(tail, total, [0])
-                    with T.serial(full * self.lanes, n) as k:
-                        prod = self._row_value(row, k) * self.load(vbuf, vpre + (k,))
+                    with T.serial(full * width, n) as k:
+                        prod = self._row_value(row, k) * self.operand(vbuf, vpre + (k,), rows)
                         T.buffer_store(tail, tail[0] + prod, [0])
                     total = tail[0]
                 row_out.append(T.bind(total))
@@ -117,13 +173,15 @@ class DenseProducts:
         lane ``v * len(rows) + r``: consecutive rows of a vector are consecutive lanes,
         which the caller stores (with their biases) as vectors instead of one by one.
         Where :meth:`vector_rows` allows (no tail, at most ``self.lanes`` products)."""
-        assert self.vector_rows(len(rows), len(vecs), n)
+        assert self.vector_rows(len(rows), len(vecs), n, self.dot_width(rows))
         _, (buf,) = self._lane_totals(self._lane_sums(rows, vecs, n))
         return buf
 
-    def vector_rows(self, n_rows, n_vecs, n):
-        """Whether rows . vecs can come from :meth:`dot_vector`."""
-        return n % self.lanes == 0 and n_rows > 1 and n_rows * n_vecs <= self.lanes
+    def vector_rows(self, n_rows, n_vecs, n, width=None):
+        """Whether rows . vecs can come from :meth:`dot_vector` (``width``: the rows'
+        :meth:`dot_width`, by default a vector)."""
+        width = self.lanes if width is None else width
+        return n % width == 0 and n_rows > 1 and n_rows * n_vecs <= self.lanes
 
     def _lane_totals(self, accs):
         """The sums of the lanes of each accumulator, all in one tree of vector shuffles.
@@ -213,7 +271,7 @@ class DenseProducts:
                 for tb, (buf, pre) in enumerate(vecs):
                     total = zero[0]
                     for k in range(D):
-                        total = total + self.load(self.W, (d, j, k)) * self.load(buf, pre + (k,))
+                        total = total + self.load(self.W, (d, j, k)) * self.operand(buf, pre + (k,))
                     store(j, tb, self.with_bias(total, d, j, "W"))
             return
         js = [T.bind(j0 + r) for r in range(n)]
@@ -357,7 +415,7 @@ class DenseProducts:
 
         def x_value(vec, k):
             buf, prefix = vec
-            return self.load(buf, prefix + (k,))
+            return self.operand(buf, prefix + (k,))
 
         def store(acc, row, v):
             step, b = at(row)
@@ -398,15 +456,17 @@ class DenseProducts:
                 else:
                     js.append(T.bind(rows_buf[idx]))
             if self.row_blocks:  # consecutive rows, from a row of whole blocks
-                rows = [BlockRow(self.R, d, T.bind((base + i0) // i64(ROW_BLOCK)), r, loop.hidden_size,
-                                 self.lanes) for r in range(n)]
+                rows = [BlockRow(self.R, d, T.bind((base + i0) // i64(ROW_BLOCK)), r,
+                                 self.r_words if self.pairs else loop.hidden_size, self.lanes)
+                        for r in range(n)]
             else:
                 rows = [(self.R, (d, j)) for j in js]
             vecs = [ref for _, ref in chains]
             # Consecutive rows are stored as vectors: always without a list, and where a
             # block's listed rows happen to be consecutive (most of them, when any of
             # four elements computing a row lists it).
-            vector = (rows_buf is None or masked) and self.vector_rows(n, len(chains), loop.hidden_size)
+            vector = (rows_buf is None or masked) and self.vector_rows(
+                n, len(chains), loop.hidden_size, self.dot_width(rows))
             if vector:
                 rec = self.dot_vector(rows, vecs, loop.hidden_size)
             else:

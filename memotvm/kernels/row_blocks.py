@@ -24,9 +24,10 @@ def has_row_blocks(loop: RecurrentLoop) -> bool:
     return loop.hidden_size % ROW_BLOCK == 0
 
 
-def row_blocks_shape(loop: RecurrentLoop) -> tuple:
-    H = loop.hidden_size
-    return (loop.num_directions, loop.rows // ROW_BLOCK, ROW_BLOCK * H)
+def row_blocks_shape(loop: RecurrentLoop, n: int | None = None) -> tuple:
+    """The packed R of ``loop`` (rows of ``n`` values: H, or H's bf16-act words)."""
+    n = loop.hidden_size if n is None else n
+    return (loop.num_directions, loop.rows // ROW_BLOCK, ROW_BLOCK * n)
 
 
 def pack_row_blocks(R: np.ndarray, lanes: int) -> np.ndarray:

@@ -18,8 +18,8 @@ from tvm.ir import GenericConst
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import build_kernel, kernel_memo_plan, kernel_weights
-from ..precision import (STORAGE, PrecisionConfig, node_storage, rounded_directions,
-                         rounded_rows, store_weights)
+from ..precision import (STORAGE, PrecisionConfig, bf16_pairs, node_storage,
+                         rounded_directions, rounded_rows, store_weights, unpack_bf16_pairs)
 from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
 from .kernel_calls import in_loop_body, recurrent_calls, recurrent_kernel
 
@@ -39,6 +39,8 @@ def effective_weights(loop, kernel, args):
     W, R = W.value.numpy(), R.value.numpy()
     if kernel_weights(kernel) == "bfloat16":
         return W.astype(np.float32), R.astype(np.float32)
+    if kernel_weights(kernel) == "bfloat16_pairs":
+        return W.astype(np.float32), unpack_bf16_pairs(R, loop.hidden_size)
     if kernel_weights(kernel) != "int8":
         return W, R
     at = node_inputs(loop)
@@ -57,6 +59,9 @@ def check_precision(mod, config: PrecisionConfig) -> None:
         if loop.dtype != "float32":
             raise ConfigError(f"precision {'/'.join(wanted)} applies to float32 layers; "
                               f"{loop.op} node '{loop.name}' is {loop.dtype}")
+        if "bf16-act" in wanted and len(set(wanted)) > 1:
+            raise ConfigError(f"precision bf16-act applies to every direction of a node or to "
+                              f"none; {loop.op} node '{loop.name}' asks for {'/'.join(wanted)}")
         W, R = call.args[1].fields[1:3]
         if not (isinstance(W, GenericConst) and isinstance(R, GenericConst)):
             raise ConfigError(f"precision {'/'.join(wanted)} rounds the weights at compile time, "
@@ -106,8 +111,10 @@ class _WeightRewriter(relax.PyExprMutator):
             return relax.call_tir(call.args[0], args, out_ty=list(call.ty_args[0].fields))
         stored = [store_weights(W, storage), store_weights(R, storage)]
         dtype = STORAGE[storage]
-        args[1] = relax.const(stored[0].values, dtype)
-        args[2] = relax.const(stored[1].values, dtype)
+        args[1] = relax.const(stored[0].values, stored[0].values.dtype.name)
+        args[2] = relax.const(stored[1].values, stored[1].values.dtype.name)
+        if storage == "bf16-act":
+            args[2] = relax.const(bf16_pairs(stored[1].values), "int32")
         if storage == "int8":
             at = node_inputs(loop)
             args[at:at] = [relax.const(s.scales, "float32") for s in stored]

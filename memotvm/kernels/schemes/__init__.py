@@ -29,6 +29,12 @@ def scheme_for(kb, memo) -> Scheme:
     return _BY_KIND[predictor.scheme](kb, predictor)
 
 
+def scheme_kind(memo) -> str:
+    """"memo", "delta" or "oracle": the kind of scheme that runs ``memo``'s predictor."""
+    predictor = get_predictor(memo.predictor)
+    return "oracle" if predictor is None else predictor.scheme
+
+
 def weight_data(loop, predictor, W, R) -> dict:
     """The constant inputs a kernel memoized by ``predictor`` takes after the node's
     inputs (in the order its scheme declares them), from constant weights W and R."""
@@ -38,4 +44,4 @@ def weight_data(loop, predictor, W, R) -> dict:
 
 
 __all__ = ["Delta", "Dense", "Memoization", "Oracle", "Scheme", "scheme_for",
-           "small_change", "weight_data"]
+           "scheme_kind", "small_change", "weight_data"]

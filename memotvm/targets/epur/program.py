@@ -64,11 +64,13 @@ class WeightFormat:
 
 def weight_format(hw: HardwareConfig, weights: str) -> WeightFormat:
     """The format of weights stored as ``weights`` (a kernel's dtype: float32 means the
-    machine's native format, ``compute.element_bytes``, as does float64)."""
-    if weights not in ("bfloat16", "int8"):
+    machine's native format, ``compute.element_bytes``, as does float64; bf16-act's
+    "bfloat16_pairs" is bf16: its rounded activations are assumed to cost nothing more
+    on a machine whose native format is 16 bits)."""
+    if weights not in ("bfloat16", "bfloat16_pairs", "int8"):
         return WeightFormat(hw["compute.element_bytes"], hw["compute.dpu_width"],
                             hw.energy_pj("energy.mac"))
-    name = {"bfloat16": "bf16", "int8": "int8"}[weights]
+    name = {"bfloat16": "bf16", "bfloat16_pairs": "bf16", "int8": "int8"}[weights]
     return WeightFormat(hw[f"precision.{name}_weight_bytes"], hw[f"precision.{name}_dpu_width"],
                         hw.energy_pj(f"precision.{name}_mac"), scaled_rows=weights == "int8")
 
@@ -93,7 +95,8 @@ class EpurProgram:
     def format(self) -> str:
         lines = [f"; {self.loop.op} '{self.loop.name}' D={self.loop.input_size} "
                  f"H={self.loop.hidden_size} {self.loop.direction}, "
-                 + (f"{self.weights} weights, " if self.weights in ("bfloat16", "int8") else "")
+                 + (f"{self.weights} weights, " if self.weights in ("bfloat16", "bfloat16_pairs", "int8")
+                    else "")
                  + (f"memo {self.plan.predictor} thresholds {self.plan.thresholds}" if self.plan
                     else "unmodified")]
         lines.append("per call:")

@@ -15,6 +15,7 @@ import hashlib
 import numpy as np
 
 from ...frontend.recurrent import OPTIONAL_INPUTS
+from ...precision import unpack_bf16_pairs
 from ...predictors import get_predictor
 from ...reference import predictor_data, run_layer
 from .program import EpurProgram, LayerCost, cost
@@ -41,6 +42,8 @@ def simulate(prog: EpurProgram, args: list) -> LayerRun:
     # Weights at reduced precision: the values they stand for (memotvm.precision).
     if prog.weights in ("bfloat16", "int8"):
         W, R = W.astype(np.float32), R.astype(np.float32)
+    if prog.weights == "bfloat16_pairs":  # bf16-act: R in pairs, x and h rounded
+        W, R = W.astype(np.float32), unpack_bf16_pairs(R, loop.hidden_size)
     if prog.weights == "int8":
         scales = args[3 + len(optional): 5 + len(optional)]
         W, R = W * scales[0][..., None], R * scales[1][..., None]
@@ -54,7 +57,7 @@ def simulate(prog: EpurProgram, args: list) -> LayerRun:
     data = _cached_predictor_data(prog, loop, plan, W, R)
     result = run_layer(loop, X, W, R, given.get("B"), lens, given.get("initial_h"),
                        given.get("initial_c"), given.get("P"), memo=plan, pred_data=data,
-                       table=table)
+                       table=table, rounded_operands=prog.weights == "bfloat16_pairs")
     lengths = np.full(batch, seq) if lens is None else np.asarray(lens)
     outputs = [result.Y, result.Y_h] + ([result.Y_c] if loop.op == "LSTM" else [])
     outputs += [result.stats, status]
