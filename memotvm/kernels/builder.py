@@ -165,7 +165,8 @@ class KernelBuilder(DenseProducts):
         scheme allows it and R is small enough for each worker to read all of it
         (STREAM_WEIGHT_BYTES)."""
         loop = self.loop
-        r_bytes = loop.rows * loop.hidden_size * tvm.DataType(self.R.dtype).bits * (2 if self.pairs else 1) // 8
+        bits = 16 if self.pairs else tvm.DataType(self.weights).bits
+        r_bytes = loop.rows * loop.hidden_size * bits // 8
         return self.scheme.streams and r_bytes <= STREAM_WEIGHT_BYTES
 
     def stream_loop(self):
