@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--predictor", default="bnn", help="memo predictor (bnn, delta, lowrank:8, ...)")
     parser.add_argument("--openvino", action="store_true", help="also time OpenVINO (default precision and f32)")
     parser.add_argument("--precision", default="", help="also time memotvm with its recurrent weights "
-                        "at these precisions: bf16,int8 (docs/precision.md)")
+                        "at these precisions: bf16,bf16-act,int8 (docs/precision.md)")
     parser.add_argument("--memo-precision", default="",
                         help="the memoized variants at this precision (bf16 or int8) instead of fp32")
     args = parser.parse_args(argv)
