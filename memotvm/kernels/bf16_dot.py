@@ -30,8 +30,10 @@ from tvm.target import codegen
 
 from .tiling import _current
 
-# The LLVM function the kernels call: (acc, w pairs, x[0:L], x[L:2L]) -> acc.
+# The LLVM functions the kernels call: (acc, w pairs, x[0:L], x[L:2L]) -> acc, and
+# (acc, w pairs, x pairs) -> acc with x already rounded and paired (a broadcast word).
 FUNCTION = "memotvm_bf16_pair_dot"
+WORDS = "memotvm_bf16_word_dot"
 
 
 def native(target: tvm.target.Target, lanes: int) -> bool:
@@ -57,6 +59,12 @@ define {f} @{FUNCTION}({f} %acc, {i} %w, {f} %lo, {f} %hi) {{
   %x = call {b} @llvm.x86.avx512bf16.cvtne2ps2bf16.512({f} %hi, {f} %lo)
   %wb = bitcast {i} %w to {b}
   %r = call {f} @llvm.x86.avx512bf16.dpbf16ps.512({f} %acc, {b} %wb, {b} %x)
+  ret {f} %r
+}}
+define {f} @{WORDS}({f} %acc, {i} %w, {i} %x) {{
+  %wb = bitcast {i} %w to {b}
+  %xb = bitcast {i} %x to {b}
+  %r = call {f} @llvm.x86.avx512bf16.dpbf16ps.512({f} %acc, {b} %wb, {b} %xb)
   ret {f} %r
 }}
 """
@@ -98,6 +106,21 @@ define {f} @{FUNCTION}({f} %acc, {i} %w, {f} %lo, {f} %hi) {{
   %r = fadd {f} %t, %pe
   ret {f} %r
 }}
+define {f} @{WORDS}({f} %acc, {i} %w, {i} %x) {{
+  %wo.bits = and {i} %w, {high}
+  %we.bits = shl {i} %w, {_splat(lanes, "i32", 16)}
+  %xo.bits = and {i} %x, {high}
+  %xe.bits = shl {i} %x, {_splat(lanes, "i32", 16)}
+  %wo = bitcast {i} %wo.bits to {f}
+  %we = bitcast {i} %we.bits to {f}
+  %xo = bitcast {i} %xo.bits to {f}
+  %xe = bitcast {i} %xe.bits to {f}
+  %po = fmul {f} %wo, %xo
+  %t = fadd {f} %acc, %po
+  %pe = fmul {f} %we, %xe
+  %r = fadd {f} %t, %pe
+  ret {f} %r
+}}
 """
 
 
@@ -108,6 +131,12 @@ def linked(lanes: int):
     code = _native_ir(lanes) if native(_current(), lanes) else _portable_ir(lanes)
     with T.attr(tirx.const(0, "int32"), "pragma_import_llvm", code):
         yield
+
+
+def word_dot(acc, w_pairs, x_pairs, lanes: int):
+    """acc + the pair products of ``w_pairs`` and ``x_pairs`` (int32 x lanes each: words
+    of two bfloat16 values, :func:`pair_word`)."""
+    return tirx.call_pure_extern(f"float32x{lanes}", WORDS, acc, w_pairs, x_pairs)
 
 
 def pair_dot(acc, w_pairs, lo, hi, lanes: int):
@@ -133,3 +162,11 @@ def pair_value(word, k):
     shift = (tirx.const(1, "int32") - tirx.Cast("int32", k % 2)) * tirx.const(16, "int32")
     bits = tirx.Cast("uint32", word) << tirx.Cast("uint32", shift)
     return tirx.reinterpret("float32", bits & tirx.const(0xFFFF0000, "uint32"))
+
+
+def pair_word(lo, hi):
+    """The int32 word of float32 values ``lo`` (element 2k) and ``hi`` (2k + 1), each
+    rounded to bfloat16: as :func:`memotvm.precision.bf16_pairs` stores weights."""
+    low = tirx.reinterpret("uint32", rounded(lo)) >> tirx.const(16, "uint32")
+    high = tirx.reinterpret("uint32", rounded(hi)) & tirx.const(0xFFFF0000, "uint32")
+    return tirx.reinterpret("int32", high | low)

@@ -285,7 +285,10 @@ class KernelBuilder(DenseProducts):
         dt = loop.dtype
         wt = "bfloat16" if self.pairs else self.weights
         self.X = self.param("X", (seq, batch, D), dt)
-        self.W = self.param("W", input_panels_shape(loop) if self.input_panels else (nd, G, D), wt)
+        if self.pairs and self.input_panels:  # words of two bfloat16 values
+            self.W = self.param("W", input_panels_shape(loop, pairs=True), "int32")
+        else:
+            self.W = self.param("W", input_panels_shape(loop) if self.input_panels else (nd, G, D), wt)
         if self.pairs:  # (nd, G, ceil(H / 2)) words
             self.R = self.param("R", row_blocks_shape(loop, self.r_words) if self.row_blocks
                                 else (nd, G, self.r_words), "int32")

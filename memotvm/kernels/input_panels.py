@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..precision import bf16_pairs
 from .panels import panel_widths
 from .tiling import vector_lanes
 
@@ -33,17 +34,25 @@ def has_input_panels(loop: RecurrentLoop) -> bool:
     return loop.dtype in ("float32", "float16")
 
 
-def input_panels_shape(loop: RecurrentLoop) -> tuple:
-    """[directions, the panels of all rows one after another]."""
+def input_panels_shape(loop: RecurrentLoop, pairs: bool = False) -> tuple:
+    """[directions, the panels of all rows one after another] (``pairs``: of bf16-act's
+    words, ceil(D / 2) per row)."""
     columns = sum(panel_widths(loop.rows)) * vector_lanes()
-    return (loop.num_directions, columns * loop.input_size)
+    depth = -(-loop.input_size // 2) if pairs else loop.input_size
+    return (loop.num_directions, columns * depth)
 
 
-def pack_input_panels(W: np.ndarray) -> np.ndarray:
+def pack_input_panels(W: np.ndarray, pairs: bool = False) -> np.ndarray:
     """W [directions, rows, D] (of any dtype) as :func:`input_panels_shape`: per
     direction, W's transpose [D, rows] cut into panels of :func:`panel_widths` vectors
     of rows (the target's, see ``vector_lanes``), each panel [D, width x lanes]
-    contiguous, the rows past the last zero."""
+    contiguous, the rows past the last zero.
+
+    ``pairs`` (W bfloat16, precision bf16-act): each row's values 2k and 2k + 1 as one
+    int32 word (:func:`memotvm.precision.bf16_pairs`, a zero after an odd D's last), so
+    that the panels are [ceil(D / 2), width x lanes] words."""
+    if pairs:
+        W = bf16_pairs(W)
     nd, rows, D = W.shape
     lanes = vector_lanes()
     widths = panel_widths(rows)

@@ -79,7 +79,8 @@ def for_panel(panel, n, body) -> None:
                 body(last_col, widths[-1], False)
 
 
-def register_block(first, rows, k, width, lanes, row_value, vector_value, store, sources=None):
+def register_block(first, rows, k, width, lanes, row_value, vector_value, store, sources=None,
+                   word_dot=None):
     """The register-blocked product of rows ``first`` ... ``first + TILE_ROWS - 1`` (of
     ``rows``) by ``width`` vectors of columns: accumulator [i][j] sums, in order of
     kk < k, ``row_value(row i, kk)`` (one broadcast) times ``vector_value(kk, j,
@@ -89,7 +90,12 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store,
     ``k`` may be a pair (outer, inner): kk = a * inner + b over two nested loops, and
     ``vector_value`` is given (a, b) for kk (a convolution's channel and tap).
     ``sources``: what ``row_value`` is given for each row instead of its number (the
-    rows' positions elsewhere; each must exist), one row per source."""
+    rows' positions elsewhere; each must exist), one row per source.
+
+    ``word_dot`` (precision bf16-act, :mod:`.bf16_dot`): kk counts words of two
+    bfloat16 values; ``row_value`` gives a row's word (int32), ``vector_value(kk, j,
+    None)`` a vector of the panel's words, and each accumulator adds their pair products
+    with ``word_dot(acc, weights, broadcast word)``."""
     tile = TILE_ROWS if sources is None else len(sources)
     accs = [[T.alloc_buffer((lanes,), "float32") for _ in range(width)] for _ in range(tile)]
     for row in accs:
@@ -101,6 +107,15 @@ def register_block(first, rows, k, width, lanes, row_value, vector_value, store,
 
     def step(kk, at):
         xs = [T.bind(row_value(src[i], kk)) for i in range(tile)]
+        if word_dot is not None:
+            whole = tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), lanes)
+            for j in range(width):
+                w = T.bind(vector_value(at, j, None))
+                for i in range(tile):
+                    acc = accs[i][j]
+                    T.buffer_store(acc, word_dot(acc.vload([0], f"float32x{lanes}"), w,
+                                                 tirx.Broadcast(xs[i], lanes)), [whole])
+            return
         with T.vectorized(0, lanes) as lane:
             for j in range(width):
                 w = vector_value(at, j, lane)

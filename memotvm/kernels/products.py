@@ -20,7 +20,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
-from .bf16_dot import pair_dot, pair_value, rounded
+from .bf16_dot import pair_dot, pair_value, pair_word, rounded, word_dot
 from .panels import TILE_ROWS, for_panel, panel_count, panel_vectors, register_block
 from .row_blocks import BlockRow
 from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64, vector_registers
@@ -408,14 +408,24 @@ class DenseProducts:
         multiplying its vector of ``vecs`` (:meth:`_projected_vector`) and stored at
         the (step in the chunk, element) ``at(tile row)``."""
         G, D, lanes = self.loop.rows, self.loop.input_size, self.lanes
-        base = i64(col) * i64(D)  # the panel's offset in its direction's panels
+        depth = -(-D // 2) if self.pairs else D  # (bf16-act: words of two values)
+        base = i64(col) * i64(depth)  # the panel's offset in its direction's panels
 
         def weight(k, v, lane):
-            return self.load(self.W, (d, base + k * i64(width * lanes) + i64(v * lanes) + lane))
+            at = base + k * i64(width * lanes) + i64(v * lanes)
+            if self.pairs:
+                return self.W.vload([d, at], f"int32x{lanes}")
+            return self.load(self.W, (d, at + lane))
 
         def x_value(vec, k):
             buf, prefix = vec
-            return self.operand(buf, prefix + (k,))
+            if not self.pairs:
+                return self.operand(buf, prefix + (k,))
+            # x_2k and x_2k+1 (0 past an odd D's last: its weight is 0 too)
+            odd = tirx.min(2 * k + 1, i64(D - 1))
+            high = tirx.Select(2 * k + 1 < i64(D), self.load(buf, prefix + (odd,)),
+                               tirx.const(0.0, "float32"))
+            return pair_word(self.load(buf, prefix + (2 * k,)), high)
 
         def store(acc, row, v):
             step, b = at(row)
@@ -428,7 +438,8 @@ class DenseProducts:
                 j = first_row + lane
                 T.buffer_store(self.xproj, self.with_bias(acc[lane], d, j, "W"), [step, d, b, j])
 
-        register_block(first, rows, D, width, lanes, x_value, weight, store, sources=vecs)
+        register_block(first, rows, depth, width, lanes, x_value, weight, store, sources=vecs,
+                       word_dot=(lambda acc, w, x: word_dot(acc, w, x, lanes)) if self.pairs else None)
 
     def dense_rows(self, d, chains, base, count, rows_buf=None, a_out=None, b_out=None,
                    step=None, masked=False, whole_groups=False):

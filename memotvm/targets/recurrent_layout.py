@@ -95,7 +95,8 @@ class _WeightLayoutRewriter(relax.PyExprMutator):
         # (run inside the target: the kernel is built for its vector width, the
         # weights packed for it; relax.const makes float64 arrays float32 unless told)
         if panels:
-            packed = pack_input_panels(args[1].value.numpy())
+            packed = pack_input_panels(args[1].value.numpy(),
+                                       pairs=kernel_weights(kernel) == "bfloat16_pairs")
             args[1] = relax.const(packed, str(packed.dtype))
         if row_blocks:
             packed = pack_row_blocks(args[2].value.numpy(), vector_lanes())
