@@ -9,6 +9,10 @@ a row of n, for each block b < n // 2L, lane i adds w x at k = 2Lb + 2i + 1, the
 k = 2Lb + 2i; the lanes are then summed by halving and the tail (k from
 (n // 2L) * 2L) added in order, as :mod:`.products` sums every product.
 
+The input projection (the register tile of :mod:`.panels`) takes W's panels in the same
+words and multiplies each by a broadcast word of x's two rounded values: each W_j x_t
+sums its words in order of k, within a word the odd element first.
+
 R reaches the kernel as ``pairs``: int32 words, element 2i in the low half and 2i + 1
 in the high half (:func:`memotvm.precision.bf16_pairs`), so that one vector load gives
 one ``vdpbf16ps`` operand.  Where the target has AVX512-BF16 the kernel calls that
