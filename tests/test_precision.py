@@ -160,10 +160,11 @@ def test_reduced_precision_without_avx512(target, precision):
     check(model, feeds, precision, memo=0.05, target=target)
 
 
-def test_streaming_session_at_reduced_precision():
+@pytest.mark.parametrize("precision", ["int8", pytest.param("bf16-act", marks=SLOW)])
+def test_streaming_session_at_reduced_precision(precision):
     from test_streaming import chunked, smooth, state_of, stateful_layer, whole_call
 
-    model = memotvm.compile(stateful_layer("LSTM"), memo=0.1, precision="int8")
+    model = memotvm.compile(stateful_layer("LSTM"), memo=0.1, precision=precision)
     x = smooth(23, 2, 10)
     whole, stats = whole_call(model, "LSTM", x)
     session = model.session(state=state_of("LSTM"))
