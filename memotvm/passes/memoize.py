@@ -306,13 +306,13 @@ def check_supported(mod, config: MemoConfig) -> None:
                 f"predictor '{spec}' derives its data from the weights at compile time, "
                 f"but node '{loop.name}' computes W or R at run time"
             )
-        # A memoized neuron that is not computed cannot pass on a NaN or infinite
-        # weight (a skipped column of delta execution, a reused row): the unmodified
-        # layer would, so such weights are refused rather than silently hidden.
         if predictor is not None and predictor.scheme == "delta" \
                 and kernel_weights(recurrent_kernel(mod, call)[1]) == "bfloat16_pairs":
             raise ConfigError(f"delta execution does not run at precision bf16-act "
                               f"({loop.op} node '{loop.name}'); use bf16, or another predictor")
+        # A memoized neuron that is not computed cannot pass on a NaN or infinite
+        # weight (a skipped column of delta execution, a reused row): the unmodified
+        # layer would, so such weights are refused rather than silently hidden.
         labels = ["X", "W", "R"] + [label for label in OPTIONAL_INPUTS.values() if loop.has(label)]
         for label, arg in zip(labels, call.args[1].fields):
             if label in ("W", "R", "B", "P") and isinstance(arg, GenericConst):
