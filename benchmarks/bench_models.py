@@ -75,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--json", default="bench_models.json")
     parser.add_argument("--openvino", action="store_true", help="also time OpenVINO (default precision and f32)")
     parser.add_argument("--precision", default="", help="also time memotvm unmodified with its "
-                        "weights at these precisions: bf16,int8 (docs/precision.md)")
+                        "weights at these precisions: bf16,bf16-act,int8 (docs/precision.md)")
     parser.add_argument("--fields-only", action="store_true", help="only the field fixtures and streams")
     args = parser.parse_args(argv)
     precisions = [p for p in args.precision.split(",") if p.strip()]

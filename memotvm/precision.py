@@ -95,13 +95,15 @@ def rounded_activations(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
-def bf16_pairs(weights: np.ndarray) -> np.ndarray:
-    """bfloat16 ``weights`` [..., n] as int32 words [..., ceil(n / 2)]: element 2i in the
-    low half of word i, 2i + 1 in its high half (a zero after an odd n's last)."""
+def bf16_pairs(weights: np.ndarray, words: int | None = None) -> np.ndarray:
+    """bfloat16 ``weights`` [..., n] as int32 words [..., ceil(n / 2)], or ``words`` words
+    (zeros after the last value): element 2i in the low half of word i, 2i + 1 in its
+    high half."""
     w = np.asarray(weights, ml_dtypes.bfloat16)
-    if w.shape[-1] % 2:
-        w = np.concatenate([w, np.zeros(w.shape[:-1] + (1,), w.dtype)], axis=-1)
-    return np.ascontiguousarray(w).view(np.uint16).view(np.int32)
+    words = -(-w.shape[-1] // 2) if words is None else words
+    padded = np.zeros(w.shape[:-1] + (2 * words,), w.dtype)
+    padded[..., :w.shape[-1]] = w
+    return padded.view(np.uint16).view(np.int32)
 
 
 def unpack_bf16_pairs(pairs: np.ndarray, n: int) -> np.ndarray:

@@ -403,7 +403,7 @@ def test_bf16_act_rounds_the_operands_of_every_product(op, H, kwargs):
     """One step from a given state: every product multiplies x and h rounded to bfloat16
     (the reference rounds them with ml_dtypes), so the kernel agrees with the reference
     within float32 rounding (check's 1e-5), and differs from bf16, which does not round
-    them.  (H = 37 and 33 leave a tail after the pairs' blocks; 64 has none.)"""
+    them.  (H = 37 and 33 end in a partial block of pairs, read zero-padded; 64 does not.)"""
     model = make_recurrent_model(op, 21, H, **kwargs)
     feeds = make_inputs(model, 1, 5, seed=7)
     _, got = check(model, feeds, "bf16-act")
@@ -480,5 +480,8 @@ def test_bf16_pairs_round_trip():
     pairs = bf16_pairs(w.astype(ml_dtypes.bfloat16))
     assert pairs.dtype == np.int32 and pairs.shape == (1, 3, 3)
     np.testing.assert_array_equal(unpack_bf16_pairs(pairs, 5), w)
+    padded = bf16_pairs(w.astype(ml_dtypes.bfloat16), 16)  # (R's rows: whole vectors)
+    assert padded.shape == (1, 3, 16) and not padded[..., 3:].any()
+    np.testing.assert_array_equal(unpack_bf16_pairs(padded, 5), w)
     # element 2i in the low half of word i
     assert (int(pairs[0, 0, 0]) & 0xFFFF) == int(np.float32(w[0, 0, 0]).view(np.uint32) >> 16)

@@ -4,10 +4,12 @@ At ``bf16-act`` (:mod:`memotvm.precision`) a recurrent kernel multiplies R, stor
 bfloat16, by the previous state h rounded to bfloat16, and accumulates in float32.
 The product of two bfloat16 values is exact in float32, so every multiply-add rounds
 once, whichever instruction computes it.  The order is that of AVX512-BF16's
-``vdpbf16ps``, which takes 2L bfloat16 pairs per vector of L float32 accumulators: over
-a row of n, for each block b < n // 2L, lane i adds w x at k = 2Lb + 2i + 1, then at
-k = 2Lb + 2i; the lanes are then summed by halving and the tail (k from
-(n // 2L) * 2L) added in order, as :mod:`.products` sums every product.
+``vdpbf16ps``, which takes L pairs of bfloat16 values per vector of L float32
+accumulators: over a row of n, padded with zeros to a multiple of 2L, for each block b,
+lane i adds w x at k = 2Lb + 2i + 1, then at k = 2Lb + 2i; the lanes are then summed by
+halving, as :mod:`.products` sums every product.  (The padding adds exact zeros: a
+row's last, partial block costs one instruction, where a tail added in order cost one
+scalar multiply-add per value.)
 
 The input projection (the register tile of :mod:`.panels`) takes W's panels in the same
 words and multiplies each by a broadcast word of x's two rounded values: each W_j x_t
@@ -34,10 +36,19 @@ from tvm.target import codegen
 
 from .tiling import _current
 
+# R's rows are padded with zeros to a multiple of this many words (32 values: the
+# widest target's vector of pairs), so that every vector of pairs is whole.
+WORD_BLOCK = 16
+
 # The LLVM functions the kernels call: (acc, w pairs, x[0:L], x[L:2L]) -> acc, and
 # (acc, w pairs, x pairs) -> acc with x already rounded and paired (a broadcast word).
 FUNCTION = "memotvm_bf16_pair_dot"
 WORDS = "memotvm_bf16_word_dot"
+
+
+def r_words(hidden_size: int) -> int:
+    """Words of a row of R in pairs: ``hidden_size`` values, padded to WORD_BLOCK words."""
+    return -(-hidden_size // (2 * WORD_BLOCK)) * WORD_BLOCK
 
 
 def native(target: tvm.target.Target, lanes: int) -> bool:
@@ -158,14 +169,6 @@ def rounded(value):
     cut = (bits + odd + tirx.const(0x7FFF, "uint32")) & high
     quiet = (bits | tirx.const(0x400000, "uint32")) & high
     return tirx.reinterpret("float32", tirx.Select(tirx.isnan(value), quiet, cut))
-
-
-def pair_value(word, k):
-    """Element ``k`` of a :func:`memotvm.precision.bf16_pairs` row, from its word k // 2,
-    as float32."""
-    shift = (tirx.const(1, "int32") - tirx.Cast("int32", k % 2)) * tirx.const(16, "int32")
-    bits = tirx.Cast("uint32", word) << tirx.Cast("uint32", shift)
-    return tirx.reinterpret("float32", bits & tirx.const(0xFFFF0000, "uint32"))
 
 
 def pair_word(lo, hi):

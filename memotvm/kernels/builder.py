@@ -47,7 +47,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .. import cells
-from .bf16_dot import linked
+from .bf16_dot import linked, r_words
 from .input_panels import has_input_panels, input_panels_shape
 from .memo_table import TABLE_DTYPE, field_offsets, resumable, table_size
 from .plan import MemoPlan, kernel_name
@@ -101,7 +101,7 @@ class KernelBuilder(DenseProducts):
         # Lanes of every accumulator: the vector width of the target compiled for.
         self.lanes = vector_lanes()
         # bf16-act: R's rows in int32 words of two bfloat16 values.
-        self.r_words = -(-loop.hidden_size // 2)
+        self.r_words = r_words(loop.hidden_size)
         self.m = TirMath(self.acc)
         self.unit_block = unit_block(loop)
         self.unit_blocks = -(-loop.hidden_size // self.unit_block)
@@ -289,7 +289,7 @@ class KernelBuilder(DenseProducts):
             self.W = self.param("W", input_panels_shape(loop, pairs=True), "int32")
         else:
             self.W = self.param("W", input_panels_shape(loop) if self.input_panels else (nd, G, D), wt)
-        if self.pairs:  # (nd, G, ceil(H / 2)) words
+        if self.pairs:  # (nd, G, r_words(H)) words
             self.R = self.param("R", row_blocks_shape(loop, self.r_words) if self.row_blocks
                                 else (nd, G, self.r_words), "int32")
         else:

@@ -10,8 +10,8 @@ constant) each summed in order of k, else in lanes as above.  That is what makes
 memoized kernel at threshold 0 bit-identical to the unmodified one.
 
 At precision bf16-act the recurrent products sum in the order of :mod:`.bf16_dot`
-instead (pairs of k per lane, 2L per vector of accumulators), again whatever computes
-them, and every product of W or R multiplies x or h rounded to bfloat16; a predictor's
+instead (pairs of k per lane, 2L per vector of accumulators, the row padded with zeros
+to whole vectors), again whatever computes them, and every product of W or R multiplies x or h rounded to bfloat16; a predictor's
 own products (the low-rank factors') read them unrounded.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
-from .bf16_dot import pair_dot, pair_value, pair_word, rounded, word_dot
+from .bf16_dot import pair_dot, pair_word, rounded, word_dot
 from .panels import TILE_ROWS, for_panel, panel_count, panel_vectors, register_block
 from .row_blocks import BlockRow
 from .tiling import ROW_BLOCK, ROW_MASK, TIME_BLOCK, i64, vector_registers
@@ -76,7 +76,9 @@ class DenseProducts:
         for acc in accs:
             with T.vectorized(0, self.lanes) as lane:
                 T.buffer_store(acc, self.m.const(0.0), [lane])
-        full = n // self.dot_width(rows)
+        width = self.dot_width(rows)
+        # (rows of R in pairs: a last partial block too, its missing values zero)
+        full = -(-n // width) if self.paired(rows) else n // width
         if not full:
             return accs
         # The vectors in groups, one pass over k each, so that a group's accumulators,
@@ -90,7 +92,7 @@ class DenseProducts:
         for first in range(0, nv, group):
             part = range(first, min(nv, first + group))
             if self.paired(rows):
-                self._pair_pass(rows, vecs, part, accs, full)
+                self._pair_pass(rows, vecs, part, accs, n)
                 continue
             with T.serial(0, full) as k0:
                 with T.vectorized(0, self.lanes) as lane:
@@ -103,35 +105,48 @@ class DenseProducts:
                             T.buffer_store(acc, acc[lane] + w * xs[v], [lane])
         return accs
 
-    def _pair_pass(self, rows, vecs, part, accs, full):
-        """:meth:`_lane_sums`' pass over the vectors ``part`` for rows of R in pairs:
-        per block of 2 x lanes elements one :func:`~.bf16_dot.pair_dot` per row and
-        vector."""
+    def _pair_pass(self, rows, vecs, part, accs, n):
+        """:meth:`_lane_sums`' pass over the vectors ``part`` for rows of R in pairs: per
+        block of 2 x lanes values one :func:`~.bf16_dot.pair_dot` per row and vector.  A
+        last, partial block reads the vectors' values through a copy padded with zeros
+        (R's rows are padded so: :func:`~.bf16_dot.r_words`)."""
         L, nr = self.lanes, len(rows)
         whole = tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), L)
-        with T.serial(0, full) as k0:
-            xs = {}
-            for v in part:
-                buf, prefix = vecs[v]
-                start = k0 * i64(2 * L)
-                xs[v] = (T.bind(buf.vload(list(prefix) + [start], f"float32x{L}")),
-                         T.bind(buf.vload(list(prefix) + [start + i64(L)], f"float32x{L}")))
+
+        def block(k0, values):
+            xs = {v: values(v, k0 * i64(2 * L)) for v in part}
             for r, row in enumerate(rows):
-                at = list(row.index((k0, i64(0)))) if isinstance(row, BlockRow) \
-                    else list(row[1]) + [k0 * i64(L)]
-                w = T.bind(row.buf.vload(at, f"int32x{L}") if isinstance(row, BlockRow)
-                           else row[0].vload(at, f"int32x{L}"))
+                if isinstance(row, BlockRow):
+                    w = T.bind(row.buf.vload(list(row.index((k0, i64(0)))), f"int32x{L}"))
+                else:
+                    w = T.bind(row[0].vload(list(row[1]) + [k0 * i64(L)], f"int32x{L}"))
                 for v in part:
                     acc = accs[v * nr + r]
                     T.buffer_store(acc, pair_dot(acc.vload([0], f"float32x{L}"), w, *xs[v], L),
                                    [whole])
 
+        def loaded(v, start):
+            buf, prefix = vecs[v]
+            return (T.bind(buf.vload(list(prefix) + [start], f"float32x{L}")),
+                    T.bind(buf.vload(list(prefix) + [start + i64(L)], f"float32x{L}")))
+
+        def padded(v, start):
+            buf, prefix = vecs[v]
+            copy = T.alloc_buffer((2 * L,), "float32")
+            with T.vectorized(0, 2 * L) as i:
+                k = start + i
+                value = self.load(buf, prefix + (tirx.min(k, i64(n - 1)),))
+                T.buffer_store(copy, tirx.Select(k < i64(n), value, tirx.const(0.0, "float32")), [i])
+            return (T.bind(copy.vload([0], f"float32x{L}")), T.bind(copy.vload([L], f"float32x{L}")))
+
+        with T.serial(0, n // (2 * L)) as k0:
+            block(k0, loaded)
+        if n % (2 * L):
+            block(i64(n // (2 * L)), padded)
+
     def _row_value(self, row, k, vector_k=None):
         """Column k of a row operand: a (buffer, index prefix) pair, or a
         :class:`BlockRow` (``vector_k``: k as (whole vector, lane))."""
-        if self.paired([row]):  # (only ever scalar: the vectors go through pair_dot)
-            word = row.buf[row.index(k // 2)] if isinstance(row, BlockRow) else row[0][row[1] + (k // 2,)]
-            return pair_value(word, k)
         if isinstance(row, BlockRow):
             return self.load(row.buf, row.index(vector_k if vector_k is not None else k))
         buf, prefix = row
@@ -151,12 +166,13 @@ class DenseProducts:
         totals, _ = self._lane_totals(self._lane_sums(rows, vecs, n))
         width = self.dot_width(rows)
         full = n // width
+        has_tail = not self.paired(rows) and n % width  # (pairs: a padded last block)
         out = []
         for r, row in enumerate(rows):
             row_out = []
             for v, (vbuf, vpre) in enumerate(vecs):
                 total = totals[v * nr + r]
-                if n % width:
+                if has_tail:
                     # The tail, added in order (a loop: unrolled it bloats the code).
                     tail = T.alloc_buffer((1,), self.acc)
                     T.buffer_store(tail, total, [0])
@@ -181,7 +197,8 @@ class DenseProducts:
         """Whether rows . vecs can come from :meth:`dot_vector` (``width``: the rows'
         :meth:`dot_width`, by default a vector)."""
         width = self.lanes if width is None else width
-        return n % width == 0 and n_rows > 1 and n_rows * n_vecs <= self.lanes
+        whole = n % width == 0 or width == 2 * self.lanes  # (pairs have no tail)
+        return whole and n_rows > 1 and n_rows * n_vecs <= self.lanes
 
     def _lane_totals(self, accs):
         """The sums of the lanes of each accumulator, all in one tree of vector shuffles.

@@ -18,6 +18,7 @@ from tvm.ir import GenericConst
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..kernels import build_kernel, kernel_memo_plan, kernel_weights
+from ..kernels.bf16_dot import r_words
 from ..precision import (STORAGE, PrecisionConfig, bf16_pairs, node_storage,
                          rounded_directions, rounded_rows, store_weights, unpack_bf16_pairs)
 from ._relax_util import add_kernel, rewrite_functions, without_uncalled_kernels
@@ -114,7 +115,7 @@ class _WeightRewriter(relax.PyExprMutator):
         args[1] = relax.const(stored[0].values, stored[0].values.dtype.name)
         args[2] = relax.const(stored[1].values, stored[1].values.dtype.name)
         if storage == "bf16-act":
-            args[2] = relax.const(bf16_pairs(stored[1].values), "int32")
+            args[2] = relax.const(bf16_pairs(stored[1].values, r_words(loop.hidden_size)), "int32")
         if storage == "int8":
             at = node_inputs(loop)
             args[at:at] = [relax.const(s.scales, "float32") for s in stored]
