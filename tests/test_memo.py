@@ -344,3 +344,24 @@ def test_batch_blocks_with_ragged_lengths_agree_with_reference(op, kwargs, predi
         stats = check_against_reference(model, feeds, MemoConfig(threshold=threshold, predictor=predictor),
                                         compiled=compiled)
         assert (stats.computations_avoided > 0) == (threshold > 0)
+
+
+@pytest.mark.parametrize("predictor,projected", [(None, False), ("bnn", False), ("delta", True),
+                                                 pytest.param("delta", False, marks=pytest.mark.slow)])
+def test_projection_in_chunks_of_steps(predictor, projected, monkeypatch):
+    """A sequence longer than a chunk of input projections (here 8 steps: a small W keeps
+    the chunks to about a core's L2; see memotvm.kernels.tiling) runs chunk after chunk
+    with the same results and decisions as the reference, ragged lengths included."""
+    import memotvm.kernels.builder as builder
+
+    monkeypatch.setattr(builder, "CACHED_PROJECTION_BYTES", 1)  # the least: 8 steps
+    project_inputs(monkeypatch, projected)
+    model = make_recurrent_model("LSTM", 6, 20, direction="bidirectional", sequence_lens=True)
+    feeds = make_inputs(model, 29, 3, seed=13, smooth=True, lengths=[29, 17, 8])
+    if predictor is None:
+        got = memotvm.compile(model).run(feeds)
+        for g, e in zip(got, ReferenceSession(model).run(feeds)):
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+    else:
+        stats = check_against_reference(model, feeds, MemoConfig(threshold=0.1, predictor=predictor))
+        assert stats.computations_avoided > 0

@@ -20,7 +20,8 @@ Its structure is what the memoization pass relies on and what makes it fast on a
 
 Kernels compute the input parts of many steps at once (a matrix product, blocked four
 rows by four steps, that reads each weight row from memory once per chunk of steps: the
-whole sequence when its projection fits in ``PROJECTION_BYTES``) and the recurrent
+whole sequence when its projection fits in ``PROJECTION_BYTES``, or about a core's L2
+where W stays in cache anyway) and the recurrent
 parts four rows at a time (:mod:`memotvm.kernels.products`).
 
 Kernel arguments, in order: X (layout 0), W, R (or, in a kernel built with
@@ -54,7 +55,8 @@ from .plan import MemoPlan, kernel_name
 from .products import DenseProducts
 from .row_blocks import has_row_blocks, row_blocks_shape
 from .schemes import scheme_for, scheme_kind
-from .tiling import (MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
+from .tiling import (CACHED_PROJECTION_BYTES, CACHED_W_BYTES, MIN_CACHED_PROJECTION_STEPS,
+                     MIN_PROJECTION_STEPS, PROJECTION_BYTES, ROW_BLOCK,
                      SCALAR_ACTIVATIONS, STREAM_WEIGHT_BYTES, TIME_BLOCK, batch_block,
                      blocks_batch_from, i64, unit_block, vector_lanes)
 from .tir_math import TirMath
@@ -165,9 +167,12 @@ class KernelBuilder(DenseProducts):
         scheme allows it and R is small enough for each worker to read all of it
         (STREAM_WEIGHT_BYTES)."""
         loop = self.loop
-        bits = 16 if self.pairs else tvm.DataType(self.weights).bits
-        r_bytes = loop.rows * loop.hidden_size * bits // 8
+        r_bytes = loop.rows * loop.hidden_size * self._weight_bits() // 8
         return self.scheme.streams and r_bytes <= STREAM_WEIGHT_BYTES
+
+    def _weight_bits(self) -> int:
+        """Bits of one weight of W and R as the kernel takes them."""
+        return 16 if self.pairs else tvm.DataType(self.weights).bits
 
     def stream_loop(self):
         """The chains as independent streams: each worker takes whole blocks of
@@ -338,13 +343,17 @@ class KernelBuilder(DenseProducts):
 
     def _projection_steps(self):
         """Steps per projection chunk: all (rounded up to TIME_BLOCK) when they fit in
-        PROJECTION_BYTES, else as many as fit, at least MIN_PROJECTION_STEPS; a
-        multiple of TIME_BLOCK, never 0."""
+        PROJECTION_BYTES, else as many as fit, at least MIN_PROJECTION_STEPS (with a W
+        that stays in cache, CACHED_PROJECTION_BYTES and MIN_CACHED_PROJECTION_STEPS);
+        a multiple of TIME_BLOCK, never 0."""
         loop = self.loop
         per_row = loop.rows + self.scheme.chunk_values_per_row()
         per_step = loop.num_directions * per_row * (8 if self.acc == "float64" else 4)
-        fit = i64(PROJECTION_BYTES // per_step) // tirx.max(self.batch, i64(1))
-        steps = tirx.min(tirx.max(fit, i64(MIN_PROJECTION_STEPS)), tirx.max(self.seq, i64(1)))
+        w_bytes = loop.num_directions * loop.rows * loop.input_size * self._weight_bits() // 8
+        budget, least = (CACHED_PROJECTION_BYTES, MIN_CACHED_PROJECTION_STEPS) \
+            if w_bytes <= CACHED_W_BYTES else (PROJECTION_BYTES, MIN_PROJECTION_STEPS)
+        fit = i64(max(1, budget // per_step)) // tirx.max(self.batch, i64(1))
+        steps = tirx.min(tirx.max(fit, i64(least)), tirx.max(self.seq, i64(1)))
         return (steps + TIME_BLOCK - 1) // TIME_BLOCK * TIME_BLOCK
 
     def sign_bits(self, ref):
