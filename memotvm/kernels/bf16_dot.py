@@ -72,8 +72,8 @@ declare {f} @llvm.x86.avx512bf16.dpbf16ps.512({f}, {b}, {b})
 declare {b} @llvm.x86.avx512bf16.cvtne2ps2bf16.512({f}, {f})
 define {f} @{FUNCTION}({f} %acc, {i} %w, {f} %lo, {f} %hi) {{
   %x = call {b} @llvm.x86.avx512bf16.cvtne2ps2bf16.512({f} %hi, {f} %lo)
-  %wb = bitcast {i} %w to {b}
-  %r = call {f} @llvm.x86.avx512bf16.dpbf16ps.512({f} %acc, {b} %wb, {b} %x)
+  %xw = bitcast {b} %x to {i}
+  %r = call {f} @{WORDS}({f} %acc, {i} %w, {i} %xw)
   ret {f} %r
 }}
 define {f} @{WORDS}({f} %acc, {i} %w, {i} %x) {{
@@ -86,14 +86,16 @@ define {f} @{WORDS}({f} %acc, {i} %w, {i} %x) {{
 
 
 def _portable_ir(lanes: int) -> str:
-    """The same sums in float32 multiply-adds, for any vector width."""
+    """The same sums in float32 multiply-adds, for any vector width (the pair dot
+    rounds and pairs x's values, then takes the word dot)."""
     f, i = _vector(lanes, "float"), _vector(lanes, "i32")
     even = ", ".join(f"i32 {2 * k}" for k in range(lanes))
     odd = ", ".join(f"i32 {2 * k + 1}" for k in range(lanes))
     high = _splat(lanes, "i32", -65536)  # 0xFFFF0000
 
     def rounded(name):
-        # float32 -> the float32 of its nearest bfloat16 (ties to even; NaN stays NaN)
+        # float32 -> the bits of its nearest bfloat16 in the high half (ties to even;
+        # NaN stays NaN): vcvtne2ps2bf16's rounding, as :func:`rounded` in TIR
         return f"""
   %{name}.u = bitcast {f} %{name} to {i}
   %{name}.lsb = lshr {i} %{name}.u, {_splat(lanes, "i32", 16)}
@@ -104,21 +106,15 @@ def _portable_ir(lanes: int) -> str:
   %{name}.quiet = or {i} %{name}.u, {_splat(lanes, "i32", 4194304)}
   %{name}.qcut = and {i} %{name}.quiet, {high}
   %{name}.nan = fcmp uno {f} %{name}, %{name}
-  %{name}.bits = select {_vector(lanes, "i1")} %{name}.nan, {i} %{name}.qcut, {i} %{name}.cut
-  %{name}.r = bitcast {i} %{name}.bits to {f}"""
+  %{name}.bits = select {_vector(lanes, "i1")} %{name}.nan, {i} %{name}.qcut, {i} %{name}.cut"""
 
     return f"""
 define {f} @{FUNCTION}({f} %acc, {i} %w, {f} %lo, {f} %hi) {{
   %xe = shufflevector {f} %lo, {f} %hi, <{lanes} x i32> <{even}>
   %xo = shufflevector {f} %lo, {f} %hi, <{lanes} x i32> <{odd}>{rounded("xe")}{rounded("xo")}
-  %wo.bits = and {i} %w, {high}
-  %we.bits = shl {i} %w, {_splat(lanes, "i32", 16)}
-  %wo = bitcast {i} %wo.bits to {f}
-  %we = bitcast {i} %we.bits to {f}
-  %po = fmul {f} %wo, %xo.r
-  %t = fadd {f} %acc, %po
-  %pe = fmul {f} %we, %xe.r
-  %r = fadd {f} %t, %pe
+  %xe.low = lshr {i} %xe.bits, {_splat(lanes, "i32", 16)}
+  %xw = or {i} %xo.bits, %xe.low
+  %r = call {f} @{WORDS}({f} %acc, {i} %w, {i} %xw)
   ret {f} %r
 }}
 define {f} @{WORDS}({f} %acc, {i} %w, {i} %x) {{
