@@ -54,6 +54,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 
 
 from ..errors import UnsupportedModelError
+from . import resize
 from ..passes._relax_util import elements
 from ..passes.native_checks import assert_that, checked, each_element
 from ..passes.shape_checks import proven, provably_equal, require, shape_text, simplified
@@ -543,9 +544,36 @@ class SpecConverters:
             for k in empty:
                 inputs[k] = None
         sizes = inputs[3] if len(inputs) > 3 else None
+        exact = self._exact_resize(name, inputs, attrs)
+        if exact is not None:
+            return exact
         if sizes is not None and self._constant(sizes) is None and inputs[0].ty.ndim == 4:
             return self._resize_to_sizes_known_at_run_time(name, inputs, attrs)
         return self._tvm_convert(op_name, inputs, attrs, opset) if empty else None
+
+    def _exact_resize(self, name, inputs, attrs):
+        """Resize as ONNX defines it (:mod:`.resize`) where TVM's departs from it (its
+        scales and sizes constants); None where TVM's is right."""
+        x = inputs[0]
+        if not isinstance(x.ty, relax.TensorType) or not isinstance(x.ty.shape, relax.ShapeExpr):
+            return None
+        scales = inputs[2] if len(inputs) > 2 else None
+        sizes = inputs[3] if len(inputs) > 3 else None
+        values = [self._constant(v) if v is not None else None for v in (inputs[1] if len(inputs) > 1 else None,
+                                                                           scales, sizes)]
+        if (scales is not None and values[1] is None) or (sizes is not None and values[2] is None) \
+                or (scales is None) == (sizes is None):
+            return None
+        if len(inputs) > 1 and inputs[1] is not None and values[0] is None:
+            return None
+        in_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in x.ty.shape.values]
+        detail = resize.resize_attributes(attrs)
+        if sizes is not None and detail["keep_aspect_ratio_policy"] != "stretch" and None in in_shape:
+            return None
+        out, scale, bounds = resize.output_plan(in_shape, values[1], values[2], values[0], detail)
+        if not resize.needs_exact_resize(in_shape, out, scale, detail, scales is not None):
+            return None
+        return resize.exact_resize(self.bb, name, x, out, scale, bounds, detail)
 
     def _resize_to_sizes_known_at_run_time(self, name, inputs, attrs):
         """A 2-d Resize to ``sizes`` computed when the model runs (a feature pyramid
@@ -637,7 +665,8 @@ class SpecConverters:
             "op": f"node '{name}' (Squeeze)", "names": ["its input"], "not_one": [[0, i] for i in dynamic],
             "why": "; a Squeeze without axes would remove it, which changes the output's rank: "
                    "memotvm removes only the dimensions of size 1 known when compiling (give the "
-                   "Squeeze its axes)"})
+                   "Squeeze its axes, or fix the inputs' shapes when compiling: compile(..., "
+                   "shapes={name: dims}), CLI --shape NAME=D1,D2,...)"})
         ones = [i for i, dim in enumerate(dims) if isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1]
         return self.bb.normalize(relax.op.squeeze(data, ones)) if ones else data
 

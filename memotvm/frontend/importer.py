@@ -31,6 +31,7 @@ from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, 
 from .qlinear_contrib import DequantizeContribOps
 from .quantized import DequantizeRecurrentWeights
 from .rank_branches import SplitOnRankChangingIfs
+from .legacy_forms import LegacyOperatorForms
 from .folding import ConstantFolding, all_nodes, bind_inputs, node_inputs, with_input_shapes
 from .loops import LoopConverter
 from .loop_sequences import SequencesAsScanOutputs
@@ -485,6 +486,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     model = SequencesAsScanOutputs()(ScanAsLoop()(model))
     shapes = {name: dims for name, dims in shapes.items() if name not in (fixed_inputs or {})}
     model = SplitOnRankChangingIfs()(ConstantFolding()(with_input_shapes(model, shapes)))
+    model = LegacyOperatorForms()(model)
     mod, importer, graph, rec_names = _converted(model, shapes)
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
     # (Folded before BoundedGather too: an index that folds needs no run-time check.)
