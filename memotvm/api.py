@@ -99,9 +99,17 @@ def _built(backend, imported, mod, config, options):
     except Exception as err:  # noqa: BLE001 - TVM's passes raise anything
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         detail = lines[-1].strip() if lines else type(err).__name__
+        way_out = "memotvm does not handle something in it yet: please report it with the model"
+        if "in-place mutation" in str(err) and imported.operators.get("Loop"):
+            # TVM's CanonicalizeBindings (in FuseTIR) retypes the bindings after a run-time
+            # size check that relates a Loop's state to an outer value, not those before.
+            way_out = ("its Loop carries values whose sizes TVM's passes cannot relate to the inputs' "
+                       "(a recurrent cell written out in a Loop, as tf2onnx exports Keras 3's GRU and "
+                       "SimpleRNN); compiling with the inputs' shapes fixed (shapes=, CLI --shape "
+                       "NAME=D1,D2,...) avoids it")
         raise UnsupportedModelError(
             f"TVM could not compile this model after importing it ({type(err).__name__}: {detail}); "
-            "memotvm does not handle something in it yet: please report it with the model") from err
+            f"{way_out}") from err
 
 
 def with_file_precision(memo, precision):

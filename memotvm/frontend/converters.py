@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import tvm
-from tvm import relax
+from tvm import relax, te
 from tvm.relax.frontend.onnx import onnx_frontend
 
 
@@ -69,9 +69,11 @@ SHAPE_INPUT_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "S
 AS_TENSOR = "::memotvm_as_tensor"
 # Operators only this module converts (TVM's frontend has no converter for them).
 SPEC_ONLY_OPS = {"ReverseSequence", "Celu", "LpNormalization", "ConvInteger", "QLinearConv", "QLinearMatMul"}
-# Slice bounds beyond this magnitude mean an end of the axis (exporters write INT64_MIN,
-# INT64_MAX, torch.flip -INT64_MAX).
-_SLICE_BOUND = 1 << 62
+# Slice bounds of this magnitude or beyond mean an end of the axis (exporters write
+# INT64_MIN, INT64_MAX, torch.flip -INT64_MAX, and TensorFlow's INT32_MAX): no axis of a
+# tensor a model computes is 2^31 long, and clamping to the size instead would leave
+# min(2147483647, n) in the shapes after it, which TVM's passes do not all treat as n.
+_SLICE_BOUND = (1 << 31) - 1
 
 
 class _Values(dict):
@@ -126,6 +128,8 @@ class SpecConverters:
     def _expand(self, op_name, name, inputs, attrs, opset):
         """Expand to a shape held in a tensor, or to a constant shape where x has
         dynamic dimensions; TVM's converter for the rest."""
+        if isinstance(inputs[0].ty, relax.ShapeType):
+            return self._expand_shape_value(name, inputs[0], inputs[1])
         target = self._constant(inputs[1])
         if target is None and isinstance(inputs[1].ty, relax.ShapeType):  # (in a loop's body)
             expanded = self._expand_to_symbolic_shape(inputs[0], inputs[1])
@@ -633,6 +637,41 @@ class SpecConverters:
             return None
         return relax.ShapeExpr([dims[int(i)] for i in picked])
 
+    def _expand_shape_value(self, name, data, shape):
+        """Expand of a shape value (tf2onnx reverses a sequence by expanding its length,
+        a dimension, to one per batch row): a tensor filled with the dimensions, which
+        TVM's converter cannot take."""
+        values = _shape_values(self.bb, data)
+        target = _shape_values(self.bb, shape)
+        if values is None or target is None:
+            raise UnsupportedModelError(
+                f"node '{name}' (Expand): expanding a shape to a shape computed from tensor values "
+                "is not supported")
+        count = len(values)
+        target = [tvm.tirx.const(1, "int64")] * (1 - len(target)) + list(target)
+        last = target[-1]
+        if count == 1 or provably_equal(last, count):
+            size = last if count == 1 else tvm.tirx.const(count, "int64")
+        elif isinstance(last, tvm.tirx.IntImm) and int(last) == 1:
+            size = tvm.tirx.const(count, "int64")
+        else:
+            raise UnsupportedModelError(
+                f"node '{name}' (Expand): cannot broadcast a shape of {count} values to "
+                f"{shape_text(target)}")
+        out = [simplified(d) for d in target[:-1]] + [simplified(size)]
+
+        def compute(dims, shape):  # (the sizes passed, so that emit_te passes them on)
+            def element(*index):
+                value = tvm.tirx.Cast("int64", dims[-1])
+                for k in reversed(range(count - 1)):
+                    value = tvm.tirx.Select(index[-1] == k, tvm.tirx.Cast("int64", dims[k]), value)
+                return value
+            return te.compute(shape, element, name="expanded_shape")
+
+        # Opaque: fused with the operators after it, TVM's FuseTIR defined the sizes it
+        # takes as scalars twice.
+        return self.bb.emit_te(compute, list(values), out, primfunc_attrs={"op_pattern": 8})
+
     def _expand_to_constant_shape(self, name, data, target):
         """Expand to a constant shape where x has dynamic dimensions: right-aligned, a 1
         in the shape keeps x's size, x's static 1s take the shape's, and a dynamic size
@@ -1098,6 +1137,12 @@ def _shape_values(bb, expr):
         return _elementwise(args, tvm.tirx.Select)
     if name in _SHAPE_ARITHMETIC:
         return _elementwise(args, _SHAPE_ARITHMETIC[name])
+    if name in ("relax.prod", "relax.sum") and args[0] is not None and expr.args[0].ty.ndim == 1:
+        # (tf2onnx reshapes to [prod(leading dims), last dim] for a Dense on a sequence)
+        total = args[0][0] if args[0] else tvm.tirx.const(int(name == "relax.prod"), "int64")
+        for value in args[0][1:]:
+            total = total * value if name == "relax.prod" else total + value
+        return [simplified(total)]
     if name == "relax.take":
         source, index = args[0], args[1]
         if source is None or index is None or not all(isinstance(i, tvm.tirx.IntImm) for i in index):
@@ -1142,7 +1187,9 @@ def shapes_as_tensors(graph, produced=frozenset()) -> None:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     shapes_as_tensors(attr.g, produced)
-        if node.op_type in SHAPE_INPUT_OPS or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in SHAPE_INPUT_OPS:
             continue
         for i, name in enumerate(node.input):
             if name in produced:
