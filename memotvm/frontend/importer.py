@@ -26,6 +26,7 @@ from ..log import captured_tvm_output
 from ..passes.constant_calls import FoldConstantCalls
 from ..passes.kernel_calls import LOOP_BODY_ATTR
 from ..passes.native_checks import stop_if
+from ..passes.param_sizes import UnifyParameterSizes
 from ..passes.safe_gather import BoundedGather
 from ..passes.shape_checks import CheckShapeRelations, require_equal, unproven, with_shape_relations
 from .qlinear_contrib import DequantizeContribOps
@@ -491,6 +492,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None,
     assert [loop.name for loop in importer.loops] == rec_names, "recurrent node order"
     # (Folded before BoundedGather too: an index that folds needs no run-time check.)
     mod = FoldConstantCalls()(CheckShapeRelations()(BoundedGather()(FoldConstantCalls()(mod))))
+    mod = UnifyParameterSizes()(mod)
     initializers = {t.name for t in graph.initializer}
     input_names = [i.name for i in model.graph.input if i.name not in initializers]
     params = mod["main"].params
