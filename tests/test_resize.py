@@ -157,3 +157,25 @@ def test_reshape_and_cast_of_old_opsets():
         warnings.simplefilter("ignore")
         got = memotvm.compile(model).run({"x": x})[0]
     np.testing.assert_array_equal(got, x.reshape(3, 4).astype(np.int32).astype(np.float32))
+
+
+def test_old_opset_forms_inside_a_loop_body_next_to_constants():
+    # A Constant beside an opset-9 Slice in a Loop's body (folding leaves bodies' nodes).
+    body = helper.make_graph(
+        [helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1.0, np.float32))),
+         helper.make_node("Slice", ["acc"], ["head"], starts=[0], ends=[2], axes=[1]),
+         helper.make_node("Add", ["head", "one"], ["head1"]),
+         helper.make_node("Concat", ["head1", "tail"], ["next"], axis=1),
+         helper.make_node("Identity", ["cond"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("next", TensorProto.FLOAT, [2, 5])])
+    nodes = [helper.make_node("Slice", ["x"], ["tail_full"], starts=[2], ends=[5], axes=[1]),
+             helper.make_node("Identity", ["tail_full"], ["tail"]),
+             helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)]
+    model = _model(nodes, {"trips": np.array(3, np.int64)}, 9, [2, 5])
+    x = np.random.default_rng(5).standard_normal((2, 5)).astype(np.float32)
+    _check(model, x)

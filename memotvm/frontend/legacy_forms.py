@@ -45,25 +45,27 @@ class LegacyOperatorForms:
         rewritten.CopyFrom(model)
         self._opset = opset
         self._names = all_names(rewritten.graph)
-        for graph in list(graphs(rewritten.graph)):
-            self._rewrite(graph, _constants(rewritten.graph))
+        rewrites = {"Slice": self._slice, "Upsample": self._upsample, "Resize": self._resize,
+                    "Reshape": self._reshape, "Cast": self._cast}
+        outer = {t.name: t for t in rewritten.graph.initializer}
+        # Innermost graphs first: rewriting a graph copies its nodes, subgraphs included.
+        for graph in reversed(list(graphs(rewritten.graph))):
+            # (tensors by name, made arrays only where a rewrite reads one)
+            constants = dict(outer, **{t.name: t for t in graph.initializer})
+            nodes = []
+            for node in graph.node:
+                if node.domain not in ("", "ai.onnx"):
+                    nodes.append(node)
+                    continue
+                if node.op_type == "Constant" and node.output:
+                    value = next((a for a in node.attribute if a.name == "value"), None)
+                    if value is not None:
+                        constants[node.output[0]] = value.t
+                rewrite = rewrites.get(node.op_type)
+                nodes.extend(rewrite(node, constants) if rewrite is not None else [node])
+            del graph.node[:]
+            graph.node.extend(nodes)
         return rewritten
-
-    def _rewrite(self, graph, constants: dict) -> None:
-        constants = dict(constants, **{t.name: numpy_helper.to_array(t) for t in graph.initializer})
-        nodes = []
-        for node in graph.node:
-            if node.domain not in ("", "ai.onnx"):
-                nodes.append(node)
-                continue
-            if node.op_type == "Constant" and node.output:
-                value = next((a for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    constants[node.output[0]] = numpy_helper.to_array(value.t)
-            rewrite = getattr(self, f"_{node.op_type.lower()}", None)
-            nodes.extend(rewrite(node, constants) if rewrite is not None else [node])
-        del graph.node[:]
-        graph.node.extend(nodes)
 
     def _slice(self, node, constants):
         if self._opset >= 10:
@@ -105,7 +107,7 @@ class LegacyOperatorForms:
                     "the model runs, and whether each axis grows or shrinks decides how opset 10 "
                     "rounds; fix the inputs' shapes (compile(..., shapes=...), CLI --shape) so that "
                     "the scales are known when compiling")
-            scales = np.asarray(scales, np.float64).ravel()
+            scales = numpy_helper.to_array(scales).astype(np.float64).ravel()
             if (scales > 1).any() and (scales < 1).any():
                 raise UnsupportedModelError(
                     f"node '{node.name}' (Resize, opset 10, nearest): scales {scales.tolist()} grow "
@@ -145,14 +147,9 @@ def _has_op(graph, op_type: str) -> bool:
     return any(n.op_type == op_type for g in graphs(graph) for n in g.node)
 
 
-def _constants(graph) -> dict:
-    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-
-
 def _attributes(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _remade(node, op_type: str, inputs: list, attrs: dict):
-    made = helper.make_node(op_type, inputs, list(node.output), name=node.name, **attrs)
-    return made
+    return helper.make_node(op_type, inputs, list(node.output), name=node.name, **attrs)
