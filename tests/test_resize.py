@@ -179,3 +179,9 @@ def test_old_opset_forms_inside_a_loop_body_next_to_constants():
     model = _model(nodes, {"trips": np.array(3, np.int64)}, 9, [2, 5])
     x = np.random.default_rng(5).standard_normal((2, 5)).astype(np.float32)
     _check(model, x)
+
+
+def test_scales_not_whole_with_a_symbolic_batch():
+    x = np.random.default_rng(6).standard_normal((3, 2, 7, 9)).astype(np.float32)
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    _check(_model([node], {"scales": np.array([1, 1, 1.5, 0.6], np.float32)}, 13, ["n", 2, 7, 9]), x)

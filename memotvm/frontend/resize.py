@@ -200,8 +200,8 @@ def _cubic_kernel(d: np.ndarray, a: float) -> np.ndarray:
 def exact_resize(bb, name: str, x, out: list, scale: list, bounds: list, attrs: dict):
     """The Relax value of the Resize of ``x`` to ``out`` (see the module)."""
     in_shape = list(x.ty.shape.values)
-    resized = [a for a in range(len(out)) if not (isinstance(in_shape[a], tirx.IntImm)
-                                                     and int(in_shape[a]) == out[a] and scale[a] == 1)
+    known = [int(d) if isinstance(d, tirx.IntImm) else None for d in in_shape]
+    resized = [a for a in range(len(out)) if scale[a] != 1 or out[a] != known[a]
                or attrs["coordinate_transformation_mode"] == "tf_crop_and_resize"
                and bounds[a] != (0.0, 1.0)]
     for axis in resized:
