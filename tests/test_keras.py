@@ -67,7 +67,8 @@ def test_expand_of_a_shape_value_over_other_lengths():
 
 
 @pytest.mark.parametrize("name", ["bigru", "gru_v1"])
-@pytest.mark.parametrize("batch, steps", [(3, 11), (1, 1), (5, 4)])
+@pytest.mark.parametrize("batch, steps", [(3, 11), pytest.param(1, 1, marks=pytest.mark.slow),
+                                          pytest.param(5, 4, marks=pytest.mark.slow)])
 def test_a_cell_written_out_in_a_loop(name, batch, steps):
     # Keras 3's GRU becomes a Loop running the cell as MatMul, Sigmoid and Tanh, whose
     # carried state and input have batch sizes of their own in the loop's functions:
