@@ -12,7 +12,10 @@ from the ONNX spec, which memotvm's importer uses before TVM's own.
 * Slice with constant bounds, clamped as the spec says (TVM follows numpy, fails to
   compile empty slices of static axes, and overflows on extreme bounds).
 * Expand to a shape held in a tensor, broadcast both ways as ONNX says (TVM broadcasts
-  x to the shape as given, a 1 in it included).
+  x to the shape as given, a 1 in it included); Expand of a shape value (tf2onnx
+  expands a sequence's length to one per batch row), which TVM cannot take.
+* Resize where TVM's departs from ONNX (:mod:`.resize`: scales whose product with a
+  size is not whole, antialias, axes, aspect-ratio policies).
 * Expand to a constant shape, Squeeze without axes, and Split into parts of size 0, on
   tensors with dynamic dimensions (TVM fails on them): Expand keeps a dynamic dimension
   against a 1 and requires it equal to any other size (checked at run time); Squeeze
@@ -1187,9 +1190,7 @@ def shapes_as_tensors(graph, produced=frozenset()) -> None:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     shapes_as_tensors(attr.g, produced)
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type in SHAPE_INPUT_OPS:
+        if node.op_type in SHAPE_INPUT_OPS or node.domain not in ("", "ai.onnx"):
             continue
         for i, name in enumerate(node.input):
             if name in produced:
