@@ -578,7 +578,7 @@ class SpecConverters:
         if sizes is not None and detail["keep_aspect_ratio_policy"] != "stretch" and None in in_shape:
             return None
         out, scale, bounds = resize.output_plan(in_shape, values[1], values[2], values[0], detail)
-        if not resize.needs_exact_resize(in_shape, out, scale, detail, scales is not None):
+        if not resize.needs_exact_resize(in_shape, out, scale, bounds, detail, scales is not None):
             return None
         return resize.exact_resize(self.bb, name, x, out, scale, bounds, detail)
 

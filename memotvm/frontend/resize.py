@@ -84,14 +84,23 @@ def output_plan(in_shape: list, scales, sizes, roi, attrs: dict):
     return out, scale, bounds
 
 
-def needs_exact_resize(in_shape: list, out: list, scale: list, attrs: dict, given_scales: bool) -> bool:
+def resized_axes(in_shape: list, out: list, scale: list, bounds: list, attrs: dict) -> list:
+    """The axes a Resize changes (``in_shape``: ints, None where not known when
+    compiling): scaled, resized, or cropped by tf_crop_and_resize's roi."""
+    cropped = attrs["coordinate_transformation_mode"] == "tf_crop_and_resize"
+    return [a for a in range(len(out)) if scale[a] != 1 or out[a] != in_shape[a]
+            or cropped and bounds[a] != (0.0, 1.0)]
+
+
+def needs_exact_resize(in_shape: list, out: list, scale: list, bounds: list, attrs: dict,
+                       given_scales: bool) -> bool:
     """Whether TVM's resize would compute this node otherwise than ONNX (module doc)."""
     rank = len(in_shape)
     if rank not in (3, 4, 5) or attrs["axes"] is not None or attrs["keep_aspect_ratio_policy"] != "stretch":
         return True
-    if any(out[a] != in_shape[a] or scale[a] != 1 for a in (0, 1)):
+    resized = resized_axes(in_shape, out, scale, bounds, attrs)
+    if any(a < 2 for a in resized):
         return True
-    resized = [a for a in range(2, rank) if scale[a] != 1 or out[a] != in_shape[a]]
     if attrs["antialias"] and attrs["mode"] != "nearest" and any(scale[a] < 1 for a in resized):
         return True
     if attrs["coordinate_transformation_mode"] == "half_pixel_symmetric":
@@ -201,9 +210,7 @@ def exact_resize(bb, name: str, x, out: list, scale: list, bounds: list, attrs: 
     """The Relax value of the Resize of ``x`` to ``out`` (see the module)."""
     in_shape = list(x.ty.shape.values)
     known = [int(d) if isinstance(d, tirx.IntImm) else None for d in in_shape]
-    resized = [a for a in range(len(out)) if scale[a] != 1 or out[a] != known[a]
-               or attrs["coordinate_transformation_mode"] == "tf_crop_and_resize"
-               and bounds[a] != (0.0, 1.0)]
+    resized = resized_axes(known, out, scale, bounds, attrs)
     for axis in resized:
         if not isinstance(in_shape[axis], tirx.IntImm) or out[axis] is None:
             raise UnsupportedModelError(
@@ -215,23 +222,23 @@ def exact_resize(bb, name: str, x, out: list, scale: list, bounds: list, attrs: 
         raise UnsupportedModelError(
             f"node '{name}' (Resize): {attrs['mode']} resizing of {dtype} data with these scales "
             "is not supported (only nearest)")
-    tables = {a: axis_taps(int(in_shape[a]), out[a], scale[a], bounds[a], attrs) for a in resized}
-    consts = []
-    for axis in resized:
-        index, weight, outside = tables[axis]
-        consts += [relax.const(index.astype("int64")), relax.const(weight.astype(dtype) if dtype != "bfloat16"
-                                                                   else weight)]
-        consts.append(relax.const(outside))
     nearest = attrs["mode"] == "nearest"
     extrapolate = attrs["coordinate_transformation_mode"] == "tf_crop_and_resize"
+    tables = {a: axis_taps(int(in_shape[a]), out[a], scale[a], bounds[a], attrs) for a in resized}
+    # Per resized axis, the tables the kernel reads: indices, weights (not for nearest),
+    # outside flags (tf_crop_and_resize only).
+    used = [k for k, needed in enumerate((True, not nearest, extrapolate)) if needed]
+    consts = [relax.const(tables[a][k]) for a in resized for k in used]
+    taps = [range(tables[a][0].shape[1]) for a in resized]
     out_shape = [out[a] if a in tables else in_shape[a] for a in range(len(out))]
 
     def compute(data, *arrays):
-        per_axis = {axis: arrays[3 * k: 3 * k + 3] for k, axis in enumerate(resized)}
+        per_axis = {axis: dict(zip(used, arrays[len(used) * j: len(used) * (j + 1)]))
+                    for j, axis in enumerate(resized)}
 
         def element(*i):
             total = None
-            for combo in itertools.product(*[range(tables[a][0].shape[1]) for a in resized]):
+            for combo in itertools.product(*taps):
                 src = list(i)
                 weight = None
                 for axis, k in zip(resized, combo):
